@@ -1,0 +1,63 @@
+"""``servesim``: the command-line entry point. Each subcommand group lives in its own module."""
+
+from __future__ import annotations
+
+import sys
+
+import typer
+
+from servesim import __version__
+from servesim.errors import InputError
+
+app = typer.Typer(
+    name="servesim",
+    help="Predict LLM-serving latency, throughput, goodput, KV pressure and cost — "
+    "a SimPy simulator calibrated from its own Triton kernels.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"servesim {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Print the version."),
+) -> None:
+    """servesim: what-if analysis for LLM serving deployments."""
+
+
+def _register() -> None:
+    # Subcommand modules register themselves on `app`; import order is the --help order.
+    from servesim.cli import traces  # noqa: F401
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Run the CLI; bad input becomes one line on stderr and exit code 2."""
+    _register()
+    try:
+        app(args=argv, standalone_mode=False)
+    except InputError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        sys.exit(2)
+    except typer.Exit as exc:
+        sys.exit(exc.exit_code)
+    except (typer.Abort, KeyboardInterrupt):
+        typer.echo("aborted", err=True)
+        sys.exit(130)
+    except Exception as exc:  # click usage errors
+        import click
+
+        if isinstance(exc, click.exceptions.ClickException):
+            exc.show()
+            sys.exit(exc.exit_code)
+        raise
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,37 @@
+"""User-facing errors: one clear line naming the file, row, column or field at fault.
+
+The CLI turns these into ``error: <message>`` on stderr and exit code 2, with no traceback.
+Every package may import this module (it imports nothing of ours).
+"""
+
+from __future__ import annotations
+
+
+class InputError(ValueError):
+    """Bad input from the user: a file, a row, a column or a config field."""
+
+    def __init__(
+        self,
+        problem: str,
+        *,
+        file: str | None = None,
+        row: int | None = None,
+        column: str | None = None,
+        field: str | None = None,
+    ) -> None:
+        self.problem = problem
+        self.file, self.row, self.column, self.field = file, row, column, field
+        where = []
+        if file is not None:
+            where.append(str(file))
+        if row is not None:
+            where.append(f"row {row}")
+        if column is not None:
+            where.append(f"column '{column}'")
+        if field is not None:
+            where.append(f"field '{field}'")
+        super().__init__(f"{', '.join(where)}: {problem}" if where else problem)
+
+
+class ConfigError(InputError):
+    """A configuration that cannot work (model does not fit, TP does not divide heads, ...)."""

@@ -1,0 +1,1 @@
+"""Hardware and model knowledge: GPU and model catalogs, operator FLOPs/bytes, cost model. Torch-free."""

@@ -1,0 +1,1 @@
+"""Triton kernels (paged attention, quantized GEMM, speculative verification) with torch references."""
