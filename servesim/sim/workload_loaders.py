@@ -1,0 +1,312 @@
+"""Trace loaders: read a CSV or JSONL file into a `Workload`, the format told by the header.
+
+Container: a file whose first non-blank character is ``{`` is JSON Lines (one object per line, keys
+are the columns), anything else is CSV with a header row. Format: the one in `FORMATS` that knows
+the most header columns; `load_file(path, fmt=...)` overrides it.
+
+Every problem is one `InputError` naming the file, the data row (1-based, header excluded; the file
+line follows in brackets) and the column.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from servesim.errors import InputError
+from servesim.sim.workload_core import Workload
+
+
+@dataclass(frozen=True)
+class TraceFormat:
+    """How one trace format names its columns. `time_unit` is "datetime" (wall-clock strings, made
+    relative to the first row), "ms" or "s"; `time_column` None or optional means length-only allowed."""
+
+    name: str
+    description: str
+    input_column: str
+    output_column: str
+    time_column: str
+    time_unit: str = "s"
+    time_optional: bool = False
+    hash_column: str | None = None
+    block_tokens: int | None = None
+    extra_columns: tuple[str, ...] = ()  # known columns that are read or ignored
+    strict: bool = False  # any other column is an error
+    drop_failed: bool = False  # rows with a zero length are failed requests: drop them and say so
+    priority_column: str | None = None
+    deadline_column: str | None = None
+
+    @property
+    def required(self) -> tuple[str, ...]:
+        time = () if self.time_optional else (self.time_column,)
+        return (*time, self.input_column, self.output_column)
+
+    @property
+    def known(self) -> tuple[str, ...]:
+        cols = (self.time_column, self.input_column, self.output_column, self.hash_column,
+                self.priority_column, self.deadline_column, *self.extra_columns)
+        return tuple(c for c in cols if c is not None)
+
+
+FORMATS: dict[str, TraceFormat] = {
+    f.name: f
+    for f in (
+        TraceFormat("azure", "Azure LLM inference trace 2023 (CSV)", "ContextTokens", "GeneratedTokens",
+                    "TIMESTAMP", time_unit="datetime"),
+        TraceFormat("mooncake", "Mooncake FAST'25 trace (JSONL, timestamp in ms, 512-token hash blocks)",
+                    "input_length", "output_length", "timestamp", time_unit="ms", hash_column="hash_ids",
+                    block_tokens=512),
+        TraceFormat("burstgpt", "BurstGPT (CSV; failed zero-token rows are dropped)", "Request tokens",
+                    "Response tokens", "Timestamp", extra_columns=("Model", "Total tokens", "Log Type"),
+                    drop_failed=True),
+        TraceFormat("vidur", "Vidur request trace (CSV; without arrived_at: lengths only)",
+                    "num_prefill_tokens", "num_decode_tokens", "arrived_at", time_optional=True,
+                    extra_columns=("num_total_tokens", "pd_ratio")),
+        TraceFormat("generic", "servesim generic (CSV/JSONL; CSV hash_ids: space- or ;-separated ints)",
+                    "input_tokens", "output_tokens", "arrival_s", time_optional=True, hash_column="hash_ids",
+                    block_tokens=512, strict=True, priority_column="priority", deadline_column="deadline_s"),
+    )
+}
+
+
+@dataclass(frozen=True)
+class _Table:
+    """Raw cells of a trace file, before any conversion."""
+
+    path: str
+    frame: pd.DataFrame
+    lines: np.ndarray  # 1-based file line of each data row
+
+    def error(self, i: int, column: str, problem: str) -> InputError:
+        """An error at data row index `i` (0-based) of `column`."""
+        return InputError(f"{problem} (line {int(self.lines[i])})", file=self.path, row=i + 1, column=column)
+
+
+def _read_csv(path: str, text: str) -> _Table:
+    from io import StringIO
+
+    try:
+        frame = pd.read_csv(StringIO(text), dtype=str, keep_default_na=False, skip_blank_lines=False)
+    except pd.errors.ParserError as exc:
+        m = re.search(r"line (\d+)", str(exc))
+        line = int(m.group(1)) if m else None
+        detail = str(exc).strip().splitlines()[-1]
+        raise InputError(f"malformed CSV: {detail}", file=path, row=line - 1 if line else None) from None
+    frame.columns = [str(c).strip() for c in frame.columns]
+    frame = frame.fillna("")
+    # A trailing blank line is harmless; keep inner ones so rows map to file lines exactly.
+    blank = (frame == "").all(axis=1).to_numpy()
+    n = len(frame)
+    while n and blank[n - 1]:
+        n -= 1
+    return _Table(path, frame.iloc[:n].reset_index(drop=True), np.arange(n) + 2)
+
+
+def _read_jsonl(path: str, text: str) -> _Table:
+    records, lines = [], []
+    for line_no, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise InputError(f"not valid JSON: {exc.msg} (line {line_no})", file=path,
+                             row=len(records) + 1) from None
+        if not isinstance(obj, dict):
+            raise InputError(f"expected a JSON object, got {type(obj).__name__} (line {line_no})",
+                             file=path, row=len(records) + 1)
+        records.append(obj)
+        lines.append(line_no)
+    return _Table(path, pd.DataFrame.from_records(records), np.array(lines, dtype=np.int64))
+
+
+def read_table(path: Path) -> _Table:
+    """Read `path` as raw cells (CSV or JSONL, told by the first character)."""
+    name = str(path)
+    if not path.exists():
+        raise InputError("no such file", file=name)
+    if not path.is_file():
+        raise InputError("not a file", file=name)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise InputError("not a text file (expected CSV or JSON Lines)", file=name) from None
+    if not text.strip():
+        raise InputError("empty file", file=name)
+    if text.lstrip().startswith("{"):
+        return _read_jsonl(name, text)
+    return _read_csv(name, text)
+
+
+def detect_format(columns: list[str], path: str) -> TraceFormat:
+    """The format that knows the most of `columns`; an error listing the formats when none does."""
+    scores = {name: len(set(columns) & set(f.known)) for name, f in FORMATS.items()}
+    best = max(scores, key=scores.__getitem__)
+    if scores[best] == 0:
+        known = "; ".join(f"{n} ({', '.join(f.required)})" for n, f in FORMATS.items())
+        raise InputError(f"unknown trace format: header {', '.join(columns)!r} matches none of: {known}",
+                         file=path)
+    return FORMATS[best]
+
+
+def _describe(value: object) -> str:
+    if value is None or (isinstance(value, str) and not value.strip()):
+        return "missing value"
+    if isinstance(value, float) and np.isnan(value):
+        return "missing value (NaN)"
+    if isinstance(value, str) and value.strip().lower() in ("nan", "na", "null", "none"):
+        return f"missing value ({value.strip()})"
+    try:
+        if np.isinf(float(value)):  # type: ignore[arg-type]
+            return f"not a finite number: {value!r}"
+    except (TypeError, ValueError):
+        pass
+    return f"not a number: {value!r}"
+
+
+def _numbers(t: _Table, column: str) -> np.ndarray:
+    """`column` as float64; the first cell that is empty, NaN, infinite or not a number is an error."""
+    raw = t.frame[column]
+    try:
+        values = pd.to_numeric(raw, errors="coerce").to_numpy(dtype=np.float64, na_value=np.nan)
+    except (TypeError, ValueError):  # a list or dict in a JSON cell
+        values = np.array([v if isinstance(v, (int, float)) else np.nan for v in raw], dtype=np.float64)
+    bad = ~np.isfinite(values)
+    bool_cells = raw.map(lambda v: isinstance(v, bool)).to_numpy(dtype=bool) if raw.dtype == object else None
+    if bool_cells is not None:
+        bad |= bool_cells
+    if bad.any():
+        i = int(np.argmax(bad))
+        raise t.error(i, column, _describe(raw.iloc[i]))
+    return values
+
+
+def _whole(t: _Table, column: str, values: np.ndarray, skip: np.ndarray | None = None,
+           positive: bool = True) -> np.ndarray:
+    """`values` as int64; a fractional (or, with `positive`, zero or negative) value is an error."""
+    frac = values != np.floor(values)
+    nonpos = values <= 0 if positive else np.zeros(len(values), dtype=bool)
+    for bad, what in ((frac, "not a whole number"), (nonpos, "must be a positive token count")):
+        if skip is not None:
+            bad = bad & ~skip
+        if bad.any():
+            i = int(np.argmax(bad))
+            raise t.error(i, column, f"{what}, got {t.frame[column].iloc[i]!r}")
+    return values.astype(np.int64)
+
+
+def _arrivals(t: _Table, f: TraceFormat) -> np.ndarray:
+    """Arrival times in seconds: relative to the first row for wall-clock formats, as given otherwise."""
+    col = f.time_column
+    if f.time_unit == "datetime":
+        raw = t.frame[col].astype(str).str.strip()
+        # Azure writes 7 fractional digits (100 ns ticks); older pandas accept at most 6.
+        stamps = pd.to_datetime(raw.str.replace(r"(\.\d{6})\d+", r"\1", regex=True), format="ISO8601",
+                                errors="coerce")
+        bad = stamps.isna().to_numpy()
+        if bad.any():
+            i = int(np.argmax(bad))
+            raise t.error(i, col, f"not a timestamp: {raw.iloc[i]!r}")
+        seconds = (stamps - stamps.iloc[0]).dt.total_seconds().to_numpy(dtype=np.float64)
+    else:
+        seconds = _numbers(t, col) / (1000.0 if f.time_unit == "ms" else 1.0)
+        neg = seconds < 0
+        if neg.any():
+            i = int(np.argmax(neg))
+            raise t.error(i, col, f"negative timestamp {t.frame[col].iloc[i]!r}")
+    back = np.diff(seconds) < 0
+    if back.any():
+        i = int(np.argmax(back)) + 1
+        raise t.error(i, col, f"timestamps not sorted: {t.frame[col].iloc[i]!r} comes after "
+                              f"{t.frame[col].iloc[i - 1]!r} on the row before")
+    return seconds
+
+
+_HASH_SPLIT = re.compile(r"[;\s,]+")
+
+
+def _hash_ids(t: _Table, column: str) -> list[tuple[int, ...]]:
+    """Prefix-block hashes: JSON lists of ints, or CSV cells of space- or ;-separated ints."""
+    out = []
+    for i, cell in enumerate(t.frame[column]):
+        if isinstance(cell, str):
+            try:
+                ids = tuple(int(tok) for tok in _HASH_SPLIT.split(cell.strip().strip("[]")) if tok)
+            except ValueError:
+                raise t.error(i, column, f"not a list of integers: {cell!r}") from None
+        elif isinstance(cell, list) and all(type(h) is int for h in cell):
+            ids = tuple(cell)
+        elif cell is None or (isinstance(cell, float) and np.isnan(cell)):
+            ids = ()
+        else:
+            raise t.error(i, column, f"not a list of integers: {cell!r}")
+        out.append(ids)
+    return out
+
+
+def _check_columns(t: _Table, f: TraceFormat) -> None:
+    columns = list(t.frame.columns)
+    for col in f.required:
+        if col not in columns:
+            raise InputError(f"missing column (format '{f.name}' needs {', '.join(f.required)})",
+                             file=t.path, column=col)
+    if f.strict:
+        for col in columns:
+            if col not in f.known:
+                raise InputError(f"unexpected column; format '{f.name}' has only {', '.join(f.known)}",
+                                 file=t.path, column=col)
+
+
+def parse_table(t: _Table, f: TraceFormat, name: str, source: str,
+                block_tokens: int | None = None) -> Workload:
+    """Convert raw cells to a validated `Workload` in format `f`."""
+    _check_columns(t, f)
+    if len(t.frame) == 0:
+        raise InputError("empty trace: no data rows", file=t.path)
+    inp = _numbers(t, f.input_column)
+    out = _numbers(t, f.output_column)
+    failed = (inp == 0) | (out == 0) if f.drop_failed else None
+    cols: dict[str, object] = {}
+    if f.time_column in t.frame.columns:
+        cols["arrival_s"] = _arrivals(t, f)
+    else:
+        cols["arrival_s"] = np.full(len(t.frame), np.nan)
+    cols["input_tokens"] = _whole(t, f.input_column, inp, skip=failed)
+    cols["output_tokens"] = _whole(t, f.output_column, out, skip=failed)
+    has_hash = f.hash_column is not None and f.hash_column in t.frame.columns
+    if has_hash:
+        cols["hash_ids"] = _hash_ids(t, f.hash_column)
+    if f.priority_column in t.frame.columns:
+        cols["priority"] = _whole(t, f.priority_column, _numbers(t, f.priority_column), positive=False)
+    if f.deadline_column in t.frame.columns:
+        deadline = _numbers(t, f.deadline_column)
+        if (deadline <= 0).any():
+            i = int(np.argmax(deadline <= 0))
+            raise t.error(i, f.deadline_column, f"deadline must be > 0 s, got {deadline[i]!r}")
+        cols["deadline_s"] = deadline
+    df = pd.DataFrame(cols)
+    notes: tuple[str, ...] = ()
+    if failed is not None and failed.any():
+        df = df[~failed].reset_index(drop=True)
+        notes = (f"dropped {int(failed.sum())} failed rows with zero request or response tokens",)
+        if len(df) == 0:
+            raise InputError("empty trace: every row is a failed request", file=t.path)
+    block = (block_tokens or f.block_tokens) if has_hash else None
+    return Workload(name=name, requests=df, block_tokens=block, source=source, notes=notes)
+
+
+def load_file(path: str | Path, fmt: str | None = None, *, name: str | None = None, source: str | None = None,
+              block_tokens: int | None = None) -> Workload:
+    """Load one trace file; `fmt` (a key of `FORMATS`) overrides detection from the header."""
+    path = Path(path)
+    if fmt is not None and fmt not in FORMATS:
+        raise InputError(f"unknown format {fmt!r}; known formats: {', '.join(FORMATS)}", field="format")
+    t = read_table(path)
+    f = FORMATS[fmt] if fmt is not None else detect_format(list(t.frame.columns), t.path)
+    return parse_table(t, f, name or path.stem, source or str(path), block_tokens)
