@@ -1,0 +1,308 @@
+"""Per-request records -> a summary with vLLM's metric keys, SLO goodput, timeline aggregates, slowdown.
+
+The simulator and the engine hand over the same tables (``REQUEST_COLUMNS``, ``TIMELINE_COLUMNS``), so
+one summary and one comparison serve both. Definitions follow vLLM's ``benchmark_serving.py``: TTFT
+and E2E over completed requests; TPOT = (e2el − ttft)/(generated − 1) over those with more than one
+token; population std; numpy's default (linear) percentiles; throughputs over ``duration``.
+ITL comes as a weighted sample (a decode step's duration once per sequence that produced a token in
+it), so its statistics are those of the expanded sample, computed without expanding it.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+import pandas as pd
+
+from servesim.errors import ConfigError, InputError
+
+REQUEST_COLUMNS = {
+    "request_id": "int64", "replica": "int64", "arrival_s": "float64",
+    "input_tokens": "int64", "output_tokens": "int64", "generated_tokens": "int64",
+    "cached_tokens": "int64", "first_scheduled_s": "float64", "first_token_s": "float64",
+    "finish_s": "float64", "num_preemptions": "int64", "rejected_reason": "string",
+    "ideal_e2el_s": "float64",
+}  # optional: priority, token_times_s (list of floats, only when asked for)
+TIMELINE_COLUMNS = (
+    "replica", "start_s", "end_s", "steps", "batch_size", "prefill_tokens", "decode_tokens",
+    "num_running", "num_waiting", "kv_blocks_used", "kv_blocks_total",
+)  # one row per iteration, or per run of identical decode iterations (``steps`` of them)
+PERCENTILES = (50, 90, 95, 99)
+LATENCIES = ("ttft", "tpot", "itl", "e2el")
+SLO_METRICS = ("ttft", "tpot", "e2el")
+
+
+def weighted_percentile(values: np.ndarray, weights: np.ndarray | None, q: float | np.ndarray) -> np.ndarray:
+    """Percentiles ``q`` (0-100) of the sample where ``values[i]`` appears ``weights[i]`` times.
+
+    Uses numpy's default linear interpolation between order statistics, so the result equals
+    ``np.percentile(np.repeat(values, weights), q)`` (vLLM's definition) without expanding the sample.
+    """
+    v = np.asarray(values, dtype=np.float64)
+    w = np.ones(len(v), dtype=np.int64) if weights is None else np.asarray(weights, dtype=np.int64)
+    order = np.argsort(v, kind="stable")
+    v, w = v[order], w[order]
+    cum = np.cumsum(w)  # expanded positions < cum[j] hold values <= v[j]
+    qf = np.asarray(q, dtype=np.float64) / 100.0
+    h = (cum[-1] - 1) * qf
+    lo = np.floor(h)
+    t = h - lo
+    a = v[np.searchsorted(cum, lo, side="right")]
+    b = v[np.searchsorted(cum, np.minimum(lo + 1, cum[-1] - 1), side="right")]
+    # numpy's lerp: from the nearer end, so equal neighbours give exactly that value
+    return np.where(t >= 0.5, b - (b - a) * (1 - t), a + (b - a) * t)
+
+
+def latency_stats(name: str, values_s: np.ndarray, weights: np.ndarray | None = None) -> dict[str, float]:
+    """``{mean,median,std,p50,p90,p95,p99}_<name>_ms``; zeros for an empty sample, as vLLM reports."""
+    v = np.asarray(values_s, dtype=np.float64) * 1000.0
+    w = None if weights is None else np.asarray(weights, dtype=np.int64)
+    if w is not None:
+        keep = w > 0
+        v, w = v[keep], w[keep]
+    if len(v) == 0:
+        v, w = np.zeros(1), None
+    mean = float(np.average(v, weights=w))
+    pct = weighted_percentile(v, w, np.array(PERCENTILES, dtype=np.float64))
+    out = {
+        f"mean_{name}_ms": mean,
+        f"std_{name}_ms": float(np.sqrt(np.average((v - mean) ** 2, weights=w))),
+        f"median_{name}_ms": float(pct[0]),
+    }
+    out.update({f"p{p}_{name}_ms": float(x) for p, x in zip(PERCENTILES, pct, strict=True)})
+    return out
+
+
+@dataclass(frozen=True)
+class SLO:
+    """Latency limits in ms; a request meets the SLO when every given limit holds (``joint``).
+
+    ``per-metric`` additionally reports attainment and goodput for each limit on its own.
+    A request with a single output token has no TPOT and passes that limit (as in vLLM).
+    """
+
+    ttft_ms: float | None = None
+    tpot_ms: float | None = None
+    e2el_ms: float | None = None
+    mode: Literal["joint", "per-metric"] = "joint"
+
+    def __post_init__(self) -> None:
+        for metric in SLO_METRICS:
+            limit = getattr(self, f"{metric}_ms")
+            if limit is not None and not (isinstance(limit, (int, float)) and 0 < limit < math.inf):
+                raise ConfigError(f"must be a positive number of ms, got {limit!r}", field=f"slo.{metric}_ms")
+        if not self.limits_ms():
+            raise ConfigError("give at least one of ttft_ms, tpot_ms, e2el_ms", field="slo")
+        if self.mode not in ("joint", "per-metric"):
+            raise ConfigError(f"must be 'joint' or 'per-metric', got {self.mode!r}", field="slo.mode")
+
+    def limits_ms(self) -> dict[str, float]:
+        """The given limits, by metric name (``ttft``, ``tpot``, ``e2el``)."""
+        given = {m: getattr(self, f"{m}_ms") for m in SLO_METRICS}
+        return {m: float(limit) for m, limit in given.items() if limit is not None}
+
+    def as_dict(self) -> dict[str, object]:
+        """The limits and mode, for echoing in a summary."""
+        return {"ttft_ms": self.ttft_ms, "tpot_ms": self.tpot_ms, "e2el_ms": self.e2el_ms, "mode": self.mode}
+
+
+def check_columns(df: pd.DataFrame, required, what: str) -> None:
+    """Raise InputError naming the first required column that ``df`` lacks."""
+    for column in required:
+        if column not in df.columns:
+            raise InputError(f"{what} table lacks a required column", column=column)
+
+
+def completed_mask(requests: pd.DataFrame) -> np.ndarray:
+    """Requests that were served to the end (not rejected, with a finish time)."""
+    served = requests["rejected_reason"].fillna("").astype(str).to_numpy() == ""
+    return served & requests["finish_s"].notna().to_numpy()
+
+
+def request_latencies(requests: pd.DataFrame) -> pd.DataFrame:
+    """Per-request ``ttft_s``, ``e2el_s``, ``tpot_s`` (NaN below two tokens), ``queueing_s``, ``slowdown``."""
+    arrival = requests["arrival_s"].to_numpy(dtype=np.float64)
+    ttft = requests["first_token_s"].to_numpy(dtype=np.float64) - arrival
+    e2el = requests["finish_s"].to_numpy(dtype=np.float64) - arrival
+    gen = requests["generated_tokens"].to_numpy(dtype=np.float64)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        tpot = np.where(gen > 1, (e2el - ttft) / (gen - 1), np.nan)
+        ideal = requests["ideal_e2el_s"].to_numpy(dtype=np.float64)
+        slowdown = np.where(ideal > 0, e2el / ideal, np.nan)
+    queueing = requests["first_scheduled_s"].to_numpy(dtype=np.float64) - arrival
+    return pd.DataFrame(
+        {"ttft_s": ttft, "e2el_s": e2el, "tpot_s": tpot, "queueing_s": queueing, "slowdown": slowdown},
+        index=requests.index,
+    )
+
+
+def _rate(count: float, duration_s: float) -> float:
+    return float(count / duration_s) if duration_s > 0 else math.nan
+
+
+def slo_metrics(lat: pd.DataFrame, done: np.ndarray, slo: SLO, duration_s: float) -> dict[str, object]:
+    """Goodput (req/s meeting the SLO) and attainment (fraction of all arrived requests)."""
+    ms = {m: lat[f"{m}_s"].to_numpy() * 1000.0 for m in SLO_METRICS}
+    ms["tpot"] = np.nan_to_num(ms["tpot"], nan=0.0)  # one-token requests pass TPOT, as in vLLM
+    passes = {m: done & (ms[m] <= limit) for m, limit in slo.limits_ms().items()}
+    good = np.logical_and.reduce(list(passes.values()))
+    arrived = len(lat)
+    out: dict[str, object] = {
+        "slo": slo.as_dict(),
+        "request_goodput": _rate(good.sum(), duration_s),
+        "slo_attainment": float(good.sum() / arrived) if arrived else math.nan,
+    }
+    if slo.mode == "per-metric":
+        for m, ok in passes.items():
+            out[f"request_goodput_{m}"] = _rate(ok.sum(), duration_s)
+            out[f"slo_attainment_{m}"] = float(ok.sum() / arrived) if arrived else math.nan
+    return out
+
+
+def summarize(
+    requests: pd.DataFrame,
+    itl_s: np.ndarray,
+    itl_weights: np.ndarray | None,
+    duration_s: float,
+    slo: SLO | None = None,
+    *,
+    gpus_total: int = 1,
+    usd_per_hour_per_gpu: float = 0.0,
+) -> dict[str, object]:
+    """The run's summary: vLLM's keys plus queueing, preemptions, prefix-cache hits, SLO and cost.
+
+    ``duration_s`` is first arrival to last finish, as the caller measures it; rejected requests
+    (and any left unfinished) count as SLO failures in ``slo_attainment``.
+    """
+    check_columns(requests, REQUEST_COLUMNS, "requests")
+    itl_s = np.asarray(itl_s, dtype=np.float64)
+    if itl_weights is not None and len(itl_weights) != len(itl_s):
+        raise ValueError(f"itl_weights has {len(itl_weights)} entries for {len(itl_s)} ITL values")
+    lat = request_latencies(requests)
+    done = completed_mask(requests)
+    rejected = requests["rejected_reason"].fillna("").astype(str).to_numpy() != ""
+    gen = requests["generated_tokens"].to_numpy()[done]
+    inp = requests["input_tokens"].to_numpy()[done]
+    output_tokens = int(gen.sum())
+
+    out: dict[str, object] = {}
+    for name in ("ttft", "e2el"):
+        out.update(latency_stats(name, lat[f"{name}_s"].to_numpy()[done]))
+    multi_token = done & (requests["generated_tokens"].to_numpy() > 1)
+    out.update(latency_stats("tpot", lat["tpot_s"].to_numpy()[multi_token]))
+    out.update(latency_stats("itl", itl_s, itl_weights))
+    out.update(
+        completed=int(done.sum()),
+        rejected=int(rejected.sum()),
+        duration=float(duration_s),
+        total_input_tokens=int(inp.sum()),
+        total_output_tokens=output_tokens,
+        request_throughput=_rate(done.sum(), duration_s),
+        output_throughput=_rate(output_tokens, duration_s),
+        total_token_throughput=_rate(output_tokens + inp.sum(), duration_s),
+    )
+
+    scheduled = requests["first_scheduled_s"].notna().to_numpy()
+    queueing_ms = lat["queueing_s"].to_numpy()[scheduled] * 1000.0
+    preemptions = requests["num_preemptions"].to_numpy()
+    cached = requests["cached_tokens"].to_numpy()[scheduled].sum()
+    prompt = requests["input_tokens"].to_numpy()[scheduled].sum()
+    out.update(
+        mean_queueing_delay_ms=float(queueing_ms.mean()) if len(queueing_ms) else 0.0,
+        p99_queueing_delay_ms=float(np.percentile(queueing_ms, 99)) if len(queueing_ms) else 0.0,
+        total_preemptions=int(preemptions.sum()),
+        preempted_requests=int((preemptions > 0).sum()),
+        prefix_cache_hit_rate=float(cached / prompt) if prompt > 0 else math.nan,
+    )
+
+    cost = gpus_total * usd_per_hour_per_gpu * duration_s / 3600.0
+    out["cost_usd"] = float(cost)
+    out["usd_per_million_output_tokens"] = float(cost / output_tokens * 1e6) if output_tokens else math.nan
+    if slo is not None:
+        out.update(slo_metrics(lat, done, slo, duration_s))
+    return out
+
+
+def summarize_timeline(timeline: pd.DataFrame) -> dict[str, float]:
+    """Time-weighted aggregates of the iteration timeline, over the time replicas were busy.
+
+    Row values are per iteration; a row with ``steps`` > 1 stands for that many identical iterations.
+    """
+    check_columns(timeline, TIMELINE_COLUMNS, "timeline")
+    dt = (timeline["end_s"] - timeline["start_s"]).to_numpy(dtype=np.float64)
+    busy = float(dt.sum())
+    kv_total = timeline["kv_blocks_total"].to_numpy(dtype=np.float64)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        kv_util = timeline["kv_blocks_used"].to_numpy(dtype=np.float64) / kv_total
+
+    def time_mean(x: np.ndarray) -> float:
+        return float(np.dot(x, dt) / busy) if busy > 0 else math.nan
+
+    waiting = timeline["num_waiting"].to_numpy(dtype=np.float64)
+    return {
+        "iterations": int(timeline["steps"].sum()),
+        "busy_time_s": busy,
+        "mean_batch_size": time_mean(timeline["batch_size"].to_numpy(dtype=np.float64)),
+        "mean_kv_utilization": time_mean(kv_util),
+        "max_kv_utilization": float(np.nanmax(kv_util)) if len(kv_util) else math.nan,
+        "mean_num_waiting": time_mean(waiting),
+        "max_num_waiting": int(waiting.max()) if len(waiting) else 0,
+    }
+
+
+SIZE_MEASURES = {
+    "input_tokens": lambda r: r["input_tokens"],
+    "output_tokens": lambda r: r["output_tokens"],
+    "total": lambda r: r["input_tokens"] + r["output_tokens"],
+}
+SLOWDOWN_COLUMNS = (
+    "bin", "size_min", "size_max", "count", "rejected",
+    "mean_slowdown", "p50_slowdown", "p99_slowdown", "mean_ttft_ms", "mean_e2el_ms",
+)
+
+
+def slowdown_by_size(
+    requests: pd.DataFrame, by: Literal["input_tokens", "output_tokens", "total"] = "total", bins: int = 5
+) -> pd.DataFrame:
+    """Slowdown (E2E over E2E alone on an idle replica) per request-size quantile bin.
+
+    Bins are quantiles of the requested size over all arrived requests, so the same workload gives
+    the same bins under every policy; statistics cover each bin's completed requests, and
+    ``rejected`` counts the bin's rejections — the table that shows who SJF helps and who it starves.
+    """
+    if by not in SIZE_MEASURES:
+        raise InputError(f"must be one of {sorted(SIZE_MEASURES)}, got {by!r}", field="by")
+    if not isinstance(bins, int) or bins < 1:
+        raise InputError(f"must be an integer >= 1, got {bins!r}", field="bins")
+    check_columns(requests, REQUEST_COLUMNS, "requests")
+    size = SIZE_MEASURES[by](requests).to_numpy(dtype=np.float64)
+    if len(size) == 0:
+        return pd.DataFrame(columns=SLOWDOWN_COLUMNS)
+    codes, edges = pd.qcut(size, q=bins, labels=False, retbins=True, duplicates="drop")
+    if len(edges) < 2:  # every request the same size: one bin
+        codes, edges = np.zeros(len(size)), np.array([size[0], size[0]])
+    lat = request_latencies(requests)
+    done = completed_mask(requests)
+    rejected = requests["rejected_reason"].fillna("").astype(str).to_numpy() != ""
+    rows = []
+    for i in range(len(edges) - 1):
+        in_bin = codes == i
+        sel = in_bin & done
+        slow = lat["slowdown"].to_numpy()[sel]
+        slow = slow[~np.isnan(slow)]
+        rows.append({
+            "bin": i,
+            "size_min": int(size[in_bin].min()) if in_bin.any() else int(edges[i]),
+            "size_max": int(size[in_bin].max()) if in_bin.any() else int(edges[i + 1]),
+            "count": int(sel.sum()),
+            "rejected": int((in_bin & rejected).sum()),
+            "mean_slowdown": float(slow.mean()) if len(slow) else math.nan,
+            "p50_slowdown": float(np.percentile(slow, 50)) if len(slow) else math.nan,
+            "p99_slowdown": float(np.percentile(slow, 99)) if len(slow) else math.nan,
+            "mean_ttft_ms": float(lat["ttft_s"].to_numpy()[sel].mean() * 1000) if sel.any() else math.nan,
+            "mean_e2el_ms": float(lat["e2el_s"].to_numpy()[sel].mean() * 1000) if sel.any() else math.nan,
+        })
+    return pd.DataFrame(rows, columns=SLOWDOWN_COLUMNS)
