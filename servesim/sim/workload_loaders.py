@@ -126,13 +126,18 @@ def _read_jsonl(path: str, text: str) -> _Table:
     return _Table(path, pd.DataFrame.from_records(records), np.array(lines, dtype=np.int64))
 
 
+def read_table_checks(path: Path) -> None:
+    """An error unless `path` is an existing regular file."""
+    if not path.exists():
+        raise InputError("no such file", file=str(path))
+    if not path.is_file():
+        raise InputError("not a file", file=str(path))
+
+
 def read_table(path: Path) -> _Table:
     """Read `path` as raw cells (CSV or JSONL, told by the first character)."""
     name = str(path)
-    if not path.exists():
-        raise InputError("no such file", file=name)
-    if not path.is_file():
-        raise InputError("not a file", file=name)
+    read_table_checks(path)
     try:
         text = path.read_text(encoding="utf-8")
     except UnicodeDecodeError:
@@ -299,6 +304,22 @@ def parse_table(t: _Table, f: TraceFormat, name: str, source: str,
             raise InputError("empty trace: every row is a failed request", file=t.path)
     block = (block_tokens or f.block_tokens) if has_hash else None
     return Workload(name=name, requests=df, block_tokens=block, source=source, notes=notes)
+
+
+def file_format(path: str | Path) -> str:
+    """The format name detected for `path` from its first line alone (header or first JSON object)."""
+    t = read_table_head(Path(path))
+    return detect_format(list(t.frame.columns), t.path).name
+
+
+def read_table_head(path: Path) -> _Table:
+    """Like `read_table` but reads only up to the first non-blank line (the header)."""
+    read_table_checks(path)
+    with path.open(encoding="utf-8", errors="replace") as fh:
+        first = next((line for line in fh if line.strip()), "")
+    if not first:
+        raise InputError("empty file", file=str(path))
+    return (_read_jsonl if first.lstrip().startswith("{") else _read_csv)(str(path), first)
 
 
 def load_file(path: str | Path, fmt: str | None = None, *, name: str | None = None, source: str | None = None,
