@@ -1,0 +1,36 @@
+"""Paged attention for the engine and for calibration: one import point.
+
+* ``kv_cache``: the paged layout, :func:`write_kv` (scatter new K/V through a slot mapping), fp8 scales.
+* ``attention_prefill``: FlashAttention-2 style causal prefill, GQA, varlen, paged or contiguous KV.
+* ``attention_decode``: split-KV decode with GQA packing and 1+k query tokens, plus the LSE merge.
+
+Each kernel has a float32 torch reference (``*_ref``) and FLOPs/bytes helpers that calibration and the
+roofline reuse. The cache layout is documented in ``kv_cache.py``.
+"""
+
+from .attention_decode import (
+    DECODE_CONFIGS,
+    choose_num_splits,
+    decode_attention,
+    decode_attention_ref,
+    decode_bytes,
+    decode_flops,
+)
+from .attention_prefill import (
+    PREFILL_CONFIGS,
+    causal_attention_ref,
+    prefill_attention,
+    prefill_attention_contiguous,
+    prefill_attention_contiguous_ref,
+    prefill_attention_ref,
+    prefill_bytes,
+    prefill_flops,
+)
+from .kv_cache import allocate_kv_cache, gather_kv_ref, write_kv, write_kv_bytes, write_kv_ref
+
+__all__ = [
+    "DECODE_CONFIGS", "PREFILL_CONFIGS", "allocate_kv_cache", "causal_attention_ref", "choose_num_splits",
+    "decode_attention", "decode_attention_ref", "decode_bytes", "decode_flops", "gather_kv_ref",
+    "prefill_attention", "prefill_attention_contiguous", "prefill_attention_contiguous_ref",
+    "prefill_attention_ref", "prefill_bytes", "prefill_flops", "write_kv", "write_kv_bytes", "write_kv_ref",
+]

@@ -1,0 +1,228 @@
+"""Decode attention over the paged cache (flash-decoding): GQA heads packed, split-KV, log-sum-exp merge.
+
+``q`` is ``[batch, num_q_heads, head_dim]`` (one token per sequence) or ``[batch, n, num_q_heads,
+head_dim]`` for ``n = 1 + k`` tokens of speculative verification; ``kv_lens`` (int32 ``[batch]``) counts
+keys including the ``n`` new ones, already in the cache, and token ``t`` sees keys ``<= kv_len - n + t``.
+
+One program handles (sequence, KV head, split): the ``n * group`` query rows that share the KV head are
+packed into the M dimension of one ``tl.dot`` (padded to 16), so each K/V tile is read from memory once.
+When ``batch * num_kv_heads`` cannot fill the GPU, the context is cut into ``num_splits`` ranges whose
+normalised partial outputs and log-sum-exps a second, small kernel merges.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import triton
+import triton.language as tl
+
+from .attention_prefill import causal_attention_ref
+from .kv_cache import check_cache, check_scales, dot, gather_kv_ref, interpreting
+
+# Tile config keyed on head_dim; chosen by bench/attention.py --tune on an H100 SXM (Triton 3.6, bf16).
+DECODE_CONFIGS = {
+    64: dict(BLOCK_N=64, num_warps=4, num_stages=3),
+    128: dict(BLOCK_N=64, num_warps=4, num_stages=3),
+}
+FALLBACK_CONFIG = dict(BLOCK_N=32, num_warps=4, num_stages=2)
+# Split heuristic: aim for this many programs per SM, never fewer than MIN_SPLIT_KEYS keys per split.
+SPLIT_WAVES = 4
+MIN_SPLIT_KEYS = 256
+MAX_SPLITS = 128
+
+
+@triton.jit
+def _decode_kernel(
+    q_ptr, k_ptr, v_ptr, o_ptr, lse_ptr, kv_len_ptr, bt_ptr, k_scale_ptr, v_scale_ptr,
+    qk_scale, num_splits,
+    stride_qb, stride_qt, stride_qh,
+    stride_ob, stride_ot, stride_oh, stride_os,
+    stride_kb, stride_ks, stride_kh, stride_bt,
+    NUM_Q: tl.constexpr, GROUP: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr, BLOCK_SIZE: tl.constexpr, FP8: tl.constexpr, SPLIT: tl.constexpr,
+    UPCAST: tl.constexpr,
+):
+    b = tl.program_id(0)
+    kvh = tl.program_id(1)
+    s = tl.program_id(2)
+    kv_len = tl.load(kv_len_ptr + b)
+    split_len = tl.cdiv(tl.cdiv(kv_len, num_splits), BLOCK_N) * BLOCK_N
+    lo = s * split_len
+    hi = tl.minimum(lo + split_len, kv_len)
+
+    rows = tl.arange(0, BLOCK_M)
+    t = rows // GROUP  # query token of the row
+    hq = kvh * GROUP + rows % GROUP  # query head of the row
+    row_ok = t < NUM_Q
+    offs_d = tl.arange(0, HEAD_DIM)
+    q = tl.load(q_ptr + b.to(tl.int64) * stride_qb + t[:, None] * stride_qt + hq[:, None] * stride_qh
+                + offs_d[None, :], mask=row_ok[:, None], other=0.0)
+    last = kv_len - NUM_Q + t  # last key each row may see
+    if FP8:
+        qk_scale = qk_scale * tl.load(k_scale_ptr + kvh)
+
+    m_i = tl.zeros([BLOCK_M], dtype=tl.float32) - float("inf")
+    l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
+    acc = tl.zeros([BLOCK_M, HEAD_DIM], dtype=tl.float32)
+    k_base = k_ptr + kvh * stride_kh
+    v_base = v_ptr + kvh * stride_kh
+    bt_row = bt_ptr + b.to(tl.int64) * stride_bt
+    for start in range(lo, hi, BLOCK_N):
+        offs_n = start + tl.arange(0, BLOCK_N)
+        n = tl.minimum(offs_n, kv_len - 1)  # clamp instead of masking loads
+        page = tl.load(bt_row + n // BLOCK_SIZE).to(tl.int64)
+        kv_rows = page * stride_kb + (n % BLOCK_SIZE) * stride_ks
+        k = tl.load(k_base + kv_rows[:, None] + offs_d[None, :]).to(q.dtype)
+        v = tl.load(v_base + kv_rows[:, None] + offs_d[None, :]).to(q.dtype)
+        qk = dot(q, tl.trans(k), tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32), UPCAST) * qk_scale
+        qk = tl.where(offs_n[None, :] <= last[:, None], qk, float("-inf"))
+        m_ij = tl.maximum(m_i, tl.max(qk, 1))
+        m_safe = tl.where(m_ij == float("-inf"), 0.0, m_ij)  # a row may see nothing in this split
+        p = tl.math.exp2(qk - m_safe[:, None])
+        alpha = tl.math.exp2(m_i - m_safe)
+        l_i = l_i * alpha + tl.sum(p, 1)
+        acc = dot(p.to(q.dtype), v, acc * alpha[:, None], UPCAST)
+        m_i = m_ij
+
+    out = acc / tl.where(l_i > 0, l_i, 1.0)[:, None]
+    if FP8:
+        out = out * tl.load(v_scale_ptr + kvh)
+    o_off = b.to(tl.int64) * stride_ob + t[:, None] * stride_ot + hq[:, None] * stride_oh + offs_d[None, :]
+    if SPLIT:
+        o_off += s * stride_os
+        # lse (log2 domain) lives in a [batch, NUM_Q, num_q_heads, num_splits] float32 buffer
+        lse = tl.where(l_i > 0, m_i + tl.math.log2(tl.where(l_i > 0, l_i, 1.0)), float("-inf"))
+        num_q_heads = tl.num_programs(1) * GROUP
+        lse_off = ((b * NUM_Q + t) * num_q_heads + hq) * num_splits + s
+        tl.store(lse_ptr + lse_off, lse, mask=row_ok)
+    tl.store(o_ptr + o_off, out.to(o_ptr.dtype.element_ty), mask=row_ok[:, None])
+
+
+@triton.jit
+def _merge_kernel(o_part_ptr, lse_ptr, out_ptr, num_splits,
+                  HEAD_DIM: tl.constexpr, BLOCK_S: tl.constexpr):
+    # One program per (sequence, token, query head) row; partials are contiguous [rows, splits, D].
+    row = tl.program_id(0).to(tl.int64)
+    offs_s = tl.arange(0, BLOCK_S)
+    offs_d = tl.arange(0, HEAD_DIM)
+    ok = offs_s < num_splits
+    lse = tl.load(lse_ptr + row * num_splits + offs_s, mask=ok, other=float("-inf"))
+    w = tl.math.exp2(lse - tl.max(lse, 0))
+    o = tl.load(o_part_ptr + (row * num_splits + offs_s)[:, None] * HEAD_DIM + offs_d[None, :],
+                mask=ok[:, None], other=0.0)
+    out = tl.sum(o * w[:, None], 0) / tl.sum(w, 0)
+    tl.store(out_ptr + row * HEAD_DIM + offs_d, out.to(out_ptr.dtype.element_ty))
+
+
+def choose_num_splits(batch: int, num_kv_heads: int, max_kv_len: int, num_sms: int = 132) -> int:
+    """Splits per (sequence, KV head): SPLIT_WAVES programs per SM, each split >= MIN_SPLIT_KEYS keys."""
+    programs = batch * num_kv_heads
+    want = triton.cdiv(SPLIT_WAVES * num_sms, programs)
+    return max(1, min(want, max_kv_len // MIN_SPLIT_KEYS, MAX_SPLITS))
+
+
+def decode_attention(
+    q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, block_tables: torch.Tensor,
+    kv_lens: torch.Tensor, max_kv_len: int | None = None, sm_scale: float | None = None,
+    k_scale: torch.Tensor | None = None, v_scale: torch.Tensor | None = None,
+    num_splits: int | None = None, out: torch.Tensor | None = None,
+    workspace: tuple[torch.Tensor, torch.Tensor] | None = None, config: dict | None = None,
+) -> torch.Tensor:
+    """Attention of 1 (or 1+k) new tokens per sequence over the paged cache; returns a tensor like ``q``.
+
+    ``num_splits`` defaults to :func:`choose_num_splits` (pass ``max_kv_len`` to avoid a device sync and
+    keep the launch capturable in a CUDA graph). ``out`` (contiguous, shaped like ``q``) and ``workspace``
+    (float32 partial outputs ``[batch, n, num_q_heads, num_splits, head_dim]`` and log-sum-exps
+    ``[batch, n, num_q_heads, num_splits]``) may be preallocated.
+    """
+    _, block_size, num_kv_heads, head_dim = check_cache(k_cache, v_cache)
+    fp8 = check_scales(k_cache, k_scale, v_scale)
+    q4 = q.unsqueeze(1) if q.dim() == 3 else q
+    if q4.dim() != 4 or q4.shape[3] != head_dim or q4.stride(3) != 1:
+        raise ValueError(f"q must be [batch, num_q_heads, {head_dim}] or [batch, n, num_q_heads, {head_dim}] "
+                         f"with a contiguous last dim, got {tuple(q.shape)}")
+    batch, num_q, num_q_heads, _ = q4.shape
+    if q.dtype not in (torch.bfloat16, torch.float16):
+        raise ValueError(f"q must be bfloat16 or float16, got {q.dtype}")
+    if num_q_heads % num_kv_heads:
+        raise ValueError(f"num_q_heads {num_q_heads} is not a multiple of num_kv_heads {num_kv_heads}")
+    if block_tables.dim() != 2 or block_tables.shape[0] != batch or block_tables.dtype != torch.int32:
+        raise ValueError(f"block_tables must be int32 [{batch}, max_blocks], got {block_tables.dtype} "
+                         f"{tuple(block_tables.shape)}")
+    if kv_lens.shape != (batch,) or kv_lens.dtype != torch.int32:
+        raise ValueError(f"kv_lens must be int32 [{batch}], got {kv_lens.dtype} {tuple(kv_lens.shape)}")
+    group = num_q_heads // num_kv_heads
+    if max_kv_len is None:
+        max_kv_len = int(kv_lens.max().item()) if batch else 0
+    if num_splits is None:
+        sms = torch.cuda.get_device_properties(q.device).multi_processor_count if q.is_cuda else 132
+        num_splits = choose_num_splits(batch, num_kv_heads, max_kv_len, sms)
+    cfg = dict(config or DECODE_CONFIGS.get(head_dim, FALLBACK_CONFIG))
+    if out is None:
+        out = torch.empty(q4.shape, dtype=q.dtype, device=q.device)
+    elif out.shape != q.shape or out.dtype != q.dtype or not out.is_contiguous():
+        raise ValueError(f"out must be contiguous {tuple(q.shape)} {q.dtype}, "
+                         f"got {tuple(out.shape)} {out.dtype}")
+    out = out.view(q4.shape)
+    if batch == 0:
+        return out.view(q.shape)
+    split = num_splits > 1
+    if split:
+        want = (batch, num_q, num_q_heads, num_splits, head_dim)
+        if workspace is None:
+            workspace = (torch.empty(want, dtype=torch.float32, device=q.device),
+                         torch.empty(want[:-1], dtype=torch.float32, device=q.device))
+        o_buf, lse = workspace
+        if (o_buf.shape != want or lse.shape != want[:-1]
+                or not (o_buf.is_contiguous() and lse.is_contiguous())
+                or o_buf.dtype != torch.float32 or lse.dtype != torch.float32):
+            raise ValueError(f"workspace must be contiguous float32 {want} and {want[:-1]}, "
+                             f"got {tuple(o_buf.shape)} and {tuple(lse.shape)}")
+    else:
+        o_buf, lse = out, out  # lse unused
+    os_ = o_buf.stride()
+    _decode_kernel[(batch, num_kv_heads, num_splits)](
+        q4, k_cache, v_cache, o_buf, lse, kv_lens, block_tables,
+        k_scale if fp8 else q, v_scale if fp8 else q,
+        (sm_scale or 1.0 / math.sqrt(head_dim)) * 1.4426950408889634, num_splits,
+        q4.stride(0), q4.stride(1), q4.stride(2),
+        os_[0], os_[1], os_[2], os_[3] if split else 0,
+        k_cache.stride(0), k_cache.stride(1), k_cache.stride(2), block_tables.stride(0),
+        NUM_Q=num_q, GROUP=group, HEAD_DIM=head_dim, BLOCK_M=max(16, triton.next_power_of_2(num_q * group)),
+        BLOCK_SIZE=block_size, FP8=fp8, SPLIT=split, UPCAST=interpreting(), **cfg,
+    )
+    if split:
+        _merge_kernel[(batch * num_q * num_q_heads,)](
+            o_buf, lse, out, num_splits, HEAD_DIM=head_dim, BLOCK_S=triton.next_power_of_2(num_splits),
+            num_warps=4)
+    return out.view(q.shape)
+
+
+def decode_attention_ref(q, k_cache, v_cache, block_tables, kv_lens, sm_scale=None, k_scale=None,
+                         v_scale=None) -> torch.Tensor:
+    """float32 torch reference of :func:`decode_attention`."""
+    sm_scale = sm_scale or 1.0 / math.sqrt(q.shape[-1])
+    q4 = q.unsqueeze(1) if q.dim() == 3 else q
+    out = torch.empty(q4.shape, dtype=torch.float32, device=q.device)
+    for s, kv_len in enumerate(kv_lens.tolist()):
+        k, v = gather_kv_ref(k_cache, v_cache, block_tables[s], kv_len, k_scale, v_scale)
+        out[s] = causal_attention_ref(q4[s], k, v, sm_scale)
+    return out.view(q.shape)
+
+
+def decode_flops(kv_lens, num_q_heads: int, head_dim: int, num_q_tokens: int = 1) -> int:
+    """Matrix FLOPs of decode attention: token ``t`` of ``n`` sees ``kv_len - n + t + 1`` keys."""
+    n = num_q_tokens
+    visible = sum(n * int(kv) - n * (n - 1) // 2 for kv in kv_lens)
+    return 4 * visible * num_q_heads * head_dim
+
+
+def decode_bytes(kv_lens, num_kv_heads: int, head_dim: int, kv_dtype_bytes: int = 2, num_q_heads: int = 0,
+                 num_q_tokens: int = 1, dtype_bytes: int = 2) -> int:
+    """Fewest bytes decode attention moves: K and V of every context read once (+ Q read and O written
+    when ``num_q_heads`` is given; the benchmark's bandwidth counts K+V only)."""
+    kv_lens = [int(x) for x in kv_lens]
+    kv = 2 * sum(kv_lens) * num_kv_heads * head_dim * kv_dtype_bytes
+    return kv + 2 * len(kv_lens) * num_q_tokens * num_q_heads * head_dim * dtype_bytes
