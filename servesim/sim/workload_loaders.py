@@ -83,6 +83,11 @@ class _Table:
     frame: pd.DataFrame
     lines: np.ndarray  # 1-based file line of each data row
 
+    def cell(self, i: int, column: str) -> object:
+        """The raw value at data row index `i`, as a plain Python object (for messages)."""
+        v = self.frame[column].iloc[i]
+        return v.item() if isinstance(v, np.generic) else v
+
     def error(self, i: int, column: str, problem: str) -> InputError:
         """An error at data row index `i` (0-based) of `column`."""
         return InputError(f"{problem} (line {int(self.lines[i])})", file=self.path, row=i + 1, column=column)
@@ -96,7 +101,7 @@ def _read_csv(path: str, text: str) -> _Table:
     except pd.errors.ParserError as exc:
         m = re.search(r"line (\d+)", str(exc))
         line = int(m.group(1)) if m else None
-        detail = str(exc).strip().splitlines()[-1]
+        detail = str(exc).strip().splitlines()[-1].split("C error: ")[-1]
         raise InputError(f"malformed CSV: {detail}", file=path, row=line - 1 if line else None) from None
     frame.columns = [str(c).strip() for c in frame.columns]
     frame = frame.fillna("")
@@ -183,12 +188,13 @@ def _numbers(t: _Table, column: str) -> np.ndarray:
     except (TypeError, ValueError):  # a list or dict in a JSON cell
         values = np.array([v if isinstance(v, (int, float)) else np.nan for v in raw], dtype=np.float64)
     bad = ~np.isfinite(values)
-    bool_cells = raw.map(lambda v: isinstance(v, bool)).to_numpy(dtype=bool) if raw.dtype == object else None
-    if bool_cells is not None:
-        bad |= bool_cells
+    if pd.api.types.is_bool_dtype(raw):  # JSON true/false are not token counts
+        bad[:] = True
+    elif raw.dtype == object:
+        bad |= raw.map(lambda v: isinstance(v, bool)).to_numpy(dtype=bool)
     if bad.any():
         i = int(np.argmax(bad))
-        raise t.error(i, column, _describe(raw.iloc[i]))
+        raise t.error(i, column, _describe(t.cell(i, column)))
     return values
 
 
@@ -202,7 +208,7 @@ def _whole(t: _Table, column: str, values: np.ndarray, skip: np.ndarray | None =
             bad = bad & ~skip
         if bad.any():
             i = int(np.argmax(bad))
-            raise t.error(i, column, f"{what}, got {t.frame[column].iloc[i]!r}")
+            raise t.error(i, column, f"{what}, got {t.cell(i, column)!r}")
     return values.astype(np.int64)
 
 
@@ -224,12 +230,12 @@ def _arrivals(t: _Table, f: TraceFormat) -> np.ndarray:
         neg = seconds < 0
         if neg.any():
             i = int(np.argmax(neg))
-            raise t.error(i, col, f"negative timestamp {t.frame[col].iloc[i]!r}")
+            raise t.error(i, col, f"negative timestamp {t.cell(i, col)!r}")
     back = np.diff(seconds) < 0
     if back.any():
         i = int(np.argmax(back)) + 1
-        raise t.error(i, col, f"timestamps not sorted: {t.frame[col].iloc[i]!r} comes after "
-                              f"{t.frame[col].iloc[i - 1]!r} on the row before")
+        raise t.error(i, col, f"timestamps not sorted: {t.cell(i, col)!r} comes after "
+                              f"{t.cell(i - 1, col)!r} on the row before")
     return seconds
 
 
@@ -274,14 +280,14 @@ def parse_table(t: _Table, f: TraceFormat, name: str, source: str,
     _check_columns(t, f)
     if len(t.frame) == 0:
         raise InputError("empty trace: no data rows", file=t.path)
-    inp = _numbers(t, f.input_column)
-    out = _numbers(t, f.output_column)
-    failed = (inp == 0) | (out == 0) if f.drop_failed else None
     cols: dict[str, object] = {}
     if f.time_column in t.frame.columns:
         cols["arrival_s"] = _arrivals(t, f)
     else:
         cols["arrival_s"] = np.full(len(t.frame), np.nan)
+    inp = _numbers(t, f.input_column)
+    out = _numbers(t, f.output_column)
+    failed = (inp == 0) | (out == 0) if f.drop_failed else None
     cols["input_tokens"] = _whole(t, f.input_column, inp, skip=failed)
     cols["output_tokens"] = _whole(t, f.output_column, out, skip=failed)
     has_hash = f.hash_column is not None and f.hash_column in t.frame.columns
