@@ -16,6 +16,7 @@ from servesim.sim.metrics import SLO, slowdown_by_size, summarize, summarize_tim
 from servesim.sim.outputs import (
     chrome_trace_events,
     dumps_json,
+    iter_trace_events,
     read_outputs,
     render_comparison,
     render_slowdown,
@@ -119,10 +120,11 @@ def test_failure_keeps_previous_outputs_intact(tmp_path, run, monkeypatch):
     out = write_outputs(tmp_path / "out", requests, timeline, summary, meta)
     before = {p.name: p.read_bytes() for p in out.iterdir()}
 
-    def broken(_):
-        raise RuntimeError("trace failed")
+    def broken(timeline):
+        yield []
+        raise RuntimeError("trace failed")  # after trace.json is half written
 
-    monkeypatch.setattr(outputs, "chrome_trace_events", broken)
+    monkeypatch.setattr(outputs, "iter_trace_events", broken)
     with pytest.raises(RuntimeError):
         write_outputs(out, requests.iloc[:2], timeline, {**summary, "completed": 0}, meta, chrome_trace=True)
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before
@@ -163,6 +165,9 @@ def test_chrome_trace_events(tmp_path, run):
     names = {e["pid"]: e["args"]["name"] for e in events if e["ph"] == "M"}
     assert names == {0: "replica 0", 1: "replica 1"}
     assert chrome_trace_events(timeline.iloc[:0])["traceEvents"] == []
+    # streamed in chunks, the file holds exactly the in-memory document
+    assert trace == chrome_trace_events(timeline)
+    assert [len(c) for c in iter_trace_events(timeline, chunk_rows=3)] == [2, 9, 3]
 
 
 def test_to_json_value_types():

@@ -42,8 +42,10 @@ def weighted_percentile(values: np.ndarray, weights: np.ndarray | None, q: float
     ``np.percentile(np.repeat(values, weights), q)`` (vLLM's definition) without expanding the sample.
     """
     v = np.asarray(values, dtype=np.float64)
-    w = np.ones(len(v), dtype=np.int64) if weights is None else np.asarray(weights, dtype=np.int64)
-    order = np.argsort(v, kind="stable")
+    if weights is None:
+        return np.percentile(v, q)  # partition-based, no full sort
+    w = np.asarray(weights, dtype=np.int64)
+    order = np.argsort(v)  # tie order is irrelevant: tied values are equal
     v, w = v[order], w[order]
     cum = np.cumsum(w)  # expanded positions < cum[j] hold values <= v[j]
     qf = np.asarray(q, dtype=np.float64) / 100.0

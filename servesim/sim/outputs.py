@@ -20,7 +20,7 @@ import math
 import os
 import shutil
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 
 import numpy as np
@@ -72,27 +72,49 @@ def _iteration_kind(prefill: int, decode: int) -> str:
     return "decode" if prefill == 0 else "mixed"
 
 
-def chrome_trace_events(timeline: pd.DataFrame) -> dict[str, object]:
-    """Chrome trace events: one "X" slice per timeline row (pid = replica, µs), KV and queue counters."""
-    cols = {c: timeline[c].tolist() for c in timeline.columns}
-    events: list[dict[str, object]] = [
-        {"name": "process_name", "ph": "M", "pid": r, "tid": 0, "args": {"name": f"replica {r}"}}
-        for r in sorted(set(cols["replica"]))
-    ]
+def iter_trace_events(timeline: pd.DataFrame, chunk_rows: int = 50_000) -> Iterator[list[dict[str, object]]]:
+    """Chrome trace events in chunks (so a long timeline never sits in memory as one list):
+    process names, then per row one "X" slice (pid = replica, µs) and "C" counters for KV and queue."""
+    replicas = sorted(set(timeline["replica"].tolist()))
+    yield [{"name": "process_name", "ph": "M", "pid": r, "tid": 0, "args": {"name": f"replica {r}"}}
+           for r in replicas]
     arg_names = ("steps", "batch_size", "prefill_tokens", "decode_tokens", "num_running", "num_waiting")
-    for i in range(len(timeline)):
-        pid, ts = cols["replica"][i], cols["start_s"][i] * 1e6
-        events.append({
-            "name": _iteration_kind(cols["prefill_tokens"][i], cols["decode_tokens"][i]),
-            "cat": "iteration", "ph": "X", "pid": pid, "tid": 0, "ts": ts,
-            "dur": (cols["end_s"][i] - cols["start_s"][i]) * 1e6,
-            "args": {a: cols[a][i] for a in arg_names},
-        })
-        events.append({"name": "kv_blocks", "ph": "C", "pid": pid, "ts": ts,
-                       "args": {"used": cols["kv_blocks_used"][i]}})
-        events.append({"name": "queue", "ph": "C", "pid": pid, "ts": ts,
-                       "args": {"running": cols["num_running"][i], "waiting": cols["num_waiting"][i]}})
+    for lo in range(0, len(timeline), chunk_rows):
+        part = timeline.iloc[lo : lo + chunk_rows]
+        cols = {c: part[c].tolist() for c in part.columns}  # plain Python numbers for json
+        events: list[dict[str, object]] = []
+        for i in range(len(part)):
+            pid, ts = cols["replica"][i], cols["start_s"][i] * 1e6
+            events.append({
+                "name": _iteration_kind(cols["prefill_tokens"][i], cols["decode_tokens"][i]),
+                "cat": "iteration", "ph": "X", "pid": pid, "tid": 0, "ts": ts,
+                "dur": (cols["end_s"][i] - cols["start_s"][i]) * 1e6,
+                "args": {a: cols[a][i] for a in arg_names},
+            })
+            events.append({"name": "kv_blocks", "ph": "C", "pid": pid, "ts": ts,
+                           "args": {"used": cols["kv_blocks_used"][i]}})
+            events.append({"name": "queue", "ph": "C", "pid": pid, "ts": ts,
+                           "args": {"running": cols["num_running"][i], "waiting": cols["num_waiting"][i]}})
+        yield events
+
+
+def chrome_trace_events(timeline: pd.DataFrame) -> dict[str, object]:
+    """The whole Chrome trace document for a timeline (``{"traceEvents": [...]}``)."""
+    events = [e for chunk in iter_trace_events(timeline) for e in chunk]
     return {"traceEvents": events, "displayTimeUnit": "ms"}
+
+
+def _write_trace(path: Path, timeline: pd.DataFrame) -> None:
+    """Stream the trace document to ``path`` chunk by chunk (one json.dumps per chunk is fast)."""
+    with open(path, "w", encoding="utf-8") as f:
+        f.write('{"displayTimeUnit":"ms","traceEvents":[')
+        first = True
+        for events in iter_trace_events(timeline):
+            if events:
+                text = json.dumps(events, separators=(",", ":"), allow_nan=False)[1:-1]
+                f.write(text if first else "," + text)
+                first = False
+        f.write("]}\n")
 
 
 def write_outputs(
@@ -120,9 +142,7 @@ def write_outputs(
         (tmp / "summary.json").write_text(dumps_json(summary_document(summary, meta)), encoding="utf-8")
         (tmp / "run.json").write_text(dumps_json(meta), encoding="utf-8")
         if chrome_trace:
-            events = chrome_trace_events(timeline)  # plain Python values already (Series.tolist)
-            with open(tmp / "trace.json", "w", encoding="utf-8") as f:
-                json.dump(events, f, separators=(",", ":"), allow_nan=False)
+            _write_trace(tmp / "trace.json", timeline)
         _publish(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
