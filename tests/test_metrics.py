@@ -203,7 +203,13 @@ def test_nothing_completed_and_zero_duration():
 
 def test_missing_column_is_named():
     with pytest.raises(InputError) as err:
-        summarize(three_plus_rejected().drop(columns=["ideal_e2el_s"]), np.array([]), None, 1.0)
+        summarize(three_plus_rejected().drop(columns=["cached_tokens"]), np.array([]), None, 1.0)
+    assert err.value.column == "cached_tokens"
+    # only the slowdown table needs the idle-replica E2E
+    no_ideal = three_plus_rejected().drop(columns=["ideal_e2el_s"])
+    assert summarize(no_ideal, np.array([]), None, 2.0)["completed"] == 3
+    with pytest.raises(InputError) as err:
+        slowdown_by_size(no_ideal)
     assert err.value.column == "ideal_e2el_s"
 
 

@@ -125,14 +125,18 @@ def completed_mask(requests: pd.DataFrame) -> np.ndarray:
 
 
 def request_latencies(requests: pd.DataFrame) -> pd.DataFrame:
-    """Per-request ``ttft_s``, ``e2el_s``, ``tpot_s`` (NaN below two tokens), ``queueing_s``, ``slowdown``."""
+    """Per-request ``ttft_s``, ``e2el_s``, ``tpot_s`` (NaN below two tokens), ``queueing_s``, ``slowdown``.
+
+    ``slowdown`` = E2E / ``ideal_e2el_s``; NaN where that column is absent (only slowdown needs it).
+    """
     arrival = requests["arrival_s"].to_numpy(dtype=np.float64)
     ttft = requests["first_token_s"].to_numpy(dtype=np.float64) - arrival
     e2el = requests["finish_s"].to_numpy(dtype=np.float64) - arrival
     gen = requests["generated_tokens"].to_numpy(dtype=np.float64)
     with np.errstate(divide="ignore", invalid="ignore"):
         tpot = np.where(gen > 1, (e2el - ttft) / (gen - 1), np.nan)
-        ideal = requests["ideal_e2el_s"].to_numpy(dtype=np.float64)
+        ideal = (requests["ideal_e2el_s"].to_numpy(dtype=np.float64) if "ideal_e2el_s" in requests
+                 else np.full(len(requests), np.nan))
         slowdown = np.where(ideal > 0, e2el / ideal, np.nan)
     queueing = requests["first_scheduled_s"].to_numpy(dtype=np.float64) - arrival
     return pd.DataFrame(
@@ -179,7 +183,7 @@ def summarize(
     ``duration_s`` is first arrival to last finish, as the caller measures it; rejected requests
     (and any left unfinished) count as SLO failures in ``slo_attainment``.
     """
-    check_columns(requests, REQUEST_COLUMNS, "requests")
+    check_columns(requests, (c for c in REQUEST_COLUMNS if c != "ideal_e2el_s"), "requests")
     itl_s = np.asarray(itl_s, dtype=np.float64)
     if itl_weights is not None and len(itl_weights) != len(itl_s):
         raise ValueError(f"itl_weights has {len(itl_weights)} entries for {len(itl_s)} ITL values")
