@@ -1,0 +1,150 @@
+"""GPU catalog: datasheet peaks (memory, HBM bandwidth, dense TFLOP/s per dtype, links, power) and $/hour.
+
+All throughput figures are *dense* (no 2:4 sparsity). ``memory_bytes`` is the datasheet capacity read in
+binary units (HBM and GDDR capacities are powers of two: "80 GB" is 80 GiB); the CUDA driver reports about
+1% less on an H100 SXM (85,017,493,504 bytes measured, vs 85,899,345,920). ``interconnect_bytes_per_s`` is
+the datasheet's per-GPU NVLink/xGMI figure, which counts both directions (the cost model uses half of it for
+one direction of a ring). ``usd_per_hour`` values are editable defaults (rough on-demand cloud prices), not
+quotes. The catalog is ``catalog/gpus.yaml``; users add GPUs in the same format with :func:`load_gpus_yaml`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from servesim.errors import ConfigError, InputError
+
+GIB = 2**30
+DTYPES = ("fp32", "tf32", "bf16", "fp16", "fp8", "int8")
+
+
+@dataclass(frozen=True)
+class GPU:
+    """One accelerator's datasheet peaks; ``tflops`` maps a dtype in :data:`DTYPES` to dense TFLOP/s
+    (TOP/s for int8). A dtype the GPU cannot run on tensor cores (fp8 before Hopper/Ada) is absent."""
+
+    name: str
+    memory_bytes: int
+    hbm_bytes_per_s: float
+    tflops: dict[str, float]
+    sm_count: int
+    interconnect_bytes_per_s: float  # NVLink / xGMI per GPU, both directions; PCIe figure when none
+    pcie_bytes_per_s: float  # both directions
+    tdp_w: float
+    usd_per_hour: float
+    source: str
+
+    def peak_flops_per_s(self, dtype: str) -> float:
+        """Dense peak FLOP/s for ``dtype``; fp8 falls back to bf16 on GPUs without fp8 tensor cores."""
+        if dtype == "fp8" and "fp8" not in self.tflops:
+            dtype = "bf16"
+        return self.tflops[dtype] * 1e12
+
+
+def _catalog() -> dict[str, GPU]:
+    return load_gpus_yaml(Path(__file__).parent / "catalog" / "gpus.yaml")
+
+
+ALIASES = {
+    "h100": "H100-SXM",
+    "h100-sxm5": "H100-SXM",
+    "a100": "A100-80GB-SXM",
+    "a100-80gb": "A100-80GB-SXM",
+    "a100-40gb": "A100-40GB-SXM",
+    "h200-sxm": "H200",
+}
+
+
+def get_gpu(name: str, extra: dict[str, GPU] | None = None) -> GPU:
+    """Look a GPU up by name, case-insensitively (``extra`` adds user GPUs from :func:`load_gpus_yaml`)."""
+    table = {**GPUS, **(extra or {})}
+    by_lower = {k.lower(): v for k, v in table.items()}
+    key = name.strip().lower()
+    key = ALIASES.get(key, key).lower()
+    if key in by_lower:
+        return by_lower[key]
+    raise ConfigError(f"unknown GPU '{name}'; known: {', '.join(table)}", field="gpu")
+
+
+# YAML fields (human units) -> (GPU field, scale)
+_YAML_FIELDS = {
+    "memory_gib": ("memory_bytes", GIB),
+    "hbm_tbps": ("hbm_bytes_per_s", 1e12),
+    "sm_count": ("sm_count", 1),
+    "interconnect_gbps": ("interconnect_bytes_per_s", 1e9),
+    "pcie_gbps": ("pcie_bytes_per_s", 1e9),
+    "tdp_w": ("tdp_w", 1),
+    "usd_per_hour": ("usd_per_hour", 1),
+}
+_REQUIRED = (*_YAML_FIELDS, "tflops", "source")
+
+
+def _number(value, file: str, field: str) -> float:
+    # PyYAML reads "3.35e12" (no dot before e, no sign) as a string; accept it as a number.
+    try:
+        out = float(value)
+    except (TypeError, ValueError):
+        raise InputError(f"expected a number, got {value!r}", file=file, field=field) from None
+    if not out >= 0:
+        raise InputError(f"must be >= 0, got {value!r}", file=file, field=field)
+    return out
+
+
+def gpu_from_dict(name: str, raw: dict, file: str = "<dict>") -> GPU:
+    """A validated :class:`GPU` from one YAML entry (fields of ``catalog/gpus.yaml``, in human units)."""
+    if not isinstance(raw, dict):
+        raise InputError("expected a mapping of GPU fields", file=file, field=name)
+    unknown = sorted(set(raw) - set(_REQUIRED))
+    if unknown:
+        raise InputError(
+            f"unknown field; expected {', '.join(_REQUIRED)}", file=file, field=f"{name}.{unknown[0]}"
+        )
+    for key in _REQUIRED:
+        if key not in raw:
+            raise InputError("missing", file=file, field=f"{name}.{key}")
+    tflops = raw["tflops"]
+    if not isinstance(tflops, dict) or "bf16" not in tflops:
+        raise InputError(
+            "expected a mapping of dtype to dense TFLOP/s with at least bf16",
+            file=file,
+            field=f"{name}.tflops",
+        )
+    for dt in tflops:
+        if dt not in DTYPES:
+            raise InputError(
+                f"unknown dtype; expected one of {', '.join(DTYPES)}", file=file, field=f"{name}.tflops.{dt}"
+            )
+    if not str(raw["source"]).strip():
+        raise InputError("must name the datasheet", file=file, field=f"{name}.source")
+    vals = {}
+    for key, (attr, scale) in _YAML_FIELDS.items():
+        value = _number(raw[key], file, f"{name}.{key}") * scale
+        vals[attr] = int(round(value)) if attr in ("memory_bytes", "sm_count") else value
+    if not vals["memory_bytes"] or not vals["hbm_bytes_per_s"] or not float(tflops["bf16"] or 0):
+        raise InputError("memory, bandwidth and bf16 TFLOP/s must be > 0", file=file, field=name)
+    peaks = {k: _number(v, file, f"{name}.tflops.{k}") for k, v in tflops.items()}
+    return GPU(name=name, tflops=peaks, source=str(raw["source"]).strip(), **vals)
+
+
+def load_gpus_yaml(path: str | Path) -> dict[str, GPU]:
+    """Read GPUs from YAML in the format of ``catalog/gpus.yaml``: ``{name: {memory_gib: 80, hbm_tbps: 3.35,
+    tflops: {bf16: 989.4, ...}, sm_count, interconnect_gbps, pcie_gbps, tdp_w, usd_per_hour, source}}``.
+
+    Every field is required (``tflops`` needs bf16); errors name the file and the field.
+    """
+    import yaml
+
+    file = str(path)
+    try:
+        raw = yaml.safe_load(Path(path).read_text())
+    except OSError as exc:
+        raise InputError(f"cannot read: {exc.strerror}", file=file) from None
+    except yaml.YAMLError as exc:
+        raise InputError(f"not valid YAML: {exc}", file=file) from None
+    if not isinstance(raw, dict) or not raw:
+        raise InputError("expected a mapping of GPU name to fields", file=file)
+    return {str(name): gpu_from_dict(str(name), fields, file) for name, fields in raw.items()}
+
+
+GPUS: dict[str, GPU] = _catalog()

@@ -1,0 +1,101 @@
+"""Load a :class:`ModelSpec` from a local HuggingFace ``config.json`` (no network, no transformers).
+
+Handles ``text_config`` nesting (multimodal wrappers), an explicit ``head_dim`` (null means
+hidden/heads), MoE keys (``num_local_experts`` / ``num_experts`` / ``n_routed_experts``,
+``num_experts_per_tok``, ``moe_intermediate_size``), ``torch_dtype`` / ``dtype`` and
+``tie_word_embeddings`` (default false, as in the Llama, Mistral and Qwen2 config classes).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from servesim.errors import InputError
+from servesim.hwmodels.models import ModelSpec
+
+_DTYPES = {"bfloat16": "bf16", "float16": "fp16", "half": "fp16", "float32": "fp32", "float": "fp32"}
+_QKV_BIAS_TYPES = {"qwen2", "qwen2_moe"}  # these architectures always have q/k/v bias
+
+
+def _int(cfg: dict, keys: tuple[str, ...], file: str, default: int | None = None) -> int:
+    for key in keys:
+        if cfg.get(key) is not None:
+            value = cfg[key]
+            if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+                raise InputError(f"expected a positive integer, got {value!r}", file=file, field=key)
+            return value
+    if default is None:
+        raise InputError("missing", file=file, field=keys[0])
+    return default
+
+
+def load_hf_config(path: str | Path) -> ModelSpec:
+    """Read a HuggingFace ``config.json``; errors name the file and the key."""
+    file = str(path)
+    try:
+        top = json.loads(Path(path).read_text())
+    except OSError as exc:
+        raise InputError(f"cannot read: {exc.strerror}", file=file) from None
+    except json.JSONDecodeError as exc:
+        raise InputError(f"not valid JSON: {exc.msg} at line {exc.lineno}", file=file) from None
+    if not isinstance(top, dict):
+        raise InputError("expected a JSON object", file=file)
+    cfg = top.get("text_config") or top
+    if not isinstance(cfg, dict):
+        raise InputError("expected an object", file=file, field="text_config")
+
+    hidden = _int(cfg, ("hidden_size", "n_embd", "d_model"), file)
+    heads = _int(cfg, ("num_attention_heads", "n_head"), file)
+    head_dim = _int(cfg, ("head_dim",), file, default=hidden // heads)
+    if cfg.get("head_dim") is None and hidden % heads:
+        raise InputError(
+            f"hidden_size {hidden} is not a multiple of num_attention_heads {heads}; give head_dim",
+            file=file,
+            field="head_dim",
+        )
+    kv_heads = _int(cfg, ("num_key_value_heads",), file, default=heads)
+    if heads % kv_heads:
+        raise InputError(
+            f"num_attention_heads {heads} is not a multiple of {kv_heads}",
+            file=file,
+            field="num_key_value_heads",
+        )
+    experts = _int(cfg, ("num_local_experts", "num_experts", "n_routed_experts"), file, default=0)
+    top_k = _int(cfg, ("num_experts_per_tok",), file) if experts else 0
+    if top_k > experts:
+        raise InputError(
+            f"{top_k} experts per token but only {experts} experts", file=file, field="num_experts_per_tok"
+        )
+    moe_inter = _int(cfg, ("moe_intermediate_size",), file, default=0) if experts else 0
+    inter = _int(cfg, ("intermediate_size", "ffn_dim", "n_inner"), file, default=moe_inter or None)
+
+    raw_dtype = cfg.get("torch_dtype") or cfg.get("dtype") or top.get("torch_dtype") or top.get("dtype")
+    raw_dtype = "bfloat16" if raw_dtype is None else str(raw_dtype).removeprefix("torch.")
+    if raw_dtype not in _DTYPES:
+        raise InputError(
+            f"unknown dtype {raw_dtype!r}; expected one of {sorted(_DTYPES)}", file=file, field="torch_dtype"
+        )
+    tied = cfg.get("tie_word_embeddings", top.get("tie_word_embeddings", False))
+    if not isinstance(tied, bool):
+        raise InputError(f"expected true or false, got {tied!r}", file=file, field="tie_word_embeddings")
+    model_type = str(cfg.get("model_type") or top.get("model_type") or "")
+    name = Path(path).parent.name or Path(path).stem
+    return ModelSpec(
+        name=name,
+        hidden_size=hidden,
+        num_layers=_int(cfg, ("num_hidden_layers", "n_layer"), file),
+        num_heads=heads,
+        num_kv_heads=kv_heads,
+        head_dim=head_dim,
+        intermediate_size=inter,
+        vocab_size=_int(cfg, ("vocab_size",), file),
+        tied_embeddings=tied,
+        num_experts=experts,
+        experts_per_token=top_k,
+        moe_intermediate_size=moe_inter,
+        qkv_bias=bool(cfg.get("attention_bias") or cfg.get("qkv_bias")) or model_type in _QKV_BIAS_TYPES,
+        dtype=_DTYPES[raw_dtype],
+        max_position_embeddings=_int(cfg, ("max_position_embeddings",), file, 0),
+        source=file,
+    )
