@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import io
 import json
+import os
+import stat
 
 import numpy as np
 import pandas as pd
@@ -81,6 +83,9 @@ def test_writes_all_files_and_round_trips(tmp_path, run):
     assert doc["completed"] == 3 and doc["slo"]["mode"] == "per-metric"
     assert doc["slo_attainment_ttft"] == pytest.approx(summary["slo_attainment_ttft"])
     assert leftovers(tmp_path / "a") == []
+    umask = os.umask(0)
+    os.umask(umask)
+    assert stat.S_IMODE(out.stat().st_mode) == 0o777 & ~umask
 
 
 def test_summary_json_is_byte_identical_and_sorted(tmp_path, run):

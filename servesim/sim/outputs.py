@@ -153,6 +153,9 @@ def write_outputs(
 def _publish(tmp: Path, out: Path) -> None:
     """Move the finished files into place: one rename for a new directory, else file by file."""
     if not out.exists():
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o777 & ~umask)  # mkdtemp made it private; give it a normal directory's mode
         os.rename(tmp, out)
         return
     written = {p.name for p in tmp.iterdir()}
