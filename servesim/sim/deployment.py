@@ -1,0 +1,142 @@
+"""From a Scenario to the concrete pieces a simulation runs: cost models, KV blocks, scheduler config.
+
+Everything that can be refused is refused here, before any simulation starts, with the field
+at fault named: a model that does not fit the GPU, a TP degree that does not divide the heads,
+a KV pool of zero blocks, a trace without arrival times and no arrival process.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from servesim.errors import ConfigError
+from servesim.hwmodels.cost import CostModel
+from servesim.hwmodels.gpus import GPU, get_gpu
+from servesim.hwmodels.memory import MemoryPlan, plan_memory
+from servesim.hwmodels.models import ModelSpec, get_model
+from servesim.sim import workload as wl
+from servesim.sim.config import Scenario
+from servesim.sim.policies import OutputPredictor
+from servesim.sim.request import Batch
+from servesim.sim.scheduler import SchedulerConfig
+from servesim.sim.spec import IIDAcceptance, PerRequestAcceptance
+
+GIB = 1024**3
+
+
+@dataclass(frozen=True)
+class Deployment:
+    """The resolved configuration of every replica (identical replicas)."""
+
+    model: ModelSpec
+    gpu: GPU
+    tp: int
+    pp: int
+    replicas: int
+    cost: CostModel
+    memory: MemoryPlan
+    num_blocks: int
+    block_size: int
+    swap_blocks: int
+    swap_s_per_block: float
+    prefix_caching: bool
+    scheduler: SchedulerConfig
+    router: str
+    usd_per_gpu_hour: float
+    draft_cost: CostModel | None = None
+    acceptance: IIDAcceptance | PerRequestAcceptance | None = None
+    slo_e2el_s: float | None = None
+
+    @property
+    def gpus_total(self) -> int:
+        return self.tp * self.pp * self.replicas
+
+    def pp_transfer_s(self, batch: Batch) -> float:
+        return self.cost.pp_transfer_s(batch.num_tokens)
+
+
+def build_deployment(s: Scenario) -> Deployment:
+    """Resolve ``s`` into a Deployment, or raise a ConfigError naming the field."""
+    model = get_model(s.model)
+    gpu = get_gpu(s.gpu)
+    max_model_len = s.max_model_len or model.max_position_embeddings
+    chunked = s.batching == "chunked"
+    budget = s.max_num_batched_tokens or (max(2048, s.max_num_seqs * (1 + s.spec_k)) if chunked else max_model_len)
+    try:
+        sched = SchedulerConfig(
+            batching=s.batching,
+            policy=s.policy,
+            max_num_seqs=s.max_num_seqs,
+            max_num_batched_tokens=budget,
+            max_model_len=max_model_len,
+            preemption=s.preemption,
+            aging=s.aging,
+            spec_tokens=s.spec_k,
+            predictor=OutputPredictor(s.predictor, s.predictor_sigma, s.predictor_accuracy),
+            record_token_times=s.record_token_times,
+        )
+    except ValueError as exc:
+        raise ConfigError(str(exc), field="max_num_batched_tokens") from None
+    cost = CostModel(model, gpu, tp=s.tp, pp=s.pp, weight_format=s.quant, kv_dtype=s.kv_dtype)
+    memory = plan_memory(
+        model, gpu, tp=s.tp, pp=s.pp, weight_format=s.quant, kv_dtype=s.kv_dtype,
+        gpu_memory_utilization=s.gpu_memory_utilization, block_size=s.block_size,
+        max_num_batched_tokens=budget,
+    )
+    num_blocks = s.num_gpu_blocks or memory.kv_blocks
+    if num_blocks < s.pp:
+        raise ConfigError(f"{num_blocks} KV blocks cannot be shared by {s.pp} pipeline engines", field="num_gpu_blocks")
+    block_bytes = memory.kv_bytes_per_block
+    draft_cost = acceptance = None
+    if s.spec_k:
+        draft = get_model(s.draft_model)
+        draft_cost = CostModel(draft, gpu, tp=s.tp, pp=1, weight_format=s.quant, kv_dtype=s.kv_dtype)
+        if s.spec_alpha_concentration is None:
+            acceptance = IIDAcceptance(alpha=s.spec_alpha, k=s.spec_k)
+        else:
+            acceptance = PerRequestAcceptance(
+                k=s.spec_k, alpha_mean=s.spec_alpha, alpha_concentration=s.spec_alpha_concentration
+            )
+    return Deployment(
+        model=model, gpu=gpu, tp=s.tp, pp=s.pp, replicas=s.replicas, cost=cost, memory=memory,
+        num_blocks=num_blocks, block_size=s.block_size,
+        swap_blocks=int(s.swap_space_gib * GIB // block_bytes) if block_bytes else 0,
+        swap_s_per_block=block_bytes / gpu.pcie_bytes_per_s * 2,  # one direction of a PCIe link
+        prefix_caching=s.prefix_caching, scheduler=sched, router=s.router,
+        usd_per_gpu_hour=gpu.usd_per_hour if s.usd_per_gpu_hour is None else s.usd_per_gpu_hour,
+        draft_cost=draft_cost, acceptance=acceptance,
+        slo_e2el_s=None if s.slo_e2el_ms is None else s.slo_e2el_ms / 1000,
+    )
+
+
+def build_workload(s: Scenario) -> wl.Workload:
+    """The scenario's workload: a trace (windowed, scaled, capped) or synthetic arrivals over it."""
+    w = wl.load_trace(s.trace, s.trace_format)
+    rng = np.random.default_rng([s.seed, 1])
+    if s.start_s is not None or s.duration_s is not None:
+        if not w.has_arrivals:
+            raise ConfigError(f"trace {s.trace} has no arrival times to window", field="duration_s")
+        start = (s.start_s or 0.0) + float(w.requests["arrival_s"].iloc[0])
+        w = wl.window(w, start, start + s.duration_s)
+    if s.num_requests is not None:
+        w = wl.head(w, s.num_requests)
+    if s.max_context_tokens is not None:
+        w = wl.cap_lengths(w, s.max_context_tokens)
+    if s.arrival == "trace":
+        if not w.has_arrivals:
+            raise ConfigError(
+                f"trace {s.trace} has lengths only: choose an arrival process (--arrival poisson --rate R)",
+                field="arrival",
+            )
+        if s.rate is not None:
+            w = wl.scale_rate(w, s.rate)
+        return w
+    if s.arrival == "closed":
+        return wl.with_arrivals(w, wl.ClosedLoop(s.users, s.think_time_s), rng)
+    if s.rate is None:
+        raise ConfigError(f"arrival '{s.arrival}' needs a rate (--rate requests/s)", field="rate")
+    process = {"poisson": lambda: wl.Poisson(s.rate), "gamma": lambda: wl.Gamma(s.rate, cv=s.cv),
+               "constant": lambda: wl.Constant(s.rate)}[s.arrival]()
+    return wl.with_arrivals(w, process, rng)

@@ -1,0 +1,103 @@
+"""Compact recorders: per-request rows and per-iteration timeline rows in typed arrays.
+
+A finished request is copied into columns (about 100 bytes) and the ``Request`` object dropped,
+so memory grows with the number of requests, never with their tokens.
+"""
+
+from __future__ import annotations
+
+from array import array
+
+import numpy as np
+import pandas as pd
+
+from servesim.sim.request import Request
+
+_REQUEST_COLUMNS = {
+    "request_id": "q",
+    "replica": "q",
+    "arrival_s": "d",
+    "input_tokens": "q",
+    "output_tokens": "q",
+    "generated_tokens": "q",
+    "cached_tokens": "q",
+    "first_scheduled_s": "d",
+    "first_token_s": "d",
+    "finish_s": "d",
+    "num_preemptions": "q",
+    "priority": "q",
+}
+
+TIMELINE_COLUMNS = {
+    "replica": "q",
+    "start_s": "d",
+    "end_s": "d",
+    "steps": "q",
+    "batch_size": "q",
+    "prefill_tokens": "q",
+    "decode_tokens": "q",
+    "num_running": "q",
+    "num_waiting": "q",
+    "kv_blocks_used": "q",
+    "kv_blocks_total": "q",
+}
+
+
+class RequestRecorder:
+    """Columns of finished and rejected requests."""
+
+    def __init__(self, keep_token_times: bool = False) -> None:
+        self._cols = {name: array(code) for name, code in _REQUEST_COLUMNS.items()}
+        self._rejected: dict[int, str] = {}  # row -> reason (rare)
+        self._token_times: list[list[float]] | None = [] if keep_token_times else None
+
+    def __len__(self) -> int:
+        return len(self._cols["request_id"])
+
+    def add(self, r: Request) -> None:
+        c = self._cols
+        if r.rejected_reason:
+            self._rejected[len(self)] = r.rejected_reason
+        c["request_id"].append(r.request_id)
+        c["replica"].append(r.replica)
+        c["arrival_s"].append(r.arrival_s)
+        c["input_tokens"].append(r.prompt_tokens)
+        c["output_tokens"].append(r.output_tokens)
+        c["generated_tokens"].append(r.generated)
+        c["cached_tokens"].append(r.cached_tokens)
+        c["first_scheduled_s"].append(r.first_scheduled_s)
+        c["first_token_s"].append(r.first_token_s if not r.rejected_reason else np.nan)
+        c["finish_s"].append(r.finish_s if not r.rejected_reason else np.nan)
+        c["num_preemptions"].append(r.num_preemptions)
+        c["priority"].append(r.priority)
+        if self._token_times is not None:
+            self._token_times.append(list(r.token_times_s or ()))
+
+    def frame(self) -> pd.DataFrame:
+        """The requests table, sorted by request id."""
+        df = pd.DataFrame({name: np.frombuffer(col, dtype=col.typecode) if len(col) else
+                           np.zeros(0, np.int64 if col.typecode == "q" else np.float64)
+                           for name, col in self._cols.items()})
+        reasons = np.full(len(df), "", dtype=object)
+        for row, why in self._rejected.items():
+            reasons[row] = why
+        df["rejected_reason"] = reasons
+        if self._token_times is not None:
+            df["token_times_s"] = pd.Series(self._token_times, dtype=object)
+        return df.sort_values("request_id", kind="stable").reset_index(drop=True)
+
+
+class TimelineRecorder:
+    """One row per iteration (or per fast-forwarded run of identical decode iterations)."""
+
+    def __init__(self) -> None:
+        self._cols = {name: array(code) for name, code in TIMELINE_COLUMNS.items()}
+        self._appenders = [col.append for col in self._cols.values()]
+
+    def add(self, *row: float) -> None:
+        for append, value in zip(self._appenders, row):
+            append(value)
+
+    def frame(self) -> pd.DataFrame:
+        return pd.DataFrame({name: np.array(col, dtype=np.int64 if col.typecode == "q" else np.float64)
+                             for name, col in self._cols.items()})

@@ -1,0 +1,443 @@
+"""Iteration-level scheduler: which requests run each step, and how many tokens each.
+
+The same object drives the simulator and the engine (DESIGN.md, "The seam")::
+
+    sched.add(request, now)
+    batch = sched.schedule(now)
+    ...                                   # run the step: cost model or GPU
+    sched.complete(batch, now, accepted)
+
+Batching modes (``BATCHING``):
+
+* ``static``: a batch is admitted only when nothing runs and runs until every member finishes.
+* ``continuous``: vLLM v0: when waiting requests can be admitted, a prefill-only step runs their
+  whole prompts; otherwise every running request decodes. Prefill and decode never mix.
+* ``chunked``: Sarathi-Serve / vLLM v1: every running decode first, then prefill chunks (running
+  partial prefills, then new admissions) up to ``max_num_batched_tokens``.
+
+Decoding requests live in numpy slot arrays so a decode step costs a handful of vector
+operations however many requests run; their ``Request`` fields are written back when they leave
+the slots (finish, preemption) or on ``sync()``.
+"""
+
+from __future__ import annotations
+
+import heapq
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from servesim.hwmodels.ops import BatchShape
+from servesim.sim.kv import KVBlockManager
+from servesim.sim.policies import POLICIES, OutputPredictor, policy_key
+from servesim.sim.request import Batch, PrefillChunk, Request, State
+
+BATCHING = ("static", "continuous", "chunked")
+PREEMPTION = ("recompute", "swap")
+
+
+@dataclass(frozen=True)
+class SchedulerConfig:
+    """Scheduling limits and policy for one replica (token counts are per step)."""
+
+    batching: str = "chunked"
+    policy: str = "fcfs"
+    max_num_seqs: int = 256
+    max_num_batched_tokens: int = 2048
+    max_model_len: int = 32768
+    preemption: str = "recompute"
+    aging: float = 0.0  # key units per second waited (tokens/s for the SJF family)
+    spec_tokens: int = 0  # k draft tokens verified per decode step (0: no speculation)
+    predictor: OutputPredictor = field(default_factory=OutputPredictor)
+    record_token_times: bool = False
+
+    def __post_init__(self) -> None:
+        if self.batching not in BATCHING:
+            raise ValueError(f"batching must be one of {', '.join(BATCHING)}; got {self.batching!r}")
+        if self.policy not in POLICIES:
+            raise ValueError(f"policy must be one of {', '.join(POLICIES)}; got {self.policy!r}")
+        if self.preemption not in PREEMPTION:
+            raise ValueError(f"preemption must be one of {', '.join(PREEMPTION)}; got {self.preemption!r}")
+        for name in ("max_num_seqs", "max_num_batched_tokens", "max_model_len"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{name} must be positive; got {getattr(self, name)}")
+        if self.aging < 0 or self.spec_tokens < 0:
+            raise ValueError("aging and spec_tokens must be >= 0")
+        if self.batching != "chunked" and self.max_num_batched_tokens < self.max_model_len:
+            # Without chunking a whole prompt (or a recompute of prompt + outputs) runs in one step.
+            raise ValueError(
+                f"max_num_batched_tokens ({self.max_num_batched_tokens}) must be >= max_model_len "
+                f"({self.max_model_len}) without chunked prefill"
+            )
+        if self.batching == "chunked" and self.max_num_batched_tokens < self.max_num_seqs * (1 + self.spec_tokens):
+            raise ValueError(
+                f"max_num_batched_tokens ({self.max_num_batched_tokens}) must cover one decode step of "
+                f"max_num_seqs ({self.max_num_seqs}) × {1 + self.spec_tokens} tokens in chunked mode"
+            )
+
+
+class Scheduler:
+    """Waiting queue + running set + KV blocks of one replica."""
+
+    def __init__(self, config: SchedulerConfig, kv: KVBlockManager, rng: np.random.Generator | None = None):
+        self.config = config
+        self.kv = kv
+        self.rng = rng if rng is not None else np.random.default_rng(0)
+        self._key: Callable[[Request], float] = policy_key(config.policy, config.aging)
+        self._q = 1 + config.spec_tokens  # query tokens per decode step
+        self.waiting: list[tuple[float, float, int, Request]] = []  # heap by policy key
+        self.swapped: list[Request] = []
+        self.prefilling: list[Request] = []  # running, prompt (or recompute) not finished
+        cap = config.max_num_seqs
+        self._dreqs: list[Request] = []  # decoding requests, slot order
+        self._comp = np.zeros(cap, np.int64)  # num_computed per slot
+        self._gen = np.zeros(cap, np.int64)  # generated per slot
+        self._out = np.zeros(cap, np.int64)  # output_tokens per slot
+        self._nblk = np.zeros(cap, np.int64)  # blocks held per slot
+        self._fresh: list[Request] = []  # joined the slots since the last decode step
+        self._last_decode_end_s = 0.0
+        self._now = 0.0
+        self.finished: list[Request] = []  # finished or rejected; the caller drains it
+        # Weighted inter-token-latency sample: each decode step's gap, once per request that
+        # produced tokens in two consecutive decode steps; first decode steps come one by one.
+        self.itl_s: list[float] = []
+        self.itl_weights: list[int] = []
+        self.num_preemptions = 0
+
+    # -- queries ----------------------------------------------------------------------------
+    @property
+    def num_decoding(self) -> int:
+        return len(self._dreqs)
+
+    @property
+    def num_running(self) -> int:
+        return len(self._dreqs) + len(self.prefilling)
+
+    @property
+    def num_waiting(self) -> int:
+        return len(self.waiting) + len(self.swapped)
+
+    @property
+    def has_work(self) -> bool:
+        return bool(self._dreqs or self.prefilling or self.waiting or self.swapped)
+
+    def running(self) -> list[Request]:
+        self.sync()
+        return self.prefilling + self._dreqs
+
+    def sync(self) -> None:
+        """Write slot-array progress back into the decoding ``Request`` objects."""
+        for i, r in enumerate(self._dreqs):
+            r.num_computed, r.generated = int(self._comp[i]), int(self._gen[i])
+
+    # -- admission --------------------------------------------------------------------------
+    def add(self, req: Request, now: float) -> None:
+        """Queue a new request, or reject it at once when it can never run here."""
+        reason = self._reject_reason(req)
+        if reason:
+            req.state, req.rejected_reason, req.finish_s = State.REJECTED, reason, now
+            self.finished.append(req)
+            return
+        if self.config.policy == "sjf-predicted":
+            req.predicted_output_tokens = self.config.predictor.predict(req.output_tokens, self.rng)
+        self._enqueue(req)
+
+    def _reject_reason(self, req: Request) -> str:
+        c = self.config
+        total = req.prompt_tokens + req.output_tokens
+        if total > c.max_model_len:
+            return f"prompt+output {total} tokens > max_model_len {c.max_model_len}"
+        need = self.kv.blocks_for(total - 1 + c.spec_tokens)
+        if need > self.kv.num_blocks:
+            return f"needs {need} KV blocks; the replica has {self.kv.num_blocks}"
+        return ""
+
+    def _enqueue(self, req: Request) -> None:
+        req.state = State.WAITING
+        req.sort_key = self._key(req)
+        heapq.heappush(self.waiting, (req.sort_key, req.arrival_s, req.request_id, req))
+
+    # -- scheduling -------------------------------------------------------------------------
+    def schedule(self, now: float) -> Batch:
+        """Form the next iteration's batch (possibly empty)."""
+        c = self.config
+        preempted: list[Request] = []
+        prefill: list[PrefillChunk] = []
+        swap_in = 0
+        decode = False
+        self._now = now
+        if c.batching == "chunked":
+            swap_in = self._swap_in()
+            decode = self._grow_decodes(preempted)
+            budget = c.max_num_batched_tokens - len(self._dreqs) * self._q
+            budget = self._continue_prefills(prefill, budget)
+            if not self.swapped:
+                self._admit(prefill, budget, chunked=True)
+        elif c.batching == "continuous":
+            swap_in = self._swap_in()
+            if not self.swapped:
+                self._admit(prefill, c.max_num_batched_tokens, chunked=False)
+            if not prefill:
+                decode = self._grow_decodes(preempted)
+        else:  # static
+            if not self._dreqs and not self.prefilling:
+                self._admit(prefill, c.max_num_batched_tokens, chunked=False)
+            if not prefill:
+                decode = self._grow_decodes(preempted)
+        return self._make_batch(prefill, decode, preempted, swap_in)
+
+    def _make_batch(self, prefill: list[PrefillChunk], decode: bool, preempted: list[Request], swap_in: int) -> Batch:
+        n = len(self._dreqs) if decode else 0
+        q = self._q
+        ctx = self._comp[:n] + q
+        p_tok = p_pairs = p_ctx = completes = 0
+        for ch in prefill:
+            t, b = ch.tokens, ch.context_before
+            p_tok += t
+            p_pairs += t * b + t * (t + 1) // 2
+            p_ctx += b + t
+            completes += ch.completes
+        shape = BatchShape(
+            prefill_seqs=len(prefill),
+            prefill_tokens=p_tok,
+            prefill_attn_pairs=p_pairs,
+            prefill_ctx_tokens=p_ctx,
+            decode_seqs=n,
+            decode_query_tokens=n * q,
+            decode_ctx_tokens=int(ctx.sum()),
+            sampled_tokens=completes + n * q,
+        )
+        swap_out = sum(r.swapped_blocks for r in preempted if r.state == State.SWAPPED)
+        return Batch(prefill, self._dreqs[:n], ctx, q, shape, 1, swap_in, swap_out, preempted)
+
+    def _grow_decodes(self, preempted: list[Request]) -> bool:
+        """Give every decoding request blocks for this step's tokens, preempting if they run out."""
+        q, bs = self._q, self.kv.block_size
+        while self._dreqs:
+            n = len(self._dreqs)
+            need = (self._comp[:n] + (q + bs - 1)) // bs - self._nblk[:n]
+            total = int(need.sum())
+            if total <= self.kv.num_free:
+                if total:
+                    for i in np.flatnonzero(need):
+                        self.kv.grow(self._dreqs[i], int(need[i]))
+                    self._nblk[:n] += need
+                return True
+            self._preempt(self._victim(), preempted)
+        return False
+
+    def _continue_prefills(self, prefill: list[PrefillChunk], budget: int) -> int:
+        """Next chunks of running partial prefills, in admission order, within the budget."""
+        for r in list(self.prefilling):
+            if budget <= 0:
+                break
+            chunk = min(r.remaining_prefill, budget)
+            need = self.kv.blocks_for(r.num_computed + chunk) - len(r.block_ids)
+            if need > self.kv.num_free:
+                break
+            self.kv.grow(r, need)
+            prefill.append(PrefillChunk(r, chunk, r.num_computed))
+            budget -= chunk
+        return budget
+
+    def _swap_in(self) -> int:
+        """Bring swapped requests back (before any new admission), in policy order."""
+        moved = 0
+        self.swapped.sort(key=lambda r: (self._key(r), r.arrival_s, r.request_id))
+        while self.swapped and self.num_running < self.config.max_num_seqs:
+            r = self.swapped[0]
+            n = r.swapped_blocks
+            if not self.kv.swap_in(r):
+                break
+            self.swapped.pop(0)
+            moved += n
+            r.state = State.RUNNING
+            if r.remaining_prefill == 1 and r.generated > 0:
+                self._join_decode(r)
+            else:
+                self.prefilling.append(r)
+        return moved
+
+    def _admit(self, prefill: list[PrefillChunk], budget: int, *, chunked: bool) -> None:
+        """Admit waiting requests in policy order; stop at the first that does not fit."""
+        c = self.config
+        while self.waiting and budget > 0 and self.num_running < c.max_num_seqs:
+            r = self.waiting[0][3]
+            hits = self.kv.cached_prefix_blocks(r) if not r.block_ids else []
+            start = max(r.num_computed, len(hits) * self.kv.block_size)
+            remaining = r.known_tokens - start
+            chunk = min(remaining, budget) if chunked else remaining
+            if chunk > budget:
+                break
+            blocks, hits = self.kv.admission_blocks(r, start + chunk)
+            if not self.kv.can_allocate(blocks, watermark=True):
+                break
+            heapq.heappop(self.waiting)
+            self.kv.allocate(r, start + chunk, hits)
+            r.state = State.RUNNING
+            if r.first_scheduled_s != r.first_scheduled_s:  # NaN: first admission
+                r.first_scheduled_s = self._now
+            self.prefilling.append(r)
+            prefill.append(PrefillChunk(r, chunk, r.num_computed))
+            budget -= chunk
+
+    # -- preemption -------------------------------------------------------------------------
+    def _victim(self) -> Request:
+        """The running request the policy ranks last (ties: the latest arrival)."""
+        self.sync()
+        return max(self.prefilling + self._dreqs, key=lambda r: (self._key(r), r.arrival_s, r.request_id))
+
+    def _preempt(self, r: Request, preempted: list[Request]) -> None:
+        if r in self.prefilling:
+            self.prefilling.remove(r)
+        else:
+            self._leave_slots(r)
+        r.num_preemptions += 1
+        self.num_preemptions += 1
+        preempted.append(r)
+        if self.config.preemption == "swap" and self.kv.swap_out(r):
+            r.state = State.SWAPPED
+            self.swapped.append(r)
+            return
+        self.kv.free(r)
+        r.num_computed = 0
+        self._enqueue(r)
+
+    # -- slots ------------------------------------------------------------------------------
+    def _join_decode(self, r: Request) -> None:
+        i = len(self._dreqs)
+        self._dreqs.append(r)
+        self._comp[i], self._gen[i], self._out[i] = r.num_computed, r.generated, r.output_tokens
+        self._nblk[i] = len(r.block_ids)
+        self._fresh.append(r)
+
+    def _leave_slots(self, r: Request) -> None:
+        """Remove ``r`` from the slot arrays (moving the last slot into its place)."""
+        i = self._dreqs.index(r)
+        last = len(self._dreqs) - 1
+        r.num_computed, r.generated = int(self._comp[i]), int(self._gen[i])
+        if r in self._fresh:
+            self._fresh.remove(r)
+        else:  # it decoded in the last decode step
+            r.last_token_s = self._last_decode_end_s
+        if i != last:
+            self._dreqs[i] = self._dreqs[last]
+            for a in (self._comp, self._gen, self._out, self._nblk):
+                a[i] = a[last]
+        self._dreqs.pop()
+
+    # -- completion -------------------------------------------------------------------------
+    def complete(
+        self,
+        batch: Batch,
+        now: float,
+        accepted: np.ndarray | None = None,
+        step_ends_s: np.ndarray | None = None,
+    ) -> None:
+        """Advance every request of ``batch``, which ended at ``now``.
+
+        ``accepted``: tokens emitted per decoding request (1 + accepted drafts) under speculative
+        decoding. ``step_ends_s``: end time of each step when ``batch.steps`` > 1.
+        """
+        if batch.decode:
+            self._complete_decodes(batch, now, accepted, step_ends_s)
+        for ch in batch.prefill:
+            r = ch.request
+            r.num_computed += ch.tokens
+            self.kv.commit(r)
+            if not ch.completes:
+                continue
+            self.prefilling.remove(r)
+            r.generated += 1
+            self._token(r, now)
+            if r.first_token_s != r.first_token_s:
+                r.first_token_s = now
+            elif r.last_token_s == r.last_token_s:  # resumed after preemption: one long gap
+                self.itl_s.append(now - r.last_token_s)
+                self.itl_weights.append(1)
+            r.last_token_s = now
+            if r.generated >= r.output_tokens:
+                self._finish(r, now)
+            else:
+                self._join_decode(r)
+
+    def _complete_decodes(self, batch: Batch, now: float, accepted, step_ends_s) -> None:
+        n, steps = len(batch.decode), batch.steps
+        ends = step_ends_s if steps > 1 else (now,)
+        fresh = [r for r in self._fresh if r.last_token_s == r.last_token_s]
+        for r in fresh:
+            self.itl_s.append(ends[0] - r.last_token_s)
+            self.itl_weights.append(1)
+        old = n - len(fresh)
+        prev = self._last_decode_end_s
+        for t in ends:
+            if old:
+                self.itl_s.append(t - prev)
+                self.itl_weights.append(old)
+            prev, old = t, n
+        self._fresh.clear()
+        self._last_decode_end_s = prev
+        adv = steps if accepted is None else accepted
+        self._comp[:n] += adv
+        gen = self._gen[:n]
+        before = gen.copy() if self.config.record_token_times else None
+        gen += adv
+        np.minimum(gen, self._out[:n], out=gen)
+        if before is not None:
+            for r, emitted in zip(batch.decode, (gen - before).tolist()):
+                r.token_times_s.extend(ends if accepted is None else [now] * emitted)
+        for i in np.flatnonzero(gen >= self._out[:n])[::-1]:
+            r = self._dreqs[i]
+            self._leave_slots(r)
+            r.last_token_s = now
+            self._finish(r, now)
+
+    def _token(self, r: Request, now: float) -> None:
+        if self.config.record_token_times:
+            if r.token_times_s is None:
+                r.token_times_s = []
+            r.token_times_s.append(now)
+
+    def _finish(self, r: Request, now: float) -> None:
+        r.state, r.finish_s = State.FINISHED, now
+        self.kv.free(r)
+        self.kv.forget(r)
+        self.finished.append(r)
+
+    # -- fast-forward -----------------------------------------------------------------------
+    def identical_steps(self, batch: Batch) -> int:
+        """How many identical pure-decode steps ``batch`` could run before anything changes.
+
+        Counts the steps up to and including the first finish for which the KV pool has room,
+        so that running them at once is exactly what stepping one by one would do. 1 when the
+        batch is not pure decode, when speculation makes steps random, or when requests wait to
+        be swapped in.
+        """
+        n = len(batch.decode)
+        if not n or batch.prefill or self.prefilling or self.swapped or self._q != 1 or batch.preempted:
+            return 1
+        m_max = int((self._out[:n] - self._gen[:n]).min())
+        if m_max <= 1:
+            return 1
+        comp, nblk, bs, free = self._comp[:n], self._nblk[:n], self.kv.block_size, self.kv.num_free
+
+        def fits(m: int) -> bool:  # blocks for steps 2..m beyond what step 1 already holds
+            return int(((comp + (m + bs - 1)) // bs - nblk).sum()) <= free
+
+        lo, hi = 1, m_max
+        while lo < hi:
+            mid = (lo + hi + 1) // 2
+            lo, hi = (mid, hi) if fits(mid) else (lo, mid - 1)
+        return lo
+
+    def extend(self, batch: Batch, steps: int) -> None:
+        """Turn a one-step pure-decode ``batch`` into ``steps`` identical steps (KV included)."""
+        if steps <= 1:
+            return
+        n, bs = len(batch.decode), self.kv.block_size
+        need = (self._comp[:n] + (steps + bs - 1)) // bs - self._nblk[:n]
+        for i in np.flatnonzero(need):
+            self.kv.grow(self._dreqs[i], int(need[i]))
+        self._nblk[:n] += need
+        batch.steps = steps

@@ -1,0 +1,372 @@
+"""The SimPy simulator: arrivals, a router, and replicas whose steps take cost-model time.
+
+Each replica runs the serving core (``Scheduler`` + ``KVBlockManager``) in a SimPy process::
+
+    batch = sched.schedule(t); dt = cost.step_time_s(batch.shape); yield env.timeout(dt)
+    sched.complete(batch, t + dt)
+
+An idle replica sleeps on an event that the next arrival routed to it triggers (no polling).
+Between two arrivals, a pure-decode batch repeats identically until a request finishes or the
+KV pool runs dry, so the replica advances such a run in one go: the scheduler says how many
+steps are identical, the cost model prices them in one vector call, and every timestamp comes
+out exactly as if stepped one by one (tests compare both ways). A replica keeps its own clock
+``t`` as the running sum of step times, the same sum in both ways; SimPy orders the events.
+
+With pipeline parallelism a replica runs ``pp`` virtual engines (each its own scheduler and a
+``1/pp`` share of the KV blocks, as vLLM does) whose batches pass through ``pp`` stage resources
+one after another, so up to ``pp`` micro-batches are in flight.
+"""
+
+from __future__ import annotations
+
+import heapq
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+
+import numpy as np
+import pandas as pd
+import simpy
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from servesim import __version__
+from servesim.hwmodels.ops import BatchShape, decode_shape, prefill_shape
+from servesim.sim.config import Scenario
+from servesim.sim.deployment import Deployment, build_deployment, build_workload
+from servesim.sim.metrics import SLO, summarize, summarize_timeline
+from servesim.sim.kv import KVBlockManager
+from servesim.sim.records import RequestRecorder, TimelineRecorder
+from servesim.sim.request import Batch, Request
+from servesim.sim.router import ROUTERS
+from servesim.sim.scheduler import Scheduler
+from servesim.sim.spec import PerRequestAcceptance
+from servesim.sim.workload import Workload
+
+
+class Engine:
+    """One scheduler with its KV pool: a replica, or one virtual engine of a pipelined replica."""
+
+    def __init__(self, sim: Simulation, replica: Replica, sched: Scheduler) -> None:
+        self.sim, self.replica, self.sched = sim, replica, sched
+        self.inbox: list[Request] = []
+        self.wake: simpy.Event | None = None
+        self.t = 0.0
+
+    def submit(self, r: Request) -> None:
+        self.inbox.append(r)
+        if self.wake is not None and not self.wake.triggered:
+            self.wake.succeed()
+
+    def run(self):
+        """The SimPy process: schedule, wait the step time, complete; sleep when idle."""
+        sim, sched, env = self.sim, self.sched, self.sim.env
+        dep = sim.dep
+        pipelined = dep.pp > 1
+        while True:
+            if not self.inbox and not sched.has_work:
+                self.wake = env.event()
+                yield self.wake
+                self.wake = None
+                self.t = env.now
+            if pipelined:
+                self.t = env.now
+            t = self.t
+            for r in self.inbox:
+                sched.add(r, t)
+            self.inbox.clear()
+            batch = sched.schedule(t)
+            if batch.empty:
+                self.replica.collect(sched)
+                if sched.has_work:
+                    raise RuntimeError(f"replica {self.replica.index}: scheduler stalled at t={t}")
+                continue
+            accepted = None
+            ends = None
+            if sim.spec_k and batch.decode:
+                accepted = sim.accepted(batch.decode)
+            dt = sim.step_s(batch)
+            steps = sched.identical_steps(batch) if sim.fast_forward and not pipelined else 1
+            if steps > 1:
+                durs = dep.cost.decode_run_s(batch.shape, steps)
+                ends = np.cumsum(np.concatenate(((t,), durs)))[1:]
+                steps = 1 + int(np.searchsorted(ends[: steps - 1], sim.next_arrival_s(), side="left"))
+                if steps > 1:
+                    sched.extend(batch, steps)
+                    ends = ends[:steps]
+                    end = float(ends[-1])
+                else:
+                    end = t + float(durs[0])
+            else:
+                end = t + dt
+            if pipelined:
+                for stage in self.replica.stages:
+                    with stage.request() as slot:
+                        yield slot
+                        yield env.timeout(dt + dep.pp_transfer_s(batch))  # cost gives one stage's time
+                end = env.now
+            else:
+                yield env.timeout(end - t)
+            sched.complete(batch, end, accepted, ends)
+            self.t = end
+            kv = sched.kv
+            sim.timeline.add(
+                self.replica.index, t, end, batch.steps, batch.size, batch.shape.prefill_tokens,
+                batch.shape.decode_query_tokens * batch.steps, sched.num_running, sched.num_waiting,
+                kv.num_used, kv.num_blocks,
+            )
+            self.replica.collect(sched)
+
+
+class Replica:
+    """A model replica: one engine, or ``pp`` virtual engines sharing ``pp`` pipeline stages."""
+
+    def __init__(self, sim: Simulation, index: int) -> None:
+        self.sim, self.index = sim, index
+        dep = sim.dep
+        self.outstanding = 0
+        self.stages = [simpy.Resource(sim.env, capacity=1) for _ in range(dep.pp)] if dep.pp > 1 else []
+        blocks = max(1, dep.num_blocks // dep.pp)
+        self.engines = [
+            Engine(sim, self, Scheduler(dep.scheduler, self._kv(blocks), np.random.default_rng([sim.seed, index, v])))
+            for v in range(dep.pp)
+        ]
+
+    def _kv(self, blocks: int) -> KVBlockManager:
+        dep = self.sim.dep
+        return KVBlockManager(
+            blocks, dep.block_size, prefix_caching=dep.prefix_caching, swap_blocks=dep.swap_blocks // dep.pp
+        )
+
+    @property
+    def kv_load(self) -> float:
+        used = queued = total = 0
+        for e in self.engines:
+            kv, s = e.sched.kv, e.sched
+            used += kv.num_used
+            total += kv.num_blocks
+            queued += sum(r.prompt_tokens for *_, r in s.waiting) + sum(r.prompt_tokens for r in e.inbox)
+        return (used + queued / self.sim.dep.block_size) / total
+
+    def submit(self, r: Request) -> None:
+        r.replica = self.index
+        self.outstanding += 1
+        engine = min(self.engines, key=lambda e: e.sched.num_running + e.sched.num_waiting + len(e.inbox))
+        engine.submit(r)
+
+    def collect(self, sched: Scheduler) -> None:
+        """Record what the scheduler finished or rejected."""
+        if not sched.finished:
+            return
+        for r in sched.finished:
+            self.outstanding -= 1
+            self.sim.done(r)
+        sched.finished.clear()
+
+
+class Simulation:
+    """Wiring of one run: environment, workload source, router, replicas, recorders."""
+
+    def __init__(self, dep: Deployment, workload: Workload, *, seed: int = 0, fast_forward: bool = True,
+                 on_progress: Callable[[int], None] | None = None) -> None:
+        self.dep, self.seed, self.fast_forward = dep, seed, fast_forward
+        self.env = simpy.Environment()
+        self.rng = np.random.default_rng(seed)
+        self.requests = RequestRecorder(keep_token_times=dep.scheduler.record_token_times)
+        self.timeline = TimelineRecorder()
+        self.router = ROUTERS[dep.router]()
+        self.replicas = [Replica(self, i) for i in range(dep.replicas)]
+        self.spec_k = dep.scheduler.spec_tokens
+        self._alphas: dict[int, float] = {}
+        self._on_progress = on_progress
+        df = workload.requests
+        self._n = len(df)
+        self._arrival = df["arrival_s"].to_numpy(np.float64)
+        self._inp = df["input_tokens"].to_numpy(np.int64)
+        self._out = df["output_tokens"].to_numpy(np.int64)
+        self._hash = df["hash_ids"].tolist() if "hash_ids" in df.columns else None
+        self._prio = df["priority"].to_numpy(np.int64) if "priority" in df.columns else None
+        self._deadline = df["deadline_s"].to_numpy(np.float64) if "deadline_s" in df.columns else None
+        self._block_tokens = workload.block_tokens or 0
+        self._closed = workload.closed_loop
+        self._issued = 0
+        self._pending: list[float] = []  # closed loop: times of scheduled submissions
+        self.first_arrival_s = math.inf
+        self.last_finish_s = 0.0
+
+    # -- workload ---------------------------------------------------------------------------
+    def _request(self, i: int, now: float) -> Request:
+        arrival = now if self._closed else float(self._arrival[i])
+        r = Request(i, arrival, int(self._inp[i]), int(self._out[i]))
+        if self._hash is not None:
+            r.hash_ids, r.hash_block_tokens = tuple(self._hash[i]), self._block_tokens
+        if self._prio is not None:
+            r.priority = int(self._prio[i])
+        if self._deadline is not None and not np.isnan(self._deadline[i]):
+            r.deadline_s = arrival + float(self._deadline[i])
+        elif self.dep.slo_e2el_s is not None:
+            r.deadline_s = arrival + self.dep.slo_e2el_s
+        self.first_arrival_s = min(self.first_arrival_s, arrival)
+        return r
+
+    def _route(self, r: Request) -> None:
+        self.replicas[self.router(r, self.replicas, self.rng)].submit(r)
+
+    def _open_arrivals(self):
+        env, arrival = self.env, self._arrival
+        for i in range(self._n):
+            a = arrival[i]
+            if a > env.now:
+                yield env.timeout(a - env.now)
+            self._issued = i + 1
+            self._route(self._request(i, env.now))
+
+    def _issue(self) -> None:
+        if self._issued < self._n:
+            self._issued += 1
+            self._route(self._request(self._issued - 1, self.env.now))
+
+    def _issue_after(self, delay: float):
+        yield self.env.timeout(delay)
+        heapq.heappop(self._pending)
+        self._issue()
+
+    def next_arrival_s(self) -> float:
+        """Time of the next request to arrive anywhere (inf when none is known yet)."""
+        if self._closed is None:
+            return float(self._arrival[self._issued]) if self._issued < self._n else math.inf
+        return self._pending[0] if self._pending else math.inf
+
+    def done(self, r: Request) -> None:
+        self.requests.add(r)
+        if r.finish_s == r.finish_s:
+            self.last_finish_s = max(self.last_finish_s, r.finish_s)
+        if self._on_progress is not None:
+            self._on_progress(len(self.requests))
+        if self._closed is not None:
+            think = self._closed.think_time_s
+            if think == 0:
+                self._issue()
+            elif self._issued + len(self._pending) < self._n:
+                heapq.heappush(self._pending, self.env.now + think)
+                self.env.process(self._issue_after(think))
+
+    # -- cost -------------------------------------------------------------------------------
+    def step_s(self, batch: Batch) -> float:
+        """One step's time: target model, draft proposals, KV swap traffic."""
+        dep = self.dep
+        dt = dep.cost.step_time_s(batch.shape)
+        if self.spec_k and batch.decode:
+            s, n = batch.shape, len(batch.decode)
+            first = replace(s, decode_query_tokens=n, sampled_tokens=s.sampled_tokens - n * self.spec_k)
+            rest = BatchShape(decode_seqs=n, decode_query_tokens=n, decode_ctx_tokens=s.decode_ctx_tokens,
+                              sampled_tokens=n)
+            dt += dep.draft_cost.step_time_s(first) + (self.spec_k - 1) * dep.draft_cost.step_time_s(rest)
+        elif self.spec_k and batch.prefill:
+            dt += dep.draft_cost.step_time_s(batch.shape)
+        if batch.swap_in_blocks or batch.swap_out_blocks:
+            dt += (batch.swap_in_blocks + batch.swap_out_blocks) * dep.swap_s_per_block
+        return dt
+
+    def accepted(self, decode: list[Request]) -> np.ndarray:
+        """Tokens each decoding request emits this verification step."""
+        model = self.dep.acceptance
+        if isinstance(model, PerRequestAcceptance):
+            alphas = np.array([self._alphas.setdefault(r.request_id, model.draw_alpha(self.rng)) for r in decode])
+            return model.sample_for(self.rng, alphas)
+        return model.sample(self.rng, len(decode))
+
+    # -- run --------------------------------------------------------------------------------
+    def run(self) -> None:
+        for rep in self.replicas:
+            for e in rep.engines:
+                self.env.process(e.run())
+        if self._closed is None:
+            self.env.process(self._open_arrivals())
+        else:
+            for _ in range(min(self._closed.users, self._n)):
+                self._issue()
+        self.env.run()
+        self.itl_s = np.concatenate([np.asarray(e.sched.itl_s) for rep in self.replicas for e in rep.engines])
+        self.itl_weights = np.concatenate(
+            [np.asarray(e.sched.itl_weights, np.int64) for rep in self.replicas for e in rep.engines]
+        )
+
+
+@dataclass
+class Result:
+    """Everything one simulation produced (the same shapes the engine produces)."""
+
+    scenario: Scenario
+    requests: pd.DataFrame
+    timeline: pd.DataFrame
+    itl_s: np.ndarray
+    itl_weights: np.ndarray
+    summary: dict
+    meta: dict
+
+
+def _ideal_e2el(dep: Deployment, requests: pd.DataFrame) -> np.ndarray:
+    """Each request's E2E latency alone on an idle replica (chunked prefill as configured)."""
+    cost, budget = dep.cost, dep.scheduler.max_num_batched_tokens
+    chunked = dep.scheduler.batching == "chunked"
+    memo: dict[tuple[int, int], float] = {}
+    out = np.full(len(requests), np.nan)
+    for i, (p, o) in enumerate(zip(requests["input_tokens"].tolist(), requests["output_tokens"].tolist())):
+        key = (p, o)
+        if key not in memo:
+            t, done = 0.0, 0
+            while done < p:
+                chunk = min(p - done, budget) if chunked else p - done
+                s = prefill_shape(chunk, done)
+                t += cost.step_time_s(s if done + chunk == p else replace(s, sampled_tokens=0))
+                done += chunk
+            if o > 1:
+                t += float(cost.decode_run_s(decode_shape(1, p + 1), o - 1).sum())
+            memo[key] = t
+        out[i] = memo[key]
+    return out
+
+
+def simulate(scenario: Scenario, workload: Workload | None = None, *, progress: bool = False) -> Result:
+    """Run one scenario to completion and summarize it."""
+    started = time.perf_counter()
+    dep = build_deployment(scenario)
+    w = workload if workload is not None else build_workload(scenario)
+    with Progress(
+        TextColumn("simulating"), BarColumn(), MofNCompleteColumn(), TextColumn("requests"),
+        TimeElapsedColumn(), disable=not progress, transient=True,
+    ) as bar:
+        task = bar.add_task("sim", total=len(w))
+        step = max(1, len(w) // 200)
+
+        def tick(done: int) -> None:
+            if done % step == 0 or done == len(w):
+                bar.update(task, completed=done)
+
+        sim = Simulation(dep, w, seed=scenario.seed, fast_forward=scenario.fast_forward,
+                         on_progress=tick if progress else None)
+        sim.run()
+    requests = sim.requests.frame()
+    requests["ideal_e2el_s"] = _ideal_e2el(dep, requests)
+    timeline = sim.timeline.frame()
+    duration = max(0.0, sim.last_finish_s - sim.first_arrival_s) if len(requests) else 0.0
+    slo = None
+    if scenario.slo_ttft_ms or scenario.slo_tpot_ms or scenario.slo_e2el_ms:
+        slo = SLO(scenario.slo_ttft_ms, scenario.slo_tpot_ms, scenario.slo_e2el_ms, scenario.slo_mode)
+    summary = summarize(requests, sim.itl_s, sim.itl_weights, duration, slo,
+                        gpus_total=dep.gpus_total, usd_per_hour_per_gpu=dep.usd_per_gpu_hour)
+    summary.update(summarize_timeline(timeline))
+    meta = {
+        "version": __version__,
+        "config_hash": scenario.config_hash(),
+        "seed": scenario.seed,
+        "profile_id": dep.cost.profile_id,
+        "scenario": scenario.model_dump(mode="json"),
+        "workload": {"name": w.name, "source": w.source, "requests": len(w), "notes": list(w.notes)},
+        "kv_blocks_per_replica": dep.num_blocks,
+        "gpus_total": dep.gpus_total,
+        "usd_per_hour_per_gpu": dep.usd_per_gpu_hour,
+        "wall_time_s": time.perf_counter() - started,
+    }
+    return Result(scenario, requests, timeline, sim.itl_s, sim.itl_weights, summary, meta)
