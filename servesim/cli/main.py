@@ -35,6 +35,7 @@ def _root(
 def _register() -> None:
     # Subcommand modules register themselves on `app`; import order is the --help order.
     from servesim.cli import traces  # noqa: F401
+    from servesim.cli import hw  # noqa: F401
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -1,0 +1,232 @@
+"""``servesim models``, ``servesim gpus`` (list, show) and ``servesim fit MODEL GPU``: the hwmodels catalogs,
+a memory plan and roofline step times from the command line."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+from typing import Any
+
+import typer
+from rich import box
+from rich.console import Console
+from rich.table import Table
+
+from servesim.cli.main import app
+from servesim.hwmodels.cost import CostModel
+from servesim.hwmodels.gpus import GPU, GPUS, get_gpu, load_gpus_yaml
+from servesim.hwmodels.memory import plan_memory
+from servesim.hwmodels.models import MODELS, ModelSpec, get_model
+from servesim.hwmodels.ops import decode_shape, prefill_shape
+
+models_app = typer.Typer(
+    help="Model presets and HuggingFace config.json files: list, show.", no_args_is_help=True
+)
+gpus_app = typer.Typer(help="GPU catalog (datasheet peaks, $/hour): list, show.", no_args_is_help=True)
+app.add_typer(models_app, name="models")
+app.add_typer(gpus_app, name="gpus")
+
+_JSON = typer.Option(False, "--json", help="Print JSON instead of a table.")
+_GPUS_FILE = typer.Option(
+    None, "--gpus-file", help="YAML with extra GPUs (format of hwmodels/catalog/gpus.yaml)."
+)
+FIT_PROMPT_TOKENS, FIT_CTX_TOKENS, FIT_BATCHES = 2048, 2048, (1, 32, 256)
+
+
+def _out() -> Console:
+    # rich draws tables on a terminal; through a pipe the same columns come out plain and uncoloured.
+    console = Console()
+    return console if console.is_terminal else Console(width=160, no_color=True, highlight=False)
+
+
+def _grid(console: Console, *columns: str, title: str | None = None, numeric: bool = True) -> Table:
+    if title:
+        console.print(title, style="bold")
+    table = Table(*columns, box=box.SIMPLE_HEAD if console.is_terminal else None, pad_edge=False)
+    for col in table.columns[1:] if numeric else ():
+        col.justify = "right"
+    return table
+
+
+def _extra_gpus(path: Path | None) -> dict[str, GPU]:
+    return load_gpus_yaml(path) if path else {}
+
+
+def _model_row(m: ModelSpec) -> dict[str, Any]:
+    return {
+        **dataclasses.asdict(m),
+        "param_count": m.param_count,
+        "weight_bytes_bf16": m.weight_bytes("bf16"),
+        "kv_bytes_per_token_bf16": m.kv_bytes_per_token("bf16"),
+    }
+
+
+def _gpu_row(g: GPU) -> dict[str, Any]:
+    return dataclasses.asdict(g)
+
+
+@models_app.command("list")
+def models_list(as_json: bool = _JSON) -> None:
+    """List the model presets."""
+    rows = [_model_row(m) for m in MODELS.values()]
+    if as_json:
+        typer.echo(json.dumps(rows, indent=1))
+        return
+    console = _out()
+    t = _grid(
+        console, "model", "params", "layers", "hidden", "heads/kv", "experts", "bf16 GB", "KV KiB/token"
+    )
+    for m in MODELS.values():
+        t.add_row(
+            m.name,
+            f"{m.param_count / 1e9:.2f}B",
+            str(m.num_layers),
+            str(m.hidden_size),
+            f"{m.num_heads}/{m.num_kv_heads}",
+            f"{m.experts_per_token}/{m.num_experts}" if m.is_moe else "-",
+            f"{m.weight_bytes() / 1e9:.1f}",
+            f"{m.kv_bytes_per_token() / 1024:.0f}",
+        )
+    console.print(t)
+
+
+@models_app.command("show")
+def models_show(
+    name: str = typer.Argument(..., help="Preset name, config.json, or a directory with one."),
+    as_json: bool = _JSON,
+) -> None:
+    """Show one model's shape, parameter count, weight bytes per format and KV bytes per token."""
+    m = get_model(name)
+    row = _model_row(m)
+    if as_json:
+        typer.echo(json.dumps(row, indent=1))
+        return
+    console = _out()
+    t = _grid(console, "field", "value", title=m.name, numeric=False)
+    for key, value in row.items():
+        t.add_row(key, f"{value:,}" if isinstance(value, int) and not isinstance(value, bool) else str(value))
+    for wf in ("fp8", "w8a16", "w4a16"):
+        t.add_row(f"weight_bytes_{wf}", f"{m.weight_bytes(wf):,}")
+    console.print(t)
+
+
+@gpus_app.command("list")
+def gpus_list(as_json: bool = _JSON, gpus_file: Path | None = _GPUS_FILE) -> None:
+    """List the GPU catalog (and GPUs from --gpus-file)."""
+    table = {**GPUS, **_extra_gpus(gpus_file)}
+    if as_json:
+        typer.echo(json.dumps([_gpu_row(g) for g in table.values()], indent=1))
+        return
+    console = _out()
+    t = _grid(console, "gpu", "memory GiB", "HBM TB/s", "bf16 TF/s", "fp8 TF/s", "link GB/s", "TDP W", "$/h")
+    for g in table.values():
+        t.add_row(
+            g.name,
+            f"{g.memory_bytes / 2**30:.0f}",
+            f"{g.hbm_bytes_per_s / 1e12:.3g}",
+            f"{g.tflops['bf16']:g}",
+            f"{g.tflops['fp8']:g}" if "fp8" in g.tflops else "-",
+            f"{g.interconnect_bytes_per_s / 1e9:g}",
+            f"{g.tdp_w:g}",
+            f"{g.usd_per_hour:.2f}",
+        )
+    console.print(t)
+    console.print("$/h: editable defaults (rough on-demand prices), not quotes. TF/s: dense.")
+
+
+@gpus_app.command("show")
+def gpus_show(name: str, as_json: bool = _JSON, gpus_file: Path | None = _GPUS_FILE) -> None:
+    """Show one GPU's datasheet peaks and source."""
+    g = get_gpu(name, _extra_gpus(gpus_file))
+    if as_json:
+        typer.echo(json.dumps(_gpu_row(g), indent=1))
+        return
+    console = _out()
+    t = _grid(console, "field", "value", title=g.name, numeric=False)
+    for key, value in _gpu_row(g).items():
+        t.add_row(
+            key,
+            ", ".join(f"{k} {v:g}" for k, v in value.items())
+            if isinstance(value, dict)
+            else f"{value:,}"
+            if isinstance(value, int)
+            else f"{value:.4g}"
+            if isinstance(value, float)
+            else value,
+        )
+    console.print(t)
+
+
+def fit(
+    model: str = typer.Argument(..., help="Preset name, config.json, or a directory with one."),
+    gpu: str = typer.Argument(..., help="GPU name (see `servesim gpus list`)."),
+    tp: int = typer.Option(1, "--tp", help="Tensor-parallel degree."),
+    pp: int = typer.Option(1, "--pp", help="Pipeline-parallel degree."),
+    quant: str = typer.Option("bf16", "--quant", help="Weight format: bf16, fp16, fp8, w8a16, w4a16."),
+    kv_dtype: str = typer.Option("bf16", "--kv-dtype", help="KV-cache dtype: bf16, fp16, fp8, int8."),
+    gpu_memory_utilization: float = typer.Option(0.9, "--gpu-memory-utilization"),
+    block_size: int = typer.Option(16, "--block-size"),
+    max_num_batched_tokens: int = typer.Option(8192, "--max-num-batched-tokens"),
+    gpus_file: Path | None = _GPUS_FILE,
+    as_json: bool = _JSON,
+) -> None:
+    """Does MODEL fit on GPU? Memory per GPU, KV capacity, and roofline prefill/decode step times."""
+    m, g = get_model(model), get_gpu(gpu, _extra_gpus(gpus_file))
+    plan = plan_memory(
+        m, g, tp, pp, quant, kv_dtype, gpu_memory_utilization, block_size, max_num_batched_tokens
+    )
+    cost = CostModel(m, g, tp, pp, quant, kv_dtype)
+    prefill_s = cost.step_time_s(prefill_shape(FIT_PROMPT_TOKENS))
+    decode = {b: cost.step_time_s(decode_shape(b, FIT_CTX_TOKENS)) for b in FIT_BATCHES}
+    fits = {b: b * (FIT_CTX_TOKENS + 1) <= plan.kv_capacity_tokens for b in FIT_BATCHES}
+    if as_json:
+        typer.echo(
+            json.dumps(
+                {
+                    "model": m.name,
+                    "gpu": g.name,
+                    "tp": tp,
+                    "pp": pp,
+                    "weight_format": quant,
+                    "kv_dtype": kv_dtype,
+                    "profile_id": cost.profile_id,
+                    "memory": dataclasses.asdict(plan),
+                    f"prefill_{FIT_PROMPT_TOKENS}_s": prefill_s,
+                    f"decode_step_s_at_ctx_{FIT_CTX_TOKENS}": {str(b): t for b, t in decode.items()},
+                    "decode_batch_fits_kv": {str(b): f for b, f in fits.items()},
+                },
+                indent=1,
+            )
+        )
+        return
+    console = _out()
+    title = f"{m.name} on {g.name}, tp={tp} pp={pp}, weights {quant}, KV {kv_dtype} (per GPU)"
+    t = _grid(console, "memory", "GB", title=title)
+    for label, value in (
+        ("usable", plan.usable_bytes),
+        ("weights", plan.weights_bytes),
+        ("activations", plan.activation_bytes),
+        ("runtime", plan.runtime_bytes),
+        ("KV cache", plan.kv_cache_bytes),
+        ("headroom", plan.headroom_bytes),
+    ):
+        t.add_row(label, f"{value / 1e9:.2f}")
+    console.print(t)
+    console.print(
+        f"KV cache: {plan.kv_blocks:,} blocks of {block_size} tokens = {plan.kv_capacity_tokens:,} "
+        f"tokens ({plan.kv_bytes_per_token / 1024:.0f} KiB/token per GPU)"
+    )
+    t = _grid(console, "step (roofline)", "ms", "tokens/s", title="Step times")
+    t.add_row(
+        f"prefill {FIT_PROMPT_TOKENS} tokens",
+        f"{prefill_s * 1e3:.2f}",
+        f"{FIT_PROMPT_TOKENS / prefill_s:,.0f}",
+    )
+    for b, s in decode.items():
+        note = "" if fits[b] else " (exceeds KV capacity)"
+        t.add_row(f"decode batch {b} @ {FIT_CTX_TOKENS} ctx{note}", f"{s * 1e3:.2f}", f"{b / s:,.0f}")
+    console.print(t)
+
+
+app.command("fit")(fit)
