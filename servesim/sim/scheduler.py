@@ -98,6 +98,7 @@ class Scheduler:
         self._fresh: list[Request] = []  # joined the slots since the last decode step
         self._last_decode_end_s = 0.0
         self._now = 0.0
+        self._chunks: list[PrefillChunk] = []  # this step's prefill chunks, while scheduling
         self.finished: list[Request] = []  # finished or rejected; the caller drains it
         # Weighted inter-token-latency sample: each decode step's gap, once per request that
         # produced tokens in two consecutive decode steps; first decode steps come one by one.
@@ -149,8 +150,9 @@ class Scheduler:
         if total > c.max_model_len:
             return f"prompt+output {total} tokens > max_model_len {c.max_model_len}"
         need = self.kv.blocks_for(total - 1 + c.spec_tokens)
-        if need > self.kv.num_blocks:
-            return f"needs {need} KV blocks; the replica has {self.kv.num_blocks}"
+        usable = self.kv.num_blocks - self.kv.watermark_blocks
+        if need > usable:
+            return f"needs {need} KV blocks; the replica has {usable} (after the admission watermark)"
         return ""
 
     def _enqueue(self, req: Request) -> None:
@@ -167,11 +169,12 @@ class Scheduler:
         swap_in = 0
         decode = False
         self._now = now
+        self._chunks = prefill
         if c.batching == "chunked":
             swap_in = self._swap_in()
             decode = self._grow_decodes(preempted)
             budget = c.max_num_batched_tokens - len(self._dreqs) * self._q
-            budget = self._continue_prefills(prefill, budget)
+            budget = self._continue_prefills(prefill, budget, preempted)
             if not self.swapped:
                 self._admit(prefill, budget, chunked=True)
         elif c.batching == "continuous":
@@ -227,15 +230,23 @@ class Scheduler:
             self._preempt(self._victim(), preempted)
         return False
 
-    def _continue_prefills(self, prefill: list[PrefillChunk], budget: int) -> int:
-        """Next chunks of running partial prefills, in admission order, within the budget."""
+    def _continue_prefills(self, prefill: list[PrefillChunk], budget: int, preempted: list[Request]) -> int:
+        """Next chunks of running partial prefills, in admission order, within the budget.
+
+        When the pool cannot hold a chunk, the policy's last-ranked running request is preempted
+        (possibly the chunk's own request), so partial prefills can never deadlock the pool.
+        """
         for r in list(self.prefilling):
             if budget <= 0:
                 break
+            if r not in self.prefilling:  # preempted for an earlier chunk
+                continue
             chunk = min(r.remaining_prefill, budget)
             need = self.kv.blocks_for(r.num_computed + chunk) - len(r.block_ids)
-            if need > self.kv.num_free:
-                break
+            while need > self.kv.num_free and r in self.prefilling:
+                self._preempt(self._victim(), preempted)
+            if r not in self.prefilling:
+                continue
             self.kv.grow(r, need)
             prefill.append(PrefillChunk(r, chunk, r.num_computed))
             budget -= chunk
@@ -291,6 +302,7 @@ class Scheduler:
     def _preempt(self, r: Request, preempted: list[Request]) -> None:
         if r in self.prefilling:
             self.prefilling.remove(r)
+            self._chunks[:] = [ch for ch in self._chunks if ch.request is not r]
         else:
             self._leave_slots(r)
         r.num_preemptions += 1
