@@ -1,0 +1,314 @@
+"""Triton W4A16 / W8A16 GEMM: ``y = x @ dequant(W)^T`` with dequantization fused into the K loop.
+
+Weights come in the packed layout of ``quant.py`` (int32 words, 128-wide K blocks, code j of word p at
+k = 128*b + P*j + p). Two kernels:
+
+* ``_wq_gemv_kernel`` (M == 1): CUDA-core FMAs. Per weight: one LOP3 (mask + or-in the exponent of
+  2^23), one FADD (subtract 2^23 + zero*2^pos, exact), one FFMA with an activation pre-scaled by
+  2^-pos; the group scale is applied once per word. No int->float conversion instruction.
+* ``_wq_gemm_kernel`` (any M): the same exact dequant, times the scale, cast to the activation dtype
+  and fed to ``tl.dot`` (mma/wgmma), either as one [BN, 128] tile (codes joined and permuted into k
+  order) or as E dots of K = P (one per code position).
+
+Both split K over a second grid axis for small M: each split writes an fp32 partial, bumps a per-tile
+counter, and the last split to arrive sums the partials in a fixed order (deterministic) and resets
+the counter, so one launch does the whole product. Launchers and tuned configs: ``quant_gemm_ops.py``.
+"""
+
+from __future__ import annotations
+
+import os
+
+import triton
+import triton.language as tl
+
+MAGIC = 0x4B000000  # bit pattern of 2.0**23: or-ing an integer < 2^23 into the mantissa gives 2^23 + v
+TWO23 = 8388608.0
+
+
+@triton.jit
+def _code(w_lo, w_hi, J: tl.constexpr, BITS: tl.constexpr, E: tl.constexpr):
+    """Code j of every word as exact fp32 ``2^23 + q * 2^POS`` (POS = BITS * (J % (E // 2)))."""
+    HALF: tl.constexpr = E // 2
+    POS: tl.constexpr = BITS * (J % HALF)
+    MASK: tl.constexpr = ((1 << BITS) - 1) << POS
+    src = w_lo if J < HALF else w_hi
+    return ((src & MASK) | MAGIC).to(tl.float32, bitcast=True)
+
+
+@triton.jit
+def _pos_scale(J: tl.constexpr, BITS: tl.constexpr, E: tl.constexpr):
+    """2^POS for code J, as a compile-time float."""
+    HALF: tl.constexpr = E // 2
+    POS: tl.constexpr = BITS * (J % HALF)
+    return (1 << POS) * 1.0
+
+
+@triton.jit
+def _group_params(s_ptr, z_ptr, b, J: tl.constexpr, P: tl.constexpr, offs_n, n_mask, N, G,
+                  GS: tl.constexpr, PER_CHANNEL: tl.constexpr, ZERO: tl.constexpr):
+    """(scale, zero) of code J in block b for BN channels, fp32 [BN]; per-channel: scale, constant zero."""
+    if PER_CHANNEL:
+        s = tl.load(s_ptr + offs_n, mask=n_mask, other=0.0).to(tl.float32)
+        z = tl.zeros_like(s) + ZERO
+    else:
+        g = b * (128 // GS) + (P * J) // GS  # code J covers k = 128*b + P*J + [0, P)
+        g_ok = offs_n * 0 + g < G  # a tensor: the interpreter wants tensor masks
+        s = tl.load(s_ptr + g * N + offs_n, mask=n_mask & g_ok, other=0.0).to(tl.float32)
+        z = tl.load(z_ptr + g * N + offs_n, mask=n_mask & g_ok, other=0.0).to(tl.float32)
+    return s, z
+
+
+@triton.jit
+def _finish(acc, y_ptr, ws_ptr, lock_ptr, offs_m, offs_n, M, N, stride_ym, tile, pid_k,
+            SPLIT_K: tl.constexpr):
+    """Store acc [BM, BN] to y, or (split-K) publish a partial and let the last split reduce."""
+    mask = (offs_m[:, None] < M) & (offs_n[None, :] < N)
+    y_ptrs = y_ptr + offs_m[:, None] * stride_ym + offs_n[None, :]
+    if SPLIT_K == 1:
+        tl.store(y_ptrs, acc.to(y_ptr.dtype.element_ty), mask=mask)
+    else:
+        part = offs_m[:, None] * N + offs_n[None, :]
+        tl.store(ws_ptr + pid_k * M * N + part, acc, mask=mask)
+        tl.debug_barrier()  # every thread's partial is written before the release below
+        arrived = tl.atomic_add(lock_ptr + tile, 1, sem="acq_rel", scope="gpu")
+        if arrived == SPLIT_K - 1:
+            total = tl.zeros_like(acc)
+            for s in range(SPLIT_K):
+                total += tl.load(ws_ptr + s * M * N + part, mask=mask, other=0.0, cache_modifier=".cg")
+            tl.store(y_ptrs, total.to(y_ptr.dtype.element_ty), mask=mask)
+            tl.atomic_xchg(lock_ptr + tile, 0)  # ready for the next launch
+
+
+@triton.jit
+def _wq_gemv_kernel(
+    x_ptr, w_ptr, s_ptr, z_ptr, y_ptr, ws_ptr, lock_ptr,
+    N, K, G, KB, stride_wn, stride_ym,
+    BITS: tl.constexpr, GS: tl.constexpr, PER_CHANNEL: tl.constexpr, ZERO: tl.constexpr,
+    BLOCK_N: tl.constexpr, SPLIT_K: tl.constexpr,
+):
+    """y[0, n] = sum_k x[0, k] * W[n, k]; one CTA = BLOCK_N channels x one K split."""
+    E: tl.constexpr = 32 // BITS
+    P: tl.constexpr = 128 // E
+    J_PER_GROUP: tl.constexpr = E if (PER_CHANNEL or GS >= 128) else E * GS // 128
+    pid_n = tl.program_id(0)
+    pid_k = tl.program_id(1)
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    offs_p = tl.arange(0, P)
+    n_mask = offs_n < N
+    per_split = tl.cdiv(KB, SPLIT_K)
+    b0 = pid_k * per_split
+    b1 = tl.minimum(b0 + per_split, KB)
+    w_ptrs = w_ptr + offs_n[:, None] * stride_wn + offs_p[None, :]
+    w_next = tl.load(w_ptrs + b0 * P, mask=n_mask[:, None] & (offs_p * 0 + b0 < b1)[None, :], other=0)
+    acc = tl.zeros([BLOCK_N, P], dtype=tl.float32)
+    for b in range(b0, b1):
+        w_lo = w_next
+        # prefetch the next block's words while this one is dequantized
+        w_next = tl.load(w_ptrs + (b + 1) * P, mask=n_mask[:, None] & (offs_p * 0 + b + 1 < b1)[None, :],
+                         other=0)
+        w_hi = w_lo >> 16
+        part = tl.zeros([BLOCK_N, P], dtype=tl.float32)
+        for j in tl.static_range(E):
+            if j % J_PER_GROUP == 0:
+                s, z = _group_params(s_ptr, z_ptr, b, j, P, offs_n, n_mask, N, G, GS, PER_CHANNEL, ZERO)
+            pos = _pos_scale(j, BITS, E)
+            k = b * 128 + j * P + offs_p
+            xj = tl.load(x_ptr + k, mask=k < K, other=0.0).to(tl.float32) * (1.0 / pos)
+            c = z * pos + TWO23
+            part += (_code(w_lo, w_hi, j, BITS, E) - c[:, None]) * xj[None, :]
+            if j % J_PER_GROUP == J_PER_GROUP - 1:
+                if PER_CHANNEL:
+                    acc += part
+                else:
+                    acc += part * s[:, None]
+                part = tl.zeros([BLOCK_N, P], dtype=tl.float32)
+    y = tl.sum(acc, axis=1)
+    if PER_CHANNEL:
+        y = y * tl.load(s_ptr + offs_n, mask=n_mask, other=0.0).to(tl.float32)
+    offs_m = tl.arange(0, 1)
+    _finish(y[None, :], y_ptr, ws_ptr, lock_ptr, offs_m, offs_n, 1, N, stride_ym, pid_n, pid_k, SPLIT_K)
+
+
+@triton.jit
+def _deq(w_lo, w_hi, s, z, J: tl.constexpr, BITS: tl.constexpr, E: tl.constexpr, DTYPE: tl.constexpr):
+    """Dequantized code J of a [BN, P] word tile, in the activation dtype."""
+    pos = _pos_scale(J, BITS, E)
+    c = z * pos + TWO23
+    return ((_code(w_lo, w_hi, J, BITS, E) - c[:, None]) * (s * (1.0 / pos))[:, None]).to(DTYPE)
+
+
+@triton.jit
+def _dot(a, b, acc, DOT_FP32: tl.constexpr):
+    # The CPU interpreter (Triton 3.9) multiplies bf16 operands as raw uint16: upcast there only.
+    if DOT_FP32:
+        return tl.dot(a.to(tl.float32), b.to(tl.float32), acc)
+    return tl.dot(a, b, acc)
+
+
+@triton.jit
+def _wq_gemm_kernel(
+    x_ptr, w_ptr, s_ptr, z_ptr, y_ptr, ws_ptr, lock_ptr,
+    M, N, K, G, KB, stride_xm, stride_wn, stride_ym,
+    BITS: tl.constexpr, GS: tl.constexpr, PER_CHANNEL: tl.constexpr, ZERO: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, SPLIT_K: tl.constexpr, GROUP_M: tl.constexpr,
+    JOIN: tl.constexpr, DOT_FP32: tl.constexpr,
+):
+    """y = x @ dequant(W)^T on tensor cores; one CTA = [BLOCK_M, BLOCK_N] x one K split."""
+    E: tl.constexpr = 32 // BITS
+    P: tl.constexpr = 128 // E
+    J_PER_GROUP: tl.constexpr = E if (PER_CHANNEL or GS >= 128) else E * GS // 128
+    DTYPE: tl.constexpr = x_ptr.dtype.element_ty
+    # grouped tile order: GROUP_M row-tiles share the W tiles they stream through L2
+    pid = tl.program_id(0)
+    pid_k = tl.program_id(1)
+    grid_m = tl.cdiv(M, BLOCK_M)
+    grid_n = tl.cdiv(N, BLOCK_N)
+    width = GROUP_M * grid_n
+    first_m = (pid // width) * GROUP_M
+    rows = tl.minimum(grid_m - first_m, GROUP_M)
+    pid_m = first_m + (pid % width) % rows
+    pid_n = (pid % width) // rows
+
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    offs_p = tl.arange(0, P)
+    m_mask = offs_m < M
+    n_mask = offs_n < N
+    per_split = tl.cdiv(KB, SPLIT_K)
+    b0 = pid_k * per_split
+    b1 = tl.minimum(b0 + per_split, KB)
+    w_ptrs = w_ptr + offs_n[:, None] * stride_wn + offs_p[None, :]
+    x_rows = x_ptr + offs_m[:, None] * stride_xm
+    acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
+    for b in range(b0, b1):
+        w_lo = tl.load(w_ptrs + b * P, mask=n_mask[:, None], other=0)
+        w_hi = w_lo >> 16
+        s, z = _group_params(s_ptr, z_ptr, b, 0, P, offs_n, n_mask, N, G, GS, PER_CHANNEL, ZERO)
+        if J_PER_GROUP < E:
+            s2, z2 = _group_params(s_ptr, z_ptr, b, E - 1, P, offs_n, n_mask, N, G, GS, PER_CHANNEL, ZERO)
+        else:
+            s2, z2 = s, z
+        if JOIN:
+            kk = b * 128 + tl.arange(0, 128)
+            xt = tl.load(x_rows + kk[None, :], mask=m_mask[:, None] & (kk[None, :] < K), other=0.0)
+            d0 = _deq(w_lo, w_hi, s, z, 0, BITS, E, DTYPE)
+            d1 = _deq(w_lo, w_hi, s, z, 1, BITS, E, DTYPE)
+            if E == 8:
+                d2 = _deq(w_lo, w_hi, s, z, 2, BITS, E, DTYPE)
+                d3 = _deq(w_lo, w_hi, s, z, 3, BITS, E, DTYPE)
+                d4 = _deq(w_lo, w_hi, s2, z2, 4, BITS, E, DTYPE)
+                d5 = _deq(w_lo, w_hi, s2, z2, 5, BITS, E, DTYPE)
+                d6 = _deq(w_lo, w_hi, s2, z2, 6, BITS, E, DTYPE)
+                d7 = _deq(w_lo, w_hi, s2, z2, 7, BITS, E, DTYPE)
+                # minor index (b2, b1, b0) of the joined dims equals j; then move j in front of p
+                t = tl.join(tl.join(tl.join(d0, d4), tl.join(d2, d6)),
+                            tl.join(tl.join(d1, d5), tl.join(d3, d7)))
+                t = tl.permute(t, (0, 2, 3, 4, 1))
+            else:
+                d2 = _deq(w_lo, w_hi, s2, z2, 2, BITS, E, DTYPE)
+                d3 = _deq(w_lo, w_hi, s2, z2, 3, BITS, E, DTYPE)
+                t = tl.permute(tl.join(tl.join(d0, d2), tl.join(d1, d3)), (0, 2, 3, 1))
+            wt = tl.reshape(t, (BLOCK_N, 128))
+            acc = _dot(xt, tl.trans(wt), acc, DOT_FP32)
+        else:
+            for j in tl.static_range(E):
+                kk = b * 128 + j * P + offs_p
+                xj = tl.load(x_rows + kk[None, :], mask=m_mask[:, None] & (kk[None, :] < K), other=0.0)
+                if j < J_PER_GROUP:
+                    wj = _deq(w_lo, w_hi, s, z, j, BITS, E, DTYPE)
+                else:
+                    wj = _deq(w_lo, w_hi, s2, z2, j, BITS, E, DTYPE)
+                acc = _dot(xj, tl.trans(wj), acc, DOT_FP32)
+    tile = pid_m * grid_n + pid_n
+    _finish(acc, y_ptr, ws_ptr, lock_ptr, offs_m, offs_n, M, N, stride_ym, tile, pid_k, SPLIT_K)
+
+
+# ------------------------------------------------------------------------------------------ launch
+_LOCKS: dict = {}  # device -> int32 split-K counters (zero between launches: the last split resets)
+_SMS: dict = {}
+
+
+def _locks(device, n: int):
+    import torch
+
+    buf = _LOCKS.get(device)
+    if buf is None or buf.numel() < n:
+        buf = torch.zeros(max(n, 4096), dtype=torch.int32, device=device)
+        _LOCKS[device] = buf
+    return buf
+
+
+def _num_sms(device) -> int:
+    import torch
+
+    if device.type != "cuda":
+        return 132
+    if device not in _SMS:
+        _SMS[device] = torch.cuda.get_device_properties(device).multi_processor_count
+    return _SMS[device]
+
+
+def _auto_split(tiles: int, kb: int, waves: float, sms: int) -> int:
+    """Smallest power-of-two split giving >= waves*SMs CTAs, keeping >= 2 K blocks per split."""
+    split = 1
+    while tiles * split < waves * sms and split * 4 <= kb:
+        split *= 2
+    return split
+
+
+def quant_matmul(x, packed, scales, zeros, bits: int, group_size: int, config: dict):
+    """``x @ dequant(W)^T`` for packed W (``quant.py`` layout); ``config`` from ``quant_gemm_configs``.
+
+    x: ``[..., K]`` fp16/bf16; packed: int32 ``[N, KB*P]``; scales/zeros: ``[G, N]`` (int4) or
+    per-channel scales ``[N]`` with ``zeros=None`` (int8). Returns ``[..., N]`` in ``x.dtype``.
+    """
+    import torch
+
+    k = x.shape[-1]
+    x2 = x.reshape(-1, k)
+    if x2.stride(-1) != 1:
+        x2 = x2.contiguous()
+    m = x2.shape[0]
+    n = packed.shape[0]
+    p = 128 // (32 // bits)
+    kb = packed.shape[1] // p
+    per_channel = zeros is None
+    g = 1 if per_channel else scales.shape[0]
+    y = torch.empty((m, n), dtype=x.dtype, device=x.device)
+    gemv = config["kernel"] == "gemv" and m == 1
+    bm = 1 if gemv else config["BLOCK_M"]
+    bn = config["BLOCK_N"]
+    tiles = triton.cdiv(m, bm) * triton.cdiv(n, bn)
+    split = config.get("split_k") or _auto_split(tiles, kb, config.get("waves", 0), _num_sms(x.device))
+    ws = torch.empty((split, m, n), dtype=torch.float32, device=x.device) if split > 1 else y
+    locks = _locks(x.device, tiles)
+    zeros = scales if per_channel else zeros
+    common = dict(BITS=bits, GS=group_size, PER_CHANNEL=per_channel, ZERO=128.0 if per_channel else 0.0,
+                  BLOCK_N=bn, SPLIT_K=split, num_warps=config["num_warps"],
+                  num_stages=config.get("num_stages", 1))
+    if gemv:
+        _wq_gemv_kernel[(triton.cdiv(n, bn), split)](
+            x2, packed, scales, zeros, y, ws, locks, n, k, g, kb, packed.stride(0), y.stride(0), **common)
+    else:
+        _wq_gemm_kernel[(tiles, split)](
+            x2, packed, scales, zeros, y, ws, locks, m, n, k, g, kb, x2.stride(0), packed.stride(0),
+            y.stride(0), BLOCK_M=bm, GROUP_M=config.get("GROUP_M", 8), JOIN=config.get("JOIN", True),
+            DOT_FP32=os.environ.get("TRITON_INTERPRET") == "1", **common)
+    return y.reshape(*x.shape[:-1], n)
+
+
+def quant_gemm_flops(m: int, n: int, k: int) -> int:
+    """Multiply-adds x2 of one ``[m, k] @ [k, n]`` product."""
+    return 2 * m * n * k
+
+
+def quant_gemm_bytes(m: int, n: int, k: int, bits: int, group_size: int | None, act_bytes: int = 2,
+                     scale_bytes: int = 2) -> int:
+    """Fewest DRAM bytes: packed weights + scales (+ zeros) + activations in + outputs out.
+
+    ``group_size=None`` means per-channel (int8): one fp32 scale per output channel.
+    """
+    weights = n * k * bits // 8
+    meta = n * 4 if group_size is None else 2 * n * (k // group_size) * scale_bytes
+    return weights + meta + (m * k + m * n) * act_bytes
