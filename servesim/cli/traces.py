@@ -33,6 +33,15 @@ def _console() -> Console:
     return console
 
 
+def _print(console: Console, renderable: object) -> None:
+    if console.is_terminal:
+        console.print(renderable)
+        return
+    with console.capture() as cap:  # plain output: no padding blanks at line ends
+        console.print(renderable)
+    typer.echo("\n".join(line.rstrip() for line in cap.get().splitlines()))
+
+
 def _table(console: Console, *columns: str, title: str | None = None, header: bool = True) -> Table:
     if title is not None:  # a table title would pad plain output with trailing blanks
         console.print(title, style="bold")
@@ -84,7 +93,7 @@ def list_traces(ctx: typer.Context, as_json: bool = _JSON) -> None:
         table.add_row(s["name"], f"{s['requests']:,}", _num(s["span_s"]), _rate(s["rate_per_s"]),
                       _num(s["iat_cv"], 2), _num(i["mean"]), _num(i["p50"]), _num(i["p99"]), _num(o["mean"]),
                       _num(o["p50"]), _num(o["p99"]), s["license"])
-    console.print(table)
+    _print(console, table)
     for s in rows:
         for note in s["notes"]:
             console.print(f"note: {s['name']}: {note}")
@@ -123,11 +132,11 @@ def show(
         summary.add_row("blocks repeating an earlier id", f"{100 * s['hash_block_reuse']:.1f}%")
     if "attribution" in s:
         summary.add_row("license", s["attribution"])
-    console.print(summary)
+    _print(console, summary)
     lengths = _table(console, "tokens", "mean", "p50", "p90", "p99", "min", "max")
     for label, key in (("prompt", "input_tokens"), ("output", "output_tokens")):
         d = s[key]
         lengths.add_row(label, *(_num(d[k]) for k in ("mean", "p50", "p90", "p99", "min", "max")))
-    console.print(lengths)
+    _print(console, lengths)
     for note in s["notes"]:
         console.print(f"note: {note}")
