@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sys
 
+import click
 import typer
 
 from servesim import __version__
@@ -32,32 +33,30 @@ def _root(
     """servesim: what-if analysis for LLM serving deployments."""
 
 
-def _register() -> None:
+def build_cli() -> click.Group:
+    """The full command group: typer subcommands plus the generated simulate/compare commands."""
     # Subcommand modules register themselves on `app`; import order is the --help order.
-    from servesim.cli import traces  # noqa: F401
-    from servesim.cli import hw  # noqa: F401
+    from servesim.cli import hw, simulate, traces  # noqa: F401
+
+    group = typer.main.get_command(app)
+    simulate.register(group)
+    return group
 
 
 def main(argv: list[str] | None = None) -> None:
     """Run the CLI; bad input becomes one line on stderr and exit code 2."""
-    _register()
     try:
-        app(args=argv, standalone_mode=False)
+        code = build_cli().main(args=argv, prog_name="servesim", standalone_mode=False)
     except InputError as exc:
-        typer.echo(f"error: {exc}", err=True)
+        click.echo(f"error: {exc}", err=True)
         sys.exit(2)
-    except typer.Exit as exc:
-        sys.exit(exc.exit_code)
-    except (typer.Abort, KeyboardInterrupt):
-        typer.echo("aborted", err=True)
+    except click.exceptions.Abort:
+        click.echo("aborted", err=True)
         sys.exit(130)
-    except Exception as exc:  # click usage errors
-        import click
-
-        if isinstance(exc, click.exceptions.ClickException):
-            exc.show()
-            sys.exit(exc.exit_code)
-        raise
+    except click.exceptions.ClickException as exc:
+        exc.show()
+        sys.exit(exc.exit_code)
+    sys.exit(code if isinstance(code, int) else 0)
 
 
 if __name__ == "__main__":
