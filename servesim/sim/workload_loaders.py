@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import re
 from dataclasses import dataclass
+from io import StringIO
 from pathlib import Path
 
 import numpy as np
@@ -94,8 +95,6 @@ class _Table:
 
 
 def _read_csv(path: str, text: str) -> _Table:
-    from io import StringIO
-
     try:
         frame = pd.read_csv(StringIO(text), dtype=str, keep_default_na=False, skip_blank_lines=False)
     except pd.errors.ParserError as exc:
@@ -131,7 +130,7 @@ def _read_jsonl(path: str, text: str) -> _Table:
     return _Table(path, pd.DataFrame.from_records(records), np.array(lines, dtype=np.int64))
 
 
-def read_table_checks(path: Path) -> None:
+def _require_file(path: Path) -> None:
     """An error unless `path` is an existing regular file."""
     if not path.exists():
         raise InputError("no such file", file=str(path))
@@ -142,7 +141,7 @@ def read_table_checks(path: Path) -> None:
 def read_table(path: Path) -> _Table:
     """Read `path` as raw cells (CSV or JSONL, told by the first character)."""
     name = str(path)
-    read_table_checks(path)
+    _require_file(path)
     try:
         text = path.read_text(encoding="utf-8")
     except UnicodeDecodeError:
@@ -320,7 +319,7 @@ def file_format(path: str | Path) -> str:
 
 def read_table_head(path: Path) -> _Table:
     """Like `read_table` but reads only up to the first non-blank line (the header)."""
-    read_table_checks(path)
+    _require_file(path)
     with path.open(encoding="utf-8", errors="replace") as fh:
         first = next((line for line in fh if line.strip()), "")
     if not first:
