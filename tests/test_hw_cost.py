@@ -1,0 +1,118 @@
+"""Roofline cost model: hot path equals the breakdown, decode runs equal repeated steps, closed forms."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from servesim.errors import ConfigError
+from servesim.hwmodels.cost import CostModel, Efficiency
+from servesim.hwmodels.gpus import get_gpu
+from servesim.hwmodels.models import MODELS
+from servesim.hwmodels.ops import BatchShape, decode_shape, prefill_shape
+
+H100 = get_gpu("H100-SXM")
+CONFIGS = [
+    ("Llama-3.1-8B", "H100-SXM", 1, 1, "bf16", "bf16"),
+    ("Llama-3.1-70B", "H100-SXM", 4, 1, "fp8", "fp8"),
+    ("Mixtral-8x7B", "A100-80GB-SXM", 2, 1, "w4a16", "bf16"),
+    ("Qwen2.5-7B", "L4", 1, 2, "w8a16", "int8"),
+    ("Llama-3.1-70B", "H100-PCIe", 16, 3, "bf16", "bf16"),
+]
+
+
+def _random_shape(rng: np.random.Generator) -> BatchShape:
+    n_pre, n_dec = int(rng.integers(0, 4)), int(rng.integers(0, 64))
+    chunks, ctx = rng.integers(1, 2048, n_pre), rng.integers(0, 4096, n_pre)
+    dctx, k = rng.integers(1, 8192, n_dec), int(rng.integers(0, 4))
+    return BatchShape(
+        prefill_seqs=n_pre,
+        prefill_tokens=int(chunks.sum()),
+        prefill_attn_pairs=float((chunks * ctx + chunks * (chunks + 1) / 2).sum()),
+        prefill_ctx_tokens=int((chunks + ctx).sum()),
+        decode_seqs=n_dec,
+        decode_query_tokens=n_dec * (1 + k),
+        decode_ctx_tokens=int(dctx.sum()),
+        sampled_tokens=int(rng.integers(0, n_pre + 1)) + n_dec * (1 + k),
+    )
+
+
+@pytest.mark.parametrize("cfg", CONFIGS)
+def test_hot_path_equals_breakdown(cfg):
+    model, gpu, tp, pp, wf, kv = cfg
+    cm = CostModel(MODELS[model], get_gpu(gpu), tp, pp, wf, kv)
+    rng = np.random.default_rng(7)
+    for _ in range(300):
+        shape = _random_shape(rng)
+        assert cm.step_time_s(shape) == pytest.approx(cm.step_time(shape).total_s, rel=1e-12, abs=1e-15)
+
+
+@pytest.mark.parametrize("cfg", CONFIGS)
+def test_decode_run_equals_repeated_steps(cfg):
+    model, gpu, tp, pp, wf, kv = cfg
+    cm = CostModel(MODELS[model], get_gpu(gpu), tp, pp, wf, kv)
+    for batch, ctx, spec in ((1, 10, 0), (37, 3000, 0), (8, 500, 3), (256, 100, 0)):
+        shape = decode_shape(batch, ctx, spec)
+        run = cm.decode_run_s(shape, 500)
+        steps = []
+        for i in range(500):
+            s = BatchShape(
+                decode_seqs=batch,
+                decode_query_tokens=shape.decode_query_tokens,
+                decode_ctx_tokens=shape.decode_ctx_tokens + i * batch,
+                sampled_tokens=shape.sampled_tokens,
+            )
+            steps.append(cm.step_time_s(s))
+        np.testing.assert_allclose(run, steps, rtol=1e-12)
+        assert np.all(np.diff(run) >= 0)  # longer contexts never decode faster
+
+
+def test_decode_batch1_is_weight_bandwidth_bound():
+    m = MODELS["Llama-3.1-8B"]
+    eff = Efficiency()
+    cm = CostModel(m, H100, overhead_s=0.0)
+    st = cm.step_time(decode_shape(1, 1))
+    # every GEMM streams its weights: (non-embedding weights) / (HBM · memory efficiency)
+    layer_weights = 32 * 2 * (4096 * 6144 + 4096 * 4096 + 3 * 4096 * 14336)
+    gemm_s = sum(st.op_s[k] for k in ("qkv", "o", "gate_up", "down"))
+    assert gemm_s == pytest.approx(layer_weights / (3.35e12 * eff.gemm_memory), rel=1e-3)
+    assert all(st.bound[k] == "memory" for k in ("qkv", "o", "gate_up", "down", "attn_decode", "lm_head"))
+
+
+def test_long_prefill_is_compute_bound():
+    cm = CostModel(MODELS["Llama-3.1-8B"], H100)
+    st = cm.step_time(prefill_shape(8192))
+    assert st.bound["gate_up"] == "compute" and st.bound["attn_prefill"] == "compute"
+    assert st.op_s["gate_up"] == pytest.approx(32 * 2 * 8192 * 4096 * 28672 / (989.4e12 * 0.75))
+    assert st.total_s == pytest.approx(st.overhead_s + sum(st.op_s.values()))
+
+
+def test_tp_adds_allreduce_and_shrinks_weights():
+    m = MODELS["Llama-3.1-70B"]
+    tp4 = CostModel(m, H100, tp=4).step_time(decode_shape(1, 1000))
+    tp8 = CostModel(m, H100, tp=8).step_time(decode_shape(1, 1000))
+    assert tp8.op_s["gate_up"] == pytest.approx(tp4.op_s["gate_up"] / 2, rel=1e-3)
+    # 160 all-reduces of 8192 bf16 values: latency dominates
+    assert tp4.op_s["allreduce"] == pytest.approx(160 * 6e-6 + 80 * 2 * 2 * 0.75 * 8192 * 2 / (450e9 * 0.8))
+
+
+def test_pipeline_stage_and_transfer():
+    m = MODELS["Llama-3.1-8B"]
+    shape = decode_shape(8, 1000)
+    one, two = CostModel(m, H100).step_time(shape), CostModel(m, H100, pp=2).step_time(shape)
+    assert two.op_s["qkv"] == pytest.approx(one.op_s["qkv"] / 2)
+    assert two.op_s["lm_head"] == one.op_s["lm_head"]  # the last stage holds the head
+    cm = CostModel(m, H100, pp=2)
+    assert cm.pp_transfer_s(1000) == pytest.approx(1000 * 4096 * 2 / (450e9 * 0.8) + 6e-6)
+
+
+def test_empty_step_and_errors():
+    cm = CostModel(MODELS["Llama-3.1-8B"], H100)
+    assert cm.step_time_s(BatchShape()) == 0.0 == cm.step_time(BatchShape()).total_s
+    assert cm.profile_id == "roofline"
+    with pytest.raises(ConfigError, match="tp=3"):
+        CostModel(MODELS["Llama-3.1-8B"], H100, tp=3)
+    with pytest.raises(ConfigError, match="pp=40"):
+        CostModel(MODELS["Llama-3.1-8B"], H100, pp=40)
+    with pytest.raises(ValueError, match="pure-decode"):
+        cm.decode_run_s(prefill_shape(10), 3)
