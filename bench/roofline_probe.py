@@ -44,7 +44,7 @@ def main() -> None:
     y = torch.empty_like(x)
     t = _time_s(lambda: y.copy_(x))
     out["copy_eff"] = 2 * x.numel() / t / peak_b
-    del x, y
+    x = y = None  # free 2 GiB before the GEMMs
     # GEMMs shaped like Llama-3.1-8B's MLP (K=4096, N=14336) for several token counts M.
     w = torch.randn(14336, 4096, dtype=bf, device=dev)
     gemm = {}

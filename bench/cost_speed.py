@@ -1,0 +1,49 @@
+"""Time the cost model's hot path (``CostModel.step_time_s``) and ``decode_run_s``; prints a table.
+
+Run: ``.venv/bin/python bench/cost_speed.py``. Not a test: numbers depend on the machine.
+"""
+
+from __future__ import annotations
+
+import platform
+import time
+
+import numpy as np
+
+from servesim.hwmodels.cost import CostModel
+from servesim.hwmodels.gpus import get_gpu
+from servesim.hwmodels.models import get_model
+from servesim.hwmodels.ops import BatchShape, decode_shape
+
+
+def _per_call_us(fn, arg, n: int = 200_000, repeats: int = 5) -> float:
+    best = float("inf")
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        for _ in range(n):
+            fn(arg)
+        best = min(best, (time.perf_counter() - t0) / n)
+    return best * 1e6
+
+
+def main() -> None:
+    mixed = BatchShape(prefill_seqs=1, prefill_tokens=512, prefill_attn_pairs=512 * 1000 + 512 * 513 / 2,
+                       prefill_ctx_tokens=1512, decode_seqs=40, decode_query_tokens=40, decode_ctx_tokens=60_000,
+                       sampled_tokens=41)
+    print(f"{platform.processor() or platform.machine()}, Python {platform.python_version()}")
+    print(f"{'config':42} {'step_time_s µs':>15} {'step_time µs':>13} {'decode_run_s(1000) µs/step':>27}")
+    for model, gpu, tp in (("Llama-3.1-8B", "H100-SXM", 1), ("Llama-3.1-70B", "H100-SXM", 4),
+                           ("Mixtral-8x7B", "H100-SXM", 2)):
+        cm = CostModel(get_model(model), get_gpu(gpu), tp=tp)
+        hot, full = _per_call_us(cm.step_time_s, mixed), _per_call_us(cm.step_time, mixed, n=20_000)
+        dec = decode_shape(64, 1000)
+        t0 = time.perf_counter()
+        for _ in range(1000):
+            cm.decode_run_s(dec, 1000)
+        run_us = (time.perf_counter() - t0) / 1000 / 1000 * 1e6
+        assert np.isclose(cm.decode_run_s(dec, 1)[0], cm.step_time_s(dec))
+        print(f"{model + ' on ' + gpu + f' tp={tp}':42} {hot:15.2f} {full:13.1f} {run_us:27.3f}")
+
+
+if __name__ == "__main__":
+    main()
