@@ -1,0 +1,431 @@
+"""Fused speculative-decoding verification (rejection sampling), its torch reference and bytes helper.
+
+Inputs (B sequences; sequence ``i`` drafted ``k_i >= 0`` tokens, ``K = max k_i``):
+
+* ``target_logits`` ``[T, V]`` bf16/fp16/fp32, ``T = sum(k_i + 1)``: sequence ``i`` owns rows
+  ``cu_rows[i] .. cu_rows[i+1] - 1`` (its ``k_i`` draft positions, then the bonus position).
+* ``cu_rows`` int32 ``[B+1]``; the drafts of sequence ``i`` start at ``cu_rows[i] - i``.
+* ``draft_tokens`` int32/int64 ``[sum k_i]``; ``draft_probs`` ``[sum k_i, V]`` (any float dtype): the
+  *full* draft distributions q, which the lossless residual ``max(0, p - q)`` needs. Unused when greedy.
+* ``seeds`` int64 ``[B]``; ``temperature``: one float, 0 selects the greedy rule.
+
+Rule (Leviathan et al. 2023): with ``p_j = softmax(logits_j / T)``, accept ``x_j`` while
+``u_j * q_j(x_j) < p_j(x_j)`` (probability ``min(1, p/q)``); at the first rejection emit a sample of
+``normalize(max(0, p_j - q_j))`` (of ``p_j`` if that residual is all zero, which only rounding allows);
+if all ``k_i`` are accepted emit a sample of ``p_{k_i}`` (the bonus token). Greedy: accept while
+``x_j == argmax_j`` (ties: lowest id), then emit that argmax. Outputs ``accepted`` int32 ``[B]`` and
+``emitted`` int32 ``[B, K+1]``: ``accepted`` drafts, one recovered/bonus token, then -1.
+
+Randomness is counter-based, so it does not depend on the launch shape: everything is drawn from
+Philox4x32-10 (``tl.randint4x``) keyed by the sequence's seed. ``u_j`` = lane 0 of counter ``(j, 0)``
+(top 24 bits); the noise of position ``j``, token ``v`` = lane ``v % 4`` of counter ``(v // 4, j + 1)``,
+turned into an Exp(1) variate ``E`` by ``-ln(1 - w)`` with a 32-bit ``w`` (a series near 0, so small
+``E`` keep their relative precision and rare tokens their probability). Sampling is an exponential
+race: the bonus token is ``argmax(y - log2 E)`` with ``y = logits * log2(e) / T`` (Gumbel-max), the
+recovered one ``argmax(max(0, p - q) / E)``, which needs no normalisation. The reference draws the same
+numbers with a NumPy Philox and repeats the arithmetic, so kernel and reference agree token for token
+(up to float rounding ties, about 1e-7 per decision).
+
+Three launches, no [T, V] float32 tensor: (1) one pass over every row, split along V into chunks:
+running max and sum of exp (draft rows), Gumbel-max partial winners (bonus rows), max/argmax (greedy);
+(2) for each rejected sequence only, one pass over the rejected row and its q row: residual partial
+winners; (3) one tiny program per sequence combines the partials and writes the outputs.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+
+import numpy as np
+import torch
+import triton
+import triton.language as tl
+
+LOG2E = 1.4426950408889634
+_BIG = 2**31 - 1
+
+
+@triton.jit
+def _exponential(bits):
+    """Exp(1) variate -ln(1 - w), w = (bits + 0.5) / 2**32; series below w = 1/32 (accurate near 0)."""
+    w = bits.to(tl.float32) * 2.3283064365386963e-10 + 1.1641532182693481e-10
+    poly = w * (1.0 + w * (0.5 + w * (0.3333333333333333 + w * (0.25 + w * 0.2))))
+    big = -tl.log2(1.0 - w) * 0.6931471805599453
+    return tl.where(w < 0.03125, poly, big)
+
+
+@triton.jit
+def _noise(seed, j, start, R: tl.constexpr):
+    """Exp(1) noise of position j for tokens start .. start + 4R - 1, as an [R, 4] tile (one Philox per row)."""
+    r = tl.arange(0, R)
+    c = tl.arange(0, 4)[None, :]
+    offs = ((j + 1).to(tl.int64) << 32) + (start // 4 + r).to(tl.int64)
+    b0, b1, b2, b3 = tl.randint4x(seed, offs)
+    bits = tl.where(c == 0, b0[:, None], tl.where(c == 1, b1[:, None], tl.where(c == 2, b2[:, None], b3[:, None])))
+    return _exponential(bits)
+
+
+@triton.jit
+def _best(key, v, best, best_idx):
+    """Fold a tile's max key (lowest token on ties) into a running (best, best_idx); strict > keeps order."""
+    kb = tl.max(tl.max(key, 1), 0)
+    ib = tl.min(tl.min(tl.where(key == kb, v, _BIG), 1), 0)
+    upd = kb > best
+    return tl.where(upd, kb, best), tl.where(upd, ib, best_idx)
+
+
+@triton.jit
+def _row_pass_kernel(logit_ptr, stride_l, cu_ptr, seed_ptr, stat_a_ptr, stat_b_ptr, bkey_ptr, bidx_ptr,
+                     V, chunk, n_split, scale, GREEDY: tl.constexpr, BLOCK: tl.constexpr):
+    """Grid (split, position, sequence): one chunk of one target row, read once."""
+    sp = tl.program_id(0)
+    j = tl.program_id(1)
+    i = tl.program_id(2)
+    row0 = tl.load(cu_ptr + i)
+    k = tl.load(cu_ptr + i + 1) - row0 - 1
+    if j <= k:
+        row = row0 + j
+        base = logit_ptr + row.to(tl.int64) * stride_l
+        lo = sp * chunk
+        hi = tl.minimum(lo + chunk, V)
+        out = row.to(tl.int64) * n_split + sp
+        if GREEDY or j < k:
+            # draft rows: running max and sum of 2^(y - max); greedy: max and its lowest index
+            m = tl.zeros([], tl.float32) - float("inf")
+            s = tl.zeros([], tl.float32)
+            am = tl.zeros([], tl.int32)
+            for start in range(lo, hi, BLOCK):
+                offs = start + tl.arange(0, BLOCK)
+                y = tl.load(base + offs, mask=offs < hi, other=float("-inf")).to(tl.float32) * scale
+                mb = tl.max(y, 0)
+                if GREEDY:
+                    ib = tl.min(tl.where(y == mb, offs, _BIG), 0)
+                    am = tl.where(mb > m, ib, am)
+                    m = tl.maximum(m, mb)
+                else:
+                    m_new = tl.maximum(m, mb)
+                    m_ref = tl.where(m_new == float("-inf"), 0.0, m_new)
+                    s = s * tl.exp2(m - m_ref) + tl.sum(tl.exp2(y - m_ref), 0)
+                    m = m_new
+            tl.store(stat_a_ptr + out, m)
+            if GREEDY:
+                tl.store(stat_b_ptr + out, am)
+            else:
+                tl.store(stat_b_ptr + out, s)
+        else:
+            # bonus row: Gumbel-max partial winner, needs no normaliser
+            seed = tl.load(seed_ptr + i)
+            R: tl.constexpr = BLOCK // 4
+            v0 = tl.arange(0, R)[:, None] * 4 + tl.arange(0, 4)[None, :]
+            best = tl.zeros([], tl.float32) - float("inf")
+            best_idx = tl.zeros([], tl.int32)
+            for start in range(lo, hi, BLOCK):
+                v = start + v0
+                y = tl.load(base + v, mask=v < hi, other=float("-inf")).to(tl.float32) * scale
+                key = y - tl.log2(_noise(seed, j, start, R))
+                best, best_idx = _best(tl.where(v < hi, key, float("-inf")), v, best, best_idx)
+            tl.store(bkey_ptr + i.to(tl.int64) * n_split + sp, best)
+            tl.store(bidx_ptr + i.to(tl.int64) * n_split + sp, best_idx)
+
+
+@triton.jit
+def _accept(logit_ptr, stride_l, q_ptr, stride_q, tok_ptr, stat_a_ptr, stat_b_ptr, i, row0, k, seed,
+            n_split, scale, KP: tl.constexpr, SP: tl.constexpr):
+    """Accepted count of sequence i, with the max and 1/sum of the first rejected row."""
+    jj = tl.arange(0, KP)
+    valid = jj < k
+    ss = tl.arange(0, SP)
+    rows = (row0 + jj).to(tl.int64)
+    sidx = rows[:, None] * n_split + ss[None, :]
+    smask = valid[:, None] & (ss < n_split)[None, :]
+    mp = tl.load(stat_a_ptr + sidx, mask=smask, other=float("-inf"))
+    sp = tl.load(stat_b_ptr + sidx, mask=smask, other=0.0)
+    m = tl.max(mp, 1)
+    m = tl.where(m == float("-inf"), 0.0, m)
+    inv_s = 1.0 / tl.where(valid, tl.sum(sp * tl.exp2(mp - m[:, None]), 1), 1.0)
+    d = (row0 - i + jj).to(tl.int64)
+    x = tl.load(tok_ptr + d, mask=valid, other=0).to(tl.int64)
+    lx = tl.load(logit_ptr + rows * stride_l + x, mask=valid, other=0.0).to(tl.float32) * scale
+    px = tl.exp2(lx - m) * inv_s
+    qx = tl.load(q_ptr + d * stride_q + x, mask=valid, other=1.0).to(tl.float32)
+    b0, _, _, _ = tl.randint4x(seed, jj.to(tl.int64))
+    u = (b0 >> 8).to(tl.float32) * 5.9604644775390625e-08
+    rej = valid & ~(u * qx < px)
+    n_acc = tl.min(tl.where(rej, jj, k), 0)
+    hit = jj == n_acc
+    return n_acc, tl.sum(tl.where(hit, m, 0.0), 0), tl.sum(tl.where(hit, inv_s, 0.0), 0)
+
+
+@triton.jit
+def _residual_kernel(logit_ptr, stride_l, q_ptr, stride_q, tok_ptr, cu_ptr, seed_ptr, stat_a_ptr, stat_b_ptr,
+                     rkey_ptr, ridx_ptr, pkey_ptr, pidx_ptr, acc_ptr, V, chunk, n_split1, n_split2, scale,
+                     KP: tl.constexpr, SP1: tl.constexpr, BLOCK: tl.constexpr):
+    """Grid (split, sequence): accepted count, then the residual max(0, p - q) race over one chunk of the
+    first rejected row (rejected sequences only)."""
+    sp = tl.program_id(0)
+    i = tl.program_id(1)
+    row0 = tl.load(cu_ptr + i)
+    k = tl.load(cu_ptr + i + 1) - row0 - 1
+    seed = tl.load(seed_ptr + i)
+    j, m, inv_s = _accept(logit_ptr, stride_l, q_ptr, stride_q, tok_ptr, stat_a_ptr, stat_b_ptr, i, row0, k,
+                          seed, n_split1, scale, KP, SP1)
+    if sp == 0:
+        tl.store(acc_ptr + i, j)
+    if j < k:
+        base = logit_ptr + (row0 + j).to(tl.int64) * stride_l
+        qbase = q_ptr + (row0 - i + j).to(tl.int64) * stride_q
+        lo = sp * chunk
+        hi = tl.minimum(lo + chunk, V)
+        R: tl.constexpr = BLOCK // 4
+        v0 = tl.arange(0, R)[:, None] * 4 + tl.arange(0, 4)[None, :]
+        best_r = tl.zeros([], tl.float32) - 1.0
+        best_p = tl.zeros([], tl.float32) - 1.0
+        idx_r = tl.zeros([], tl.int32)
+        idx_p = tl.zeros([], tl.int32)
+        for start in range(lo, hi, BLOCK):
+            v = start + v0
+            mask = v < hi
+            y = tl.load(base + v, mask=mask, other=float("-inf")).to(tl.float32) * scale
+            p = tl.exp2(y - m) * inv_s
+            q = tl.load(qbase + v, mask=mask, other=0.0).to(tl.float32)
+            e = _noise(seed, j, start, R)
+            best_r, idx_r = _best(tl.where(mask, tl.maximum(p - q, 0.0) / e, -1.0), v, best_r, idx_r)
+            best_p, idx_p = _best(tl.where(mask, p / e, -1.0), v, best_p, idx_p)
+        out = i.to(tl.int64) * n_split2 + sp
+        tl.store(rkey_ptr + out, best_r)
+        tl.store(ridx_ptr + out, idx_r)
+        tl.store(pkey_ptr + out, best_p)
+        tl.store(pidx_ptr + out, idx_p)
+
+
+@triton.jit
+def _pick(key_ptr, idx_ptr, base, n, ok, SP: tl.constexpr):
+    """Winner of n partial (key, token) pairs (if ok): max key, lowest token on ties; and that max key."""
+    ss = tl.arange(0, SP)
+    n = tl.where(ok, n, 0)
+    key = tl.load(key_ptr + base + ss, mask=ss < n, other=float("-inf"))
+    idx = tl.load(idx_ptr + base + ss, mask=ss < n, other=_BIG)
+    kmax = tl.max(key, 0)
+    return tl.min(tl.where(key == kmax, idx, _BIG), 0), kmax
+
+
+@triton.jit
+def _finalize_kernel(tok_ptr, cu_ptr, stat_a_ptr, stat_b_ptr, bkey_ptr, bidx_ptr, rkey_ptr, ridx_ptr, pkey_ptr,
+                     pidx_ptr, acc_ptr, out_ptr, width, n_split1, n_split2, GREEDY: tl.constexpr,
+                     KP1: tl.constexpr, SP1: tl.constexpr, SP2: tl.constexpr):
+    """Grid (sequence,): combine partials, decide, write accepted count and emitted tokens."""
+    i = tl.program_id(0)
+    row0 = tl.load(cu_ptr + i)
+    k = tl.load(cu_ptr + i + 1) - row0 - 1
+    tt = tl.arange(0, KP1)
+    if GREEDY:
+        ss = tl.arange(0, SP1)
+        sidx = (row0 + tt).to(tl.int64)[:, None] * n_split1 + ss[None, :]
+        smask = (tt <= k)[:, None] & (ss < n_split1)[None, :]
+        mp = tl.load(stat_a_ptr + sidx, mask=smask, other=float("-inf"))
+        ip = tl.load(stat_b_ptr + sidx, mask=smask, other=_BIG)
+        am = tl.min(tl.where(mp == tl.max(mp, 1)[:, None], ip, _BIG), 1)
+        x = tl.load(tok_ptr + row0 - i + tt, mask=tt < k, other=-1)
+        n_acc = tl.min(tl.where((tt < k) & (x != am), tt, k), 0)
+        token = tl.sum(tl.where(tt == n_acc, am, 0), 0)
+        tl.store(acc_ptr + i, n_acc)
+    else:
+        n_acc = tl.load(acc_ptr + i)  # written by the residual pass
+        t_bonus, _ = _pick(bkey_ptr, bidx_ptr, i.to(tl.int64) * n_split1, n_split1, n_acc == k, SP1)
+        t_res, r_max = _pick(rkey_ptr, ridx_ptr, i.to(tl.int64) * n_split2, n_split2, n_acc < k, SP2)
+        t_p, _ = _pick(pkey_ptr, pidx_ptr, i.to(tl.int64) * n_split2, n_split2, n_acc < k, SP2)
+        token = tl.where(n_acc == k, t_bonus, tl.where(r_max > 0.0, t_res, t_p))
+    x = tl.load(tok_ptr + row0 - i + tt, mask=tt < n_acc, other=0)
+    val = tl.where(tt < n_acc, x, tl.where(tt == n_acc, token, -1))
+    tl.store(out_ptr + i.to(tl.int64) * width + tt, val.to(tl.int32), mask=tt < width)
+
+
+@functools.cache
+def _n_sm(device: torch.device) -> int:
+    if device.type != "cuda":
+        return 4  # interpreter: a few programs, enough to exercise the split-combine path
+    return torch.cuda.get_device_properties(device).multi_processor_count
+
+
+def _scale(temperature: float) -> float:
+    """log2(e) / T rounded once to float32: the reference multiplies by the very same number."""
+    return 1.0 if temperature == 0 else float(np.float32(LOG2E / temperature))
+
+
+def _split(vocab: int, rows: int, target: int, block: int, forced: int | None) -> tuple[int, int]:
+    """(number of chunks, chunk length): about `target` programs over `rows` rows, no empty chunk."""
+    n = forced or min(max(1, triton.cdiv(target, max(rows, 1))), triton.cdiv(vocab, block))
+    chunk = triton.cdiv(triton.cdiv(vocab, n), block) * block
+    return triton.cdiv(vocab, chunk), chunk
+
+
+def verify(target_logits: torch.Tensor, cu_rows: torch.Tensor, draft_tokens: torch.Tensor,
+           draft_probs: torch.Tensor | None, seeds: torch.Tensor, temperature: float, k_max: int | None = None,
+           *, block: int = 2048, num_warps: int = 4, programs_per_sm: int = 8,
+           splits: tuple[int, int] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Verify drafts against target logits (module docstring); returns (accepted [B], emitted [B, K+1]).
+
+    Pass ``k_max`` (= max k_i) to avoid a device sync (needed under CUDA-graph capture). ``block``,
+    ``num_warps``, ``programs_per_sm`` and ``splits`` (forced chunk counts of the row pass and the residual
+    pass) only change speed, never results.
+    """
+    if target_logits.dim() != 2 or cu_rows.dim() != 1 or cu_rows.numel() < 1:
+        raise ValueError("target_logits must be [T, V] and cu_rows [B+1]")
+    if cu_rows.dtype != torch.int32 or seeds.dtype != torch.int64:
+        raise ValueError("cu_rows must be int32 and seeds int64")
+    if not (temperature >= 0 and math.isfinite(temperature)):
+        raise ValueError(f"temperature must be finite and >= 0, got {temperature}")
+    n_rows, vocab = target_logits.shape
+    n_seq = cu_rows.numel() - 1
+    greedy = temperature == 0
+    if seeds.shape != (n_seq,) or draft_tokens.shape != (n_rows - n_seq,):
+        raise ValueError(f"seeds must be [{n_seq}] and draft_tokens [{n_rows - n_seq}]")
+    if not greedy and (draft_probs is None or draft_probs.shape != (n_rows - n_seq, vocab)):
+        raise ValueError(f"draft_probs must be [{n_rows - n_seq}, {vocab}]")
+    if k_max is None:
+        k_max = int((cu_rows[1:] - cu_rows[:-1]).max()) - 1 if n_seq else 0
+    dev = target_logits.device
+    accepted = torch.empty(n_seq, dtype=torch.int32, device=dev)
+    emitted = torch.empty((n_seq, k_max + 1), dtype=torch.int32, device=dev)
+    if n_seq == 0:
+        return accepted, emitted
+    logits = target_logits if target_logits.stride(1) == 1 else target_logits.contiguous()
+    q = logits if greedy else (draft_probs if draft_probs.stride(1) == 1 else draft_probs.contiguous())
+    block = max(16, min(block, triton.next_power_of_2(vocab)))
+    target = programs_per_sm * _n_sm(dev)
+    s1, chunk1 = _split(vocab, n_seq * (k_max + 1), target, block, splits and splits[0])
+    s2, chunk2 = _split(vocab, n_seq, target, block, splits and splits[1])
+    # one scratch allocation: row stats [T, s1] x2, bonus partials [B, s1] x2, residual partials [B, s2] x4
+    n_stat, n_bonus, n_res = n_rows * s1, n_seq * s1, n_seq * s2
+    ws = torch.empty(2 * n_stat + 2 * n_bonus + 4 * n_res, dtype=torch.float32, device=dev)
+    parts = torch.split(ws, [n_stat, n_stat, n_bonus, n_bonus, n_res, n_res, n_res, n_res])
+    stat_a, bkey, rkey, pkey = parts[0], parts[2], parts[4], parts[6]
+    stat_b = parts[1].view(torch.int32) if greedy else parts[1]
+    bidx, ridx, pidx = parts[3].view(torch.int32), parts[5].view(torch.int32), parts[7].view(torch.int32)
+    scale = _scale(temperature)
+    kp, kp1 = triton.next_power_of_2(max(k_max, 1)), triton.next_power_of_2(k_max + 1)
+    sp1, sp2 = triton.next_power_of_2(s1), triton.next_power_of_2(s2)
+    _row_pass_kernel[(s1, k_max + 1, n_seq)](
+        logits, logits.stride(0), cu_rows, seeds, stat_a, stat_b, bkey, bidx, vocab, chunk1, s1, scale,
+        GREEDY=greedy, BLOCK=block, num_warps=num_warps)
+    if not greedy:
+        _residual_kernel[(s2, n_seq)](
+            logits, logits.stride(0), q, q.stride(0), draft_tokens, cu_rows, seeds, stat_a, stat_b,
+            rkey, ridx, pkey, pidx, accepted, vocab, chunk2, s1, s2, scale, KP=kp, SP1=sp1, BLOCK=block,
+            num_warps=num_warps)
+    _finalize_kernel[(n_seq,)](
+        draft_tokens, cu_rows, stat_a, stat_b, bkey, bidx, rkey, ridx, pkey, pidx, accepted, emitted, k_max + 1,
+        s1, s2, GREEDY=greedy, KP1=kp1, SP1=sp1, SP2=sp2, num_warps=1)
+    return accepted, emitted
+
+
+# ----------------------------------------------------------------------------------------------------
+# Reference: the same rule in plain torch, fed by a NumPy Philox that reproduces the kernel's numbers.
+
+_M32 = np.uint64(0xFFFFFFFF)
+
+
+def philox4x32(seeds: np.ndarray, c0: np.ndarray, c1: np.ndarray) -> tuple[np.ndarray, ...]:
+    """Philox4x32-10 of counters (c0, c1, 0, 0) under key = seed, as ``tl.randint4x``: four uint32 lanes.
+
+    ``seeds`` (int64) broadcasts against ``c0``/``c1``; NumPy's uint64 products are exact for 32-bit inputs.
+    """
+    key = np.asarray(seeds).astype(np.int64).astype(np.uint64)
+    c0, c1, key = np.broadcast_arrays(np.asarray(c0, dtype=np.uint64) & _M32,
+                                      np.asarray(c1, dtype=np.uint64) & _M32, key)
+    k0, k1 = key & _M32, key >> np.uint64(32)
+    c2 = c3 = np.zeros_like(c0)
+    for _ in range(10):
+        p0, p1 = np.uint64(0xCD9E8D57) * c2, np.uint64(0xD2511F53) * c0
+        c0, c1, c2, c3 = (p0 >> np.uint64(32)) ^ c1 ^ k0, p0 & _M32, (p1 >> np.uint64(32)) ^ c3 ^ k1, p1 & _M32
+        k0, k1 = (k0 + np.uint64(0x9E3779B9)) & _M32, (k1 + np.uint64(0xBB67AE85)) & _M32
+    return tuple(c.astype(np.uint32) for c in (c0, c1, c2, c3))
+
+
+def accept_uniforms(seeds: np.ndarray, k: int) -> np.ndarray:
+    """u[b, j] in [0, 1): top 24 bits of lane 0 of counter (j, 0) under seed b; float32 [B, k]."""
+    b0 = philox4x32(np.asarray(seeds)[:, None], np.arange(k)[None, :], 0)[0]
+    return (b0 >> np.uint32(8)).astype(np.float32) * np.float32(2.0**-24)
+
+
+def exponentials(seeds: np.ndarray, n_pos: int, vocab: int) -> np.ndarray:
+    """Exp(1) noise E[b, j, v] (lane v % 4 of counter (v // 4, j + 1)), float32 [B, n_pos, V]."""
+    f32 = np.float32
+    n4 = -(-vocab // 4)
+    lanes = philox4x32(np.asarray(seeds)[:, None, None], np.arange(n4)[None, None, :],
+                       np.arange(1, n_pos + 1)[None, :, None])
+    bits = np.stack(lanes, axis=-1).reshape(len(seeds), n_pos, 4 * n4)[..., :vocab]
+    w = bits.astype(f32) * f32(2.0**-32) + f32(2.0**-33)
+    poly = w * (f32(1.0) + w * (f32(0.5) + w * (f32(1 / 3) + w * (f32(0.25) + w * f32(0.2)))))
+    with np.errstate(divide="ignore"):
+        big = -np.log2(f32(1.0) - w) * f32(math.log(2.0))
+    return np.where(w < f32(0.03125), poly, big).astype(f32)
+
+
+def _first(mask: torch.Tensor, default: torch.Tensor) -> torch.Tensor:
+    """Index of the first True along dim 1, else `default`."""
+    if mask.shape[1] == 0:
+        return default.clone()
+    idx = torch.arange(mask.shape[1]).expand_as(mask)
+    return torch.where(mask, idx, mask.shape[1]).amin(1).minimum(default)
+
+
+def verify_ref(target_logits: torch.Tensor, cu_rows: torch.Tensor, draft_tokens: torch.Tensor,
+               draft_probs: torch.Tensor | None, seeds: torch.Tensor, temperature: float,
+               k_max: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Reference of :func:`verify` on the CPU (materialises [B, K+1, V] float32; small inputs only)."""
+    cu = cu_rows.cpu().long()
+    n_seq = cu.numel() - 1
+    ks = cu[1:] - cu[:-1] - 1
+    if (ks < 0).any():
+        raise ValueError("every sequence needs at least its bonus row")
+    kk = (int(ks.max()) if n_seq else 0) if k_max is None else k_max
+    vocab = target_logits.shape[1]
+    jr = torch.arange(kk + 1)
+    rows = (cu[:-1, None] + jr).clamp(max=max(target_logits.shape[0] - 1, 0))
+    d_ok = jr[None, :kk] < ks[:, None]
+    # padded draft index: invalid positions point at an appended dummy row / token
+    n_drafts = draft_tokens.numel()
+    d_idx = torch.where(d_ok, (cu[:-1] - torch.arange(n_seq))[:, None] + jr[:kk], n_drafts)
+    x = torch.cat([draft_tokens.cpu().long(), torch.zeros(1, dtype=torch.long)])[d_idx]
+    logits = target_logits.cpu().float()[rows]
+    if temperature == 0:
+        am = logits.argmax(-1)
+        n_acc = _first(d_ok & (x != am[:, :kk]), ks)
+        token = am.gather(1, n_acc[:, None])[:, 0]
+    else:
+        y = logits * _scale(temperature)
+        m = y.amax(-1, keepdim=True)
+        inv_s = 1.0 / torch.exp2(y - m).sum(-1, keepdim=True)
+        q = torch.cat([draft_probs.cpu().float(), torch.zeros(1, vocab)])[d_idx]
+        px = torch.exp2(y[:, :kk].gather(-1, x[..., None]) - m[:, :kk]) * inv_s[:, :kk]
+        u = torch.from_numpy(accept_uniforms(seeds.cpu().numpy(), kk))
+        n_acc = _first(d_ok & ~(u * q.gather(-1, x[..., None])[..., 0] < px[..., 0]), ks)
+        e = torch.from_numpy(exponentials(seeds.cpu().numpy(), kk + 1, vocab))
+        b = torch.arange(n_seq)
+        t_bonus = (y[b, ks] - torch.log2(e[b, ks])).argmax(-1)
+        jr_ = n_acc.clamp(max=max(kk - 1, 0))
+        p = torch.exp2(y[b, jr_] - m[b, jr_]) * inv_s[b, jr_]
+        q_j = q[b, jr_] if kk else torch.zeros_like(p)
+        key_r = torch.clamp(p - q_j, min=0.0) / e[b, jr_]
+        t_res = torch.where(key_r.amax(-1) > 0, key_r.argmax(-1), (p / e[b, jr_]).argmax(-1))
+        token = torch.where(n_acc == ks, t_bonus, t_res)
+    emitted = torch.where(jr[None, :kk] < n_acc[:, None], x, -1)
+    emitted = torch.cat([emitted, torch.full((n_seq, 1), -1)], 1)
+    emitted[torch.arange(n_seq), n_acc] = token
+    return n_acc.int(), emitted.int()
+
+
+def verify_bytes(n_seqs: int, n_drafts: int, vocab: int, logit_bytes: int = 2, prob_bytes: int = 4,
+                 n_rejected: int = 0, greedy: bool = False, k_max: int = 0, token_bytes: int = 4) -> int:
+    """Fewest bytes one verification moves through device memory.
+
+    Every target row once ((n_seqs + n_drafts) x V logits: all are needed when every draft is accepted),
+    one q row per rejected sequence (the residual), the gathered q(x_j), draft tokens, seeds, row offsets,
+    and the outputs. Re-reading the rejected target row is the kernel's overhead, not counted here.
+    """
+    total = (n_seqs + n_drafts) * vocab * logit_bytes + n_drafts * token_bytes
+    if not greedy:
+        total += n_drafts * prob_bytes + n_rejected * vocab * prob_bytes + n_seqs * 8
+    return total + (n_seqs + 1) * 4 + n_seqs * 4 + n_seqs * (k_max + 1) * 4
