@@ -7,6 +7,7 @@ import pandas as pd
 import pytest
 from scipy import stats
 
+from servesim.errors import ConfigError
 from servesim.sim.workload import (
     ClosedLoop,
     Constant,
@@ -76,7 +77,7 @@ def test_closed_loop_has_no_arrival_times_but_users_and_think_time() -> None:
     assert w.requests["arrival_s"].isna().all() and not w.has_arrivals
     s = w.stats()
     assert s["closed_loop"] == {"users": 8, "think_time_s": 1.5} and s["rate_per_s"] is None
-    with pytest.raises(ValueError, match="at least one user"):
+    with pytest.raises(ConfigError, match="at least one user"):
         ClosedLoop(0)
 
 
@@ -142,10 +143,10 @@ def test_with_arrivals_gives_a_length_only_trace_times() -> None:
     lambda: Zipf(0.0, 10), lambda: Zipf(1.0, 0),
 ])
 def test_invalid_parameters_are_refused(make) -> None:
-    with pytest.raises(ValueError):
+    with pytest.raises(ConfigError):
         make()
 
 
 def test_synthesize_needs_requests() -> None:
-    with pytest.raises(ValueError, match="n >= 1"):
+    with pytest.raises(ConfigError, match="n >= 1"):
         synthesize(0, Poisson(1.0), FIXED, np.random.default_rng(0))

@@ -8,6 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from servesim.errors import ConfigError
 from servesim.sim.workload import Workload, cap_lengths, head, load_trace, scale_rate, window
 
 
@@ -45,9 +46,9 @@ def test_scale_rate_keeps_a_late_first_arrival() -> None:
 
 
 def test_scale_rate_needs_arrival_times() -> None:
-    with pytest.raises(ValueError, match="with_arrivals"):
+    with pytest.raises(ConfigError, match="with_arrivals"):
         scale_rate(load_trace("sharegpt"), 2.0)
-    with pytest.raises(ValueError, match="> 0"):
+    with pytest.raises(ConfigError, match="> 0"):
         scale_rate(conv(), 0.0)
 
 
@@ -63,9 +64,9 @@ def test_window_keeps_requests_in_range_shifted_to_zero() -> None:
     assert pt[0] == pytest.approx(t[first] - 600.0)
     assert part.requests["input_tokens"].iloc[0] == w.requests["input_tokens"].iloc[first]
     assert list(part.requests.index) == list(range(len(part)))
-    with pytest.raises(ValueError, match="no request"):
+    with pytest.raises(ConfigError, match="no request"):
         window(w, 1e6, 2e6)
-    with pytest.raises(ValueError, match="end_s > start_s"):
+    with pytest.raises(ConfigError, match="end_s > start_s"):
         window(w, 10.0, 10.0)
 
 
@@ -92,12 +93,12 @@ def test_cap_lengths_small_case_by_hand() -> None:
     out = cap_lengths(Workload("t", df), 100).requests
     assert out["input_tokens"].tolist() == [10, 90, 99]
     assert out["output_tokens"].tolist() == [5, 10, 1]
-    with pytest.raises(ValueError):
+    with pytest.raises(ConfigError):
         cap_lengths(Workload("t", df), 1)
 
 
 def test_head_takes_the_first_requests() -> None:
     w = head(conv(), 10)
     assert len(w) == 10 and w.requests.equals(conv().requests.iloc[:10])
-    with pytest.raises(ValueError):
+    with pytest.raises(ConfigError):
         head(conv(), 0)

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from servesim.errors import InputError
+from servesim.errors import ConfigError, InputError
 from servesim.sim.workload_core import ClosedLoop, Workload, workload_stats
 from servesim.sim.workload_loaders import FORMATS, TraceFormat, detect_format, load_file
 from servesim.sim.workload_synthetic import (
@@ -111,7 +111,7 @@ def _derived(w: Workload, df, suffix: str, **changes) -> Workload:
 
 def _need_arrivals(w: Workload, what: str) -> np.ndarray:
     if not w.has_arrivals:
-        raise ValueError(f"{what} needs arrival times; {w.name!r} has none (use with_arrivals first)")
+        raise ConfigError(f"{what} needs arrival times; {w.name!r} has none (use with_arrivals first)")
     return w.requests["arrival_s"].to_numpy()
 
 
@@ -121,9 +121,9 @@ def scale_rate(w: Workload, target_rate_per_s: float) -> Workload:
     t = _need_arrivals(w, "scale_rate")
     rate = w.stats()["rate_per_s"]
     if rate is None:
-        raise ValueError(f"{w.name!r} has no rate to scale (fewer than two distinct arrival times)")
+        raise ConfigError(f"{w.name!r} has no rate to scale (fewer than two distinct arrival times)")
     if not target_rate_per_s > 0:
-        raise ValueError(f"target_rate_per_s must be > 0, got {target_rate_per_s}")
+        raise ConfigError(f"target_rate_per_s must be > 0, got {target_rate_per_s}")
     df = w.requests.copy()
     df["arrival_s"] = t[0] + (t - t[0]) * (rate / target_rate_per_s)
     return _derived(w, df, f"[rate={target_rate_per_s:g}/s]")
@@ -133,10 +133,10 @@ def window(w: Workload, start_s: float, end_s: float) -> Workload:
     """Requests arriving in [start_s, end_s), shifted so that start_s becomes time 0."""
     t = _need_arrivals(w, "window")
     if not end_s > start_s:
-        raise ValueError(f"window needs end_s > start_s, got [{start_s}, {end_s})")
+        raise ConfigError(f"window needs end_s > start_s, got [{start_s}, {end_s})")
     keep = (t >= start_s) & (t < end_s)
     if not keep.any():
-        raise ValueError(f"no request of {w.name!r} arrives in [{start_s}, {end_s}) s")
+        raise ConfigError(f"no request of {w.name!r} arrives in [{start_s}, {end_s}) s")
     df = w.requests[keep].copy()
     df["arrival_s"] -= start_s
     return _derived(w, df, f"[{start_s:g}s:{end_s:g}s]")
@@ -147,7 +147,7 @@ def cap_lengths(w: Workload, max_context_tokens: int) -> Workload:
     (every request keeps at least one output token); hash_ids are cut to the blocks the prompt still
     covers."""
     if max_context_tokens < 2:
-        raise ValueError(f"max_context_tokens must be >= 2, got {max_context_tokens}")
+        raise ConfigError(f"max_context_tokens must be >= 2, got {max_context_tokens}")
     df = w.requests.copy()
     inp = np.minimum(df["input_tokens"].to_numpy(), max_context_tokens - 1)
     df["input_tokens"] = inp
@@ -161,5 +161,5 @@ def cap_lengths(w: Workload, max_context_tokens: int) -> Workload:
 def head(w: Workload, n: int) -> Workload:
     """The first `n` requests."""
     if n < 1:
-        raise ValueError(f"head needs n >= 1, got {n}")
+        raise ConfigError(f"head needs n >= 1, got {n}")
     return _derived(w, w.requests.iloc[:n].copy(), f"[:{n}]")

@@ -28,6 +28,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from servesim.errors import ConfigError
+
 REQUIRED_COLUMNS = ("arrival_s", "input_tokens", "output_tokens")
 OPTIONAL_COLUMNS = ("hash_ids", "priority", "deadline_s")
 
@@ -42,9 +44,9 @@ class ClosedLoop:
 
     def __post_init__(self) -> None:
         if self.users < 1:
-            raise ValueError(f"ClosedLoop needs at least one user, got {self.users}")
+            raise ConfigError(f"ClosedLoop needs at least one user, got {self.users}")
         if not self.think_time_s >= 0:
-            raise ValueError(f"ClosedLoop think_time_s must be >= 0, got {self.think_time_s}")
+            raise ConfigError(f"ClosedLoop think_time_s must be >= 0, got {self.think_time_s}")
 
 
 @dataclass(frozen=True, eq=False)

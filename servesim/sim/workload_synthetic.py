@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
+from servesim.errors import ConfigError
 from servesim.sim.workload_core import ClosedLoop, Workload
 
 # ---- arrival processes -------------------------------------------------------------------------
@@ -22,7 +23,7 @@ from servesim.sim.workload_core import ClosedLoop, Workload
 
 def _check_rate(rate_per_s: float) -> None:
     if not (rate_per_s > 0 and np.isfinite(rate_per_s)):
-        raise ValueError(f"rate_per_s must be a positive number, got {rate_per_s}")
+        raise ConfigError(f"rate_per_s must be a positive number, got {rate_per_s}")
 
 
 def _times(gaps: np.ndarray) -> np.ndarray:
@@ -56,10 +57,10 @@ class Gamma:
     def __post_init__(self) -> None:
         _check_rate(self.rate_per_s)
         if (self.cv is None) == (self.burstiness is None):
-            raise ValueError("Gamma needs exactly one of cv or burstiness")
+            raise ConfigError("Gamma needs exactly one of cv or burstiness")
         value = self.cv if self.cv is not None else self.burstiness
         if not (value > 0 and np.isfinite(value)):
-            raise ValueError(f"Gamma cv/burstiness must be a positive number, got {value}")
+            raise ConfigError(f"Gamma cv/burstiness must be a positive number, got {value}")
 
     @property
     def shape(self) -> float:
@@ -93,7 +94,7 @@ ARRIVALS: dict[str, type] = {"poisson": Poisson, "gamma": Gamma, "constant": Con
 
 def _positive_int(name: str, value: int) -> None:
     if int(value) != value or value < 1:
-        raise ValueError(f"{name} must be a positive whole number of tokens, got {value}")
+        raise ConfigError(f"{name} must be a positive whole number of tokens, got {value}")
 
 
 @dataclass(frozen=True)
@@ -120,7 +121,7 @@ class Uniform:
         _positive_int("Uniform lo", self.lo)
         _positive_int("Uniform hi", self.hi)
         if self.hi < self.lo:
-            raise ValueError(f"Uniform needs lo <= hi, got {self.lo} > {self.hi}")
+            raise ConfigError(f"Uniform needs lo <= hi, got {self.lo} > {self.hi}")
 
     def draw(self, n: int, rng: np.random.Generator) -> np.ndarray:
         return rng.integers(self.lo, self.hi, size=n, endpoint=True, dtype=np.int64)
@@ -137,7 +138,7 @@ class LogNormal:
 
     def __post_init__(self) -> None:
         if not self.median >= 1 or not self.sigma >= 0:
-            raise ValueError(f"LogNormal needs median >= 1 and sigma >= 0, got {self.median}, {self.sigma}")
+            raise ConfigError(f"LogNormal needs median >= 1 and sigma >= 0, got {self.median}, {self.sigma}")
         if self.max_tokens is not None:
             _positive_int("LogNormal max_tokens", self.max_tokens)
 
@@ -161,7 +162,7 @@ class Zipf:
 
     def __post_init__(self) -> None:
         if not self.a > 0:
-            raise ValueError(f"Zipf needs a > 0, got {self.a}")
+            raise ConfigError(f"Zipf needs a > 0, got {self.a}")
         _positive_int("Zipf max_tokens", self.max_tokens)
 
     def probabilities(self) -> np.ndarray:
@@ -224,7 +225,7 @@ def synthesize(n: int, arrival: ArrivalProcess, lengths: LengthDistribution, rng
     `rng`, so a seed fixes the workload. A `ClosedLoop` arrival gives NaN arrival times and sets
     `Workload.closed_loop`."""
     if n < 1:
-        raise ValueError(f"synthesize needs n >= 1, got {n}")
+        raise ConfigError(f"synthesize needs n >= 1, got {n}")
     closed = arrival if isinstance(arrival, ClosedLoop) else None
     times = np.full(n, np.nan) if closed else arrival.arrivals(n, rng)
     inp, out = lengths.sample(n, rng)
