@@ -241,6 +241,14 @@ class CostModel:
 
     def step_time_s(self, shape: BatchShape) -> float:
         """Total seconds of one step, as ``step_time(shape).total_s`` but without building the breakdown."""
+        t = self._base_s(shape)
+        ds = shape.decode_seqs
+        if ds:  # added last, so that decode_run_s reproduces every step bit for bit
+            t += self._attn_decode_s(ds, shape.decode_query_tokens, shape.decode_ctx_tokens)
+        return t
+
+    def _base_s(self, shape: BatchShape) -> float:
+        """Everything of :meth:`step_time_s` but the decode attention (the one term that grows with context)."""
         pt, dq = shape.prefill_tokens, shape.decode_query_tokens
         n = pt + dq
         if n == 0:
@@ -255,12 +263,10 @@ class CostModel:
             a, m = fp * shape.prefill_attn_pairs, bt * pt + bc * shape.prefill_ctx_tokens
             t += a if a > m else m
         ds = shape.decode_seqs
-        if ds:
-            t += self._attn_decode_s(ds, dq, shape.decode_ctx_tokens)
-            if dq > ds:
-                fv, bv = self._spec
-                a, m = fv * (dq - ds), bv * (dq - ds)
-                t += a if a > m else m
+        if ds and dq > ds:
+            fv, bv = self._spec
+            a, m = fv * (dq - ds), bv * (dq - ds)
+            t += a if a > m else m
         s = shape.sampled_tokens
         if s:
             fl, kl, bl = self._lm
@@ -274,13 +280,12 @@ class CostModel:
     def decode_run_s(self, shape: BatchShape, n: int) -> np.ndarray:
         """Durations of ``n`` consecutive pure-decode steps; step i reads
         ``decode_ctx_tokens + i·decode_seqs`` KV tokens, all else equal.
-        Equal to calling :meth:`step_time_s` on each step."""
+        Bit for bit what :meth:`step_time_s` gives for each step (the simulator's fast-forward relies on it)."""
         ds, dq = shape.decode_seqs, shape.decode_query_tokens
         if n <= 0:
             return np.zeros(0)
         if ds == 0 or shape.prefill_tokens:
             raise ValueError("decode_run_s takes a pure-decode shape (decode_seqs > 0, no prefill)")
-        rest = self.step_time_s(shape) - self._attn_decode_s(ds, dq, shape.decode_ctx_tokens)
         fd, bq, bc = self._ad
         ctx = shape.decode_ctx_tokens + ds * np.arange(n, dtype=np.float64)
-        return rest + np.maximum(fd * ctx * dq / ds, bq * dq + bc * ctx)
+        return self._base_s(shape) + np.maximum(fd * ctx * dq / ds, bq * dq + bc * ctx)
