@@ -50,12 +50,19 @@ def main(argv: list[str] | None = None) -> None:
     except InputError as exc:
         click.echo(f"error: {exc}", err=True)
         sys.exit(2)
-    except click.exceptions.Abort:
+    except KeyboardInterrupt:
         click.echo("aborted", err=True)
         sys.exit(130)
-    except click.exceptions.ClickException as exc:
-        exc.show()
-        sys.exit(exc.exit_code)
+    except Exception as exc:
+        # Usage errors: typer may bundle its own click, so match by behaviour, not by class.
+        show, exit_code = getattr(exc, "show", None), getattr(exc, "exit_code", None)
+        if callable(show) and isinstance(exit_code, int):
+            show()
+            sys.exit(exit_code)
+        if type(exc).__name__ == "Abort":
+            click.echo("aborted", err=True)
+            sys.exit(130)
+        raise
     sys.exit(code if isinstance(code, int) else 0)
 
 
