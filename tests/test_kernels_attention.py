@@ -144,7 +144,7 @@ def test_prefill_head_major_cache_and_fp8_interpreter():
 
 @cpu
 @pytest.mark.parametrize("dtype, group, head_dim, config", [
-    (torch.bfloat16, 4, 64, SMALL), (torch.float16, 1, 128, None)])
+    (torch.bfloat16, 4, 64, SMALL), (torch.float16, 1, 128, None), (torch.float16, 4, 64, {**SMALL, "TMA": True})])
 def test_prefill_contiguous_interpreter(dtype, group, head_dim, config):
     gen = torch.Generator().manual_seed(3)
     q_lens, kv_lens = [13, 1, 35], [13, 30, 40]  # prompts, and chunks with context before them
@@ -257,9 +257,10 @@ def test_prefill_contiguous_and_head_major_gpu():
     k = torch.randn(sum(q_lens), 8, 128, generator=gen).to(torch.bfloat16).cuda()
     v = torch.randn(sum(q_lens), 8, 128, generator=gen).to(torch.bfloat16).cuda()
     cu = cumsum0(q_lens)
-    out = torch.full_like(q, float("nan"))
-    prefill_attention_contiguous(q, k, v, cu, cu, out=out)
-    check_close(out, prefill_attention_contiguous_ref(q, k, v, cu, cu), torch.bfloat16)
+    for config in (None, dict(BLOCK_M=128, BLOCK_N=64, num_warps=8, num_stages=3, TMA=True)):
+        out = torch.full_like(q, float("nan"))
+        prefill_attention_contiguous(q, k, v, cu, cu, out=out, config=config)
+        check_close(out, prefill_attention_contiguous_ref(q, k, v, cu, cu), torch.bfloat16)
     run_prefill([700, 33], [100, 2000], 8, 4, 128, 16, torch.bfloat16, None, head_major=True)
 
 

@@ -19,6 +19,7 @@ import math
 import torch
 import triton
 import triton.language as tl
+from triton.tools.tensor_descriptor import TensorDescriptor
 
 from .kv_cache import check_cache, check_scales, dot, gather_kv_ref, interpreting
 
@@ -49,14 +50,18 @@ def _kv_rows(bt_row_ptr, offs_n, kv_start, kv_len, stride_kb, stride_ks,
 
 @triton.jit
 def _prefill_tiles(acc, l_i, m_i, q, k_base, v_base, bt_row_ptr, kv_start, kv_len, lo, hi,
-                   offs_m_pos, qk_scale, stride_kb, stride_ks,
-                   MASK: tl.constexpr, PAGED: tl.constexpr, BLOCK_SIZE: tl.constexpr,
+                   offs_m_pos, qk_scale, stride_kb, stride_ks, tma_col,
+                   MASK: tl.constexpr, PAGED: tl.constexpr, TMA: tl.constexpr, BLOCK_SIZE: tl.constexpr,
                    HEAD_DIM: tl.constexpr, BLOCK_N: tl.constexpr, UPCAST: tl.constexpr):
     offs_d = tl.arange(0, HEAD_DIM)
     for start in range(lo, hi, BLOCK_N):
         offs_n = start + tl.arange(0, BLOCK_N)
-        rows = _kv_rows(bt_row_ptr, offs_n, kv_start, kv_len, stride_kb, stride_ks, PAGED, BLOCK_SIZE)
-        k = tl.load(k_base + rows[:, None] + offs_d[None, :]).to(q.dtype)
+        if TMA:  # k_base/v_base are [total_k, num_kv_heads * head_dim] descriptors; rows past the end are
+            # the next sequence's (or zeros) and the mask hides them
+            k = k_base.load([kv_start + start, tma_col])
+        else:
+            rows = _kv_rows(bt_row_ptr, offs_n, kv_start, kv_len, stride_kb, stride_ks, PAGED, BLOCK_SIZE)
+            k = tl.load(k_base + rows[:, None] + offs_d[None, :]).to(q.dtype)
         qk = dot(q, tl.trans(k), tl.zeros([q.shape[0], BLOCK_N], dtype=tl.float32), UPCAST)
         if MASK:
             qk = qk * qk_scale + tl.where(offs_n[None, :] <= offs_m_pos[:, None], 0.0, -1.0e6)
@@ -69,7 +74,10 @@ def _prefill_tiles(acc, l_i, m_i, q, k_base, v_base, bt_row_ptr, kv_start, kv_le
         alpha = tl.math.exp2(m_i - m_ij)
         l_i = l_i * alpha + tl.sum(p, 1)
         acc = acc * alpha[:, None]
-        v = tl.load(v_base + rows[:, None] + offs_d[None, :]).to(q.dtype)
+        if TMA:
+            v = v_base.load([kv_start + start, tma_col])
+        else:
+            v = tl.load(v_base + rows[:, None] + offs_d[None, :]).to(q.dtype)
         acc = dot(p.to(q.dtype), v, acc, UPCAST)
         m_i = m_ij
     return acc, l_i, m_i
@@ -83,7 +91,7 @@ def _prefill_kernel(
     stride_kb, stride_ks, stride_kh, stride_bt,
     num_q_heads, group,
     HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_SIZE: tl.constexpr,
-    PAGED: tl.constexpr, FP8: tl.constexpr, UPCAST: tl.constexpr,
+    PAGED: tl.constexpr, FP8: tl.constexpr, TMA: tl.constexpr, UPCAST: tl.constexpr,
 ):
     pid_bh = tl.program_id(0)
     b = pid_bh // num_q_heads
@@ -113,18 +121,22 @@ def _prefill_kernel(
     m_i = tl.zeros([BLOCK_M], dtype=tl.float32) - float("inf")
     l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
     acc = tl.zeros([BLOCK_M, HEAD_DIM], dtype=tl.float32)
-    k_base = k_ptr + kvh * stride_kh
-    v_base = v_ptr + kvh * stride_kh
+    if TMA:
+        k_base = k_ptr
+        v_base = v_ptr
+    else:
+        k_base = k_ptr + kvh * stride_kh
+        v_base = v_ptr + kvh * stride_kh
     bt_row = bt_ptr + b.to(tl.int64) * stride_bt
     # Keys below `full` are visible to every row of the block; the rest up to `hi` need the causal mask.
     full = (ctx + m0 + 1) // BLOCK_N * BLOCK_N
     hi = tl.minimum(kv_len, ctx + m0 + BLOCK_M)
     acc, l_i, m_i = _prefill_tiles(acc, l_i, m_i, q, k_base, v_base, bt_row, kv_start, kv_len, 0, full,
-                                   ctx + offs_m, qk_scale, stride_kb, stride_ks,
-                                   False, PAGED, BLOCK_SIZE, HEAD_DIM, BLOCK_N, UPCAST)
+                                   ctx + offs_m, qk_scale, stride_kb, stride_ks, kvh * HEAD_DIM,
+                                   False, PAGED, TMA, BLOCK_SIZE, HEAD_DIM, BLOCK_N, UPCAST)
     acc, l_i, m_i = _prefill_tiles(acc, l_i, m_i, q, k_base, v_base, bt_row, kv_start, kv_len, full, hi,
-                                   ctx + offs_m, qk_scale, stride_kb, stride_ks,
-                                   True, PAGED, BLOCK_SIZE, HEAD_DIM, BLOCK_N, UPCAST)
+                                   ctx + offs_m, qk_scale, stride_kb, stride_ks, kvh * HEAD_DIM,
+                                   True, PAGED, TMA, BLOCK_SIZE, HEAD_DIM, BLOCK_N, UPCAST)
     out = acc / l_i[:, None]
     if FP8:
         out = out * tl.load(v_scale_ptr + kvh)
@@ -146,6 +158,13 @@ def _check_q(q: torch.Tensor, cu_seqlens_q: torch.Tensor, num_kv_heads: int, hea
     return cu_seqlens_q.numel() - 1
 
 
+def _kv_strides(k, paged: bool, tma: bool) -> tuple[int, int, int]:
+    """(block, slot/token, head) element strides of the K/V source."""
+    if tma:
+        return 0, 0, 0
+    return (k.stride(0), k.stride(1), k.stride(2)) if paged else (0, k.stride(0), k.stride(1))
+
+
 def _launch(q, k, v, kv_arg, block_tables, cu_seqlens_q, max_q_len, sm_scale, k_scale, v_scale,
             out, config, paged, block_size, num_kv_heads, head_dim):
     batch = _check_q(q, cu_seqlens_q, num_kv_heads, head_dim)
@@ -164,14 +183,21 @@ def _launch(q, k, v, kv_arg, block_tables, cu_seqlens_q, max_q_len, sm_scale, k_
         return out
     grid = (batch * num_q_heads, triton.cdiv(max_q_len, cfg["BLOCK_M"]))
     bt = block_tables if paged else cu_seqlens_q  # unused pointer on the contiguous path
+    tma = bool(cfg.pop("TMA", False))
+    if tma:  # bulk tensor copies of [BLOCK_N, head_dim] tiles out of K/V seen as [total_k, heads * head_dim]
+        if paged or not (k.is_contiguous() and v.is_contiguous()):
+            raise ValueError("the TMA config needs contiguous k and v (prefill_attention_contiguous)")
+        box = [cfg["BLOCK_N"], head_dim]
+        k = TensorDescriptor.from_tensor(k.view(k.shape[0], -1), box)
+        v = TensorDescriptor.from_tensor(v.view(v.shape[0], -1), box)
     _prefill_kernel[grid](
         q, k, v, out, cu_seqlens_q, kv_arg, bt,
         k_scale if fp8 else q, v_scale if fp8 else q,
         sm_scale, q.stride(0), q.stride(1), out.stride(0), out.stride(1),
-        *((k.stride(0), k.stride(1), k.stride(2)) if paged else (0, k.stride(0), k.stride(1))),
+        *_kv_strides(k, paged, tma),
         block_tables.stride(0) if paged else 0,
         num_q_heads, num_q_heads // num_kv_heads,
-        HEAD_DIM=head_dim, BLOCK_SIZE=block_size, PAGED=paged, FP8=fp8, UPCAST=interpreting(), **cfg,
+        HEAD_DIM=head_dim, BLOCK_SIZE=block_size, PAGED=paged, FP8=fp8, TMA=tma, UPCAST=interpreting(), **cfg,
     )
     return out
 

@@ -1,0 +1,347 @@
+"""Benchmark the paged attention kernels against PyTorch SDPA (cuDNN and flash backends) on one GPU.
+
+    PYTHONPATH=. python3 bench/attention.py --out bench/results [--tune]
+
+Prefill: causal, bf16, head_dim 128, 32 query / 8 KV heads (GQA 4), S = 1k..16k with batch 16k/S, TFLOP/s
+counting causal FLOPs as 4 * S^2/2 * heads * head_dim per sequence. Decode: bf16, GQA 4, page 16, one
+query token, bandwidth counting the K+V bytes read (batch * context * 2 * kv_heads * head_dim * 2 B).
+SDPA runs on contiguous K/V (it has no paged path) in [batch, heads, seq, head_dim] views, with
+``enable_gqa=True`` where the backend takes it, else with K/V expanded to 32 heads beforehand (noted).
+Times are medians of ``triton.testing.do_bench`` (L2 flushed between runs). ``--tune`` first sweeps
+tile configs and the split heuristic, applies the best, and records the sweep.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import math
+import os
+import time
+
+import torch
+import torch.nn.functional as F
+import triton
+from torch.nn.attention import SDPBackend, sdpa_kernel
+
+from servesim.kernels import attention_decode as dec
+from servesim.kernels import attention_prefill as pre
+from servesim.kernels.kv_cache import allocate_kv_cache, write_kv
+
+HQ, HKV, D = 32, 8, 128
+DT = torch.bfloat16
+PREFILL_S = [1024, 2048, 4096, 8192, 16384]
+DECODE_SHAPES = [(1, 8192), (1, 16384), (1, 32768), (4, 16384), (8, 8192), (16, 4096), (32, 2048),
+                 (64, 1024), (16, 16384), (64, 4096), (128, 2048), (256, 1024)]
+BACKENDS = {"cudnn": SDPBackend.CUDNN_ATTENTION, "flash": SDPBackend.FLASH_ATTENTION}
+PREFILL_TOKENS = 16384  # batch * S of each prefill row
+EXTRA_SHAPES = [(1, 16384), (64, 2048)]
+DEV = "cuda"  # --smoke: "cpu" with the Triton interpreter and tiny shapes, to check this script
+
+
+def ms(fn, rep: int = 100) -> float:
+    if DEV != "cuda":
+        t0 = time.perf_counter()
+        fn()
+        return (time.perf_counter() - t0) * 1e3
+    return triton.testing.do_bench(fn, warmup=25, rep=rep, return_mode="median")
+
+
+def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
+    a, b = a.float(), b.float()
+    return ((a - b).norm() / b.norm()).item()
+
+
+def paged_copy(k: torch.Tensor, v: torch.Tensor, lens: list[int], block_size: int = 16, head_major=False):
+    """Scatter contiguous per-sequence K/V [sum(lens), H, D] into a paged cache with shuffled blocks."""
+    blocks = [-(-n // block_size) for n in lens]
+    k_cache, v_cache = allocate_kv_cache(sum(blocks), block_size, k.shape[1], k.shape[2], k.dtype, DEV,
+                                         head_major)
+    perm = torch.randperm(sum(blocks), device=DEV, dtype=torch.int64)
+    tables = torch.zeros(len(lens), max(blocks), dtype=torch.int32, device=DEV)
+    slots, first = [], 0
+    for s, (n, nb) in enumerate(zip(lens, blocks, strict=True)):
+        tables[s, :nb] = perm[first:first + nb].int()
+        pos = torch.arange(n, device=DEV)
+        slots.append(perm[first + pos // block_size] * block_size + pos % block_size)
+        first += nb
+    write_kv(k, v, k_cache, v_cache, torch.cat(slots))
+    return k_cache, v_cache, tables
+
+
+def sdpa(backend: str, q, k, v, causal: bool):
+    """A closure timing SDPA on [B, H, S, D] views and a note on how GQA was handled."""
+    def run(kk, vv, gqa):
+        with sdpa_kernel(BACKENDS[backend]):
+            return F.scaled_dot_product_attention(q, kk, vv, is_causal=causal, enable_gqa=gqa)
+    try:
+        run(k, v, True)
+        return (lambda: run(k, v, True)), "enable_gqa"
+    except RuntimeError:
+        group = q.shape[1] // k.shape[1]
+        ke, ve = k.repeat_interleave(group, dim=1), v.repeat_interleave(group, dim=1)
+        try:
+            run(ke, ve, False)
+            return (lambda: run(ke, ve, False)), "K/V expanded to 32 heads"
+        except RuntimeError as e:
+            return None, f"unavailable: {str(e).splitlines()[0][:80]}"
+
+
+def prefill_inputs(s: int, batch: int):
+    q = torch.randn(batch * s, HQ, D, device=DEV, dtype=DT)
+    k = torch.randn(batch * s, HKV, D, device=DEV, dtype=DT)
+    v = torch.randn(batch * s, HKV, D, device=DEV, dtype=DT)
+    cu = torch.arange(0, batch * s + 1, s, device=DEV, dtype=torch.int32)
+    return q, k, v, cu
+
+
+def prefill_row(s: int, notes: dict) -> dict:
+    """One prefill row: paged and contiguous kernels and the SDPA backends on the same data."""
+    batch = max(1, PREFILL_TOKENS // s)
+    q, k, v, cu = prefill_inputs(s, batch)
+    k_cache, v_cache, tables = paged_copy(k, v, [s] * batch)
+    lens = torch.full((batch,), s, device=DEV, dtype=torch.int32)
+    flops = batch * 4 * s * s / 2 * HQ * D
+
+    def view(x):
+        return x.view(batch, s, x.shape[1], D).transpose(1, 2)
+
+    runs = {"paged": lambda: pre.prefill_attention(q, k_cache, v_cache, tables, cu, lens, s),
+            "contiguous": lambda: pre.prefill_attention_contiguous(q, k, v, cu, cu, s)}
+    row = {"S": s, "batch": batch}
+    for name, fn in runs.items():
+        row[f"{name}_tflops"] = flops / ms(fn) / 1e9
+    ref = None
+    for name in BACKENDS:
+        fn, notes[f"prefill {name}"] = sdpa(name, view(q), view(k), view(v), causal=True)
+        row[f"{name}_tflops"] = flops / ms(fn) / 1e9 if fn else float("nan")
+        if fn is not None and ref is None:
+            ref = fn()
+    if ref is not None:
+        row["rel_err_vs_sdpa"] = max(rel_err(view(fn()), ref) for fn in runs.values())
+    return row
+
+
+def bench_prefill(rows: list, notes: dict) -> None:
+    for s in PREFILL_S:
+        rows.append(prefill_row(s, notes))
+        print(rows[-1], flush=True)
+
+
+def decode_inputs(batch: int, ctx: int, head_major=False, num_q: int = 1):
+    k = torch.randn(batch * ctx, HKV, D, device=DEV, dtype=DT)
+    v = torch.randn(batch * ctx, HKV, D, device=DEV, dtype=DT)
+    k_cache, v_cache, tables = paged_copy(k, v, [ctx] * batch, 16, head_major)
+    shape = (batch, HQ, D) if num_q == 1 else (batch, num_q, HQ, D)
+    q = torch.randn(shape, device=DEV, dtype=DT)
+    lens = torch.full((batch,), ctx, device=DEV, dtype=torch.int32)
+    return q, k, v, k_cache, v_cache, tables, lens
+
+
+def decode_fn(batch, ctx, inputs, config=None):
+    q, _, _, k_cache, v_cache, tables, lens = inputs
+    return lambda: dec.decode_attention(q, k_cache, v_cache, tables, lens, ctx, config=config)
+
+
+def decode_row(batch: int, ctx: int, notes: dict) -> dict:
+    inputs = decode_inputs(batch, ctx)
+    q, k, v = inputs[:3]
+    kv_bytes = dec.decode_bytes([ctx] * batch, HKV, D)
+    ours = decode_fn(batch, ctx, inputs)
+    row = {"batch": batch, "ctx": ctx, "splits": dec.choose_num_splits(batch, HKV, ctx, sms()),
+           "ours_tbps": kv_bytes / ms(ours) / 1e9}
+
+    def view(x):
+        return x.view(batch, ctx, HKV, D).transpose(1, 2)
+
+    ref = None
+    for name in BACKENDS:
+        fn, notes[f"decode {name}"] = sdpa(name, q.unsqueeze(2), view(k), view(v), causal=False)
+        row[f"{name}_tbps"] = kv_bytes / ms(fn) / 1e9 if fn else float("nan")
+        if fn is not None and ref is None:
+            ref = fn().squeeze(2)
+    if ref is not None:
+        row["rel_err_vs_sdpa"] = rel_err(ours(), ref)
+    return row
+
+
+def bench_decode(rows: list, notes: dict) -> None:
+    for batch, ctx in DECODE_SHAPES:
+        rows.append(decode_row(batch, ctx, notes))
+        print(rows[-1], flush=True)
+
+
+def bench_decode_extras(rows: list) -> None:
+    """Speculative verification (4 tokens), fp8 KV, head-major layout and the KV write kernel."""
+    for batch, ctx in EXTRA_SHAPES:
+        for label, kwargs in (("spec4", dict(num_q=4)), ("head-major", dict(head_major=True))):
+            inputs = decode_inputs(batch, ctx, **kwargs)
+            t = ms(decode_fn(batch, ctx, inputs))
+            rows.append({"case": f"decode {label} b{batch} ctx{ctx}", "us": t * 1e3,
+                         "tbps_kv": dec.decode_bytes([ctx] * batch, HKV, D) / t / 1e9})
+        q, _, _, k_cache, v_cache, tables, lens = decode_inputs(batch, ctx)
+        scale = torch.full((HKV,), 0.02, device=DEV)
+        k8, v8 = ((x.float() / 0.02).to(torch.float8_e4m3fn) for x in (k_cache, v_cache))
+        t = ms(lambda: dec.decode_attention(q, k8, v8, tables, lens, ctx, k_scale=scale, v_scale=scale))  # noqa: B023
+        rows.append({"case": f"decode fp8 b{batch} ctx{ctx}", "us": t * 1e3,
+                     "tbps_kv": dec.decode_bytes([ctx] * batch, HKV, D, kv_dtype_bytes=1) / t / 1e9})
+    n = PREFILL_TOKENS
+    key, value = (torch.randn(n, HKV, D, device=DEV, dtype=DT) for _ in range(2))
+    k_cache, v_cache = allocate_kv_cache(n // 16, 16, HKV, D, DT, DEV)
+    slots = torch.randperm(n, device=DEV)
+    t = ms(lambda: write_kv(key, value, k_cache, v_cache, slots))
+    from servesim.kernels.kv_cache import write_kv_bytes
+    rows.append({"case": f"write_kv {n} tokens", "us": t * 1e3, "tbps_kv": write_kv_bytes(n, HKV, D) / t / 1e9})
+    for r in rows:
+        print(r, flush=True)
+
+
+def sms() -> int:
+    return torch.cuda.get_device_properties(0).multi_processor_count if DEV == "cuda" else 132
+
+
+# --- tuning: each candidate is compiled and timed once; the best goes into the module dicts ----------------
+
+PREFILL_CANDIDATES = [  # (BLOCK_M, BLOCK_N, num_warps, num_stages, TMA); TMA only on the contiguous path
+    (128, 64, 8, 2, False), (128, 64, 8, 3, False), (128, 64, 8, 4, False), (128, 128, 8, 3, False),
+    (64, 64, 4, 3, False), (128, 64, 8, 2, True), (128, 64, 8, 3, True), (128, 64, 8, 4, True),
+    (128, 128, 8, 2, True), (128, 128, 8, 3, True), (64, 64, 4, 3, True)]
+DECODE_CANDIDATES = [(32, 4, 3), (64, 4, 2), (64, 4, 3), (64, 8, 3), (128, 4, 2), (128, 4, 3), (128, 8, 3),
+                     (32, 2, 3), (64, 2, 3)]
+TUNE_DECODE_SHAPES = [(1, 16384), (8, 8192), (32, 4096), (128, 2048)]
+TUNE_SPLIT_SHAPES = [(1, 8192), (1, 32768), (2, 16384), (4, 16384), (16, 4096), (32, 2048)]
+
+
+def geomean(xs: list[float]) -> float:
+    return math.exp(sum(math.log(x) for x in xs) / len(xs))
+
+
+def timed(fn) -> float:
+    try:
+        return ms(fn, rep=40)
+    except Exception as e:  # a config that does not compile or fit in shared memory
+        print(f"  failed: {type(e).__name__}: {str(e).splitlines()[0][:120]}", flush=True)
+        return float("inf")
+
+
+def tune_prefill(log: list) -> None:
+    s, batch = (8192, 2) if DEV == "cuda" else (64, 1)
+    q, k, v, cu = prefill_inputs(s, batch)
+    k_cache, v_cache, tables = paged_copy(k, v, [s] * batch)
+    lens = torch.full((batch,), s, device=DEV, dtype=torch.int32)
+    flops = batch * 4 * s * s / 2 * HQ * D
+    best = {}
+    for bm, bn, w, st, tma in PREFILL_CANDIDATES:
+        cfg = dict(BLOCK_M=bm, BLOCK_N=bn, num_warps=w, num_stages=st)
+        runs = {"contiguous": lambda c: pre.prefill_attention_contiguous(q, k, v, cu, cu, s, config=c)}
+        if tma:
+            cfg["TMA"] = True
+        else:
+            runs["paged"] = lambda c: pre.prefill_attention(q, k_cache, v_cache, tables, cu, lens, s, config=c)
+        for path, run in runs.items():
+            tflops = flops / timed(lambda: run(cfg)) / 1e9  # noqa: B023
+            log.append({"kernel": "prefill", "path": path, **cfg, "S": s, "tflops": tflops})
+            print(log[-1], flush=True)
+            if tflops > best.get(path, (0, None))[0]:
+                best[path] = (tflops, dict(cfg))
+    for path, (_, cfg) in best.items():
+        pre.PREFILL_CONFIGS[(D, path == "paged")] = cfg
+
+
+def tune_decode(log: list) -> None:
+    shapes = TUNE_DECODE_SHAPES if DEV == "cuda" else [(1, 512)]
+    inputs = {shape: decode_inputs(*shape) for shape in shapes}
+    best = (0.0, None)
+    for bn, w, st in DECODE_CANDIDATES:
+        cfg = dict(BLOCK_N=bn, num_warps=w, num_stages=st)
+        tbps = [dec.decode_bytes([c] * b, HKV, D) / timed(decode_fn(b, c, inputs[(b, c)], cfg)) / 1e9
+                for b, c in shapes]
+        log.append({"kernel": "decode", **cfg, "tbps": dict(zip(map(str, shapes), tbps, strict=True)),
+                    "geomean": geomean(tbps)})
+        print(log[-1], flush=True)
+        best = max(best, (geomean(tbps), cfg), key=lambda x: x[0])
+    dec.DECODE_CONFIGS[D] = best[1]
+    del inputs
+    shapes = TUNE_SPLIT_SHAPES if DEV == "cuda" else [(1, 1024)]
+    inputs = {shape: decode_inputs(*shape) for shape in shapes}
+    best = (0.0, None)
+    for waves in (1, 2, 4, 8):
+        for min_keys in (128, 256, 512):
+            dec.SPLIT_WAVES, dec.MIN_SPLIT_KEYS = waves, min_keys
+            tbps = [dec.decode_bytes([c] * b, HKV, D) / timed(decode_fn(b, c, inputs[(b, c)])) / 1e9
+                    for b, c in shapes]
+            log.append({"kernel": "split", "SPLIT_WAVES": waves, "MIN_SPLIT_KEYS": min_keys,
+                        "tbps": dict(zip(map(str, shapes), tbps, strict=True)), "geomean": geomean(tbps)})
+            print(log[-1], flush=True)
+            best = max(best, (geomean(tbps), (waves, min_keys)), key=lambda x: x[0])
+    dec.SPLIT_WAVES, dec.MIN_SPLIT_KEYS = best[1]
+
+
+def tune() -> list:
+    log: list = []
+    tune_prefill(log)
+    tune_decode(log)
+    return log
+
+
+def table(rows: list[dict]) -> str:
+    keys = list(rows[0])
+
+    def fmt(x) -> str:
+        return f"{x:.3g}" if isinstance(x, float) else str(x)
+
+    lines = ["| " + " | ".join(keys) + " |", "|" + "---|" * len(keys)]
+    lines += ["| " + " | ".join(fmt(r.get(k)) for k in keys) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--out", default="bench/results", help="folder for the .md and .json results")
+    ap.add_argument("--tune", action="store_true", help="sweep configs first and use the best")
+    ap.add_argument("--smoke", action="store_true", help="tiny shapes on the CPU interpreter (script check)")
+    args = ap.parse_args()
+    if args.smoke:
+        global DEV, PREFILL_S, DECODE_SHAPES, PREFILL_CANDIDATES, DECODE_CANDIDATES, PREFILL_TOKENS, EXTRA_SHAPES
+        DEV, PREFILL_S, DECODE_SHAPES = "cpu", [256], [(1, 512), (2, 256)]
+        PREFILL_TOKENS, EXTRA_SHAPES = 256, [(1, 256)]
+        PREFILL_CANDIDATES, DECODE_CANDIDATES = PREFILL_CANDIDATES[-2:], DECODE_CANDIDATES[:2]
+    torch.manual_seed(0)
+    card = torch.cuda.get_device_name() if DEV == "cuda" else "cpu-smoke"
+    meta = {"card": card, "date": datetime.date.today().isoformat(), "torch": torch.__version__,
+            "triton": triton.__version__, "sms": sms(),
+            "command": "PYTHONPATH=. python3 bench/attention.py" + (" --tune" if args.tune else "")}
+    tuned = tune() if args.tune else None
+    notes: dict = {}
+    prefill, decode, extras = [], [], []
+    bench_prefill(prefill, notes)
+    for r in prefill:
+        r["paged/cudnn"] = r["paged_tflops"] / r["cudnn_tflops"]
+        r["paged/flash"] = r["paged_tflops"] / r["flash_tflops"]
+        r["contig/cudnn"] = r["contiguous_tflops"] / r["cudnn_tflops"]
+    bench_decode(decode, notes)
+    for r in decode:
+        r["ours/cudnn"] = r["ours_tbps"] / r["cudnn_tbps"]
+        r["ours/flash"] = r["ours_tbps"] / r["flash_tbps"]
+    bench_decode_extras(extras)
+    configs = {"prefill": {str(k): v for k, v in pre.PREFILL_CONFIGS.items()}, "decode": dec.DECODE_CONFIGS,
+               "split": {"SPLIT_WAVES": dec.SPLIT_WAVES, "MIN_SPLIT_KEYS": dec.MIN_SPLIT_KEYS}}
+    result = {"meta": meta, "notes": notes, "configs": configs, "prefill": prefill, "decode": decode,
+              "extras": extras, "tune": tuned}
+    stem = os.path.join(args.out, f"attention-{card.replace(' ', '_')}-{meta['date']}")
+    os.makedirs(args.out, exist_ok=True)
+    with open(stem + ".json", "w") as f:
+        json.dump(result, f, indent=1, default=str)
+    md = [f"# Paged attention vs SDPA on {card}", "", "```", json.dumps(meta, indent=1), "```", "",
+          f"SDPA GQA handling: {json.dumps(notes)}", f"Configs: `{json.dumps(configs, default=str)}`", "",
+          "## Prefill (causal, bf16, hd128, 32q/8kv heads; TFLOP/s = 4*S^2/2*heads*hd*batch / time)", "",
+          table(prefill), "", "## Decode (bf16, GQA 4, page 16, 1 token; TB/s = K+V bytes / time)", "",
+          table(decode), "", "## Extras", "", table(extras), ""]
+    with open(stem + ".md", "w") as f:
+        f.write("\n".join(md))
+    print("\n".join(md[8:]))
+
+
+if __name__ == "__main__":
+    main()
