@@ -63,7 +63,7 @@ def test_decode_run_equals_repeated_steps(cfg):
                 sampled_tokens=shape.sampled_tokens,
             )
             steps.append(cm.step_time_s(s))
-        np.testing.assert_allclose(run, steps, rtol=1e-12)
+        np.testing.assert_array_equal(run, steps)  # bit for bit: the simulator fast-forwards on it
         assert np.all(np.diff(run) >= 0)  # longer contexts never decode faster
 
 
