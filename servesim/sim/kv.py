@@ -132,7 +132,19 @@ class KVBlockManager:
 
     def grow(self, req: Request, blocks: int) -> None:
         """Append ``blocks`` fresh blocks to ``req`` (the caller checked that they exist)."""
-        ids = req.block_ids
+        if blocks <= 0:
+            return
+        ids, free = req.block_ids, self._free
+        if len(free) >= blocks:  # the common case, in C: no eviction needed
+            taken = free[-blocks:]
+            del free[-blocks:]
+            taken.reverse()
+            ids.extend(taken)
+            if self.prefix_caching:
+                ref = self._ref
+                for b in taken:
+                    ref[b] = 1
+            return
         for _ in range(blocks):
             if self._free:
                 b = self._free.pop()
@@ -156,6 +168,11 @@ class KVBlockManager:
 
     def free(self, req: Request) -> None:
         """Release ``req``'s blocks; cached ones stay resident (evictable), tail blocks go first."""
+        if not self.prefix_caching:  # nothing is shared: every block goes straight back
+            req.block_ids.reverse()
+            self._free.extend(req.block_ids)
+            req.block_ids.clear()
+            return
         for b in reversed(req.block_ids):
             self._ref[b] -= 1
             if self._ref[b] == 0:

@@ -23,6 +23,7 @@ the slots (finish, preemption) or on ``sync()``.
 from __future__ import annotations
 
 import heapq
+from array import array
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -102,8 +103,8 @@ class Scheduler:
         self.finished: list[Request] = []  # finished or rejected; the caller drains it
         # Weighted inter-token-latency sample: each decode step's gap, once per request that
         # produced tokens in two consecutive decode steps; first decode steps come one by one.
-        self.itl_s: list[float] = []
-        self.itl_weights: list[int] = []
+        self.itl_s = array("d")
+        self.itl_weights = array("q")
         self.num_preemptions = 0
 
     # -- queries ----------------------------------------------------------------------------

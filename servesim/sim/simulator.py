@@ -34,8 +34,8 @@ from servesim import __version__
 from servesim.hwmodels.ops import BatchShape, decode_shape, prefill_shape
 from servesim.sim.config import Scenario
 from servesim.sim.deployment import Deployment, build_deployment, build_workload
-from servesim.sim.metrics import SLO, summarize, summarize_timeline
 from servesim.sim.kv import KVBlockManager
+from servesim.sim.metrics import SLO, summarize, summarize_timeline
 from servesim.sim.records import RequestRecorder, TimelineRecorder
 from servesim.sim.request import Batch, Request
 from servesim.sim.router import ROUTERS
