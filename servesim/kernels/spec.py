@@ -90,7 +90,7 @@ def _row_pass_kernel(logit_ptr, stride_l, cu_ptr, seed_ptr, stat_a_ptr, stat_b_p
         lo = sp * chunk
         hi = tl.minimum(lo + chunk, V)
         out = row.to(tl.int64) * n_split + sp
-        if GREEDY or j < k:
+        if (j < k) | GREEDY:
             # draft rows: running max and sum of 2^(y - max); greedy: max and its lowest index
             m = tl.zeros([], tl.float32) - float("inf")
             s = tl.zeros([], tl.float32)

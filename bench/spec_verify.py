@@ -1,0 +1,206 @@
+"""Benchmark the fused speculative-decoding verification kernel (servesim/kernels/spec.py) on a CUDA GPU.
+
+For batch B in 1..256, drafts k in 1..8, V = 32000 and 128256 (bf16 logits, fp32 draft distributions):
+time per call (CUDA graph replay after a 256 MB L2 flush, median; plus eager ``do_bench`` median), the
+bytes the verification must read (``verify_bytes``) against the device copy bandwidth measured in the same
+run, and the cost as a fraction of a Llama-3.1-8B decode step at batch B, the step being MEASURED here as
+its GEMMs alone (torch bf16 matmuls: 32 x (QKV 4096->6144, O 4096->4096, gate+up 4096->28672, down
+14336->4096) + LM head 4096->128256) -- a cheap lower bound of a real step, so the fraction is an upper bound.
+
+Two scenarios: ``accept``: drafts = target argmax, q uniform, so every draft is accepted (every target
+row read once, bonus sampled); ``reject``: first draft = target argmin with q one-hot on it, so every
+sequence is rejected at position 0 (adds the residual pass over one target row and one q row).
+
+Run: ``python3 bench/spec_verify.py --out bench/results`` (``--quick`` for a smoke run, ``--sweep`` to
+also time launch-parameter variants).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import statistics
+import sys
+from pathlib import Path
+
+import torch
+import triton
+from triton.testing import do_bench
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from servesim.kernels.spec import verify, verify_bytes  # noqa: E402
+
+BATCHES, DRAFTS, VOCABS = (1, 4, 16, 64, 256), (1, 2, 4, 8), (32000, 128256)
+LLAMA8B_GEMMS = [(4096, 6144), (4096, 4096), (4096, 28672), (14336, 4096)]  # (K, N) per layer, x32
+_FLUSH: dict = {}
+
+
+def cold_graph_ms(fn, reps: int = 40) -> float:
+    """Median time of one CUDA-graph replay of fn, each after writing 256 MB (an L2 flush)."""
+    flush = _FLUSH.setdefault("buf", torch.empty(256 * 2**20, dtype=torch.int8, device="cuda"))
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        fn()
+        fn()
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        fn()
+    events = [(torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)) for _ in range(reps)]
+    for start, end in events:
+        flush.zero_()
+        start.record()
+        graph.replay()
+        end.record()
+    torch.cuda.synchronize()
+    return statistics.median(s.elapsed_time(e) for s, e in events)
+
+
+def copy_bandwidth() -> float:
+    """Device-to-device copy of 1 GiB: (bytes read + bytes written) / time, bytes/s."""
+    src = torch.randint(0, 255, (2**30,), dtype=torch.uint8, device="cuda")
+    dst = torch.empty_like(src)
+    ms = do_bench(lambda: dst.copy_(src), warmup=50, rep=300, return_mode="median")
+    return 2 * src.numel() / (ms * 1e-3)
+
+
+class DecodeStep:
+    """Llama-3.1-8B step GEMMs (distinct weights per layer, ~15 GB) timed at a given token count."""
+
+    def __init__(self) -> None:
+        self.layers = [[torch.randn(n, k, dtype=torch.bfloat16, device="cuda") * 0.02 for k, n in LLAMA8B_GEMMS]
+                       for _ in range(32)]
+        self.lm_head = torch.randn(128256, 4096, dtype=torch.bfloat16, device="cuda") * 0.02
+        self.cache: dict[int, float] = {}
+
+    def ms(self, m: int) -> float:
+        if m not in self.cache:
+            x = torch.randn(m, 4096, dtype=torch.bfloat16, device="cuda")
+            h = torch.randn(m, 14336, dtype=torch.bfloat16, device="cuda")
+
+            def step():
+                for w_qkv, w_o, w_gu, w_d in self.layers:
+                    torch.nn.functional.linear(x, w_qkv)
+                    torch.nn.functional.linear(x, w_o)
+                    torch.nn.functional.linear(x, w_gu)
+                    torch.nn.functional.linear(h, w_d)
+                torch.nn.functional.linear(x, self.lm_head)
+
+            self.cache[m] = do_bench(step, warmup=30, rep=200, return_mode="median")
+        return self.cache[m]
+
+
+def make_inputs(b: int, k: int, vocab: int, scenario: str, gen: torch.Generator):
+    """Inputs whose outcome is known: every draft accepted, or every sequence rejected at position 0."""
+    n_rows = b * (k + 1)
+    logits = torch.randn(n_rows, vocab, device="cuda", generator=gen).to(torch.bfloat16)
+    cu = torch.arange(0, n_rows + 1, k + 1, dtype=torch.int32, device="cuda")
+    draft_rows = (torch.arange(b * k, device="cuda") // k) * (k + 1) + torch.arange(b * k, device="cuda") % k
+    seeds = torch.randint(0, 2**62, (b,), device="cuda", generator=gen)
+    if scenario == "accept":
+        tokens = logits[draft_rows].float().argmax(-1).int()
+        q = torch.full((b * k, vocab), 1.0 / vocab, device="cuda")
+    else:
+        tokens = logits[draft_rows].float().argmin(-1).int()
+        q = torch.nn.functional.one_hot(tokens.long(), vocab).float()
+    return logits, cu, tokens, q, seeds
+
+
+def time_case(b, k, vocab, scenario, gen, **launch) -> dict:
+    args = make_inputs(b, k, vocab, scenario, gen)
+    acc, _ = verify(*args, 1.0, k_max=k, **launch)
+    want = k if scenario == "accept" else 0
+    if not bool((acc == want).all()):
+        raise RuntimeError(f"unexpected acceptance for {scenario} B={b} k={k} V={vocab}")
+
+    def fn():
+        return verify(*args, 1.0, k_max=k, **launch)
+
+    graph_ms = cold_graph_ms(fn)
+    eager_ms = do_bench(fn, warmup=10, rep=60, return_mode="median")
+    nbytes = verify_bytes(b, b * k, vocab, 2, 4, n_rejected=b if scenario == "reject" else 0, k_max=k)
+    return {"batch": b, "k": k, "vocab": vocab, "scenario": scenario, "graph_us": graph_ms * 1e3,
+            "eager_us": eager_ms * 1e3, "bytes": nbytes, "read_GBps": nbytes / (graph_ms * 1e-3) / 1e9, **launch}
+
+
+def sweep(gen) -> list[dict]:
+    rows = []
+    for b, k, vocab in [(1, 1, 128256), (16, 4, 128256), (256, 8, 128256), (64, 2, 32000), (4, 8, 32000)]:
+        for block in (1024, 2048, 4096):
+            for warps in (4, 8):
+                for pps in (4, 8, 16):
+                    rows.append(time_case(b, k, vocab, "accept", gen, block=block, num_warps=warps,
+                                          programs_per_sm=pps))
+        best = min(rows[-18:], key=lambda r: r["graph_us"])
+        print(f"sweep B={b} k={k} V={vocab}: best {best['graph_us']:.1f} us with block={best['block']} "
+              f"warps={best['num_warps']} pps={best['programs_per_sm']}", flush=True)
+    return rows
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--out", type=Path, required=True)
+    ap.add_argument("--quick", action="store_true", help="a few shapes only (smoke run)")
+    ap.add_argument("--sweep", action="store_true", help="also time launch-parameter variants")
+    args = ap.parse_args()
+    gen = torch.Generator(device="cuda").manual_seed(0)
+    name = torch.cuda.get_device_name()
+    card = next((t for t in ("h100", "h200", "a100") if t in name.lower()), "gpu")
+    meta = {"card": name, "date": datetime.date.today().isoformat(), "torch": torch.__version__,
+            "triton": triton.__version__, "command": " ".join(["python3"] + sys.argv)}
+    copy_bps = copy_bandwidth()
+    print(f"{name}: copy bandwidth {copy_bps / 1e9:.0f} GB/s (read+write of 1 GiB)", flush=True)
+    batches, drafts = ((1, 64), (1, 8)) if args.quick else (BATCHES, DRAFTS)
+    rows = []
+    for vocab in VOCABS:
+        for b in batches:
+            for k in drafts:
+                for scenario in ("accept", "reject"):
+                    r = time_case(b, k, vocab, scenario, gen)
+                    r["bw_frac"] = r["read_GBps"] * 1e9 / copy_bps
+                    rows.append(r)
+                    print(f"V={vocab:6d} B={b:3d} k={k} {scenario:6s} {r['graph_us']:8.1f} us "
+                          f"{r['read_GBps']:7.0f} GB/s ({r['bw_frac']:.0%})", flush=True)
+    sweep_rows = sweep(gen) if args.sweep else []
+    step = DecodeStep()
+    for r in rows:
+        r["decode_step_ms"] = step.ms(r["batch"])
+        r["verify_fwd_ms"] = step.ms(r["batch"] * (r["k"] + 1))
+        r["frac_decode_step"] = r["graph_us"] * 1e-3 / r["decode_step_ms"]
+        r["frac_verify_fwd"] = r["graph_us"] * 1e-3 / r["verify_fwd_ms"]
+    write(args.out, card, meta, copy_bps, rows, sweep_rows)
+
+
+def write(out: Path, card: str, meta: dict, copy_bps: float, rows: list[dict], sweep_rows: list[dict]) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    stem = out / f"spec_verify-{card}-{meta['date']}"
+    stem.with_suffix(".json").write_text(json.dumps(
+        {"meta": meta, "copy_GBps": copy_bps / 1e9, "rows": rows, "sweep": sweep_rows}, indent=1))
+    lines = [f"# spec_verify on {meta['card']} ({meta['date']})", "",
+             f"torch {meta['torch']}, triton {meta['triton']}; command: `{meta['command']}`", "",
+             f"Copy bandwidth (1 GiB device copy, read+write): **{copy_bps / 1e9:.0f} GB/s**.", "",
+             "time = CUDA-graph replay after an L2 flush (median); eager = `do_bench` median of the Python call. "
+             "bytes = `verify_bytes` (every target row once, + one q row per rejected sequence). "
+             "step = measured GEMM time of a Llama-3.1-8B decode step at batch B (lower bound of a step); "
+             "fwd = the same GEMMs at B*(k+1) tokens (the target's verification forward).", "",
+             "| V | B | k | scenario | time us | eager us | MB read | GB/s | % copy BW | step ms | % step "
+             "| fwd ms | % fwd |", "|" + "---|" * 13]
+    first = len(lines) - 2
+    for r in rows:
+        lines.append(f"| {r['vocab']} | {r['batch']} | {r['k']} | {r['scenario']} | {r['graph_us']:.1f} | "
+                     f"{r['eager_us']:.1f} | {r['bytes'] / 1e6:.2f} | {r['read_GBps']:.0f} | "
+                     f"{r['bw_frac']:.0%} | {r['decode_step_ms']:.2f} | {r['frac_decode_step']:.2%} | "
+                     f"{r['verify_fwd_ms']:.2f} | {r['frac_verify_fwd']:.2%} |")
+    if sweep_rows:
+        lines += ["", "## Launch-parameter sweep (accept scenario)", "",
+                  "| V | B | k | block | warps | programs/SM | time us | GB/s |", "|" + "---|" * 8]
+        lines += [f"| {r['vocab']} | {r['batch']} | {r['k']} | {r['block']} | {r['num_warps']} | "
+                  f"{r['programs_per_sm']} | {r['graph_us']:.1f} | {r['read_GBps']:.0f} |" for r in sweep_rows]
+    stem.with_suffix(".md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines[first:first + len(rows) + 2]))
+
+
+if __name__ == "__main__":
+    main()
