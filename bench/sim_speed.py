@@ -87,7 +87,8 @@ def main() -> None:
               f"{r['wall_s']:.1f} s wall), {r['us_per_row']:.1f} µs/iteration row, peak RSS "
               f"{r['peak_rss_mib']:.0f} MiB ({r['rss_growth_bytes_per_request']:.0f} B/request)")
     if args.out:
-        cpu = next((ln.split(":", 1)[1].strip() for ln in open("/proc/cpuinfo") if ln.startswith("model name")), "?")
+        cpuinfo = Path("/proc/cpuinfo").read_text().splitlines()
+        cpu = next((ln.split(":", 1)[1].strip() for ln in cpuinfo if ln.startswith("model name")), "?")
         meta = {"date": dt.date.today().isoformat(), "cpu": cpu, "python": platform.python_version(),
                 "command": "python bench/sim_speed.py " + " ".join(sys.argv[1:]),
                 "capacity_req_per_s": cap, "load": args.load}

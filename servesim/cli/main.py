@@ -55,9 +55,11 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(130)
     except Exception as exc:
         # Usage errors: typer may bundle its own click, so match by behaviour, not by class.
+        # Exit (--help) carries a code; ClickException also knows how to show itself.
         show, exit_code = getattr(exc, "show", None), getattr(exc, "exit_code", None)
-        if callable(show) and isinstance(exit_code, int):
-            show()
+        if isinstance(exit_code, int):
+            if callable(show):
+                show()
             sys.exit(exit_code)
         if type(exc).__name__ == "Abort":
             click.echo("aborted", err=True)

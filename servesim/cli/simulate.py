@@ -75,7 +75,7 @@ def _run(scenario: Scenario, console: Console):
     return simulate(scenario, progress=console.is_terminal)
 
 
-@click.command("simulate", context_settings={"max_content_width": 120})
+@click.command("simulate", context_settings={"max_content_width": 120, "terminal_width": 120})
 @click.option("--policies", help="comma-separated policies: run each on the same workload, side by side")
 @_common
 def simulate_cmd(policies, config, output_dir, chrome_trace, as_json, **flags):
@@ -107,7 +107,7 @@ def simulate_cmd(policies, config, output_dir, chrome_trace, as_json, **flags):
         console.print(f"wrote {Path(output_dir)}")
 
 
-@click.command("compare", context_settings={"max_content_width": 120})
+@click.command("compare", context_settings={"max_content_width": 120, "terminal_width": 120})
 @click.option("--policies", default="fcfs,sjf", show_default=True, help="comma-separated policies to compare")
 @click.option("--rates", help="comma-separated arrival rates, requests/s: compare at each load")
 @click.option("--slowdown-by", type=click.Choice(["input_tokens", "output_tokens", "total"]), default="total",
