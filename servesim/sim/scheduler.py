@@ -184,9 +184,11 @@ class Scheduler:
                 self._admit(prefill, c.max_num_batched_tokens, chunked=False)
             if not prefill:
                 decode = self._grow_decodes(preempted)
-        else:  # static
+        else:  # static: the next batch forms once nothing runs, swapped-out members first
             if not self._dreqs and not self.prefilling:
-                self._admit(prefill, c.max_num_batched_tokens, chunked=False)
+                swap_in = self._swap_in()
+                if not self.swapped:
+                    self._admit(prefill, c.max_num_batched_tokens, chunked=False)
             if not prefill:
                 decode = self._grow_decodes(preempted)
         return self._make_batch(prefill, decode, preempted, swap_in)
