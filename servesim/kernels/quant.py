@@ -12,8 +12,9 @@ So a [BN, P] tile of words, sliced at code j, is a [BN, P] tile of weights whose
 *contiguous* range 128*b + P*j + [0, P): the kernel loads activations with plain vector loads and
 needs no shuffle. int8 codes are stored biased (q + 128, as unsigned bytes).
 
-Scales and zero points are stored group-major, ``[G, N]`` (G = K // group_size), so a tile of BN
-output channels reads BN contiguous values.
+Kernel-side int4 scales and zero points travel as one int32 word per (group, channel), group-major
+``[G, N]`` (G = K // group_size): low 16 bits the bf16 scale, high 16 bits the integer zero point. A
+tile of BN channels reads BN contiguous words, and one load gives both.
 """
 
 from __future__ import annotations
@@ -186,12 +187,27 @@ def unpack_int8(packed: torch.Tensor, k: int) -> torch.Tensor:
     return (_unpack(packed, 8, k) - 128).to(torch.int8)
 
 
+def pack_scales_zeros(scales: torch.Tensor, zeros: torch.Tensor) -> torch.Tensor:
+    """bf16 scales and integer zeros ``[N, G]`` -> int32 ``[G, N]`` (scale bits low, zero high)."""
+    if scales.dtype != torch.bfloat16:
+        raise ValueError(f"int4 kernel scales must be bfloat16, got {scales.dtype}")
+    lo = scales.t().contiguous().view(torch.int16).to(torch.int32) & 0xFFFF
+    hi = zeros.t().float().round().to(torch.int32) << 16
+    return (lo | hi).contiguous()
+
+
+def unpack_scales_zeros(sz: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Inverse of :func:`pack_scales_zeros`: (bf16 scales ``[N, G]``, fp32 zeros ``[N, G]``)."""
+    scales = (sz & 0xFFFF).to(torch.int16).view(torch.bfloat16).t()
+    zeros = ((sz >> 16) & 0xFFFF).float().t()
+    return scales, zeros
+
+
 # --------------------------------------------------------------------- references in kernel format
-def dequantize_w4_packed(
-    packed: torch.Tensor, scales_t: torch.Tensor, zeros_t: torch.Tensor, group_size: int, k: int
-) -> torch.Tensor:
-    """fp32 ``[N, k]`` from the kernel format (packed int32, scales/zeros ``[G, N]``)."""
-    return dequantize_int4_groupwise(unpack_int4(packed, k), scales_t.t(), zeros_t.t(), group_size)
+def dequantize_w4_packed(packed: torch.Tensor, sz: torch.Tensor, group_size: int, k: int) -> torch.Tensor:
+    """fp32 ``[N, k]`` from the kernel format (packed int32 codes, scale/zero words ``[G, N]``)."""
+    scales, zeros = unpack_scales_zeros(sz)
+    return dequantize_int4_groupwise(unpack_int4(packed, k), scales, zeros, group_size)
 
 
 def dequantize_w8_packed(packed: torch.Tensor, scale: torch.Tensor, k: int) -> torch.Tensor:
@@ -199,9 +215,9 @@ def dequantize_w8_packed(packed: torch.Tensor, scale: torch.Tensor, k: int) -> t
     return dequantize_int8_per_channel(unpack_int8(packed, k), scale)
 
 
-def w4a16_ref(x, packed, scales_t, zeros_t, group_size: int) -> torch.Tensor:
+def w4a16_ref(x, packed, sz, group_size: int) -> torch.Tensor:
     """Reference for the W4A16 kernel: ``x @ dequant(W)^T`` in fp32, cast to ``x.dtype``."""
-    w = dequantize_w4_packed(packed, scales_t, zeros_t, group_size, x.shape[-1])
+    w = dequantize_w4_packed(packed, sz, group_size, x.shape[-1])
     return (x.float() @ w.t()).to(x.dtype)
 
 

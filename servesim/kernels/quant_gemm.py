@@ -1,18 +1,22 @@
 """Triton W4A16 / W8A16 GEMM: ``y = x @ dequant(W)^T`` with dequantization fused into the K loop.
 
 Weights come in the packed layout of ``quant.py`` (int32 words, 128-wide K blocks, code j of word p at
-k = 128*b + P*j + p). Two kernels:
+k = 128*b + P*j + p). A code becomes a float without any int->float conversion instruction (those run
+at 1/4 rate on Hopper):
 
-* ``_wq_gemv_kernel`` (M == 1): CUDA-core FMAs. Per weight: one LOP3 (mask + or-in the exponent of
-  2^23), one FADD (subtract 2^23 + zero*2^pos, exact), one FFMA with an activation pre-scaled by
-  2^-pos; the group scale is applied once per word. No int->float conversion instruction.
-* ``_wq_gemm_kernel`` (any M): the same exact dequant, times the scale, cast to the activation dtype
-  and fed to ``tl.dot`` (mma/wgmma), either as one [BN, 128] tile (codes joined and permuted into k
-  order) or as E dots of K = P (one per code position).
+* ``DENORM`` (default): ``word & (mask << POS)`` read as fp32 *is* the denormal ``q * 2^POS * 2^-149``,
+  exactly; one LOP3 with one immediate. The GEMV multiplies it straight into an activation pre-scaled
+  by ``2^(96-POS)`` (one FFMA) and removes the zero point once per row and group as ``zero * sum(x)``.
+  The GEMM lifts it with one exact FFMA (``t*2^100 - zero*2^(100+POS-149)``) and one FMUL by the scale.
+* magic (fallback, for a target that flushes denormals): or-in the exponent of 2^23 and subtract
+  ``2^23 + zero*2^POS`` (exact).
+
+Kernels: ``_wq_gemv_kernel`` (M == 1, CUDA-core FMAs) and ``_wq_gemm_kernel`` (any M, ``tl.dot`` on a
+dequantized tile: one [BN, 128] tile joined and permuted into k order, or E dots of K = P).
 
 Both split K over a second grid axis for small M: each split writes an fp32 partial, bumps a per-tile
 counter, and the last split to arrive sums the partials in a fixed order (deterministic) and resets
-the counter, so one launch does the whole product. Launchers and tuned configs: ``quant_gemm_ops.py``.
+the counter, so one launch does the whole product. Tuned launch configs: ``quant_gemm_configs.py``.
 """
 
 from __future__ import annotations
@@ -22,46 +26,75 @@ import os
 import triton
 import triton.language as tl
 
-MAGIC = 0x4B000000  # bit pattern of 2.0**23: or-ing an integer < 2^23 into the mantissa gives 2^23 + v
-TWO23 = 8388608.0
+MAGIC = tl.constexpr(0x4B000000)  # bits of 2.0**23: or-ing an integer v < 2^23 in gives 2^23 + v
+X_EXP = tl.constexpr(96)  # GEMV (denorm): x scaled by 2^(96-POS) so denormal * x is a normal float
+LIFT = tl.constexpr(2.0**100)  # GEMM (denorm): denormal code * 2^100 is normal, exactly
 
 
 @triton.jit
-def _code(w_lo, w_hi, J: tl.constexpr, BITS: tl.constexpr, E: tl.constexpr):
-    """Code j of every word as exact fp32 ``2^23 + q * 2^POS`` (POS = BITS * (J % (E // 2)))."""
-    HALF: tl.constexpr = E // 2
-    POS: tl.constexpr = BITS * (J % HALF)
+def _code(w_lo, w_hi, J: tl.constexpr, BITS: tl.constexpr, DENORM: tl.constexpr):
+    """Code J of every word as exact fp32: q*2^(POS-149) (denorm) or 2^23 + q*2^POS (magic).
+
+    Codes whose bits end below bit 23 are masked in place (POS = BITS*J); the rest come from
+    ``w_hi = w_lo >> (BITS + 8)``, so every field sits inside the 23-bit mantissa.
+    """
+    if BITS * J + BITS <= 23:
+        POS: tl.constexpr = BITS * J
+        src = w_lo
+    else:
+        POS: tl.constexpr = BITS * J - (BITS + 8)
+        src = w_hi
     MASK: tl.constexpr = ((1 << BITS) - 1) << POS
-    src = w_lo if J < HALF else w_hi
+    if DENORM:
+        return (src & MASK).to(tl.float32, bitcast=True)
     return ((src & MASK) | MAGIC).to(tl.float32, bitcast=True)
 
 
 @triton.jit
-def _pos_scale(J: tl.constexpr, BITS: tl.constexpr, E: tl.constexpr):
-    """2^POS for code J, as a compile-time float."""
-    HALF: tl.constexpr = E // 2
-    POS: tl.constexpr = BITS * (J % HALF)
+def _pos_scale(J: tl.constexpr, BITS: tl.constexpr):
+    """2^POS of code J (see ``_code``), as a compile-time float."""
+    if BITS * J + BITS <= 23:
+        POS: tl.constexpr = BITS * J
+    else:
+        POS: tl.constexpr = BITS * J - (BITS + 8)
     return (1 << POS) * 1.0
 
 
 @triton.jit
-def _group_params(s_ptr, z_ptr, b, J: tl.constexpr, P: tl.constexpr, offs_n, n_mask, N, G,
-                  GS: tl.constexpr, PER_CHANNEL: tl.constexpr, ZERO: tl.constexpr):
-    """(scale, zero) of code J in block b for BN channels, fp32 [BN]; per-channel: scale, constant zero."""
-    if PER_CHANNEL:
-        s = tl.load(s_ptr + offs_n, mask=n_mask, other=0.0).to(tl.float32)
-        z = tl.zeros_like(s) + ZERO
+def _zero_code(zb, J: tl.constexpr, BITS: tl.constexpr, DENORM: tl.constexpr):
+    """The zero point in the units of ``_code``, built with integer ops from the integer zero ``zb``."""
+    if BITS * J + BITS <= 23:
+        POS: tl.constexpr = BITS * J
     else:
-        g = b * (128 // GS) + (P * J) // GS  # code J covers k = 128*b + P*J + [0, P)
-        g_ok = offs_n * 0 + g < G  # a tensor: the interpreter wants tensor masks
-        s = tl.load(s_ptr + g * N + offs_n, mask=n_mask & g_ok, other=0.0).to(tl.float32)
-        z = tl.load(z_ptr + g * N + offs_n, mask=n_mask & g_ok, other=0.0).to(tl.float32)
-    return s, z
+        POS: tl.constexpr = BITS * J - (BITS + 8)
+    if DENORM:
+        return (zb << POS).to(tl.float32, bitcast=True)
+    return ((zb << POS) + MAGIC).to(tl.float32, bitcast=True)
 
 
 @triton.jit
-def _finish(acc, y_ptr, ws_ptr, lock_ptr, offs_m, offs_n, M, N, stride_ym, tile, pid_k,
-            SPLIT_K: tl.constexpr):
+def _group_params(sz_ptr, b, J: tl.constexpr, P: tl.constexpr, offs_n, n_mask, N, G,
+                  GS: tl.constexpr, PER_CHANNEL: tl.constexpr):
+    """(scale fp32, zero int32) of code J in block b for BN channels, as [BN, 1] columns.
+
+    int4: one int32 word per (group, channel): bf16 scale bits low, zero high. int8 per-channel:
+    fp32 scale per channel and the storage bias 128 as zero. Expanding the loaded word to 2-D at once
+    makes Triton move that one vector into the tile's row layout, not each value derived from it.
+    """
+    if PER_CHANNEL:
+        s = tl.load(sz_ptr + offs_n, mask=n_mask, other=0.0)[:, None]
+        zb = (offs_n * 0 + 128)[:, None]
+    else:
+        g = b * (128 // GS) + (P * J) // GS  # code J covers k = 128*b + P*J + [0, P)
+        g_ok = offs_n * 0 + g < G  # a tensor: the interpreter wants tensor masks
+        word = tl.load(sz_ptr + g * N + offs_n, mask=n_mask & g_ok, other=0)[:, None]
+        s = (word << 16).to(tl.float32, bitcast=True)  # bf16 -> fp32 is a 16-bit shift
+        zb = (word >> 16) & 0xFFFF
+    return s, zb
+
+
+@triton.jit
+def _finish(acc, y_ptr, ws_ptr, lock_ptr, offs_m, offs_n, M, N, stride_ym, tile, pid_k, SPLIT_K):
     """Store acc [BM, BN] to y, or (split-K) publish a partial and let the last split reduce."""
     mask = (offs_m[:, None] < M) & (offs_n[None, :] < N)
     y_ptrs = y_ptr + offs_m[:, None] * stride_ym + offs_n[None, :]
@@ -82,10 +115,10 @@ def _finish(acc, y_ptr, ws_ptr, lock_ptr, offs_m, offs_n, M, N, stride_ym, tile,
 
 @triton.jit
 def _wq_gemv_kernel(
-    x_ptr, w_ptr, s_ptr, z_ptr, y_ptr, ws_ptr, lock_ptr,
-    N, K, G, KB, stride_wn, stride_ym,
-    BITS: tl.constexpr, GS: tl.constexpr, PER_CHANNEL: tl.constexpr, ZERO: tl.constexpr,
-    BLOCK_N: tl.constexpr, SPLIT_K: tl.constexpr,
+    x_ptr, w_ptr, sz_ptr, y_ptr, ws_ptr, lock_ptr,
+    N, K, G, KB, SPLIT_K, stride_wn, stride_ym,
+    BITS: tl.constexpr, GS: tl.constexpr, PER_CHANNEL: tl.constexpr, DENORM: tl.constexpr,
+    BLOCK_N: tl.constexpr,
 ):
     """y[0, n] = sum_k x[0, k] * W[n, k]; one CTA = BLOCK_N channels x one K split."""
     E: tl.constexpr = 32 // BITS
@@ -107,35 +140,47 @@ def _wq_gemv_kernel(
         # prefetch the next block's words while this one is dequantized
         w_next = tl.load(w_ptrs + (b + 1) * P, mask=n_mask[:, None] & (offs_p * 0 + b + 1 < b1)[None, :],
                          other=0)
-        w_hi = w_lo >> 16
+        w_hi = w_lo >> (BITS + 8)
         part = tl.zeros([BLOCK_N, P], dtype=tl.float32)
+        xs = tl.zeros([P], dtype=tl.float32)
         for j in tl.static_range(E):
             if j % J_PER_GROUP == 0:
-                s, z = _group_params(s_ptr, z_ptr, b, j, P, offs_n, n_mask, N, G, GS, PER_CHANNEL, ZERO)
-            pos = _pos_scale(j, BITS, E)
+                s, zb = _group_params(sz_ptr, b, j, P, offs_n, n_mask, N, G, GS, PER_CHANNEL)
             k = b * 128 + j * P + offs_p
-            xj = tl.load(x_ptr + k, mask=k < K, other=0.0).to(tl.float32) * (1.0 / pos)
-            c = z * pos + TWO23
-            part += (_code(w_lo, w_hi, j, BITS, E) - c[:, None]) * xj[None, :]
+            xj = tl.load(x_ptr + k, mask=k < K, other=0.0).to(tl.float32)
+            code = _code(w_lo, w_hi, j, BITS, DENORM)
+            if DENORM:
+                # q * 2^(POS-149) * x * 2^(96-POS) = q * x * 2^-53: exact product, normal range
+                part += code * (xj * (2.0**X_EXP / _pos_scale(j, BITS)))[None, :]
+                xs += xj
+            else:
+                part += (code - _zero_code(zb, j, BITS, DENORM)) * (xj / _pos_scale(j, BITS))[None, :]
             if j % J_PER_GROUP == J_PER_GROUP - 1:
+                if DENORM:  # subtract zero * sum(x) in the same 2^-53 units
+                    part -= (zb.to(tl.float32) * 2.0**-53) * xs[None, :]
+                    xs = tl.zeros([P], dtype=tl.float32)
                 if PER_CHANNEL:
                     acc += part
                 else:
-                    acc += part * s[:, None]
+                    acc += part * (s * 2.0**53) if DENORM else part * s
                 part = tl.zeros([BLOCK_N, P], dtype=tl.float32)
     y = tl.sum(acc, axis=1)
     if PER_CHANNEL:
-        y = y * tl.load(s_ptr + offs_n, mask=n_mask, other=0.0).to(tl.float32)
+        s_row = tl.load(sz_ptr + offs_n, mask=n_mask, other=0.0)
+        y = y * (s_row * 2.0**53) if DENORM else y * s_row
     offs_m = tl.arange(0, 1)
     _finish(y[None, :], y_ptr, ws_ptr, lock_ptr, offs_m, offs_n, 1, N, stride_ym, pid_n, pid_k, SPLIT_K)
 
 
 @triton.jit
-def _deq(w_lo, w_hi, s, z, J: tl.constexpr, BITS: tl.constexpr, E: tl.constexpr, DTYPE: tl.constexpr):
+def _deq(w_lo, w_hi, s, zb, J: tl.constexpr, BITS: tl.constexpr, E: tl.constexpr, DTYPE: tl.constexpr,
+         DENORM: tl.constexpr):
     """Dequantized code J of a [BN, P] word tile, in the activation dtype."""
-    pos = _pos_scale(J, BITS, E)
-    c = z * pos + TWO23
-    return ((_code(w_lo, w_hi, J, BITS, E) - c[:, None]) * (s * (1.0 / pos))[:, None]).to(DTYPE)
+    c = _zero_code(zb, J, BITS, DENORM)
+    code = _code(w_lo, w_hi, J, BITS, DENORM)
+    if DENORM:  # (q - z) * 2^(POS-49), exact, then times scale * 2^(49-POS)
+        return ((code * LIFT - c * LIFT) * (s * (2.0**49 / _pos_scale(J, BITS)))).to(DTYPE)
+    return ((code - c) * (s / _pos_scale(J, BITS))).to(DTYPE)
 
 
 @triton.jit
@@ -148,10 +193,10 @@ def _dot(a, b, acc, DOT_FP32: tl.constexpr):
 
 @triton.jit
 def _wq_gemm_kernel(
-    x_ptr, w_ptr, s_ptr, z_ptr, y_ptr, ws_ptr, lock_ptr,
-    M, N, K, G, KB, stride_xm, stride_wn, stride_ym,
-    BITS: tl.constexpr, GS: tl.constexpr, PER_CHANNEL: tl.constexpr, ZERO: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, SPLIT_K: tl.constexpr, GROUP_M: tl.constexpr,
+    x_ptr, w_ptr, sz_ptr, y_ptr, ws_ptr, lock_ptr,
+    M, N, K, G, KB, SPLIT_K, stride_xm, stride_wn, stride_ym,
+    BITS: tl.constexpr, GS: tl.constexpr, PER_CHANNEL: tl.constexpr, DENORM: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, GROUP_M: tl.constexpr,
     JOIN: tl.constexpr, DOT_FP32: tl.constexpr,
 ):
     """y = x @ dequant(W)^T on tensor cores; one CTA = [BLOCK_M, BLOCK_N] x one K split."""
@@ -183,31 +228,31 @@ def _wq_gemm_kernel(
     acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
     for b in range(b0, b1):
         w_lo = tl.load(w_ptrs + b * P, mask=n_mask[:, None], other=0)
-        w_hi = w_lo >> 16
-        s, z = _group_params(s_ptr, z_ptr, b, 0, P, offs_n, n_mask, N, G, GS, PER_CHANNEL, ZERO)
+        w_hi = w_lo >> (BITS + 8)
+        s, z = _group_params(sz_ptr, b, 0, P, offs_n, n_mask, N, G, GS, PER_CHANNEL)
         if J_PER_GROUP < E:
-            s2, z2 = _group_params(s_ptr, z_ptr, b, E - 1, P, offs_n, n_mask, N, G, GS, PER_CHANNEL, ZERO)
+            s2, z2 = _group_params(sz_ptr, b, E - 1, P, offs_n, n_mask, N, G, GS, PER_CHANNEL)
         else:
             s2, z2 = s, z
         if JOIN:
             kk = b * 128 + tl.arange(0, 128)
             xt = tl.load(x_rows + kk[None, :], mask=m_mask[:, None] & (kk[None, :] < K), other=0.0)
-            d0 = _deq(w_lo, w_hi, s, z, 0, BITS, E, DTYPE)
-            d1 = _deq(w_lo, w_hi, s, z, 1, BITS, E, DTYPE)
+            d0 = _deq(w_lo, w_hi, s, z, 0, BITS, E, DTYPE, DENORM)
+            d1 = _deq(w_lo, w_hi, s, z, 1, BITS, E, DTYPE, DENORM)
             if E == 8:
-                d2 = _deq(w_lo, w_hi, s, z, 2, BITS, E, DTYPE)
-                d3 = _deq(w_lo, w_hi, s, z, 3, BITS, E, DTYPE)
-                d4 = _deq(w_lo, w_hi, s2, z2, 4, BITS, E, DTYPE)
-                d5 = _deq(w_lo, w_hi, s2, z2, 5, BITS, E, DTYPE)
-                d6 = _deq(w_lo, w_hi, s2, z2, 6, BITS, E, DTYPE)
-                d7 = _deq(w_lo, w_hi, s2, z2, 7, BITS, E, DTYPE)
+                d2 = _deq(w_lo, w_hi, s, z, 2, BITS, E, DTYPE, DENORM)
+                d3 = _deq(w_lo, w_hi, s, z, 3, BITS, E, DTYPE, DENORM)
+                d4 = _deq(w_lo, w_hi, s2, z2, 4, BITS, E, DTYPE, DENORM)
+                d5 = _deq(w_lo, w_hi, s2, z2, 5, BITS, E, DTYPE, DENORM)
+                d6 = _deq(w_lo, w_hi, s2, z2, 6, BITS, E, DTYPE, DENORM)
+                d7 = _deq(w_lo, w_hi, s2, z2, 7, BITS, E, DTYPE, DENORM)
                 # minor index (b2, b1, b0) of the joined dims equals j; then move j in front of p
                 t = tl.join(tl.join(tl.join(d0, d4), tl.join(d2, d6)),
                             tl.join(tl.join(d1, d5), tl.join(d3, d7)))
                 t = tl.permute(t, (0, 2, 3, 4, 1))
             else:
-                d2 = _deq(w_lo, w_hi, s2, z2, 2, BITS, E, DTYPE)
-                d3 = _deq(w_lo, w_hi, s2, z2, 3, BITS, E, DTYPE)
+                d2 = _deq(w_lo, w_hi, s2, z2, 2, BITS, E, DTYPE, DENORM)
+                d3 = _deq(w_lo, w_hi, s2, z2, 3, BITS, E, DTYPE, DENORM)
                 t = tl.permute(tl.join(tl.join(d0, d2), tl.join(d1, d3)), (0, 2, 3, 1))
             wt = tl.reshape(t, (BLOCK_N, 128))
             acc = _dot(xt, tl.trans(wt), acc, DOT_FP32)
@@ -216,9 +261,9 @@ def _wq_gemm_kernel(
                 kk = b * 128 + j * P + offs_p
                 xj = tl.load(x_rows + kk[None, :], mask=m_mask[:, None] & (kk[None, :] < K), other=0.0)
                 if j < J_PER_GROUP:
-                    wj = _deq(w_lo, w_hi, s, z, j, BITS, E, DTYPE)
+                    wj = _deq(w_lo, w_hi, s, z, j, BITS, E, DTYPE, DENORM)
                 else:
-                    wj = _deq(w_lo, w_hi, s2, z2, j, BITS, E, DTYPE)
+                    wj = _deq(w_lo, w_hi, s2, z2, j, BITS, E, DTYPE, DENORM)
                 acc = _dot(xj, tl.trans(wj), acc, DOT_FP32)
     tile = pid_m * grid_n + pid_n
     _finish(acc, y_ptr, ws_ptr, lock_ptr, offs_m, offs_n, M, N, stride_ym, tile, pid_k, SPLIT_K)
@@ -257,11 +302,11 @@ def _auto_split(tiles: int, kb: int, waves: float, sms: int) -> int:
     return split
 
 
-def quant_matmul(x, packed, scales, zeros, bits: int, group_size: int, config: dict):
+def quant_matmul(x, packed, sz, bits: int, group_size: int | None, config: dict):
     """``x @ dequant(W)^T`` for packed W (``quant.py`` layout); ``config`` from ``quant_gemm_configs``.
 
-    x: ``[..., K]`` fp16/bf16; packed: int32 ``[N, KB*P]``; scales/zeros: ``[G, N]`` (int4) or
-    per-channel scales ``[N]`` with ``zeros=None`` (int8). Returns ``[..., N]`` in ``x.dtype``.
+    x: ``[..., K]`` fp16/bf16; packed: int32 ``[N, KB*P]``; sz: int4 scale/zero words ``[G, N]``, or
+    for int8 (``group_size=None``) fp32 per-channel scales ``[N]``. Returns ``[..., N]`` in ``x.dtype``.
     """
     import torch
 
@@ -273,8 +318,8 @@ def quant_matmul(x, packed, scales, zeros, bits: int, group_size: int, config: d
     n = packed.shape[0]
     p = 128 // (32 // bits)
     kb = packed.shape[1] // p
-    per_channel = zeros is None
-    g = 1 if per_channel else scales.shape[0]
+    per_channel = group_size is None
+    g = 1 if per_channel else sz.shape[0]
     y = torch.empty((m, n), dtype=x.dtype, device=x.device)
     gemv = config["kernel"] == "gemv" and m == 1
     bm = 1 if gemv else config["BLOCK_M"]
@@ -283,16 +328,15 @@ def quant_matmul(x, packed, scales, zeros, bits: int, group_size: int, config: d
     split = config.get("split_k") or _auto_split(tiles, kb, config.get("waves", 0), _num_sms(x.device))
     ws = torch.empty((split, m, n), dtype=torch.float32, device=x.device) if split > 1 else y
     locks = _locks(x.device, tiles)
-    zeros = scales if per_channel else zeros
-    common = dict(BITS=bits, GS=group_size, PER_CHANNEL=per_channel, ZERO=128.0 if per_channel else 0.0,
-                  BLOCK_N=bn, SPLIT_K=split, num_warps=config["num_warps"],
+    common = dict(BITS=bits, GS=group_size or 128, PER_CHANNEL=per_channel, DENORM=config.get("DENORM", True),
+                  BLOCK_N=bn, num_warps=config["num_warps"],
                   num_stages=config.get("num_stages", 1))
     if gemv:
         _wq_gemv_kernel[(triton.cdiv(n, bn), split)](
-            x2, packed, scales, zeros, y, ws, locks, n, k, g, kb, packed.stride(0), y.stride(0), **common)
+            x2, packed, sz, y, ws, locks, n, k, g, kb, split, packed.stride(0), y.stride(0), **common)
     else:
         _wq_gemm_kernel[(tiles, split)](
-            x2, packed, scales, zeros, y, ws, locks, m, n, k, g, kb, x2.stride(0), packed.stride(0),
+            x2, packed, sz, y, ws, locks, m, n, k, g, kb, split, x2.stride(0), packed.stride(0),
             y.stride(0), BLOCK_M=bm, GROUP_M=config.get("GROUP_M", 8), JOIN=config.get("JOIN", True),
             DOT_FP32=os.environ.get("TRITON_INTERPRET") == "1", **common)
     return y.reshape(*x.shape[:-1], n)
