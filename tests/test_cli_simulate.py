@@ -105,3 +105,20 @@ def test_compare_policies_at_several_loads(capsys):
     assert code == 0 and "srpt" in out and "slowdown" in out.lower()
     code, _, err = run(capsys, "compare", "--policies", "fcfs,lifo")
     assert code == 2 and "lifo" in err
+
+
+def test_user_gpu_from_yaml(capsys, tmp_path):
+    gpus = tmp_path / "gpus.yaml"
+    gpus.write_text(
+        "H100-half:\n  memory_gib: 80\n  hbm_tbps: 1.675\n"
+        "  tflops: {fp32: 33, tf32: 247, bf16: 494.7, fp16: 494.7, fp8: 989.4, int8: 989.4}\n"
+        "  sm_count: 66\n  interconnect_gbps: 900\n  pcie_gbps: 128\n  tdp_w: 350\n  usd_per_hour: 1.5\n"
+        "  source: an H100 at half speed, for this test\n"
+    )
+    args = ["simulate", "--num-requests", "100", "--json"]
+    code, fast, _ = run(capsys, *args)
+    code2, slow, err = run(capsys, *args, "--gpus-file", str(gpus), "--gpu", "H100-half")
+    assert code == code2 == 0, err
+    assert json.loads(slow)["mean_tpot_ms"] > 1.5 * json.loads(fast)["mean_tpot_ms"]
+    code, _, err = run(capsys, *args, "--gpus-file", str(gpus), "--gpu", "H100-quarter")
+    assert code == 2 and "H100-quarter" in err

@@ -24,7 +24,8 @@ class Scenario(BaseModel):
 
     # Deployment.
     model: str = Field("Llama-3.1-8B", description="catalog model name or path to a HuggingFace config.json")
-    gpu: str = Field("H100-SXM", description="catalog GPU name")
+    gpu: str = Field("H100-SXM", description="catalog GPU name (or one from gpus_file)")
+    gpus_file: str | None = Field(None, description="YAML file of extra GPUs, same fields as the catalog")
     tp: int = Field(1, ge=1, description="tensor-parallel GPUs per replica")
     pp: int = Field(1, ge=1, description="pipeline stages per replica")
     replicas: int = Field(1, ge=1, description="model replicas behind the router")

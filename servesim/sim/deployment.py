@@ -13,7 +13,7 @@ import numpy as np
 
 from servesim.errors import ConfigError
 from servesim.hwmodels.cost import CostModel
-from servesim.hwmodels.gpus import GPU, get_gpu
+from servesim.hwmodels.gpus import GPU, get_gpu, load_gpus_yaml
 from servesim.hwmodels.memory import MemoryPlan, plan_memory
 from servesim.hwmodels.models import ModelSpec, get_model
 from servesim.sim import workload as wl
@@ -60,7 +60,7 @@ class Deployment:
 def build_deployment(s: Scenario) -> Deployment:
     """Resolve ``s`` into a Deployment, or raise a ConfigError naming the field."""
     model = get_model(s.model)
-    gpu = get_gpu(s.gpu)
+    gpu = get_gpu(s.gpu, load_gpus_yaml(s.gpus_file) if s.gpus_file else None)
     max_model_len = s.max_model_len or model.max_position_embeddings
     chunked = s.batching == "chunked"
     budget = s.max_num_batched_tokens or (max(2048, s.max_num_seqs * (1 + s.spec_k)) if chunked else max_model_len)
