@@ -20,9 +20,9 @@ def _gen(seed: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed)
 
 
-def _weights(bits, gs, n, k, seed=0):
+def _weights(bits, gs, n, k, seed=0, device="cpu"):
     """(packed, sz, fp32 dequantized reference weight) for a random [n, k] weight."""
-    w = torch.randn(n, k, generator=_gen(seed))
+    w = torch.randn(n, k, generator=torch.Generator(device).manual_seed(seed), device=device)
     if bits == 8:
         q, scale = Q.quantize_int8_per_channel(w)
         packed = Q.pack_int8(q)
@@ -217,9 +217,8 @@ def test_gpu_tuned_kernels_match_reference(bits, gs, m, dtype):
     if not torch.cuda.is_available():
         pytest.skip("needs CUDA")
     n, k = 14336, 4096
-    packed, sz, w = (t.cuda() for t in _weights(bits, gs, n, k, seed=m))
+    packed, sz, w = _weights(bits, gs, n, k, seed=m, device="cuda")
     x = torch.randn(m, k, device="cuda").to(dtype)
-    y = torch.full((m, n), float("nan"), device="cuda", dtype=dtype)
     y = QG.quant_matmul(x, packed, sz, bits, gs, config_for(bits, m))
     assert _rel(y, x.float() @ w.t()) < TOL[dtype]
 
@@ -233,7 +232,7 @@ def test_gpu_tuned_kernels_match_reference(bits, gs, m, dtype):
 def test_gpu_kernel_variants_match_reference(config):
     if not torch.cuda.is_available():
         pytest.skip("needs CUDA")
-    packed, sz, w = (t.cuda() for t in _weights(4, 128, 4096 + 64, 4096 + 128, seed=3))
+    packed, sz, w = _weights(4, 128, 4096 + 64, 4096 + 128, seed=3, device="cuda")
     m = 1 if config["kernel"] == "gemv" else 37
     x = torch.randn(m, 4096 + 128, device="cuda").to(torch.bfloat16)
     y = QG.quant_matmul(x, packed, sz, 4, 128, config)

@@ -113,7 +113,8 @@ def _finish(acc, y_ptr, ws_ptr, lock_ptr, offs_m, offs_n, M, N, stride_ym, tile,
             tl.atomic_xchg(lock_ptr + tile, 0)  # ready for the next launch
 
 
-@triton.jit
+# M, split and block counts only feed arithmetic: one compile serves every value
+@triton.jit(do_not_specialize=["G", "KB", "SPLIT_K"])
 def _wq_gemv_kernel(
     x_ptr, w_ptr, sz_ptr, y_ptr, ws_ptr, lock_ptr,
     N, K, G, KB, SPLIT_K, stride_wn, stride_ym,
@@ -191,7 +192,7 @@ def _dot(a, b, acc, DOT_FP32: tl.constexpr):
     return tl.dot(a, b, acc)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["M", "G", "KB", "SPLIT_K"])
 def _wq_gemm_kernel(
     x_ptr, w_ptr, sz_ptr, y_ptr, ws_ptr, lock_ptr,
     M, N, K, G, KB, SPLIT_K, stride_xm, stride_wn, stride_ym,
