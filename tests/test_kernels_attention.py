@@ -100,6 +100,7 @@ def run_prefill(q_lens, ctx_lens, num_kv_heads, group, head_dim, block_size, dty
 def run_decode(kv_lens, num_q, num_kv_heads, group, head_dim, block_size, dtype, num_splits, config,
                head_major=False, seed=0):
     gen = torch.Generator().manual_seed(seed)
+    kv_lens = [max(n, num_q) for n in kv_lens]  # the n new tokens are in the cache already
     k_cache, v_cache, tables, scales = paged_setup(gen, kv_lens, num_kv_heads, head_dim, block_size, dtype,
                                                    head_major)
     q_dtype = torch.bfloat16 if dtype == FP8 else dtype

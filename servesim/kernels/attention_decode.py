@@ -2,7 +2,8 @@
 
 ``q`` is ``[batch, num_q_heads, head_dim]`` (one token per sequence) or ``[batch, n, num_q_heads,
 head_dim]`` for ``n = 1 + k`` tokens of speculative verification; ``kv_lens`` (int32 ``[batch]``) counts
-keys including the ``n`` new ones, already in the cache, and token ``t`` sees keys ``<= kv_len - n + t``.
+keys including the ``n`` new ones, already in the cache (so ``kv_lens >= n``), and token ``t`` sees keys
+``<= kv_len - n + t``.
 
 One program handles (sequence, KV head, split): the ``n * group`` query rows that share the KV head are
 packed into the M dimension of one ``tl.dot`` (padded to 16), so each K/V tile is read from memory once.
@@ -18,7 +19,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .attention_prefill import causal_attention_ref
+from .attention_prefill import _kv_rows, causal_attention_ref
 from .kv_cache import check_cache, check_scales, dot, gather_kv_ref, interpreting
 
 # Tile config keyed on head_dim; chosen by bench/attention.py --tune on an H100 SXM (Triton 3.6, bf16).
@@ -69,11 +70,12 @@ def _decode_kernel(
     k_base = k_ptr + kvh * stride_kh
     v_base = v_ptr + kvh * stride_kh
     bt_row = bt_ptr + b.to(tl.int64) * stride_bt
+    # K/V row offsets are looked up one tile ahead so the pipeliner can keep num_stages tiles in flight
+    rows_next = _kv_rows(bt_row, lo + tl.arange(0, BLOCK_N), 0, kv_len, stride_kb, stride_ks, True, BLOCK_SIZE)
     for start in range(lo, hi, BLOCK_N):
         offs_n = start + tl.arange(0, BLOCK_N)
-        n = tl.minimum(offs_n, kv_len - 1)  # clamp instead of masking loads
-        page = tl.load(bt_row + n // BLOCK_SIZE).to(tl.int64)
-        kv_rows = page * stride_kb + (n % BLOCK_SIZE) * stride_ks
+        kv_rows = rows_next
+        rows_next = _kv_rows(bt_row, offs_n + BLOCK_N, 0, kv_len, stride_kb, stride_ks, True, BLOCK_SIZE)
         k = tl.load(k_base + kv_rows[:, None] + offs_d[None, :]).to(q.dtype)
         v = tl.load(v_base + kv_rows[:, None] + offs_d[None, :]).to(q.dtype)
         qk = dot(q, tl.trans(k), tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32), UPCAST) * qk_scale

@@ -54,13 +54,19 @@ def _prefill_tiles(acc, l_i, m_i, q, k_base, v_base, bt_row_ptr, kv_start, kv_le
                    MASK: tl.constexpr, PAGED: tl.constexpr, TMA: tl.constexpr, BLOCK_SIZE: tl.constexpr,
                    HEAD_DIM: tl.constexpr, BLOCK_N: tl.constexpr, UPCAST: tl.constexpr):
     offs_d = tl.arange(0, HEAD_DIM)
+    # Row offsets of the next tile are computed one iteration ahead, so the block-table lookup is not on
+    # the K/V loads' critical path and the software pipeliner can buffer them deeper.
+    rows_next = _kv_rows(bt_row_ptr, lo + tl.arange(0, BLOCK_N), kv_start, kv_len, stride_kb, stride_ks,
+                         PAGED, BLOCK_SIZE)
     for start in range(lo, hi, BLOCK_N):
         offs_n = start + tl.arange(0, BLOCK_N)
+        rows = rows_next
+        rows_next = _kv_rows(bt_row_ptr, offs_n + BLOCK_N, kv_start, kv_len, stride_kb, stride_ks, PAGED,
+                             BLOCK_SIZE)
         if TMA:  # k_base/v_base are [total_k, num_kv_heads * head_dim] descriptors; rows past the end are
             # the next sequence's (or zeros) and the mask hides them
             k = k_base.load([kv_start + start, tma_col])
         else:
-            rows = _kv_rows(bt_row_ptr, offs_n, kv_start, kv_len, stride_kb, stride_ks, PAGED, BLOCK_SIZE)
             k = tl.load(k_base + rows[:, None] + offs_d[None, :]).to(q.dtype)
         qk = dot(q, tl.trans(k), tl.zeros([q.shape[0], BLOCK_N], dtype=tl.float32), UPCAST)
         if MASK:
