@@ -103,6 +103,9 @@ def simulate_cmd(policies, config, output_dir, chrome_trace, as_json, **flags):
     from servesim.sim.outputs import render_summary
 
     render_summary(result.summary, console, title=f"{base.model} on {base.tp * base.pp * base.replicas}× {base.gpu}")
+    reasons = result.requests.loc[result.requests.rejected_reason != "", "rejected_reason"]
+    if len(reasons):
+        console.print(f"{len(reasons)} requests rejected; most common reason: {reasons.mode().iloc[0]}")
     if output_dir:
         console.print(f"wrote {Path(output_dir)}")
 

@@ -154,6 +154,21 @@ class KVBlockManager:
             self._ref[b] = 1
             ids.append(b)
 
+    def grow_many(self, reqs: list[Request], counts: list[int], total: int) -> None:
+        """``grow`` for several requests at once (``total`` = ``sum(counts)``, known to fit)."""
+        free = self._free
+        if len(free) < total or self.prefix_caching:
+            for r, k in zip(reqs, counts):
+                self.grow(r, k)
+            return
+        taken = free[-total:]
+        del free[-total:]
+        taken.reverse()
+        pos = 0
+        for r, k in zip(reqs, counts):
+            r.block_ids.extend(taken[pos : pos + k])
+            pos += k
+
     def commit(self, req: Request) -> None:
         """Register the hashes of ``req``'s prompt blocks that are now fully computed."""
         if not self.prefix_caching:

@@ -226,12 +226,17 @@ class Scheduler:
             total = int(need.sum())
             if total <= self.kv.num_free:
                 if total:
-                    for i in np.flatnonzero(need):
-                        self.kv.grow(self._dreqs[i], int(need[i]))
-                    self._nblk[:n] += need
+                    self._give_blocks(need, total)
                 return True
             self._preempt(self._victim(), preempted)
         return False
+
+    def _give_blocks(self, need: np.ndarray, total: int) -> None:
+        """Append ``need[i]`` blocks to decoding slot ``i`` (``total`` = their sum, known to fit)."""
+        idx = need.nonzero()[0]
+        dreqs = self._dreqs
+        self.kv.grow_many([dreqs[i] for i in idx.tolist()], need[idx].tolist(), total)
+        self._nblk[: len(need)] += need
 
     def _continue_prefills(self, prefill: list[PrefillChunk], budget: int, preempted: list[Request]) -> int:
         """Next chunks of running partial prefills, in admission order, within the budget.
@@ -395,14 +400,18 @@ class Scheduler:
         self._last_decode_end_s = prev
         adv = steps if accepted is None else accepted
         self._comp[:n] += adv
-        gen = self._gen[:n]
+        gen, out = self._gen[:n], self._out[:n]
         before = gen.copy() if self.config.record_token_times else None
         gen += adv
-        np.minimum(gen, self._out[:n], out=gen)
+        if accepted is not None:  # the last verification step may overshoot the output length
+            np.minimum(gen, out, out=gen)
         if before is not None:
             for r, emitted in zip(batch.decode, (gen - before).tolist()):
                 r.token_times_s.extend(ends if accepted is None else [now] * emitted)
-        for i in np.flatnonzero(gen >= self._out[:n])[::-1]:
+        done = gen >= out
+        if not done.any():
+            return
+        for i in done.nonzero()[0][::-1].tolist():
             r = self._dreqs[i]
             self._leave_slots(r)
             r.last_token_s = now
@@ -440,7 +449,9 @@ class Scheduler:
         def fits(m: int) -> bool:  # blocks for steps 2..m beyond what step 1 already holds
             return int(((comp + (m + bs - 1)) // bs - nblk).sum()) <= free
 
-        lo, hi = 1, m_max
+        if fits(m_max):  # the common case: the pool has room for the whole run
+            return m_max
+        lo, hi = 1, m_max - 1
         while lo < hi:
             mid = (lo + hi + 1) // 2
             lo, hi = (mid, hi) if fits(mid) else (lo, mid - 1)
@@ -452,7 +463,7 @@ class Scheduler:
             return
         n, bs = len(batch.decode), self.kv.block_size
         need = (self._comp[:n] + (steps + bs - 1)) // bs - self._nblk[:n]
-        for i in np.flatnonzero(need):
-            self.kv.grow(self._dreqs[i], int(need[i]))
-        self._nblk[:n] += need
+        total = int(need.sum())
+        if total:
+            self._give_blocks(need, total)
         batch.steps = steps

@@ -239,7 +239,7 @@ class Simulation:
 
     def done(self, r: Request) -> None:
         self.requests.add(r)
-        if r.finish_s == r.finish_s:
+        if not r.rejected_reason:
             self.last_finish_s = max(self.last_finish_s, r.finish_s)
         if self._on_progress is not None:
             self._on_progress(len(self.requests))
