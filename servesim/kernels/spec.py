@@ -36,34 +36,40 @@ from __future__ import annotations
 
 import functools
 import math
+import os
 
 import numpy as np
 import torch
 import triton
 import triton.language as tl
+from triton.language.extra import libdevice
 
 LOG2E = 1.4426950408889634
-_BIG = 2**31 - 1
+_BIG = tl.constexpr(2**31 - 1)
 
 
 @triton.jit
-def _exponential(bits):
-    """Exp(1) variate -ln(1 - w), w = (bits + 0.5) / 2**32; series below w = 1/32 (accurate near 0)."""
-    w = bits.to(tl.float32) * 2.3283064365386963e-10 + 1.1641532182693481e-10
-    poly = w * (1.0 + w * (0.5 + w * (0.3333333333333333 + w * (0.25 + w * 0.2))))
-    big = -tl.log2(1.0 - w) * 0.6931471805599453
-    return tl.where(w < 0.03125, poly, big)
+def _noise(seed, j, start, R: tl.constexpr, LOG: tl.constexpr, FAST: tl.constexpr):
+    """Exp(1) noise E (log2 E if LOG) of position j for tokens start .. start + 4R - 1, as an [R, 4] tile.
 
-
-@triton.jit
-def _noise(seed, j, start, R: tl.constexpr):
-    """Exp(1) noise of position j for tokens start .. start + 4R - 1, as an [R, 4] tile (one Philox per row)."""
+    One Philox call per row of 4 tokens. E = -ln(1 - w), w = (bits + 0.5) / 2**32, by a series below
+    w = 1/32 so that small E keep their relative precision. FAST: the GPU's lg2.approx (error ~1e-7)."""
     r = tl.arange(0, R)
     c = tl.arange(0, 4)[None, :]
     offs = ((j + 1).to(tl.int64) << 32) + (start // 4 + r).to(tl.int64)
     b0, b1, b2, b3 = tl.randint4x(seed, offs)
     bits = tl.where(c == 0, b0[:, None], tl.where(c == 1, b1[:, None], tl.where(c == 2, b2[:, None], b3[:, None])))
-    return _exponential(bits)
+    w = bits.to(tl.float32) * 2.3283064365386963e-10 + 1.1641532182693481e-10
+    poly = w * (1.0 + w * (0.5 + w * (0.3333333333333333 + w * (0.25 + w * 0.2))))
+    if FAST:
+        e = tl.where(w < 0.03125, poly, -libdevice.fast_log2f(1.0 - w) * 0.6931471805599453)
+        if LOG:
+            e = libdevice.fast_log2f(e)
+    else:
+        e = tl.where(w < 0.03125, poly, -tl.log2(1.0 - w) * 0.6931471805599453)
+        if LOG:
+            e = tl.log2(e)
+    return e
 
 
 @triton.jit
@@ -77,7 +83,7 @@ def _best(key, v, best, best_idx):
 
 @triton.jit
 def _row_pass_kernel(logit_ptr, stride_l, cu_ptr, seed_ptr, stat_a_ptr, stat_b_ptr, bkey_ptr, bidx_ptr,
-                     V, chunk, n_split, scale, GREEDY: tl.constexpr, BLOCK: tl.constexpr):
+                     V, chunk, n_split, scale, GREEDY: tl.constexpr, BLOCK: tl.constexpr, FAST: tl.constexpr):
     """Grid (split, position, sequence): one chunk of one target row, read once."""
     sp = tl.program_id(0)
     j = tl.program_id(1)
@@ -123,7 +129,7 @@ def _row_pass_kernel(logit_ptr, stride_l, cu_ptr, seed_ptr, stat_a_ptr, stat_b_p
             for start in range(lo, hi, BLOCK):
                 v = start + v0
                 y = tl.load(base + v, mask=v < hi, other=float("-inf")).to(tl.float32) * scale
-                key = y - tl.log2(_noise(seed, j, start, R))
+                key = y - _noise(seed, j, start, R, True, FAST)
                 best, best_idx = _best(tl.where(v < hi, key, float("-inf")), v, best, best_idx)
             tl.store(bkey_ptr + i.to(tl.int64) * n_split + sp, best)
             tl.store(bidx_ptr + i.to(tl.int64) * n_split + sp, best_idx)
@@ -160,7 +166,7 @@ def _accept(logit_ptr, stride_l, q_ptr, stride_q, tok_ptr, stat_a_ptr, stat_b_pt
 @triton.jit
 def _residual_kernel(logit_ptr, stride_l, q_ptr, stride_q, tok_ptr, cu_ptr, seed_ptr, stat_a_ptr, stat_b_ptr,
                      rkey_ptr, ridx_ptr, pkey_ptr, pidx_ptr, acc_ptr, V, chunk, n_split1, n_split2, scale,
-                     KP: tl.constexpr, SP1: tl.constexpr, BLOCK: tl.constexpr):
+                     KP: tl.constexpr, SP1: tl.constexpr, BLOCK: tl.constexpr, FAST: tl.constexpr):
     """Grid (split, sequence): accepted count, then the residual max(0, p - q) race over one chunk of the
     first rejected row (rejected sequences only)."""
     sp = tl.program_id(0)
@@ -189,7 +195,7 @@ def _residual_kernel(logit_ptr, stride_l, q_ptr, stride_q, tok_ptr, cu_ptr, seed
             y = tl.load(base + v, mask=mask, other=float("-inf")).to(tl.float32) * scale
             p = tl.exp2(y - m) * inv_s
             q = tl.load(qbase + v, mask=mask, other=0.0).to(tl.float32)
-            e = _noise(seed, j, start, R)
+            e = _noise(seed, j, start, R, False, FAST)
             best_r, idx_r = _best(tl.where(mask, tl.maximum(p - q, 0.0) / e, -1.0), v, best_r, idx_r)
             best_p, idx_p = _best(tl.where(mask, p / e, -1.0), v, best_p, idx_p)
         out = i.to(tl.int64) * n_split2 + sp
@@ -304,16 +310,17 @@ def verify(target_logits: torch.Tensor, cu_rows: torch.Tensor, draft_tokens: tor
     stat_b = parts[1].view(torch.int32) if greedy else parts[1]
     bidx, ridx, pidx = parts[3].view(torch.int32), parts[5].view(torch.int32), parts[7].view(torch.int32)
     scale = _scale(temperature)
+    fast = dev.type == "cuda" and os.environ.get("TRITON_INTERPRET", "0") != "1"
     kp, kp1 = triton.next_power_of_2(max(k_max, 1)), triton.next_power_of_2(k_max + 1)
     sp1, sp2 = triton.next_power_of_2(s1), triton.next_power_of_2(s2)
     _row_pass_kernel[(s1, k_max + 1, n_seq)](
         logits, logits.stride(0), cu_rows, seeds, stat_a, stat_b, bkey, bidx, vocab, chunk1, s1, scale,
-        GREEDY=greedy, BLOCK=block, num_warps=num_warps)
+        GREEDY=greedy, BLOCK=block, FAST=fast, num_warps=num_warps)
     if not greedy:
         _residual_kernel[(s2, n_seq)](
             logits, logits.stride(0), q, q.stride(0), draft_tokens, cu_rows, seeds, stat_a, stat_b,
             rkey, ridx, pkey, pidx, accepted, vocab, chunk2, s1, s2, scale, KP=kp, SP1=sp1, BLOCK=block,
-            num_warps=num_warps)
+            FAST=fast, num_warps=num_warps)
     _finalize_kernel[(n_seq,)](
         draft_tokens, cu_rows, stat_a, stat_b, bkey, bidx, rkey, ridx, pkey, pidx, accepted, emitted, k_max + 1,
         s1, s2, GREEDY=greedy, KP1=kp1, SP1=sp1, SP2=sp2, num_warps=1)
