@@ -28,7 +28,7 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from servesim.kernels import attention_decode as dec
 from servesim.kernels import attention_prefill as pre
-from servesim.kernels.kv_cache import allocate_kv_cache, write_kv
+from servesim.kernels.kv_cache import allocate_kv_cache, write_kv, write_kv_bytes
 
 HQ, HKV, D = 32, 8, 128
 DT = torch.bfloat16
@@ -42,7 +42,7 @@ FLUSH = torch.empty(256 * 2**20, dtype=torch.int8, device="cuda") if torch.cuda.
 DEV = "cuda"  # --smoke: "cpu" with the Triton interpreter and tiny shapes, to check this script
 
 
-def ms(fn, rep: int = 100) -> float:
+def ms(fn, rep: int = 100, flush: bool = True) -> float:
     """Median ms of ``fn`` replayed from a CUDA graph, L2 flushed before each replay.
 
     A graph keeps Python launch overhead (tens of us for a Triton launch) out of the timing of kernels
@@ -76,7 +76,10 @@ def ms(fn, rep: int = 100) -> float:
     iters = max(10, min(200, int(rep / max(start.elapsed_time(end), 1e-3))))
     events = [(torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)) for _ in range(iters)]
     for st, en in events:
-        FLUSH.zero_()  # ~85 us of GPU work: the CPU queues the replay long before it runs
+        if flush:
+            FLUSH.zero_()  # ~85 us of GPU work: the CPU queues the replay long before it runs
+        else:
+            torch.cuda._sleep(100_000)  # keep the GPU ahead of the CPU without touching L2
         st.record()
         graph.replay()
         en.record()
@@ -227,10 +230,34 @@ def bench_decode_extras(rows: list) -> None:
     k_cache, v_cache = allocate_kv_cache(n // 16, 16, HKV, D, DT, DEV)
     slots = torch.randperm(n, device=DEV)
     t = ms(lambda: write_kv(key, value, k_cache, v_cache, slots))
-    from servesim.kernels.kv_cache import write_kv_bytes
     rows.append({"case": f"write_kv {n} tokens", "us": t * 1e3, "tbps_kv": write_kv_bytes(n, HKV, D) / t / 1e9})
+    breakdown(rows)
     for r in rows:
         print(r, flush=True)
+
+
+def breakdown(rows: list) -> None:
+    """Where the time of batch-1 decode goes: timing floor, L2-warm run, the merge kernel alone."""
+    one = torch.zeros(1, device=DEV)
+    t = ms(lambda: one.add_(1))
+    rows.append({"case": "floor: graph replay of one tiny kernel", "us": t * 1e3, "tbps_kv": float("nan")})
+    batch, ctx = EXTRA_SHAPES[0]
+    inputs = decode_inputs(batch, ctx)
+    kv_bytes = dec.decode_bytes([ctx] * batch, HKV, D)
+    splits = dec.choose_num_splits(batch, HKV, ctx, sms())
+    for label, kwargs in (("L2 flushed", {}), ("L2 warm", dict(flush=False))):
+        t = ms(decode_fn(batch, ctx, inputs), **kwargs)
+        rows.append({"case": f"decode b{batch} ctx{ctx} {splits} splits, {label}", "us": t * 1e3,
+                     "tbps_kv": kv_bytes / t / 1e9})
+    t = ms(lambda: dec.decode_attention(*inputs[:1], *inputs[3:], ctx, num_splits=1))
+    rows.append({"case": f"decode b{batch} ctx{ctx} 1 split (no merge)", "us": t * 1e3, "tbps_kv": kv_bytes / t / 1e9})
+    o_buf = torch.randn(batch, 1, HQ, splits, D, device=DEV)
+    lse = torch.randn(batch, 1, HQ, splits, device=DEV)
+    out = torch.empty(batch, HQ, D, device=DEV, dtype=DT)
+    t = ms(lambda: dec._merge_kernel[(batch * HQ,)](o_buf, lse, out, splits, HEAD_DIM=D,
+                                                    BLOCK_S=triton.next_power_of_2(splits)))
+    rows.append({"case": f"merge kernel alone ({batch * HQ} rows x {splits} splits)", "us": t * 1e3,
+                 "tbps_kv": float("nan")})
 
 
 def sms() -> int:
