@@ -109,13 +109,17 @@ def test_awq_search_beats_rtn_on_outlier_channels():
 CASES = [  # (bits, group, M, N, K, config)
     (4, 128, 1, 40, 384, dict(kernel="gemv", BLOCK_N=32, num_warps=4, split_k=1)),
     (4, 128, 1, 40, 384, dict(kernel="gemv", BLOCK_N=32, num_warps=4, split_k=2, DENORM=False)),
-    (4, 64, 1, 40, 192, dict(kernel="gemv", BLOCK_N=32, num_warps=4, split_k=2)),
+    (4, 64, 1, 40, 192, dict(kernel="gemv", BLOCK_N=32, num_warps=4, split_k=2, PREFETCH=0)),
+    (4, 128, 1, 40, 640, dict(kernel="gemv", BLOCK_N=32, num_warps=4, split_k=2, PREFETCH=2)),
     (8, None, 1, 33, 200, dict(kernel="gemv", BLOCK_N=32, num_warps=4, split_k=2)),
     (4, 128, 3, 40, 384, dict(kernel="gemm", BLOCK_M=16, BLOCK_N=32, num_warps=4, split_k=3)),
     (4, 64, 17, 33, 192, dict(kernel="gemm", BLOCK_M=16, BLOCK_N=32, num_warps=4, split_k=1, JOIN=False)),
     (4, 128, 70, 24, 256, dict(kernel="gemm", BLOCK_M=32, BLOCK_N=16, num_warps=4, split_k=1, GROUP_M=2)),
+    (4, 128, 17, 40, 384, dict(kernel="gemm", BLOCK_M=16, BLOCK_N=64, num_warps=4, split_k=2, SWAP=True)),
+    (4, 64, 70, 40, 192, dict(kernel="gemm", BLOCK_M=32, BLOCK_N=64, num_warps=4, split_k=1, SWAP=True,
+                              JOIN=False)),
     (4, 64, 17, 40, 256, dict(kernel="gemm", BLOCK_M=16, BLOCK_N=32, num_warps=4, split_k=2, DENORM=False)),
-    (8, None, 3, 40, 200, dict(kernel="gemm", BLOCK_M=16, BLOCK_N=32, num_warps=4, split_k=2)),
+    (8, None, 3, 40, 200, dict(kernel="gemm", BLOCK_M=16, BLOCK_N=32, num_warps=4, split_k=2, SWAP=True)),
     (8, None, 70, 33, 128, dict(kernel="gemm", BLOCK_M=32, BLOCK_N=16, num_warps=4, split_k=1, JOIN=False)),
 ]
 
@@ -228,6 +232,10 @@ def test_gpu_tuned_kernels_match_reference(bits, gs, m, dtype):
     dict(kernel="gemv", BLOCK_N=128, num_warps=4, split_k=8, DENORM=False),
     dict(kernel="gemm", BLOCK_M=16, BLOCK_N=64, num_warps=4, num_stages=3, split_k=4, JOIN=False),
     dict(kernel="gemm", BLOCK_M=64, BLOCK_N=128, num_warps=4, num_stages=3, split_k=1, DENORM=False),
+    dict(kernel="gemm", BLOCK_M=16, BLOCK_N=128, num_warps=4, num_stages=3, split_k=2, SWAP=True),
+    dict(kernel="gemm", BLOCK_M=64, BLOCK_N=128, num_warps=4, num_stages=3, split_k=1, SWAP=True, JOIN=False),
+    dict(kernel="gemv", BLOCK_N=128, num_warps=4, num_stages=3, split_k=2, PREFETCH=0),
+    dict(kernel="gemv", BLOCK_N=128, num_warps=4, split_k=3, PREFETCH=2),
 ])
 def test_gpu_kernel_variants_match_reference(config):
     if not torch.cuda.is_available():

@@ -45,9 +45,12 @@ def _code(w_lo, w_hi, J: tl.constexpr, BITS: tl.constexpr, DENORM: tl.constexpr)
         POS: tl.constexpr = BITS * J - (BITS + 8)
         src = w_hi
     MASK: tl.constexpr = ((1 << BITS) - 1) << POS
-    if DENORM:
-        return (src & MASK).to(tl.float32, bitcast=True)
-    return ((src & MASK) | MAGIC).to(tl.float32, bitcast=True)
+    # one return per function: Triton 3.6 ignores an early return inside a constexpr if
+    if DENORM:  # noqa: SIM108 (if/else, not a ternary: Triton's JIT resolves this at compile time)
+        bits = src & MASK
+    else:
+        bits = (src & MASK) | MAGIC
+    return bits.to(tl.float32, bitcast=True)
 
 
 @triton.jit
@@ -67,9 +70,11 @@ def _zero_code(zb, J: tl.constexpr, BITS: tl.constexpr, DENORM: tl.constexpr):
         POS: tl.constexpr = BITS * J
     else:
         POS: tl.constexpr = BITS * J - (BITS + 8)
-    if DENORM:
-        return (zb << POS).to(tl.float32, bitcast=True)
-    return ((zb << POS) + MAGIC).to(tl.float32, bitcast=True)
+    if DENORM:  # noqa: SIM108
+        bits = zb << POS
+    else:
+        bits = (zb << POS) + MAGIC
+    return bits.to(tl.float32, bitcast=True)
 
 
 @triton.jit
@@ -119,7 +124,7 @@ def _wq_gemv_kernel(
     x_ptr, w_ptr, sz_ptr, y_ptr, ws_ptr, lock_ptr,
     N, K, G, KB, SPLIT_K, stride_wn, stride_ym,
     BITS: tl.constexpr, GS: tl.constexpr, PER_CHANNEL: tl.constexpr, DENORM: tl.constexpr,
-    BLOCK_N: tl.constexpr,
+    BLOCK_N: tl.constexpr, PREFETCH: tl.constexpr,
 ):
     """y[0, n] = sum_k x[0, k] * W[n, k]; one CTA = BLOCK_N channels x one K split."""
     E: tl.constexpr = 32 // BITS
@@ -134,13 +139,25 @@ def _wq_gemv_kernel(
     b0 = pid_k * per_split
     b1 = tl.minimum(b0 + per_split, KB)
     w_ptrs = w_ptr + offs_n[:, None] * stride_wn + offs_p[None, :]
-    w_next = tl.load(w_ptrs + b0 * P, mask=n_mask[:, None] & (offs_p * 0 + b0 < b1)[None, :], other=0)
+    # PREFETCH blocks ahead (1 or 2) are loaded while one is dequantized; 0 leaves it to num_stages
+    if PREFETCH >= 1:
+        w_n1 = tl.load(w_ptrs + b0 * P, mask=n_mask[:, None] & (offs_p * 0 + b0 < b1)[None, :], other=0)
+    if PREFETCH >= 2:
+        w_n2 = tl.load(w_ptrs + (b0 + 1) * P, mask=n_mask[:, None] & (offs_p * 0 + b0 + 1 < b1)[None, :],
+                       other=0)
     acc = tl.zeros([BLOCK_N, P], dtype=tl.float32)
     for b in range(b0, b1):
-        w_lo = w_next
-        # prefetch the next block's words while this one is dequantized
-        w_next = tl.load(w_ptrs + (b + 1) * P, mask=n_mask[:, None] & (offs_p * 0 + b + 1 < b1)[None, :],
-                         other=0)
+        nxt = b + PREFETCH
+        if PREFETCH == 0:
+            w_lo = tl.load(w_ptrs + b * P, mask=n_mask[:, None], other=0)
+        else:
+            w_lo = w_n1
+            w_new = tl.load(w_ptrs + nxt * P, mask=n_mask[:, None] & (offs_p * 0 + nxt < b1)[None, :], other=0)
+            if PREFETCH == 1:
+                w_n1 = w_new
+            else:
+                w_n1 = w_n2
+                w_n2 = w_new
         w_hi = w_lo >> (BITS + 8)
         part = tl.zeros([BLOCK_N, P], dtype=tl.float32)
         xs = tl.zeros([P], dtype=tl.float32)
@@ -180,16 +197,30 @@ def _deq(w_lo, w_hi, s, zb, J: tl.constexpr, BITS: tl.constexpr, E: tl.constexpr
     c = _zero_code(zb, J, BITS, DENORM)
     code = _code(w_lo, w_hi, J, BITS, DENORM)
     if DENORM:  # (q - z) * 2^(POS-49), exact, then times scale * 2^(49-POS)
-        return ((code * LIFT - c * LIFT) * (s * (2.0**49 / _pos_scale(J, BITS)))).to(DTYPE)
-    return ((code - c) * (s / _pos_scale(J, BITS))).to(DTYPE)
+        w = (code * LIFT - c * LIFT) * (s * (2.0**49 / _pos_scale(J, BITS)))
+    else:
+        w = (code - c) * (s / _pos_scale(J, BITS))
+    return w.to(DTYPE)
 
 
 @triton.jit
 def _dot(a, b, acc, DOT_FP32: tl.constexpr):
     # The CPU interpreter (Triton 3.9) multiplies bf16 operands as raw uint16: upcast there only.
-    if DOT_FP32:
-        return tl.dot(a.to(tl.float32), b.to(tl.float32), acc)
-    return tl.dot(a, b, acc)
+    if DOT_FP32:  # noqa: SIM108
+        out = tl.dot(a.to(tl.float32), b.to(tl.float32), acc)
+    else:
+        out = tl.dot(a, b, acc)
+    return out
+
+
+@triton.jit
+def _mma(x, w, acc, SWAP: tl.constexpr, DOT_FP32: tl.constexpr):
+    """acc += x @ w^T ([BM, BN]) or, swapped, acc += w @ x^T ([BN, BM])."""
+    if SWAP:  # noqa: SIM108
+        out = _dot(w, tl.trans(x), acc, DOT_FP32)
+    else:
+        out = _dot(x, tl.trans(w), acc, DOT_FP32)
+    return out
 
 
 @triton.jit(do_not_specialize=["M", "G", "KB", "SPLIT_K"])
@@ -198,7 +229,7 @@ def _wq_gemm_kernel(
     M, N, K, G, KB, SPLIT_K, stride_xm, stride_wn, stride_ym,
     BITS: tl.constexpr, GS: tl.constexpr, PER_CHANNEL: tl.constexpr, DENORM: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, GROUP_M: tl.constexpr,
-    JOIN: tl.constexpr, DOT_FP32: tl.constexpr,
+    JOIN: tl.constexpr, SWAP: tl.constexpr, DOT_FP32: tl.constexpr,
 ):
     """y = x @ dequant(W)^T on tensor cores; one CTA = [BLOCK_M, BLOCK_N] x one K split."""
     E: tl.constexpr = 32 // BITS
@@ -226,7 +257,11 @@ def _wq_gemm_kernel(
     b1 = tl.minimum(b0 + per_split, KB)
     w_ptrs = w_ptr + offs_n[:, None] * stride_wn + offs_p[None, :]
     x_rows = x_ptr + offs_m[:, None] * stride_xm
-    acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
+    # SWAP: accumulate y^T = W x^T so the dequantized tile is the MMA's A operand (registers on wgmma)
+    if SWAP:  # noqa: SIM108
+        acc = tl.zeros([BLOCK_N, BLOCK_M], dtype=tl.float32)
+    else:
+        acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
     for b in range(b0, b1):
         w_lo = tl.load(w_ptrs + b * P, mask=n_mask[:, None], other=0)
         w_hi = w_lo >> (BITS + 8)
@@ -256,7 +291,7 @@ def _wq_gemm_kernel(
                 d3 = _deq(w_lo, w_hi, s2, z2, 3, BITS, E, DTYPE, DENORM)
                 t = tl.permute(tl.join(tl.join(d0, d2), tl.join(d1, d3)), (0, 2, 3, 1))
             wt = tl.reshape(t, (BLOCK_N, 128))
-            acc = _dot(xt, tl.trans(wt), acc, DOT_FP32)
+            acc = _mma(xt, wt, acc, SWAP, DOT_FP32)
         else:
             for j in tl.static_range(E):
                 kk = b * 128 + j * P + offs_p
@@ -265,7 +300,9 @@ def _wq_gemm_kernel(
                     wj = _deq(w_lo, w_hi, s, z, j, BITS, E, DTYPE, DENORM)
                 else:
                     wj = _deq(w_lo, w_hi, s2, z2, j, BITS, E, DTYPE, DENORM)
-                acc = _dot(xj, tl.trans(wj), acc, DOT_FP32)
+                acc = _mma(xj, wj, acc, SWAP, DOT_FP32)
+    if SWAP:
+        acc = tl.trans(acc)
     tile = pid_m * grid_n + pid_n
     _finish(acc, y_ptr, ws_ptr, lock_ptr, offs_m, offs_n, M, N, stride_ym, tile, pid_k, SPLIT_K)
 
@@ -334,12 +371,13 @@ def quant_matmul(x, packed, sz, bits: int, group_size: int | None, config: dict)
                   num_stages=config.get("num_stages", 1))
     if gemv:
         _wq_gemv_kernel[(triton.cdiv(n, bn), split)](
-            x2, packed, sz, y, ws, locks, n, k, g, kb, split, packed.stride(0), y.stride(0), **common)
+            x2, packed, sz, y, ws, locks, n, k, g, kb, split, packed.stride(0), y.stride(0),
+            PREFETCH=config.get("PREFETCH", 1), **common)
     else:
         _wq_gemm_kernel[(tiles, split)](
             x2, packed, sz, y, ws, locks, m, n, k, g, kb, split, x2.stride(0), packed.stride(0),
             y.stride(0), BLOCK_M=bm, GROUP_M=config.get("GROUP_M", 8), JOIN=config.get("JOIN", True),
-            DOT_FP32=os.environ.get("TRITON_INTERPRET") == "1", **common)
+            SWAP=config.get("SWAP", False), DOT_FP32=os.environ.get("TRITON_INTERPRET") == "1", **common)
     return y.reshape(*x.shape[:-1], n)
 
 
