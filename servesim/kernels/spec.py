@@ -73,12 +73,17 @@ def _noise(seed, j, start, R: tl.constexpr, LOG: tl.constexpr, FAST: tl.constexp
 
 
 @triton.jit
-def _best(key, v, best, best_idx):
-    """Fold a tile's max key (lowest token on ties) into a running (best, best_idx); strict > keeps order."""
-    kb = tl.max(tl.max(key, 1), 0)
-    ib = tl.min(tl.min(tl.where(key == kb, v, _BIG), 1), 0)
-    upd = kb > best
-    return tl.where(upd, kb, best), tl.where(upd, ib, best_idx)
+def _keep(key, v, best, best_idx):
+    """Per-lane running winner: a lane sees increasing tokens, so strict > keeps the lowest on ties."""
+    upd = key > best
+    return tl.where(upd, key, best), tl.where(upd, v, best_idx)
+
+
+@triton.jit
+def _winner(best, best_idx):
+    """Reduce per-lane winners of an [R, 4] tile: max key, lowest token among equal keys."""
+    kb = tl.max(tl.max(best, 1), 0)
+    return kb, tl.min(tl.min(tl.where(best == kb, best_idx, _BIG), 1), 0)
 
 
 @triton.jit
@@ -97,42 +102,44 @@ def _row_pass_kernel(logit_ptr, stride_l, cu_ptr, seed_ptr, stat_a_ptr, stat_b_p
         hi = tl.minimum(lo + chunk, V)
         out = row.to(tl.int64) * n_split + sp
         if (j < k) | GREEDY:
-            # draft rows: running max and sum of 2^(y - max); greedy: max and its lowest index
-            m = tl.zeros([], tl.float32) - float("inf")
-            s = tl.zeros([], tl.float32)
-            am = tl.zeros([], tl.int32)
+            # draft rows: max and sum of 2^(y - max); greedy: max and its lowest index. Lanes keep running
+            # values and reduce once after the loop (no block-wide reduction per iteration).
+            m = tl.full([BLOCK], float("-inf"), tl.float32)
+            s = tl.zeros([BLOCK], tl.float32)
+            am = tl.full([BLOCK], _BIG, tl.int32)
             for start in range(lo, hi, BLOCK):
                 offs = start + tl.arange(0, BLOCK)
                 y = tl.load(base + offs, mask=offs < hi, other=float("-inf")).to(tl.float32) * scale
-                mb = tl.max(y, 0)
                 if GREEDY:
-                    ib = tl.min(tl.where(y == mb, offs, _BIG), 0)
-                    am = tl.where(mb > m, ib, am)
-                    m = tl.maximum(m, mb)
+                    m, am = _keep(y, offs, m, am)
                 else:
-                    m_new = tl.maximum(m, mb)
-                    m_ref = tl.where(m_new == float("-inf"), 0.0, m_new)
-                    s = s * tl.exp2(m - m_ref) + tl.sum(tl.exp2(y - m_ref), 0)
-                    m = m_new
-            tl.store(stat_a_ptr + out, m)
+                    # -inf (masked) logits become -3e38: weight exp2(-3e38 - max) = 0 after the reduction,
+                    # and one exp2 per element serves both cases (new max: rescale; else: add)
+                    y = tl.maximum(y, -3.0e38)
+                    e = tl.exp2(-tl.abs(y - m))
+                    s = tl.where(y > m, s * e + 1.0, s + e)
+                    m = tl.maximum(m, y)
+            mx = tl.max(m, 0)
+            tl.store(stat_a_ptr + out, mx)
             if GREEDY:
-                tl.store(stat_b_ptr + out, am)
+                tl.store(stat_b_ptr + out, tl.min(tl.where(m == mx, am, _BIG), 0))
             else:
-                tl.store(stat_b_ptr + out, s)
+                tl.store(stat_b_ptr + out, tl.sum(s * tl.exp2(m - mx), 0))
         else:
             # bonus row: Gumbel-max partial winner, needs no normaliser
             seed = tl.load(seed_ptr + i)
             R: tl.constexpr = BLOCK // 4
             v0 = tl.arange(0, R)[:, None] * 4 + tl.arange(0, 4)[None, :]
-            best = tl.zeros([], tl.float32) - float("inf")
-            best_idx = tl.zeros([], tl.int32)
+            best = tl.full([R, 4], float("-inf"), tl.float32)
+            best_idx = tl.full([R, 4], _BIG, tl.int32)
             for start in range(lo, hi, BLOCK):
                 v = start + v0
                 y = tl.load(base + v, mask=v < hi, other=float("-inf")).to(tl.float32) * scale
                 key = y - _noise(seed, j, start, R, True, FAST)
-                best, best_idx = _best(tl.where(v < hi, key, float("-inf")), v, best, best_idx)
-            tl.store(bkey_ptr + i.to(tl.int64) * n_split + sp, best)
-            tl.store(bidx_ptr + i.to(tl.int64) * n_split + sp, best_idx)
+                best, best_idx = _keep(tl.where(v < hi, key, float("-inf")), v, best, best_idx)
+            kb, ib = _winner(best, best_idx)
+            tl.store(bkey_ptr + i.to(tl.int64) * n_split + sp, kb)
+            tl.store(bidx_ptr + i.to(tl.int64) * n_split + sp, ib)
 
 
 @triton.jit
@@ -185,19 +192,21 @@ def _residual_kernel(logit_ptr, stride_l, q_ptr, stride_q, tok_ptr, cu_ptr, seed
         hi = tl.minimum(lo + chunk, V)
         R: tl.constexpr = BLOCK // 4
         v0 = tl.arange(0, R)[:, None] * 4 + tl.arange(0, 4)[None, :]
-        best_r = tl.zeros([], tl.float32) - 1.0
-        best_p = tl.zeros([], tl.float32) - 1.0
-        idx_r = tl.zeros([], tl.int32)
-        idx_p = tl.zeros([], tl.int32)
+        best_r = tl.full([R, 4], -1.0, tl.float32)
+        best_p = tl.full([R, 4], -1.0, tl.float32)
+        idx_r = tl.full([R, 4], _BIG, tl.int32)
+        idx_p = tl.full([R, 4], _BIG, tl.int32)
         for start in range(lo, hi, BLOCK):
             v = start + v0
             mask = v < hi
             y = tl.load(base + v, mask=mask, other=float("-inf")).to(tl.float32) * scale
             p = tl.exp2(y - m) * inv_s
             q = tl.load(qbase + v, mask=mask, other=0.0).to(tl.float32)
-            e = _noise(seed, j, start, R, False, FAST)
-            best_r, idx_r = _best(tl.where(mask, tl.maximum(p - q, 0.0) / e, -1.0), v, best_r, idx_r)
-            best_p, idx_p = _best(tl.where(mask, p / e, -1.0), v, best_p, idx_p)
+            inv_e = 1.0 / _noise(seed, j, start, R, False, FAST)
+            best_r, idx_r = _keep(tl.where(mask, tl.maximum(p - q, 0.0) * inv_e, -1.0), v, best_r, idx_r)
+            best_p, idx_p = _keep(tl.where(mask, p * inv_e, -1.0), v, best_p, idx_p)
+        best_r, idx_r = _winner(best_r, idx_r)
+        best_p, idx_p = _winner(best_p, idx_p)
         out = i.to(tl.int64) * n_split2 + sp
         tl.store(rkey_ptr + out, best_r)
         tl.store(ridx_ptr + out, idx_r)
@@ -259,22 +268,25 @@ def _scale(temperature: float) -> float:
     return 1.0 if temperature == 0 else float(np.float32(LOG2E / temperature))
 
 
-def _split(vocab: int, rows: int, target: int, block: int, forced: int | None) -> tuple[int, int]:
-    """(number of chunks, chunk length): about `target` programs over `rows` rows, no empty chunk."""
-    n = forced or min(max(1, triton.cdiv(target, max(rows, 1))), triton.cdiv(vocab, block))
+def _split(vocab: int, rows: int, target: int, block: int, forced: int | None,
+           max_chunk: int = 16384) -> tuple[int, int]:
+    """(number of chunks, chunk length): at least `target` programs over `rows` rows and chunks of at most
+    `max_chunk` tokens (many short programs: a small last wave), in whole blocks, no empty chunk."""
+    n = forced or min(max(triton.cdiv(target, max(rows, 1)), triton.cdiv(vocab, max_chunk)),
+                      triton.cdiv(vocab, block))
     chunk = triton.cdiv(triton.cdiv(vocab, n), block) * block
     return triton.cdiv(vocab, chunk), chunk
 
 
 def verify(target_logits: torch.Tensor, cu_rows: torch.Tensor, draft_tokens: torch.Tensor,
            draft_probs: torch.Tensor | None, seeds: torch.Tensor, temperature: float, k_max: int | None = None,
-           *, block: int = 2048, num_warps: int = 4, programs_per_sm: int = 8,
+           *, block: int = 2048, num_warps: int = 4, programs_per_sm: int = 8, max_chunk: int = 16384,
            splits: tuple[int, int] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Verify drafts against target logits (module docstring); returns (accepted [B], emitted [B, K+1]).
 
     Pass ``k_max`` (= max k_i) to avoid a device sync (needed under CUDA-graph capture). ``block``,
-    ``num_warps``, ``programs_per_sm`` and ``splits`` (forced chunk counts of the row pass and the residual
-    pass) only change speed, never results.
+    ``num_warps``, ``programs_per_sm``, ``max_chunk`` and ``splits`` (forced chunk counts of the row pass
+    and the residual pass) only change speed, never results.
     """
     if target_logits.dim() != 2 or cu_rows.dim() != 1 or cu_rows.numel() < 1:
         raise ValueError("target_logits must be [T, V] and cu_rows [B+1]")
@@ -300,8 +312,8 @@ def verify(target_logits: torch.Tensor, cu_rows: torch.Tensor, draft_tokens: tor
     q = logits if greedy else (draft_probs if draft_probs.stride(1) == 1 else draft_probs.contiguous())
     block = max(16, min(block, triton.next_power_of_2(vocab)))
     target = programs_per_sm * _n_sm(dev)
-    s1, chunk1 = _split(vocab, n_seq * (k_max + 1), target, block, splits and splits[0])
-    s2, chunk2 = _split(vocab, n_seq, target, block, splits and splits[1])
+    s1, chunk1 = _split(vocab, n_seq * (k_max + 1), target, block, splits and splits[0], max_chunk)
+    s2, chunk2 = _split(vocab, n_seq, target, block, splits and splits[1], max_chunk)
     # one scratch allocation: row stats [T, s1] x2, bonus partials [B, s1] x2, residual partials [B, s2] x4
     n_stat, n_bonus, n_res = n_rows * s1, n_seq * s1, n_seq * s2
     ws = torch.empty(2 * n_stat + 2 * n_bonus + 4 * n_res, dtype=torch.float32, device=dev)
@@ -415,8 +427,9 @@ def verify_ref(target_logits: torch.Tensor, cu_rows: torch.Tensor, draft_tokens:
         jr_ = n_acc.clamp(max=max(kk - 1, 0))
         p = torch.exp2(y[b, jr_] - m[b, jr_]) * inv_s[b, jr_]
         q_j = q[b, jr_] if kk else torch.zeros_like(p)
-        key_r = torch.clamp(p - q_j, min=0.0) / e[b, jr_]
-        t_res = torch.where(key_r.amax(-1) > 0, key_r.argmax(-1), (p / e[b, jr_]).argmax(-1))
+        inv_e = 1.0 / e[b, jr_]
+        key_r = torch.clamp(p - q_j, min=0.0) * inv_e
+        t_res = torch.where(key_r.amax(-1) > 0, key_r.argmax(-1), (p * inv_e).argmax(-1))
         token = torch.where(n_acc == ks, t_bonus, t_res)
     emitted = torch.where(jr[None, :kk] < n_acc[:, None], x, -1)
     emitted = torch.cat([emitted, torch.full((n_seq, 1), -1)], 1)
