@@ -44,16 +44,17 @@ def test_pack_roundtrip(k):
     q4 = torch.randint(0, 16, (5, k), generator=g, dtype=torch.uint8)
     q8 = torch.randint(-127, 128, (5, k), generator=g).to(torch.int8)
     p4, p8 = Q.pack_int4(q4), Q.pack_int8(q8)
-    assert p4.shape == (5, -(-k // 128) * 16) and p8.shape == (5, -(-k // 128) * 32)
+    assert p4.shape == (-(-k // 128), 5, 16) and p8.shape == (-(-k // 128), 5, 32)
     assert torch.equal(Q.unpack_int4(p4, k), q4)
     assert torch.equal(Q.unpack_int8(p8, k), q8)
 
 
-def test_pack_layout_puts_code_j_of_word_p_at_k_eq_16j_plus_p():
-    q = torch.zeros(1, 256, dtype=torch.uint8)
-    q[0, 128 + 16 * 5 + 3] = 9  # block 1, code j = 5, word p = 3
-    words = Q.pack_int4(q)[0]
-    assert int(words[16 + 3]) & 0xFFFFFFFF == 9 << 20
+def test_pack_layout_is_block_major_with_code_j_of_word_p_at_k_eq_16j_plus_p():
+    q = torch.zeros(3, 256, dtype=torch.uint8)
+    q[2, 128 + 16 * 5 + 3] = 9  # row 2, block 1, code j = 5, word p = 3
+    words = Q.pack_int4(q)
+    assert words.is_contiguous() and words.shape == (2, 3, 16)
+    assert int(words[1, 2, 3]) & 0xFFFFFFFF == 9 << 20
     assert int(words.abs().sum()) == 9 << 20
 
 
@@ -200,7 +201,7 @@ def test_quant_linear_errors_name_the_problem():
     with pytest.raises(ValueError, match="in_features 4100 is not a multiple of group_size 128"):
         QuantLinear.from_float(torch.zeros(8, 4100), "int4", 128)
     layer = QuantLinear.from_float(torch.randn(8, 256), "int4", 64)
-    with pytest.raises(ValueError, match="packed weight has shape \\(8, 32\\), expected \\(8, 64\\)"):
+    with pytest.raises(ValueError, match="packed weight has shape \\(2, 8, 16\\), expected \\(4, 8, 16\\)"):
         QuantLinear(512, 8, "int4", layer.packed, layer.scales, 64)
     with pytest.raises(ValueError, match="int4 scales must be int32 scale/zero words of shape \\(2, 8\\)"):
         QuantLinear(256, 8, "int4", layer.packed, layer.scales, 128)

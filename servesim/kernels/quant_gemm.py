@@ -122,7 +122,7 @@ def _finish(acc, y_ptr, ws_ptr, lock_ptr, offs_m, offs_n, M, N, stride_ym, tile,
 @triton.jit(do_not_specialize=["G", "KB", "SPLIT_K"])
 def _wq_gemv_kernel(
     x_ptr, w_ptr, sz_ptr, y_ptr, ws_ptr, lock_ptr,
-    N, K, G, KB, SPLIT_K, stride_wn, stride_ym,
+    N, K, G, KB, SPLIT_K, stride_wb, stride_wn, stride_ym,
     BITS: tl.constexpr, GS: tl.constexpr, PER_CHANNEL: tl.constexpr, DENORM: tl.constexpr,
     BLOCK_N: tl.constexpr, PREFETCH: tl.constexpr,
 ):
@@ -141,18 +141,18 @@ def _wq_gemv_kernel(
     w_ptrs = w_ptr + offs_n[:, None] * stride_wn + offs_p[None, :]
     # PREFETCH blocks ahead (1 or 2) are loaded while one is dequantized; 0 leaves it to num_stages
     if PREFETCH >= 1:
-        w_n1 = tl.load(w_ptrs + b0 * P, mask=n_mask[:, None] & (offs_p * 0 + b0 < b1)[None, :], other=0)
+        w_n1 = tl.load(w_ptrs + b0 * stride_wb, mask=n_mask[:, None] & (offs_p * 0 + b0 < b1)[None, :], other=0)
     if PREFETCH >= 2:
-        w_n2 = tl.load(w_ptrs + (b0 + 1) * P, mask=n_mask[:, None] & (offs_p * 0 + b0 + 1 < b1)[None, :],
+        w_n2 = tl.load(w_ptrs + (b0 + 1) * stride_wb, mask=n_mask[:, None] & (offs_p * 0 + b0 + 1 < b1)[None, :],
                        other=0)
     acc = tl.zeros([BLOCK_N, P], dtype=tl.float32)
     for b in range(b0, b1):
         nxt = b + PREFETCH
         if PREFETCH == 0:
-            w_lo = tl.load(w_ptrs + b * P, mask=n_mask[:, None], other=0)
+            w_lo = tl.load(w_ptrs + b * stride_wb, mask=n_mask[:, None], other=0)
         else:
             w_lo = w_n1
-            w_new = tl.load(w_ptrs + nxt * P, mask=n_mask[:, None] & (offs_p * 0 + nxt < b1)[None, :], other=0)
+            w_new = tl.load(w_ptrs + nxt * stride_wb, mask=n_mask[:, None] & (offs_p * 0 + nxt < b1)[None, :], other=0)
             if PREFETCH == 1:
                 w_n1 = w_new
             else:
@@ -226,7 +226,7 @@ def _mma(x, w, acc, SWAP: tl.constexpr, DOT_FP32: tl.constexpr):
 @triton.jit(do_not_specialize=["M", "G", "KB", "SPLIT_K"])
 def _wq_gemm_kernel(
     x_ptr, w_ptr, sz_ptr, y_ptr, ws_ptr, lock_ptr,
-    M, N, K, G, KB, SPLIT_K, stride_xm, stride_wn, stride_ym,
+    M, N, K, G, KB, SPLIT_K, stride_xm, stride_wb, stride_wn, stride_ym,
     BITS: tl.constexpr, GS: tl.constexpr, PER_CHANNEL: tl.constexpr, DENORM: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, GROUP_M: tl.constexpr,
     JOIN: tl.constexpr, SWAP: tl.constexpr, DOT_FP32: tl.constexpr,
@@ -263,7 +263,7 @@ def _wq_gemm_kernel(
     else:
         acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
     for b in range(b0, b1):
-        w_lo = tl.load(w_ptrs + b * P, mask=n_mask[:, None], other=0)
+        w_lo = tl.load(w_ptrs + b * stride_wb, mask=n_mask[:, None], other=0)
         w_hi = w_lo >> (BITS + 8)
         s, z = _group_params(sz_ptr, b, 0, P, offs_n, n_mask, N, G, GS, PER_CHANNEL)
         if J_PER_GROUP < E:
@@ -343,7 +343,7 @@ def _auto_split(tiles: int, kb: int, waves: float, sms: int) -> int:
 def quant_matmul(x, packed, sz, bits: int, group_size: int | None, config: dict):
     """``x @ dequant(W)^T`` for packed W (``quant.py`` layout); ``config`` from ``quant_gemm_configs``.
 
-    x: ``[..., K]`` fp16/bf16; packed: int32 ``[N, KB*P]``; sz: int4 scale/zero words ``[G, N]``, or
+    x: ``[..., K]`` fp16/bf16; packed: int32 ``[KB, N, P]``; sz: int4 scale/zero words ``[G, N]``, or
     for int8 (``group_size=None``) fp32 per-channel scales ``[N]``. Returns ``[..., N]`` in ``x.dtype``.
     """
     import torch
@@ -353,9 +353,9 @@ def quant_matmul(x, packed, sz, bits: int, group_size: int | None, config: dict)
     if x2.stride(-1) != 1:
         x2 = x2.contiguous()
     m = x2.shape[0]
-    n = packed.shape[0]
-    p = 128 // (32 // bits)
-    kb = packed.shape[1] // p
+    kb, n, p = packed.shape
+    if packed.stride(2) != 1 or p != 128 // (32 // bits):
+        raise ValueError(f"packed weight must be [K/128, N, {128 // (32 // bits)}] with unit last stride")
     per_channel = group_size is None
     g = 1 if per_channel else sz.shape[0]
     y = torch.empty((m, n), dtype=x.dtype, device=x.device)
@@ -371,11 +371,11 @@ def quant_matmul(x, packed, sz, bits: int, group_size: int | None, config: dict)
                   num_stages=config.get("num_stages", 1))
     if gemv:
         _wq_gemv_kernel[(triton.cdiv(n, bn), split)](
-            x2, packed, sz, y, ws, locks, n, k, g, kb, split, packed.stride(0), y.stride(0),
+            x2, packed, sz, y, ws, locks, n, k, g, kb, split, packed.stride(0), packed.stride(1), y.stride(0),
             PREFETCH=config.get("PREFETCH", 1), **common)
     else:
         _wq_gemm_kernel[(tiles, split)](
-            x2, packed, sz, y, ws, locks, m, n, k, g, kb, split, x2.stride(0), packed.stride(0),
+            x2, packed, sz, y, ws, locks, m, n, k, g, kb, split, x2.stride(0), packed.stride(0), packed.stride(1),
             y.stride(0), BLOCK_M=bm, GROUP_M=config.get("GROUP_M", 8), JOIN=config.get("JOIN", True),
             SWAP=config.get("SWAP", False), DOT_FP32=os.environ.get("TRITON_INTERPRET") == "1", **common)
     return y.reshape(*x.shape[:-1], n)

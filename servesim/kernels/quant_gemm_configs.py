@@ -20,19 +20,18 @@ def bucket(m: int) -> str:
     return "256" if m <= 256 else "large"
 
 
+_G = {"kernel": "gemm", "GROUP_M": 8, "JOIN": True, "num_stages": 3}
 CONFIGS: dict[tuple[int, str], dict] = {
-    (4, "1"): dict(kernel="gemv", BLOCK_N=256, num_warps=4, num_stages=1, waves=4),
-    (4, "16"): dict(kernel="gemm", BLOCK_M=16, BLOCK_N=128, num_warps=4, num_stages=3, waves=4, JOIN=True),
-    (4, "64"): dict(kernel="gemm", BLOCK_M=64, BLOCK_N=128, num_warps=4, num_stages=3, waves=2, JOIN=True),
-    (4, "256"): dict(kernel="gemm", BLOCK_M=128, BLOCK_N=128, num_warps=8, num_stages=3, waves=1, JOIN=True),
-    (4, "large"): dict(kernel="gemm", BLOCK_M=128, BLOCK_N=256, num_warps=8, num_stages=3, waves=0,
-                       JOIN=True),
-    (8, "1"): dict(kernel="gemv", BLOCK_N=256, num_warps=4, num_stages=1, waves=4),
-    (8, "16"): dict(kernel="gemm", BLOCK_M=16, BLOCK_N=128, num_warps=4, num_stages=3, waves=4, JOIN=True),
-    (8, "64"): dict(kernel="gemm", BLOCK_M=64, BLOCK_N=128, num_warps=4, num_stages=3, waves=2, JOIN=True),
-    (8, "256"): dict(kernel="gemm", BLOCK_M=128, BLOCK_N=128, num_warps=8, num_stages=3, waves=1, JOIN=True),
-    (8, "large"): dict(kernel="gemm", BLOCK_M=128, BLOCK_N=256, num_warps=8, num_stages=3, waves=0,
-                       JOIN=True),
+    (4, "1"): {**_G, "BLOCK_M": 16, "BLOCK_N": 64, "num_warps": 4, "waves": 2, "SWAP": True},
+    (4, "16"): {**_G, "BLOCK_M": 16, "BLOCK_N": 64, "num_warps": 4, "waves": 2, "SWAP": True},
+    (4, "64"): {**_G, "BLOCK_M": 64, "BLOCK_N": 64, "num_warps": 4, "waves": 1, "SWAP": True},
+    (4, "256"): {**_G, "BLOCK_M": 128, "BLOCK_N": 64, "num_warps": 4, "waves": 1, "SWAP": True},
+    (4, "large"): {**_G, "BLOCK_M": 256, "BLOCK_N": 128, "num_warps": 8, "waves": 0, "SWAP": True},
+    (8, "1"): {"kernel": "gemv", "BLOCK_N": 64, "num_warps": 4, "num_stages": 1, "waves": 2, "PREFETCH": 1},
+    (8, "16"): {**_G, "BLOCK_M": 16, "BLOCK_N": 64, "num_warps": 4, "waves": 2, "SWAP": True},
+    (8, "64"): {**_G, "BLOCK_M": 64, "BLOCK_N": 128, "num_warps": 4, "waves": 1},
+    (8, "256"): {**_G, "BLOCK_M": 64, "BLOCK_N": 128, "num_warps": 4, "waves": 1},
+    (8, "large"): {**_G, "BLOCK_M": 128, "BLOCK_N": 256, "num_warps": 8, "waves": 0},
 }
 
 

@@ -85,11 +85,11 @@ def _check(k, n, weight_dtype, packed, scales, group_size, bias, input_scale) ->
     if weight_dtype not in WEIGHT_DTYPES:
         raise ValueError(f"weight_dtype must be one of {WEIGHT_DTYPES}, got {weight_dtype!r}")
     bits = 4 if weight_dtype == "int4" else 8
-    words = -(-k // Q.PACK_BLOCK_K) * Q.PACK_BLOCK_K * bits // 32
+    shape = (-(-k // Q.PACK_BLOCK_K), n, Q.PACK_BLOCK_K * bits // 32)
     if packed.dtype != torch.int32:
         raise ValueError(f"packed weight must be int32, got {packed.dtype}")
-    if tuple(packed.shape) != (n, words):
-        raise ValueError(f"packed weight has shape {tuple(packed.shape)}, expected ({n}, {words}) for "
+    if tuple(packed.shape) != shape:
+        raise ValueError(f"packed weight has shape {tuple(packed.shape)}, expected {shape} for "
                          f"out_features {n}, in_features {k} and {weight_dtype}")
     if bits == 4:
         if group_size not in Q.INT4_GROUP_SIZES:
