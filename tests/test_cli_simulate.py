@@ -8,6 +8,7 @@ import pandas as pd
 import pytest
 
 from servesim.cli.main import main
+from servesim.sim.config import FIELD_GROUPS, Scenario
 
 
 def run(capsys, *argv):
@@ -86,12 +87,20 @@ def test_bad_yaml_names_file_and_field(capsys, tmp_path):
     assert code == 2 and "unknown_knob" in err
 
 
-def test_help_lists_every_field_with_units(capsys):
+def test_help_lists_every_field_with_units(capsys, monkeypatch):
+    monkeypatch.setenv("COLUMNS", "200")
     code, out, _ = run(capsys, "simulate", "--help")
     assert code == 0
     for flag in ("--max-num-batched-tokens", "--slo-ttft-ms", "--spec-k", "--router", "--prefix-caching"):
         assert flag in out
-    assert "tokens" in out and "requests/s" in out and ", s" in out
+    assert "tokens" in out and "requests/s" in out and ", s" in out and "(default: Llama-3.1-8B)" in out
+    for group in FIELD_GROUPS:
+        assert group in out
+
+
+def test_every_scenario_field_is_in_one_help_group():
+    grouped = [name for names in FIELD_GROUPS.values() for name in names]
+    assert sorted(grouped) == sorted(Scenario.model_fields) and len(set(grouped)) == len(grouped)
 
 
 def test_compare_policies_at_several_loads(capsys):

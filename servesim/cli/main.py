@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import sys
 
-import click
 import typer
 
 from servesim import __version__
@@ -33,25 +32,21 @@ def _root(
     """servesim: what-if analysis for LLM serving deployments."""
 
 
-def build_cli() -> click.Group:
-    """The full command group: typer subcommands plus the generated simulate/compare commands."""
+def _register() -> None:
     # Subcommand modules register themselves on `app`; import order is the --help order.
     from servesim.cli import hw, simulate, traces  # noqa: F401
-
-    group = typer.main.get_command(app)
-    simulate.register(group)
-    return group
 
 
 def main(argv: list[str] | None = None) -> None:
     """Run the CLI; bad input becomes one line on stderr and exit code 2."""
     try:
-        code = build_cli().main(args=argv, prog_name="servesim", standalone_mode=False)
+        _register()
+        code = typer.main.get_command(app).main(args=argv, prog_name="servesim", standalone_mode=False)
     except InputError as exc:
-        click.echo(f"error: {exc}", err=True)
+        typer.echo(f"error: {exc}", err=True)
         sys.exit(2)
     except KeyboardInterrupt:
-        click.echo("aborted", err=True)
+        typer.echo("aborted", err=True)
         sys.exit(130)
     except Exception as exc:
         # Usage errors: typer may bundle its own click, so match by behaviour, not by class.
@@ -62,7 +57,7 @@ def main(argv: list[str] | None = None) -> None:
                 show()
             sys.exit(exit_code)
         if type(exc).__name__ == "Abort":
-            click.echo("aborted", err=True)
+            typer.echo("aborted", err=True)
             sys.exit(130)
         raise
     sys.exit(code if isinstance(code, int) else 0)

@@ -98,6 +98,20 @@ class Scenario(BaseModel):
         return hashlib.sha256(blob).hexdigest()[:16]
 
 
+# How `servesim simulate --help` groups the fields (every field in exactly one group; tested).
+FIELD_GROUPS: dict[str, tuple[str, ...]] = {
+    "Deployment": ("model", "gpu", "gpus_file", "tp", "pp", "replicas", "quant", "kv_dtype", "gpu_memory_utilization",
+                   "block_size", "num_gpu_blocks", "swap_space_gib", "prefix_caching", "usd_per_gpu_hour"),
+    "Scheduler": ("batching", "policy", "max_num_seqs", "max_num_batched_tokens", "max_model_len", "preemption",
+                  "aging", "predictor", "predictor_sigma", "predictor_accuracy", "router"),
+    "Workload": ("trace", "trace_format", "arrival", "rate", "cv", "users", "think_time_s", "num_requests",
+                 "start_s", "duration_s", "max_context_tokens"),
+    "Speculative decoding": ("spec_k", "spec_alpha", "spec_alpha_concentration", "draft_model"),
+    "SLOs": ("slo_ttft_ms", "slo_tpot_ms", "slo_e2el_ms", "slo_mode"),
+    "Run": ("seed", "fast_forward", "record_token_times"),
+}
+
+
 def _first_error(exc: ValidationError, source: str | None) -> InputError:
     err = exc.errors()[0]
     loc = ".".join(str(p) for p in err["loc"]) or None
