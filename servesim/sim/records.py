@@ -28,18 +28,18 @@ _REQUEST_COLUMNS = {
     "priority": "q",
 }
 
-TIMELINE_COLUMNS = {
-    "replica": "q",
+TIMELINE_COLUMNS = {  # counts in 32 bits: a timeline row costs 52 bytes, not 88
+    "replica": "i",
     "start_s": "d",
     "end_s": "d",
-    "steps": "q",
-    "batch_size": "q",
-    "prefill_tokens": "q",
-    "decode_tokens": "q",
-    "num_running": "q",
-    "num_waiting": "q",
-    "kv_blocks_used": "q",
-    "kv_blocks_total": "q",
+    "steps": "i",
+    "batch_size": "i",
+    "prefill_tokens": "i",
+    "decode_tokens": "i",
+    "num_running": "i",
+    "num_waiting": "i",
+    "kv_blocks_used": "i",
+    "kv_blocks_total": "i",
 }
 
 
@@ -99,5 +99,5 @@ class TimelineRecorder:
             append(value)
 
     def frame(self) -> pd.DataFrame:
-        return pd.DataFrame({name: np.array(col, dtype=np.int64 if col.typecode == "q" else np.float64)
+        return pd.DataFrame({name: np.array(col, dtype=np.int64 if col.typecode == "i" else np.float64)
                              for name, col in self._cols.items()})
