@@ -12,7 +12,8 @@ at 1/4 rate on Hopper):
   ``2^23 + zero*2^POS`` (exact).
 
 Kernels: ``_wq_gemv_kernel`` (M == 1, CUDA-core FMAs) and ``_wq_gemm_kernel`` (any M, ``tl.dot`` on a
-dequantized tile: one [BN, 128] tile joined and permuted into k order, or E dots of K = P).
+dequantized tile: one [BN, 128] tile joined and permuted into k order, or E dots of K = P; with SWAP
+it computes y^T = W x^T so on Hopper the dequantized tile is the wgmma A operand, kept in registers).
 
 Both split K over a second grid axis for small M: each split writes an fp32 partial, bumps a per-tile
 counter, and the last split to arrive sums the partials in a fixed order (deterministic) and resets
