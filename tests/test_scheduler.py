@@ -180,3 +180,23 @@ def test_itl_sample_counts_every_token_after_the_first():
     sched, _ = drive(SchedulerConfig(max_num_seqs=3, max_num_batched_tokens=64), rs, num_blocks=20)
     assert sum(sched.itl_weights) == sum(r.generated - 1 for r in rs)
     assert all(v > 0 for v in sched.itl_s)
+
+
+def test_swap_in_never_thrashes_in_the_same_step():
+    # A pool far too small for 20 prompts: requests are swapped out and back in many times, but
+    # never swapped in and out again within one step (the running requests get their blocks first).
+    rs = [req(i, 100 + 7 * i, 60) for i in range(20)]
+    round_trips = []
+
+    def check(sched, batch, waiting_before):
+        # A request swapped out before this step can only be preempted now if it came back in it.
+        was_out = {id(r) for r in swapped_before}
+        round_trips.extend(r for r in batch.preempted if id(r) in was_out)
+        swapped_before[:] = list(sched.swapped)
+
+    swapped_before: list = []
+    cfg = SchedulerConfig(preemption="swap", max_num_seqs=32, max_num_batched_tokens=512)
+    sched, trace = drive(cfg, rs, num_blocks=40, swap_blocks=160, check=check)
+    assert sum(b.swap_in_blocks for b in trace.batches) > 0
+    assert not round_trips
+    assert all(r.generated == r.output_tokens for r in rs)

@@ -63,7 +63,8 @@ def build_deployment(s: Scenario) -> Deployment:
     gpu = get_gpu(s.gpu, load_gpus_yaml(s.gpus_file) if s.gpus_file else None)
     max_model_len = s.max_model_len or model.max_position_embeddings
     chunked = s.batching == "chunked"
-    budget = s.max_num_batched_tokens or (max(2048, s.max_num_seqs * (1 + s.spec_k)) if chunked else max_model_len)
+    one_decode_step = s.max_num_seqs * (1 + s.spec_k)
+    budget = s.max_num_batched_tokens or max(2048 if chunked else max_model_len, one_decode_step)
     try:
         sched = SchedulerConfig(
             batching=s.batching,

@@ -71,10 +71,10 @@ class SchedulerConfig:
                 f"max_num_batched_tokens ({self.max_num_batched_tokens}) must be >= max_model_len "
                 f"({self.max_model_len}) without chunked prefill"
             )
-        if self.batching == "chunked" and self.max_num_batched_tokens < self.max_num_seqs * (1 + self.spec_tokens):
+        if self.max_num_batched_tokens < self.max_num_seqs * (1 + self.spec_tokens):
             raise ValueError(
                 f"max_num_batched_tokens ({self.max_num_batched_tokens}) must cover one decode step of "
-                f"max_num_seqs ({self.max_num_seqs}) × {1 + self.spec_tokens} tokens in chunked mode"
+                f"max_num_seqs ({self.max_num_seqs}) × {1 + self.spec_tokens} tokens"
             )
 
 
@@ -172,12 +172,20 @@ class Scheduler:
         self._now = now
         self._chunks = prefill
         if c.batching == "chunked":
-            swap_in = self._swap_in()
+            # Swapped requests come back first when nothing runs; otherwise only after the running
+            # requests got their blocks without preemption (no swap thrash, as vLLM v0), and then
+            # they join from the next step on.
+            if not (self._dreqs or self.prefilling):
+                swap_in = self._swap_in()
             decode = self._grow_decodes(preempted)
             budget = c.max_num_batched_tokens - len(self._dreqs) * self._q
             budget = self._continue_prefills(prefill, budget, preempted)
+            n_decode = len(self._dreqs) if decode else 0
+            if not preempted:
+                swap_in += self._swap_in()
             if not self.swapped:
                 self._admit(prefill, budget, chunked=True)
+            return self._make_batch(prefill, n_decode, preempted, swap_in)
         elif c.batching == "continuous":
             swap_in = self._swap_in()
             if not self.swapped:
@@ -191,10 +199,10 @@ class Scheduler:
                     self._admit(prefill, c.max_num_batched_tokens, chunked=False)
             if not prefill:
                 decode = self._grow_decodes(preempted)
-        return self._make_batch(prefill, decode, preempted, swap_in)
+        return self._make_batch(prefill, len(self._dreqs) if decode else 0, preempted, swap_in)
 
-    def _make_batch(self, prefill: list[PrefillChunk], decode: bool, preempted: list[Request], swap_in: int) -> Batch:
-        n = len(self._dreqs) if decode else 0
+    def _make_batch(self, prefill: list[PrefillChunk], n: int, preempted: list[Request], swap_in: int) -> Batch:
+        """The batch of this step: ``prefill`` chunks and the first ``n`` decoding slots."""
         q = self._q
         ctx = self._comp[:n] + q
         p_tok = p_pairs = p_ctx = completes = 0
@@ -385,7 +393,9 @@ class Scheduler:
     def _complete_decodes(self, batch: Batch, now: float, accepted, step_ends_s) -> None:
         n, steps = len(batch.decode), batch.steps
         ends = step_ends_s if steps > 1 else (now,)
-        fresh = [r for r in self._fresh if r.last_token_s == r.last_token_s]
+        # Requests whose previous token came from a prefill (or before a swap): their own gap.
+        # Those swapped in after this batch formed sit beyond slot n and wait for the next step.
+        fresh = [r for r in self._fresh if self._dreqs.index(r) < n]
         for r in fresh:
             self.itl_s.append(ends[0] - r.last_token_s)
             self.itl_weights.append(1)
@@ -396,7 +406,7 @@ class Scheduler:
                 self.itl_s.append(t - prev)
                 self.itl_weights.append(old)
             prev, old = t, n
-        self._fresh.clear()
+        self._fresh = [r for r in self._fresh if r not in fresh]
         self._last_decode_end_s = prev
         adv = steps if accepted is None else accepted
         self._comp[:n] += adv
