@@ -25,58 +25,17 @@ from __future__ import annotations
 import heapq
 from array import array
 from collections.abc import Callable
-from dataclasses import dataclass, field
 
 import numpy as np
 
 from servesim.hwmodels.ops import BatchShape
+from servesim.sim.decode_slots import DecodeSlots
 from servesim.sim.kv import KVBlockManager
-from servesim.sim.policies import POLICIES, OutputPredictor, policy_key
+from servesim.sim.policies import policy_key
 from servesim.sim.request import Batch, PrefillChunk, Request, State
+from servesim.sim.scheduler_config import BATCHING, PREEMPTION, SchedulerConfig
 
-BATCHING = ("static", "continuous", "chunked")
-PREEMPTION = ("recompute", "swap")
-
-
-@dataclass(frozen=True)
-class SchedulerConfig:
-    """Scheduling limits and policy for one replica (token counts are per step)."""
-
-    batching: str = "chunked"
-    policy: str = "fcfs"
-    max_num_seqs: int = 256
-    max_num_batched_tokens: int = 2048
-    max_model_len: int = 32768
-    preemption: str = "recompute"
-    aging: float = 0.0  # key units per second waited (tokens/s for the SJF family)
-    spec_tokens: int = 0  # k draft tokens verified per decode step (0: no speculation)
-    predictor: OutputPredictor = field(default_factory=OutputPredictor)
-    record_token_times: bool = False
-
-    def __post_init__(self) -> None:
-        if self.batching not in BATCHING:
-            raise ValueError(f"batching must be one of {', '.join(BATCHING)}; got {self.batching!r}")
-        if self.policy not in POLICIES:
-            raise ValueError(f"policy must be one of {', '.join(POLICIES)}; got {self.policy!r}")
-        if self.preemption not in PREEMPTION:
-            raise ValueError(f"preemption must be one of {', '.join(PREEMPTION)}; got {self.preemption!r}")
-        for name in ("max_num_seqs", "max_num_batched_tokens", "max_model_len"):
-            if getattr(self, name) <= 0:
-                raise ValueError(f"{name} must be positive; got {getattr(self, name)}")
-        if self.aging < 0 or self.spec_tokens < 0:
-            raise ValueError("aging and spec_tokens must be >= 0")
-        if self.batching != "chunked" and self.max_num_batched_tokens < self.max_model_len:
-            # Without chunking a whole prompt (or a recompute of prompt + outputs) runs in one step.
-            raise ValueError(
-                f"max_num_batched_tokens ({self.max_num_batched_tokens}) must be >= max_model_len "
-                f"({self.max_model_len}) without chunked prefill"
-            )
-        if self.max_num_batched_tokens < self.max_num_seqs * (1 + self.spec_tokens):
-            raise ValueError(
-                f"max_num_batched_tokens ({self.max_num_batched_tokens}) must cover one decode step of "
-                f"max_num_seqs ({self.max_num_seqs}) × {1 + self.spec_tokens} tokens"
-            )
-
+__all__ = ["BATCHING", "PREEMPTION", "Scheduler", "SchedulerConfig"]
 
 class Scheduler:
     """Waiting queue + running set + KV blocks of one replica."""
@@ -90,12 +49,7 @@ class Scheduler:
         self.waiting: list[tuple[float, float, int, Request]] = []  # heap by policy key
         self.swapped: list[Request] = []
         self.prefilling: list[Request] = []  # running, prompt (or recompute) not finished
-        cap = config.max_num_seqs
-        self._dreqs: list[Request] = []  # decoding requests, slot order
-        self._comp = np.zeros(cap, np.int64)  # num_computed per slot
-        self._gen = np.zeros(cap, np.int64)  # generated per slot
-        self._out = np.zeros(cap, np.int64)  # output_tokens per slot
-        self._nblk = np.zeros(cap, np.int64)  # blocks held per slot
+        self.slots = DecodeSlots(config.max_num_seqs, kv.block_size)  # decoding requests
         self._fresh: list[Request] = []  # joined the slots since the last decode step
         self._last_decode_end_s = 0.0
         self._now = 0.0
@@ -110,11 +64,11 @@ class Scheduler:
     # -- queries ----------------------------------------------------------------------------
     @property
     def num_decoding(self) -> int:
-        return len(self._dreqs)
+        return len(self.slots)
 
     @property
     def num_running(self) -> int:
-        return len(self._dreqs) + len(self.prefilling)
+        return len(self.slots) + len(self.prefilling)
 
     @property
     def num_waiting(self) -> int:
@@ -122,16 +76,15 @@ class Scheduler:
 
     @property
     def has_work(self) -> bool:
-        return bool(self._dreqs or self.prefilling or self.waiting or self.swapped)
+        return bool(self.slots or self.prefilling or self.waiting or self.swapped)
 
     def running(self) -> list[Request]:
         self.sync()
-        return self.prefilling + self._dreqs
+        return self.prefilling + self.slots.reqs
 
     def sync(self) -> None:
         """Write slot-array progress back into the decoding ``Request`` objects."""
-        for i, r in enumerate(self._dreqs):
-            r.num_computed, r.generated = int(self._comp[i]), int(self._gen[i])
+        self.slots.sync()
 
     # -- admission --------------------------------------------------------------------------
     def add(self, req: Request, now: float) -> None:
@@ -175,12 +128,12 @@ class Scheduler:
             # Swapped requests come back first when nothing runs; otherwise only after the running
             # requests got their blocks without preemption (no swap thrash, as vLLM v0), and then
             # they join from the next step on.
-            if not (self._dreqs or self.prefilling):
+            if not (self.slots or self.prefilling):
                 swap_in = self._swap_in()
             decode = self._grow_decodes(preempted)
-            budget = c.max_num_batched_tokens - len(self._dreqs) * self._q
+            budget = c.max_num_batched_tokens - len(self.slots) * self._q
             budget = self._continue_prefills(prefill, budget, preempted)
-            n_decode = len(self._dreqs) if decode else 0
+            n_decode = len(self.slots) if decode else 0
             if not preempted:
                 swap_in += self._swap_in()
             if not self.swapped:
@@ -193,18 +146,18 @@ class Scheduler:
             if not prefill:
                 decode = self._grow_decodes(preempted)
         else:  # static: the next batch forms once nothing runs, swapped-out members first
-            if not self._dreqs and not self.prefilling:
+            if not self.slots and not self.prefilling:
                 swap_in = self._swap_in()
                 if not self.swapped:
                     self._admit(prefill, c.max_num_batched_tokens, chunked=False)
             if not prefill:
                 decode = self._grow_decodes(preempted)
-        return self._make_batch(prefill, len(self._dreqs) if decode else 0, preempted, swap_in)
+        return self._make_batch(prefill, len(self.slots) if decode else 0, preempted, swap_in)
 
     def _make_batch(self, prefill: list[PrefillChunk], n: int, preempted: list[Request], swap_in: int) -> Batch:
         """The batch of this step: ``prefill`` chunks and the first ``n`` decoding slots."""
         q = self._q
-        ctx = self._comp[:n] + q
+        ctx = self.slots.contexts(n, q)
         p_tok = p_pairs = p_ctx = completes = 0
         for ch in prefill:
             t, b = ch.tokens, ch.context_before
@@ -223,14 +176,12 @@ class Scheduler:
             sampled_tokens=completes + n * q,
         )
         swap_out = sum(r.swapped_blocks for r in preempted if r.state == State.SWAPPED)
-        return Batch(prefill, self._dreqs[:n], ctx, q, shape, 1, swap_in, swap_out, preempted)
+        return Batch(prefill, self.slots.reqs[:n], ctx, q, shape, 1, swap_in, swap_out, preempted)
 
     def _grow_decodes(self, preempted: list[Request]) -> bool:
         """Give every decoding request blocks for this step's tokens, preempting if they run out."""
-        q, bs = self._q, self.kv.block_size
-        while self._dreqs:
-            n = len(self._dreqs)
-            need = (self._comp[:n] + (q + bs - 1)) // bs - self._nblk[:n]
+        while self.slots:
+            need = self.slots.block_need(len(self.slots), self._q)
             total = int(need.sum())
             if total <= self.kv.num_free:
                 if total:
@@ -242,9 +193,9 @@ class Scheduler:
     def _give_blocks(self, need: np.ndarray, total: int) -> None:
         """Append ``need[i]`` blocks to decoding slot ``i`` (``total`` = their sum, known to fit)."""
         idx = need.nonzero()[0]
-        dreqs = self._dreqs
-        self.kv.grow_many([dreqs[i] for i in idx.tolist()], need[idx].tolist(), total)
-        self._nblk[: len(need)] += need
+        reqs = self.slots.reqs
+        self.kv.grow_many([reqs[i] for i in idx.tolist()], need[idx].tolist(), total)
+        self.slots.nblk[: len(need)] += need
 
     def _continue_prefills(self, prefill: list[PrefillChunk], budget: int, preempted: list[Request]) -> int:
         """Next chunks of running partial prefills, in admission order, within the budget.
@@ -313,7 +264,7 @@ class Scheduler:
     def _victim(self) -> Request:
         """The running request the policy ranks last (ties: the latest arrival)."""
         self.sync()
-        return max(self.prefilling + self._dreqs, key=lambda r: (self._key(r), r.arrival_s, r.request_id))
+        return max(self.prefilling + self.slots.reqs, key=lambda r: (self._key(r), r.arrival_s, r.request_id))
 
     def _preempt(self, r: Request, preempted: list[Request]) -> None:
         if r in self.prefilling:
@@ -334,26 +285,15 @@ class Scheduler:
 
     # -- slots ------------------------------------------------------------------------------
     def _join_decode(self, r: Request) -> None:
-        i = len(self._dreqs)
-        self._dreqs.append(r)
-        self._comp[i], self._gen[i], self._out[i] = r.num_computed, r.generated, r.output_tokens
-        self._nblk[i] = len(r.block_ids)
+        self.slots.join(r)
         self._fresh.append(r)
 
     def _leave_slots(self, r: Request) -> None:
-        """Remove ``r`` from the slot arrays (moving the last slot into its place)."""
-        i = self._dreqs.index(r)
-        last = len(self._dreqs) - 1
-        r.num_computed, r.generated = int(self._comp[i]), int(self._gen[i])
         if r in self._fresh:
             self._fresh.remove(r)
         else:  # it decoded in the last decode step
             r.last_token_s = self._last_decode_end_s
-        if i != last:
-            self._dreqs[i] = self._dreqs[last]
-            for a in (self._comp, self._gen, self._out, self._nblk):
-                a[i] = a[last]
-        self._dreqs.pop()
+        self.slots.leave(r)
 
     # -- completion -------------------------------------------------------------------------
     def complete(
@@ -395,7 +335,7 @@ class Scheduler:
         ends = step_ends_s if steps > 1 else (now,)
         # Requests whose previous token came from a prefill (or before a swap): their own gap.
         # Those swapped in after this batch formed sit beyond slot n and wait for the next step.
-        fresh = [r for r in self._fresh if self._dreqs.index(r) < n]
+        fresh = [r for r in self._fresh if self.slots.index(r) < n]
         for r in fresh:
             self.itl_s.append(ends[0] - r.last_token_s)
             self.itl_weights.append(1)
@@ -408,21 +348,13 @@ class Scheduler:
             prev, old = t, n
         self._fresh = [r for r in self._fresh if r not in fresh]
         self._last_decode_end_s = prev
-        adv = steps if accepted is None else accepted
-        self._comp[:n] += adv
-        gen, out = self._gen[:n], self._out[:n]
-        before = gen.copy() if self.config.record_token_times else None
-        gen += adv
-        if accepted is not None:  # the last verification step may overshoot the output length
-            np.minimum(gen, out, out=gen)
+        before = self.slots.gen[:n].copy() if self.config.record_token_times else None
+        done = self.slots.advance(n, steps if accepted is None else accepted, clip=accepted is not None)
         if before is not None:
-            for r, emitted in zip(batch.decode, (gen - before).tolist()):
+            for r, emitted in zip(batch.decode, (self.slots.gen[:n] - before).tolist()):
                 r.token_times_s.extend(ends if accepted is None else [now] * emitted)
-        done = gen >= out
-        if not done.any():
-            return
-        for i in done.nonzero()[0][::-1].tolist():
-            r = self._dreqs[i]
+        for i in done.tolist():
+            r = self.slots.reqs[i]
             self._leave_slots(r)
             r.last_token_s = now
             self._finish(r, now)
@@ -449,15 +381,16 @@ class Scheduler:
         be swapped in.
         """
         n = len(batch.decode)
-        if not n or batch.prefill or self.prefilling or self.swapped or self._q != 1 or batch.preempted:
+        if (not n or batch.prefill or self.prefilling or self.swapped or self._q != 1 or batch.preempted
+                or batch.swap_in_blocks):
             return 1
-        m_max = int((self._out[:n] - self._gen[:n]).min())
+        m_max = self.slots.steps_to_first_finish(n)
         if m_max <= 1:
             return 1
-        comp, nblk, bs, free = self._comp[:n], self._nblk[:n], self.kv.block_size, self.kv.num_free
+        free = self.kv.num_free
 
         def fits(m: int) -> bool:  # blocks for steps 2..m beyond what step 1 already holds
-            return int(((comp + (m + bs - 1)) // bs - nblk).sum()) <= free
+            return int(self.slots.block_need(n, m).sum()) <= free
 
         if fits(m_max):  # the common case: the pool has room for the whole run
             return m_max
@@ -471,8 +404,7 @@ class Scheduler:
         """Turn a one-step pure-decode ``batch`` into ``steps`` identical steps (KV included)."""
         if steps <= 1:
             return
-        n, bs = len(batch.decode), self.kv.block_size
-        need = (self._comp[:n] + (steps + bs - 1)) // bs - self._nblk[:n]
+        need = self.slots.block_need(len(batch.decode), steps)
         total = int(need.sum())
         if total:
             self._give_blocks(need, total)
