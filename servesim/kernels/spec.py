@@ -269,7 +269,7 @@ def _scale(temperature: float) -> float:
 
 
 def _split(vocab: int, rows: int, target: int, block: int, forced: int | None,
-           max_chunk: int = 16384) -> tuple[int, int]:
+           max_chunk: int) -> tuple[int, int]:
     """(number of chunks, chunk length): at least `target` programs over `rows` rows and chunks of at most
     `max_chunk` tokens (many short programs: a small last wave), in whole blocks, no empty chunk."""
     n = forced or min(max(triton.cdiv(target, max(rows, 1)), triton.cdiv(vocab, max_chunk)),
@@ -280,13 +280,14 @@ def _split(vocab: int, rows: int, target: int, block: int, forced: int | None,
 
 def verify(target_logits: torch.Tensor, cu_rows: torch.Tensor, draft_tokens: torch.Tensor,
            draft_probs: torch.Tensor | None, seeds: torch.Tensor, temperature: float, k_max: int | None = None,
-           *, block: int = 2048, num_warps: int = 4, programs_per_sm: int = 8, max_chunk: int = 16384,
+           *, block: int = 1024, num_warps: int = 4, programs_per_sm: int = 8, max_chunk: int = 8192,
            splits: tuple[int, int] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Verify drafts against target logits (module docstring); returns (accepted [B], emitted [B, K+1]).
 
     Pass ``k_max`` (= max k_i) to avoid a device sync (needed under CUDA-graph capture). ``block``,
     ``num_warps``, ``programs_per_sm``, ``max_chunk`` and ``splits`` (forced chunk counts of the row pass
-    and the residual pass) only change speed, never results.
+    and the residual pass) only change speed, never results; the defaults won the tuning table of
+    bench/results/spec_verify-h100-2026-11-27.md (H100 SXM, Triton 3.6).
     """
     if target_logits.dim() != 2 or cu_rows.dim() != 1 or cu_rows.numel() < 1:
         raise ValueError("target_logits must be [T, V] and cu_rows [B+1]")
