@@ -161,3 +161,14 @@ def test_impossible_configs_are_refused():
         from servesim.sim.deployment import build_workload
 
         build_workload(Scenario(trace="arxiv-summarization"))
+
+
+def test_token_times_are_exact_under_fast_forward():
+    w = fixed_workload(120, 4.0, 300, 80, seed=5)
+    s = Scenario(record_token_times=True, num_gpu_blocks=200)
+    a = simulate(s, w).requests
+    b = simulate(s.model_copy(update={"fast_forward": False}), w).requests
+    for ta, tb, row in zip(a.token_times_s, b.token_times_s, a.itertuples()):
+        assert list(ta) == list(tb)
+        assert len(ta) == row.generated_tokens and ta[0] == row.first_token_s and ta[-1] == row.finish_s
+        assert (np.diff(ta) > 0).all()
