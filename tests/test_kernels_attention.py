@@ -171,6 +171,31 @@ def test_decode_interpreter(kv_lens, num_q, kv_heads, group, head_dim, block_siz
 
 
 @cpu
+@pytest.mark.parametrize("kv_lens, num_q, group, splits", [
+    ([300, 40, 1], 1, 4, 20),  # merge walks 2 chunks of 16 splits; most splits of short sequences empty
+    ([130, 9], 4, 4, 7),  # 16 merge rows (4 tokens x GQA 4): chunks of 4 splits
+])
+def test_decode_fused_merge_is_deterministic_and_resets_counters_interpreter(kv_lens, num_q, group, splits):
+    gen = torch.Generator().manual_seed(9)
+    k_cache, v_cache, tables, _ = paged_setup(gen, kv_lens, 2, 64, 16, torch.bfloat16)
+    shape = (len(kv_lens), num_q, 2 * group, 64) if num_q > 1 else (len(kv_lens), 2 * group, 64)
+    q = torch.randn(shape, generator=gen).to(torch.bfloat16)
+    kv = int32(kv_lens)
+    counters = torch.zeros(2 * len(kv_lens) + 1, dtype=torch.int32)
+    outs = []
+    for _ in range(2):  # the second launch finds the counters reset by the first
+        out = torch.full_like(q, float("nan"))
+        ws = (len(kv_lens), num_q, 2 * group, splits, 64)
+        workspace = (torch.full(ws, float("nan")), torch.full(ws[:-1], float("nan")), counters)
+        decode_attention(q, k_cache, v_cache, tables, kv, max(kv_lens), num_splits=splits, out=out,
+                         workspace=workspace, config=SMALL_DECODE)
+        assert torch.equal(counters, torch.zeros_like(counters))
+        outs.append(out)
+    check_close(outs[0], decode_attention_ref(q, k_cache, v_cache, tables, kv), torch.bfloat16)
+    assert torch.equal(outs[0], outs[1])
+
+
+@cpu
 def test_decode_default_config_and_head_major_interpreter():
     run_decode([90, 3], 1, 2, 4, 64, 16, torch.bfloat16, 2, None, head_major=True)
 

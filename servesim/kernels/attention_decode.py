@@ -7,8 +7,10 @@ keys including the ``n`` new ones, already in the cache (so ``kv_lens >= n``), a
 
 One program handles (sequence, KV head, split): the ``n * group`` query rows that share the KV head are
 packed into the M dimension of one ``tl.dot`` (padded to 16), so each K/V tile is read from memory once.
-When ``batch * num_kv_heads`` cannot fill the GPU, the context is cut into ``num_splits`` ranges whose
-normalised partial outputs and log-sum-exps a second, small kernel merges.
+When ``batch * num_kv_heads`` cannot fill the GPU, the context is cut into ``num_splits`` ranges. Each
+split writes its normalised partial output and log-sum-exp, then bumps a per-(sequence, KV head) counter;
+the split that arrives last merges all of them in split order (deterministic) and resets the counter, so
+decode is one launch.
 """
 
 from __future__ import annotations
@@ -37,15 +39,54 @@ MAX_SPLITS = 128
 
 
 @triton.jit
+def _merge_splits(o_ptr, part_ptr, lse_ptr, b, kvh, num_splits, num_q_heads, stride_ob, stride_ot, stride_oh,
+                  NUM_Q: tl.constexpr, GROUP: tl.constexpr, HEAD_DIM: tl.constexpr, ROWS: tl.constexpr,
+                  CHUNK: tl.constexpr):
+    """Weighted sum of one (sequence, KV head)'s normalised partials by exp2(lse - max), splits in order.
+
+    Runs in the last program of the group to finish; ``.cg`` loads read L2, where the other SMs' partials
+    are (L1 is not coherent across SMs)."""
+    rows = tl.arange(0, ROWS)
+    t = rows // GROUP
+    hq = kvh * GROUP + rows % GROUP
+    row_ok = t < NUM_Q
+    offs_s = tl.arange(0, CHUNK)
+    offs_d = tl.arange(0, HEAD_DIM)
+    lse_row = ((b * NUM_Q + t) * num_q_heads + hq).to(tl.int64) * num_splits  # [ROWS]; partials are
+    m = tl.zeros([ROWS], dtype=tl.float32) - float("inf")  # [batch, n, heads, splits(, D)] contiguous
+    for c in range(0, num_splits, CHUNK):
+        ok = row_ok[:, None] & (c + offs_s < num_splits)[None, :]
+        lse = tl.load(lse_ptr + lse_row[:, None] + c + offs_s[None, :], mask=ok, other=float("-inf"),
+                      cache_modifier=".cg")
+        m = tl.maximum(m, tl.max(lse, 1))
+    m = tl.where(m == float("-inf"), 0.0, m)
+    acc = tl.zeros([ROWS, HEAD_DIM], dtype=tl.float32)
+    den = tl.zeros([ROWS], dtype=tl.float32)
+    for c in range(0, num_splits, CHUNK):
+        ok = row_ok[:, None] & (c + offs_s < num_splits)[None, :]
+        lse = tl.load(lse_ptr + lse_row[:, None] + c + offs_s[None, :], mask=ok, other=float("-inf"),
+                      cache_modifier=".cg")
+        w = tl.math.exp2(lse - m[:, None])  # [ROWS, CHUNK]
+        part = tl.load(part_ptr + (lse_row[:, None, None] + c + offs_s[None, :, None]) * HEAD_DIM
+                       + offs_d[None, None, :], mask=ok[:, :, None], other=0.0, cache_modifier=".cg")
+        acc += tl.sum(part * w[:, :, None], 1)
+        den += tl.sum(w, 1)
+    out = acc / tl.where(den > 0, den, 1.0)[:, None]
+    o_off = b.to(tl.int64) * stride_ob + t[:, None] * stride_ot + hq[:, None] * stride_oh + offs_d[None, :]
+    tl.store(o_ptr + o_off, out.to(o_ptr.dtype.element_ty), mask=row_ok[:, None])
+
+
+# num_splits only feeds arithmetic: one compile serves every split count
+@triton.jit(do_not_specialize=["num_splits"])
 def _decode_kernel(
-    q_ptr, k_ptr, v_ptr, o_ptr, lse_ptr, kv_len_ptr, bt_ptr, k_scale_ptr, v_scale_ptr,
+    q_ptr, k_ptr, v_ptr, o_ptr, part_ptr, lse_ptr, lock_ptr, kv_len_ptr, bt_ptr, k_scale_ptr, v_scale_ptr,
     qk_scale, num_splits,
     stride_qb, stride_qt, stride_qh,
-    stride_ob, stride_ot, stride_oh, stride_os,
+    stride_ob, stride_ot, stride_oh,
     stride_kb, stride_ks, stride_kh, stride_bt,
     NUM_Q: tl.constexpr, GROUP: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr,
     BLOCK_N: tl.constexpr, BLOCK_SIZE: tl.constexpr, FP8: tl.constexpr, SPLIT: tl.constexpr,
-    UPCAST: tl.constexpr,
+    MERGE_ROWS: tl.constexpr, MERGE_CHUNK: tl.constexpr, UPCAST: tl.constexpr,
 ):
     b = tl.program_id(0)
     kvh = tl.program_id(1)
@@ -93,31 +134,41 @@ def _decode_kernel(
     out = acc / tl.where(l_i > 0, l_i, 1.0)[:, None]
     if FP8:
         out = out * tl.load(v_scale_ptr + kvh)
-    o_off = b.to(tl.int64) * stride_ob + t[:, None] * stride_ot + hq[:, None] * stride_oh + offs_d[None, :]
     if SPLIT:
-        o_off += s * stride_os
-        # lse (log2 domain) lives in a [batch, NUM_Q, num_q_heads, num_splits] float32 buffer
-        lse = tl.where(l_i > 0, m_i + tl.math.log2(tl.where(l_i > 0, l_i, 1.0)), float("-inf"))
+        # partial (float32) and lse (log2 domain) go to [batch, NUM_Q, num_q_heads, num_splits(, D)]
         num_q_heads = tl.num_programs(1) * GROUP
-        lse_off = ((b * NUM_Q + t) * num_q_heads + hq) * num_splits + s
-        tl.store(lse_ptr + lse_off, lse, mask=row_ok)
-    tl.store(o_ptr + o_off, out.to(o_ptr.dtype.element_ty), mask=row_ok[:, None])
+        part_row = ((b * NUM_Q + t) * num_q_heads + hq).to(tl.int64) * num_splits + s
+        lse = tl.where(l_i > 0, m_i + tl.math.log2(tl.where(l_i > 0, l_i, 1.0)), float("-inf"))
+        tl.store(lse_ptr + part_row, lse, mask=row_ok)
+        tl.store(part_ptr + part_row[:, None] * HEAD_DIM + offs_d[None, :], out, mask=row_ok[:, None])
+        tl.debug_barrier()  # every thread's partial is written before the release below
+        lock = lock_ptr + b * tl.num_programs(1) + kvh
+        if tl.atomic_add(lock, 1, sem="acq_rel", scope="gpu") == num_splits - 1:
+            _merge_splits(o_ptr, part_ptr, lse_ptr, b, kvh, num_splits, num_q_heads, stride_ob, stride_ot,
+                          stride_oh, NUM_Q, GROUP, HEAD_DIM, MERGE_ROWS, MERGE_CHUNK)
+            tl.atomic_xchg(lock, 0)  # ready for the next launch
+    else:
+        o_off = b.to(tl.int64) * stride_ob + t[:, None] * stride_ot + hq[:, None] * stride_oh + offs_d[None, :]
+        tl.store(o_ptr + o_off, out.to(o_ptr.dtype.element_ty), mask=row_ok[:, None])
 
 
-@triton.jit
-def _merge_kernel(o_part_ptr, lse_ptr, out_ptr, num_splits,
-                  HEAD_DIM: tl.constexpr, BLOCK_S: tl.constexpr):
-    # One program per (sequence, token, query head) row; partials are contiguous [rows, splits, D].
-    row = tl.program_id(0).to(tl.int64)
-    offs_s = tl.arange(0, BLOCK_S)
-    offs_d = tl.arange(0, HEAD_DIM)
-    ok = offs_s < num_splits
-    lse = tl.load(lse_ptr + row * num_splits + offs_s, mask=ok, other=float("-inf"))
-    w = tl.math.exp2(lse - tl.max(lse, 0))
-    o = tl.load(o_part_ptr + (row * num_splits + offs_s)[:, None] * HEAD_DIM + offs_d[None, :],
-                mask=ok[:, None], other=0.0)
-    out = tl.sum(o * w[:, None], 0) / tl.sum(w, 0)
-    tl.store(out_ptr + row * HEAD_DIM + offs_d, out.to(out_ptr.dtype.element_ty))
+_COUNTERS: dict = {}  # device -> int32 per-(sequence, KV head) counters, zero between launches
+_OLD_COUNTERS: list = []  # outgrown buffers stay alive: a captured CUDA graph may still point at one
+
+
+def split_counters(device: torch.device, n: int) -> torch.Tensor:
+    """Shared int32 arrival counters for the fused split merge (the last split resets its counter to 0).
+
+    Launches that share them must not run concurrently on different streams; pass your own zeros as
+    ``workspace[2]`` for that. The first call per device allocates, so make it outside graph capture.
+    """
+    buf = _COUNTERS.get(device)
+    if buf is None or buf.numel() < n:
+        if buf is not None:
+            _OLD_COUNTERS.append(buf)
+        buf = torch.zeros(max(n, 8192), dtype=torch.int32, device=device)
+        _COUNTERS[device] = buf
+    return buf
 
 
 def choose_num_splits(batch: int, num_kv_heads: int, max_kv_len: int, num_sms: int = 132) -> int:
@@ -132,14 +183,15 @@ def decode_attention(
     kv_lens: torch.Tensor, max_kv_len: int | None = None, sm_scale: float | None = None,
     k_scale: torch.Tensor | None = None, v_scale: torch.Tensor | None = None,
     num_splits: int | None = None, out: torch.Tensor | None = None,
-    workspace: tuple[torch.Tensor, torch.Tensor] | None = None, config: dict | None = None,
+    workspace: tuple[torch.Tensor, ...] | None = None, config: dict | None = None,
 ) -> torch.Tensor:
     """Attention of 1 (or 1+k) new tokens per sequence over the paged cache; returns a tensor like ``q``.
 
     ``num_splits`` defaults to :func:`choose_num_splits` (pass ``max_kv_len`` to avoid a device sync and
     keep the launch capturable in a CUDA graph). ``out`` (contiguous, shaped like ``q``) and ``workspace``
     (float32 partial outputs ``[batch, n, num_q_heads, num_splits, head_dim]`` and log-sum-exps
-    ``[batch, n, num_q_heads, num_splits]``) may be preallocated.
+    ``[batch, n, num_q_heads, num_splits]``, optionally int32 zero counters ``>= batch * num_kv_heads`` as a
+    third element, else :func:`split_counters`) may be preallocated.
     """
     _, block_size, num_kv_heads, head_dim = check_cache(k_cache, v_cache)
     fp8 = check_scales(k_cache, k_scale, v_scale)
@@ -178,29 +230,29 @@ def decode_attention(
         if workspace is None:
             workspace = (torch.empty(want, dtype=torch.float32, device=q.device),
                          torch.empty(want[:-1], dtype=torch.float32, device=q.device))
-        o_buf, lse = workspace
+        o_buf, lse = workspace[:2]
         if (o_buf.shape != want or lse.shape != want[:-1]
                 or not (o_buf.is_contiguous() and lse.is_contiguous())
                 or o_buf.dtype != torch.float32 or lse.dtype != torch.float32):
             raise ValueError(f"workspace must be contiguous float32 {want} and {want[:-1]}, "
                              f"got {tuple(o_buf.shape)} and {tuple(lse.shape)}")
+        locks = workspace[2] if len(workspace) > 2 else split_counters(q.device, batch * num_kv_heads)
+        if locks.dtype != torch.int32 or locks.numel() < batch * num_kv_heads:
+            raise ValueError(f"workspace[2] (split counters) must be int32 zeros >= {batch * num_kv_heads}")
     else:
-        o_buf, lse = out, out  # lse unused
-    os_ = o_buf.stride()
+        o_buf, lse, locks = out, out, out  # unused
     _decode_kernel[(batch, num_kv_heads, num_splits)](
-        q4, k_cache, v_cache, o_buf, lse, kv_lens, block_tables,
+        q4, k_cache, v_cache, out, o_buf, lse, locks, kv_lens, block_tables,
         k_scale if fp8 else q, v_scale if fp8 else q,
         (sm_scale or 1.0 / math.sqrt(head_dim)) * 1.4426950408889634, num_splits,
         q4.stride(0), q4.stride(1), q4.stride(2),
-        os_[0], os_[1], os_[2], os_[3] if split else 0,
+        out.stride(0), out.stride(1), out.stride(2),
         k_cache.stride(0), k_cache.stride(1), k_cache.stride(2), block_tables.stride(0),
         NUM_Q=num_q, GROUP=group, HEAD_DIM=head_dim, BLOCK_M=max(16, triton.next_power_of_2(num_q * group)),
-        BLOCK_SIZE=block_size, FP8=fp8, SPLIT=split, UPCAST=interpreting(), **cfg,
+        BLOCK_SIZE=block_size, FP8=fp8, SPLIT=split, MERGE_ROWS=triton.next_power_of_2(num_q * group),
+        MERGE_CHUNK=max(1, min(triton.next_power_of_2(num_splits), 64 // triton.next_power_of_2(num_q * group))),
+        UPCAST=interpreting(), **cfg,
     )
-    if split:
-        _merge_kernel[(batch * num_q * num_q_heads,)](
-            o_buf, lse, out, num_splits, HEAD_DIM=head_dim, BLOCK_S=triton.next_power_of_2(num_splits),
-            num_warps=4)
     return out.view(q.shape)
 
 
