@@ -81,23 +81,21 @@ class Engine:
                 if sched.has_work:
                     raise RuntimeError(f"replica {self.replica.index}: scheduler stalled at t={t}")
                 continue
-            accepted = None
+            accepted = sim.accepted(batch.decode) if sim.spec_k and batch.decode else None
             ends = None
-            if sim.spec_k and batch.decode:
-                accepted = sim.accepted(batch.decode)
-            dt = sim.step_s(batch)
             steps = sched.identical_steps(batch) if sim.fast_forward and not pipelined else 1
             if steps > 1:
-                durs = dep.cost.decode_run_s(batch.shape, steps)
-                ends = np.cumsum(np.concatenate(((t,), durs)))[1:]
+                # Step ends as running sums from t (the order of additions of stepping one by one);
+                # keep the steps that start before the next arrival anywhere.
+                ends = np.cumsum(np.concatenate(((t,), dep.cost.decode_run_s(batch.shape, steps))))[1:]
                 steps = 1 + int(np.searchsorted(ends[: steps - 1], sim.next_arrival_s(), side="left"))
-                if steps > 1:
-                    sched.extend(batch, steps)
-                    ends = ends[:steps]
-                    end = float(ends[-1])
-                else:
-                    end = t + float(durs[0])
+            if steps > 1:
+                sched.extend(batch, steps)
+                ends = ends[:steps]
+                end = float(ends[-1])
             else:
+                ends = None
+                dt = sim.step_s(batch)
                 end = t + dt
             if pipelined:
                 for stage in self.replica.stages:
