@@ -172,3 +172,12 @@ def test_token_times_are_exact_under_fast_forward():
         assert list(ta) == list(tb)
         assert len(ta) == row.generated_tokens and ta[0] == row.first_token_s and ta[-1] == row.finish_s
         assert (np.diff(ta) > 0).all()
+
+
+def test_closed_loop_with_replicas_is_exact_too():
+    s = Scenario(arrival="closed", users=6, think_time_s=0.0, trace="sharegpt", num_requests=120, replicas=2,
+                 router="least_outstanding")
+    a = simulate(s).requests
+    b = simulate(s.model_copy(update={"fast_forward": False})).requests
+    for col in ("arrival_s", "first_token_s", "finish_s", "replica"):
+        np.testing.assert_array_equal(a[col].to_numpy(), b[col].to_numpy(), err_msg=col)

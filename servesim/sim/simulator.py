@@ -187,6 +187,10 @@ class Simulation:
         self._deadline = df["deadline_s"].to_numpy(np.float64) if "deadline_s" in df.columns else None
         self._block_tokens = workload.block_tokens or 0
         self._closed = workload.closed_loop
+        if self._closed is not None and dep.replicas * dep.pp > 1:
+            # A finish on one engine issues an arrival that may go to another, mid-run: the other
+            # engines cannot know their next arrival ahead, so they step one by one.
+            self.fast_forward = False
         self._issued = 0
         self._pending: list[float] = []  # closed loop: times of scheduled submissions
         self.first_arrival_s = math.inf
