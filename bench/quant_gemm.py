@@ -36,24 +36,36 @@ GS = 128
 
 
 def candidates(bits: int, bkt: str) -> list[dict]:
-    """Configurations tried per (weight width, M bucket); SWAP puts the dequantized W in the A operand."""
+    """Configurations tried per (weight width, M bucket); SWAP puts the dequantized W in the A operand.
+
+    GEMV knobs: XPF prefetches x with the weights, waves sets the split-K grid (>= waves x SMs CTAs).
+    Tensor-core knob DEQ: 0 scales every weight, 1/2 apply the group scale after the dot (2: inline PTX).
+    """
     g = lambda **kw: {"kernel": "gemm", "GROUP_M": 8, "JOIN": True, "num_stages": 3, **kw}  # noqa: E731
+    v = lambda **kw: {"kernel": "gemv", "num_warps": 4, "num_stages": 1, "PREFETCH": 1, "XPF": True,  # noqa: E731
+                      **kw}
     if bkt == "1":
-        out = [dict(kernel="gemv", BLOCK_N=bn, num_warps=4, num_stages=1, waves=2, PREFETCH=pf)
-               for bn in (64, 128, 256) for pf in (1, 2)]
-        out += [dict(kernel="gemv", BLOCK_N=128, num_warps=8, num_stages=1, waves=2, PREFETCH=pf) for pf in (1, 2)]
-        out += [g(BLOCK_M=16, BLOCK_N=bn, num_warps=4, waves=2, SWAP=True) for bn in (64, 128)]
+        out = [v(BLOCK_N=128, waves=w, XPF=x) for w in (2, 4, 8) for x in (False, True)]
+        out += [v(BLOCK_N=128, waves=w, PREFETCH=2) for w in (2, 4)]
+        out += [v(BLOCK_N=64, waves=w, PREFETCH=pf) for w in (4, 8) for pf in (1, 2)]
+        out += [v(BLOCK_N=64, num_warps=2, waves=w) for w in (4, 8)]
+        out += [v(BLOCK_N=256, num_warps=8, waves=w) for w in (2, 4)]
+        out += [v(BLOCK_N=128, PREFETCH=0, XPF=False, num_stages=st, waves=w) for st in (3, 4) for w in (2, 4)]
         return out
     if bkt == "16":
-        return [g(BLOCK_M=16, BLOCK_N=bn, num_warps=4, waves=v, JOIN=jn, SWAP=True)
-                for bn in (64, 128, 256) for v in (2, 4) for jn in (True, False)] + [
-                g(BLOCK_M=16, BLOCK_N=256, num_warps=4, num_stages=2, waves=2),
-                g(BLOCK_M=16, BLOCK_N=128, num_warps=4, num_stages=4, waves=4, JOIN=False)]
+        deqs = (0, 1, 2) if bits == 4 else (0, 1)
+        out = [g(BLOCK_M=16, BLOCK_N=64, num_warps=4, waves=w, SWAP=True, DEQ=d) for d in deqs for w in (2, 4, 8)]
+        out += [g(BLOCK_M=16, BLOCK_N=128, num_warps=4, waves=w, SWAP=True, DEQ=deqs[-1]) for w in (2, 4)]
+        out += [g(BLOCK_M=16, BLOCK_N=64, num_warps=4, waves=4, SWAP=True, DEQ=deqs[-1], JOIN=False),
+                g(BLOCK_M=16, BLOCK_N=64, num_warps=4, waves=4, SWAP=True, DEQ=deqs[-1], num_stages=4)]
+        return out
     if bkt == "64":
-        return [g(BLOCK_M=bm, BLOCK_N=bn, num_warps=4, waves=v, SWAP=True)
-                for bm in (32, 64) for bn in (64, 128) for v in (1, 2)] + [
-                g(BLOCK_M=64, BLOCK_N=128, num_warps=4, waves=1, SWAP=True, JOIN=False),
-                g(BLOCK_M=64, BLOCK_N=128, num_warps=4, waves=1)]
+        deqs = (0, 2) if bits == 4 else (0, 1)
+        out = [g(BLOCK_M=bm, BLOCK_N=bn, num_warps=4, waves=1, SWAP=True, DEQ=d)
+               for bm in (32, 64) for bn in (64, 128) for d in deqs]
+        out += [g(BLOCK_M=bm, BLOCK_N=64, num_warps=4, waves=2, SWAP=True, DEQ=deqs[-1]) for bm in (32, 64)]
+        out += [g(BLOCK_M=64, BLOCK_N=128, num_warps=4, waves=1, DEQ=d) for d in deqs]
+        return out
     if bkt == "256":
         return [g(BLOCK_M=bm, BLOCK_N=bn, num_warps=w, waves=v, SWAP=True)
                 for bm, bn, w in ((64, 64, 4), (128, 64, 4), (64, 128, 8), (128, 128, 8), (256, 128, 8))
@@ -142,7 +154,7 @@ def run_ours(x, wq, bits, cfg):
     return QG.quant_matmul(x, packed, sz, bits, GS if bits == 4 else None, cfg)
 
 
-def tune(weights, log) -> dict:
+def tune(weights, log, buckets) -> dict:
     """Time every candidate per bucket on TUNE_SHAPES; keep the best geometric mean (correct ones only)."""
     best = {}
     refs = {}
@@ -151,7 +163,7 @@ def tune(weights, log) -> dict:
         refs[(4, shape)] = Q.dequantize_w4_packed(*w4, GS, shape[1])
         refs[(8, shape)] = Q.dequantize_w8_packed(*w8, shape[1])
     for bits in (4, 8):
-        for bkt, ms in TUNE_MS.items():
+        for bkt, ms in ((b, TUNE_MS[b]) for b in buckets):
             scores = []
             for cfg in candidates(bits, bkt):
                 ts, ok = [], True
@@ -193,6 +205,7 @@ def main() -> None:
     ap.add_argument("--out", default="bench/results")
     ap.add_argument("--tune", action="store_true", help="sweep candidate configs per M bucket first")
     ap.add_argument("--workers", type=int, default=12, help="processes compiling candidates in parallel")
+    ap.add_argument("--buckets", default=",".join(TUNE_MS), help="M buckets --tune sweeps (comma-separated)")
     args = ap.parse_args()
     torch.manual_seed(0)
     card = torch.cuda.get_device_name()
@@ -206,10 +219,10 @@ def main() -> None:
 
     tune_log, tuned = [], None
     if args.tune:
-        jobs = [(bits, cfg, torch.bfloat16) for bits in (4, 8) for bkt in TUNE_MS
-                for cfg in candidates(bits, bkt)]
+        bkts = args.buckets.split(",")
+        jobs = [(bits, cfg, torch.bfloat16) for bits in (4, 8) for bkt in bkts for cfg in candidates(bits, bkt)]
         precompile(jobs, args.workers)
-        tuned = tune(weights, tune_log)
+        tuned = tune(weights, tune_log, bkts)
         QC.CONFIGS.update(tuned)
 
     rows = []

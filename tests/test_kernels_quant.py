@@ -122,6 +122,17 @@ CASES = [  # (bits, group, M, N, K, config)
     (4, 64, 17, 40, 256, dict(kernel="gemm", BLOCK_M=16, BLOCK_N=32, num_warps=4, split_k=2, DENORM=False)),
     (8, None, 3, 40, 200, dict(kernel="gemm", BLOCK_M=16, BLOCK_N=32, num_warps=4, split_k=2, SWAP=True)),
     (8, None, 70, 33, 128, dict(kernel="gemm", BLOCK_M=32, BLOCK_N=16, num_warps=4, split_k=1, JOIN=False)),
+    # x prefetched with the weights; EVEN (unmasked, clamped prefetch) and ragged N / K
+    (4, 128, 1, 64, 384, dict(kernel="gemv", BLOCK_N=32, num_warps=4, split_k=2, XPF=True)),
+    (4, 64, 1, 40, 192, dict(kernel="gemv", BLOCK_N=32, num_warps=4, split_k=1, XPF=True, PREFETCH=2)),
+    (8, None, 1, 64, 200, dict(kernel="gemv", BLOCK_N=32, num_warps=4, split_k=2, XPF=True)),
+    (8, None, 1, 64, 256, dict(kernel="gemv", BLOCK_N=32, num_warps=4, split_k=2, XPF=True, PREFETCH=2)),
+    # group scale applied after the dot (DEQ 1; fp16 falls back to DEQ 0), joined and per-slice
+    (4, 128, 17, 40, 384, dict(kernel="gemm", BLOCK_M=16, BLOCK_N=64, num_warps=4, split_k=2, SWAP=True, DEQ=1)),
+    (4, 128, 5, 40, 256, dict(kernel="gemm", BLOCK_M=16, BLOCK_N=32, num_warps=4, split_k=1, DEQ=1, JOIN=False)),
+    (4, 64, 17, 40, 384, dict(kernel="gemm", BLOCK_M=16, BLOCK_N=64, num_warps=4, split_k=2, SWAP=True, DEQ=2)),
+    (4, 64, 5, 40, 256, dict(kernel="gemm", BLOCK_M=16, BLOCK_N=32, num_warps=4, split_k=1, DEQ=1, DENORM=False)),
+    (8, None, 3, 40, 200, dict(kernel="gemm", BLOCK_M=16, BLOCK_N=32, num_warps=4, split_k=2, SWAP=True, DEQ=1)),
 ]
 
 
@@ -237,12 +248,20 @@ def test_gpu_tuned_kernels_match_reference(bits, gs, m, dtype):
     dict(kernel="gemm", BLOCK_M=64, BLOCK_N=128, num_warps=4, num_stages=3, split_k=1, SWAP=True, JOIN=False),
     dict(kernel="gemv", BLOCK_N=128, num_warps=4, num_stages=3, split_k=2, PREFETCH=0),
     dict(kernel="gemv", BLOCK_N=128, num_warps=4, split_k=3, PREFETCH=2),
+    dict(kernel="gemv", BLOCK_N=64, num_warps=4, split_k=4, PREFETCH=2, XPF=True),
+    dict(kernel="gemv", BLOCK_N=128, num_warps=4, split_k=5, XPF=True, EVEN=False),
+    dict(kernel="gemm", BLOCK_M=16, BLOCK_N=64, num_warps=4, num_stages=3, split_k=4, SWAP=True, DEQ=1),
+    dict(kernel="gemm", BLOCK_M=16, BLOCK_N=64, num_warps=4, num_stages=3, split_k=4, SWAP=True, DEQ=2),
+    dict(kernel="gemm", BLOCK_M=32, BLOCK_N=64, num_warps=4, num_stages=3, split_k=2, DEQ=2),
+    dict(kernel="gemm", BLOCK_M=16, BLOCK_N=64, num_warps=4, num_stages=3, split_k=2, SWAP=True, DEQ=2, JOIN=False),
 ])
-def test_gpu_kernel_variants_match_reference(config):
+@pytest.mark.parametrize("dtype", DTYPES, ids=["bf16", "fp16"])
+@pytest.mark.parametrize("gs", [128, 64])
+def test_gpu_kernel_variants_match_reference(config, gs, dtype):
     if not torch.cuda.is_available():
         pytest.skip("needs CUDA")
-    packed, sz, w = _weights(4, 128, 4096 + 64, 4096 + 128, seed=3, device="cuda")
+    packed, sz, w = _weights(4, gs, 4096 + 64, 4096 + 128, seed=3, device="cuda")
     m = 1 if config["kernel"] == "gemv" else 37
-    x = torch.randn(m, 4096 + 128, device="cuda").to(torch.bfloat16)
-    y = QG.quant_matmul(x, packed, sz, 4, 128, config)
-    assert _rel(y, x.float() @ w.t()) < TOL[torch.bfloat16]
+    x = torch.randn(m, 4096 + 128, device="cuda").to(dtype)
+    y = QG.quant_matmul(x, packed, sz, 4, gs, config)
+    assert _rel(y, x.float() @ w.t()) < TOL[dtype]

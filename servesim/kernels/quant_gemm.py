@@ -119,15 +119,82 @@ def _finish(acc, y_ptr, ws_ptr, lock_ptr, offs_m, offs_n, M, N, stride_ym, tile,
             tl.atomic_xchg(lock_ptr + tile, 0)  # ready for the next launch
 
 
+@triton.jit
+def _w_block(w_ptrs, b, b1, KB, stride_wb, n_mask, offs_p, EVEN: tl.constexpr):
+    """Word tile of block b (zeros past the split; EVEN: unmasked, b clamped to a valid block)."""
+    if EVEN:
+        w = tl.load(w_ptrs + tl.minimum(b, KB - 1) * stride_wb)
+    else:
+        w = tl.load(w_ptrs + b * stride_wb, mask=n_mask[:, None] & (offs_p * 0 + b < b1)[None, :], other=0)
+    return w
+
+
+@triton.jit
+def _x_load(ptrs, k, K, ok, EVEN: tl.constexpr):
+    if EVEN:  # noqa: SIM108
+        v = tl.load(ptrs)
+    else:
+        v = tl.load(ptrs, mask=ok & (k < K), other=0.0)
+    return v
+
+
+@triton.jit
+def _x_block(x_ptr, b, offs_p, K, KB, ok, P: tl.constexpr, E: tl.constexpr, EVEN: tl.constexpr):
+    """The activations of K block b as E slices of P (8 values; for E = 4 the last four repeat)."""
+    if EVEN:
+        b = tl.minimum(b, KB - 1)
+    k = b * 128 + offs_p
+    ok = (offs_p * 0 + ok) != 0  # a tensor mask for the interpreter
+    x0 = _x_load(x_ptr + k, k, K, ok, EVEN)
+    x1 = _x_load(x_ptr + k + P, k + P, K, ok, EVEN)
+    x2 = _x_load(x_ptr + k + 2 * P, k + 2 * P, K, ok, EVEN)
+    x3 = _x_load(x_ptr + k + 3 * P, k + 3 * P, K, ok, EVEN)
+    if E == 8:
+        x4 = _x_load(x_ptr + k + 4 * P, k + 4 * P, K, ok, EVEN)
+        x5 = _x_load(x_ptr + k + 5 * P, k + 5 * P, K, ok, EVEN)
+        x6 = _x_load(x_ptr + k + 6 * P, k + 6 * P, K, ok, EVEN)
+        x7 = _x_load(x_ptr + k + 7 * P, k + 7 * P, K, ok, EVEN)
+    else:
+        x4, x5, x6, x7 = x0, x1, x2, x3
+    return x0, x1, x2, x3, x4, x5, x6, x7
+
+
+@triton.jit
+def _pick(J: tl.constexpr, c0, c1, c2, c3, c4, c5, c6, c7):
+    """c_J for a compile-time J (one return: see ``_code``)."""
+    if J == 0:
+        r = c0
+    elif J == 1:
+        r = c1
+    elif J == 2:
+        r = c2
+    elif J == 3:
+        r = c3
+    elif J == 4:
+        r = c4
+    elif J == 5:
+        r = c5
+    elif J == 6:
+        r = c6
+    else:
+        r = c7
+    return r
+
+
 # M, split and block counts only feed arithmetic: one compile serves every value
 @triton.jit(do_not_specialize=["G", "KB", "SPLIT_K"])
 def _wq_gemv_kernel(
     x_ptr, w_ptr, sz_ptr, y_ptr, ws_ptr, lock_ptr,
     N, K, G, KB, SPLIT_K, stride_wb, stride_wn, stride_ym,
     BITS: tl.constexpr, GS: tl.constexpr, PER_CHANNEL: tl.constexpr, DENORM: tl.constexpr,
-    BLOCK_N: tl.constexpr, PREFETCH: tl.constexpr,
+    BLOCK_N: tl.constexpr, PREFETCH: tl.constexpr, XPF: tl.constexpr, EVEN: tl.constexpr,
 ):
-    """y[0, n] = sum_k x[0, k] * W[n, k]; one CTA = BLOCK_N channels x one K split."""
+    """y[0, n] = sum_k x[0, k] * W[n, k]; one CTA = BLOCK_N channels x one K split.
+
+    XPF loads the next block's activations with the weights: otherwise every iteration waits on an
+    L2 round trip for x, which the weight prefetch cannot hide. EVEN (N % BLOCK_N == 0 and
+    K % 128 == 0) drops the per-element masks; prefetches past the split then read a clamped, valid block.
+    """
     E: tl.constexpr = 32 // BITS
     P: tl.constexpr = 128 // E
     J_PER_GROUP: tl.constexpr = E if (PER_CHANNEL or GS >= 128) else E * GS // 128
@@ -142,18 +209,22 @@ def _wq_gemv_kernel(
     w_ptrs = w_ptr + offs_n[:, None] * stride_wn + offs_p[None, :]
     # PREFETCH blocks ahead (1 or 2) are loaded while one is dequantized; 0 leaves it to num_stages
     if PREFETCH >= 1:
-        w_n1 = tl.load(w_ptrs + b0 * stride_wb, mask=n_mask[:, None] & (offs_p * 0 + b0 < b1)[None, :], other=0)
+        w_n1 = _w_block(w_ptrs, b0, b1, KB, stride_wb, n_mask, offs_p, EVEN)
     if PREFETCH >= 2:
-        w_n2 = tl.load(w_ptrs + (b0 + 1) * stride_wb, mask=n_mask[:, None] & (offs_p * 0 + b0 + 1 < b1)[None, :],
-                       other=0)
+        w_n2 = _w_block(w_ptrs, b0 + 1, b1, KB, stride_wb, n_mask, offs_p, EVEN)
+    if XPF:
+        x0, x1, x2, x3, x4, x5, x6, x7 = _x_block(x_ptr, b0, offs_p, K, KB, b0 < b1, P, E, EVEN)
     acc = tl.zeros([BLOCK_N, P], dtype=tl.float32)
     for b in range(b0, b1):
+        if XPF:
+            c0, c1, c2, c3, c4, c5, c6, c7 = x0, x1, x2, x3, x4, x5, x6, x7
+            x0, x1, x2, x3, x4, x5, x6, x7 = _x_block(x_ptr, b + 1, offs_p, K, KB, b + 1 < b1, P, E, EVEN)
         nxt = b + PREFETCH
         if PREFETCH == 0:
-            w_lo = tl.load(w_ptrs + b * stride_wb, mask=n_mask[:, None], other=0)
+            w_lo = _w_block(w_ptrs, b, b1, KB, stride_wb, n_mask, offs_p, EVEN)
         else:
             w_lo = w_n1
-            w_new = tl.load(w_ptrs + nxt * stride_wb, mask=n_mask[:, None] & (offs_p * 0 + nxt < b1)[None, :], other=0)
+            w_new = _w_block(w_ptrs, nxt, b1, KB, stride_wb, n_mask, offs_p, EVEN)
             if PREFETCH == 1:
                 w_n1 = w_new
             else:
@@ -165,8 +236,14 @@ def _wq_gemv_kernel(
         for j in tl.static_range(E):
             if j % J_PER_GROUP == 0:
                 s, zb = _group_params(sz_ptr, b, j, P, offs_n, n_mask, N, G, GS, PER_CHANNEL)
-            k = b * 128 + j * P + offs_p
-            xj = tl.load(x_ptr + k, mask=k < K, other=0.0).to(tl.float32)
+            if XPF:
+                xj = _pick(j, c0, c1, c2, c3, c4, c5, c6, c7).to(tl.float32)
+            else:
+                k = b * 128 + j * P + offs_p
+                if EVEN:  # noqa: SIM108
+                    xj = tl.load(x_ptr + k).to(tl.float32)
+                else:
+                    xj = tl.load(x_ptr + k, mask=k < K, other=0.0).to(tl.float32)
             code = _code(w_lo, w_hi, j, BITS, DENORM)
             if DENORM:
                 # q * 2^(POS-149) * x * 2^(96-POS) = q * x * 2^-53: exact product, normal range
@@ -224,18 +301,130 @@ def _mma(x, w, acc, SWAP: tl.constexpr, DOT_FP32: tl.constexpr):
     return out
 
 
+@triton.jit
+def _deq_asm(w, zb, DTYPE: tl.constexpr):
+    """DEQ 2 (int4, GPU only): all 8 codes of each word as exact ``q - z`` in the activation dtype.
+
+    Per pair of codes (j, j+4) one LOP3 puts both nibbles into the mantissas of two packed 16-bit
+    floats of value MAGIC + q (MAGIC = 128 in bf16, 1024 in fp16: one unit per mantissa step) and one
+    packed FMA subtracts MAGIC + z: ~1.4 instructions per weight, no conversion, no F2FP.
+    """
+    if DTYPE == tl.bfloat16:  # noqa: SIM300 (DTYPE is the compile-time value)
+        nz = zb | 0xC300  # -(128 + z) in bf16
+        op: tl.constexpr = "bf16x2"
+        magic: tl.constexpr = "0x43004300"
+        one: tl.constexpr = "0x3F803F80"
+    else:
+        nz = zb | 0xE400  # -(1024 + z) in fp16
+        op: tl.constexpr = "f16x2"
+        magic: tl.constexpr = "0x64006400"
+        one: tl.constexpr = "0x3C003C00"
+    nz2 = tl.broadcast_to(nz | (nz << 16), w.shape)
+    d0, d1, d2, d3, d4, d5, d6, d7 = tl.inline_asm_elementwise(
+        asm="{\n.reg .b32 t<4>, u<3>, one;\n"
+            "mov.b32 one, " + one + ";\n"
+            "shr.u32 u0, $8, 4;\nshr.u32 u1, $8, 8;\nshr.u32 u2, $8, 12;\n"
+            "lop3.b32 t0, $8, 0x000F000F, " + magic + ", 0xEA;\n"
+            "lop3.b32 t1, u0, 0x000F000F, " + magic + ", 0xEA;\n"
+            "lop3.b32 t2, u1, 0x000F000F, " + magic + ", 0xEA;\n"
+            "lop3.b32 t3, u2, 0x000F000F, " + magic + ", 0xEA;\n"
+            "fma.rn." + op + " t0, t0, one, $9;\nfma.rn." + op + " t1, t1, one, $9;\n"
+            "fma.rn." + op + " t2, t2, one, $9;\nfma.rn." + op + " t3, t3, one, $9;\n"
+            "mov.b32 {$0, $4}, t0;\nmov.b32 {$1, $5}, t1;\nmov.b32 {$2, $6}, t2;\nmov.b32 {$3, $7}, t3;\n}",
+        constraints="=h,=h,=h,=h,=h,=h,=h,=h,r,r", args=[w, nz2], dtype=(tl.int16,) * 8, is_pure=True, pack=1)
+    return (d0.to(DTYPE, bitcast=True), d1.to(DTYPE, bitcast=True), d2.to(DTYPE, bitcast=True),
+            d3.to(DTYPE, bitcast=True), d4.to(DTYPE, bitcast=True), d5.to(DTYPE, bitcast=True),
+            d6.to(DTYPE, bitcast=True), d7.to(DTYPE, bitcast=True))
+
+
+@triton.jit
+def _deq_q(w_lo, w_hi, zb, J: tl.constexpr, BITS: tl.constexpr, DTYPE: tl.constexpr, DENORM: tl.constexpr):
+    """DEQ 1: ``(q - z) * 2^(POS-49)`` (denorm; ``* 2^POS`` magic), exact in bf16: the scale comes later."""
+    c = _zero_code(zb, J, BITS, DENORM)
+    code = _code(w_lo, w_hi, J, BITS, DENORM)
+    if DENORM:  # noqa: SIM108
+        w = code * LIFT - c * LIFT  # one FFMA
+    else:
+        w = code - c
+    return w.to(DTYPE)
+
+
+@triton.jit
+def _x_unit(J: tl.constexpr, BITS: tl.constexpr, DENORM: tl.constexpr):
+    """DEQ 1: the factor taking code J's ``_deq_q`` units back to ``q - z`` (moved onto x: exact, 2^n)."""
+    if DENORM:  # noqa: SIM108
+        f = 2.0**49 / _pos_scale(J, BITS)
+    else:
+        f = 1.0 / _pos_scale(J, BITS)
+    return f
+
+
+@triton.jit
+def _deq_all(w_lo, w_hi, s, z, s2, z2, BITS: tl.constexpr, E: tl.constexpr, DTYPE: tl.constexpr,
+             DENORM: tl.constexpr, DEQ: tl.constexpr):
+    """The E code slices of a [BN, P] word tile (8 values; for E = 4 the last four repeat)."""
+    if DEQ == 2:
+        d0, d1, d2, d3, d4, d5, d6, d7 = _deq_asm(w_lo, z, DTYPE)
+    elif DEQ == 1:
+        d0 = _deq_q(w_lo, w_hi, z, 0, BITS, DTYPE, DENORM)
+        d1 = _deq_q(w_lo, w_hi, z, 1, BITS, DTYPE, DENORM)
+        if E == 8:
+            d2 = _deq_q(w_lo, w_hi, z, 2, BITS, DTYPE, DENORM)
+            d3 = _deq_q(w_lo, w_hi, z, 3, BITS, DTYPE, DENORM)
+            d4 = _deq_q(w_lo, w_hi, z2, 4, BITS, DTYPE, DENORM)
+            d5 = _deq_q(w_lo, w_hi, z2, 5, BITS, DTYPE, DENORM)
+            d6 = _deq_q(w_lo, w_hi, z2, 6, BITS, DTYPE, DENORM)
+            d7 = _deq_q(w_lo, w_hi, z2, 7, BITS, DTYPE, DENORM)
+        else:
+            d2 = _deq_q(w_lo, w_hi, z2, 2, BITS, DTYPE, DENORM)
+            d3 = _deq_q(w_lo, w_hi, z2, 3, BITS, DTYPE, DENORM)
+            d4, d5, d6, d7 = d0, d1, d2, d3
+    else:
+        d0 = _deq(w_lo, w_hi, s, z, 0, BITS, E, DTYPE, DENORM)
+        d1 = _deq(w_lo, w_hi, s, z, 1, BITS, E, DTYPE, DENORM)
+        if E == 8:
+            d2 = _deq(w_lo, w_hi, s, z, 2, BITS, E, DTYPE, DENORM)
+            d3 = _deq(w_lo, w_hi, s, z, 3, BITS, E, DTYPE, DENORM)
+            d4 = _deq(w_lo, w_hi, s2, z2, 4, BITS, E, DTYPE, DENORM)
+            d5 = _deq(w_lo, w_hi, s2, z2, 5, BITS, E, DTYPE, DENORM)
+            d6 = _deq(w_lo, w_hi, s2, z2, 6, BITS, E, DTYPE, DENORM)
+            d7 = _deq(w_lo, w_hi, s2, z2, 7, BITS, E, DTYPE, DENORM)
+        else:
+            d2 = _deq(w_lo, w_hi, s2, z2, 2, BITS, E, DTYPE, DENORM)
+            d3 = _deq(w_lo, w_hi, s2, z2, 3, BITS, E, DTYPE, DENORM)
+            d4, d5, d6, d7 = d0, d1, d2, d3
+    return d0, d1, d2, d3, d4, d5, d6, d7
+
+
+@triton.jit
+def _oriented(s, SWAP: tl.constexpr):
+    """A [BN, 1] per-channel column as it broadcasts over the accumulator ([BN, BM] swapped, else [BM, BN])."""
+    if SWAP:  # noqa: SIM108
+        r = s
+    else:
+        r = tl.trans(s)
+    return r
+
+
 @triton.jit(do_not_specialize=["M", "G", "KB", "SPLIT_K"])
 def _wq_gemm_kernel(
     x_ptr, w_ptr, sz_ptr, y_ptr, ws_ptr, lock_ptr,
     M, N, K, G, KB, SPLIT_K, stride_xm, stride_wb, stride_wn, stride_ym,
     BITS: tl.constexpr, GS: tl.constexpr, PER_CHANNEL: tl.constexpr, DENORM: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, GROUP_M: tl.constexpr,
-    JOIN: tl.constexpr, SWAP: tl.constexpr, DOT_FP32: tl.constexpr,
+    JOIN: tl.constexpr, SWAP: tl.constexpr, DOT_FP32: tl.constexpr, DEQ: tl.constexpr,
 ):
-    """y = x @ dequant(W)^T on tensor cores; one CTA = [BLOCK_M, BLOCK_N] x one K split."""
+    """y = x @ dequant(W)^T on tensor cores; one CTA = [BLOCK_M, BLOCK_N] x one K split.
+
+    DEQ 0 dequantizes to ``(q - z) * s`` per weight. DEQ 1 and 2 feed the MMA ``q - z`` only and apply
+    the scale once per group to the dot's result (``sum_k x (q - z) s = s * sum_k x (q - z)``): one
+    FMA per accumulator element per group instead of one multiply per weight.
+    """
     E: tl.constexpr = 32 // BITS
     P: tl.constexpr = 128 // E
     J_PER_GROUP: tl.constexpr = E if (PER_CHANNEL or GS >= 128) else E * GS // 128
+    # a joined tile spans both groups of a 64-group block: factored scales need per-slice dots there
+    JOINED: tl.constexpr = JOIN and (DEQ == 0 or J_PER_GROUP == E)
     DTYPE: tl.constexpr = x_ptr.dtype.element_ty
     # grouped tile order: GROUP_M row-tiles share the W tiles they stream through L2
     pid = tl.program_id(0)
@@ -258,6 +447,10 @@ def _wq_gemm_kernel(
     b1 = tl.minimum(b0 + per_split, KB)
     w_ptrs = w_ptr + offs_n[:, None] * stride_wn + offs_p[None, :]
     x_rows = x_ptr + offs_m[:, None] * stride_xm
+    # DEQ 1: x of code slice j carries the 2^n that _deq_q left on the weights
+    jk = tl.arange(0, 128) // P
+    pos = tl.where(BITS * jk + BITS <= 23, BITS * jk, BITS * jk - (BITS + 8))
+    x_unit = ((127 + (49 if DENORM else 0) - pos) << 23).to(tl.float32, bitcast=True)
     # SWAP: accumulate y^T = W x^T so the dequantized tile is the MMA's A operand (registers on wgmma)
     if SWAP:  # noqa: SIM108
         acc = tl.zeros([BLOCK_N, BLOCK_M], dtype=tl.float32)
@@ -271,37 +464,44 @@ def _wq_gemm_kernel(
             s2, z2 = _group_params(sz_ptr, b, E - 1, P, offs_n, n_mask, N, G, GS, PER_CHANNEL)
         else:
             s2, z2 = s, z
-        if JOIN:
+        d0, d1, d2, d3, d4, d5, d6, d7 = _deq_all(w_lo, w_hi, s, z, s2, z2, BITS, E, DTYPE, DENORM, DEQ)
+        if JOINED:
             kk = b * 128 + tl.arange(0, 128)
             xt = tl.load(x_rows + kk[None, :], mask=m_mask[:, None] & (kk[None, :] < K), other=0.0)
-            d0 = _deq(w_lo, w_hi, s, z, 0, BITS, E, DTYPE, DENORM)
-            d1 = _deq(w_lo, w_hi, s, z, 1, BITS, E, DTYPE, DENORM)
+            if DEQ == 1:
+                xt = (xt.to(tl.float32) * x_unit[None, :]).to(DTYPE)
             if E == 8:
-                d2 = _deq(w_lo, w_hi, s, z, 2, BITS, E, DTYPE, DENORM)
-                d3 = _deq(w_lo, w_hi, s, z, 3, BITS, E, DTYPE, DENORM)
-                d4 = _deq(w_lo, w_hi, s2, z2, 4, BITS, E, DTYPE, DENORM)
-                d5 = _deq(w_lo, w_hi, s2, z2, 5, BITS, E, DTYPE, DENORM)
-                d6 = _deq(w_lo, w_hi, s2, z2, 6, BITS, E, DTYPE, DENORM)
-                d7 = _deq(w_lo, w_hi, s2, z2, 7, BITS, E, DTYPE, DENORM)
                 # minor index (b2, b1, b0) of the joined dims equals j; then move j in front of p
                 t = tl.join(tl.join(tl.join(d0, d4), tl.join(d2, d6)),
                             tl.join(tl.join(d1, d5), tl.join(d3, d7)))
                 t = tl.permute(t, (0, 2, 3, 4, 1))
             else:
-                d2 = _deq(w_lo, w_hi, s2, z2, 2, BITS, E, DTYPE, DENORM)
-                d3 = _deq(w_lo, w_hi, s2, z2, 3, BITS, E, DTYPE, DENORM)
                 t = tl.permute(tl.join(tl.join(d0, d2), tl.join(d1, d3)), (0, 2, 3, 1))
             wt = tl.reshape(t, (BLOCK_N, 128))
-            acc = _mma(xt, wt, acc, SWAP, DOT_FP32)
+            if DEQ == 0 or PER_CHANNEL:
+                acc = _mma(xt, wt, acc, SWAP, DOT_FP32)
+            else:
+                acc += _mma(xt, wt, tl.zeros_like(acc), SWAP, DOT_FP32) * _oriented(s, SWAP)
         else:
+            part = tl.zeros_like(acc)
             for j in tl.static_range(E):
                 kk = b * 128 + j * P + offs_p
                 xj = tl.load(x_rows + kk[None, :], mask=m_mask[:, None] & (kk[None, :] < K), other=0.0)
-                if j < J_PER_GROUP:
-                    wj = _deq(w_lo, w_hi, s, z, j, BITS, E, DTYPE, DENORM)
+                if DEQ == 1:
+                    xj = (xj.to(tl.float32) * _x_unit(j, BITS, DENORM)).to(DTYPE)
+                wj = _pick(j, d0, d1, d2, d3, d4, d5, d6, d7)
+                if DEQ == 0 or PER_CHANNEL:
+                    acc = _mma(xj, wj, acc, SWAP, DOT_FP32)
                 else:
-                    wj = _deq(w_lo, w_hi, s2, z2, j, BITS, E, DTYPE, DENORM)
-                acc = _mma(xj, wj, acc, SWAP, DOT_FP32)
+                    part = _mma(xj, wj, part, SWAP, DOT_FP32)
+                    if j == J_PER_GROUP - 1:
+                        acc += part * _oriented(s, SWAP)
+                        part = tl.zeros_like(acc)
+                    if J_PER_GROUP < E and j == E - 1:
+                        acc += part * _oriented(s2, SWAP)
+    if DEQ != 0 and PER_CHANNEL:
+        s_n, _ = _group_params(sz_ptr, 0, 0, P, offs_n, n_mask, N, G, GS, PER_CHANNEL)
+        acc = acc * _oriented(s_n, SWAP)
     if SWAP:
         acc = tl.trans(acc)
     tile = pid_m * grid_n + pid_n
@@ -333,6 +533,18 @@ def _num_sms(device) -> int:
     return _SMS[device]
 
 
+def _deq_mode(deq: int, bits: int, dtype, interpret: bool) -> int:
+    """The DEQ mode a config asks for, where it applies: 2 (inline PTX) is int4 on a GPU; 1 needs bf16
+    (its 2^-49-scaled codes underflow fp16); 0 always works."""
+    import torch
+
+    if deq == 2 and (bits != 4 or interpret):
+        deq = 1
+    if deq == 1 and dtype != torch.bfloat16:
+        deq = 0
+    return deq
+
+
 def _auto_split(tiles: int, kb: int, waves: float, sms: int) -> int:
     """Smallest power-of-two split giving >= waves*SMs CTAs, keeping >= 2 K blocks per split."""
     split = 1
@@ -360,6 +572,7 @@ def quant_matmul(x, packed, sz, bits: int, group_size: int | None, config: dict)
     per_channel = group_size is None
     g = 1 if per_channel else sz.shape[0]
     y = torch.empty((m, n), dtype=x.dtype, device=x.device)
+    interpret = os.environ.get("TRITON_INTERPRET") == "1"
     gemv = config["kernel"] == "gemv" and m == 1
     bm = 1 if gemv else config["BLOCK_M"]
     bn = config["BLOCK_N"]
@@ -373,12 +586,14 @@ def quant_matmul(x, packed, sz, bits: int, group_size: int | None, config: dict)
     if gemv:
         _wq_gemv_kernel[(triton.cdiv(n, bn), split)](
             x2, packed, sz, y, ws, locks, n, k, g, kb, split, packed.stride(0), packed.stride(1), y.stride(0),
-            PREFETCH=config.get("PREFETCH", 1), **common)
+            PREFETCH=config.get("PREFETCH", 1), XPF=config.get("XPF", False),
+            EVEN=config.get("EVEN", True) and n % bn == 0 and k % 128 == 0, **common)
     else:
         _wq_gemm_kernel[(tiles, split)](
             x2, packed, sz, y, ws, locks, m, n, k, g, kb, split, x2.stride(0), packed.stride(0), packed.stride(1),
             y.stride(0), BLOCK_M=bm, GROUP_M=config.get("GROUP_M", 8), JOIN=config.get("JOIN", True),
-            SWAP=config.get("SWAP", False), DOT_FP32=os.environ.get("TRITON_INTERPRET") == "1", **common)
+            SWAP=config.get("SWAP", False), DOT_FP32=interpret, DEQ=_deq_mode(config.get("DEQ", 0), bits, x.dtype,
+                                                                                    interpret), **common)
     return y.reshape(*x.shape[:-1], n)
 
 
