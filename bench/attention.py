@@ -251,13 +251,6 @@ def breakdown(rows: list) -> None:
                      "tbps_kv": kv_bytes / t / 1e9})
     t = ms(lambda: dec.decode_attention(*inputs[:1], *inputs[3:], ctx, num_splits=1))
     rows.append({"case": f"decode b{batch} ctx{ctx} 1 split (no merge)", "us": t * 1e3, "tbps_kv": kv_bytes / t / 1e9})
-    o_buf = torch.randn(batch, 1, HQ, splits, D, device=DEV)
-    lse = torch.randn(batch, 1, HQ, splits, device=DEV)
-    out = torch.empty(batch, HQ, D, device=DEV, dtype=DT)
-    t = ms(lambda: dec._merge_kernel[(batch * HQ,)](o_buf, lse, out, splits, HEAD_DIM=D,
-                                                    BLOCK_S=triton.next_power_of_2(splits)))
-    rows.append({"case": f"merge kernel alone ({batch * HQ} rows x {splits} splits)", "us": t * 1e3,
-                 "tbps_kv": float("nan")})
 
 
 def sms() -> int:
@@ -266,14 +259,14 @@ def sms() -> int:
 
 # --- tuning: each candidate is compiled and timed once; the best goes into the module dicts ----------------
 
-PREFILL_CANDIDATES = [  # (BLOCK_M, BLOCK_N, num_warps, num_stages, TMA); TMA only on the contiguous path
-    (128, 64, 8, 3, False), (128, 64, 8, 4, False), (128, 128, 8, 2, False), (64, 64, 4, 3, False),
-    (64, 64, 4, 4, False), (64, 128, 4, 2, False), (64, 64, 4, 3, True), (64, 64, 4, 4, True),
-    (128, 128, 8, 3, True)]
-DECODE_CANDIDATES = [(32, 4, 4), (64, 4, 2), (64, 4, 3), (64, 4, 4), (64, 8, 4), (128, 4, 2), (128, 4, 3),
-                     (32, 2, 4)]
-TUNE_DECODE_SHAPES = [(1, 16384), (8, 8192), (32, 4096), (128, 2048)]
-TUNE_SPLIT_SHAPES = [(1, 8192), (1, 32768), (2, 16384), (4, 16384), (16, 4096), (32, 2048)]
+PREFILL_CANDIDATES = [  # (BLOCK_M, BLOCK_N, num_warps, num_stages) of the paged path
+    (128, 64, 8, 3), (128, 64, 8, 4), (128, 64, 8, 5), (128, 32, 8, 4), (128, 128, 8, 2), (64, 64, 4, 3),
+    (64, 32, 4, 4)]
+TUNE_PREFILL_S = [4096, 8192]
+DECODE_CANDIDATES = [(64, 4, 3), (64, 4, 4), (128, 4, 2), (32, 4, 5), (64, 8, 3), (128, 4, 3), (32, 4, 4)]
+SPLIT_GRID = [1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64]
+SPLIT_WAVES_GRID = [1, 2, 3, 4, 6, 8, 12, 16]
+MIN_KEYS_GRID = [64, 128, 256, 512]
 
 
 def geomean(xs: list[float]) -> float:
@@ -282,69 +275,88 @@ def geomean(xs: list[float]) -> float:
 
 def timed(fn) -> float:
     try:
-        return ms(fn, rep=40)
+        return ms(fn, rep=20)
     except Exception as e:  # a config that does not compile or fit in shared memory
         print(f"  failed: {type(e).__name__}: {str(e).splitlines()[0][:120]}", flush=True)
         return float("inf")
 
 
 def tune_prefill(log: list) -> None:
-    s, batch = (8192, 2) if DEV == "cuda" else (64, 1)
-    q, k, v, cu = prefill_inputs(s, batch)
-    k_cache, v_cache, tables = paged_copy(k, v, [s] * batch)
-    lens = torch.full((batch,), s, device=DEV, dtype=torch.int32)
-    flops = batch * 4 * s * s / 2 * HQ * D
-    best = {}
-    for bm, bn, w, st, tma in PREFILL_CANDIDATES:
+    """Paged-path tiles at S = 4k and 8k (the contiguous TMA config is kept)."""
+    sizes = TUNE_PREFILL_S if DEV == "cuda" else [64]
+    cases = []
+    for s in sizes:
+        batch = max(1, PREFILL_TOKENS // s)
+        q, k, v, cu = prefill_inputs(s, batch)
+        k_cache, v_cache, tables = paged_copy(k, v, [s] * batch)
+        lens = torch.full((batch,), s, device=DEV, dtype=torch.int32)
+        cases.append((s, batch * 4 * s * s / 2 * HQ * D, (q, k_cache, v_cache, tables, cu, lens)))
+    best = (0.0, None)
+    for bm, bn, w, st in PREFILL_CANDIDATES:
         cfg = dict(BLOCK_M=bm, BLOCK_N=bn, num_warps=w, num_stages=st)
-        runs = {"contiguous": lambda c: pre.prefill_attention_contiguous(q, k, v, cu, cu, s, config=c)}
-        if tma:
-            cfg["TMA"] = True
-        else:
-            runs["paged"] = lambda c: pre.prefill_attention(q, k_cache, v_cache, tables, cu, lens, s, config=c)
-        for path, run in runs.items():
-            tflops = flops / timed(lambda: run(cfg)) / 1e9  # noqa: B023
-            log.append({"kernel": "prefill", "path": path, **cfg, "S": s, "tflops": tflops})
-            print(log[-1], flush=True)
-            if tflops > best.get(path, (0, None))[0]:
-                best[path] = (tflops, dict(cfg))
-    for path, (_, cfg) in best.items():
-        pre.PREFILL_CONFIGS[(D, path == "paged")] = cfg
+        tflops = {}
+        for s, flops, args in cases:
+            tflops[s] = flops / timed(lambda: pre.prefill_attention(*args, s, config=cfg)) / 1e9  # noqa: B023
+        log.append({"kernel": "prefill", "path": "paged", **cfg, "tflops": tflops,
+                    "geomean": geomean(list(tflops.values()))})
+        print(log[-1], flush=True)
+        best = max(best, (log[-1]["geomean"], cfg), key=lambda x: x[0])
+    pre.PREFILL_CONFIGS[(D, True)] = best[1]
 
 
 def tune_decode(log: list) -> None:
-    shapes = TUNE_DECODE_SHAPES if DEV == "cuda" else [(1, 512)]
+    """Per config: every decode shape at a grid of split counts, then the split heuristic's parameters.
+
+    The config with the best geomean of per-shape best TB/s wins; then (SPLIT_WAVES, MIN_SPLIT_KEYS) are
+    chosen by the geomean TB/s of the split counts they pick (timings memoised per split count).
+    """
+    shapes = DECODE_SHAPES if DEV == "cuda" else [(1, 512), (2, 256)]
     inputs = {shape: decode_inputs(*shape) for shape in shapes}
+    cache: dict = {}
+
+    def tbps(cfg_key, shape, splits) -> float:
+        if (cfg_key, shape, splits) not in cache:
+            b, c = shape
+            cfg = dict(BLOCK_N=cfg_key[0], num_warps=cfg_key[1], num_stages=cfg_key[2])
+            q, _, _, k_cache, v_cache, tables, lens = inputs[shape]
+            t = timed(lambda: dec.decode_attention(q, k_cache, v_cache, tables, lens, c, num_splits=splits,
+                                                   config=cfg))
+            cache[(cfg_key, shape, splits)] = dec.decode_bytes([c] * b, HKV, D) / t / 1e9
+        return cache[(cfg_key, shape, splits)]
+
     best = (0.0, None)
-    for bn, w, st in DECODE_CANDIDATES:
-        cfg = dict(BLOCK_N=bn, num_warps=w, num_stages=st)
-        tbps = [dec.decode_bytes([c] * b, HKV, D) / timed(decode_fn(b, c, inputs[(b, c)], cfg)) / 1e9
-                for b, c in shapes]
-        log.append({"kernel": "decode", **cfg, "tbps": dict(zip(map(str, shapes), tbps, strict=True)),
-                    "geomean": geomean(tbps)})
-        print(log[-1], flush=True)
-        best = max(best, (geomean(tbps), cfg), key=lambda x: x[0])
-    dec.DECODE_CONFIGS[D] = best[1]
-    del inputs
-    shapes = TUNE_SPLIT_SHAPES if DEV == "cuda" else [(1, 1024)]
-    inputs = {shape: decode_inputs(*shape) for shape in shapes}
+    for cand in DECODE_CANDIDATES:
+        per_shape = {}
+        for b, c in shapes:
+            grid = [s for s in SPLIT_GRID if s == 1 or (c // s >= 64 and b * HKV * s <= 64 * sms())]
+            per_shape[(b, c)] = {s: tbps(cand, (b, c), s) for s in grid}
+        top = [max(v.values()) for v in per_shape.values()]
+        log.append({"kernel": "decode", "BLOCK_N": cand[0], "num_warps": cand[1], "num_stages": cand[2],
+                    "grid": {str(k): v for k, v in per_shape.items()}, "best_geomean": geomean(top)})
+        print({k: v for k, v in log[-1].items() if k != "grid"},
+              {str(k): max(v, key=v.get) for k, v in per_shape.items()}, flush=True)
+        best = max(best, (geomean(top), cand), key=lambda x: x[0])
+    cand = best[1]
+    dec.DECODE_CONFIGS[D] = dict(BLOCK_N=cand[0], num_warps=cand[1], num_stages=cand[2])
     best = (0.0, None)
-    for waves in (1, 2, 4, 8):
-        for min_keys in (128, 256, 512):
+    for waves in SPLIT_WAVES_GRID:
+        for min_keys in MIN_KEYS_GRID:
             dec.SPLIT_WAVES, dec.MIN_SPLIT_KEYS = waves, min_keys
-            tbps = [dec.decode_bytes([c] * b, HKV, D) / timed(decode_fn(b, c, inputs[(b, c)])) / 1e9
-                    for b, c in shapes]
-            log.append({"kernel": "split", "SPLIT_WAVES": waves, "MIN_SPLIT_KEYS": min_keys,
-                        "tbps": dict(zip(map(str, shapes), tbps, strict=True)), "geomean": geomean(tbps)})
+            got = {str(sh): tbps(cand, sh, dec.choose_num_splits(*sh[:1], HKV, sh[1], sms())) for sh in shapes}
+            log.append({"kernel": "split", "SPLIT_WAVES": waves, "MIN_SPLIT_KEYS": min_keys, "tbps": got,
+                        "geomean": geomean(list(got.values()))})
             print(log[-1], flush=True)
-            best = max(best, (geomean(tbps), (waves, min_keys)), key=lambda x: x[0])
+            best = max(best, (log[-1]["geomean"], (waves, min_keys)), key=lambda x: x[0])
     dec.SPLIT_WAVES, dec.MIN_SPLIT_KEYS = best[1]
 
 
-def tune() -> list:
+def tune(out: str) -> list:
     log: list = []
-    tune_prefill(log)
     tune_decode(log)
+    tune_prefill(log)
+    os.makedirs(out, exist_ok=True)
+    with open(os.path.join(out, "tune-partial.json"), "w") as f:  # kept if the benchmark runs out of time
+        json.dump(log, f, default=str)
     return log
 
 
@@ -367,6 +379,8 @@ def main() -> None:
     args = ap.parse_args()
     if args.smoke:
         global DEV, PREFILL_S, DECODE_SHAPES, PREFILL_CANDIDATES, DECODE_CANDIDATES, PREFILL_TOKENS, EXTRA_SHAPES
+        global SPLIT_GRID, SPLIT_WAVES_GRID, MIN_KEYS_GRID
+        SPLIT_GRID, SPLIT_WAVES_GRID, MIN_KEYS_GRID = [1, 3], [2], [128]
         DEV, PREFILL_S, DECODE_SHAPES = "cpu", [256], [(1, 512), (2, 256)]
         PREFILL_TOKENS, EXTRA_SHAPES = 256, [(1, 256)]
         PREFILL_CANDIDATES, DECODE_CANDIDATES = PREFILL_CANDIDATES[-2:], DECODE_CANDIDATES[:2]
@@ -375,7 +389,7 @@ def main() -> None:
     meta = {"card": card, "date": datetime.date.today().isoformat(), "torch": torch.__version__,
             "triton": triton.__version__, "sms": sms(),
             "command": "PYTHONPATH=. python3 bench/attention.py" + (" --tune" if args.tune else "")}
-    tuned = tune() if args.tune else None
+    tuned = tune(args.out) if args.tune else None
     notes: dict = {}
     prefill, decode, extras = [], [], []
     bench_prefill(prefill, notes)
