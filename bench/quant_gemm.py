@@ -211,6 +211,9 @@ def main() -> None:
     card = torch.cuda.get_device_name()
     copy_bw = copy_bandwidth_bytes_per_s()
     print(f"{card}: device-to-device copy {copy_bw / 1e12:.2f} TB/s (read + write)", flush=True)
+    one = torch.zeros(1, device="cuda")
+    floor_ms = bench_ms(lambda: one.add_(1.0))  # one 1-element kernel: the harness's launch + flush floor
+    print(f"floor (1-element kernel, same timing): {floor_ms * 1e3:.1f} us", flush=True)
 
     weights = {}
     for n, k in SHAPES:
@@ -248,6 +251,7 @@ def main() -> None:
     slug = card.replace("NVIDIA ", "").replace(" ", "-").lower()
     meta = dict(card=card, date=date, torch=torch.__version__, triton=triton.__version__,
                 command="python3 bench/quant_gemm.py " + " ".join(sys.argv[1:]), copy_bytes_per_s=copy_bw,
+                floor_us=floor_ms * 1e3,
                 configs={f"W{b}/{bk}": c for (b, bk), c in QC.CONFIGS.items()})
     os.makedirs(args.out, exist_ok=True)
     base = os.path.join(args.out, f"quant_gemm-{slug}-{date}")
@@ -272,7 +276,9 @@ def report_md(meta, rows, copy_bw, tuned) -> str:
            "`triton.testing.do_bench` over CUDA-graph replays (L2 flushed before each), bf16 activations, "
            "int4 group 128, int8 per channel.", "",
            f"Device-to-device copy (2 GiB, read + write counted): **{copy_bw / 1e12:.2f} TB/s**. "
-           "`w4 TB/s` counts packed int4 weight bytes only (N*K/2); `% copy` is that over the copy rate.", ""]
+           "`w4 TB/s` counts packed int4 weight bytes only (N*K/2); `% copy` is that over the copy rate. "
+           f"Floor of this timing method (a 1-element kernel, same graph replay + L2 flush): "
+           f"**{meta['floor_us']:.1f} us**.", ""]
     for (n, k) in SHAPES:
         out += [f"## N x K = {n} x {k}", "",
                 "| M | cuBLAS bf16 us | W4A16 us | tinygemm us | W8A16 us | W4 vs cuBLAS | W4 vs tinygemm "

@@ -133,6 +133,7 @@ CASES = [  # (bits, group, M, N, K, config)
     (4, 64, 17, 40, 384, dict(kernel="gemm", BLOCK_M=16, BLOCK_N=64, num_warps=4, split_k=2, SWAP=True, DEQ=2)),
     (4, 64, 5, 40, 256, dict(kernel="gemm", BLOCK_M=16, BLOCK_N=32, num_warps=4, split_k=1, DEQ=1, DENORM=False)),
     (8, None, 3, 40, 200, dict(kernel="gemm", BLOCK_M=16, BLOCK_N=32, num_warps=4, split_k=2, SWAP=True, DEQ=1)),
+    (4, 128, 33, 40, 256, dict(kernel="gemm", BLOCK_M=0, BLOCK_N=32, num_warps=4, split_k=1, SWAP=True, DEQ=1)),
 ]
 
 

@@ -302,24 +302,25 @@ def _mma(x, w, acc, SWAP: tl.constexpr, DOT_FP32: tl.constexpr):
 
 
 @triton.jit
-def _deq_asm(w, zb, DTYPE: tl.constexpr):
+def _deq_asm(w, zb, zb2, DTYPE: tl.constexpr):
     """DEQ 2 (int4, GPU only): all 8 codes of each word as exact ``q - z`` in the activation dtype.
 
     Per pair of codes (j, j+4) one LOP3 puts both nibbles into the mantissas of two packed 16-bit
     floats of value MAGIC + q (MAGIC = 128 in bf16, 1024 in fp16: one unit per mantissa step) and one
-    packed FMA subtracts MAGIC + z: ~1.4 instructions per weight, no conversion, no F2FP.
+    packed FMA subtracts MAGIC + z: ~1.4 instructions per weight, no conversion, no F2FP. Codes 0-3
+    take the zero ``zb``, codes 4-7 ``zb2`` (the second group of a 64-group block).
     """
     if DTYPE == tl.bfloat16:  # noqa: SIM300 (DTYPE is the compile-time value)
-        nz = zb | 0xC300  # -(128 + z) in bf16
+        nz, nz2 = zb | 0xC300, zb2 | 0xC300  # -(128 + z) in bf16
         op: tl.constexpr = "bf16x2"
         magic: tl.constexpr = "0x43004300"
         one: tl.constexpr = "0x3F803F80"
     else:
-        nz = zb | 0xE400  # -(1024 + z) in fp16
+        nz, nz2 = zb | 0xE400, zb2 | 0xE400  # -(1024 + z) in fp16
         op: tl.constexpr = "f16x2"
         magic: tl.constexpr = "0x64006400"
         one: tl.constexpr = "0x3C003C00"
-    nz2 = tl.broadcast_to(nz | (nz << 16), w.shape)
+    nzz = tl.broadcast_to(nz | (nz2 << 16), w.shape)
     d0, d1, d2, d3, d4, d5, d6, d7 = tl.inline_asm_elementwise(
         asm="{\n.reg .b32 t<4>, u<3>, one;\n"
             "mov.b32 one, " + one + ";\n"
@@ -331,7 +332,7 @@ def _deq_asm(w, zb, DTYPE: tl.constexpr):
             "fma.rn." + op + " t0, t0, one, $9;\nfma.rn." + op + " t1, t1, one, $9;\n"
             "fma.rn." + op + " t2, t2, one, $9;\nfma.rn." + op + " t3, t3, one, $9;\n"
             "mov.b32 {$0, $4}, t0;\nmov.b32 {$1, $5}, t1;\nmov.b32 {$2, $6}, t2;\nmov.b32 {$3, $7}, t3;\n}",
-        constraints="=h,=h,=h,=h,=h,=h,=h,=h,r,r", args=[w, nz2], dtype=(tl.int16,) * 8, is_pure=True, pack=1)
+        constraints="=h,=h,=h,=h,=h,=h,=h,=h,r,r", args=[w, nzz], dtype=(tl.int16,) * 8, is_pure=True, pack=1)
     return (d0.to(DTYPE, bitcast=True), d1.to(DTYPE, bitcast=True), d2.to(DTYPE, bitcast=True),
             d3.to(DTYPE, bitcast=True), d4.to(DTYPE, bitcast=True), d5.to(DTYPE, bitcast=True),
             d6.to(DTYPE, bitcast=True), d7.to(DTYPE, bitcast=True))
@@ -364,7 +365,7 @@ def _deq_all(w_lo, w_hi, s, z, s2, z2, BITS: tl.constexpr, E: tl.constexpr, DTYP
              DENORM: tl.constexpr, DEQ: tl.constexpr):
     """The E code slices of a [BN, P] word tile (8 values; for E = 4 the last four repeat)."""
     if DEQ == 2:
-        d0, d1, d2, d3, d4, d5, d6, d7 = _deq_asm(w_lo, z, DTYPE)
+        d0, d1, d2, d3, d4, d5, d6, d7 = _deq_asm(w_lo, z, z2, DTYPE)
     elif DEQ == 1:
         d0 = _deq_q(w_lo, w_hi, z, 0, BITS, DTYPE, DENORM)
         d1 = _deq_q(w_lo, w_hi, z, 1, BITS, DTYPE, DENORM)
@@ -574,7 +575,8 @@ def quant_matmul(x, packed, sz, bits: int, group_size: int | None, config: dict)
     y = torch.empty((m, n), dtype=x.dtype, device=x.device)
     interpret = os.environ.get("TRITON_INTERPRET") == "1"
     gemv = config["kernel"] == "gemv" and m == 1
-    bm = 1 if gemv else config["BLOCK_M"]
+    # BLOCK_M 0: the smallest of 16, 32, 64 covering M (one row tile streams W once)
+    bm = 1 if gemv else (config["BLOCK_M"] or min(64, max(16, triton.next_power_of_2(m))))
     bn = config["BLOCK_N"]
     tiles = triton.cdiv(m, bm) * triton.cdiv(n, bn)
     split = config.get("split_k") or _auto_split(tiles, kb, config.get("waves", 0), _num_sms(x.device))

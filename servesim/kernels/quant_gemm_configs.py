@@ -21,18 +21,21 @@ def bucket(m: int) -> str:
 
 
 # Tuned on an H100 80GB HBM3 (torch 2.11, Triton 3.6), 2026-11-27, by
-# `python3 bench/quant_gemm.py --tune`: fastest geometric mean over N x K in {28672x8192, 4096x14336,
-# 4096x4096} and the bucket's M values (1 | 4, 16 | 32, 64 | 128, 256 | 1024), timed as CUDA-graph
-# replays with L2 flushed. Results: bench/results/quant_gemm-h100-80gb-hbm3-2026-11-27.md.
+# `python3 bench/quant_gemm.py --tune --buckets 1,16,64`: fastest geometric mean over N x K in {28672x8192,
+# 4096x14336, 4096x4096} and the bucket's M values (1 | 4, 16 | 32, 64), timed as CUDA-graph replays with
+# L2 flushed (buckets 256 and large from the first sweep that day). BLOCK_M 0 = 16/32/64 by M: in the
+# sweep BLOCK_M 32 won at M = 32 (70 vs 84 us on 28672x8192) and 64 at M = 64 (84 vs 123 us).
+# Results: bench/results/quant_gemm-h100-80gb-hbm3-2026-11-27.md.
 _G = {"kernel": "gemm", "GROUP_M": 8, "JOIN": True, "num_stages": 3}
+_V = {"kernel": "gemv", "num_warps": 4, "num_stages": 1}
 CONFIGS: dict[tuple[int, str], dict] = {
-    (4, "1"): {"kernel": "gemv", "BLOCK_N": 128, "num_warps": 4, "num_stages": 1, "waves": 2, "PREFETCH": 1},
-    (4, "16"): {**_G, "BLOCK_M": 16, "BLOCK_N": 64, "num_warps": 4, "waves": 2, "SWAP": True},
-    (4, "64"): {**_G, "BLOCK_M": 64, "BLOCK_N": 64, "num_warps": 4, "waves": 1, "SWAP": True},
+    (4, "1"): {**_V, "BLOCK_N": 128, "waves": 2, "PREFETCH": 1, "XPF": True},
+    (4, "16"): {**_G, "BLOCK_M": 16, "BLOCK_N": 64, "num_warps": 4, "waves": 2, "SWAP": True, "DEQ": 2},
+    (4, "64"): {**_G, "BLOCK_M": 0, "BLOCK_N": 128, "num_warps": 4, "waves": 1, "SWAP": True, "DEQ": 2},
     (4, "256"): {**_G, "BLOCK_M": 128, "BLOCK_N": 64, "num_warps": 4, "waves": 1, "SWAP": True},
     (4, "large"): {**_G, "BLOCK_M": 256, "BLOCK_N": 128, "num_warps": 8, "waves": 0, "SWAP": True},
-    (8, "1"): {"kernel": "gemv", "BLOCK_N": 64, "num_warps": 4, "num_stages": 1, "waves": 2, "PREFETCH": 2},
-    (8, "16"): {**_G, "BLOCK_M": 16, "BLOCK_N": 64, "num_warps": 4, "waves": 2, "SWAP": True, "JOIN": False},
+    (8, "1"): {**_V, "BLOCK_N": 128, "num_stages": 4, "waves": 2, "PREFETCH": 0},
+    (8, "16"): {**_G, "BLOCK_M": 16, "BLOCK_N": 64, "num_warps": 4, "waves": 2, "SWAP": True},
     (8, "64"): {**_G, "BLOCK_M": 64, "BLOCK_N": 128, "num_warps": 4, "waves": 1},
     (8, "256"): {**_G, "BLOCK_M": 64, "BLOCK_N": 128, "num_warps": 4, "waves": 1},
     (8, "large"): {**_G, "BLOCK_M": 128, "BLOCK_N": 256, "num_warps": 8, "waves": 0},
