@@ -42,8 +42,11 @@ FLUSH = torch.empty(256 * 2**20, dtype=torch.int8, device="cuda") if torch.cuda.
 DEV = "cuda"  # --smoke: "cpu" with the Triton interpreter and tiny shapes, to check this script
 
 
-def ms(fn, rep: int = 100, flush: bool = True) -> float:
+def ms(fn, rep: int = 100, flush: bool | str = True) -> float:
     """Median ms of ``fn`` replayed from a CUDA graph, L2 flushed before each replay.
+
+    ``flush=True`` zeroes 256 MB like ``do_bench`` (L2 is then full of dirty lines that the timed kernel
+    writes back as it evicts them); ``flush="clean"`` reads 256 MB instead (L2 cold and clean).
 
     A graph keeps Python launch overhead (tens of us for a Triton launch) out of the timing of kernels
     that run for ~10 us; eager ``do_bench`` timing is the fallback when capture fails.
@@ -76,7 +79,9 @@ def ms(fn, rep: int = 100, flush: bool = True) -> float:
     iters = max(10, min(200, int(rep / max(start.elapsed_time(end), 1e-3))))
     events = [(torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)) for _ in range(iters)]
     for st, en in events:
-        if flush:
+        if flush == "clean":
+            FLUSH.view(torch.int32).amax()  # ~90 us of reads, leaves no dirty lines
+        elif flush:
             FLUSH.zero_()  # ~85 us of GPU work: the CPU queues the replay long before it runs
         else:
             torch.cuda._sleep(100_000)  # keep the GPU ahead of the CPU without touching L2
@@ -200,6 +205,8 @@ def decode_row(batch: int, ctx: int, notes: dict) -> dict:
         row[f"{name}_tbps"] = kv_bytes / ms(fn) / 1e9 if fn else float("nan")
         if fn is not None and ref is None:
             ref = fn().squeeze(2)
+            row["ours_clean_tbps"] = kv_bytes / ms(ours, flush="clean") / 1e9
+            row[f"{name}_clean_tbps"] = kv_bytes / ms(fn, flush="clean") / 1e9
     if ref is not None:
         row["rel_err_vs_sdpa"] = rel_err(ours(), ref)
     return row

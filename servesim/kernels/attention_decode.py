@@ -25,14 +25,16 @@ from .attention_prefill import _kv_rows, causal_attention_ref
 from .kv_cache import check_cache, check_scales, dot, gather_kv_ref, interpreting
 
 # Tile config keyed on head_dim, chosen by `bench/attention.py --tune` on an H100 SXM (Triton 3.6, bf16;
-# the candidates were within 4% of each other); head_dim 64 is an untuned default.
+# 7 candidates within 3% geomean of each other; 128/4/2 has one K+V buffer in flight, 72 KB of shared
+# memory, 3 programs per SM); head_dim 64 is an untuned default.
 DECODE_CONFIGS = {
     64: dict(BLOCK_N=64, num_warps=4, num_stages=3),
     128: dict(BLOCK_N=128, num_warps=4, num_stages=2),
 }
 FALLBACK_CONFIG = dict(BLOCK_N=32, num_warps=4, num_stages=2)
-# Split heuristic: aim for SPLIT_WAVES programs per SM, never fewer than MIN_SPLIT_KEYS keys per split
-# (tuned as above; 1..8 waves and 128..512 keys measured within 5% on the tuning shapes).
+# Split heuristic: at most SPLIT_WAVES programs per SM, never fewer than MIN_SPLIT_KEYS keys per split.
+# On the H100 the best split count of every tuning shape gave about 2 programs per SM (256 = 8 KV heads x
+# batch x splits); 1..16 per SM and 64..512 keys were swept (bench/results/attention-tune-fused-*).
 SPLIT_WAVES = 2
 MIN_SPLIT_KEYS = 256
 MAX_SPLITS = 128
@@ -54,23 +56,21 @@ def _merge_splits(o_ptr, part_ptr, lse_ptr, b, kvh, num_splits, num_q_heads, str
     offs_d = tl.arange(0, HEAD_DIM)
     lse_row = ((b * NUM_Q + t) * num_q_heads + hq).to(tl.int64) * num_splits  # [ROWS]; partials are
     m = tl.zeros([ROWS], dtype=tl.float32) - float("inf")  # [batch, n, heads, splits(, D)] contiguous
-    for c in range(0, num_splits, CHUNK):
-        ok = row_ok[:, None] & (c + offs_s < num_splits)[None, :]
-        lse = tl.load(lse_ptr + lse_row[:, None] + c + offs_s[None, :], mask=ok, other=float("-inf"),
-                      cache_modifier=".cg")
-        m = tl.maximum(m, tl.max(lse, 1))
-    m = tl.where(m == float("-inf"), 0.0, m)
     acc = tl.zeros([ROWS, HEAD_DIM], dtype=tl.float32)
     den = tl.zeros([ROWS], dtype=tl.float32)
-    for c in range(0, num_splits, CHUNK):
+    for c in range(0, num_splits, CHUNK):  # one pass, rescaled as the running max grows
         ok = row_ok[:, None] & (c + offs_s < num_splits)[None, :]
         lse = tl.load(lse_ptr + lse_row[:, None] + c + offs_s[None, :], mask=ok, other=float("-inf"),
                       cache_modifier=".cg")
-        w = tl.math.exp2(lse - m[:, None])  # [ROWS, CHUNK]
         part = tl.load(part_ptr + (lse_row[:, None, None] + c + offs_s[None, :, None]) * HEAD_DIM
                        + offs_d[None, None, :], mask=ok[:, :, None], other=0.0, cache_modifier=".cg")
-        acc += tl.sum(part * w[:, :, None], 1)
-        den += tl.sum(w, 1)
+        m_new = tl.maximum(m, tl.max(lse, 1))
+        m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
+        alpha = tl.math.exp2(m - m_safe)
+        w = tl.math.exp2(lse - m_safe[:, None])  # [ROWS, CHUNK]
+        acc = acc * alpha[:, None] + tl.sum(part * w[:, :, None], 1)
+        den = den * alpha + tl.sum(w, 1)
+        m = m_new
     out = acc / tl.where(den > 0, den, 1.0)[:, None]
     o_off = b.to(tl.int64) * stride_ob + t[:, None] * stride_ot + hq[:, None] * stride_oh + offs_d[None, :]
     tl.store(o_ptr + o_off, out.to(o_ptr.dtype.element_ty), mask=row_ok[:, None])
@@ -172,9 +172,9 @@ def split_counters(device: torch.device, n: int) -> torch.Tensor:
 
 
 def choose_num_splits(batch: int, num_kv_heads: int, max_kv_len: int, num_sms: int = 132) -> int:
-    """Splits per (sequence, KV head): SPLIT_WAVES programs per SM, each split >= MIN_SPLIT_KEYS keys."""
+    """Splits per (sequence, KV head): <= SPLIT_WAVES programs per SM, each split >= MIN_SPLIT_KEYS keys."""
     programs = batch * num_kv_heads
-    want = triton.cdiv(SPLIT_WAVES * num_sms, programs)
+    want = SPLIT_WAVES * num_sms // programs
     return max(1, min(want, max_kv_len // MIN_SPLIT_KEYS, MAX_SPLITS))
 
 
@@ -250,7 +250,7 @@ def decode_attention(
         k_cache.stride(0), k_cache.stride(1), k_cache.stride(2), block_tables.stride(0),
         NUM_Q=num_q, GROUP=group, HEAD_DIM=head_dim, BLOCK_M=max(16, triton.next_power_of_2(num_q * group)),
         BLOCK_SIZE=block_size, FP8=fp8, SPLIT=split, MERGE_ROWS=triton.next_power_of_2(num_q * group),
-        MERGE_CHUNK=max(1, min(triton.next_power_of_2(num_splits), 64 // triton.next_power_of_2(num_q * group))),
+        MERGE_CHUNK=max(1, min(triton.next_power_of_2(num_splits), 128 // triton.next_power_of_2(num_q * group))),
         UPCAST=interpreting(), **cfg,
     )
     return out.view(q.shape)
