@@ -1,0 +1,348 @@
+"""The quantized GEMM kernels: ``_wq_gemv_kernel`` (M == 1, CUDA-core FMAs) and ``_wq_gemm_kernel``
+(any M, ``tl.dot`` on a dequantized tile). The launcher and the format are in ``quant_gemm.py``."""
+
+from __future__ import annotations
+
+import triton
+import triton.language as tl
+
+from servesim.kernels.quant_gemm_common import (  # noqa: F401  (Triton resolves these as globals)
+    LIFT,
+    MAGIC,
+    X_EXP,
+    _code,
+    _finish,
+    _group_params,
+    _pick,
+    _pos_scale,
+    _w_block,
+    _x_block,
+    _zero_code,
+)
+
+
+@triton.jit(do_not_specialize=["G", "KB", "SPLIT_K"])
+def _wq_gemv_kernel(
+    x_ptr, w_ptr, sz_ptr, y_ptr, ws_ptr, lock_ptr,
+    N, K, G, KB, SPLIT_K, stride_wb, stride_wn, stride_ym,
+    BITS: tl.constexpr, GS: tl.constexpr, PER_CHANNEL: tl.constexpr, DENORM: tl.constexpr,
+    BLOCK_N: tl.constexpr, PREFETCH: tl.constexpr, XPF: tl.constexpr, EVEN: tl.constexpr,
+):
+    """y[0, n] = sum_k x[0, k] * W[n, k]; one CTA = BLOCK_N channels x one K split.
+
+    XPF loads the next block's activations with the weights: otherwise every iteration waits on an
+    L2 round trip for x, which the weight prefetch cannot hide. EVEN (N % BLOCK_N == 0 and
+    K % 128 == 0) drops the per-element masks; prefetches past the split then read a clamped, valid block.
+    """
+    E: tl.constexpr = 32 // BITS
+    P: tl.constexpr = 128 // E
+    J_PER_GROUP: tl.constexpr = E if (PER_CHANNEL or GS >= 128) else E * GS // 128
+    pid_n = tl.program_id(0)
+    pid_k = tl.program_id(1)
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    offs_p = tl.arange(0, P)
+    n_mask = offs_n < N
+    per_split = tl.cdiv(KB, SPLIT_K)
+    b0 = pid_k * per_split
+    b1 = tl.minimum(b0 + per_split, KB)
+    w_ptrs = w_ptr + offs_n[:, None] * stride_wn + offs_p[None, :]
+    # PREFETCH blocks ahead (1 or 2) are loaded while one is dequantized; 0 leaves it to num_stages
+    if PREFETCH >= 1:
+        w_n1 = _w_block(w_ptrs, b0, b1, KB, stride_wb, n_mask, offs_p, EVEN)
+    if PREFETCH >= 2:
+        w_n2 = _w_block(w_ptrs, b0 + 1, b1, KB, stride_wb, n_mask, offs_p, EVEN)
+    if XPF:
+        x0, x1, x2, x3, x4, x5, x6, x7 = _x_block(x_ptr, b0, offs_p, K, KB, b0 < b1, P, E, EVEN)
+    acc = tl.zeros([BLOCK_N, P], dtype=tl.float32)
+    for b in range(b0, b1):
+        if XPF:
+            c0, c1, c2, c3, c4, c5, c6, c7 = x0, x1, x2, x3, x4, x5, x6, x7
+            x0, x1, x2, x3, x4, x5, x6, x7 = _x_block(x_ptr, b + 1, offs_p, K, KB, b + 1 < b1, P, E, EVEN)
+        nxt = b + PREFETCH
+        if PREFETCH == 0:
+            w_lo = _w_block(w_ptrs, b, b1, KB, stride_wb, n_mask, offs_p, EVEN)
+        else:
+            w_lo = w_n1
+            w_new = _w_block(w_ptrs, nxt, b1, KB, stride_wb, n_mask, offs_p, EVEN)
+            if PREFETCH == 1:
+                w_n1 = w_new
+            else:
+                w_n1 = w_n2
+                w_n2 = w_new
+        w_hi = w_lo >> (BITS + 8)
+        part = tl.zeros([BLOCK_N, P], dtype=tl.float32)
+        xs = tl.zeros([P], dtype=tl.float32)
+        for j in tl.static_range(E):
+            if j % J_PER_GROUP == 0:
+                s, zb = _group_params(sz_ptr, b, j, P, offs_n, n_mask, N, G, GS, PER_CHANNEL)
+            if XPF:
+                xj = _pick(j, c0, c1, c2, c3, c4, c5, c6, c7).to(tl.float32)
+            else:
+                k = b * 128 + j * P + offs_p
+                if EVEN:  # noqa: SIM108
+                    xj = tl.load(x_ptr + k).to(tl.float32)
+                else:
+                    xj = tl.load(x_ptr + k, mask=k < K, other=0.0).to(tl.float32)
+            code = _code(w_lo, w_hi, j, BITS, DENORM)
+            if DENORM:
+                # q * 2^(POS-149) * x * 2^(96-POS) = q * x * 2^-53: exact product, normal range
+                part += code * (xj * (2.0**X_EXP / _pos_scale(j, BITS)))[None, :]
+                xs += xj
+            else:
+                part += (code - _zero_code(zb, j, BITS, DENORM)) * (xj / _pos_scale(j, BITS))[None, :]
+            if j % J_PER_GROUP == J_PER_GROUP - 1:
+                if DENORM:  # subtract zero * sum(x) in the same 2^-53 units
+                    part -= (zb.to(tl.float32) * 2.0**-53) * xs[None, :]
+                    xs = tl.zeros([P], dtype=tl.float32)
+                if PER_CHANNEL:
+                    acc += part
+                else:
+                    acc += part * (s * 2.0**53) if DENORM else part * s
+                part = tl.zeros([BLOCK_N, P], dtype=tl.float32)
+    y = tl.sum(acc, axis=1)
+    if PER_CHANNEL:
+        s_row = tl.load(sz_ptr + offs_n, mask=n_mask, other=0.0)
+        y = y * (s_row * 2.0**53) if DENORM else y * s_row
+    offs_m = tl.arange(0, 1)
+    _finish(y[None, :], y_ptr, ws_ptr, lock_ptr, offs_m, offs_n, 1, N, stride_ym, pid_n, pid_k, SPLIT_K)
+
+
+@triton.jit
+def _deq(w_lo, w_hi, s, zb, J: tl.constexpr, BITS: tl.constexpr, E: tl.constexpr, DTYPE: tl.constexpr,
+         DENORM: tl.constexpr):
+    """Dequantized code J of a [BN, P] word tile, in the activation dtype."""
+    c = _zero_code(zb, J, BITS, DENORM)
+    code = _code(w_lo, w_hi, J, BITS, DENORM)
+    if DENORM:  # (q - z) * 2^(POS-49), exact, then times scale * 2^(49-POS)
+        w = (code * LIFT - c * LIFT) * (s * (2.0**49 / _pos_scale(J, BITS)))
+    else:
+        w = (code - c) * (s / _pos_scale(J, BITS))
+    return w.to(DTYPE)
+
+
+@triton.jit
+def _dot(a, b, acc, DOT_FP32: tl.constexpr):
+    # The CPU interpreter (Triton 3.9) multiplies bf16 operands as raw uint16: upcast there only.
+    if DOT_FP32:  # noqa: SIM108
+        out = tl.dot(a.to(tl.float32), b.to(tl.float32), acc)
+    else:
+        out = tl.dot(a, b, acc)
+    return out
+
+
+@triton.jit
+def _mma(x, w, acc, SWAP: tl.constexpr, DOT_FP32: tl.constexpr):
+    """acc += x @ w^T ([BM, BN]) or, swapped, acc += w @ x^T ([BN, BM])."""
+    if SWAP:  # noqa: SIM108
+        out = _dot(w, tl.trans(x), acc, DOT_FP32)
+    else:
+        out = _dot(x, tl.trans(w), acc, DOT_FP32)
+    return out
+
+
+@triton.jit
+def _deq_asm(w, zb, zb2, DTYPE: tl.constexpr):
+    """DEQ 2 (int4, GPU only): all 8 codes of each word as exact ``q - z`` in the activation dtype.
+
+    Per pair of codes (j, j+4) one LOP3 puts both nibbles into the mantissas of two packed 16-bit
+    floats of value MAGIC + q (MAGIC = 128 in bf16, 1024 in fp16: one unit per mantissa step) and one
+    packed FMA subtracts MAGIC + z: ~1.4 instructions per weight, no conversion, no F2FP. Codes 0-3
+    take the zero ``zb``, codes 4-7 ``zb2`` (the second group of a 64-group block).
+    """
+    if DTYPE == tl.bfloat16:  # noqa: SIM300 (DTYPE is the compile-time value)
+        nz, nz2 = zb | 0xC300, zb2 | 0xC300  # -(128 + z) in bf16
+        op: tl.constexpr = "bf16x2"
+        magic: tl.constexpr = "0x43004300"
+        one: tl.constexpr = "0x3F803F80"
+    else:
+        nz, nz2 = zb | 0xE400, zb2 | 0xE400  # -(1024 + z) in fp16
+        op: tl.constexpr = "f16x2"
+        magic: tl.constexpr = "0x64006400"
+        one: tl.constexpr = "0x3C003C00"
+    nzz = tl.broadcast_to(nz | (nz2 << 16), w.shape)
+    d0, d1, d2, d3, d4, d5, d6, d7 = tl.inline_asm_elementwise(
+        asm="{\n.reg .b32 t<4>, u<3>, one;\n"
+            "mov.b32 one, " + one + ";\n"
+            "shr.u32 u0, $8, 4;\nshr.u32 u1, $8, 8;\nshr.u32 u2, $8, 12;\n"
+            "lop3.b32 t0, $8, 0x000F000F, " + magic + ", 0xEA;\n"
+            "lop3.b32 t1, u0, 0x000F000F, " + magic + ", 0xEA;\n"
+            "lop3.b32 t2, u1, 0x000F000F, " + magic + ", 0xEA;\n"
+            "lop3.b32 t3, u2, 0x000F000F, " + magic + ", 0xEA;\n"
+            "fma.rn." + op + " t0, t0, one, $9;\nfma.rn." + op + " t1, t1, one, $9;\n"
+            "fma.rn." + op + " t2, t2, one, $9;\nfma.rn." + op + " t3, t3, one, $9;\n"
+            "mov.b32 {$0, $4}, t0;\nmov.b32 {$1, $5}, t1;\nmov.b32 {$2, $6}, t2;\nmov.b32 {$3, $7}, t3;\n}",
+        constraints="=h,=h,=h,=h,=h,=h,=h,=h,r,r", args=[w, nzz], dtype=(tl.int16,) * 8, is_pure=True, pack=1)
+    return (d0.to(DTYPE, bitcast=True), d1.to(DTYPE, bitcast=True), d2.to(DTYPE, bitcast=True),
+            d3.to(DTYPE, bitcast=True), d4.to(DTYPE, bitcast=True), d5.to(DTYPE, bitcast=True),
+            d6.to(DTYPE, bitcast=True), d7.to(DTYPE, bitcast=True))
+
+
+@triton.jit
+def _deq_q(w_lo, w_hi, zb, J: tl.constexpr, BITS: tl.constexpr, DTYPE: tl.constexpr, DENORM: tl.constexpr):
+    """DEQ 1: ``(q - z) * 2^(POS-49)`` (denorm; ``* 2^POS`` magic), exact in bf16: the scale comes later."""
+    c = _zero_code(zb, J, BITS, DENORM)
+    code = _code(w_lo, w_hi, J, BITS, DENORM)
+    if DENORM:  # noqa: SIM108
+        w = code * LIFT - c * LIFT  # one FFMA
+    else:
+        w = code - c
+    return w.to(DTYPE)
+
+
+@triton.jit
+def _x_unit(J: tl.constexpr, BITS: tl.constexpr, DENORM: tl.constexpr):
+    """DEQ 1: the factor taking code J's ``_deq_q`` units back to ``q - z`` (moved onto x: exact, 2^n)."""
+    if DENORM:  # noqa: SIM108
+        f = 2.0**49 / _pos_scale(J, BITS)
+    else:
+        f = 1.0 / _pos_scale(J, BITS)
+    return f
+
+
+@triton.jit
+def _deq_all(w_lo, w_hi, s, z, s2, z2, BITS: tl.constexpr, E: tl.constexpr, DTYPE: tl.constexpr,
+             DENORM: tl.constexpr, DEQ: tl.constexpr):
+    """The E code slices of a [BN, P] word tile (8 values; for E = 4 the last four repeat)."""
+    if DEQ == 2:
+        d0, d1, d2, d3, d4, d5, d6, d7 = _deq_asm(w_lo, z, z2, DTYPE)
+    elif DEQ == 1:
+        d0 = _deq_q(w_lo, w_hi, z, 0, BITS, DTYPE, DENORM)
+        d1 = _deq_q(w_lo, w_hi, z, 1, BITS, DTYPE, DENORM)
+        if E == 8:
+            d2 = _deq_q(w_lo, w_hi, z, 2, BITS, DTYPE, DENORM)
+            d3 = _deq_q(w_lo, w_hi, z, 3, BITS, DTYPE, DENORM)
+            d4 = _deq_q(w_lo, w_hi, z2, 4, BITS, DTYPE, DENORM)
+            d5 = _deq_q(w_lo, w_hi, z2, 5, BITS, DTYPE, DENORM)
+            d6 = _deq_q(w_lo, w_hi, z2, 6, BITS, DTYPE, DENORM)
+            d7 = _deq_q(w_lo, w_hi, z2, 7, BITS, DTYPE, DENORM)
+        else:
+            d2 = _deq_q(w_lo, w_hi, z2, 2, BITS, DTYPE, DENORM)
+            d3 = _deq_q(w_lo, w_hi, z2, 3, BITS, DTYPE, DENORM)
+            d4, d5, d6, d7 = d0, d1, d2, d3
+    else:
+        d0 = _deq(w_lo, w_hi, s, z, 0, BITS, E, DTYPE, DENORM)
+        d1 = _deq(w_lo, w_hi, s, z, 1, BITS, E, DTYPE, DENORM)
+        if E == 8:
+            d2 = _deq(w_lo, w_hi, s, z, 2, BITS, E, DTYPE, DENORM)
+            d3 = _deq(w_lo, w_hi, s, z, 3, BITS, E, DTYPE, DENORM)
+            d4 = _deq(w_lo, w_hi, s2, z2, 4, BITS, E, DTYPE, DENORM)
+            d5 = _deq(w_lo, w_hi, s2, z2, 5, BITS, E, DTYPE, DENORM)
+            d6 = _deq(w_lo, w_hi, s2, z2, 6, BITS, E, DTYPE, DENORM)
+            d7 = _deq(w_lo, w_hi, s2, z2, 7, BITS, E, DTYPE, DENORM)
+        else:
+            d2 = _deq(w_lo, w_hi, s2, z2, 2, BITS, E, DTYPE, DENORM)
+            d3 = _deq(w_lo, w_hi, s2, z2, 3, BITS, E, DTYPE, DENORM)
+            d4, d5, d6, d7 = d0, d1, d2, d3
+    return d0, d1, d2, d3, d4, d5, d6, d7
+
+
+@triton.jit
+def _oriented(s, SWAP: tl.constexpr):
+    """A [BN, 1] per-channel column as it broadcasts over the accumulator ([BN, BM] swapped, else [BM, BN])."""
+    if SWAP:  # noqa: SIM108
+        r = s
+    else:
+        r = tl.trans(s)
+    return r
+
+
+@triton.jit(do_not_specialize=["M", "G", "KB", "SPLIT_K"])
+def _wq_gemm_kernel(
+    x_ptr, w_ptr, sz_ptr, y_ptr, ws_ptr, lock_ptr,
+    M, N, K, G, KB, SPLIT_K, stride_xm, stride_wb, stride_wn, stride_ym,
+    BITS: tl.constexpr, GS: tl.constexpr, PER_CHANNEL: tl.constexpr, DENORM: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, GROUP_M: tl.constexpr,
+    JOIN: tl.constexpr, SWAP: tl.constexpr, DOT_FP32: tl.constexpr, DEQ: tl.constexpr,
+):
+    """y = x @ dequant(W)^T on tensor cores; one CTA = [BLOCK_M, BLOCK_N] x one K split.
+
+    DEQ 0 dequantizes to ``(q - z) * s`` per weight. DEQ 1 and 2 feed the MMA ``q - z`` only and apply
+    the scale once per group to the dot's result (``sum_k x (q - z) s = s * sum_k x (q - z)``): one
+    FMA per accumulator element per group instead of one multiply per weight.
+    """
+    E: tl.constexpr = 32 // BITS
+    P: tl.constexpr = 128 // E
+    J_PER_GROUP: tl.constexpr = E if (PER_CHANNEL or GS >= 128) else E * GS // 128
+    # a joined tile spans both groups of a 64-group block: factored scales need per-slice dots there
+    JOINED: tl.constexpr = JOIN and (DEQ == 0 or J_PER_GROUP == E)
+    DTYPE: tl.constexpr = x_ptr.dtype.element_ty
+    # grouped tile order: GROUP_M row-tiles share the W tiles they stream through L2
+    pid = tl.program_id(0)
+    pid_k = tl.program_id(1)
+    grid_m = tl.cdiv(M, BLOCK_M)
+    grid_n = tl.cdiv(N, BLOCK_N)
+    width = GROUP_M * grid_n
+    first_m = (pid // width) * GROUP_M
+    rows = tl.minimum(grid_m - first_m, GROUP_M)
+    pid_m = first_m + (pid % width) % rows
+    pid_n = (pid % width) // rows
+
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    offs_p = tl.arange(0, P)
+    m_mask = offs_m < M
+    n_mask = offs_n < N
+    per_split = tl.cdiv(KB, SPLIT_K)
+    b0 = pid_k * per_split
+    b1 = tl.minimum(b0 + per_split, KB)
+    w_ptrs = w_ptr + offs_n[:, None] * stride_wn + offs_p[None, :]
+    x_rows = x_ptr + offs_m[:, None] * stride_xm
+    # DEQ 1: x of code slice j carries the 2^n that _deq_q left on the weights
+    jk = tl.arange(0, 128) // P
+    pos = tl.where(BITS * jk + BITS <= 23, BITS * jk, BITS * jk - (BITS + 8))
+    x_unit = ((127 + (49 if DENORM else 0) - pos) << 23).to(tl.float32, bitcast=True)
+    # SWAP: accumulate y^T = W x^T so the dequantized tile is the MMA's A operand (registers on wgmma)
+    if SWAP:  # noqa: SIM108
+        acc = tl.zeros([BLOCK_N, BLOCK_M], dtype=tl.float32)
+    else:
+        acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
+    for b in range(b0, b1):
+        w_lo = tl.load(w_ptrs + b * stride_wb, mask=n_mask[:, None], other=0)
+        w_hi = w_lo >> (BITS + 8)
+        s, z = _group_params(sz_ptr, b, 0, P, offs_n, n_mask, N, G, GS, PER_CHANNEL)
+        if J_PER_GROUP < E:
+            s2, z2 = _group_params(sz_ptr, b, E - 1, P, offs_n, n_mask, N, G, GS, PER_CHANNEL)
+        else:
+            s2, z2 = s, z
+        d0, d1, d2, d3, d4, d5, d6, d7 = _deq_all(w_lo, w_hi, s, z, s2, z2, BITS, E, DTYPE, DENORM, DEQ)
+        if JOINED:
+            kk = b * 128 + tl.arange(0, 128)
+            xt = tl.load(x_rows + kk[None, :], mask=m_mask[:, None] & (kk[None, :] < K), other=0.0)
+            if DEQ == 1:
+                xt = (xt.to(tl.float32) * x_unit[None, :]).to(DTYPE)
+            if E == 8:
+                # minor index (b2, b1, b0) of the joined dims equals j; then move j in front of p
+                t = tl.join(tl.join(tl.join(d0, d4), tl.join(d2, d6)),
+                            tl.join(tl.join(d1, d5), tl.join(d3, d7)))
+                t = tl.permute(t, (0, 2, 3, 4, 1))
+            else:
+                t = tl.permute(tl.join(tl.join(d0, d2), tl.join(d1, d3)), (0, 2, 3, 1))
+            wt = tl.reshape(t, (BLOCK_N, 128))
+            if DEQ == 0 or PER_CHANNEL:
+                acc = _mma(xt, wt, acc, SWAP, DOT_FP32)
+            else:
+                acc += _mma(xt, wt, tl.zeros_like(acc), SWAP, DOT_FP32) * _oriented(s, SWAP)
+        else:
+            part = tl.zeros_like(acc)
+            for j in tl.static_range(E):
+                kk = b * 128 + j * P + offs_p
+                xj = tl.load(x_rows + kk[None, :], mask=m_mask[:, None] & (kk[None, :] < K), other=0.0)
+                if DEQ == 1:
+                    xj = (xj.to(tl.float32) * _x_unit(j, BITS, DENORM)).to(DTYPE)
+                wj = _pick(j, d0, d1, d2, d3, d4, d5, d6, d7)
+                if DEQ == 0 or PER_CHANNEL:
+                    acc = _mma(xj, wj, acc, SWAP, DOT_FP32)
+                else:
+                    part = _mma(xj, wj, part, SWAP, DOT_FP32)
+                    if j == J_PER_GROUP - 1:
+                        acc += part * _oriented(s, SWAP)
+                        part = tl.zeros_like(acc)
+                    if J_PER_GROUP < E and j == E - 1:
+                        acc += part * _oriented(s2, SWAP)
+    if DEQ != 0 and PER_CHANNEL:
+        s_n, _ = _group_params(sz_ptr, 0, 0, P, offs_n, n_mask, N, G, GS, PER_CHANNEL)
+        acc = acc * _oriented(s_n, SWAP)
+    if SWAP:
+        acc = tl.trans(acc)
+    tile = pid_m * grid_n + pid_n
+    _finish(acc, y_ptr, ws_ptr, lock_ptr, offs_m, offs_n, M, N, stride_ym, tile, pid_k, SPLIT_K)
