@@ -13,7 +13,9 @@ import triton
 import triton.language as tl
 from scipy import stats
 
-from servesim.kernels.spec import exponentials, philox4x32, verify, verify_bytes, verify_ref
+from servesim.kernels import spec
+from servesim.kernels.spec import exponentials, noise_bits, philox4x32, verify, verify_bytes, verify_ref
+from servesim.kernels.spec_ref import mix32
 
 ALPHA = 1e-3
 
@@ -66,14 +68,80 @@ def test_numpy_philox_is_triton_randint4x():
     assert np.array_equal(out.numpy(), np.stack(want, 1).astype(np.int64))
 
 
+@triton.jit
+def _hash_probe(seed_ptr, out_ptr, V: tl.constexpr, NPOS: tl.constexpr):
+    i = tl.program_id(0)
+    j = tl.program_id(1)
+    k1, k2 = spec._row_keys(tl.load(seed_ptr + i), j)
+    v = tl.arange(0, V)
+    h = spec._mix(k1 + v.to(tl.uint32) * spec._G, k2)
+    tl.store(out_ptr + (i * NPOS + j) * V + v, h.to(tl.int64))
+
+
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.gpu)])
+def test_numpy_noise_hash_is_the_kernels(device):
+    seeds = torch.tensor([0, 1, -5, 2**62 + 3], dtype=torch.int64, device=device)
+    out = torch.empty(4, 3, 256, dtype=torch.int64, device=device)
+    _hash_probe[(4, 3)](seeds, out, V=256, NPOS=3)
+    assert np.array_equal(out.cpu().numpy(), noise_bits(seeds.cpu().numpy(), 3, 256).astype(np.int64))
+
+
 def test_exponential_noise_is_exp1_down_to_tiny_values():
-    e = exponentials(np.arange(4), 8, 32768).astype(np.float64).ravel()  # 1M draws
+    e = exponentials(np.arange(4), 8, 32768).astype(np.float64).ravel() * np.log(2)  # 1M draws of E2 * ln 2
     assert np.isfinite(e).all() and (e > 0).all()
     assert stats.kstest(e, "expon").pvalue > ALPHA
     # the 32-bit series branch keeps small values: P(E < t) = 1 - exp(-t) holds far below 2**-24
     for t in (1e-2, 1e-4):
         assert abs((e < t).mean() - -np.expm1(-t)) < 5 * np.sqrt(t / e.size)
     assert e.min() < 1e-5
+
+
+# Quality of the per-token noise hash. Losslessness needs, within a row, independent uniform draws per token,
+# and no draw shared with (or shifted from) another position or sequence; seeds are often consecutive, so the
+# seed neighbours are tested too. All on 2**20 or more draws, chi-square at ALPHA.
+
+def _cells_pvalue(cells: np.ndarray, n_cells: int) -> float:
+    counts = np.bincount(cells.ravel(), minlength=n_cells)
+    return float(stats.chisquare(counts).pvalue)
+
+
+def test_noise_hash_bits_are_uniform():
+    h = noise_bits(np.arange(16), 4, 16384)  # consecutive seeds, 1M draws
+    assert _cells_pvalue(h >> np.uint32(24), 256) > ALPHA  # top byte (sets w, so E and the Gumbel noise)
+    assert _cells_pvalue(h & np.uint32(255), 256) > ALPHA  # bottom byte (the precision of tiny E)
+    assert _cells_pvalue((h >> np.uint32(12)) & np.uint32(255), 256) > ALPHA
+    assert len(np.unique(h[0, 0])) == h.shape[-1]  # a bijection of the token: no draw repeats in a row
+
+
+@pytest.mark.parametrize("pair", ["token", "position", "seed"])
+def test_noise_hash_neighbours_are_independent(pair):
+    h = (noise_bits(np.arange(64), 8, 4096) >> np.uint32(28)).astype(np.int64)  # top 4 bits, [seed, pos, token]
+    a, b = {"token": (h[:, :, :-1], h[:, :, 1:]), "position": (h[:, :-1], h[:, 1:]),
+            "seed": (h[:-1], h[1:])}[pair]
+    assert _cells_pvalue(a * 16 + b, 256) > ALPHA
+    n = a.size
+    assert abs(np.corrcoef(a.ravel(), b.ravel())[0, 1]) < 4 / np.sqrt(n)
+
+
+def test_noise_hash_avalanche():
+    rng = np.random.default_rng(0)
+    x, k2 = (rng.integers(0, 2**32, 2**16, dtype=np.uint64).astype(np.uint32) for _ in range(2))
+    h = mix32(x, k2)
+    bit = np.arange(32, dtype=np.uint32)
+    flips = np.stack([(((h ^ mix32(x ^ (np.uint32(1) << i), k2))[:, None] >> bit) & 1).mean(0) for i in bit])
+    assert np.abs(flips - 0.5).max() < 0.01  # every input bit flips every output bit half the time
+
+
+def test_reference_bonus_token_over_consecutive_seeds_is_p():
+    # k = 0: every sequence samples its bonus token by the hash's Gumbel-max race; seeds 0, 1, 2, ...
+    for n, vocab, spread in ((40_000, 8, 1.0), (8_000, 1000, 2.5)):
+        logits = np.random.default_rng(vocab).normal(0, spread, vocab)
+        p = np.exp(logits - logits.max())
+        p /= p.sum()
+        args = (torch.tensor(np.tile(logits, (n, 1)), dtype=torch.float32), cu_of([0] * n),
+                torch.zeros(0, dtype=torch.int32), torch.zeros(0, vocab), torch.arange(n))
+        emitted = verify_ref(*args, 1.0)[1][:, 0].numpy()
+        assert chi2_pvalue(emitted, p) > ALPHA
 
 
 @pytest.mark.parametrize("dtype,temperature,splits", [

@@ -1,4 +1,4 @@
-"""Fused speculative-decoding verification (rejection sampling), its torch reference and bytes helper.
+"""Fused speculative-decoding verification (rejection sampling) in Triton; reference in ``spec_ref.py``.
 
 Inputs (B sequences; sequence ``i`` drafted ``k_i >= 0`` tokens, ``K = max k_i``):
 
@@ -16,20 +16,22 @@ if all ``k_i`` are accepted emit a sample of ``p_{k_i}`` (the bonus token). Gree
 ``x_j == argmax_j`` (ties: lowest id), then emit that argmax. Outputs ``accepted`` int32 ``[B]`` and
 ``emitted`` int32 ``[B, K+1]``: ``accepted`` drafts, one recovered/bonus token, then -1.
 
-Randomness is counter-based, so it does not depend on the launch shape: everything is drawn from
-Philox4x32-10 (``tl.randint4x``) keyed by the sequence's seed. ``u_j`` = lane 0 of counter ``(j, 0)``
-(top 24 bits); the noise of position ``j``, token ``v`` = lane ``v % 4`` of counter ``(v // 4, j + 1)``,
-turned into an Exp(1) variate ``E`` by ``-ln(1 - w)`` with a 32-bit ``w`` (a series near 0, so small
-``E`` keep their relative precision and rare tokens their probability). Sampling is an exponential
-race: the bonus token is ``argmax(y - log2 E)`` with ``y = logits * log2(e) / T`` (Gumbel-max), the
-recovered one ``argmax(max(0, p - q) / E)``, which needs no normalisation. The reference draws the same
-numbers with a NumPy Philox and repeats the arithmetic, so kernel and reference agree token for token
-(up to float rounding ties, about 1e-7 per decision).
+Randomness is counter-based, so it does not depend on the launch shape (``spec_ref.py`` has the exact
+recipe and the NumPy code that reproduces it). Acceptance uniforms are Philox4x32-10 (``tl.randint4x``)
+draws keyed by the sequence's seed. The per-token noise, one draw per vocabulary entry, is a cheap
+counter-based 32-bit hash of (position keys from Philox, token), turned into ``E2 = E / ln 2`` with
+``E ~ Exp(1)`` (a series near 0, so small ``E`` keep their relative precision and rare tokens their
+probability). Sampling is an exponential race: the bonus token is ``argmax(y - log2 E2)`` with
+``y = logits * log2(e) / T`` (Gumbel-max), the recovered one ``argmax(max(0, p - q) / E2)``, which needs no
+normalisation. The reference draws the same numbers and repeats the arithmetic, so kernel and reference
+agree token for token (up to float rounding ties, about 1e-7 per decision).
 
-Three launches, no [T, V] float32 tensor: (1) one pass over every row, split along V into chunks:
+Two launches, no [T, V] float32 tensor: (1) one pass over every row, split along V into chunks:
 running max and sum of exp (draft rows), Gumbel-max partial winners (bonus rows), max/argmax (greedy);
-(2) for each rejected sequence only, one pass over the rejected row and its q row: residual partial
-winners; (3) one tiny program per sequence combines the partials and writes the outputs.
+(2) grid (chunk, sequence): the acceptance tests; a sequence that accepted everything has its bonus winner
+emitted by chunk 0; a rejected one races the residual over one chunk of its rejected row (read again, with
+its q row) and the last chunk to arrive combines the winners and emits (greedy: one tiny program per
+sequence instead).
 """
 
 from __future__ import annotations
@@ -38,58 +40,111 @@ import functools
 import math
 import os
 
-import numpy as np
 import torch
 import triton
 import triton.language as tl
 from triton.language.extra import libdevice
 
-LOG2E = 1.4426950408889634
+from servesim.kernels import spec_ref
+from servesim.kernels.attention_decode import split_counters  # shared zero counters, reset by their last user
+from servesim.kernels.spec_ref import accept_uniforms, exponentials, noise_bits, philox4x32, verify_bytes, verify_ref
+
+__all__ = ["verify", "verify_ref", "verify_bytes", "philox4x32", "accept_uniforms", "exponentials", "noise_bits"]
+
 _BIG = tl.constexpr(2**31 - 1)
+_ONE_HI = tl.constexpr(1 << 32)  # Philox counter (c0, c1) = (offset low, offset high word)
+_G, _M1, _M2 = tl.constexpr(spec_ref.HASH_G), tl.constexpr(spec_ref.HASH_M1), tl.constexpr(spec_ref.HASH_M2)
+_C1, _C2, _C3, _C4, _C5 = (tl.constexpr(c) for c in spec_ref.SERIES)
 
 
 @triton.jit
-def _noise(seed, j, start, R: tl.constexpr, LOG: tl.constexpr, FAST: tl.constexpr):
-    """Exp(1) noise E (log2 E if LOG) of position j for tokens start .. start + 4R - 1, as an [R, 4] tile.
+def _row_keys(seed, j):
+    """Hash keys (k1, k2) of position j: lanes 0 and 1 of Philox counter (j, 1) under the seed (scalars)."""
+    offs = (tl.arange(0, 1) + j).to(tl.int64) + _ONE_HI
+    k1, k2, _, _ = tl.randint4x(seed, offs)
+    return tl.max(k1, 0), tl.max(k2, 0)
 
-    One Philox call per row of 4 tokens. E = -ln(1 - w), w = (bits + 0.5) / 2**32, by a series below
-    w = 1/32 so that small E keep their relative precision. FAST: the GPU's lg2.approx (error ~1e-7)."""
-    r = tl.arange(0, R)
-    c = tl.arange(0, 4)[None, :]
-    offs = ((j + 1).to(tl.int64) << 32) + (start // 4 + r).to(tl.int64)
-    b0, b1, b2, b3 = tl.randint4x(seed, offs)
-    bits = tl.where(c == 0, b0[:, None], tl.where(c == 1, b1[:, None], tl.where(c == 2, b2[:, None], b3[:, None])))
-    w = bits.to(tl.float32) * 2.3283064365386963e-10 + 1.1641532182693481e-10
-    poly = w * (1.0 + w * (0.5 + w * (0.3333333333333333 + w * (0.25 + w * 0.2))))
+
+@triton.jit
+def _mix(x, k2):
+    """32-bit counter-based hash (spec_ref.mix32): two multiplies, key k2 injected mid-way; a bijection of x."""
+    x ^= x >> 16
+    x *= _M1
+    x ^= (x >> 15) ^ k2
+    x *= _M2
+    return x ^ (x >> 15)
+
+
+@triton.jit
+def _noise(x, k2, LOG: tl.constexpr, FAST: tl.constexpr):
+    """E2 = E / ln 2, E ~ Exp(1) (log2 E2 if LOG), of Weyl counters x (uint32) under key k2.
+
+    h = _mix(x, k2), w = (h + 0.5) / 2**32, E2 = -log2(1 - w), by a series below w = 1/32 so
+    that small E keep their relative precision. FAST: the GPU's lg2.approx (error ~1e-7)."""
+    w = _mix(x, k2).to(tl.float32) * 2.3283064365386963e-10 + 1.1641532182693481e-10
+    poly = w * (_C1 + w * (_C2 + w * (_C3 + w * (_C4 + w * _C5))))
     if FAST:
-        e = tl.where(w < 0.03125, poly, -libdevice.fast_log2f(1.0 - w) * 0.6931471805599453)
+        e = tl.where(w < 0.03125, poly, -libdevice.fast_log2f(1.0 - w))
         if LOG:
             e = libdevice.fast_log2f(e)
     else:
-        e = tl.where(w < 0.03125, poly, -tl.log2(1.0 - w) * 0.6931471805599453)
+        e = tl.where(w < 0.03125, poly, -tl.log2(1.0 - w))
         if LOG:
             e = tl.log2(e)
     return e
 
 
 @triton.jit
-def _keep(key, v, best, best_idx):
-    """Per-lane running winner: a lane sees increasing tokens, so strict > keeps the lowest on ties."""
+def _keep(key, start, best, best_start):
+    """Per-lane running winner, as (key, block start): a lane sees increasing tokens, so strict > keeps the
+    lowest on ties; the token is best_start + lane, recovered once at the end."""
     upd = key > best
-    return tl.where(upd, key, best), tl.where(upd, v, best_idx)
+    return tl.where(upd, key, best), tl.where(upd, start, best_start)
 
 
 @triton.jit
-def _winner(best, best_idx):
-    """Reduce per-lane winners of an [R, 4] tile: max key, lowest token among equal keys."""
-    kb = tl.max(tl.max(best, 1), 0)
-    return kb, tl.min(tl.min(tl.where(best == kb, best_idx, _BIG), 1), 0)
+def _winner(best, best_start, lane):
+    """Reduce per-lane winners: max key, lowest token among equal keys (BIG if no lane has a finite key)."""
+    kb = tl.max(best, 0)
+    idx = tl.where((best == kb) & (best > float("-inf")), best_start + lane, _BIG)
+    return kb, tl.min(idx, 0)
+
+
+@triton.jit
+def _stats_block(base, start, hi, lane, scale, m, s, am, GREEDY: tl.constexpr, MASK: tl.constexpr):
+    """Draft rows: per-lane running max and sum of 2^(y - max); greedy: max and its lowest index."""
+    if MASK:
+        y = tl.load(base + start + lane, mask=start + lane < hi, other=float("-inf")).to(tl.float32) * scale
+    else:
+        y = tl.load(base + start + lane).to(tl.float32) * scale
+    if GREEDY:
+        m, am = _keep(y, start, m, am)
+    else:
+        # -inf (masked) logits become -3e38: weight exp2(-3e38 - max) = 0 after the reduction, and one
+        # exp2 per element serves both cases (new max: rescale; else: add)
+        y = tl.maximum(y, -3.0e38)
+        e = tl.exp2(-tl.abs(y - m))
+        s = tl.where(y > m, s * e + 1.0, s + e)
+        m = tl.maximum(m, y)
+    return m, s, am
+
+
+@triton.jit
+def _bonus_block(base, start, hi, lane, weyl, k1, k2, scale, best, best_start, MASK: tl.constexpr,
+                 FAST: tl.constexpr):
+    """Bonus row: Gumbel-max keys y - log2 E2 of one block, folded into the per-lane winners."""
+    if MASK:
+        y = tl.load(base + start + lane, mask=start + lane < hi, other=float("-inf")).to(tl.float32)
+    else:
+        y = tl.load(base + start + lane).to(tl.float32)
+    key = y * scale - _noise(k1 + tl.cast(start, tl.uint32) * _G + weyl, k2, True, FAST)
+    return _keep(key, start, best, best_start)
 
 
 @triton.jit
 def _row_pass_kernel(logit_ptr, stride_l, cu_ptr, seed_ptr, stat_a_ptr, stat_b_ptr, bkey_ptr, bidx_ptr,
                      V, chunk, n_split, scale, GREEDY: tl.constexpr, BLOCK: tl.constexpr, FAST: tl.constexpr):
-    """Grid (split, position, sequence): one chunk of one target row, read once."""
+    """Grid (split, position, sequence): one chunk of one target row, read once (full blocks unmasked)."""
     sp = tl.program_id(0)
     j = tl.program_id(1)
     i = tl.program_id(2)
@@ -100,44 +155,39 @@ def _row_pass_kernel(logit_ptr, stride_l, cu_ptr, seed_ptr, stat_a_ptr, stat_b_p
         base = logit_ptr + row.to(tl.int64) * stride_l
         lo = sp * chunk
         hi = tl.minimum(lo + chunk, V)
+        full = lo + (hi - lo) // BLOCK * BLOCK
+        lane = tl.arange(0, BLOCK)
         out = row.to(tl.int64) * n_split + sp
         if (j < k) | GREEDY:
-            # draft rows: max and sum of 2^(y - max); greedy: max and its lowest index. Lanes keep running
-            # values and reduce once after the loop (no block-wide reduction per iteration).
+            # lanes keep running values and reduce once after the loop (no block-wide reduction per block)
             m = tl.full([BLOCK], float("-inf"), tl.float32)
             s = tl.zeros([BLOCK], tl.float32)
-            am = tl.full([BLOCK], _BIG, tl.int32)
-            for start in range(lo, hi, BLOCK):
-                offs = start + tl.arange(0, BLOCK)
-                y = tl.load(base + offs, mask=offs < hi, other=float("-inf")).to(tl.float32) * scale
-                if GREEDY:
-                    m, am = _keep(y, offs, m, am)
-                else:
-                    # -inf (masked) logits become -3e38: weight exp2(-3e38 - max) = 0 after the reduction,
-                    # and one exp2 per element serves both cases (new max: rescale; else: add)
-                    y = tl.maximum(y, -3.0e38)
-                    e = tl.exp2(-tl.abs(y - m))
-                    s = tl.where(y > m, s * e + 1.0, s + e)
-                    m = tl.maximum(m, y)
-            mx = tl.max(m, 0)
-            tl.store(stat_a_ptr + out, mx)
+            am = tl.zeros([BLOCK], tl.int32)
+            for start in range(lo, full, BLOCK):
+                m, s, am = _stats_block(base, start, hi, lane, scale, m, s, am, GREEDY, False)
+            if full < hi:
+                m, s, am = _stats_block(base, full, hi, lane, scale, m, s, am, GREEDY, True)
             if GREEDY:
-                tl.store(stat_b_ptr + out, tl.min(tl.where(m == mx, am, _BIG), 0))
+                mx, amx = _winner(m, am, lane)
+                tl.store(stat_a_ptr + out, mx)
+                tl.store(stat_b_ptr + out, amx)
             else:
+                mx = tl.max(m, 0)
+                tl.store(stat_a_ptr + out, mx)
                 tl.store(stat_b_ptr + out, tl.sum(s * tl.exp2(m - mx), 0))
         else:
             # bonus row: Gumbel-max partial winner, needs no normaliser
-            seed = tl.load(seed_ptr + i)
-            R: tl.constexpr = BLOCK // 4
-            v0 = tl.arange(0, R)[:, None] * 4 + tl.arange(0, 4)[None, :]
-            best = tl.full([R, 4], float("-inf"), tl.float32)
-            best_idx = tl.full([R, 4], _BIG, tl.int32)
-            for start in range(lo, hi, BLOCK):
-                v = start + v0
-                y = tl.load(base + v, mask=v < hi, other=float("-inf")).to(tl.float32) * scale
-                key = y - _noise(seed, j, start, R, True, FAST)
-                best, best_idx = _keep(tl.where(v < hi, key, float("-inf")), v, best, best_idx)
-            kb, ib = _winner(best, best_idx)
+            k1, k2 = _row_keys(tl.load(seed_ptr + i), j)
+            weyl = lane.to(tl.uint32) * _G
+            best = tl.full([BLOCK], float("-inf"), tl.float32)
+            best_start = tl.zeros([BLOCK], tl.int32)
+            for start in range(lo, full, BLOCK):
+                best, best_start = _bonus_block(base, start, hi, lane, weyl, k1, k2, scale, best, best_start,
+                                                False, FAST)
+            if full < hi:
+                best, best_start = _bonus_block(base, full, hi, lane, weyl, k1, k2, scale, best, best_start,
+                                                True, FAST)
+            kb, ib = _winner(best, best_start, lane)
             tl.store(bkey_ptr + i.to(tl.int64) * n_split + sp, kb)
             tl.store(bidx_ptr + i.to(tl.int64) * n_split + sp, ib)
 
@@ -171,11 +221,57 @@ def _accept(logit_ptr, stride_l, q_ptr, stride_q, tok_ptr, stat_a_ptr, stat_b_pt
 
 
 @triton.jit
+def _residual_block(base, qbase, start, hi, lane, weyl, k1, k2, m, inv_s, scale, best_r, start_r, best_p, start_p,
+                    MASK: tl.constexpr, FAST: tl.constexpr):
+    """Residual row: exponential-race keys max(0, p - q) / E2 and (fallback) p / E2 of one block."""
+    if MASK:
+        ok = start + lane < hi
+        y = tl.load(base + start + lane, mask=ok, other=float("-inf")).to(tl.float32)
+        q = tl.load(qbase + start + lane, mask=ok, other=0.0).to(tl.float32)
+    else:
+        y = tl.load(base + start + lane).to(tl.float32)
+        q = tl.load(qbase + start + lane).to(tl.float32)
+    p = tl.exp2(y * scale - m) * inv_s
+    inv_e = 1.0 / _noise(k1 + tl.cast(start, tl.uint32) * _G + weyl, k2, False, FAST)
+    key_r = tl.maximum(p - q, 0.0) * inv_e
+    key_p = p * inv_e
+    if MASK:  # a key of 0 is a candidate (all-zero residual), so masked lanes need a key below it
+        key_r = tl.where(ok, key_r, -1.0)
+        key_p = tl.where(ok, key_p, -1.0)
+    best_r, start_r = _keep(key_r, start, best_r, start_r)
+    best_p, start_p = _keep(key_p, start, best_p, start_p)
+    return best_r, start_r, best_p, start_p
+
+
+@triton.jit
+def _pick(key_ptr, idx_ptr, base, n, SP: tl.constexpr):
+    """Winner of n partial (key, token) pairs: max key, lowest token on ties; and that max key. ``.cg``: the
+    partials of other programs are read from L2 (L1 is not coherent across SMs)."""
+    ss = tl.arange(0, SP)
+    key = tl.load(key_ptr + base + ss, mask=ss < n, other=float("-inf"), cache_modifier=".cg")
+    idx = tl.load(idx_ptr + base + ss, mask=ss < n, other=_BIG, cache_modifier=".cg")
+    kmax = tl.max(key, 0)
+    return tl.min(tl.where(key == kmax, idx, _BIG), 0), kmax
+
+
+@triton.jit
+def _emit(tok_ptr, acc_ptr, out_ptr, i, row0, n_acc, token, width, KP1: tl.constexpr):
+    """Write sequence i's accepted count and emitted row: accepted drafts, the token, then -1."""
+    tt = tl.arange(0, KP1)
+    x = tl.load(tok_ptr + row0 - i + tt, mask=tt < n_acc, other=0)
+    val = tl.where(tt < n_acc, x, tl.where(tt == n_acc, token, -1))
+    tl.store(out_ptr + i.to(tl.int64) * width + tt, val.to(tl.int32), mask=tt < width)
+    tl.store(acc_ptr + i, n_acc)
+
+
+@triton.jit
 def _residual_kernel(logit_ptr, stride_l, q_ptr, stride_q, tok_ptr, cu_ptr, seed_ptr, stat_a_ptr, stat_b_ptr,
-                     rkey_ptr, ridx_ptr, pkey_ptr, pidx_ptr, acc_ptr, V, chunk, n_split1, n_split2, scale,
-                     KP: tl.constexpr, SP1: tl.constexpr, BLOCK: tl.constexpr, FAST: tl.constexpr):
-    """Grid (split, sequence): accepted count, then the residual max(0, p - q) race over one chunk of the
-    first rejected row (rejected sequences only)."""
+                     bkey_ptr, bidx_ptr, rkey_ptr, ridx_ptr, pkey_ptr, pidx_ptr, lock_ptr, acc_ptr, out_ptr,
+                     width, V, chunk, n_split1, n_split2, scale, KP: tl.constexpr, KP1: tl.constexpr,
+                     SP1: tl.constexpr, SP2: tl.constexpr, BLOCK: tl.constexpr, FAST: tl.constexpr):
+    """Grid (split, sequence): accepted count; if all accepted, split 0 emits the bonus winner; else the
+    residual max(0, p - q) race over one chunk of the first rejected row, and the last split to arrive (a
+    per-sequence counter, reset by it) combines the chunk winners and emits."""
     sp = tl.program_id(0)
     i = tl.program_id(1)
     row0 = tl.load(cu_ptr + i)
@@ -183,77 +279,63 @@ def _residual_kernel(logit_ptr, stride_l, q_ptr, stride_q, tok_ptr, cu_ptr, seed
     seed = tl.load(seed_ptr + i)
     j, m, inv_s = _accept(logit_ptr, stride_l, q_ptr, stride_q, tok_ptr, stat_a_ptr, stat_b_ptr, i, row0, k,
                           seed, n_split1, scale, KP, SP1)
-    if sp == 0:
-        tl.store(acc_ptr + i, j)
-    if j < k:
+    if j == k:
+        if sp == 0:  # the bonus partials come from the row pass, complete before this launch
+            t_bonus, _ = _pick(bkey_ptr, bidx_ptr, i.to(tl.int64) * n_split1, n_split1, SP1)
+            _emit(tok_ptr, acc_ptr, out_ptr, i, row0, j, t_bonus, width, KP1)
+    else:
         base = logit_ptr + (row0 + j).to(tl.int64) * stride_l
         qbase = q_ptr + (row0 - i + j).to(tl.int64) * stride_q
         lo = sp * chunk
         hi = tl.minimum(lo + chunk, V)
-        R: tl.constexpr = BLOCK // 4
-        v0 = tl.arange(0, R)[:, None] * 4 + tl.arange(0, 4)[None, :]
-        best_r = tl.full([R, 4], -1.0, tl.float32)
-        best_p = tl.full([R, 4], -1.0, tl.float32)
-        idx_r = tl.full([R, 4], _BIG, tl.int32)
-        idx_p = tl.full([R, 4], _BIG, tl.int32)
-        for start in range(lo, hi, BLOCK):
-            v = start + v0
-            mask = v < hi
-            y = tl.load(base + v, mask=mask, other=float("-inf")).to(tl.float32) * scale
-            p = tl.exp2(y - m) * inv_s
-            q = tl.load(qbase + v, mask=mask, other=0.0).to(tl.float32)
-            inv_e = 1.0 / _noise(seed, j, start, R, False, FAST)
-            best_r, idx_r = _keep(tl.where(mask, tl.maximum(p - q, 0.0) * inv_e, -1.0), v, best_r, idx_r)
-            best_p, idx_p = _keep(tl.where(mask, p * inv_e, -1.0), v, best_p, idx_p)
-        best_r, idx_r = _winner(best_r, idx_r)
-        best_p, idx_p = _winner(best_p, idx_p)
+        full = lo + (hi - lo) // BLOCK * BLOCK
+        lane = tl.arange(0, BLOCK)
+        k1, k2 = _row_keys(seed, j)
+        weyl = lane.to(tl.uint32) * _G
+        best_r = tl.full([BLOCK], -1.0, tl.float32)
+        best_p = tl.full([BLOCK], -1.0, tl.float32)
+        start_r = tl.zeros([BLOCK], tl.int32)
+        start_p = tl.zeros([BLOCK], tl.int32)
+        for start in range(lo, full, BLOCK):
+            best_r, start_r, best_p, start_p = _residual_block(
+                base, qbase, start, hi, lane, weyl, k1, k2, m, inv_s, scale, best_r, start_r, best_p, start_p,
+                False, FAST)
+        if full < hi:
+            best_r, start_r, best_p, start_p = _residual_block(
+                base, qbase, full, hi, lane, weyl, k1, k2, m, inv_s, scale, best_r, start_r, best_p, start_p,
+                True, FAST)
+        best_r, idx_r = _winner(best_r, start_r, lane)
+        best_p, idx_p = _winner(best_p, start_p, lane)
         out = i.to(tl.int64) * n_split2 + sp
         tl.store(rkey_ptr + out, best_r)
         tl.store(ridx_ptr + out, idx_r)
         tl.store(pkey_ptr + out, best_p)
         tl.store(pidx_ptr + out, idx_p)
+        tl.debug_barrier()  # every thread's partial is written before the release below
+        if tl.atomic_add(lock_ptr + i, 1, sem="acq_rel", scope="gpu") == n_split2 - 1:
+            t_res, r_max = _pick(rkey_ptr, ridx_ptr, i.to(tl.int64) * n_split2, n_split2, SP2)
+            t_p, _ = _pick(pkey_ptr, pidx_ptr, i.to(tl.int64) * n_split2, n_split2, SP2)
+            _emit(tok_ptr, acc_ptr, out_ptr, i, row0, j, tl.where(r_max > 0.0, t_res, t_p), width, KP1)
+            tl.atomic_xchg(lock_ptr + i, 0)  # ready for the next launch
 
 
 @triton.jit
-def _pick(key_ptr, idx_ptr, base, n, ok, SP: tl.constexpr):
-    """Winner of n partial (key, token) pairs (if ok): max key, lowest token on ties; and that max key."""
-    ss = tl.arange(0, SP)
-    n = tl.where(ok, n, 0)
-    key = tl.load(key_ptr + base + ss, mask=ss < n, other=float("-inf"))
-    idx = tl.load(idx_ptr + base + ss, mask=ss < n, other=_BIG)
-    kmax = tl.max(key, 0)
-    return tl.min(tl.where(key == kmax, idx, _BIG), 0), kmax
-
-
-@triton.jit
-def _finalize_kernel(tok_ptr, cu_ptr, stat_a_ptr, stat_b_ptr, bkey_ptr, bidx_ptr, rkey_ptr, ridx_ptr, pkey_ptr,
-                     pidx_ptr, acc_ptr, out_ptr, width, n_split1, n_split2, GREEDY: tl.constexpr,
-                     KP1: tl.constexpr, SP1: tl.constexpr, SP2: tl.constexpr):
-    """Grid (sequence,): combine partials, decide, write accepted count and emitted tokens."""
+def _greedy_finalize_kernel(tok_ptr, cu_ptr, stat_a_ptr, stat_b_ptr, acc_ptr, out_ptr, width, n_split1,
+                            KP1: tl.constexpr, SP1: tl.constexpr):
+    """Greedy, grid (sequence,): combine the row argmax partials, accept while draft == argmax, emit."""
     i = tl.program_id(0)
     row0 = tl.load(cu_ptr + i)
     k = tl.load(cu_ptr + i + 1) - row0 - 1
     tt = tl.arange(0, KP1)
-    if GREEDY:
-        ss = tl.arange(0, SP1)
-        sidx = (row0 + tt).to(tl.int64)[:, None] * n_split1 + ss[None, :]
-        smask = (tt <= k)[:, None] & (ss < n_split1)[None, :]
-        mp = tl.load(stat_a_ptr + sidx, mask=smask, other=float("-inf"))
-        ip = tl.load(stat_b_ptr + sidx, mask=smask, other=_BIG)
-        am = tl.min(tl.where(mp == tl.max(mp, 1)[:, None], ip, _BIG), 1)
-        x = tl.load(tok_ptr + row0 - i + tt, mask=tt < k, other=-1)
-        n_acc = tl.min(tl.where((tt < k) & (x != am), tt, k), 0)
-        token = tl.sum(tl.where(tt == n_acc, am, 0), 0)
-        tl.store(acc_ptr + i, n_acc)
-    else:
-        n_acc = tl.load(acc_ptr + i)  # written by the residual pass
-        t_bonus, _ = _pick(bkey_ptr, bidx_ptr, i.to(tl.int64) * n_split1, n_split1, n_acc == k, SP1)
-        t_res, r_max = _pick(rkey_ptr, ridx_ptr, i.to(tl.int64) * n_split2, n_split2, n_acc < k, SP2)
-        t_p, _ = _pick(pkey_ptr, pidx_ptr, i.to(tl.int64) * n_split2, n_split2, n_acc < k, SP2)
-        token = tl.where(n_acc == k, t_bonus, tl.where(r_max > 0.0, t_res, t_p))
-    x = tl.load(tok_ptr + row0 - i + tt, mask=tt < n_acc, other=0)
-    val = tl.where(tt < n_acc, x, tl.where(tt == n_acc, token, -1))
-    tl.store(out_ptr + i.to(tl.int64) * width + tt, val.to(tl.int32), mask=tt < width)
+    ss = tl.arange(0, SP1)
+    sidx = (row0 + tt).to(tl.int64)[:, None] * n_split1 + ss[None, :]
+    smask = (tt <= k)[:, None] & (ss < n_split1)[None, :]
+    mp = tl.load(stat_a_ptr + sidx, mask=smask, other=float("-inf"))
+    ip = tl.load(stat_b_ptr + sidx, mask=smask, other=_BIG)
+    am = tl.min(tl.where(mp == tl.max(mp, 1)[:, None], ip, _BIG), 1)
+    x = tl.load(tok_ptr + row0 - i + tt, mask=tt < k, other=-1)
+    n_acc = tl.min(tl.where((tt < k) & (x != am), tt, k), 0)
+    _emit(tok_ptr, acc_ptr, out_ptr, i, row0, n_acc, tl.sum(tl.where(tt == n_acc, am, 0), 0), width, KP1)
 
 
 @functools.cache
@@ -261,11 +343,6 @@ def _n_sm(device: torch.device) -> int:
     if device.type != "cuda":
         return 4  # interpreter: a few programs, enough to exercise the split-combine path
     return torch.cuda.get_device_properties(device).multi_processor_count
-
-
-def _scale(temperature: float) -> float:
-    """log2(e) / T rounded once to float32: the reference multiplies by the very same number."""
-    return 1.0 if temperature == 0 else float(np.float32(LOG2E / temperature))
 
 
 def _split(vocab: int, rows: int, target: int, block: int, forced: int | None,
@@ -322,131 +399,19 @@ def verify(target_logits: torch.Tensor, cu_rows: torch.Tensor, draft_tokens: tor
     stat_a, bkey, rkey, pkey = parts[0], parts[2], parts[4], parts[6]
     stat_b = parts[1].view(torch.int32) if greedy else parts[1]
     bidx, ridx, pidx = parts[3].view(torch.int32), parts[5].view(torch.int32), parts[7].view(torch.int32)
-    scale = _scale(temperature)
+    scale = spec_ref.scale_log2(temperature)
     fast = dev.type == "cuda" and os.environ.get("TRITON_INTERPRET", "0") != "1"
     kp, kp1 = triton.next_power_of_2(max(k_max, 1)), triton.next_power_of_2(k_max + 1)
     sp1, sp2 = triton.next_power_of_2(s1), triton.next_power_of_2(s2)
     _row_pass_kernel[(s1, k_max + 1, n_seq)](
         logits, logits.stride(0), cu_rows, seeds, stat_a, stat_b, bkey, bidx, vocab, chunk1, s1, scale,
         GREEDY=greedy, BLOCK=block, FAST=fast, num_warps=num_warps)
-    if not greedy:
-        _residual_kernel[(s2, n_seq)](
-            logits, logits.stride(0), q, q.stride(0), draft_tokens, cu_rows, seeds, stat_a, stat_b,
-            rkey, ridx, pkey, pidx, accepted, vocab, chunk2, s1, s2, scale, KP=kp, SP1=sp1, BLOCK=block,
-            FAST=fast, num_warps=num_warps)
-    _finalize_kernel[(n_seq,)](
-        draft_tokens, cu_rows, stat_a, stat_b, bkey, bidx, rkey, ridx, pkey, pidx, accepted, emitted, k_max + 1,
-        s1, s2, GREEDY=greedy, KP1=kp1, SP1=sp1, SP2=sp2, num_warps=1)
-    return accepted, emitted
-
-
-# ----------------------------------------------------------------------------------------------------
-# Reference: the same rule in plain torch, fed by a NumPy Philox that reproduces the kernel's numbers.
-
-_M32 = np.uint64(0xFFFFFFFF)
-
-
-def philox4x32(seeds: np.ndarray, c0: np.ndarray, c1: np.ndarray) -> tuple[np.ndarray, ...]:
-    """Philox4x32-10 of counters (c0, c1, 0, 0) under key = seed, as ``tl.randint4x``: four uint32 lanes.
-
-    ``seeds`` (int64) broadcasts against ``c0``/``c1``; NumPy's uint64 products are exact for 32-bit inputs.
-    """
-    key = np.asarray(seeds).astype(np.int64).astype(np.uint64)
-    c0, c1, key = np.broadcast_arrays(np.asarray(c0, dtype=np.uint64) & _M32,
-                                      np.asarray(c1, dtype=np.uint64) & _M32, key)
-    k0, k1 = key & _M32, key >> np.uint64(32)
-    c2 = c3 = np.zeros_like(c0)
-    for _ in range(10):
-        p0, p1 = np.uint64(0xCD9E8D57) * c2, np.uint64(0xD2511F53) * c0
-        c0, c1, c2, c3 = (p0 >> np.uint64(32)) ^ c1 ^ k0, p0 & _M32, (p1 >> np.uint64(32)) ^ c3 ^ k1, p1 & _M32
-        k0, k1 = (k0 + np.uint64(0x9E3779B9)) & _M32, (k1 + np.uint64(0xBB67AE85)) & _M32
-    return tuple(c.astype(np.uint32) for c in (c0, c1, c2, c3))
-
-
-def accept_uniforms(seeds: np.ndarray, k: int) -> np.ndarray:
-    """u[b, j] in [0, 1): top 24 bits of lane 0 of counter (j, 0) under seed b; float32 [B, k]."""
-    b0 = philox4x32(np.asarray(seeds)[:, None], np.arange(k)[None, :], 0)[0]
-    return (b0 >> np.uint32(8)).astype(np.float32) * np.float32(2.0**-24)
-
-
-def exponentials(seeds: np.ndarray, n_pos: int, vocab: int) -> np.ndarray:
-    """Exp(1) noise E[b, j, v] (lane v % 4 of counter (v // 4, j + 1)), float32 [B, n_pos, V]."""
-    f32 = np.float32
-    n4 = -(-vocab // 4)
-    lanes = philox4x32(np.asarray(seeds)[:, None, None], np.arange(n4)[None, None, :],
-                       np.arange(1, n_pos + 1)[None, :, None])
-    bits = np.stack(lanes, axis=-1).reshape(len(seeds), n_pos, 4 * n4)[..., :vocab]
-    w = bits.astype(f32) * f32(2.0**-32) + f32(2.0**-33)
-    poly = w * (f32(1.0) + w * (f32(0.5) + w * (f32(1 / 3) + w * (f32(0.25) + w * f32(0.2)))))
-    with np.errstate(divide="ignore"):
-        big = -np.log2(f32(1.0) - w) * f32(math.log(2.0))
-    return np.where(w < f32(0.03125), poly, big).astype(f32)
-
-
-def _first(mask: torch.Tensor, default: torch.Tensor) -> torch.Tensor:
-    """Index of the first True along dim 1, else `default`."""
-    if mask.shape[1] == 0:
-        return default.clone()
-    idx = torch.arange(mask.shape[1]).expand_as(mask)
-    return torch.where(mask, idx, mask.shape[1]).amin(1).minimum(default)
-
-
-def verify_ref(target_logits: torch.Tensor, cu_rows: torch.Tensor, draft_tokens: torch.Tensor,
-               draft_probs: torch.Tensor | None, seeds: torch.Tensor, temperature: float,
-               k_max: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Reference of :func:`verify` on the CPU (materialises [B, K+1, V] float32; small inputs only)."""
-    cu = cu_rows.cpu().long()
-    n_seq = cu.numel() - 1
-    ks = cu[1:] - cu[:-1] - 1
-    if (ks < 0).any():
-        raise ValueError("every sequence needs at least its bonus row")
-    kk = (int(ks.max()) if n_seq else 0) if k_max is None else k_max
-    vocab = target_logits.shape[1]
-    jr = torch.arange(kk + 1)
-    rows = (cu[:-1, None] + jr).clamp(max=max(target_logits.shape[0] - 1, 0))
-    d_ok = jr[None, :kk] < ks[:, None]
-    # padded draft index: invalid positions point at an appended dummy row / token
-    n_drafts = draft_tokens.numel()
-    d_idx = torch.where(d_ok, (cu[:-1] - torch.arange(n_seq))[:, None] + jr[:kk], n_drafts)
-    x = torch.cat([draft_tokens.cpu().long(), torch.zeros(1, dtype=torch.long)])[d_idx]
-    logits = target_logits.cpu().float()[rows]
-    if temperature == 0:
-        am = logits.argmax(-1)
-        n_acc = _first(d_ok & (x != am[:, :kk]), ks)
-        token = am.gather(1, n_acc[:, None])[:, 0]
+    if greedy:
+        _greedy_finalize_kernel[(n_seq,)](draft_tokens, cu_rows, stat_a, stat_b, accepted, emitted, k_max + 1, s1,
+                                          KP1=kp1, SP1=sp1, num_warps=1)
     else:
-        y = logits * _scale(temperature)
-        m = y.amax(-1, keepdim=True)
-        inv_s = 1.0 / torch.exp2(y - m).sum(-1, keepdim=True)
-        q = torch.cat([draft_probs.cpu().float(), torch.zeros(1, vocab)])[d_idx]
-        px = torch.exp2(y[:, :kk].gather(-1, x[..., None]) - m[:, :kk]) * inv_s[:, :kk]
-        u = torch.from_numpy(accept_uniforms(seeds.cpu().numpy(), kk))
-        n_acc = _first(d_ok & ~(u * q.gather(-1, x[..., None])[..., 0] < px[..., 0]), ks)
-        e = torch.from_numpy(exponentials(seeds.cpu().numpy(), kk + 1, vocab))
-        b = torch.arange(n_seq)
-        t_bonus = (y[b, ks] - torch.log2(e[b, ks])).argmax(-1)
-        jr_ = n_acc.clamp(max=max(kk - 1, 0))
-        p = torch.exp2(y[b, jr_] - m[b, jr_]) * inv_s[b, jr_]
-        q_j = q[b, jr_] if kk else torch.zeros_like(p)
-        inv_e = 1.0 / e[b, jr_]
-        key_r = torch.clamp(p - q_j, min=0.0) * inv_e
-        t_res = torch.where(key_r.amax(-1) > 0, key_r.argmax(-1), (p * inv_e).argmax(-1))
-        token = torch.where(n_acc == ks, t_bonus, t_res)
-    emitted = torch.where(jr[None, :kk] < n_acc[:, None], x, -1)
-    emitted = torch.cat([emitted, torch.full((n_seq, 1), -1)], 1)
-    emitted[torch.arange(n_seq), n_acc] = token
-    return n_acc.int(), emitted.int()
-
-
-def verify_bytes(n_seqs: int, n_drafts: int, vocab: int, logit_bytes: int = 2, prob_bytes: int = 4,
-                 n_rejected: int = 0, greedy: bool = False, k_max: int = 0, token_bytes: int = 4) -> int:
-    """Fewest bytes one verification moves through device memory.
-
-    Every target row once ((n_seqs + n_drafts) x V logits: all are needed when every draft is accepted),
-    one q row per rejected sequence (the residual), the gathered q(x_j), draft tokens, seeds, row offsets,
-    and the outputs. Re-reading the rejected target row is the kernel's overhead, not counted here.
-    """
-    total = (n_seqs + n_drafts) * vocab * logit_bytes + n_drafts * token_bytes
-    if not greedy:
-        total += n_drafts * prob_bytes + n_rejected * vocab * prob_bytes + n_seqs * 8
-    return total + (n_seqs + 1) * 4 + n_seqs * 4 + n_seqs * (k_max + 1) * 4
+        _residual_kernel[(s2, n_seq)](
+            logits, logits.stride(0), q, q.stride(0), draft_tokens, cu_rows, seeds, stat_a, stat_b, bkey, bidx,
+            rkey, ridx, pkey, pidx, split_counters(dev, n_seq), accepted, emitted, k_max + 1, vocab, chunk2, s1, s2,
+            scale, KP=kp, KP1=kp1, SP1=sp1, SP2=sp2, BLOCK=block, FAST=fast, num_warps=num_warps)
+    return accepted, emitted
