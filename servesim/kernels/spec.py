@@ -111,12 +111,18 @@ def _winner(best, best_start, lane):
 
 
 @triton.jit
-def _stats_block(base, start, hi, lane, scale, m, s, am, GREEDY: tl.constexpr, MASK: tl.constexpr):
-    """Draft rows: per-lane running max and sum of 2^(y - max); greedy: max and its lowest index."""
+def _load(base, start, hi, lane, other, MASK: tl.constexpr):
+    """One block of a row as float32 (MASK: the tail, lanes past hi read `other`)."""
     if MASK:
-        y = tl.load(base + start + lane, mask=start + lane < hi, other=float("-inf")).to(tl.float32) * scale
+        return tl.load(base + start + lane, mask=start + lane < hi, other=other).to(tl.float32)
     else:
-        y = tl.load(base + start + lane).to(tl.float32) * scale
+        return tl.load(base + start + lane).to(tl.float32)
+
+
+@triton.jit
+def _stats_block(y, start, scale, m, s, am, GREEDY: tl.constexpr):
+    """Draft rows: per-lane running max and sum of 2^(y - max); greedy: max and its lowest index."""
+    y = y * scale
     if GREEDY:
         m, am = _keep(y, start, m, am)
     else:
@@ -130,13 +136,8 @@ def _stats_block(base, start, hi, lane, scale, m, s, am, GREEDY: tl.constexpr, M
 
 
 @triton.jit
-def _bonus_block(base, start, hi, lane, weyl, k1, k2, scale, best, best_start, MASK: tl.constexpr,
-                 FAST: tl.constexpr):
+def _bonus_block(y, start, weyl, k1, k2, scale, best, best_start, FAST: tl.constexpr):
     """Bonus row: Gumbel-max keys y - log2 E2 of one block, folded into the per-lane winners."""
-    if MASK:
-        y = tl.load(base + start + lane, mask=start + lane < hi, other=float("-inf")).to(tl.float32)
-    else:
-        y = tl.load(base + start + lane).to(tl.float32)
     key = y * scale - _noise(k1 + tl.cast(start, tl.uint32) * _G + weyl, k2, True, FAST)
     return _keep(key, start, best, best_start)
 
@@ -163,10 +164,17 @@ def _row_pass_kernel(logit_ptr, stride_l, cu_ptr, seed_ptr, stat_a_ptr, stat_b_p
             m = tl.full([BLOCK], float("-inf"), tl.float32)
             s = tl.zeros([BLOCK], tl.float32)
             am = tl.zeros([BLOCK], tl.int32)
-            for start in range(lo, full, BLOCK):
-                m, s, am = _stats_block(base, start, hi, lane, scale, m, s, am, GREEDY, False)
+            # full blocks unmasked, the next block's load issued before this block's math (latency hiding)
+            if lo < full:
+                y = _load(base, lo, hi, lane, float("-inf"), False)
+                for start in range(lo, full - BLOCK, BLOCK):
+                    y_next = _load(base, start + BLOCK, hi, lane, float("-inf"), False)
+                    m, s, am = _stats_block(y, start, scale, m, s, am, GREEDY)
+                    y = y_next
+                m, s, am = _stats_block(y, full - BLOCK, scale, m, s, am, GREEDY)
             if full < hi:
-                m, s, am = _stats_block(base, full, hi, lane, scale, m, s, am, GREEDY, True)
+                y = _load(base, full, hi, lane, float("-inf"), True)
+                m, s, am = _stats_block(y, full, scale, m, s, am, GREEDY)
             if GREEDY:
                 mx, amx = _winner(m, am, lane)
                 tl.store(stat_a_ptr + out, mx)
@@ -181,12 +189,16 @@ def _row_pass_kernel(logit_ptr, stride_l, cu_ptr, seed_ptr, stat_a_ptr, stat_b_p
             weyl = lane.to(tl.uint32) * _G
             best = tl.full([BLOCK], float("-inf"), tl.float32)
             best_start = tl.zeros([BLOCK], tl.int32)
-            for start in range(lo, full, BLOCK):
-                best, best_start = _bonus_block(base, start, hi, lane, weyl, k1, k2, scale, best, best_start,
-                                                False, FAST)
+            if lo < full:
+                y = _load(base, lo, hi, lane, float("-inf"), False)
+                for start in range(lo, full - BLOCK, BLOCK):
+                    y_next = _load(base, start + BLOCK, hi, lane, float("-inf"), False)
+                    best, best_start = _bonus_block(y, start, weyl, k1, k2, scale, best, best_start, FAST)
+                    y = y_next
+                best, best_start = _bonus_block(y, full - BLOCK, weyl, k1, k2, scale, best, best_start, FAST)
             if full < hi:
-                best, best_start = _bonus_block(base, full, hi, lane, weyl, k1, k2, scale, best, best_start,
-                                                True, FAST)
+                y = _load(base, full, hi, lane, float("-inf"), True)
+                best, best_start = _bonus_block(y, full, weyl, k1, k2, scale, best, best_start, FAST)
             kb, ib = _winner(best, best_start, lane)
             tl.store(bkey_ptr + i.to(tl.int64) * n_split + sp, kb)
             tl.store(bidx_ptr + i.to(tl.int64) * n_split + sp, ib)
@@ -221,16 +233,9 @@ def _accept(logit_ptr, stride_l, q_ptr, stride_q, tok_ptr, stat_a_ptr, stat_b_pt
 
 
 @triton.jit
-def _residual_block(base, qbase, start, hi, lane, weyl, k1, k2, m, inv_s, scale, best_r, start_r, best_p, start_p,
+def _residual_block(y, q, start, ok, weyl, k1, k2, m, inv_s, scale, best_r, start_r, best_p, start_p,
                     MASK: tl.constexpr, FAST: tl.constexpr):
     """Residual row: exponential-race keys max(0, p - q) / E2 and (fallback) p / E2 of one block."""
-    if MASK:
-        ok = start + lane < hi
-        y = tl.load(base + start + lane, mask=ok, other=float("-inf")).to(tl.float32)
-        q = tl.load(qbase + start + lane, mask=ok, other=0.0).to(tl.float32)
-    else:
-        y = tl.load(base + start + lane).to(tl.float32)
-        q = tl.load(qbase + start + lane).to(tl.float32)
     p = tl.exp2(y * scale - m) * inv_s
     inv_e = 1.0 / _noise(k1 + tl.cast(start, tl.uint32) * _G + weyl, k2, False, FAST)
     key_r = tl.maximum(p - q, 0.0) * inv_e
@@ -296,14 +301,25 @@ def _residual_kernel(logit_ptr, stride_l, q_ptr, stride_q, tok_ptr, cu_ptr, seed
         best_p = tl.full([BLOCK], -1.0, tl.float32)
         start_r = tl.zeros([BLOCK], tl.int32)
         start_p = tl.zeros([BLOCK], tl.int32)
-        for start in range(lo, full, BLOCK):
+        if lo < full:
+            y = _load(base, lo, hi, lane, 0.0, False)
+            q = _load(qbase, lo, hi, lane, 0.0, False)
+            for start in range(lo, full - BLOCK, BLOCK):
+                y_next = _load(base, start + BLOCK, hi, lane, 0.0, False)
+                q_next = _load(qbase, start + BLOCK, hi, lane, 0.0, False)
+                best_r, start_r, best_p, start_p = _residual_block(
+                    y, q, start, True, weyl, k1, k2, m, inv_s, scale, best_r, start_r, best_p, start_p, False, FAST)
+                y = y_next
+                q = q_next
             best_r, start_r, best_p, start_p = _residual_block(
-                base, qbase, start, hi, lane, weyl, k1, k2, m, inv_s, scale, best_r, start_r, best_p, start_p,
-                False, FAST)
+                y, q, full - BLOCK, True, weyl, k1, k2, m, inv_s, scale, best_r, start_r, best_p, start_p, False,
+                FAST)
         if full < hi:
+            y = _load(base, full, hi, lane, float("-inf"), True)
+            q = _load(qbase, full, hi, lane, 0.0, True)
             best_r, start_r, best_p, start_p = _residual_block(
-                base, qbase, full, hi, lane, weyl, k1, k2, m, inv_s, scale, best_r, start_r, best_p, start_p,
-                True, FAST)
+                y, q, full, full + lane < hi, weyl, k1, k2, m, inv_s, scale, best_r, start_r, best_p, start_p, True,
+                FAST)
         best_r, idx_r = _winner(best_r, start_r, lane)
         best_p, idx_p = _winner(best_p, start_p, lane)
         out = i.to(tl.int64) * n_split2 + sp
