@@ -181,3 +181,15 @@ def test_closed_loop_with_replicas_is_exact_too():
     b = simulate(s.model_copy(update={"fast_forward": False})).requests
     for col in ("arrival_s", "first_token_s", "finish_s", "replica"):
         np.testing.assert_array_equal(a[col].to_numpy(), b[col].to_numpy(), err_msg=col)
+
+
+def test_pipeline_one_request_crosses_every_stage():
+    s = Scenario(model="Llama-3.1-70B", tp=4, pp=2)
+    dep = build_deployment(s)
+    w = fixed_workload(1, 1.0, 800, 3)
+    r = simulate(s, w).requests.iloc[0]
+    shape = prefill_shape(800)
+    stage = dep.cost.step_time_s(shape) + dep.cost.pp_transfer_s(800)  # the cost model prices one stage
+    assert r.first_token_s - r.arrival_s == pytest.approx(2 * stage, rel=1e-9)
+    decode = [dep.cost.step_time_s(decode_shape(1, 800 + j)) + dep.cost.pp_transfer_s(1) for j in (1, 2)]
+    assert r.finish_s - r.arrival_s == pytest.approx(2 * stage + 2 * sum(decode), rel=1e-9)
