@@ -75,9 +75,9 @@ class Engine:
             for r in self.inbox:
                 sched.add(r, t)
             self.inbox.clear()
+            self.replica.collect(sched)  # rejections leave at once, not after the next step
             batch = sched.schedule(t)
             if batch.empty:
-                self.replica.collect(sched)
                 if sched.has_work:
                     raise RuntimeError(f"replica {self.replica.index}: scheduler stalled at t={t}")
                 continue
