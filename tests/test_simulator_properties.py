@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -50,4 +51,33 @@ def test_random_scenarios_account_for_every_request(extra, n, rate, cv):
     assert a.itl_weights.sum() == int((req.generated_tokens[done] - 1).clip(lower=0).sum()) or extra["spec_k"]
     b = simulate(s.model_copy(update={"fast_forward": False}), w)
     for col in ("first_scheduled_s", "first_token_s", "finish_s", "num_preemptions", "replica"):
+        np.testing.assert_array_equal(a.requests[col].to_numpy(), b.requests[col].to_numpy(), err_msg=col)
+
+
+@settings(max_examples=40, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow])
+@given(extra=scenarios, n=st.integers(1, 40), closed=st.booleans(), users=st.integers(1, 6),
+       think=st.sampled_from([0.0, 0.05]), prefixes=st.integers(1, 4))
+def test_shared_prefixes_and_closed_loops(extra, n, closed, users, think, prefixes):
+    # Requests share one of a few 64-token-block prefixes (hash ids), as in the Mooncake trace.
+    rng = np.random.default_rng(extra["seed"])
+    blocks = rng.integers(1, 8, size=n)
+    family = rng.integers(0, prefixes, size=n)
+    hash_ids = [tuple(int(f) * 1000 + j for j in range(b)) for f, b in zip(family, blocks)]
+    df = pd.DataFrame({
+        "arrival_s": np.nan if closed else np.sort(rng.uniform(0, 5, size=n)),
+        "input_tokens": blocks * 64 + rng.integers(0, 40, size=n),
+        "output_tokens": rng.integers(1, 80, size=n),
+        "hash_ids": hash_ids,
+    })
+    w = wl.Workload("prefixes", df, block_tokens=64,
+                    closed_loop=wl.ClosedLoop(users, think) if closed else None)
+    budget = 1024 if extra["batching"] == "chunked" else 2048
+    s = Scenario(max_num_batched_tokens=budget, max_model_len=2048, prefix_caching=True, **extra)
+    a = simulate(s, w)
+    req = a.requests
+    done = (req.rejected_reason == "").to_numpy()
+    assert len(req) == n and (req.generated_tokens[done] == req.output_tokens[done]).all()
+    assert (req.cached_tokens <= req.input_tokens - 1).all()
+    b = simulate(s.model_copy(update={"fast_forward": False}), w)
+    for col in ("arrival_s", "first_scheduled_s", "first_token_s", "finish_s", "cached_tokens", "replica"):
         np.testing.assert_array_equal(a.requests[col].to_numpy(), b.requests[col].to_numpy(), err_msg=col)
