@@ -33,7 +33,7 @@ from servesim.sim.decode_slots import DecodeSlots
 from servesim.sim.kv import KVBlockManager
 from servesim.sim.policies import policy_key
 from servesim.sim.request import Batch, PrefillChunk, Request, State
-from servesim.sim.scheduler_config import BATCHING, PREEMPTION, SchedulerConfig
+from servesim.sim.scheduler_config import PREEMPTION, SchedulerConfig
 
 __all__ = ["BATCHING", "PREEMPTION", "Scheduler", "SchedulerConfig"]
 
@@ -116,42 +116,43 @@ class Scheduler:
 
     # -- scheduling -------------------------------------------------------------------------
     def schedule(self, now: float) -> Batch:
-        """Form the next iteration's batch (possibly empty)."""
-        c = self.config
-        preempted: list[Request] = []
-        prefill: list[PrefillChunk] = []
-        swap_in = 0
-        decode = False
+        """Form the next iteration's batch (possibly empty), as the batching mode says."""
         self._now = now
-        self._chunks = prefill
-        if c.batching == "chunked":
-            # Swapped requests come back first when nothing runs; otherwise only after the running
-            # requests got their blocks without preemption (no swap thrash, as vLLM v0), and then
-            # they join from the next step on.
-            if not (self.slots or self.prefilling):
-                swap_in = self._swap_in()
-            decode = self._grow_decodes(preempted)
-            budget = c.max_num_batched_tokens - len(self.slots) * self._q
-            budget = self._continue_prefills(prefill, budget, preempted)
-            n_decode = len(self.slots) if decode else 0
-            if not preempted:
-                swap_in += self._swap_in()
-            if not self.swapped:
-                self._admit(prefill, budget, chunked=True)
-            return self._make_batch(prefill, n_decode, preempted, swap_in)
-        elif c.batching == "continuous":
+        self._chunks = []
+        return BATCHING[self.config.batching](self, self._chunks, [])
+
+    def _form_chunked(self, prefill: list[PrefillChunk], preempted: list[Request]) -> Batch:
+        """Every running decode, then chunks of running prefills, then new admissions, within the budget."""
+        # Swapped requests come back first when nothing runs; otherwise only after the running
+        # requests got their blocks without preemption (no swap thrash, as vLLM v0), and then
+        # they join from the next step on.
+        swap_in = self._swap_in() if not (self.slots or self.prefilling) else 0
+        decode = self._grow_decodes(preempted)
+        budget = self.config.max_num_batched_tokens - len(self.slots) * self._q
+        budget = self._continue_prefills(prefill, budget, preempted)
+        n_decode = len(self.slots) if decode else 0
+        if not preempted:
+            swap_in += self._swap_in()
+        if not self.swapped:
+            self._admit(prefill, budget, chunked=True)
+        return self._make_batch(prefill, n_decode, preempted, swap_in)
+
+    def _form_continuous(self, prefill: list[PrefillChunk], preempted: list[Request]) -> Batch:
+        """Whole-prompt prefills when any can be admitted (swapped ones first), else every decode."""
+        swap_in = self._swap_in()
+        if not self.swapped:
+            self._admit(prefill, self.config.max_num_batched_tokens, chunked=False)
+        decode = not prefill and self._grow_decodes(preempted)
+        return self._make_batch(prefill, len(self.slots) if decode else 0, preempted, swap_in)
+
+    def _form_static(self, prefill: list[PrefillChunk], preempted: list[Request]) -> Batch:
+        """A new batch (swapped-out members first) only once nothing runs; then decode it to the end."""
+        swap_in = 0
+        if not self.slots and not self.prefilling:
             swap_in = self._swap_in()
             if not self.swapped:
-                self._admit(prefill, c.max_num_batched_tokens, chunked=False)
-            if not prefill:
-                decode = self._grow_decodes(preempted)
-        else:  # static: the next batch forms once nothing runs, swapped-out members first
-            if not self.slots and not self.prefilling:
-                swap_in = self._swap_in()
-                if not self.swapped:
-                    self._admit(prefill, c.max_num_batched_tokens, chunked=False)
-            if not prefill:
-                decode = self._grow_decodes(preempted)
+                self._admit(prefill, self.config.max_num_batched_tokens, chunked=False)
+        decode = not prefill and self._grow_decodes(preempted)
         return self._make_batch(prefill, len(self.slots) if decode else 0, preempted, swap_in)
 
     def _make_batch(self, prefill: list[PrefillChunk], n: int, preempted: list[Request], swap_in: int) -> Batch:
@@ -409,3 +410,11 @@ class Scheduler:
         if total:
             self._give_blocks(need, total)
         batch.steps = steps
+
+
+# Batching modes: how a step is formed. One place to add a mode (the config validates against it).
+BATCHING: dict[str, Callable[[Scheduler, list[PrefillChunk], list[Request]], Batch]] = {
+    "static": Scheduler._form_static,
+    "continuous": Scheduler._form_continuous,
+    "chunked": Scheduler._form_chunked,
+}

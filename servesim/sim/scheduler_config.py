@@ -6,7 +6,6 @@ from dataclasses import dataclass, field
 
 from servesim.sim.policies import POLICIES, OutputPredictor
 
-BATCHING = ("static", "continuous", "chunked")
 PREEMPTION = ("recompute", "swap")
 
 
@@ -26,6 +25,8 @@ class SchedulerConfig:
     record_token_times: bool = False
 
     def __post_init__(self) -> None:
+        from servesim.sim.scheduler import BATCHING  # the dispatch table lives with the mechanism
+
         if self.batching not in BATCHING:
             raise ValueError(f"batching must be one of {', '.join(BATCHING)}; got {self.batching!r}")
         if self.policy not in POLICIES:
