@@ -21,7 +21,7 @@ from servesim.sim.config import Scenario
 from servesim.sim.policies import OutputPredictor
 from servesim.sim.request import Batch
 from servesim.sim.scheduler import SchedulerConfig
-from servesim.sim.spec import IIDAcceptance, PerRequestAcceptance
+from servesim.sim.spec import IIDAcceptance, PerRequestAcceptance, SpecConfig
 
 GIB = 1024**3
 
@@ -94,12 +94,13 @@ def build_deployment(s: Scenario) -> Deployment:
     if s.spec_k:
         draft = get_model(s.draft_model)
         draft_cost = CostModel(draft, gpu, tp=s.tp, pp=1, weight_format=s.quant, kv_dtype=s.kv_dtype)
-        if s.spec_alpha_concentration is None:
-            acceptance = IIDAcceptance(alpha=s.spec_alpha, k=s.spec_k)
-        else:
-            acceptance = PerRequestAcceptance(
-                k=s.spec_k, alpha_mean=s.spec_alpha, alpha_concentration=s.spec_alpha_concentration
-            )
+        per_request = s.spec_alpha_concentration is not None
+        acceptance = SpecConfig(
+            draft_model=s.draft_model, k=s.spec_k,
+            alpha=None if per_request else s.spec_alpha,
+            alpha_mean=s.spec_alpha if per_request else None,
+            alpha_concentration=s.spec_alpha_concentration,
+        ).acceptance_model()
     return Deployment(
         model=model, gpu=gpu, tp=s.tp, pp=s.pp, replicas=s.replicas, cost=cost, memory=memory,
         num_blocks=num_blocks, block_size=s.block_size,
