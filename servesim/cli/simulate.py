@@ -114,6 +114,17 @@ def simulate_cmd(
     if as_json:
         typer.echo(dumps_json(summary_document(result.summary, result.meta)), nl=False)
         return
+    meta = result.meta
+    console.print(
+        f"{base.model} on {meta['gpus_total']}× {base.gpu} (tp {base.tp}, pp {base.pp}, {base.replicas} replica(s); "
+        f"weights {base.quant}, KV {base.kv_dtype}): {meta['kv_blocks_per_replica']:,} KV blocks of {base.block_size} "
+        f"tokens per replica; {base.batching} batching, {base.policy}; workload {meta['workload']['name']} "
+        f"({meta['workload']['requests']:,} requests); cost model {meta['profile_id']}; seed {base.seed}; "
+        f"config {meta['config_hash']}",
+        highlight=False,
+    )
+    for note in meta["workload"]["notes"]:
+        console.print(f"note: {note}", highlight=False)
     render_summary(result.summary, console, title=f"{base.model} on {base.tp * base.pp * base.replicas}× {base.gpu}")
     reasons = result.requests.loc[result.requests.rejected_reason != "", "rejected_reason"]
     if len(reasons):
