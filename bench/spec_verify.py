@@ -12,9 +12,9 @@ row read once, bonus sampled); ``reject``: first draft = target argmin with q on
 sequence is rejected at position 0 (adds the residual pass over one target row and one q row).
 
 First a tuning phase times 5 launch-parameter candidates on the largest shapes and keeps the best for the
-main table. Then, in the same process: the first-pass kernel (``spec_verify_v1_kernel.py``, Philox per token,
-three launches) on the same inputs as a baseline, and diagnostic rows: ``k = 0`` (every row a bonus row, the
-noise-bound case) and greedy (a plain read with max/argmax, the ceiling of a row pass).
+main table. Then diagnostic rows: ``k = 0`` (every row a bonus row, the noise-bound case) and greedy (a plain
+read with max/argmax, the ceiling of a row pass). (Until commit f360453 it also timed a frozen copy of the
+first-pass kernel as a same-run baseline; today's results file records that comparison.)
 Run: ``python3 bench/spec_verify.py --out bench/results`` (``--quick``: smoke run, no tuning).
 """
 
@@ -32,8 +32,6 @@ import triton
 from triton.testing import do_bench
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import spec_verify_v1_kernel as v1  # noqa: E402
 
 from servesim.kernels.spec import verify, verify_bytes  # noqa: E402
 
@@ -114,17 +112,17 @@ def make_inputs(b: int, k: int, vocab: int, scenario: str, gen: torch.Generator)
     return logits, cu, tokens, q, seeds
 
 
-def time_case(b, k, vocab, scenario, gen, temperature=1.0, impl=verify, **launch) -> dict:
+def time_case(b, k, vocab, scenario, gen, temperature=1.0, **launch) -> dict:
     args = make_inputs(b, k, vocab, scenario, gen)
     if temperature == 0:
         args = (*args[:3], None, args[4])
-    acc, _ = impl(*args, temperature, k_max=k, **launch)
+    acc, _ = verify(*args, temperature, k_max=k, **launch)
     want = k if scenario == "accept" else 0
     if not bool((acc == want).all()) and temperature > 0:  # greedy: a bf16 tie may pick another argmax
         raise RuntimeError(f"unexpected acceptance for {scenario} B={b} k={k} V={vocab}")
 
     def fn():
-        return impl(*args, temperature, k_max=k, **launch)
+        return verify(*args, temperature, k_max=k, **launch)
 
     graph_ms = cold_graph_ms(fn)
     eager_ms = do_bench(fn, warmup=10, rep=60, return_mode="median")
@@ -137,10 +135,6 @@ def time_case(b, k, vocab, scenario, gen, temperature=1.0, impl=verify, **launch
 
 CANDIDATES = [{"block": b, "num_warps": w, "max_chunk": c}
               for b, w, c in ((1024, 4, 8192), (1024, 4, 16384), (1024, 8, 8192), (2048, 4, 8192), (2048, 8, 16384))]
-BASELINE_SHAPES = [(1, 1, 128256, "accept"), (16, 4, 128256, "accept"), (64, 8, 128256, "accept"),
-                   (256, 1, 128256, "accept"), (256, 1, 128256, "reject"), (256, 2, 128256, "accept"),
-                   (256, 8, 128256, "accept"), (256, 8, 128256, "reject"), (256, 0, 128256, "accept"),
-                   (256, 2, 32000, "accept")]
 DIAG_SHAPES = [(256, 0, 128256, 1.0), (1024, 0, 128256, 1.0), (256, 1, 128256, 0.0), (256, 8, 128256, 0.0)]
 TUNE_SHAPES = [(256, 8, 128256, "accept"), (256, 1, 128256, "accept"), (256, 1, 128256, "reject"),
                (64, 4, 128256, "accept"), (16, 4, 128256, "accept"), (256, 2, 32000, "accept")]
@@ -182,31 +176,24 @@ def main() -> None:
                     rows.append(r)
                     print(f"V={vocab:6d} B={b:3d} k={k} {scenario:6s} {r['graph_us']:8.1f} us "
                           f"{r['read_GBps']:7.0f} GB/s ({r['bw_frac']:.0%})", flush=True)
-    base_rows, diag_rows = [], []
+    diag_rows = []
     try:  # extras: a failure here must not lose the main table
-        baseline_and_diagnostics(args.quick, rows, gen, launch, copy_bps, base_rows, diag_rows)
+        diagnostics(args.quick, gen, launch, copy_bps, diag_rows)
     except Exception as exc:  # noqa: BLE001
-        print(f"baseline/diagnostics failed: {exc!r}", flush=True)
+        print(f"diagnostics failed: {exc!r}", flush=True)
     step = DecodeStep()
     for r in rows:
         r["decode_step_ms"] = step.ms(r["batch"])
         r["verify_fwd_ms"] = step.ms(r["batch"] * (r["k"] + 1))
         r["frac_decode_step"] = r["graph_us"] * 1e-3 / r["decode_step_ms"]
         r["frac_verify_fwd"] = r["graph_us"] * 1e-3 / r["verify_fwd_ms"]
-    write(args.out, card, meta, copy_bps, rows, sweep_rows, base_rows, diag_rows)
+    write(args.out, card, meta, copy_bps, rows, sweep_rows, diag_rows)
 
 
-def baseline_and_diagnostics(quick, rows, gen, launch, copy_bps, base_rows, diag_rows) -> None:
-    """Same-run first-pass baseline on BASELINE_SHAPES and the DIAG_SHAPES rows (appended to the lists)."""
+def diagnostics(quick, gen, launch, copy_bps, diag_rows) -> None:
+    """The DIAG_SHAPES rows (appended to ``diag_rows``)."""
     if quick:
         return
-    for b, k, vocab, scenario in BASELINE_SHAPES:
-        new = next((r for r in rows if (r["batch"], r["k"], r["vocab"], r["scenario"]) == (b, k, vocab, scenario)),
-                   None) or time_case(b, k, vocab, scenario, gen, **launch)
-        old = time_case(b, k, vocab, scenario, gen, impl=v1.verify)
-        base_rows.append({**new, "v1_us": old["graph_us"], "v1_GBps": old["read_GBps"]})
-        print(f"baseline V={vocab} B={b} k={k} {scenario}: v1 {old['graph_us']:.1f} us, now {new['graph_us']:.1f} us",
-              flush=True)
     diag_rows += [time_case(b, k, vocab, "accept", gen, temperature=t, **launch) for b, k, vocab, t in DIAG_SHAPES]
     for r in diag_rows:
         r["bw_frac"] = r["read_GBps"] * 1e9 / copy_bps
@@ -215,11 +202,11 @@ def baseline_and_diagnostics(quick, rows, gen, launch, copy_bps, base_rows, diag
 
 
 def write(out: Path, card: str, meta: dict, copy_bps: float, rows: list[dict], sweep_rows: list[dict],
-          base_rows: list[dict], diag_rows: list[dict]) -> None:
+          diag_rows: list[dict]) -> None:
     out.mkdir(parents=True, exist_ok=True)
     stem = out / f"spec_verify-{card}-{meta['date']}"
     stem.with_suffix(".json").write_text(json.dumps(
-        {"meta": meta, "copy_GBps": copy_bps / 1e9, "rows": rows, "sweep": sweep_rows, "baseline": base_rows,
+        {"meta": meta, "copy_GBps": copy_bps / 1e9, "rows": rows, "sweep": sweep_rows,
          "diagnostics": diag_rows}, indent=1))
     lines = [f"# spec_verify on {meta['card']} ({meta['date']})", "",
              f"torch {meta['torch']}, triton {meta['triton']}; command: `{meta['command']}`", "",
@@ -237,13 +224,6 @@ def write(out: Path, card: str, meta: dict, copy_bps: float, rows: list[dict], s
                      f"{r['eager_us']:.1f} | {r['bytes'] / 1e6:.2f} | {r['read_GBps']:.0f} | "
                      f"{r['bw_frac']:.0%} | {r['decode_step_ms']:.2f} | {r['frac_decode_step']:.2%} | "
                      f"{r['verify_fwd_ms']:.2f} | {r['frac_verify_fwd']:.2%} |")
-    if base_rows:
-        lines += ["", "## Same-run baseline: first-pass kernel (Philox per token, three launches)", "",
-                  "| V | B | k | scenario | v1 us | now us | speed-up | v1 % copy BW | now % copy BW |",
-                  "|" + "---|" * 9]
-        lines += [f"| {r['vocab']} | {r['batch']} | {r['k']} | {r['scenario']} | {r['v1_us']:.1f} | "
-                  f"{r['graph_us']:.1f} | {r['v1_us'] / r['graph_us']:.2f}x | {r['v1_GBps'] * 1e9 / copy_bps:.0%} | "
-                  f"{r['read_GBps'] * 1e9 / copy_bps:.0%} |" for r in base_rows]
     if diag_rows:
         lines += ["", "## Diagnostics: bonus rows only (k = 0) and greedy (T = 0, plain read)", "",
                   "| V | B | k | T | time us | MB read | GB/s | % copy BW |", "|" + "---|" * 8]
