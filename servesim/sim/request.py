@@ -52,7 +52,6 @@ class Request:
     generated: int = 0
     cached_tokens: int = 0  # prompt tokens served from the prefix cache (first admission)
     predicted_output_tokens: int = 0
-    sort_key: float = 0.0  # policy key fixed when the request enters the waiting queue
     block_ids: list[int] = field(default_factory=list)
     swapped_blocks: int = 0
     # Timestamps.

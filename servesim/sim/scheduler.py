@@ -63,10 +63,6 @@ class Scheduler:
 
     # -- queries ----------------------------------------------------------------------------
     @property
-    def num_decoding(self) -> int:
-        return len(self.slots)
-
-    @property
     def num_running(self) -> int:
         return len(self.slots) + len(self.prefilling)
 
@@ -111,8 +107,7 @@ class Scheduler:
 
     def _enqueue(self, req: Request) -> None:
         req.state = State.WAITING
-        req.sort_key = self._key(req)
-        heapq.heappush(self.waiting, (req.sort_key, req.arrival_s, req.request_id, req))
+        heapq.heappush(self.waiting, (self._key(req), req.arrival_s, req.request_id, req))
 
     # -- scheduling -------------------------------------------------------------------------
     def schedule(self, now: float) -> Batch:
