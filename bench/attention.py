@@ -7,8 +7,10 @@ counting causal FLOPs as 4 * S^2/2 * heads * head_dim per sequence. Decode: bf16
 query token, bandwidth counting the K+V bytes read (batch * context * 2 * kv_heads * head_dim * 2 B).
 SDPA runs on contiguous K/V (it has no paged path) in [batch, heads, seq, head_dim] views, with
 ``enable_gqa=True`` where the backend takes it, else with K/V expanded to 32 heads beforehand (noted).
-Times are medians of ``triton.testing.do_bench`` (L2 flushed between runs). ``--tune`` first sweeps
-tile configs and the split heuristic, applies the best, and records the sweep.
+Every figure is given twice (``bench/timing.py``): plain columns use the issues' reference method (one
+CUDA-graph replay after zeroing 256 MB: dirty L2 plus the isolated-launch floor), ``_stream`` columns the
+in-step condition (back to back with a 256 MB read in one graph: cold, clean L2). ``--tune`` first sweeps
+tile configs and the split heuristic (timed by the reference method), applies the best, records the sweep.
 """
 
 from __future__ import annotations
@@ -18,9 +20,8 @@ import datetime
 import json
 import math
 import os
-import statistics
-import time
 
+import timing
 import torch
 import torch.nn.functional as F
 import triton
@@ -38,58 +39,16 @@ DECODE_SHAPES = [(1, 8192), (1, 16384), (1, 32768), (4, 16384), (8, 8192), (16, 
 BACKENDS = {"cudnn": SDPBackend.CUDNN_ATTENTION, "flash": SDPBackend.FLASH_ATTENTION}
 PREFILL_TOKENS = 16384  # batch * S of each prefill row
 EXTRA_SHAPES = [(1, 16384), (64, 2048)]
-FLUSH = torch.empty(256 * 2**20, dtype=torch.int8, device="cuda") if torch.cuda.is_available() else None
 DEV = "cuda"  # --smoke: "cpu" with the Triton interpreter and tiny shapes, to check this script
 
 
-def ms(fn, rep: int = 100, flush: bool | str = True) -> float:
-    """Median ms of ``fn`` replayed from a CUDA graph, L2 flushed before each replay.
-
-    ``flush=True`` zeroes 256 MB like ``do_bench`` (L2 is then full of dirty lines that the timed kernel
-    writes back as it evicts them); ``flush="clean"`` reads 256 MB instead (L2 cold and clean).
-
-    A graph keeps Python launch overhead (tens of us for a Triton launch) out of the timing of kernels
-    that run for ~10 us; eager ``do_bench`` timing is the fallback when capture fails.
-    """
-    if DEV != "cuda":
-        t0 = time.perf_counter()
-        fn()
-        return (time.perf_counter() - t0) * 1e3
-    fn()
-    side = torch.cuda.Stream()
-    side.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(side):
-        fn()
-    torch.cuda.current_stream().wait_stream(side)
-    graph = torch.cuda.CUDAGraph()
+def ms(fn, rep: int = 50, flush: str | None = "dirty") -> float:
+    """Reference-method time (:func:`timing.cold_ms`); eager ``do_bench`` when graph capture fails."""
     try:
-        with torch.cuda.graph(graph):
-            fn()
+        return timing.cold_ms(fn, reps=rep, flush=flush)
     except RuntimeError as e:
         print(f"  graph capture failed ({str(e).splitlines()[0][:80]}); eager timing", flush=True)
-        return triton.testing.do_bench(fn, warmup=25, rep=rep, return_mode="median")
-    graph.replay()
-    torch.cuda.synchronize()
-    start = torch.cuda.Event(enable_timing=True)
-    start.record()
-    graph.replay()
-    end = torch.cuda.Event(enable_timing=True)
-    end.record()
-    torch.cuda.synchronize()
-    iters = max(10, min(200, int(rep / max(start.elapsed_time(end), 1e-3))))
-    events = [(torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)) for _ in range(iters)]
-    for st, en in events:
-        if flush == "clean":
-            FLUSH.view(torch.int32).amax()  # ~90 us of reads, leaves no dirty lines
-        elif flush:
-            FLUSH.zero_()  # ~85 us of GPU work: the CPU queues the replay long before it runs
-        else:
-            torch.cuda._sleep(100_000)  # keep the GPU ahead of the CPU without touching L2
-        st.record()
-        graph.replay()
-        en.record()
-    torch.cuda.synchronize()
-    return statistics.median(st.elapsed_time(en) for st, en in events)
+        return triton.testing.do_bench(fn, warmup=25, rep=100, return_mode="median")
 
 
 def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -154,16 +113,14 @@ def prefill_row(s: int, notes: dict) -> dict:
     runs = {"paged": lambda: pre.prefill_attention(q, k_cache, v_cache, tables, cu, lens, s),
             "contiguous": lambda: pre.prefill_attention_contiguous(q, k, v, cu, cu, s)}
     row = {"S": s, "batch": batch}
-    for name, fn in runs.items():
-        row[f"{name}_tflops"] = flops / ms(fn) / 1e9
-    ref = None
     for name in BACKENDS:
-        fn, notes[f"prefill {name}"] = sdpa(name, view(q), view(k), view(v), causal=True)
-        row[f"{name}_tflops"] = flops / ms(fn) / 1e9 if fn else float("nan")
-        if fn is not None and ref is None:
-            ref = fn()
+        runs[name], notes[f"prefill {name}"] = sdpa(name, view(q), view(k), view(v), causal=True)
+    for suffix, timer in (("", ms), ("_stream", timing.stream_ms)):
+        for name, fn in runs.items():
+            row[f"{name}{suffix}_tflops"] = flops / timer(fn) / 1e9 if fn else float("nan")
+    ref = next((runs[name]() for name in BACKENDS if runs[name] is not None), None)
     if ref is not None:
-        row["rel_err_vs_sdpa"] = max(rel_err(view(fn()), ref) for fn in runs.values())
+        row["rel_err_vs_sdpa"] = max(rel_err(view(runs[name]()), ref) for name in ("paged", "contiguous"))
     return row
 
 
@@ -193,20 +150,18 @@ def decode_row(batch: int, ctx: int, notes: dict) -> dict:
     q, k, v = inputs[:3]
     kv_bytes = dec.decode_bytes([ctx] * batch, HKV, D)
     ours = decode_fn(batch, ctx, inputs)
-    row = {"batch": batch, "ctx": ctx, "splits": dec.choose_num_splits(batch, HKV, ctx, sms()),
-           "ours_tbps": kv_bytes / ms(ours) / 1e9}
+    row = {"batch": batch, "ctx": ctx, "splits": dec.choose_num_splits(batch, HKV, ctx, sms())}
 
     def view(x):
         return x.view(batch, ctx, HKV, D).transpose(1, 2)
 
-    ref = None
+    runs = {"ours": ours}
     for name in BACKENDS:
-        fn, notes[f"decode {name}"] = sdpa(name, q.unsqueeze(2), view(k), view(v), causal=False)
-        row[f"{name}_tbps"] = kv_bytes / ms(fn) / 1e9 if fn else float("nan")
-        if fn is not None and ref is None:
-            ref = fn().squeeze(2)
-            row["ours_clean_tbps"] = kv_bytes / ms(ours, flush="clean") / 1e9
-            row[f"{name}_clean_tbps"] = kv_bytes / ms(fn, flush="clean") / 1e9
+        runs[name], notes[f"decode {name}"] = sdpa(name, q.unsqueeze(2), view(k), view(v), causal=False)
+    for suffix, timer in (("", ms), ("_stream", timing.stream_ms)):
+        for name, fn in runs.items():
+            row[f"{name}{suffix}_tbps"] = kv_bytes / timer(fn) / 1e9 if fn else float("nan")
+    ref = next((fn().squeeze(2) for name, fn in runs.items() if name != "ours" and fn is not None), None)
     if ref is not None:
         row["rel_err_vs_sdpa"] = rel_err(ours(), ref)
     return row
@@ -245,14 +200,15 @@ def bench_decode_extras(rows: list) -> None:
 
 def breakdown(rows: list) -> None:
     """Where the time of batch-1 decode goes: timing floor, L2-warm run, the merge kernel alone."""
-    one = torch.zeros(1, device=DEV)
-    t = ms(lambda: one.add_(1))
-    rows.append({"case": "floor: graph replay of one tiny kernel", "us": t * 1e3, "tbps_kv": float("nan")})
+    if DEV == "cuda":
+        for method, us in timing.floor_us().items():
+            rows.append({"case": f"floor: one 1-element kernel, {method[:-3]} method", "us": us,
+                         "tbps_kv": float("nan")})
     batch, ctx = EXTRA_SHAPES[0]
     inputs = decode_inputs(batch, ctx)
     kv_bytes = dec.decode_bytes([ctx] * batch, HKV, D)
     splits = dec.choose_num_splits(batch, HKV, ctx, sms())
-    for label, kwargs in (("L2 flushed", {}), ("L2 warm", dict(flush=False))):
+    for label, kwargs in (("dirty L2", {}), ("clean L2", dict(flush="clean")), ("L2 warm", dict(flush=None))):
         t = ms(decode_fn(batch, ctx, inputs), **kwargs)
         rows.append({"case": f"decode b{batch} ctx{ctx} {splits} splits, {label}", "us": t * 1e3,
                      "tbps_kv": kv_bytes / t / 1e9})
@@ -367,17 +323,6 @@ def tune(out: str) -> list:
     return log
 
 
-def table(rows: list[dict]) -> str:
-    keys = list(rows[0])
-
-    def fmt(x) -> str:
-        return f"{x:.3g}" if isinstance(x, float) else str(x)
-
-    lines = ["| " + " | ".join(keys) + " |", "|" + "---|" * len(keys)]
-    lines += ["| " + " | ".join(fmt(r.get(k)) for k in keys) + " |" for r in rows]
-    return "\n".join(lines)
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", default="bench/results", help="folder for the .md and .json results")
@@ -392,7 +337,7 @@ def main() -> None:
         PREFILL_TOKENS, EXTRA_SHAPES = 256, [(1, 256)]
         PREFILL_CANDIDATES, DECODE_CANDIDATES = PREFILL_CANDIDATES[-2:], DECODE_CANDIDATES[:2]
     torch.manual_seed(0)
-    card = torch.cuda.get_device_name() if DEV == "cuda" else "cpu-smoke"
+    card = timing.card()
     meta = {"card": card, "date": datetime.date.today().isoformat(), "torch": torch.__version__,
             "triton": triton.__version__, "sms": sms(),
             "command": "PYTHONPATH=. python3 bench/attention.py" + (" --tune" if args.tune else "")}
@@ -404,10 +349,12 @@ def main() -> None:
         r["paged/cudnn"] = r["paged_tflops"] / r["cudnn_tflops"]
         r["paged/flash"] = r["paged_tflops"] / r["flash_tflops"]
         r["contig/cudnn"] = r["contiguous_tflops"] / r["cudnn_tflops"]
+        r["paged/cudnn stream"] = r["paged_stream_tflops"] / r["cudnn_stream_tflops"]
     bench_decode(decode, notes)
     for r in decode:
         r["ours/cudnn"] = r["ours_tbps"] / r["cudnn_tbps"]
         r["ours/flash"] = r["ours_tbps"] / r["flash_tbps"]
+        r["ours/cudnn stream"] = r["ours_stream_tbps"] / r["cudnn_stream_tbps"]
     bench_decode_extras(extras)
     configs = {"prefill": {str(k): v for k, v in pre.PREFILL_CONFIGS.items()}, "decode": dec.DECODE_CONFIGS,
                "split": {"SPLIT_WAVES": dec.SPLIT_WAVES, "MIN_SPLIT_KEYS": dec.MIN_SPLIT_KEYS}}
@@ -418,13 +365,15 @@ def main() -> None:
     with open(stem + ".json", "w") as f:
         json.dump(result, f, indent=1, default=str)
     md = [f"# Paged attention vs SDPA on {card}", "", "```", json.dumps(meta, indent=1), "```", "",
+          __doc__.split("\n\n")[2].replace("\n", " "), "",
           f"SDPA GQA handling: {json.dumps(notes)}", f"Configs: `{json.dumps(configs, default=str)}`", "",
           "## Prefill (causal, bf16, hd128, 32q/8kv heads; TFLOP/s = 4*S^2/2*heads*hd*batch / time)", "",
-          table(prefill), "", "## Decode (bf16, GQA 4, page 16, 1 token; TB/s = K+V bytes / time)", "",
-          table(decode), "", "## Extras", "", table(extras), ""]
+          timing.markdown_table(prefill), "",
+          "## Decode (bf16, GQA 4, page 16, 1 token; TB/s = K+V bytes / time)", "",
+          timing.markdown_table(decode), "", "## Extras", "", timing.markdown_table(extras), ""]
     with open(stem + ".md", "w") as f:
         f.write("\n".join(md))
-    print("\n".join(md[8:]))
+    print("\n".join(md[10:]))
 
 
 if __name__ == "__main__":

@@ -3,9 +3,11 @@
     python3 bench/quant_gemm.py --out bench/results            # configs from quant_gemm_configs.py
     python3 bench/quant_gemm.py --tune --out bench/results     # sweep candidates per M bucket first
 
-One process, one GPU, every number a median of ``triton.testing.do_bench`` (which flushes L2 before
-each call) over CUDA-graph replays of the operation. Baselines in the same run: cuBLAS bf16
-``x @ W.t()``, ``torch._weight_int4pack_mm`` (tinygemm, int4 g128) and a large device-to-device copy
+One process, one GPU. Every operation is timed twice (``bench/timing.py``): by the issues' reference method
+(one CUDA-graph replay after zeroing 256 MB: dirty L2 plus the isolated-launch floor, as
+``triton.testing.do_bench``) and in-step (back to back with a 256 MB read in one graph: cold, clean L2, as
+inside a CUDA-graphed decode step). ``--tune`` ranks candidates in-step. Baselines in the same run: cuBLAS
+bf16 ``x @ W.t()``, ``torch._weight_int4pack_mm`` (tinygemm, int4 g128) and a 1 GiB device-to-device copy
 for the bandwidth ceiling.
 """
 
@@ -21,9 +23,10 @@ import sys
 
 import torch
 import triton
-from triton.testing import do_bench
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
+import timing  # noqa: E402
+
 from servesim.kernels import quant as Q  # noqa: E402
 from servesim.kernels import quant_gemm as QG  # noqa: E402
 from servesim.kernels import quant_gemm_configs as QC  # noqa: E402
@@ -100,31 +103,7 @@ def tinygemm_pack(q, s, z, inner_k_tiles: int = 8):
     return packed, sz.to(torch.bfloat16)
 
 
-def bench_ms(fn) -> float:
-    """Median GPU time of ``fn`` replayed from a CUDA graph, L2 flushed before each replay.
-
-    Eager launches of the Triton kernels cost more host time than do_bench's L2 flush covers, which
-    would leak launch overhead into small timings; every method here (ours, cuBLAS, tinygemm) is timed
-    the same way, which is also how the engine runs decode steps.
-    """
-    fn()
-    stream = torch.cuda.Stream()
-    stream.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(stream):
-        fn()
-    torch.cuda.current_stream().wait_stream(stream)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        fn()
-    return do_bench(graph.replay, warmup=10, rep=40, return_mode="median")
-
-
-def copy_bandwidth_bytes_per_s() -> float:
-    """Device-to-device copy of 2 GiB, counting bytes read plus bytes written."""
-    src = torch.randint(0, 255, (2 << 30,), dtype=torch.uint8, device="cuda")
-    dst = torch.empty_like(src)
-    ms = do_bench(lambda: dst.copy_(src), warmup=10, rep=100, return_mode="median")  # one launch: eager
-    return 2 * src.numel() / (ms * 1e-3)
+METHODS = {"": timing.cold_ms, "_stream": timing.stream_ms}  # row-key suffix -> timer
 
 
 def _precompile(jobs):
@@ -181,7 +160,7 @@ def tune(weights, log, buckets) -> dict:
                             err = ((y.float() - ref).norm() / ref.norm()).item()
                             if not err < 1e-2:
                                 raise ValueError(f"relative error {err:.2e}")
-                            ts.append(bench_ms(lambda x=x, wq=wq, b=bits, cfg=cfg: run_ours(x, wq, b, cfg)))
+                            ts.append(timing.stream_ms(lambda x=x, wq=wq, b=bits, cfg=cfg: run_ours(x, wq, b, cfg)))
                         except Exception as e:
                             log.append(dict(bits=bits, bucket=bkt, config=cfg, error=f"{type(e).__name__}: {e}"))
                             ok = False
@@ -205,15 +184,18 @@ def main() -> None:
     ap.add_argument("--out", default="bench/results")
     ap.add_argument("--tune", action="store_true", help="sweep candidate configs per M bucket first")
     ap.add_argument("--workers", type=int, default=12, help="processes compiling candidates in parallel")
+    ap.add_argument("--quick", action="store_true", help="one shape (28672x8192), M in 1, 16, 256: a smoke run")
     ap.add_argument("--buckets", default=",".join(TUNE_MS), help="M buckets --tune sweeps (comma-separated)")
     args = ap.parse_args()
+    if args.quick:
+        global SHAPES, MS
+        SHAPES, MS = [(28672, 8192)], [1, 16, 256]
     torch.manual_seed(0)
-    card = torch.cuda.get_device_name()
-    copy_bw = copy_bandwidth_bytes_per_s()
+    card = timing.card()
+    copy_bw = timing.copy_bandwidth()
     print(f"{card}: device-to-device copy {copy_bw / 1e12:.2f} TB/s (read + write)", flush=True)
-    one = torch.zeros(1, device="cuda")
-    floor_ms = bench_ms(lambda: one.add_(1.0))  # one 1-element kernel: the harness's launch + flush floor
-    print(f"floor (1-element kernel, same timing): {floor_ms * 1e3:.1f} us", flush=True)
+    floor = timing.floor_us()
+    print(f"floor (1-element kernel): {floor}", flush=True)
 
     weights = {}
     for n, k in SHAPES:
@@ -234,11 +216,14 @@ def main() -> None:
         for m in MS:
             x = torch.randn(m, k, device="cuda", dtype=torch.bfloat16)
             r = dict(N=n, K=k, M=m)
-            r["cublas_ms"] = bench_ms(lambda x=x, wb=wb: x @ wb.t())
-            r["w4_ms"] = bench_ms(lambda x=x, w4=w4, m=m: run_ours(x, w4, 4, QC.config_for(4, m)))
-            r["w8_ms"] = bench_ms(lambda x=x, w8=w8, m=m: run_ours(x, w8, 8, QC.config_for(8, m)))
+            ops = {"cublas": lambda x=x, wb=wb: x @ wb.t(),
+                   "w4": lambda x=x, w4=w4, m=m: run_ours(x, w4, 4, QC.config_for(4, m)),
+                   "w8": lambda x=x, w8=w8, m=m: run_ours(x, w8, 8, QC.config_for(8, m))}
             if tg is not None:
-                r["tinygemm_ms"] = bench_ms(lambda x=x, tg=tg: torch._weight_int4pack_mm(x, tg[0], GS, tg[1]))
+                ops["tinygemm"] = lambda x=x, tg=tg: torch._weight_int4pack_mm(x, tg[0], GS, tg[1])
+            for suffix, timer in METHODS.items():
+                for name, fn in ops.items():
+                    r[f"{name}{suffix}_ms"] = timer(fn)
             ref4 = x.float() @ w4_ref.t()
             r["w4_rel_err"] = ((run_ours(x, w4, 4, QC.config_for(4, m)).float() - ref4).norm() / ref4.norm()).item()
             if tg is not None:
@@ -251,7 +236,7 @@ def main() -> None:
     slug = card.replace("NVIDIA ", "").replace(" ", "-").lower()
     meta = dict(card=card, date=date, torch=torch.__version__, triton=triton.__version__,
                 command="python3 bench/quant_gemm.py " + " ".join(sys.argv[1:]), copy_bytes_per_s=copy_bw,
-                floor_us=floor_ms * 1e3,
+                floor_us=floor,
                 configs={f"W{b}/{bk}": c for (b, bk), c in QC.CONFIGS.items()})
     os.makedirs(args.out, exist_ok=True)
     base = os.path.join(args.out, f"quant_gemm-{slug}-{date}")
@@ -262,67 +247,77 @@ def main() -> None:
     print(report_md(meta, rows, copy_bw, tuned))
 
 
+METHOD_TITLES = {"": "reference method (dirty L2, isolated launch)", "_stream": "in-step (cold clean L2, back to back)"}
+
+
 def _row_text(r, copy_bw) -> str:
-    tg = f"{r['tinygemm_ms'] * 1e3:8.1f}" if "tinygemm_ms" in r else "     n/a"
-    bw = r["N"] * r["K"] / 2 / (r["w4_ms"] * 1e-3)
-    return (f"{r['N']:>6}x{r['K']:<6} M={r['M']:<5} cublas {r['cublas_ms'] * 1e3:8.1f} us  w4 {r['w4_ms'] * 1e3:8.1f}"
-            f"  tinygemm {tg}  w8 {r['w8_ms'] * 1e3:8.1f}  w4 {bw / 1e12:.2f} TB/s ({bw / copy_bw:.0%} of copy)")
+    parts = [f"{r['N']:>6}x{r['K']:<6} M={r['M']:<5}"]
+    for sfx in METHODS:
+        times = "  ".join(f"{op} {r[f'{op}{sfx}_ms'] * 1e3:7.1f}" for op in ("cublas", "w4", "tinygemm", "w8")
+                          if f"{op}{sfx}_ms" in r)
+        bw = r["N"] * r["K"] / 2 / (r[f"w4{sfx}_ms"] * 1e-3)
+        parts.append(f"[{sfx or 'ref'}] {times} us, w4 {bw / 1e12:.2f} TB/s ({bw / copy_bw:.0%})")
+    return "  ".join(parts)
 
 
 def report_md(meta, rows, copy_bw, tuned) -> str:
-    """Markdown: setup, one table per shape, and the issue's targets with pass/fail."""
+    """Markdown: setup, per method one table per shape, and the issue's targets under both methods."""
+    floor = meta["floor_us"]
     out = [f"# quant_gemm on {meta['card']} ({meta['date']})", "",
-           f"torch {meta['torch']}, triton {meta['triton']}; command: `{meta['command']}`. Medians of "
-           "`triton.testing.do_bench` over CUDA-graph replays (L2 flushed before each), bf16 activations, "
-           "int4 group 128, int8 per channel.", "",
-           f"Device-to-device copy (2 GiB, read + write counted): **{copy_bw / 1e12:.2f} TB/s**. "
+           f"torch {meta['torch']}, triton {meta['triton']}; command: `{meta['command']}`. bf16 activations, "
+           "int4 group 128, int8 per channel. " + __doc__.split("\n\n")[2].replace("\n", " "), "",
+           f"Device-to-device copy (1 GiB, read + write counted): **{copy_bw / 1e12:.2f} TB/s**. "
            "`w4 TB/s` counts packed int4 weight bytes only (N*K/2); `% copy` is that over the copy rate. "
-           f"Floor of this timing method (a 1-element kernel, same graph replay + L2 flush): "
-           f"**{meta['floor_us']:.1f} us**.", ""]
-    for (n, k) in SHAPES:
-        out += [f"## N x K = {n} x {k}", "",
-                "| M | cuBLAS bf16 us | W4A16 us | tinygemm us | W8A16 us | W4 vs cuBLAS | W4 vs tinygemm "
-                "| W8 vs cuBLAS | W4 TB/s | % copy | W4 rel err |",
-                "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
-        for r in (r for r in rows if (r["N"], r["K"]) == (n, k)):
-            tg = r.get("tinygemm_ms")
-            bw = n * k / 2 / (r["w4_ms"] * 1e-3)
-            out.append(f"| {r['M']} | {r['cublas_ms'] * 1e3:.1f} | {r['w4_ms'] * 1e3:.1f} | "
-                       f"{tg * 1e3 if tg else float('nan'):.1f} | {r['w8_ms'] * 1e3:.1f} | "
-                       f"{r['cublas_ms'] / r['w4_ms']:.2f}x | {(tg or float('nan')) / r['w4_ms']:.2f}x | "
-                       f"{r['cublas_ms'] / r['w8_ms']:.2f}x | {bw / 1e12:.2f} | {bw / copy_bw:.0%} | "
-                       f"{r['w4_rel_err']:.1e} |")
-        out.append("")
-    out += ["## Targets (issue 6)", "", "| target | measured | met |", "|---|---|---|"]
-    for line in targets(rows):
-        out.append(line)
+           f"A 1-element kernel takes {floor['cold_us']:.1f} us by the reference method and "
+           f"{floor['stream_us']:.1f} us in-step.", ""]
+    for sfx, title in METHOD_TITLES.items():
+        out += [f"## Times, {title}", ""]
+        for (n, k) in SHAPES:
+            out += [f"### N x K = {n} x {k}", "",
+                    "| M | cuBLAS bf16 us | W4A16 us | tinygemm us | W8A16 us | W4 vs cuBLAS | W4 vs tinygemm "
+                    "| W8 vs cuBLAS | W4 TB/s | % copy | W4 rel err |",
+                    "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+            for r in (r for r in rows if (r["N"], r["K"]) == (n, k)):
+                cb, w4, w8 = r[f"cublas{sfx}_ms"], r[f"w4{sfx}_ms"], r[f"w8{sfx}_ms"]
+                tg = r.get(f"tinygemm{sfx}_ms", float("nan"))
+                bw = n * k / 2 / (w4 * 1e-3)
+                out.append(f"| {r['M']} | {cb * 1e3:.1f} | {w4 * 1e3:.1f} | {tg * 1e3:.1f} | {w8 * 1e3:.1f} | "
+                           f"{cb / w4:.2f}x | {tg / w4:.2f}x | {cb / w8:.2f}x | {bw / 1e12:.2f} | "
+                           f"{bw / copy_bw:.0%} | {r['w4_rel_err']:.1e} |")
+            out.append("")
+    out += ["## Targets (issue 6)", "", "| target | reference method | met | in-step | met |", "|---|---|---|---|---|"]
+    out += targets(rows)
     out += ["", "## Configurations used", "", "```python"]
     out += [f"{k}: {v}" for k, v in meta["configs"].items()]
     out += ["```", ""]
     if tuned:
-        out += ["(chosen by `--tune` in this run)", ""]
+        out += ["(chosen by `--tune` in this run, ranked in-step)", ""]
     return "\n".join(out)
 
 
 def targets(rows) -> list[str]:
+    """One line per target: its value and pass/fail under each timing method."""
     def get(n, k, m):
-        return next(r for r in rows if (r["N"], r["K"], r["M"]) == (n, k, m))
+        return next((r for r in rows if (r["N"], r["K"], r["M"]) == (n, k, m)), None)
 
-    lines = []
-    r = get(28672, 8192, 1)
-    bw = 28672 * 8192 / 2 / (r["w4_ms"] * 1e-3)
-    checks = [("W4A16 M=1 28672x8192 >= 3.3x cuBLAS", r["cublas_ms"] / r["w4_ms"], 3.3),
-              ("W4A16 M=1 28672x8192 >= 2.2 TB/s int4 weight bytes", bw / 1e12, 2.2)]
-    if "tinygemm_ms" in r:
-        checks.append(("W4A16 M=1 28672x8192 >= 1.3x tinygemm", r["tinygemm_ms"] / r["w4_ms"], 1.3))
+    checks = [("W4A16 M=1 28672x8192 >= 3.3x cuBLAS", 28672, 8192, 1, "cublas", "w4", 3.3),
+              ("W4A16 M=1 28672x8192 >= 2.2 TB/s int4 weight bytes", 28672, 8192, 1, None, "w4", 2.2)]
+    if "tinygemm_ms" in (get(28672, 8192, 1) or {}):
+        checks.append(("W4A16 M=1 28672x8192 >= 1.3x tinygemm", 28672, 8192, 1, "tinygemm", "w4", 1.3))
     for n, k in SHAPES:
         for m, goal in ((16, 3.0), (32, 2.0), (128, 0.9), (256, 0.9), (1024, 0.9)):
-            g = get(n, k, m)
-            checks.append((f"W4A16 M={m} {n}x{k} >= {goal}x cuBLAS", g["cublas_ms"] / g["w4_ms"], goal))
-        g = get(n, k, 1)
-        checks.append((f"W8A16 M=1 {n}x{k} >= 1.8x cuBLAS", g["cublas_ms"] / g["w8_ms"], 1.8))
-    for name, val, goal in checks:
-        lines.append(f"| {name} | {val:.2f} | {'yes' if val >= goal else '**no**'} |")
+            checks.append((f"W4A16 M={m} {n}x{k} >= {goal}x cuBLAS", n, k, m, "cublas", "w4", goal))
+        checks.append((f"W8A16 M=1 {n}x{k} >= 1.8x cuBLAS", n, k, 1, "cublas", "w8", 1.8))
+    lines = []
+    for name, n, k, m, base, ours, goal in checks:
+        cells, r = [], get(n, k, m)
+        if r is None:  # a --quick run
+            continue
+        for sfx in METHODS:
+            t = r[f"{ours}{sfx}_ms"]
+            val = n * k / 2 / (t * 1e-3) / 1e12 if base is None else r[f"{base}{sfx}_ms"] / t
+            cells += [f"{val:.2f}", "yes" if val >= goal else "**no**"]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
     return lines
 
 

@@ -1,7 +1,7 @@
 """Benchmark the fused speculative-decoding verification kernel (servesim/kernels/spec.py) on a CUDA GPU.
 
 For batch B in 1..256, drafts k in 1..8, V = 32000 and 128256 (bf16 logits, fp32 draft distributions):
-time per call (CUDA graph replay after a 256 MB L2 flush, median; plus eager ``do_bench`` median), the
+time per call (by the reference method and in-step, ``bench/timing.py``; plus eager ``do_bench`` median), the
 bytes the verification must read (``verify_bytes``) against the device copy bandwidth measured in the same
 run, and the cost as a fraction of a Llama-3.1-8B decode step at batch B, the step being MEASURED here as
 its GEMMs alone (torch bf16 matmuls: 32 x (QKV 4096->6144, O 4096->4096, gate+up 4096->28672, down
@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
-import statistics
 import sys
 from pathlib import Path
 
@@ -33,41 +32,12 @@ from triton.testing import do_bench
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+import timing  # noqa: E402
+
 from servesim.kernels.spec import verify, verify_bytes  # noqa: E402
 
 BATCHES, DRAFTS, VOCABS = (1, 4, 16, 64, 256), (1, 2, 4, 8), (32000, 128256)
 LLAMA8B_GEMMS = [(4096, 6144), (4096, 4096), (4096, 28672), (14336, 4096)]  # (K, N) per layer, x32
-_FLUSH: dict = {}
-
-
-def cold_graph_ms(fn, reps: int = 40) -> float:
-    """Median time of one CUDA-graph replay of fn, each after writing 256 MB (an L2 flush)."""
-    flush = _FLUSH.setdefault("buf", torch.empty(256 * 2**20, dtype=torch.int8, device="cuda"))
-    side = torch.cuda.Stream()
-    side.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(side):
-        fn()
-        fn()
-    torch.cuda.current_stream().wait_stream(side)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        fn()
-    events = [(torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)) for _ in range(reps)]
-    for start, end in events:
-        flush.zero_()
-        start.record()
-        graph.replay()
-        end.record()
-    torch.cuda.synchronize()
-    return statistics.median(s.elapsed_time(e) for s, e in events)
-
-
-def copy_bandwidth() -> float:
-    """Device-to-device copy of 1 GiB: (bytes read + bytes written) / time, bytes/s."""
-    src = torch.randint(0, 255, (2**30,), dtype=torch.uint8, device="cuda")
-    dst = torch.empty_like(src)
-    ms = do_bench(lambda: dst.copy_(src), warmup=50, rep=300, return_mode="median")
-    return 2 * src.numel() / (ms * 1e-3)
 
 
 class DecodeStep:
@@ -124,13 +94,15 @@ def time_case(b, k, vocab, scenario, gen, temperature=1.0, **launch) -> dict:
     def fn():
         return verify(*args, temperature, k_max=k, **launch)
 
-    graph_ms = cold_graph_ms(fn)
+    graph_ms = timing.cold_ms(fn)
+    stream_ms = timing.stream_ms(fn)
     eager_ms = do_bench(fn, warmup=10, rep=60, return_mode="median")
     nbytes = verify_bytes(b, b * k, vocab, 2, 4, n_rejected=b if scenario == "reject" else 0, k_max=k,
                           greedy=temperature == 0)
     return {"batch": b, "k": k, "vocab": vocab, "scenario": scenario, "temperature": temperature,
-            "graph_us": graph_ms * 1e3, "eager_us": eager_ms * 1e3, "bytes": nbytes,
-            "read_GBps": nbytes / (graph_ms * 1e-3) / 1e9, **launch}
+            "graph_us": graph_ms * 1e3, "stream_us": stream_ms * 1e3, "eager_us": eager_ms * 1e3, "bytes": nbytes,
+            "read_GBps": nbytes / (graph_ms * 1e-3) / 1e9, "stream_GBps": nbytes / (stream_ms * 1e-3) / 1e9,
+            **launch}
 
 
 CANDIDATES = [{"block": b, "num_warps": w, "max_chunk": c}
@@ -145,7 +117,7 @@ def tune(gen) -> tuple[dict, list[dict]]:
     rows = [time_case(b, k, vocab, scenario, gen, **cand)
             for cand in CANDIDATES for b, k, vocab, scenario in TUNE_SHAPES]
     n = len(TUNE_SHAPES)
-    totals = [sum(r["graph_us"] for r in rows[i * n:(i + 1) * n]) for i in range(len(CANDIDATES))]
+    totals = [sum(r["stream_us"] for r in rows[i * n:(i + 1) * n]) for i in range(len(CANDIDATES))]
     best = CANDIDATES[totals.index(min(totals))]
     print(f"tuning: best {best} total {min(totals):.0f} us (worst {max(totals):.0f} us)", flush=True)
     return best, rows
@@ -157,11 +129,11 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="a few shapes only, no tuning (smoke run)")
     args = ap.parse_args()
     gen = torch.Generator(device="cuda").manual_seed(0)
-    name = torch.cuda.get_device_name()
+    name = timing.card()
     card = next((t for t in ("h100", "h200", "a100") if t in name.lower()), "gpu")
     meta = {"card": name, "date": datetime.date.today().isoformat(), "torch": torch.__version__,
             "triton": triton.__version__, "command": " ".join(["python3"] + sys.argv)}
-    copy_bps = copy_bandwidth()
+    copy_bps = timing.copy_bandwidth()
     print(f"{name}: copy bandwidth {copy_bps / 1e9:.0f} GB/s (read+write of 1 GiB)", flush=True)
     launch, sweep_rows = ({}, []) if args.quick else tune(gen)
     meta["launch"] = launch
@@ -173,9 +145,11 @@ def main() -> None:
                 for scenario in ("accept", "reject"):
                     r = time_case(b, k, vocab, scenario, gen, **launch)
                     r["bw_frac"] = r["read_GBps"] * 1e9 / copy_bps
+                    r["bw_frac_stream"] = r["stream_GBps"] * 1e9 / copy_bps
                     rows.append(r)
                     print(f"V={vocab:6d} B={b:3d} k={k} {scenario:6s} {r['graph_us']:8.1f} us "
-                          f"{r['read_GBps']:7.0f} GB/s ({r['bw_frac']:.0%})", flush=True)
+                          f"{r['read_GBps']:7.0f} GB/s ({r['bw_frac']:.0%}); in-step {r['stream_us']:8.1f} us "
+                          f"({r['bw_frac_stream']:.0%})", flush=True)
     diag_rows = []
     try:  # extras: a failure here must not lose the main table
         diagnostics(args.quick, gen, launch, copy_bps, diag_rows)
@@ -186,6 +160,7 @@ def main() -> None:
         r["decode_step_ms"] = step.ms(r["batch"])
         r["verify_fwd_ms"] = step.ms(r["batch"] * (r["k"] + 1))
         r["frac_decode_step"] = r["graph_us"] * 1e-3 / r["decode_step_ms"]
+        r["frac_decode_step_stream"] = r["stream_us"] * 1e-3 / r["decode_step_ms"]
         r["frac_verify_fwd"] = r["graph_us"] * 1e-3 / r["verify_fwd_ms"]
     write(args.out, card, meta, copy_bps, rows, sweep_rows, diag_rows)
 
@@ -197,6 +172,7 @@ def diagnostics(quick, gen, launch, copy_bps, diag_rows) -> None:
     diag_rows += [time_case(b, k, vocab, "accept", gen, temperature=t, **launch) for b, k, vocab, t in DIAG_SHAPES]
     for r in diag_rows:
         r["bw_frac"] = r["read_GBps"] * 1e9 / copy_bps
+        r["bw_frac_stream"] = r["stream_GBps"] * 1e9 / copy_bps
         print(f"diag V={r['vocab']} B={r['batch']} k={r['k']} T={r['temperature']}: {r['graph_us']:.1f} us "
               f"{r['read_GBps']:.0f} GB/s", flush=True)
 
@@ -212,28 +188,32 @@ def write(out: Path, card: str, meta: dict, copy_bps: float, rows: list[dict], s
              f"torch {meta['torch']}, triton {meta['triton']}; command: `{meta['command']}`", "",
              f"Launch parameters (best total time in the tuning table below): `{meta['launch']}`.", "",
              f"Copy bandwidth (1 GiB device copy, read+write): **{copy_bps / 1e9:.0f} GB/s**.", "",
-             "time = CUDA-graph replay after an L2 flush (median); eager = `do_bench` median of the Python call. "
+             "time = reference method (one CUDA-graph replay after zeroing 256 MB: dirty L2 plus the isolated-launch "
+             "floor; median); in-step = back to back with a 256 MB read inside one graph (cold, clean L2; "
+             "`bench/timing.py`); eager = `do_bench` median of the Python call. "
              "bytes = `verify_bytes` (every target row once, + one q row per rejected sequence). "
              "step = measured GEMM time of a Llama-3.1-8B decode step at batch B (lower bound of a step); "
              "fwd = the same GEMMs at B*(k+1) tokens (the target's verification forward).", "",
-             "| V | B | k | scenario | time us | eager us | MB read | GB/s | % copy BW | step ms | % step "
-             "| fwd ms | % fwd |", "|" + "---|" * 13]
+             "| V | B | k | scenario | time us | in-step us | eager us | MB read | % copy BW | in-step % copy "
+             "| step ms | % step | in-step % step | fwd ms | % fwd |", "|" + "---|" * 15]
     first = len(lines) - 2
     for r in rows:
         lines.append(f"| {r['vocab']} | {r['batch']} | {r['k']} | {r['scenario']} | {r['graph_us']:.1f} | "
-                     f"{r['eager_us']:.1f} | {r['bytes'] / 1e6:.2f} | {r['read_GBps']:.0f} | "
-                     f"{r['bw_frac']:.0%} | {r['decode_step_ms']:.2f} | {r['frac_decode_step']:.2%} | "
+                     f"{r['stream_us']:.1f} | {r['eager_us']:.1f} | {r['bytes'] / 1e6:.2f} | "
+                     f"{r['bw_frac']:.0%} | {r['bw_frac_stream']:.0%} | {r['decode_step_ms']:.2f} | "
+                     f"{r['frac_decode_step']:.2%} | {r['frac_decode_step_stream']:.2%} | "
                      f"{r['verify_fwd_ms']:.2f} | {r['frac_verify_fwd']:.2%} |")
     if diag_rows:
         lines += ["", "## Diagnostics: bonus rows only (k = 0) and greedy (T = 0, plain read)", "",
-                  "| V | B | k | T | time us | MB read | GB/s | % copy BW |", "|" + "---|" * 8]
+                  "| V | B | k | T | time us | in-step us | MB read | % copy BW | in-step % copy |", "|" + "---|" * 9]
         lines += [f"| {r['vocab']} | {r['batch']} | {r['k']} | {r['temperature']} | {r['graph_us']:.1f} | "
-                  f"{r['bytes'] / 1e6:.2f} | {r['read_GBps']:.0f} | {r['bw_frac']:.0%} |" for r in diag_rows]
+                  f"{r['stream_us']:.1f} | {r['bytes'] / 1e6:.2f} | {r['bw_frac']:.0%} | {r['bw_frac_stream']:.0%} |"
+                  for r in diag_rows]
     if sweep_rows:
         lines += ["", "## Tuning: launch parameters", "",
-                  "| V | B | k | scenario | block | warps | max chunk | time us | GB/s |", "|" + "---|" * 9]
+                  "| V | B | k | scenario | block | warps | max chunk | time us | in-step us |", "|" + "---|" * 9]
         lines += [f"| {r['vocab']} | {r['batch']} | {r['k']} | {r['scenario']} | {r['block']} | {r['num_warps']} | "
-                  f"{r['max_chunk']} | {r['graph_us']:.1f} | {r['read_GBps']:.0f} |" for r in sweep_rows]
+                  f"{r['max_chunk']} | {r['graph_us']:.1f} | {r['stream_us']:.1f} |" for r in sweep_rows]
     stem.with_suffix(".md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines[first:first + len(rows) + 2]))
 
