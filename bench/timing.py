@@ -23,6 +23,7 @@ import time
 from collections.abc import Callable
 
 import torch
+import triton
 
 FLUSH_BYTES = 256 * 2**20
 _STATE: dict = {}
@@ -131,10 +132,14 @@ def floor_us() -> dict[str, float]:
 
 
 def copy_bandwidth() -> float:
-    """Device-to-device copy of 1 GiB: (bytes read + bytes written) / time, in bytes/s."""
+    """Device-to-device copy of 1 GiB launched eagerly: (bytes read + bytes written) / time, in bytes/s.
+
+    Eager, not from a graph: captured, ``copy_`` becomes a memcpy node that ran at 2.43 TB/s on an H100
+    against 3.0 TB/s for the eager copy kernel.
+    """
     src = torch.randint(0, 255, (2**30,), dtype=torch.uint8, device="cuda")
     dst = torch.empty_like(src)
-    ms = stream_ms(lambda: dst.copy_(src), copies=4)
+    ms = triton.testing.do_bench(lambda: dst.copy_(src), warmup=25, rep=200, return_mode="median")
     return 2 * 2**30 / (ms * 1e-3)
 
 
