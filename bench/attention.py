@@ -10,7 +10,7 @@ SDPA runs on contiguous K/V (it has no paged path) in [batch, heads, seq, head_d
 Every figure is given twice (``bench/timing.py``): plain columns use the issues' reference method (one
 CUDA-graph replay after zeroing 256 MB: dirty L2 plus the isolated-launch floor), ``_stream`` columns the
 in-step condition (back to back with a 256 MB read in one graph: cold, clean L2). ``--tune`` first sweeps
-tile configs and the split heuristic (timed by the reference method), applies the best, records the sweep.
+tile configs and the split heuristic (ranked in-step), applies the best, and records the sweep.
 """
 
 from __future__ import annotations
@@ -237,8 +237,9 @@ def geomean(xs: list[float]) -> float:
 
 
 def timed(fn) -> float:
+    """In-step time of a tuning candidate (configs are ranked in the condition they run in)."""
     try:
-        return ms(fn, rep=20)
+        return timing.stream_ms(fn, reps=7)
     except Exception as e:  # a config that does not compile or fit in shared memory
         print(f"  failed: {type(e).__name__}: {str(e).splitlines()[0][:120]}", flush=True)
         return float("inf")
