@@ -59,24 +59,62 @@ def _zero_code(zb, J: tl.constexpr, BITS: tl.constexpr, DENORM: tl.constexpr):
 
 
 @triton.jit
-def _group_params(sz_ptr, b, J: tl.constexpr, P: tl.constexpr, offs_n, n_mask, N, G,
-                  GS: tl.constexpr, PER_CHANNEL: tl.constexpr):
-    """(scale fp32, zero int32) of code J in block b for BN channels, as [BN, 1] columns.
+def _sz_words(sz_ptr, b, offs_n, n_mask, N, G, KB, GS: tl.constexpr, PER_CHANNEL: tl.constexpr,
+              EVEN: tl.constexpr):
+    """The raw scale/zero words of block b for BN channels: (codes 0-3, codes 4-7); one load for g128.
 
-    int4: one int32 word per (group, channel): bf16 scale bits low, zero high. int8 per-channel:
-    fp32 scale per channel and the storage bias 128 as zero. Expanding the loaded word to 2-D at once
+    Loaded a block ahead by the kernels: a word used in the iteration that loads it put a DRAM round
+    trip (the words are read once, never from L2) into every K block. EVEN: unmasked, b clamped.
+    Per-channel (int8) has no per-block words: zeros.
+    """
+    if PER_CHANNEL:
+        w0 = offs_n * 0
+        w1 = w0
+    else:
+        PER_BLOCK: tl.constexpr = 128 // GS
+        if EVEN:
+            g = tl.minimum(b, KB - 1) * PER_BLOCK
+            w0 = tl.load(sz_ptr + g * N + offs_n)
+        else:
+            g = b * PER_BLOCK
+            ok = n_mask & (offs_n * 0 + g < G)  # a tensor mask: the interpreter wants one
+            w0 = tl.load(sz_ptr + g * N + offs_n, mask=ok, other=0)
+        if PER_BLOCK == 2:
+            if EVEN:
+                w1 = tl.load(sz_ptr + (g + 1) * N + offs_n)
+            else:
+                w1 = tl.load(sz_ptr + (g + 1) * N + offs_n, mask=n_mask & (offs_n * 0 + g + 1 < G), other=0)
+        else:
+            w1 = w0
+    return w0, w1
+
+
+@triton.jit
+def _split_sz(word, sz_ptr, offs_n, n_mask, PER_CHANNEL: tl.constexpr):
+    """(scale fp32, zero int32) as [BN, 1] columns from a ``_sz_words`` word.
+
+    int4: bf16 scale bits low, zero high. int8 per-channel: the fp32 scale per channel (loaded here:
+    once per kernel, outside the K loop) and the storage bias 128 as zero. Expanding to 2-D at once
     makes Triton move that one vector into the tile's row layout, not each value derived from it.
     """
     if PER_CHANNEL:
         s = tl.load(sz_ptr + offs_n, mask=n_mask, other=0.0)[:, None]
         zb = (offs_n * 0 + 128)[:, None]
     else:
-        g = b * (128 // GS) + (P * J) // GS  # code J covers k = 128*b + P*J + [0, P)
-        g_ok = offs_n * 0 + g < G  # a tensor: the interpreter wants tensor masks
-        word = tl.load(sz_ptr + g * N + offs_n, mask=n_mask & g_ok, other=0)[:, None]
-        s = (word << 16).to(tl.float32, bitcast=True)  # bf16 -> fp32 is a 16-bit shift
-        zb = (word >> 16) & 0xFFFF
+        w = word[:, None]
+        s = (w << 16).to(tl.float32, bitcast=True)  # bf16 -> fp32 is a 16-bit shift
+        zb = (w >> 16) & 0xFFFF
     return s, zb
+
+
+@triton.jit
+def _pick_word(J: tl.constexpr, E: tl.constexpr, w0, w1):
+    """The scale/zero word of code slice J: w0 for the first half of the block's codes, else w1."""
+    if J < E // 2:  # noqa: SIM108
+        r = w0
+    else:
+        r = w1
+    return r
 
 
 @triton.jit

@@ -12,9 +12,11 @@ from servesim.kernels.quant_gemm_common import (  # noqa: F401  (Triton resolves
     X_EXP,
     _code,
     _finish,
-    _group_params,
     _pick,
+    _pick_word,
     _pos_scale,
+    _split_sz,
+    _sz_words,
     _w_block,
     _x_block,
     _zero_code,
@@ -30,8 +32,9 @@ def _wq_gemv_kernel(
 ):
     """y[0, n] = sum_k x[0, k] * W[n, k]; one CTA = BLOCK_N channels x one K split.
 
-    XPF loads the next block's activations with the weights: otherwise every iteration waits on an
-    L2 round trip for x, which the weight prefetch cannot hide. EVEN (N % BLOCK_N == 0 and
+    PREFETCH blocks ahead (1 or 2) of weights *and* scale/zero words are loaded while one block is
+    dequantized (0 leaves the weights to num_stages). XPF loads the next block's activations with
+    them: otherwise every iteration waits on an L2 round trip for x. EVEN (N % BLOCK_N == 0 and
     K % 128 == 0) drops the per-element masks; prefetches past the split then read a clamped, valid block.
     """
     E: tl.constexpr = 32 // BITS
@@ -46,11 +49,12 @@ def _wq_gemv_kernel(
     b0 = pid_k * per_split
     b1 = tl.minimum(b0 + per_split, KB)
     w_ptrs = w_ptr + offs_n[:, None] * stride_wn + offs_p[None, :]
-    # PREFETCH blocks ahead (1 or 2) are loaded while one is dequantized; 0 leaves it to num_stages
     if PREFETCH >= 1:
         w_n1 = _w_block(w_ptrs, b0, b1, KB, stride_wb, n_mask, offs_p, EVEN)
+        q_n1, r_n1 = _sz_words(sz_ptr, b0, offs_n, n_mask, N, G, KB, GS, PER_CHANNEL, EVEN)
     if PREFETCH >= 2:
         w_n2 = _w_block(w_ptrs, b0 + 1, b1, KB, stride_wb, n_mask, offs_p, EVEN)
+        q_n2, r_n2 = _sz_words(sz_ptr, b0 + 1, offs_n, n_mask, N, G, KB, GS, PER_CHANNEL, EVEN)
     if XPF:
         x0, x1, x2, x3, x4, x5, x6, x7 = _x_block(x_ptr, b0, offs_p, K, KB, b0 < b1, P, E, EVEN)
     acc = tl.zeros([BLOCK_N, P], dtype=tl.float32)
@@ -61,20 +65,25 @@ def _wq_gemv_kernel(
         nxt = b + PREFETCH
         if PREFETCH == 0:
             w_lo = _w_block(w_ptrs, b, b1, KB, stride_wb, n_mask, offs_p, EVEN)
+            q0, q1 = _sz_words(sz_ptr, b, offs_n, n_mask, N, G, KB, GS, PER_CHANNEL, EVEN)
         else:
-            w_lo = w_n1
+            w_lo, q0, q1 = w_n1, q_n1, r_n1
             w_new = _w_block(w_ptrs, nxt, b1, KB, stride_wb, n_mask, offs_p, EVEN)
+            q_new, r_new = _sz_words(sz_ptr, nxt, offs_n, n_mask, N, G, KB, GS, PER_CHANNEL, EVEN)
             if PREFETCH == 1:
-                w_n1 = w_new
+                w_n1, q_n1, r_n1 = w_new, q_new, r_new
             else:
-                w_n1 = w_n2
-                w_n2 = w_new
+                w_n1, q_n1, r_n1 = w_n2, q_n2, r_n2
+                w_n2, q_n2, r_n2 = w_new, q_new, r_new
         w_hi = w_lo >> (BITS + 8)
         part = tl.zeros([BLOCK_N, P], dtype=tl.float32)
         xs = tl.zeros([P], dtype=tl.float32)
         for j in tl.static_range(E):
             if j % J_PER_GROUP == 0:
-                s, zb = _group_params(sz_ptr, b, j, P, offs_n, n_mask, N, G, GS, PER_CHANNEL)
+                if PER_CHANNEL:
+                    zb = tl.full([BLOCK_N, 1], 128, tl.int32)  # the storage bias; the scale comes after the loop
+                else:
+                    s, zb = _split_sz(_pick_word(j, E, q0, q1), sz_ptr, offs_n, n_mask, PER_CHANNEL)
             if XPF:
                 xj = _pick(j, c0, c1, c2, c3, c4, c5, c6, c7).to(tl.float32)
             else:
@@ -92,7 +101,7 @@ def _wq_gemv_kernel(
                 part += (code - _zero_code(zb, j, BITS, DENORM)) * (xj / _pos_scale(j, BITS))[None, :]
             if j % J_PER_GROUP == J_PER_GROUP - 1:
                 if DENORM:  # subtract zero * sum(x) in the same 2^-53 units
-                    part -= (zb.to(tl.float32) * 2.0**-53) * xs[None, :]
+                    part -= (zb * 2.0**-53) * xs[None, :]
                     xs = tl.zeros([P], dtype=tl.float32)
                 if PER_CHANNEL:
                     acc += part
@@ -296,14 +305,24 @@ def _wq_gemm_kernel(
         acc = tl.zeros([BLOCK_N, BLOCK_M], dtype=tl.float32)
     else:
         acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
+    # DEQ 1/2 apply the scale after the dot: the software pipeline only covers loads feeding the dot,
+    # so that scale was a plain load waiting on DRAM in every iteration. It now comes a block ahead, in
+    # registers; the zero (feeding the dot) still comes with the pipelined tile. int8: once, here.
+    q_n, r_n = _sz_words(sz_ptr, b0, offs_n, n_mask, N, G, KB, GS, PER_CHANNEL, False)
+    s_pc, z_pc = _split_sz(q_n, sz_ptr, offs_n, n_mask, PER_CHANNEL)
     for b in range(b0, b1):
         w_lo = tl.load(w_ptrs + b * stride_wb, mask=n_mask[:, None], other=0)
         w_hi = w_lo >> (BITS + 8)
-        s, z = _group_params(sz_ptr, b, 0, P, offs_n, n_mask, N, G, GS, PER_CHANNEL)
-        if J_PER_GROUP < E:
-            s2, z2 = _group_params(sz_ptr, b, E - 1, P, offs_n, n_mask, N, G, GS, PER_CHANNEL)
+        if PER_CHANNEL:
+            s, z, s2, z2 = s_pc, z_pc, s_pc, z_pc
         else:
-            s2, z2 = s, z
+            q0, q1 = _sz_words(sz_ptr, b, offs_n, n_mask, N, G, KB, GS, PER_CHANNEL, False)
+            s, z = _split_sz(q0, sz_ptr, offs_n, n_mask, PER_CHANNEL)
+            s2, z2 = _split_sz(q1, sz_ptr, offs_n, n_mask, PER_CHANNEL)
+            if DEQ != 0:
+                s, _ = _split_sz(q_n, sz_ptr, offs_n, n_mask, PER_CHANNEL)
+                s2, _ = _split_sz(r_n, sz_ptr, offs_n, n_mask, PER_CHANNEL)
+                q_n, r_n = _sz_words(sz_ptr, b + 1, offs_n, n_mask, N, G, KB, GS, PER_CHANNEL, False)
         d0, d1, d2, d3, d4, d5, d6, d7 = _deq_all(w_lo, w_hi, s, z, s2, z2, BITS, E, DTYPE, DENORM, DEQ)
         if JOINED:
             kk = b * 128 + tl.arange(0, 128)
@@ -340,8 +359,7 @@ def _wq_gemm_kernel(
                     if J_PER_GROUP < E and j == E - 1:
                         acc += part * _oriented(s2, SWAP)
     if DEQ != 0 and PER_CHANNEL:
-        s_n, _ = _group_params(sz_ptr, 0, 0, P, offs_n, n_mask, N, G, GS, PER_CHANNEL)
-        acc = acc * _oriented(s_n, SWAP)
+        acc = acc * _oriented(s_pc, SWAP)
     if SWAP:
         acc = tl.trans(acc)
     tile = pid_m * grid_n + pid_n
