@@ -127,6 +127,8 @@ CASES = [  # (bits, group, M, N, K, config)
     (4, 64, 1, 40, 192, dict(kernel="gemv", BLOCK_N=32, num_warps=4, split_k=1, XPF=True, PREFETCH=2)),
     (8, None, 1, 64, 200, dict(kernel="gemv", BLOCK_N=32, num_warps=4, split_k=2, XPF=True)),
     (8, None, 1, 64, 256, dict(kernel="gemv", BLOCK_N=32, num_warps=4, split_k=2, XPF=True, PREFETCH=2)),
+    # scale/zero words prefetched past a split of 3 blocks (fill: 132 * 0.1 // 2 tiles = 6 -> kb // 2 = 3)
+    (4, 64, 1, 64, 768, dict(kernel="gemv", BLOCK_N=32, num_warps=4, fill=0.1, XPF=True, PREFETCH=2)),
     # group scale applied after the dot (DEQ 1; fp16 falls back to DEQ 0), joined and per-slice
     (4, 128, 17, 40, 384, dict(kernel="gemm", BLOCK_M=16, BLOCK_N=64, num_warps=4, split_k=2, SWAP=True, DEQ=1)),
     (4, 128, 5, 40, 256, dict(kernel="gemm", BLOCK_M=16, BLOCK_N=32, num_warps=4, split_k=1, DEQ=1, JOIN=False)),
@@ -164,6 +166,13 @@ def test_auto_split_targets_waves_and_keeps_blocks_per_split():
     assert QG._auto_split(tiles=16, kb=32, waves=4, sms=132) == 16  # capped: 2 K blocks per split
     assert QG._auto_split(tiles=16, kb=8, waves=4, sms=132) == 4
     assert QG._auto_split(tiles=1000, kb=64, waves=1, sms=132) == 1
+
+
+def test_fill_split_gives_one_resident_wave_and_keeps_blocks_per_split():
+    assert QG._fill_split(tiles=112, kb=64, fill=3, sms=132) == 3  # 336 CTAs <= 396 slots (not 4: 448)
+    assert QG._fill_split(tiles=224, kb=64, fill=6, sms=132) == 3
+    assert QG._fill_split(tiles=16, kb=32, fill=3, sms=132) == 16  # capped: 2 K blocks per split
+    assert QG._fill_split(tiles=1000, kb=64, fill=3, sms=132) == 1
 
 
 def test_bytes_and_flops_closed_form():
@@ -251,6 +260,7 @@ def test_gpu_tuned_kernels_match_reference(bits, gs, m, dtype):
     dict(kernel="gemv", BLOCK_N=128, num_warps=4, split_k=3, PREFETCH=2),
     dict(kernel="gemv", BLOCK_N=64, num_warps=4, split_k=4, PREFETCH=2, XPF=True),
     dict(kernel="gemv", BLOCK_N=128, num_warps=4, split_k=5, XPF=True, EVEN=False),
+    dict(kernel="gemv", BLOCK_N=256, num_warps=4, fill=3, XPF=True),
     dict(kernel="gemm", BLOCK_M=16, BLOCK_N=64, num_warps=4, num_stages=3, split_k=4, SWAP=True, DEQ=1),
     dict(kernel="gemm", BLOCK_M=16, BLOCK_N=64, num_warps=4, num_stages=3, split_k=4, SWAP=True, DEQ=2),
     dict(kernel="gemm", BLOCK_M=32, BLOCK_N=64, num_warps=4, num_stages=3, split_k=2, DEQ=2),

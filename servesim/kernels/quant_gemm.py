@@ -73,6 +73,12 @@ def _auto_split(tiles: int, kb: int, waves: float, sms: int) -> int:
     return split
 
 
+def _fill_split(tiles: int, kb: int, fill: float, sms: int) -> int:
+    """Split (any integer, not only a power of two) giving at most fill*SMs CTAs: one resident wave
+    when ``fill`` is the CTAs an SM holds. Keeps >= 2 K blocks per split."""
+    return max(1, min(int(fill * sms) // tiles, kb // 2))
+
+
 def quant_matmul(x, packed, sz, bits: int, group_size: int | None, config: dict):
     """``x @ dequant(W)^T`` for packed W (``quant.py`` layout); ``config`` from ``quant_gemm_configs``.
 
@@ -98,7 +104,10 @@ def quant_matmul(x, packed, sz, bits: int, group_size: int | None, config: dict)
     bm = 1 if gemv else (config["BLOCK_M"] or min(64, max(16, triton.next_power_of_2(m))))
     bn = config["BLOCK_N"]
     tiles = triton.cdiv(m, bm) * triton.cdiv(n, bn)
-    split = config.get("split_k") or _auto_split(tiles, kb, config.get("waves", 0), _num_sms(x.device))
+    split = config.get("split_k")
+    if not split and config.get("fill"):
+        split = _fill_split(tiles, kb, config["fill"], _num_sms(x.device))
+    split = split or _auto_split(tiles, kb, config.get("waves", 0), _num_sms(x.device))
     ws = torch.empty((split, m, n), dtype=torch.float32, device=x.device) if split > 1 else y
     locks = _locks(x.device, tiles)
     common = dict(BITS=bits, GS=group_size or 128, PER_CHANNEL=per_channel, DENORM=config.get("DENORM", True),

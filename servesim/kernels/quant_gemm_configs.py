@@ -1,7 +1,9 @@
 """Launch configurations for ``quant_gemm`` per weight width and M bucket, fixed in code.
 
 Chosen by the tuning sweep ``bench/quant_gemm.py --tune`` on an H100 (see ``bench/results``); nothing is
-autotuned at start-up. ``waves``: split K until the grid has at least waves x SM-count CTAs.
+autotuned at start-up. ``waves``: split K (powers of two) until the grid has at least waves x SM-count
+CTAs; ``fill`` (takes precedence): the largest split with at most fill x SM-count CTAs, any integer, so
+the grid is one resident wave when ``fill`` is the CTAs per SM that registers allow.
 """
 
 from __future__ import annotations
