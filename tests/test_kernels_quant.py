@@ -136,6 +136,8 @@ CASES = [  # (bits, group, M, N, K, config)
     (4, 64, 5, 40, 256, dict(kernel="gemm", BLOCK_M=16, BLOCK_N=32, num_warps=4, split_k=1, DEQ=1, DENORM=False)),
     (8, None, 3, 40, 200, dict(kernel="gemm", BLOCK_M=16, BLOCK_N=32, num_warps=4, split_k=2, SWAP=True, DEQ=1)),
     (4, 128, 33, 40, 256, dict(kernel="gemm", BLOCK_M=0, BLOCK_N=32, num_warps=4, split_k=1, SWAP=True, DEQ=1)),
+    # DEQ 3 (PTX, GPU only) runs as DEQ 0 here: the launcher's mapping is what this checks
+    (4, 64, 40, 40, 256, dict(kernel="gemm", BLOCK_M=32, BLOCK_N=32, num_warps=4, split_k=1, SWAP=True, DEQ=3)),
 ]
 
 
@@ -265,6 +267,8 @@ def test_gpu_tuned_kernels_match_reference(bits, gs, m, dtype):
     dict(kernel="gemm", BLOCK_M=16, BLOCK_N=64, num_warps=4, num_stages=3, split_k=4, SWAP=True, DEQ=2),
     dict(kernel="gemm", BLOCK_M=32, BLOCK_N=64, num_warps=4, num_stages=3, split_k=2, DEQ=2),
     dict(kernel="gemm", BLOCK_M=16, BLOCK_N=64, num_warps=4, num_stages=3, split_k=2, SWAP=True, DEQ=2, JOIN=False),
+    dict(kernel="gemm", BLOCK_M=64, BLOCK_N=64, num_warps=4, num_stages=3, split_k=1, SWAP=True, DEQ=3),
+    dict(kernel="gemm", BLOCK_M=32, BLOCK_N=64, num_warps=4, num_stages=3, split_k=2, DEQ=3, JOIN=False),
 ])
 @pytest.mark.parametrize("dtype", DTYPES, ids=["bf16", "fp16"])
 @pytest.mark.parametrize("gs", [128, 64])

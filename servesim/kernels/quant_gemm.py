@@ -54,10 +54,13 @@ def _num_sms(device) -> int:
 
 
 def _deq_mode(deq: int, bits: int, dtype, interpret: bool) -> int:
-    """The DEQ mode a config asks for, where it applies: 2 (inline PTX) is int4 on a GPU; 1 needs bf16
-    (its 2^-49-scaled codes underflow fp16); 0 always works."""
+    """The DEQ mode a config asks for, where it applies: 2 (inline PTX) is int4 on a GPU; 3 (PTX, scale
+    per weight in bf16x2) int4 with bf16 on a GPU, else 0 (same math); 1 needs bf16 (its 2^-49-scaled
+    codes underflow fp16); 0 always works."""
     import torch
 
+    if deq == 3 and (bits != 4 or interpret or dtype != torch.bfloat16):
+        deq = 0
     if deq == 2 and (bits != 4 or interpret):
         deq = 1
     if deq == 1 and dtype != torch.bfloat16:

@@ -150,13 +150,16 @@ def _mma(x, w, acc, SWAP: tl.constexpr, DOT_FP32: tl.constexpr):
 
 
 @triton.jit
-def _deq_asm(w, zb, zb2, DTYPE: tl.constexpr):
-    """DEQ 2 (int4, GPU only): all 8 codes of each word as exact ``q - z`` in the activation dtype.
+def _deq_asm(w, zb, zb2, s, s2, DTYPE: tl.constexpr, SCALE: tl.constexpr):
+    """DEQ 2 / 3 (int4, GPU only): all 8 codes of each word as exact ``q - z`` (DEQ 3: ``(q - z) * s``,
+    bf16 only) in the activation dtype.
 
     Per pair of codes (j, j+4) one LOP3 puts both nibbles into the mantissas of two packed 16-bit
     floats of value MAGIC + q (MAGIC = 128 in bf16, 1024 in fp16: one unit per mantissa step) and one
     packed FMA subtracts MAGIC + z: ~1.4 instructions per weight, no conversion, no F2FP. Codes 0-3
-    take the zero ``zb``, codes 4-7 ``zb2`` (the second group of a 64-group block).
+    take the zero ``zb``, codes 4-7 ``zb2`` (the second group of a 64-group block). SCALE adds one
+    packed bf16 multiply by the group scales (s, s2): one rounding of the exact ``(q - z) * s``, as
+    DEQ 0's fp32 multiply and cast give, at ~1.9 instead of ~7 instructions per weight.
     """
     if DTYPE == tl.bfloat16:  # noqa: SIM300 (DTYPE is the compile-time value)
         nz, nz2 = zb | 0xC300, zb2 | 0xC300  # -(128 + z) in bf16
@@ -169,6 +172,14 @@ def _deq_asm(w, zb, zb2, DTYPE: tl.constexpr):
         magic: tl.constexpr = "0x64006400"
         one: tl.constexpr = "0x3C003C00"
     nzz = tl.broadcast_to(nz | (nz2 << 16), w.shape)
+    if SCALE:  # the bf16 bits of the fp32 scales (built as word << 16, so exact), low half codes 0-3
+        ss = tl.broadcast_to(((s.to(tl.int32, bitcast=True) >> 16) & 0xFFFF)
+                             | (s2.to(tl.int32, bitcast=True) & -65536), w.shape)
+        mul: tl.constexpr = ("mul.rn.bf16x2 t0, t0, $10;\nmul.rn.bf16x2 t1, t1, $10;\n"
+                             "mul.rn.bf16x2 t2, t2, $10;\nmul.rn.bf16x2 t3, t3, $10;\n")
+    else:
+        ss = nzz  # unused operand
+        mul: tl.constexpr = ""
     d0, d1, d2, d3, d4, d5, d6, d7 = tl.inline_asm_elementwise(
         asm="{\n.reg .b32 t<4>, u<3>, one;\n"
             "mov.b32 one, " + one + ";\n"
@@ -178,9 +189,10 @@ def _deq_asm(w, zb, zb2, DTYPE: tl.constexpr):
             "lop3.b32 t2, u1, 0x000F000F, " + magic + ", 0xEA;\n"
             "lop3.b32 t3, u2, 0x000F000F, " + magic + ", 0xEA;\n"
             "fma.rn." + op + " t0, t0, one, $9;\nfma.rn." + op + " t1, t1, one, $9;\n"
-            "fma.rn." + op + " t2, t2, one, $9;\nfma.rn." + op + " t3, t3, one, $9;\n"
+            "fma.rn." + op + " t2, t2, one, $9;\nfma.rn." + op + " t3, t3, one, $9;\n" + mul +
             "mov.b32 {$0, $4}, t0;\nmov.b32 {$1, $5}, t1;\nmov.b32 {$2, $6}, t2;\nmov.b32 {$3, $7}, t3;\n}",
-        constraints="=h,=h,=h,=h,=h,=h,=h,=h,r,r", args=[w, nzz], dtype=(tl.int16,) * 8, is_pure=True, pack=1)
+        constraints="=h,=h,=h,=h,=h,=h,=h,=h,r,r,r", args=[w, nzz, ss], dtype=(tl.int16,) * 8, is_pure=True,
+        pack=1)
     return (d0.to(DTYPE, bitcast=True), d1.to(DTYPE, bitcast=True), d2.to(DTYPE, bitcast=True),
             d3.to(DTYPE, bitcast=True), d4.to(DTYPE, bitcast=True), d5.to(DTYPE, bitcast=True),
             d6.to(DTYPE, bitcast=True), d7.to(DTYPE, bitcast=True))
@@ -212,8 +224,8 @@ def _x_unit(J: tl.constexpr, BITS: tl.constexpr, DENORM: tl.constexpr):
 def _deq_all(w_lo, w_hi, s, z, s2, z2, BITS: tl.constexpr, E: tl.constexpr, DTYPE: tl.constexpr,
              DENORM: tl.constexpr, DEQ: tl.constexpr):
     """The E code slices of a [BN, P] word tile (8 values; for E = 4 the last four repeat)."""
-    if DEQ == 2:
-        d0, d1, d2, d3, d4, d5, d6, d7 = _deq_asm(w_lo, z, z2, DTYPE)
+    if DEQ >= 2:
+        d0, d1, d2, d3, d4, d5, d6, d7 = _deq_asm(w_lo, z, z2, s, s2, DTYPE, DEQ == 3)
     elif DEQ == 1:
         d0 = _deq_q(w_lo, w_hi, z, 0, BITS, DTYPE, DENORM)
         d1 = _deq_q(w_lo, w_hi, z, 1, BITS, DTYPE, DENORM)
@@ -267,13 +279,15 @@ def _wq_gemm_kernel(
 
     DEQ 0 dequantizes to ``(q - z) * s`` per weight. DEQ 1 and 2 feed the MMA ``q - z`` only and apply
     the scale once per group to the dot's result (``sum_k x (q - z) s = s * sum_k x (q - z)``): one
-    FMA per accumulator element per group instead of one multiply per weight.
+    FMA per accumulator element per group instead of one multiply per weight, but the dot then needs a
+    fresh accumulator. DEQ 3 (int4, bf16) is DEQ 0 done in packed bf16x2 PTX: for large M tiles.
     """
     E: tl.constexpr = 32 // BITS
     P: tl.constexpr = 128 // E
     J_PER_GROUP: tl.constexpr = E if (PER_CHANNEL or GS >= 128) else E * GS // 128
     # a joined tile spans both groups of a 64-group block: factored scales need per-slice dots there
-    JOINED: tl.constexpr = JOIN and (DEQ == 0 or J_PER_GROUP == E)
+    POST: tl.constexpr = DEQ == 1 or DEQ == 2  # the group scale multiplies the dot's result
+    JOINED: tl.constexpr = JOIN and (not POST or J_PER_GROUP == E)
     DTYPE: tl.constexpr = x_ptr.dtype.element_ty
     # grouped tile order: GROUP_M row-tiles share the W tiles they stream through L2
     pid = tl.program_id(0)
@@ -319,7 +333,7 @@ def _wq_gemm_kernel(
             q0, q1 = _sz_words(sz_ptr, b, offs_n, n_mask, N, G, KB, GS, PER_CHANNEL, False)
             s, z = _split_sz(q0, sz_ptr, offs_n, n_mask, PER_CHANNEL)
             s2, z2 = _split_sz(q1, sz_ptr, offs_n, n_mask, PER_CHANNEL)
-            if DEQ != 0:
+            if POST:
                 s, _ = _split_sz(q_n, sz_ptr, offs_n, n_mask, PER_CHANNEL)
                 s2, _ = _split_sz(r_n, sz_ptr, offs_n, n_mask, PER_CHANNEL)
                 q_n, r_n = _sz_words(sz_ptr, b + 1, offs_n, n_mask, N, G, KB, GS, PER_CHANNEL, False)
@@ -337,7 +351,7 @@ def _wq_gemm_kernel(
             else:
                 t = tl.permute(tl.join(tl.join(d0, d2), tl.join(d1, d3)), (0, 2, 3, 1))
             wt = tl.reshape(t, (BLOCK_N, 128))
-            if DEQ == 0 or PER_CHANNEL:
+            if not POST or PER_CHANNEL:
                 acc = _mma(xt, wt, acc, SWAP, DOT_FP32)
             else:
                 acc += _mma(xt, wt, tl.zeros_like(acc), SWAP, DOT_FP32) * _oriented(s, SWAP)
@@ -349,7 +363,7 @@ def _wq_gemm_kernel(
                 if DEQ == 1:
                     xj = (xj.to(tl.float32) * _x_unit(j, BITS, DENORM)).to(DTYPE)
                 wj = _pick(j, d0, d1, d2, d3, d4, d5, d6, d7)
-                if DEQ == 0 or PER_CHANNEL:
+                if not POST or PER_CHANNEL:
                     acc = _mma(xj, wj, acc, SWAP, DOT_FP32)
                 else:
                     part = _mma(xj, wj, part, SWAP, DOT_FP32)
@@ -358,7 +372,7 @@ def _wq_gemm_kernel(
                         part = tl.zeros_like(acc)
                     if J_PER_GROUP < E and j == E - 1:
                         acc += part * _oriented(s2, SWAP)
-    if DEQ != 0 and PER_CHANNEL:
+    if POST and PER_CHANNEL:
         acc = acc * _oriented(s_pc, SWAP)
     if SWAP:
         acc = tl.trans(acc)
