@@ -39,43 +39,41 @@ GS = 128
 
 
 def candidates(bits: int, bkt: str) -> list[dict]:
-    """Configurations tried per (weight width, M bucket); SWAP puts the dequantized W in the A operand.
+    """Configurations tried per (weight width, M bucket): the one in code first, then round-3 variants.
 
-    GEMV knobs: XPF prefetches x with the weights, waves sets the split-K grid (>= waves x SMs CTAs).
-    Tensor-core knob DEQ: 0 scales every weight, 1/2 apply the group scale after the dot (2: inline PTX).
+    GEMV knobs: XPF prefetches x with the weights; ``waves`` / ``fill`` set the split-K grid (see
+    ``quant_gemm_configs``). Tensor-core knobs: SWAP puts the dequantized W in the A operand; DEQ 0 scales
+    every weight, 1/2 apply the group scale after the dot (2: inline PTX), 3 scales in packed bf16x2 PTX.
     """
     g = lambda **kw: {"kernel": "gemm", "GROUP_M": 8, "JOIN": True, "num_stages": 3, **kw}  # noqa: E731
     v = lambda **kw: {"kernel": "gemv", "num_warps": 4, "num_stages": 1, "PREFETCH": 1, "XPF": True,  # noqa: E731
                       **kw}
-    if bkt == "1":
-        out = [v(BLOCK_N=128, waves=w, XPF=x) for w in (2, 4, 8) for x in (False, True)]
-        out += [v(BLOCK_N=128, waves=w, PREFETCH=2) for w in (2, 4)]
-        out += [v(BLOCK_N=64, waves=w, PREFETCH=pf) for w in (4, 8) for pf in (1, 2)]
-        out += [v(BLOCK_N=64, num_warps=2, waves=w) for w in (4, 8)]
-        out += [v(BLOCK_N=256, num_warps=8, waves=w) for w in (2, 4)]
-        out += [v(BLOCK_N=128, PREFETCH=0, XPF=False, num_stages=st, waves=w) for st in (3, 4) for w in (2, 4)]
-        return out
-    if bkt == "16":
-        deqs = (0, 1, 2) if bits == 4 else (0, 1)
-        out = [g(BLOCK_M=16, BLOCK_N=64, num_warps=4, waves=w, SWAP=True, DEQ=d) for d in deqs for w in (2, 4, 8)]
-        out += [g(BLOCK_M=16, BLOCK_N=128, num_warps=4, waves=w, SWAP=True, DEQ=deqs[-1]) for w in (2, 4)]
-        out += [g(BLOCK_M=16, BLOCK_N=64, num_warps=4, waves=4, SWAP=True, DEQ=deqs[-1], JOIN=False),
-                g(BLOCK_M=16, BLOCK_N=64, num_warps=4, waves=4, SWAP=True, DEQ=deqs[-1], num_stages=4)]
-        return out
-    if bkt == "64":
-        deqs = (0, 2) if bits == 4 else (0, 1)
-        out = [g(BLOCK_M=bm, BLOCK_N=bn, num_warps=4, waves=1, SWAP=True, DEQ=d)
-               for bm in (32, 64) for bn in (64, 128) for d in deqs]
-        out += [g(BLOCK_M=bm, BLOCK_N=64, num_warps=4, waves=2, SWAP=True, DEQ=deqs[-1]) for bm in (32, 64)]
-        out += [g(BLOCK_M=64, BLOCK_N=128, num_warps=4, waves=1, DEQ=d) for d in deqs]
-        return out
-    if bkt == "256":
-        return [g(BLOCK_M=bm, BLOCK_N=bn, num_warps=w, waves=v, SWAP=True)
-                for bm, bn, w in ((64, 64, 4), (128, 64, 4), (64, 128, 8), (128, 128, 8), (256, 128, 8))
-                for v in (0, 1)] + [g(BLOCK_M=64, BLOCK_N=128, num_warps=4, waves=1)]
-    return [g(BLOCK_M=bm, BLOCK_N=bn, num_warps=w, num_stages=st, waves=0, SWAP=True)
-            for bm, bn, w in ((128, 128, 8), (256, 128, 8), (128, 256, 8), (256, 64, 4)) for st in (3, 4)] + [
-            g(BLOCK_M=128, BLOCK_N=256, num_warps=8, waves=0)]
+    table = {
+        (4, "1"): [v(BLOCK_N=256, fill=3), v(BLOCK_N=256, waves=1), v(BLOCK_N=128, num_warps=2, fill=6),
+                   v(BLOCK_N=128, fill=4), v(BLOCK_N=128, fill=4, PREFETCH=2), v(BLOCK_N=64, num_warps=2, fill=8)],
+        (4, "16"): [g(BLOCK_M=16, BLOCK_N=64, num_warps=4, fill=4, SWAP=True, DEQ=2, num_stages=4),
+                    g(BLOCK_M=16, BLOCK_N=64, num_warps=4, fill=5, SWAP=True, DEQ=2),
+                    g(BLOCK_M=16, BLOCK_N=128, num_warps=4, waves=2, SWAP=True, DEQ=2)],
+        (4, "64"): [g(BLOCK_M=0, BLOCK_N=64, num_warps=4, waves=2, SWAP=True, DEQ=2),
+                    g(BLOCK_M=64, BLOCK_N=128, num_warps=4, waves=1, SWAP=True, DEQ=3)],
+        (4, "256"): [g(BLOCK_M=bm, BLOCK_N=bn, num_warps=w, waves=wv, SWAP=True, DEQ=3)
+                     for bm, bn, w, wv in ((128, 64, 4, 1), (128, 128, 8, 1), (64, 128, 4, 1), (256, 64, 8, 0))],
+        (4, "large"): [g(BLOCK_M=bm, BLOCK_N=bn, num_warps=8, waves=0, SWAP=True, DEQ=3, num_stages=st)
+                       for bm, bn, st in ((256, 128, 3), (128, 128, 3), (128, 256, 4))],
+        (8, "1"): [v(BLOCK_N=64, waves=4, PREFETCH=2, XPF=False, EVEN=False),
+                   v(BLOCK_N=64, waves=8, PREFETCH=2, XPF=False, EVEN=False), v(BLOCK_N=64, fill=5, PREFETCH=2),
+                   v(BLOCK_N=128, fill=3), v(BLOCK_N=128, fill=4, PREFETCH=0, XPF=False, num_stages=4)],
+        (8, "16"): [g(BLOCK_M=16, BLOCK_N=64, num_warps=4, waves=2, SWAP=True, DEQ=1),
+                    g(BLOCK_M=16, BLOCK_N=64, num_warps=4, fill=4, SWAP=True)],
+        (8, "64"): [g(BLOCK_M=0, BLOCK_N=128, num_warps=4, waves=1, SWAP=True, DEQ=1)],
+        (8, "256"): [g(BLOCK_M=128, BLOCK_N=128, num_warps=8, waves=1)],
+        (8, "large"): [g(BLOCK_M=128, BLOCK_N=128, num_warps=8, waves=0)],
+    }
+    out = [dict(QC.CONFIGS[(bits, bkt)])]
+    for cfg in table[(bits, bkt)]:
+        if _key(cfg) not in {_key(c) for c in out}:
+            out.append(cfg)
+    return out
 
 
 def _key(cfg: dict) -> str:
