@@ -144,6 +144,31 @@ def test_prefill_head_major_cache_and_fp8_interpreter():
 
 
 @cpu
+@pytest.mark.parametrize("block_size, config", [(24, SMALL), (16, dict(SMALL, BLOCK_N=32))])
+def test_prefill_and_decode_odd_pages_and_unaligned_strides_interpreter(block_size, config):
+    """Page size 24 takes the per-row page-id path; a cache whose rows are padded to 72 elements (strides not
+    multiples of 16) takes the page-id vector path without the alignment hint."""
+    gen = torch.Generator().manual_seed(13)
+    q_lens, kv_lens = [9, 30], [50, 30]
+    k_cache, v_cache, tables, _ = paged_setup(gen, kv_lens, 1, 64, block_size, torch.bfloat16)
+    if block_size == 16:  # same values, rows 72 elements apart
+        pad = [torch.zeros(*k_cache.shape[:3], 72, dtype=torch.bfloat16) for _ in range(2)]
+        pad[0][..., :64], pad[1][..., :64] = k_cache, v_cache
+        k_cache, v_cache = pad[0][..., :64], pad[1][..., :64]
+        assert k_cache.stride(1) % 16
+    q = torch.randn(sum(q_lens), 4, 64, generator=gen).to(torch.bfloat16)
+    cu, kv = cumsum0(q_lens), int32(kv_lens)
+    out = torch.full_like(q, float("nan"))
+    prefill_attention(q, k_cache, v_cache, tables, cu, kv, max(q_lens), out=out, config=config)
+    check_close(out, prefill_attention_ref(q, k_cache, v_cache, tables, cu, kv), torch.bfloat16)
+    qd = torch.randn(2, 4, 64, generator=gen).to(torch.bfloat16)
+    out = torch.full_like(qd, float("nan"))
+    decode_attention(qd, k_cache, v_cache, tables, kv, max(kv_lens), num_splits=2, out=out,
+                     config=dict(SMALL_DECODE, BLOCK_N=config["BLOCK_N"]))
+    check_close(out, decode_attention_ref(qd, k_cache, v_cache, tables, kv), torch.bfloat16)
+
+
+@cpu
 @pytest.mark.parametrize("dtype, group, head_dim, config", [
     (torch.bfloat16, 4, 64, SMALL), (torch.float16, 1, 128, None), (torch.float16, 4, 64, {**SMALL, "TMA": True})])
 def test_prefill_contiguous_interpreter(dtype, group, head_dim, config):

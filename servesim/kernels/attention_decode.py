@@ -22,16 +22,18 @@ import triton
 import triton.language as tl
 
 from .attention_prefill import _kv_rows, causal_attention_ref
-from .kv_cache import check_cache, check_scales, dot, gather_kv_ref, interpreting
+from .kv_cache import aligned, check_cache, check_scales, dot, gather_kv_ref, interpreting
 
 # Tile config keyed on head_dim, chosen by `bench/attention.py --tune` on an H100 SXM (Triton 3.6, bf16;
-# 7 candidates within 3% geomean of each other; 128/4/2 has one K+V buffer in flight, 72 KB of shared
-# memory, 3 programs per SM); head_dim 64 is an untuned default.
+# 7 candidates within 3% geomean of each other; 128/4 holds one K+V tile, 72 KB of shared memory, 3
+# programs per SM). num_stages >= 3 makes the page-id load an async copy a stage ahead of the K/V copies
+# (with 2 it is a synchronous load in the loop); Triton 3.6 then buffers (num_stages - 1) // 2 K/V tiles.
+# head_dim 64 is an untuned default.
 DECODE_CONFIGS = {
-    64: dict(BLOCK_N=64, num_warps=4, num_stages=3),
-    128: dict(BLOCK_N=128, num_warps=4, num_stages=2),
+    64: dict(BLOCK_N=64, num_warps=4, num_stages=5),
+    128: dict(BLOCK_N=128, num_warps=4, num_stages=3),
 }
-FALLBACK_CONFIG = dict(BLOCK_N=32, num_warps=4, num_stages=2)
+FALLBACK_CONFIG = dict(BLOCK_N=32, num_warps=4, num_stages=3)
 # Split heuristic: at most SPLIT_WAVES programs per SM, never fewer than MIN_SPLIT_KEYS keys per split.
 # On the H100 the best split count of every tuning shape gave about 2 programs per SM (256 = 8 KV heads x
 # batch x splits); 1..16 per SM and 64..512 keys were swept (bench/results/attention-tune-fused-*).
@@ -86,7 +88,7 @@ def _decode_kernel(
     stride_kb, stride_ks, stride_kh, stride_bt,
     NUM_Q: tl.constexpr, GROUP: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr,
     BLOCK_N: tl.constexpr, BLOCK_SIZE: tl.constexpr, FP8: tl.constexpr, SPLIT: tl.constexpr,
-    MERGE_ROWS: tl.constexpr, MERGE_CHUNK: tl.constexpr, UPCAST: tl.constexpr,
+    MERGE_ROWS: tl.constexpr, MERGE_CHUNK: tl.constexpr, ALIGNED: tl.constexpr, UPCAST: tl.constexpr,
 ):
     b = tl.program_id(0)
     kvh = tl.program_id(1)
@@ -113,12 +115,9 @@ def _decode_kernel(
     k_base = k_ptr + kvh * stride_kh
     v_base = v_ptr + kvh * stride_kh
     bt_row = bt_ptr + b.to(tl.int64) * stride_bt
-    # K/V row offsets are looked up one tile ahead so the pipeliner can keep num_stages tiles in flight
-    rows_next = _kv_rows(bt_row, lo + tl.arange(0, BLOCK_N), 0, kv_len, stride_kb, stride_ks, True, BLOCK_SIZE)
     for start in range(lo, hi, BLOCK_N):
         offs_n = start + tl.arange(0, BLOCK_N)
-        kv_rows = rows_next
-        rows_next = _kv_rows(bt_row, offs_n + BLOCK_N, 0, kv_len, stride_kb, stride_ks, True, BLOCK_SIZE)
+        kv_rows = _kv_rows(bt_row, start, 0, kv_len, stride_kb, stride_ks, True, BLOCK_SIZE, BLOCK_N, ALIGNED)
         k = tl.load(k_base + kv_rows[:, None] + offs_d[None, :]).to(q.dtype)
         v = tl.load(v_base + kv_rows[:, None] + offs_d[None, :]).to(q.dtype)
         qk = dot(q, tl.trans(k), tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32), UPCAST) * qk_scale
@@ -251,7 +250,7 @@ def decode_attention(
         NUM_Q=num_q, GROUP=group, HEAD_DIM=head_dim, BLOCK_M=max(16, triton.next_power_of_2(num_q * group)),
         BLOCK_SIZE=block_size, FP8=fp8, SPLIT=split, MERGE_ROWS=triton.next_power_of_2(num_q * group),
         MERGE_CHUNK=max(1, min(triton.next_power_of_2(num_splits), 128 // triton.next_power_of_2(num_q * group))),
-        UPCAST=interpreting(), **cfg,
+        ALIGNED=aligned(k_cache.stride(0), k_cache.stride(1)), UPCAST=interpreting(), **cfg,
     )
     return out.view(q.shape)
 

@@ -21,30 +21,48 @@ import triton
 import triton.language as tl
 from triton.tools.tensor_descriptor import TensorDescriptor
 
-from .kv_cache import check_cache, check_scales, dot, gather_kv_ref, interpreting
+from .kv_cache import aligned, check_cache, check_scales, dot, gather_kv_ref, interpreting
 
 LOG2E = 1.4426950408889634
 
 # Tile configs keyed on (head_dim, paged), chosen once by `bench/attention.py --tune` on an H100 SXM
-# (Triton 3.6, bf16, S=8k; results in bench/results/attention-*): paged 128x64/8 warps/4 stages 425 TFLOP/s,
-# contiguous through TMA 64x64/4 warps/3 stages 503 TFLOP/s. head_dim 64 entries are untuned defaults.
+# (Triton 3.6, bf16, S=8k; results in bench/results/attention-*): paged 128x64/8 warps 425 TFLOP/s with 4 K/V
+# buffers, contiguous through TMA 64x64/4 warps/3 stages 503 TFLOP/s. head_dim 64 entries are untuned
+# defaults. Paged num_stages: since the page-id load is the pipeliner's first stage, Triton 3.6 buffers
+# (num_stages + 1) // 2 K/V tiles (7 -> 4, 5 -> 3, 3 -> 2; read from the compiled shared-memory size).
 PREFILL_CONFIGS = {
     (64, True): dict(BLOCK_M=128, BLOCK_N=64, num_warps=4, num_stages=3),
     (64, False): dict(BLOCK_M=128, BLOCK_N=64, num_warps=4, num_stages=3),
-    (128, True): dict(BLOCK_M=128, BLOCK_N=64, num_warps=8, num_stages=4),
+    (128, True): dict(BLOCK_M=128, BLOCK_N=64, num_warps=8, num_stages=7),
     (128, False): dict(BLOCK_M=64, BLOCK_N=64, num_warps=4, num_stages=3, TMA=True),
 }
-FALLBACK_CONFIG = dict(BLOCK_M=64, BLOCK_N=32, num_warps=4, num_stages=2)
+FALLBACK_CONFIG = dict(BLOCK_M=64, BLOCK_N=32, num_warps=4, num_stages=3)
 
 
 @triton.jit
-def _kv_rows(bt_row_ptr, offs_n, kv_start, kv_len, stride_kb, stride_ks,
-             PAGED: tl.constexpr, BLOCK_SIZE: tl.constexpr):
-    """Element offsets of K/V rows ``offs_n`` (clamped to the last key) for one sequence."""
-    n = tl.minimum(offs_n, kv_len - 1)
+def _kv_rows(bt_row_ptr, start, kv_start, kv_len, stride_kb, stride_ks, PAGED: tl.constexpr,
+             BLOCK_SIZE: tl.constexpr, BLOCK_N: tl.constexpr, ALIGNED: tl.constexpr):
+    """Element offsets of K/V rows ``start .. start + BLOCK_N - 1`` (clamped to the last key) of one sequence.
+
+    ``start`` is a multiple of ``BLOCK_N``. Paged: the tile's ``cdiv(BLOCK_N, BLOCK_SIZE)`` page ids are one
+    small vector load, broadcast to the rows, instead of one gathered id per row. Called in the loop next
+    to the K/V loads, the id load becomes the pipeliner's first stage (an async copy a stage ahead of the
+    K/V copies that use it); looking ids up a tile ahead by hand made it a synchronous load whose result
+    the next copy's address waited on. The reshape hides the rows' alignment from the compiler, so the
+    vector path needs ``ALIGNED`` (cache strides are multiples of 16 elements) to restate it; without it
+    the K/V loads would not be vectorised or pipelined at all.
+    """
+    n = tl.minimum(start + tl.arange(0, BLOCK_N), kv_len - 1)
     if PAGED:
-        page = tl.load(bt_row_ptr + n // BLOCK_SIZE).to(tl.int64)
-        return page * stride_kb + (n % BLOCK_SIZE) * stride_ks
+        if ALIGNED and (BLOCK_SIZE & (BLOCK_SIZE - 1)) == 0:
+            PER_PAGE: tl.constexpr = BLOCK_SIZE if BLOCK_SIZE < BLOCK_N else BLOCK_N
+            NUM_PAGES: tl.constexpr = BLOCK_N // PER_PAGE
+            idx = tl.minimum(start // BLOCK_SIZE + tl.arange(0, NUM_PAGES), (kv_len - 1) // BLOCK_SIZE)
+            pages = tl.load(bt_row_ptr + idx).to(tl.int64) * stride_kb
+            page = tl.reshape(tl.broadcast_to(pages[:, None], (NUM_PAGES, PER_PAGE)), (BLOCK_N,))
+            return tl.multiple_of(page + (n % BLOCK_SIZE) * stride_ks, 16)
+        else:  # odd page sizes or strides: one id per row
+            return tl.load(bt_row_ptr + n // BLOCK_SIZE).to(tl.int64) * stride_kb + (n % BLOCK_SIZE) * stride_ks
     else:
         return (kv_start + n).to(tl.int64) * stride_ks
 
@@ -53,17 +71,12 @@ def _kv_rows(bt_row_ptr, offs_n, kv_start, kv_len, stride_kb, stride_ks,
 def _prefill_tiles(acc, l_i, m_i, q, k_base, v_base, bt_row_ptr, kv_start, kv_len, lo, hi,
                    offs_m_pos, qk_scale, stride_kb, stride_ks, tma_col,
                    MASK: tl.constexpr, PAGED: tl.constexpr, TMA: tl.constexpr, BLOCK_SIZE: tl.constexpr,
-                   HEAD_DIM: tl.constexpr, BLOCK_N: tl.constexpr, UPCAST: tl.constexpr):
+                   HEAD_DIM: tl.constexpr, BLOCK_N: tl.constexpr, ALIGNED: tl.constexpr, UPCAST: tl.constexpr):
     offs_d = tl.arange(0, HEAD_DIM)
-    # Row offsets of the next tile are computed one iteration ahead, so the block-table lookup is not on
-    # the K/V loads' critical path and the software pipeliner can buffer them deeper.
-    rows_next = _kv_rows(bt_row_ptr, lo + tl.arange(0, BLOCK_N), kv_start, kv_len, stride_kb, stride_ks,
-                         PAGED, BLOCK_SIZE)
     for start in range(lo, hi, BLOCK_N):
         offs_n = start + tl.arange(0, BLOCK_N)
-        rows = rows_next
-        rows_next = _kv_rows(bt_row_ptr, offs_n + BLOCK_N, kv_start, kv_len, stride_kb, stride_ks, PAGED,
-                             BLOCK_SIZE)
+        rows = _kv_rows(bt_row_ptr, start, kv_start, kv_len, stride_kb, stride_ks, PAGED, BLOCK_SIZE, BLOCK_N,
+                        ALIGNED)
         if TMA:  # k_base/v_base are [total_k, num_kv_heads * head_dim] descriptors; rows past the end are
             # the next sequence's (or zeros) and the mask hides them
             k = k_base.load([kv_start + start, tma_col])
@@ -98,7 +111,7 @@ def _prefill_kernel(
     stride_kb, stride_ks, stride_kh, stride_bt,
     num_q_heads, group,
     HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_SIZE: tl.constexpr,
-    PAGED: tl.constexpr, FP8: tl.constexpr, TMA: tl.constexpr, UPCAST: tl.constexpr,
+    PAGED: tl.constexpr, FP8: tl.constexpr, TMA: tl.constexpr, ALIGNED: tl.constexpr, UPCAST: tl.constexpr,
 ):
     pid_bh = tl.program_id(0)
     b = pid_bh // num_q_heads
@@ -140,10 +153,10 @@ def _prefill_kernel(
     hi = tl.minimum(kv_len, ctx + m0 + BLOCK_M)
     acc, l_i, m_i = _prefill_tiles(acc, l_i, m_i, q, k_base, v_base, bt_row, kv_start, kv_len, 0, full,
                                    ctx + offs_m, qk_scale, stride_kb, stride_ks, kvh * HEAD_DIM,
-                                   False, PAGED, TMA, BLOCK_SIZE, HEAD_DIM, BLOCK_N, UPCAST)
+                                   False, PAGED, TMA, BLOCK_SIZE, HEAD_DIM, BLOCK_N, ALIGNED, UPCAST)
     acc, l_i, m_i = _prefill_tiles(acc, l_i, m_i, q, k_base, v_base, bt_row, kv_start, kv_len, full, hi,
                                    ctx + offs_m, qk_scale, stride_kb, stride_ks, kvh * HEAD_DIM,
-                                   True, PAGED, TMA, BLOCK_SIZE, HEAD_DIM, BLOCK_N, UPCAST)
+                                   True, PAGED, TMA, BLOCK_SIZE, HEAD_DIM, BLOCK_N, ALIGNED, UPCAST)
     out = acc / l_i[:, None]
     if FP8:
         out = out * tl.load(v_scale_ptr + kvh)
@@ -197,14 +210,16 @@ def _launch(q, k, v, kv_arg, block_tables, cu_seqlens_q, max_q_len, sm_scale, k_
         box = [cfg["BLOCK_N"], head_dim]
         k = TensorDescriptor.from_tensor(k.view(k.shape[0], -1), box)
         v = TensorDescriptor.from_tensor(v.view(v.shape[0], -1), box)
+    strides = _kv_strides(k, paged, tma)
     _prefill_kernel[grid](
         q, k, v, out, cu_seqlens_q, kv_arg, bt,
         k_scale if fp8 else q, v_scale if fp8 else q,
         sm_scale, q.stride(0), q.stride(1), out.stride(0), out.stride(1),
-        *_kv_strides(k, paged, tma),
+        *strides,
         block_tables.stride(0) if paged else 0,
         num_q_heads, num_q_heads // num_kv_heads,
-        HEAD_DIM=head_dim, BLOCK_SIZE=block_size, PAGED=paged, FP8=fp8, TMA=tma, UPCAST=interpreting(), **cfg,
+        HEAD_DIM=head_dim, BLOCK_SIZE=block_size, PAGED=paged, FP8=fp8, TMA=tma, ALIGNED=aligned(*strides[:2]),
+        UPCAST=interpreting(), **cfg,
     )
     return out
 

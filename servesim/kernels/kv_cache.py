@@ -32,6 +32,11 @@ def interpreting() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0") == "1"
 
 
+def aligned(*strides: int) -> bool:
+    """True when every element stride is a multiple of 16, so row starts keep 16-byte vector alignment."""
+    return all(s % 16 == 0 for s in strides)
+
+
 @triton.jit
 def dot(a, b, acc, UPCAST: tl.constexpr):
     """``tl.dot(a, b, acc)``; with UPCAST the operands go through float32 (interpreter work-around only)."""
