@@ -16,22 +16,25 @@ if all ``k_i`` are accepted emit a sample of ``p_{k_i}`` (the bonus token). Gree
 ``x_j == argmax_j`` (ties: lowest id), then emit that argmax. Outputs ``accepted`` int32 ``[B]`` and
 ``emitted`` int32 ``[B, K+1]``: ``accepted`` drafts, one recovered/bonus token, then -1.
 
-Randomness is counter-based, so it does not depend on the launch shape (``spec_ref.py`` has the exact
-recipe and the NumPy code that reproduces it). Acceptance uniforms are Philox4x32-10 (``tl.randint4x``)
-draws keyed by the sequence's seed. The per-token noise, one draw per vocabulary entry, is a cheap
-counter-based 32-bit hash of (position keys from Philox, token), turned into ``E2 = E / ln 2`` with
-``E ~ Exp(1)`` (a series near 0, so small ``E`` keep their relative precision and rare tokens their
-probability). Sampling is an exponential race: the bonus token is ``argmax(y - log2 E2)`` with
-``y = logits * log2(e) / T`` (Gumbel-max), the recovered one ``argmax(max(0, p - q) / E2)``, which needs no
-normalisation. The reference draws the same numbers and repeats the arithmetic, so kernel and reference
-agree token for token (up to float rounding ties, about 1e-7 per decision).
+Sampling is two-level (``spec_ref.py`` has the exact recipe and the NumPy code that reproduces it): the
+vocabulary is cut into fixed spans of ``SPAN`` tokens; a span is drawn in proportion to its summed weight
+(``2^y`` for the bonus token, ``max(0, p - q)`` for the recovered one, ``y = logits * log2(e) / T``), then a
+token within it in proportion to its weight: exactly the target distribution, and the pass over the
+vocabulary only sums weights per span (no random number per token). Both draws are Gumbel-max races in
+log2 units, ``argmax(log2 w - log2 E2)``, ``E2 = E / ln 2``, ``E ~ Exp(1)``, over the spans of the row and
+then the ``SPAN`` tokens of the winner, once per sequence. Randomness is counter-based, so it does not
+depend on the launch shape: acceptance uniforms are Philox4x32-10 (``tl.randint4x``) draws keyed by the
+sequence's seed; the race noise is a cheap counter-based 32-bit hash of (position keys from Philox, token or
+span index), turned into ``E2`` by a series near 0, so small ``E`` keep their relative precision and rare
+tokens their probability. The reference draws the same numbers and repeats the arithmetic, so kernel and
+reference agree token for token (up to float rounding ties, about 1e-6 per decision).
 
 Two launches, no [T, V] float32 tensor: (1) one pass over every row, split along V into chunks:
-running max and sum of exp (draft rows), Gumbel-max partial winners (bonus rows), max/argmax (greedy);
-(2) grid (chunk, sequence): the acceptance tests; a sequence that accepted everything has its bonus winner
-emitted by chunk 0; a rejected one races the residual over one chunk of its rejected row (read again, with
-its q row) and the last chunk to arrive combines the winners and emits (greedy: one tiny program per
-sequence instead).
+running max and sum of exp (draft rows), ``log2`` of the summed ``2^y`` of each span (bonus rows),
+max/argmax (greedy); (2) grid (chunk, sequence): the acceptance tests; a sequence that accepted everything
+has its bonus token drawn by chunk 0 (span race, then the race within that span); a rejected one sums
+``max(0, p - q)`` per span over one chunk of its rejected row (read again, with its q row) and the last chunk
+to arrive draws the recovered token the same way and emits (greedy: one tiny program per sequence instead).
 """
 
 from __future__ import annotations
@@ -55,14 +58,15 @@ _BIG = tl.constexpr(2**31 - 1)
 _ONE_HI = tl.constexpr(1 << 32)  # Philox counter (c0, c1) = (offset low, offset high word)
 _G, _M1, _M2 = tl.constexpr(spec_ref.HASH_G), tl.constexpr(spec_ref.HASH_M1), tl.constexpr(spec_ref.HASH_M2)
 _C1, _C2, _C3, _C4, _C5 = (tl.constexpr(c) for c in spec_ref.SERIES)
+_SPAN = tl.constexpr(spec_ref.SPAN)
 
 
 @triton.jit
 def _row_keys(seed, j):
-    """Hash keys (k1, k2) of position j: lanes 0 and 1 of Philox counter (j, 1) under the seed (scalars)."""
+    """Hash keys (k1, k2, k3, k4) of position j: the lanes of Philox counter (j, 1) under the seed (scalars)."""
     offs = (tl.arange(0, 1) + j).to(tl.int64) + _ONE_HI
-    k1, k2, _, _ = tl.randint4x(seed, offs)
-    return tl.max(k1, 0), tl.max(k2, 0)
+    k1, k2, k3, k4 = tl.randint4x(seed, offs)
+    return tl.max(k1, 0), tl.max(k2, 0), tl.max(k3, 0), tl.max(k4, 0)
 
 
 @triton.jit
@@ -76,22 +80,28 @@ def _mix(x, k2):
 
 
 @triton.jit
-def _noise(x, k2, LOG: tl.constexpr, FAST: tl.constexpr):
-    """E2 = E / ln 2, E ~ Exp(1) (log2 E2 if LOG), of Weyl counters x (uint32) under key k2.
-
-    h = _mix(x, k2), w = (h + 0.5) / 2**32, E2 = -log2(1 - w), by a series below w = 1/32 so
-    that small E keep their relative precision. FAST: the GPU's lg2.approx (error ~1e-7)."""
-    w = _mix(x, k2).to(tl.float32) * 2.3283064365386963e-10 + 1.1641532182693481e-10
-    poly = w * (_C1 + w * (_C2 + w * (_C3 + w * (_C4 + w * _C5))))
+def _log2(x, FAST: tl.constexpr):
+    """log2 (FAST: the GPU's lg2.approx, error ~1e-7; the interpreter has no libdevice)."""
     if FAST:
-        e = tl.where(w < 0.03125, poly, -libdevice.fast_log2f(1.0 - w))
-        if LOG:
-            e = libdevice.fast_log2f(e)
+        return libdevice.fast_log2f(x)
     else:
-        e = tl.where(w < 0.03125, poly, -tl.log2(1.0 - w))
-        if LOG:
-            e = tl.log2(e)
-    return e
+        return tl.log2(x)
+
+
+@triton.jit
+def _gumbel_log2(idx, ka, kb, FAST: tl.constexpr):
+    """log2 E2 (E2 = E / ln 2, E ~ Exp(1)) of indices idx under keys (ka, kb): h = _mix(ka + idx * G, kb),
+    w = (h + 0.5) / 2**32, E2 = -log2(1 - w), by a series below w = 1/32 so that small E keep their relative
+    precision. Only the final races use it (a few hundred draws per sequence)."""
+    w = _mix(ka + idx.to(tl.uint32) * _G, kb).to(tl.float32) * 2.3283064365386963e-10 + 1.1641532182693481e-10
+    poly = w * (_C1 + w * (_C2 + w * (_C3 + w * (_C4 + w * _C5))))
+    return _log2(tl.where(w < 0.03125, poly, -_log2(1.0 - w, FAST)), FAST)
+
+
+@triton.jit
+def _argmax(key, idx):
+    """Index of the max key, lowest index on ties (all -inf: the lowest index)."""
+    return tl.min(tl.where(key == tl.max(key, 0), idx, _BIG), 0)
 
 
 @triton.jit
@@ -103,20 +113,12 @@ def _keep(key, start, best, best_start):
 
 
 @triton.jit
-def _winner(best, best_start, lane):
-    """Reduce per-lane winners: max key, lowest token among equal keys (BIG if no lane has a finite key)."""
-    kb = tl.max(best, 0)
-    idx = tl.where((best == kb) & (best > float("-inf")), best_start + lane, _BIG)
-    return kb, tl.min(idx, 0)
-
-
-@triton.jit
-def _load(base, start, hi, lane, other, MASK: tl.constexpr):
-    """One block of a row as float32 (MASK: the tail, lanes past hi read `other`)."""
+def _load(base, start, hi, offs, other, MASK: tl.constexpr):
+    """One block of a row as float32 (MASK: the tail, offsets past hi read `other`)."""
     if MASK:
-        return tl.load(base + start + lane, mask=start + lane < hi, other=other).to(tl.float32)
+        return tl.load(base + start + offs, mask=start + offs < hi, other=other).to(tl.float32)
     else:
-        return tl.load(base + start + lane).to(tl.float32)
+        return tl.load(base + start + offs).to(tl.float32)
 
 
 @triton.jit
@@ -126,9 +128,8 @@ def _stats_block(y, start, scale, m, s, am, GREEDY: tl.constexpr):
     if GREEDY:
         m, am = _keep(y, start, m, am)
     else:
-        # -inf (masked) logits become -3e38: weight exp2(-3e38 - max) = 0 after the reduction, and one
-        # exp2 per element serves both cases (new max: rescale; else: add)
-        y = tl.maximum(y, -3.0e38)
+        # m starts at -3e38, so a -inf (masked) logit gets weight exp2(-inf) = 0 and never a NaN; one exp2
+        # per element serves both cases (new max: rescale; else: add)
         e = tl.exp2(-tl.abs(y - m))
         s = tl.where(y > m, s * e + 1.0, s + e)
         m = tl.maximum(m, y)
@@ -136,15 +137,27 @@ def _stats_block(y, start, scale, m, s, am, GREEDY: tl.constexpr):
 
 
 @triton.jit
-def _bonus_block(y, start, weyl, k1, k2, scale, best, best_start, FAST: tl.constexpr):
-    """Bonus row: Gumbel-max keys y - log2 E2 of one block, folded into the per-lane winners."""
-    key = y * scale - _noise(k1 + tl.cast(start, tl.uint32) * _G + weyl, k2, True, FAST)
-    return _keep(key, start, best, best_start)
+def _span_store(w, start, sbase, n_span, BLOCK: tl.constexpr, MASK: tl.constexpr):
+    """Store one block's span weights w [BLOCK // SPAN, 1] (MASK: spans past the vocabulary are dropped)."""
+    g = start // _SPAN + tl.arange(0, BLOCK // _SPAN)[:, None]
+    if MASK:
+        tl.store(sbase + g, w, mask=g < n_span)
+    else:
+        tl.store(sbase + g, w)
 
 
 @triton.jit
-def _row_pass_kernel(logit_ptr, stride_l, cu_ptr, seed_ptr, stat_a_ptr, stat_b_ptr, bkey_ptr, bidx_ptr,
-                     V, chunk, n_split, scale, GREEDY: tl.constexpr, BLOCK: tl.constexpr, FAST: tl.constexpr):
+def _bonus_block(y, start, scale, sbase, n_span, BLOCK: tl.constexpr, MASK: tl.constexpr, FAST: tl.constexpr):
+    """Bonus row, one block [BLOCK // SPAN, SPAN]: log2 of the summed 2^y of each span, as max + log2(sum 2^(y -
+    max)) with max >= -3e38 (an all -inf span: weight 0, log -inf)."""
+    m = tl.maximum(tl.max(y, 1, keep_dims=True) * scale, -3.0e38)  # scale > 0: max(y) * scale = max(y * scale)
+    _span_store(m + _log2(tl.sum(tl.exp2(y * scale - m), 1, keep_dims=True), FAST), start, sbase, n_span, BLOCK,
+                MASK)
+
+
+@triton.jit
+def _row_pass_kernel(logit_ptr, stride_l, cu_ptr, stat_a_ptr, stat_b_ptr, span_ptr, V, chunk, n_split, n_span,
+                     scale, GREEDY: tl.constexpr, BLOCK: tl.constexpr, FAST: tl.constexpr):
     """Grid (split, position, sequence): one chunk of one target row, read once (full blocks unmasked)."""
     sp = tl.program_id(0)
     j = tl.program_id(1)
@@ -157,11 +170,11 @@ def _row_pass_kernel(logit_ptr, stride_l, cu_ptr, seed_ptr, stat_a_ptr, stat_b_p
         lo = sp * chunk
         hi = tl.minimum(lo + chunk, V)
         full = lo + (hi - lo) // BLOCK * BLOCK
-        lane = tl.arange(0, BLOCK)
-        out = row.to(tl.int64) * n_split + sp
         if (j < k) | GREEDY:
+            lane = tl.arange(0, BLOCK)
+            out = row.to(tl.int64) * n_split + sp
             # lanes keep running values and reduce once after the loop (no block-wide reduction per block)
-            m = tl.full([BLOCK], float("-inf"), tl.float32)
+            m = tl.full([BLOCK], float("-inf") if GREEDY else -3.0e38, tl.float32)
             s = tl.zeros([BLOCK], tl.float32)
             am = tl.zeros([BLOCK], tl.int32)
             # full blocks unmasked, the next block's load issued before this block's math (latency hiding)
@@ -176,32 +189,27 @@ def _row_pass_kernel(logit_ptr, stride_l, cu_ptr, seed_ptr, stat_a_ptr, stat_b_p
                 y = _load(base, full, hi, lane, float("-inf"), True)
                 m, s, am = _stats_block(y, full, scale, m, s, am, GREEDY)
             if GREEDY:
-                mx, amx = _winner(m, am, lane)
+                mx = tl.max(m, 0)
                 tl.store(stat_a_ptr + out, mx)
-                tl.store(stat_b_ptr + out, amx)
+                tl.store(stat_b_ptr + out, tl.min(tl.where((m == mx) & (m > float("-inf")), am + lane, _BIG), 0))
             else:
                 mx = tl.max(m, 0)
                 tl.store(stat_a_ptr + out, mx)
                 tl.store(stat_b_ptr + out, tl.sum(s * tl.exp2(m - mx), 0))
         else:
-            # bonus row: Gumbel-max partial winner, needs no normaliser
-            k1, k2 = _row_keys(tl.load(seed_ptr + i), j)
-            weyl = lane.to(tl.uint32) * _G
-            best = tl.full([BLOCK], float("-inf"), tl.float32)
-            best_start = tl.zeros([BLOCK], tl.int32)
+            # bonus row: span weights only (one warp-level reduction per span, no random numbers)
+            offs = tl.arange(0, BLOCK // _SPAN)[:, None] * _SPAN + tl.arange(0, _SPAN)[None, :]
+            sbase = span_ptr + i.to(tl.int64) * n_span
             if lo < full:
-                y = _load(base, lo, hi, lane, float("-inf"), False)
+                y = _load(base, lo, hi, offs, float("-inf"), False)
                 for start in range(lo, full - BLOCK, BLOCK):
-                    y_next = _load(base, start + BLOCK, hi, lane, float("-inf"), False)
-                    best, best_start = _bonus_block(y, start, weyl, k1, k2, scale, best, best_start, FAST)
+                    y_next = _load(base, start + BLOCK, hi, offs, float("-inf"), False)
+                    _bonus_block(y, start, scale, sbase, n_span, BLOCK, False, FAST)
                     y = y_next
-                best, best_start = _bonus_block(y, full - BLOCK, weyl, k1, k2, scale, best, best_start, FAST)
+                _bonus_block(y, full - BLOCK, scale, sbase, n_span, BLOCK, False, FAST)
             if full < hi:
-                y = _load(base, full, hi, lane, float("-inf"), True)
-                best, best_start = _bonus_block(y, full, weyl, k1, k2, scale, best, best_start, FAST)
-            kb, ib = _winner(best, best_start, lane)
-            tl.store(bkey_ptr + i.to(tl.int64) * n_split + sp, kb)
-            tl.store(bidx_ptr + i.to(tl.int64) * n_split + sp, ib)
+                y = _load(base, full, hi, offs, float("-inf"), True)
+                _bonus_block(y, full, scale, sbase, n_span, BLOCK, True, FAST)
 
 
 @triton.jit
@@ -233,30 +241,56 @@ def _accept(logit_ptr, stride_l, q_ptr, stride_q, tok_ptr, stat_a_ptr, stat_b_pt
 
 
 @triton.jit
-def _residual_block(y, q, start, ok, weyl, k1, k2, m, inv_s, scale, best_r, start_r, best_p, start_p,
-                    MASK: tl.constexpr, FAST: tl.constexpr):
-    """Residual row: exponential-race keys max(0, p - q) / E2 and (fallback) p / E2 of one block."""
-    p = tl.exp2(y * scale - m) * inv_s
-    inv_e = 1.0 / _noise(k1 + tl.cast(start, tl.uint32) * _G + weyl, k2, False, FAST)
-    key_r = tl.maximum(p - q, 0.0) * inv_e
-    key_p = p * inv_e
-    if MASK:  # a key of 0 is a candidate (all-zero residual), so masked lanes need a key below it
-        key_r = tl.where(ok, key_r, -1.0)
-        key_p = tl.where(ok, key_p, -1.0)
-    best_r, start_r = _keep(key_r, start, best_r, start_r)
-    best_p, start_p = _keep(key_p, start, best_p, start_p)
-    return best_r, start_r, best_p, start_p
+def _residual(y, q, scale, m, inv_s):
+    """max(0, p - q) with p = 2^(y * scale - m) / s (a -inf logit: p = 0)."""
+    return tl.maximum(tl.exp2(y * scale - m) * inv_s - q, 0.0)
 
 
 @triton.jit
-def _pick(key_ptr, idx_ptr, base, n, SP: tl.constexpr):
-    """Winner of n partial (key, token) pairs: max key, lowest token on ties; and that max key. ``.cg``: the
-    partials of other programs are read from L2 (L1 is not coherent across SMs)."""
-    ss = tl.arange(0, SP)
-    key = tl.load(key_ptr + base + ss, mask=ss < n, other=float("-inf"), cache_modifier=".cg")
-    idx = tl.load(idx_ptr + base + ss, mask=ss < n, other=_BIG, cache_modifier=".cg")
-    kmax = tl.max(key, 0)
-    return tl.min(tl.where(key == kmax, idx, _BIG), 0), kmax
+def _residual_block(y, q, start, scale, m, inv_s, sbase, n_span, BLOCK: tl.constexpr, MASK: tl.constexpr):
+    """Rejected row, one block [BLOCK // SPAN, SPAN] of logits y and draft probabilities q: span sums of
+    max(0, p - q)."""
+    _span_store(tl.sum(_residual(y, q, scale, m, inv_s), 1, keep_dims=True), start, sbase, n_span, BLOCK, MASK)
+
+
+@triton.jit
+def _span_race(w_ptr, n_span, k3, k4, LOG_W: tl.constexpr, NSP: tl.constexpr, FAST: tl.constexpr):
+    """First level: the span of max log2 W_g - log2 E2_g (W_g: log2 given if LOG_W), and max W_g. ``.cg``: the
+    weights of other programs are read from L2 (L1 is not coherent across SMs)."""
+    g = tl.arange(0, NSP)
+    ok = g < n_span
+    w = tl.load(w_ptr + g, mask=ok, other=0.0, cache_modifier=".cg")
+    lw = w if LOG_W else _log2(w, FAST)
+    key = tl.where(ok, lw - _gumbel_log2(g, k3, k4, FAST), float("-inf"))
+    return _argmax(key, g), tl.max(tl.where(ok, w, float("-inf")), 0)
+
+
+@triton.jit
+def _token_race(base, qbase, g, V, m, inv_s, scale, k1, k2, RESID: tl.constexpr, FAST: tl.constexpr):
+    """Second level: the token of max log2 w_v - log2 E2_v within span g (w: 2^y, or max(0, p - q) if RESID)."""
+    v = g * _SPAN + tl.arange(0, _SPAN)
+    ok = v < V
+    y = tl.load(base + v, mask=ok, other=float("-inf")).to(tl.float32)
+    if RESID:
+        lw = _log2(_residual(y, tl.load(qbase + v, mask=ok, other=0.0).to(tl.float32), scale, m, inv_s), FAST)
+    else:
+        lw = y * scale
+    return _argmax(tl.where(ok, lw - _gumbel_log2(v, k1, k2, FAST), float("-inf")), v)
+
+
+@triton.jit
+def _p_race(base, V, m, inv_s, scale, k1, k2, FAST: tl.constexpr):
+    """Fallback when max(0, p - q) is all zero (only rounding allows it): a one-level race on p over the whole
+    row, in one program (slow, and as good as never taken)."""
+    lane = tl.arange(0, _SPAN)
+    best = tl.full([_SPAN], float("-inf"), tl.float32)
+    best_start = tl.zeros([_SPAN], tl.int32)
+    for start in range(0, V, _SPAN):
+        v = start + lane
+        y = tl.load(base + v, mask=v < V, other=float("-inf")).to(tl.float32)
+        key = _log2(tl.exp2(y * scale - m) * inv_s, FAST) - _gumbel_log2(v, k1, k2, FAST)
+        best, best_start = _keep(tl.where(v < V, key, float("-inf")), start, best, best_start)
+    return _argmax(best, best_start + lane)
 
 
 @triton.jit
@@ -271,12 +305,12 @@ def _emit(tok_ptr, acc_ptr, out_ptr, i, row0, n_acc, token, width, KP1: tl.const
 
 @triton.jit
 def _residual_kernel(logit_ptr, stride_l, q_ptr, stride_q, tok_ptr, cu_ptr, seed_ptr, stat_a_ptr, stat_b_ptr,
-                     bkey_ptr, bidx_ptr, rkey_ptr, ridx_ptr, pkey_ptr, pidx_ptr, lock_ptr, acc_ptr, out_ptr,
-                     width, V, chunk, n_split1, n_split2, scale, KP: tl.constexpr, KP1: tl.constexpr,
-                     SP1: tl.constexpr, SP2: tl.constexpr, BLOCK: tl.constexpr, FAST: tl.constexpr):
-    """Grid (split, sequence): accepted count; if all accepted, split 0 emits the bonus winner; else the
-    residual max(0, p - q) race over one chunk of the first rejected row, and the last split to arrive (a
-    per-sequence counter, reset by it) combines the chunk winners and emits."""
+                     span_ptr, lock_ptr, acc_ptr, out_ptr, width, V, chunk, n_split1, n_split2, n_span, scale,
+                     KP: tl.constexpr, KP1: tl.constexpr, SP1: tl.constexpr, NSP: tl.constexpr,
+                     BLOCK: tl.constexpr, FAST: tl.constexpr):
+    """Grid (split, sequence): accepted count; if all accepted, split 0 draws the bonus token from the row
+    pass's span weights; else each split sums max(0, p - q) per span over one chunk of the first rejected row,
+    and the last split to arrive (a per-sequence counter, reset by it) draws the recovered token and emits."""
     sp = tl.program_id(0)
     i = tl.program_id(1)
     row0 = tl.load(cu_ptr + i)
@@ -284,54 +318,43 @@ def _residual_kernel(logit_ptr, stride_l, q_ptr, stride_q, tok_ptr, cu_ptr, seed
     seed = tl.load(seed_ptr + i)
     j, m, inv_s = _accept(logit_ptr, stride_l, q_ptr, stride_q, tok_ptr, stat_a_ptr, stat_b_ptr, i, row0, k,
                           seed, n_split1, scale, KP, SP1)
+    base = logit_ptr + (row0 + j).to(tl.int64) * stride_l
+    qbase = q_ptr + (row0 - i + j).to(tl.int64) * stride_q
+    sbase = span_ptr + i.to(tl.int64) * n_span
     if j == k:
-        if sp == 0:  # the bonus partials come from the row pass, complete before this launch
-            t_bonus, _ = _pick(bkey_ptr, bidx_ptr, i.to(tl.int64) * n_split1, n_split1, SP1)
+        if sp == 0:  # the bonus span weights come from the row pass, complete before this launch
+            k1, k2, k3, k4 = _row_keys(seed, j)
+            g, _ = _span_race(sbase, n_span, k3, k4, True, NSP, FAST)
+            t_bonus = _token_race(base, qbase, g, V, m, inv_s, scale, k1, k2, False, FAST)
             _emit(tok_ptr, acc_ptr, out_ptr, i, row0, j, t_bonus, width, KP1)
     else:
-        base = logit_ptr + (row0 + j).to(tl.int64) * stride_l
-        qbase = q_ptr + (row0 - i + j).to(tl.int64) * stride_q
         lo = sp * chunk
         hi = tl.minimum(lo + chunk, V)
         full = lo + (hi - lo) // BLOCK * BLOCK
-        lane = tl.arange(0, BLOCK)
-        k1, k2 = _row_keys(seed, j)
-        weyl = lane.to(tl.uint32) * _G
-        best_r = tl.full([BLOCK], -1.0, tl.float32)
-        best_p = tl.full([BLOCK], -1.0, tl.float32)
-        start_r = tl.zeros([BLOCK], tl.int32)
-        start_p = tl.zeros([BLOCK], tl.int32)
+        offs = tl.arange(0, BLOCK // _SPAN)[:, None] * _SPAN + tl.arange(0, _SPAN)[None, :]
         if lo < full:
-            y = _load(base, lo, hi, lane, 0.0, False)
-            q = _load(qbase, lo, hi, lane, 0.0, False)
+            y = _load(base, lo, hi, offs, 0.0, False)
+            q = _load(qbase, lo, hi, offs, 0.0, False)
             for start in range(lo, full - BLOCK, BLOCK):
-                y_next = _load(base, start + BLOCK, hi, lane, 0.0, False)
-                q_next = _load(qbase, start + BLOCK, hi, lane, 0.0, False)
-                best_r, start_r, best_p, start_p = _residual_block(
-                    y, q, start, True, weyl, k1, k2, m, inv_s, scale, best_r, start_r, best_p, start_p, False, FAST)
+                y_next = _load(base, start + BLOCK, hi, offs, 0.0, False)
+                q_next = _load(qbase, start + BLOCK, hi, offs, 0.0, False)
+                _residual_block(y, q, start, scale, m, inv_s, sbase, n_span, BLOCK, False)
                 y = y_next
                 q = q_next
-            best_r, start_r, best_p, start_p = _residual_block(
-                y, q, full - BLOCK, True, weyl, k1, k2, m, inv_s, scale, best_r, start_r, best_p, start_p, False,
-                FAST)
+            _residual_block(y, q, full - BLOCK, scale, m, inv_s, sbase, n_span, BLOCK, False)
         if full < hi:
-            y = _load(base, full, hi, lane, float("-inf"), True)
-            q = _load(qbase, full, hi, lane, 0.0, True)
-            best_r, start_r, best_p, start_p = _residual_block(
-                y, q, full, full + lane < hi, weyl, k1, k2, m, inv_s, scale, best_r, start_r, best_p, start_p, True,
-                FAST)
-        best_r, idx_r = _winner(best_r, start_r, lane)
-        best_p, idx_p = _winner(best_p, start_p, lane)
-        out = i.to(tl.int64) * n_split2 + sp
-        tl.store(rkey_ptr + out, best_r)
-        tl.store(ridx_ptr + out, idx_r)
-        tl.store(pkey_ptr + out, best_p)
-        tl.store(pidx_ptr + out, idx_p)
-        tl.debug_barrier()  # every thread's partial is written before the release below
+            y = _load(base, full, hi, offs, float("-inf"), True)
+            q = _load(qbase, full, hi, offs, 0.0, True)
+            _residual_block(y, q, full, scale, m, inv_s, sbase, n_span, BLOCK, True)
+        tl.debug_barrier()  # every thread's span sums are written before the release below
         if tl.atomic_add(lock_ptr + i, 1, sem="acq_rel", scope="gpu") == n_split2 - 1:
-            t_res, r_max = _pick(rkey_ptr, ridx_ptr, i.to(tl.int64) * n_split2, n_split2, SP2)
-            t_p, _ = _pick(pkey_ptr, pidx_ptr, i.to(tl.int64) * n_split2, n_split2, SP2)
-            _emit(tok_ptr, acc_ptr, out_ptr, i, row0, j, tl.where(r_max > 0.0, t_res, t_p), width, KP1)
+            k1, k2, k3, k4 = _row_keys(seed, j)
+            g, r_max = _span_race(sbase, n_span, k3, k4, False, NSP, FAST)
+            if r_max > 0.0:
+                t_res = _token_race(base, qbase, g, V, m, inv_s, scale, k1, k2, True, FAST)
+            else:
+                t_res = _p_race(base, V, m, inv_s, scale, k1, k2, FAST)
+            _emit(tok_ptr, acc_ptr, out_ptr, i, row0, j, t_res, width, KP1)
             tl.atomic_xchg(lock_ptr + i, 0)  # ready for the next launch
 
 
@@ -370,7 +393,6 @@ def _split(vocab: int, rows: int, target: int, block: int, forced: int | None,
     chunk = triton.cdiv(triton.cdiv(vocab, n), block) * block
     return triton.cdiv(vocab, chunk), chunk
 
-
 def verify(target_logits: torch.Tensor, cu_rows: torch.Tensor, draft_tokens: torch.Tensor,
            draft_probs: torch.Tensor | None, seeds: torch.Tensor, temperature: float, k_max: int | None = None,
            *, block: int = 1024, num_warps: int = 4, programs_per_sm: int = 8, max_chunk: int = 8192,
@@ -404,30 +426,30 @@ def verify(target_logits: torch.Tensor, cu_rows: torch.Tensor, draft_tokens: tor
         return accepted, emitted
     logits = target_logits if target_logits.stride(1) == 1 else target_logits.contiguous()
     q = logits if greedy else (draft_probs if draft_probs.stride(1) == 1 else draft_probs.contiguous())
-    block = max(16, min(block, triton.next_power_of_2(vocab)))
+    block = max(spec_ref.SPAN, min(block, triton.next_power_of_2(vocab)))  # whole spans per block
     target = programs_per_sm * _n_sm(dev)
     s1, chunk1 = _split(vocab, n_seq * (k_max + 1), target, block, splits and splits[0], max_chunk)
     s2, chunk2 = _split(vocab, n_seq, target, block, splits and splits[1], max_chunk)
-    # one scratch allocation: row stats [T, s1] x2, bonus partials [B, s1] x2, residual partials [B, s2] x4
-    n_stat, n_bonus, n_res = n_rows * s1, n_seq * s1, n_seq * s2
-    ws = torch.empty(2 * n_stat + 2 * n_bonus + 4 * n_res, dtype=torch.float32, device=dev)
-    parts = torch.split(ws, [n_stat, n_stat, n_bonus, n_bonus, n_res, n_res, n_res, n_res])
-    stat_a, bkey, rkey, pkey = parts[0], parts[2], parts[4], parts[6]
-    stat_b = parts[1].view(torch.int32) if greedy else parts[1]
-    bidx, ridx, pidx = parts[3].view(torch.int32), parts[5].view(torch.int32), parts[7].view(torch.int32)
+    # one scratch allocation: row stats [T, s1] x2; span weights [B, n_span] (the bonus row's, from the row
+    # pass, or the rejected row's residual sums: a sequence needs only one of them)
+    n_stat, n_span = n_rows * s1, triton.cdiv(vocab, spec_ref.SPAN)
+    ws = torch.empty(2 * n_stat + n_seq * n_span, dtype=torch.float32, device=dev)
+    stat_a, stat_b, spans = torch.split(ws, [n_stat, n_stat, n_seq * n_span])
+    stat_b = stat_b.view(torch.int32) if greedy else stat_b
     scale = spec_ref.scale_log2(temperature)
     fast = dev.type == "cuda" and os.environ.get("TRITON_INTERPRET", "0") != "1"
     kp, kp1 = triton.next_power_of_2(max(k_max, 1)), triton.next_power_of_2(k_max + 1)
-    sp1, sp2 = triton.next_power_of_2(s1), triton.next_power_of_2(s2)
+    sp1 = triton.next_power_of_2(s1)
     _row_pass_kernel[(s1, k_max + 1, n_seq)](
-        logits, logits.stride(0), cu_rows, seeds, stat_a, stat_b, bkey, bidx, vocab, chunk1, s1, scale,
+        logits, logits.stride(0), cu_rows, stat_a, stat_b, spans, vocab, chunk1, s1, n_span, scale,
         GREEDY=greedy, BLOCK=block, FAST=fast, num_warps=num_warps)
     if greedy:
         _greedy_finalize_kernel[(n_seq,)](draft_tokens, cu_rows, stat_a, stat_b, accepted, emitted, k_max + 1, s1,
                                           KP1=kp1, SP1=sp1, num_warps=1)
     else:
         _residual_kernel[(s2, n_seq)](
-            logits, logits.stride(0), q, q.stride(0), draft_tokens, cu_rows, seeds, stat_a, stat_b, bkey, bidx,
-            rkey, ridx, pkey, pidx, split_counters(dev, n_seq), accepted, emitted, k_max + 1, vocab, chunk2, s1, s2,
-            scale, KP=kp, KP1=kp1, SP1=sp1, SP2=sp2, BLOCK=block, FAST=fast, num_warps=num_warps)
+            logits, logits.stride(0), q, q.stride(0), draft_tokens, cu_rows, seeds, stat_a, stat_b, spans,
+            split_counters(dev, n_seq), accepted, emitted, k_max + 1, vocab, chunk2, s1, s2, n_span, scale,
+            KP=kp, KP1=kp1, SP1=sp1, NSP=triton.next_power_of_2(n_span), BLOCK=block, FAST=fast,
+            num_warps=num_warps)
     return accepted, emitted

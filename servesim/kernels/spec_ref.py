@@ -1,22 +1,31 @@
 """Reference of the speculative-verification kernel (``spec.py``): its random numbers and the rule in torch.
 
+Sampling is two-level, so that the kernel's pass over the vocabulary needs no per-token random numbers:
+the vocabulary is cut into fixed spans of ``SPAN`` tokens (``[g * SPAN, (g + 1) * SPAN)``, the last one
+padded); a span is drawn with probability proportional to its weight ``W_g`` (sum of the token weights
+``w_v`` over the span: ``2^y`` for the bonus token, ``max(0, p - q)`` for the recovered one), then a token
+within that span with probability ``w_v / W_g``; so token ``v`` has probability ``w_v / sum(w)`` exactly.
+Both draws are Gumbel-max races in log2 units: ``argmax(log2 w - log2 E2)`` with ``E2 = E / ln 2``,
+``E ~ Exp(1)``. The kernel's pass only sums weights per span; the two small races run once per sequence.
+
 The kernel's randomness, reproduced bit for bit in NumPy (uint32 arithmetic wraps like the GPU's):
 
 * acceptance uniform of position ``j``: top 24 bits of lane 0 of Philox4x32-10 counter ``(j, 0)`` under the
   sequence's seed (``tl.randint4x``), a few draws per sequence;
-* the noise of position ``j``, token ``v`` (one draw per vocabulary entry, the hot loop): a counter-based
-  32-bit hash. Position ``j`` gets two keys ``(k1, k2)`` = lanes 0 and 1 of Philox counter ``(j, 1)``; then
-  ``x = k1 + v * G`` (a Weyl sequence, G = 0x61C88647, so consecutive tokens differ in many bits) is mixed
-  by ``x ^= x >> 16; x *= 0x21F0AAAD; x ^= (x >> 15) ^ k2; x *= 0x735A2D97; x ^= x >> 15`` (the
-  low-bias 2-multiply finaliser of Wellons' hash-prospector, with ``k2`` injected mid-way so that two
-  positions' noise is never a shifted copy of the other's). It is a bijection of ``v`` for fixed keys, so
-  the tokens of one row never share a draw. About a tenth of Philox's integer work per token; its
-  uniformity and independence are tested in ``tests/test_kernels_spec.py`` (chi-square on bits, pairs of
-  neighbours in token, position and seed, and on Gumbel-max outcomes over consecutive seeds).
+* the race noise of position ``j``: a counter-based 32-bit hash. Position ``j`` gets four keys
+  ``(k1, k2, k3, k4)`` = the lanes of Philox counter ``(j, 1)``; token ``v`` gets ``mix(k1 + v * G, k2)``
+  and span ``g`` gets ``mix(k3 + g * G, k4)``, where ``G = 0x61C88647`` (a Weyl sequence, so consecutive
+  indices differ in many bits) and ``mix`` is ``x ^= x >> 16; x *= 0x21F0AAAD; x ^= (x >> 15) ^ key;
+  x *= 0x735A2D97; x ^= x >> 15`` (the low-bias 2-multiply finaliser of Wellons' hash-prospector, with the
+  key injected mid-way so that two positions' noise is never a shifted copy of the other's). It is a
+  bijection of the index for fixed keys, so no two tokens (spans) of a row share a draw. Its uniformity
+  and independence are tested in ``tests/test_kernels_spec.py`` (chi-square on bits, pairs of neighbours
+  in token, position and seed, and on Gumbel-max outcomes over consecutive seeds).
 * the 32 bits become ``w = (h + 1/2) / 2**32`` and ``E2 = -log2(1 - w) = E / ln 2`` with ``E ~ Exp(1)``;
   below ``w = 1/32`` a series, so tiny ``E`` (which decide whether rare tokens win) keep their relative
   precision. The races only compare, so the constant ``1 / ln 2`` changes no outcome.
 """
+
 
 from __future__ import annotations
 
@@ -30,6 +39,7 @@ HASH_G, HASH_M1, HASH_M2 = 0x61C88647, 0x21F0AAAD, 0x735A2D97
 _M32 = np.uint64(0xFFFFFFFF)
 _SERIES_W = 0.03125  # below this w, E2 from its series (the log of 1 - w would lose relative precision)
 SERIES = tuple(1.0 / (n * math.log(2.0)) for n in range(1, 6))  # E2 = w * (c1 + w * (c2 + ...))
+SPAN = 128  # tokens per span of the two-level sampling (part of the recipe: changing it changes samples)
 
 
 def scale_log2(temperature: float) -> float:
@@ -70,22 +80,32 @@ def mix32(x: np.ndarray, k2: np.ndarray) -> np.ndarray:
     return x ^ (x >> np.uint32(15))
 
 
-def noise_bits(seeds: np.ndarray, n_pos: int, vocab: int) -> np.ndarray:
-    """The 32 noise bits of every (sequence, position, token): uint32 [B, n_pos, V]."""
-    k1, k2, _, _ = philox4x32(np.asarray(seeds)[:, None], np.arange(n_pos)[None, :], 1)
-    weyl = np.arange(vocab, dtype=np.uint32) * np.uint32(HASH_G)
+def noise_bits(seeds: np.ndarray, n_pos: int, n: int, spans: bool = False) -> np.ndarray:
+    """The 32 noise bits of every (sequence, position, token), or of every span: uint32 [B, n_pos, n]."""
+    k1, k2, k3, k4 = philox4x32(np.asarray(seeds)[:, None], np.arange(n_pos)[None, :], 1)
+    if spans:
+        k1, k2 = k3, k4
+    weyl = np.arange(n, dtype=np.uint32) * np.uint32(HASH_G)
     return mix32(k1[..., None] + weyl, k2[..., None])
 
 
-def exponentials(seeds: np.ndarray, n_pos: int, vocab: int) -> np.ndarray:
-    """The kernel's noise E2 = E / ln 2 (E ~ Exp(1)) of every (sequence, position, token), float32."""
+def exponentials(seeds: np.ndarray, n_pos: int, n: int, spans: bool = False) -> np.ndarray:
+    """The kernel's noise E2 = E / ln 2 (E ~ Exp(1)) of every (sequence, position, token or span), float32."""
     f32 = np.float32
-    w = noise_bits(seeds, n_pos, vocab).astype(f32) * f32(2.0**-32) + f32(2.0**-33)
+    w = noise_bits(seeds, n_pos, n, spans).astype(f32) * f32(2.0**-32) + f32(2.0**-33)
     c1, c2, c3, c4, c5 = (f32(c) for c in SERIES)
     poly = w * (c1 + w * (c2 + w * (c3 + w * (c4 + w * c5))))
     with np.errstate(divide="ignore"):
         big = -np.log2(f32(1.0) - w)
     return np.where(w < f32(_SERIES_W), poly, big).astype(f32)
+
+
+def _two_level(lw_span: torch.Tensor, lw_tok: torch.Tensor, lg_span: torch.Tensor,
+               lg_tok: torch.Tensor) -> torch.Tensor:
+    """Two-level Gumbel-max: span argmax(lw_span - lg_span) [n, S], then token argmax within it [n, S, SPAN]."""
+    g = (lw_span - lg_span).argmax(-1)
+    n = torch.arange(len(g))
+    return g * SPAN + (lw_tok - lg_tok.view(lw_tok.shape))[n, g].argmax(-1)
 
 
 def _first(mask: torch.Tensor, default: torch.Tensor) -> torch.Tensor:
@@ -127,15 +147,25 @@ def verify_ref(target_logits: torch.Tensor, cu_rows: torch.Tensor, draft_tokens:
         px = torch.exp2(y[:, :kk].gather(-1, x[..., None]) - m[:, :kk]) * inv_s[:, :kk]
         u = torch.from_numpy(accept_uniforms(seeds.cpu().numpy(), kk))
         n_acc = _first(d_ok & ~(u * q.gather(-1, x[..., None])[..., 0] < px[..., 0]), ks)
-        e = torch.from_numpy(exponentials(seeds.cpu().numpy(), kk + 1, vocab))
+        sd, n_span = seeds.cpu().numpy(), -(-vocab // SPAN)
+        e_tok = torch.log2(torch.from_numpy(exponentials(sd, kk + 1, n_span * SPAN)))
+        e_span = torch.log2(torch.from_numpy(exponentials(sd, kk + 1, n_span, spans=True)))
         b = torch.arange(n_seq)
-        t_bonus = (y[b, ks] - torch.log2(e[b, ks])).argmax(-1)
+        pad = n_span * SPAN - vocab
+        # bonus: span weights log2(sum 2^y), as max + log2(sum 2^(y - max)) (max >= -3e38: empty spans -> -inf)
+        yb = torch.nn.functional.pad(y[b, ks], (0, pad), value=float("-inf")).view(n_seq, n_span, SPAN)
+        mg = yb.amax(-1).clamp(min=-3.0e38)
+        lz = mg + torch.log2(torch.exp2(yb - mg[..., None]).sum(-1))
+        t_bonus = _two_level(lz, yb, e_span[b, ks], e_tok[b, ks])
+        # recovered: weights max(0, p - q) at the first rejected position
         jr_ = n_acc.clamp(max=max(kk - 1, 0))
         p = torch.exp2(y[b, jr_] - m[b, jr_]) * inv_s[b, jr_]
         q_j = q[b, jr_] if kk else torch.zeros_like(p)
-        inv_e = 1.0 / e[b, jr_]
-        key_r = torch.clamp(p - q_j, min=0.0) * inv_e
-        t_res = torch.where(key_r.amax(-1) > 0, key_r.argmax(-1), (p * inv_e).argmax(-1))
+        r = torch.nn.functional.pad(torch.clamp(p - q_j, min=0.0), (0, pad)).view(n_seq, n_span, SPAN)
+        r_span = r.sum(-1)
+        t_res = _two_level(torch.log2(r_span), torch.log2(r), e_span[b, jr_], e_tok[b, jr_])
+        t_p = (torch.log2(p) - e_tok[b, jr_, :vocab]).argmax(-1)  # residual all zero (rounding only): p
+        t_res = torch.where(r_span.amax(-1) > 0, t_res, t_p)
         token = torch.where(n_acc == ks, t_bonus, t_res)
     emitted = torch.where(jr[None, :kk] < n_acc[:, None], x, -1)
     emitted = torch.cat([emitted, torch.full((n_seq, 1), -1)], 1)
