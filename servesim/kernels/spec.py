@@ -35,6 +35,9 @@ max/argmax (greedy); (2) grid (chunk, sequence): the acceptance tests; a sequenc
 has its bonus token drawn by chunk 0 (span race, then the race within that span); a rejected one sums
 ``max(0, p - q)`` per span over one chunk of its rejected row (read again, with its q row) and the last chunk
 to arrive draws the recovered token the same way and emits (greedy: one tiny program per sequence instead).
+Span weights cost 4 bytes per span (1.6% of a bf16 row, written once, read once). The rejected row is read
+twice because its residual needs the row's normaliser, known only after the whole row is read; reading q for
+every draft row in pass (1) instead would cost 4k bytes per vocabulary entry against the 2 of the re-read.
 """
 
 from __future__ import annotations
@@ -401,8 +404,9 @@ def verify(target_logits: torch.Tensor, cu_rows: torch.Tensor, draft_tokens: tor
 
     Pass ``k_max`` (= max k_i) to avoid a device sync (needed under CUDA-graph capture). ``block``,
     ``num_warps``, ``programs_per_sm``, ``max_chunk`` and ``splits`` (forced chunk counts of the row pass
-    and the residual pass) only change speed, never results; the defaults won (max_chunk: tied with 16384)
-    the tuning table of bench/results/spec_verify-h100-2026-11-27.md (H100 SXM, Triton 3.6).
+    and the residual pass) only change speed, never results (``block`` is raised to at least ``SPAN``); the
+    defaults won (max_chunk: tied with 16384) the tuning table of bench/results/spec_verify-h100-2026-11-27.md
+    (H100 SXM, Triton 3.6), measured before the two-level sampling; not re-tuned since.
     """
     if target_logits.dim() != 2 or cu_rows.dim() != 1 or cu_rows.numel() < 1:
         raise ValueError("target_logits must be [T, V] and cu_rows [B+1]")
