@@ -22,22 +22,24 @@ def bucket(m: int) -> str:
     return "256" if m <= 256 else "large"
 
 
-# Tuned on an H100 80GB HBM3 (torch 2.11, Triton 3.6), 2026-11-27, by
-# `python3 bench/quant_gemm.py --tune --buckets 1,16,64`: fastest geometric mean over N x K in {28672x8192,
-# 4096x14336, 4096x4096} and the bucket's M values (1 | 4, 16 | 32, 64), timed as CUDA-graph replays with
-# L2 flushed (buckets 256 and large from the first sweep that day). BLOCK_M 0 = 16/32/64 by M: in the
-# sweep BLOCK_M 32 won at M = 32 (70 vs 84 us on 28672x8192) and 64 at M = 64 (84 vs 123 us).
-# Results: bench/results/quant_gemm-h100-80gb-hbm3-2026-11-27.md.
+# Tuned on an H100 80GB HBM3 (torch 2.11, Triton 3.6), 2026-11-27, by `python3 bench/quant_gemm.py --tune`
+# (round 3): fastest geometric mean over N x K in {28672x8192, 4096x14336, 4096x4096} and the bucket's M values
+# (1 | 4, 16 | 32, 64 | 128, 256 | 1024), each candidate timed in-step (back to back with a 256 MB read in one
+# CUDA graph; bench/timing.py). BLOCK_M 0 = 16/32/64 by M (in round 2 BLOCK_M 32 won at M = 32 and 64 at
+# M = 64). Round-3 winners over the configs they replace: W4/16 fill 4 + 4 stages (24.0 vs 24.2 us), W4/256
+# DEQ 3 (72.0 vs 75.0), W8/1 BLOCK_N 128 fill 3 + x prefetch (29.5 vs 30.0), W8/16 fill 4 (tie). Results and
+# every candidate's times: bench/results/quant_gemm-h100-80gb-hbm3-2026-11-27-round3.md/.json.
 _G = {"kernel": "gemm", "GROUP_M": 8, "JOIN": True, "num_stages": 3}
 _V = {"kernel": "gemv", "num_warps": 4, "num_stages": 1}
 CONFIGS: dict[tuple[int, str], dict] = {
     (4, "1"): {**_V, "BLOCK_N": 128, "waves": 2, "PREFETCH": 1, "XPF": True},
-    (4, "16"): {**_G, "BLOCK_M": 16, "BLOCK_N": 64, "num_warps": 4, "waves": 2, "SWAP": True, "DEQ": 2},
+    (4, "16"): {**_G, "BLOCK_M": 16, "BLOCK_N": 64, "num_warps": 4, "num_stages": 4, "fill": 4, "SWAP": True,
+                "DEQ": 2},
     (4, "64"): {**_G, "BLOCK_M": 0, "BLOCK_N": 128, "num_warps": 4, "waves": 1, "SWAP": True, "DEQ": 2},
-    (4, "256"): {**_G, "BLOCK_M": 128, "BLOCK_N": 64, "num_warps": 4, "waves": 1, "SWAP": True},
+    (4, "256"): {**_G, "BLOCK_M": 128, "BLOCK_N": 64, "num_warps": 4, "waves": 1, "SWAP": True, "DEQ": 3},
     (4, "large"): {**_G, "BLOCK_M": 256, "BLOCK_N": 128, "num_warps": 8, "waves": 0, "SWAP": True},
-    (8, "1"): {**_V, "BLOCK_N": 128, "num_stages": 4, "waves": 2, "PREFETCH": 0},
-    (8, "16"): {**_G, "BLOCK_M": 16, "BLOCK_N": 64, "num_warps": 4, "waves": 2, "SWAP": True},
+    (8, "1"): {**_V, "BLOCK_N": 128, "fill": 3, "PREFETCH": 1, "XPF": True},
+    (8, "16"): {**_G, "BLOCK_M": 16, "BLOCK_N": 64, "num_warps": 4, "fill": 4, "SWAP": True},
     (8, "64"): {**_G, "BLOCK_M": 64, "BLOCK_N": 128, "num_warps": 4, "waves": 1},
     (8, "256"): {**_G, "BLOCK_M": 64, "BLOCK_N": 128, "num_warps": 4, "waves": 1},
     (8, "large"): {**_G, "BLOCK_M": 128, "BLOCK_N": 256, "num_warps": 8, "waves": 0},
