@@ -13,7 +13,7 @@ import triton
 import triton.language as tl
 from scipy import stats
 
-from servesim.kernels import spec
+from servesim.kernels import spec_sampling as sampling
 from servesim.kernels.spec import exponentials, noise_bits, philox4x32, verify, verify_bytes, verify_ref
 from servesim.kernels.spec_ref import SPAN, mix32
 
@@ -74,11 +74,11 @@ def test_numpy_philox_is_triton_randint4x():
 def _hash_probe(seed_ptr, out_ptr, V: tl.constexpr, NPOS: tl.constexpr):
     i = tl.program_id(0)
     j = tl.program_id(1)
-    k1, k2, k3, k4 = spec._row_keys(tl.load(seed_ptr + i), j)
+    k1, k2, k3, k4 = sampling._row_keys(tl.load(seed_ptr + i), j)
     v = tl.arange(0, V)
     out = out_ptr + (i * NPOS + j) * V + v
-    tl.store(out, spec._mix(k1 + v.to(tl.uint32) * spec._G, k2).to(tl.int64))  # token noise
-    tl.store(out + 4 * NPOS * V, spec._mix(k3 + v.to(tl.uint32) * spec._G, k4).to(tl.int64))  # span noise
+    tl.store(out, sampling._mix(k1 + v.to(tl.uint32) * sampling._G, k2).to(tl.int64))  # token noise
+    tl.store(out + 4 * NPOS * V, sampling._mix(k3 + v.to(tl.uint32) * sampling._G, k4).to(tl.int64))  # span noise
 
 
 @pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.gpu)])
