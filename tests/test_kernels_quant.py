@@ -9,7 +9,7 @@ pytest.importorskip("triton")
 
 from servesim.kernels import quant as Q  # noqa: E402
 from servesim.kernels import quant_gemm as QG  # noqa: E402
-from servesim.kernels.quant_gemm_configs import CONFIGS, bucket, config_for  # noqa: E402
+from servesim.kernels.quant_gemm_configs import CONFIGS, LARGE_W, LARGE_W_ELEMS, bucket, config_for  # noqa: E402
 from servesim.kernels.quant_linear import QuantLinear  # noqa: E402
 
 DTYPES = [torch.bfloat16, torch.float16]
@@ -193,6 +193,35 @@ def test_every_bucket_has_a_config():
             assert config_for(bits, m) is CONFIGS[(bits, bucket(m))]
 
 
+def test_large_weights_take_the_override_only_at_or_above_the_threshold():
+    assert LARGE_W and all(key in CONFIGS for key in LARGE_W)
+    big, small = (28672, 8192), (8192, 8192)  # 235M and 67M weights: the sweep's evidence on either side
+    assert big[0] * big[1] >= LARGE_W_ELEMS > small[0] * small[1]
+    for (bits, bkt), cfg in LARGE_W.items():
+        m = {"1": 1, "16": 16, "64": 64, "256": 256, "large": 1024}[bkt]
+        assert config_for(bits, m, *big) is cfg
+        assert config_for(bits, m, *small) is CONFIGS[(bits, bkt)]
+        assert config_for(bits, m) is CONFIGS[(bits, bkt)]  # no shape: the bucket's config
+        assert config_for(bits, m, LARGE_W_ELEMS, 1) is cfg  # the boundary belongs to the override
+        assert config_for(bits, m, LARGE_W_ELEMS - 1, 1) is CONFIGS[(bits, bkt)]
+    for bits in (4, 8):  # buckets without an override keep theirs at any size
+        for m in (16, 64, 256, 1024):
+            if (bits, bucket(m)) not in LARGE_W:
+                assert config_for(bits, m, *big) is CONFIGS[(bits, bucket(m))]
+
+
+@pytest.mark.interpret
+@pytest.mark.parametrize("bits,gs", [(4, 128), (8, None)])
+def test_large_weight_configs_run_correctly(bits, gs):
+    """The override configs on a small (ragged) weight: same kernel paths as on the large one."""
+    cfg = LARGE_W.get((bits, "1"))
+    if cfg is None:
+        pytest.skip("no M=1 override")
+    packed, sz, w = _weights(bits, gs, 300, 640, seed=21)
+    x = torch.randn(1, 640, generator=_gen(22)).to(torch.bfloat16)
+    assert _rel(QG.quant_matmul(x, packed, sz, bits, gs, cfg), x.float() @ w.t()) < TOL[torch.bfloat16]
+
+
 # ----------------------------------------------------------------------------------- QuantLinear
 @pytest.mark.interpret
 @pytest.mark.parametrize("weight_dtype", ["int4", "int8"])
@@ -249,6 +278,9 @@ def test_gpu_tuned_kernels_match_reference(bits, gs, m, dtype):
     x = torch.randn(m, k, device="cuda").to(dtype)
     y = QG.quant_matmul(x, packed, sz, bits, gs, config_for(bits, m))
     assert _rel(y, x.float() @ w.t()) < TOL[dtype]
+    override = LARGE_W.get((bits, bucket(m)))
+    if override is not None:  # the large-weight config, on this (smaller) shape
+        assert _rel(QG.quant_matmul(x, packed, sz, bits, gs, override), x.float() @ w.t()) < TOL[dtype]
 
 
 @pytest.mark.gpu

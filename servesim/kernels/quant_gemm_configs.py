@@ -4,6 +4,9 @@ Chosen by the tuning sweep ``bench/quant_gemm.py --tune`` on an H100 (see ``benc
 autotuned at start-up. ``waves``: split K (powers of two) until the grid has at least waves x SM-count
 CTAs; ``fill`` (takes precedence): the largest split with at most fill x SM-count CTAs, any integer, so
 the grid is one resident wave when ``fill`` is the CTAs per SM that registers allow.
+
+``CONFIGS`` holds one configuration per (bits, M bucket); ``LARGE_W`` overrides some of them for weights
+of at least ``LARGE_W_ELEMS`` elements (N x K). ``config_for(bits, m, n, k)`` picks between them.
 """
 
 from __future__ import annotations
@@ -46,6 +49,28 @@ CONFIGS: dict[tuple[int, str], dict] = {
 }
 
 
-def config_for(bits: int, m: int) -> dict:
-    """The tuned configuration for ``bits``-wide weights and ``m`` activation rows."""
-    return CONFIGS[(bits, bucket(m))]
+# Large weights: N x K >= 2^27 (134M weights; 67 MB of int4 codes, past the 50 MB L2). In the round-3 sweep
+# (in-step, H100) the tune shapes are 28672x8192 (235M), 4096x14336 (58.7M) and 4096x4096 (16.8M); the other
+# bench shapes have 58.7M and 67.1M. On 28672x8192 wider GEMV tiles win: W4 M=1 BLOCK_N 256 fill 3 48.1 us
+# against 50.6 for the bucket's config (3.3x cuBLAS is 48.8 us), but 18.0 vs 16.7 and 9.3 vs 8.9 us on the two
+# smaller ones (16 column tiles split 24 ways: the split-K epilogue and short splits dominate). W8 M=1
+# BLOCK_N 64 waves 8 PREFETCH 2 83.6 against 85.3 us, but 29.6 vs 26.3 and 13.6 vs 11.4 on the smaller.
+# The threshold lies between the largest shape where the bucket's config won (67.1M, by the 58.7M evidence)
+# and the smallest where the override won (235M); 2^27 is near their geometric mean (125M).
+LARGE_W_ELEMS = 1 << 27
+LARGE_W: dict[tuple[int, str], dict] = {
+    (4, "1"): {**_V, "BLOCK_N": 256, "fill": 3, "PREFETCH": 1, "XPF": True},
+    (8, "1"): {**_V, "BLOCK_N": 64, "waves": 8, "PREFETCH": 2, "XPF": False, "EVEN": False},
+}
+
+
+def config_for(bits: int, m: int, n: int | None = None, k: int | None = None) -> dict:
+    """The tuned configuration for ``bits``-wide weights, ``m`` activation rows and an ``[n, k]`` weight.
+
+    Without ``n`` and ``k`` (or below ``LARGE_W_ELEMS`` weights) it is the M bucket's ``CONFIGS`` entry;
+    at or above, the bucket's ``LARGE_W`` entry where there is one.
+    """
+    key = (bits, bucket(m))
+    if n is not None and k is not None and n * k >= LARGE_W_ELEMS and key in LARGE_W:
+        return LARGE_W[key]
+    return CONFIGS[key]

@@ -72,7 +72,8 @@ class QuantLinear(torch.nn.Module):
         if self.input_scale is not None:
             x = (x / self.input_scale).to(x.dtype)
         m = x.numel() // self.in_features
-        y = quant_matmul(x, self.packed, self.scales, self.bits, self.group_size, config_for(self.bits, m))
+        config = config_for(self.bits, m, self.out_features, self.in_features)
+        y = quant_matmul(x, self.packed, self.scales, self.bits, self.group_size, config)
         return y if self.bias is None else y + self.bias
 
     def extra_repr(self) -> str:
