@@ -211,15 +211,16 @@ def test_large_weights_take_the_override_only_at_or_above_the_threshold():
 
 
 @pytest.mark.interpret
-@pytest.mark.parametrize("bits,gs", [(4, 128), (8, None)])
-def test_large_weight_configs_run_correctly(bits, gs):
+@pytest.mark.parametrize("key", sorted(LARGE_W), ids=lambda k: f"W{k[0]}-{k[1]}")
+def test_large_weight_configs_run_correctly(key):
     """The override configs on a small (ragged) weight: same kernel paths as on the large one."""
-    cfg = LARGE_W.get((bits, "1"))
-    if cfg is None:
-        pytest.skip("no M=1 override")
+    bits, bkt = key
+    gs = 128 if bits == 4 else None
+    m = {"1": 1, "16": 5, "64": 40, "256": 70, "large": 300}[bkt]
     packed, sz, w = _weights(bits, gs, 300, 640, seed=21)
-    x = torch.randn(1, 640, generator=_gen(22)).to(torch.bfloat16)
-    assert _rel(QG.quant_matmul(x, packed, sz, bits, gs, cfg), x.float() @ w.t()) < TOL[torch.bfloat16]
+    x = torch.randn(m, 640, generator=_gen(22)).to(torch.bfloat16)
+    y = QG.quant_matmul(x, packed, sz, bits, gs, LARGE_W[key])
+    assert _rel(y, x.float() @ w.t()) < TOL[torch.bfloat16]
 
 
 # ----------------------------------------------------------------------------------- QuantLinear

@@ -49,18 +49,24 @@ CONFIGS: dict[tuple[int, str], dict] = {
 }
 
 
-# Large weights: N x K >= 2^27 (134M weights; 67 MB of int4 codes, past the 50 MB L2). In the round-3 sweep
-# (in-step, H100) the tune shapes are 28672x8192 (235M), 4096x14336 (58.7M) and 4096x4096 (16.8M); the other
-# bench shapes have 58.7M and 67.1M. On 28672x8192 wider GEMV tiles win: W4 M=1 BLOCK_N 256 fill 3 48.1 us
-# against 50.6 for the bucket's config (3.3x cuBLAS is 48.8 us), but 18.0 vs 16.7 and 9.3 vs 8.9 us on the two
-# smaller ones (16 column tiles split 24 ways: the split-K epilogue and short splits dominate). W8 M=1
-# BLOCK_N 64 waves 8 PREFETCH 2 83.6 against 85.3 us, but 29.6 vs 26.3 and 13.6 vs 11.4 on the smaller.
-# The threshold lies between the largest shape where the bucket's config won (67.1M, by the 58.7M evidence)
-# and the smallest where the override won (235M); 2^27 is near their geometric mean (125M).
+# Large weights: N x K >= 2^27 (134M weights; 67 MB of int4 codes, past the 50 MB L2). The round-3 sweep
+# (in-step, H100) timed every candidate on 28672x8192 (235M weights), 4096x14336 (58.7M) and 4096x4096
+# (16.8M); the other bench shapes have 58.7M and 67.1M. On 28672x8192 wider tiles win, on the two smaller
+# shapes they lose (fewer column tiles, so deeper split-K with short splits and a heavier epilogue), in us:
+#   W4 M=1    GEMV BLOCK_N 256 fill 3          48.1 vs 50.6  (18.0 vs 16.7, 9.3 vs 8.9)   3.3x cuBLAS = 48.8
+#   W8 M=1    GEMV BLOCK_N 64 waves 8 PF 2     83.6 vs 85.3  (29.6 vs 26.3, 13.6 vs 11.4)
+#   W4 M=4,16 BLOCK_N 128 waves 2              60.8, 62.1 vs 63.6, 65.0  (22.4, 25.4 vs 19.8, 20.9)
+#   W4 M=128,256 128x128, 8 warps, DEQ 3       134.2, 258.3 vs 151.6, 289.1  (59.3, 81.7 vs 48.5, 77.7)
+#   W8 M=128,256 128x128, 8 warps              181.0, 355.3 vs 212.0, 413.7  (71.5, 101.6 vs 60.3, 101.7)
+# The threshold lies between 67.1M (where the 58.7M evidence says the bucket's config still wins) and
+# 235M; 2^27 is near their geometric mean (125M).
 LARGE_W_ELEMS = 1 << 27
 LARGE_W: dict[tuple[int, str], dict] = {
     (4, "1"): {**_V, "BLOCK_N": 256, "fill": 3, "PREFETCH": 1, "XPF": True},
+    (4, "16"): {**_G, "BLOCK_M": 16, "BLOCK_N": 128, "num_warps": 4, "waves": 2, "SWAP": True, "DEQ": 2},
+    (4, "256"): {**_G, "BLOCK_M": 128, "BLOCK_N": 128, "num_warps": 8, "waves": 1, "SWAP": True, "DEQ": 3},
     (8, "1"): {**_V, "BLOCK_N": 64, "waves": 8, "PREFETCH": 2, "XPF": False, "EVEN": False},
+    (8, "256"): {**_G, "BLOCK_M": 128, "BLOCK_N": 128, "num_warps": 8, "waves": 1},
 }
 
 
