@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from servesim.kernels.attention import (
+    DECODE_CONFIGS,
     allocate_kv_cache,
     choose_num_splits,
     decode_attention,
@@ -98,7 +99,7 @@ def run_prefill(q_lens, ctx_lens, num_kv_heads, group, head_dim, block_size, dty
 
 
 def run_decode(kv_lens, num_q, num_kv_heads, group, head_dim, block_size, dtype, num_splits, config,
-               head_major=False, seed=0):
+               head_major=False, seed=0, max_kv_len=None):
     gen = torch.Generator().manual_seed(seed)
     kv_lens = [max(n, num_q) for n in kv_lens]  # the n new tokens are in the cache already
     k_cache, v_cache, tables, scales = paged_setup(gen, kv_lens, num_kv_heads, head_dim, block_size, dtype,
@@ -110,12 +111,13 @@ def run_decode(kv_lens, num_q, num_kv_heads, group, head_dim, block_size, dtype,
     q = torch.randn(shape, generator=gen).to(q_dtype).to(device())
     kv = int32(kv_lens)
     ks, vs = scales or (None, None)
-    splits = num_splits or choose_num_splits(len(kv_lens), num_kv_heads, max(kv_lens))
+    max_kv_len = max_kv_len or max(kv_lens)
+    splits = num_splits or choose_num_splits(len(kv_lens), num_kv_heads, max_kv_len)
     nan = float("nan")
     out = torch.full_like(q, nan)
     ws_shape = (len(kv_lens), num_q, num_kv_heads * group, splits, head_dim)
     workspace = (torch.full(ws_shape, nan, device=q.device), torch.full(ws_shape[:-1], nan, device=q.device))
-    decode_attention(q, k_cache, v_cache, tables, kv, max(kv_lens), k_scale=ks, v_scale=vs, num_splits=splits,
+    decode_attention(q, k_cache, v_cache, tables, kv, max_kv_len, k_scale=ks, v_scale=vs, num_splits=splits,
                      out=out, workspace=workspace if splits > 1 else None, config=config)
     check_close(out, decode_attention_ref(q, k_cache, v_cache, tables, kv, k_scale=ks, v_scale=vs), q_dtype)
 
@@ -218,6 +220,17 @@ def test_decode_fused_merge_is_deterministic_and_resets_counters_interpreter(kv_
         outs.append(out)
     check_close(outs[0], decode_attention_ref(q, k_cache, v_cache, tables, kv), torch.bfloat16)
     assert torch.equal(outs[0], outs[1])
+
+
+@cpu
+@pytest.mark.parametrize("max_kv_len, splits", [(None, 4), (4000, 4), (20, 4), (None, 1)])
+def test_decode_split_range_from_max_kv_len_interpreter(max_kv_len, splits):
+    """Splits cut the longest context (max_kv_len: passed, or measured), not each sequence's own: sequences
+    of 1 and 3 keys next to 70 leave most of their splits empty; an upper bound far above every length (as
+    a captured graph passes) puts all keys in split 0; a max_kv_len below a real length (20 < 70) still
+    covers every key, the last split taking the rest."""
+    run_decode([70, 1, 3, 33], 1, 2, 4, 64, 16, torch.bfloat16, splits, SMALL_DECODE, max_kv_len=max_kv_len)
+    run_decode([70, 1, 3, 33], 3, 1, 4, 64, 16, torch.float16, splits, SMALL_DECODE, max_kv_len=max_kv_len)
 
 
 @cpu
@@ -328,6 +341,19 @@ def test_prefill_contiguous_and_head_major_gpu():
 def test_decode_gpu(kv_lens, num_q, group, head_dim, block_size, dtype, splits):
     run_decode(kv_lens, num_q, 8, group, head_dim, block_size, dtype, splits, None)
     run_decode(kv_lens[:2], num_q, 8, group, head_dim, block_size, dtype, splits, None, head_major=True)
+
+
+@gpu
+@needs_cuda
+@pytest.mark.parametrize("prefetch", [0, 1, 4])
+@pytest.mark.parametrize("max_kv_len", [None, 16384, 100])
+def test_decode_prefetch_and_max_kv_len_gpu(prefetch, max_kv_len):
+    """The L2 prefetch of each split's first tiles (rows past kv_len, and past the split, are skipped) with
+    ragged lengths down to 1 key, under a tight, a loose (graph-style upper bound) and a too-small max_kv_len."""
+    config = dict(DECODE_CONFIGS[128], PREFETCH=prefetch)
+    for dtype in (torch.bfloat16, FP8):
+        run_decode([9000, 1, 3, 300, 4097], 1, 8, 4, 128, 16, dtype, None, config, max_kv_len=max_kv_len)
+    run_decode([5000, 17], 4, 8, 4, 128, 32, torch.bfloat16, 7, config, max_kv_len=max_kv_len, head_major=True)
 
 
 @gpu

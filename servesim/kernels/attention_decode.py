@@ -7,8 +7,11 @@ keys including the ``n`` new ones, already in the cache (so ``kv_lens >= n``), a
 
 One program handles (sequence, KV head, split): the ``n * group`` query rows that share the KV head are
 packed into the M dimension of one ``tl.dot`` (padded to 16), so each K/V tile is read from memory once.
-When ``batch * num_kv_heads`` cannot fill the GPU, the context is cut into ``num_splits`` ranges. Each
-split writes its normalised partial output and log-sum-exp, then bumps a per-(sequence, KV head) counter;
+When ``batch * num_kv_heads`` cannot fill the GPU, the longest context (``max_kv_len``) is cut into
+``num_splits`` ranges of equal length (a multiple of ``BLOCK_N``; shorter sequences leave their later splits
+empty), so a program knows its key range before it reads ``kv_lens``: its first page ids are requested
+together with the length, and its first tiles' K/V rows are prefetched into L2 as soon as the ids arrive
+(``PREFETCH``), one page-id round trip ahead of the pipelined loop's own copies. Each split writes its normalised partial output and log-sum-exp, then bumps a per-(sequence, KV head) counter;
 the split that arrives last merges all of them in split order (deterministic) and resets the counter, so
 decode is one launch.
 """
@@ -40,6 +43,9 @@ FALLBACK_CONFIG = dict(BLOCK_N=32, num_warps=4, num_stages=3)
 SPLIT_WAVES = 3
 MIN_SPLIT_KEYS = 256
 MAX_SPLITS = 128
+# Tiles of each split whose K/V rows are prefetched into L2 as soon as the page ids arrive (a config may set
+# "PREFETCH"); 0 turns the prefetch off. Not yet timed on a GPU: `bench/attention.py --tune` candidates.
+PREFETCH_TILES = 1
 
 
 @triton.jit
@@ -78,25 +84,57 @@ def _merge_splits(o_ptr, part_ptr, lse_ptr, b, kvh, num_splits, num_q_heads, str
     tl.store(o_ptr + o_off, out.to(o_ptr.dtype.element_ty), mask=row_ok[:, None])
 
 
-# num_splits only feeds arithmetic: one compile serves every split count
-@triton.jit(do_not_specialize=["num_splits"])
+@triton.jit
+def _prefetch_rows(k_base, v_base, pages, lo, hi, stride_kb, stride_ks, HEAD_DIM: tl.constexpr,
+                   BLOCK_SIZE: tl.constexpr, ROWS: tl.constexpr):
+    """Ask L2 for this split's first ``ROWS`` K and V rows (rows ``>= hi`` excluded), every 128-byte line of
+    each; ``pages`` holds the ``ROWS // BLOCK_SIZE`` page ids from ``lo``.
+
+    A hint only (``prefetch.global.L2``, a per-thread address, so no waterfall loop as the uniform-address
+    bulk prefetch needs): the loop's own copies of these rows then join DRAM reads already in flight
+    instead of starting them after the in-loop page-id lookup."""
+    NUM_PAGES: tl.constexpr = ROWS // BLOCK_SIZE
+    LINE: tl.constexpr = 1024 // k_base.dtype.element_ty.primitive_bitwidth  # elements per 128-byte line
+    LINES: tl.constexpr = HEAD_DIM // LINE if HEAD_DIM > LINE else 1
+    r = tl.arange(0, ROWS)
+    page = tl.reshape(tl.broadcast_to(pages.to(tl.int64)[:, None] * stride_kb, (NUM_PAGES, BLOCK_SIZE)), (ROWS,))
+    off = (page + (r % BLOCK_SIZE) * stride_ks)[:, None, None] + tl.arange(0, LINES)[None, None, :] * LINE
+    kv = tl.arange(0, 2)[None, :, None]
+    ptrs = tl.where(kv == 0, k_base + off, v_base + off)  # [ROWS, K/V, LINES]
+    ok = ((lo + r < hi)[:, None, None] & (kv < 2)).to(tl.int32)
+    tl.inline_asm_elementwise(
+        "{ .reg .pred p; setp.ne.b32 p, $2, 0; @p prefetch.global.L2 [$1]; mov.b32 $0, 0; }",
+        "=r,l,r", [ptrs, ok], dtype=tl.int32, is_pure=False, pack=1)
+
+
+# num_splits and split_len only feed arithmetic: one compile serves every split count
+@triton.jit(do_not_specialize=["num_splits", "split_len", "max_blocks"])
 def _decode_kernel(
     q_ptr, k_ptr, v_ptr, o_ptr, part_ptr, lse_ptr, lock_ptr, kv_len_ptr, bt_ptr, k_scale_ptr, v_scale_ptr,
-    qk_scale, num_splits,
+    qk_scale, num_splits, split_len, max_blocks,
     stride_qb, stride_qt, stride_qh,
     stride_ob, stride_ot, stride_oh,
     stride_kb, stride_ks, stride_kh, stride_bt,
     NUM_Q: tl.constexpr, GROUP: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr,
     BLOCK_N: tl.constexpr, BLOCK_SIZE: tl.constexpr, FP8: tl.constexpr, SPLIT: tl.constexpr,
     MERGE_ROWS: tl.constexpr, MERGE_CHUNK: tl.constexpr, ALIGNED: tl.constexpr, UPCAST: tl.constexpr,
+    PREFETCH: tl.constexpr,
 ):
     b = tl.program_id(0)
     kvh = tl.program_id(1)
     s = tl.program_id(2)
+    # The split's key range comes from the launch (split_len: keys per split for the longest context), so
+    # the page ids of its first tiles are requested together with kv_len instead of one round trip later.
     kv_len = tl.load(kv_len_ptr + b)
-    split_len = tl.cdiv(tl.cdiv(kv_len, num_splits), BLOCK_N) * BLOCK_N
     lo = s * split_len
-    hi = tl.minimum(lo + split_len, kv_len)
+    bt_row = bt_ptr + b.to(tl.int64) * stride_bt
+    k_base = k_ptr + kvh * stride_kh
+    v_base = v_ptr + kvh * stride_kh
+    if PREFETCH > 0:
+        pidx = lo // BLOCK_SIZE + tl.arange(0, PREFETCH * BLOCK_N // BLOCK_SIZE)
+        first_pages = tl.load(bt_row + pidx, mask=pidx < max_blocks, other=0)
+    # the last split also takes any keys past num_splits * split_len (a max_kv_len below a real length)
+    hi = tl.where(s == num_splits - 1, kv_len, tl.minimum(lo + split_len, kv_len))
 
     rows = tl.arange(0, BLOCK_M)
     t = rows // GROUP  # query token of the row
@@ -106,15 +144,15 @@ def _decode_kernel(
     q = tl.load(q_ptr + b.to(tl.int64) * stride_qb + t[:, None] * stride_qt + hq[:, None] * stride_qh
                 + offs_d[None, :], mask=row_ok[:, None], other=0.0)
     last = kv_len - NUM_Q + t  # last key each row may see
+    if PREFETCH > 0:  # after the q load, which needs nothing loaded
+        _prefetch_rows(k_base, v_base, first_pages, lo, hi, stride_kb, stride_ks, HEAD_DIM, BLOCK_SIZE,
+                       PREFETCH * BLOCK_N)
     if FP8:
         qk_scale = qk_scale * tl.load(k_scale_ptr + kvh)
 
     m_i = tl.zeros([BLOCK_M], dtype=tl.float32) - float("inf")
     l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
     acc = tl.zeros([BLOCK_M, HEAD_DIM], dtype=tl.float32)
-    k_base = k_ptr + kvh * stride_kh
-    v_base = v_ptr + kvh * stride_kh
-    bt_row = bt_ptr + b.to(tl.int64) * stride_bt
     for start in range(lo, hi, BLOCK_N):
         offs_n = start + tl.arange(0, BLOCK_N)
         kv_rows = _kv_rows(bt_row, start, 0, kv_len, stride_kb, stride_ks, True, BLOCK_SIZE, BLOCK_N, ALIGNED)
@@ -215,6 +253,12 @@ def decode_attention(
         sms = torch.cuda.get_device_properties(q.device).multi_processor_count if q.is_cuda else 132
         num_splits = choose_num_splits(batch, num_kv_heads, max_kv_len, sms)
     cfg = dict(config or DECODE_CONFIGS.get(head_dim, FALLBACK_CONFIG))
+    prefetch = cfg.pop("PREFETCH", PREFETCH_TILES)
+    aligned_kv = aligned(k_cache.stride(0), k_cache.stride(1))
+    if interpreting() or not aligned_kv or block_size & (block_size - 1) or cfg["BLOCK_N"] % block_size:
+        prefetch = 0  # inline PTX (no interpreter), page-id vectors need whole power-of-two pages per tile
+    # keys per split, a multiple of BLOCK_N, from the longest context: known before the kernel reads kv_lens
+    split_len = max(1, triton.cdiv(triton.cdiv(max_kv_len, num_splits), cfg["BLOCK_N"])) * cfg["BLOCK_N"]
     if out is None:
         out = torch.empty(q4.shape, dtype=q.dtype, device=q.device)
     elif out.shape != q.shape or out.dtype != q.dtype or not out.is_contiguous():
@@ -243,14 +287,14 @@ def decode_attention(
     _decode_kernel[(batch, num_kv_heads, num_splits)](
         q4, k_cache, v_cache, out, o_buf, lse, locks, kv_lens, block_tables,
         k_scale if fp8 else q, v_scale if fp8 else q,
-        (sm_scale or 1.0 / math.sqrt(head_dim)) * 1.4426950408889634, num_splits,
+        (sm_scale or 1.0 / math.sqrt(head_dim)) * 1.4426950408889634, num_splits, split_len, block_tables.shape[1],
         q4.stride(0), q4.stride(1), q4.stride(2),
         out.stride(0), out.stride(1), out.stride(2),
         k_cache.stride(0), k_cache.stride(1), k_cache.stride(2), block_tables.stride(0),
         NUM_Q=num_q, GROUP=group, HEAD_DIM=head_dim, BLOCK_M=max(16, triton.next_power_of_2(num_q * group)),
         BLOCK_SIZE=block_size, FP8=fp8, SPLIT=split, MERGE_ROWS=triton.next_power_of_2(num_q * group),
         MERGE_CHUNK=max(1, min(triton.next_power_of_2(num_splits), 128 // triton.next_power_of_2(num_q * group))),
-        ALIGNED=aligned(k_cache.stride(0), k_cache.stride(1)), UPCAST=interpreting(), **cfg,
+        ALIGNED=aligned_kv, UPCAST=interpreting(), PREFETCH=prefetch, **cfg,
     )
     return out.view(q.shape)
 
