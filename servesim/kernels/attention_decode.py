@@ -11,8 +11,9 @@ When ``batch * num_kv_heads`` cannot fill the GPU, the longest context (``max_kv
 ``num_splits`` ranges of equal length (a multiple of ``BLOCK_N``; shorter sequences leave their later splits
 empty), so a program knows its key range before it reads ``kv_lens``: its first page ids are requested
 together with the length, and its first tiles' K/V rows are prefetched into L2 as soon as the ids arrive
-(``PREFETCH``), one page-id round trip ahead of the pipelined loop's own copies. Each split writes its normalised partial output and log-sum-exp, then bumps a per-(sequence, KV head) counter;
-the split that arrives last merges all of them in split order (deterministic) and resets the counter, so
+(``PREFETCH``), one page-id round trip ahead of the pipelined loop's own copies. Each split writes its
+normalised partial output and log-sum-exp, then bumps a per-(sequence, KV head) counter; the split that
+arrives last merges all of them in split order (deterministic) and resets the counter, so
 decode is one launch.
 """
 
