@@ -23,6 +23,25 @@ from servesim.kernels.quant_gemm_common import (  # noqa: F401  (Triton resolves
 )
 
 
+def _pair_asm(op: str, magic: str, one: str, scale: bool) -> str:
+    """PTX for ``_deq_asm``: outputs $0-$15 (code j of the even word: $j, of the odd word: $j+8), inputs
+    $16/$17 the even/odd words, $18/$19 -(MAGIC + z) for codes 0-3 / 4-7, $20/$21 the scales likewise."""
+    lines = [".reg .b32 t<8>, u<8>, one;", f"mov.b32 one, {one};",
+             "prmt.b32 u0, $16, $17, 0x5410;", "prmt.b32 u4, $16, $17, 0x7632;"]  # codes 0-3 | 4-7 of both
+    lines += [f"shr.u32 u{h + i}, u{h}, {4 * i};" for h in (0, 4) for i in (1, 2, 3)]
+    lines += [f"lop3.b32 t{i}, u{i}, 0x000F000F, {magic}, 0xEA;" for i in range(8)]
+    lines += [f"fma.rn.{op} t{i}, t{i}, one, ${18 + i // 4};" for i in range(8)]
+    if scale:
+        lines += [f"mul.rn.bf16x2 t{i}, t{i}, ${20 + i // 4};" for i in range(8)]
+    lines += [f"mov.b32 {{${i}, ${i + 8}}}, t{i};" for i in range(8)]
+    return "{\n" + "\n".join(lines) + "\n}"
+
+
+PAIR_ASM_BF16 = tl.constexpr(_pair_asm("bf16x2", "0x43004300", "0x3F803F80", False))
+PAIR_ASM_BF16_SCALED = tl.constexpr(_pair_asm("bf16x2", "0x43004300", "0x3F803F80", True))
+PAIR_ASM_F16 = tl.constexpr(_pair_asm("f16x2", "0x64006400", "0x3C003C00", False))
+
+
 @triton.jit(do_not_specialize=["G", "KB", "SPLIT_K"])
 def _wq_gemv_kernel(
     x_ptr, w_ptr, sz_ptr, y_ptr, ws_ptr, lock_ptr,
@@ -154,48 +173,46 @@ def _deq_asm(w, zb, zb2, s, s2, DTYPE: tl.constexpr, SCALE: tl.constexpr):
     """DEQ 2 / 3 (int4, GPU only): all 8 codes of each word as exact ``q - z`` (DEQ 3: ``(q - z) * s``,
     bf16 only) in the activation dtype.
 
-    Per pair of codes (j, j+4) one LOP3 puts both nibbles into the mantissas of two packed 16-bit
-    floats of value MAGIC + q (MAGIC = 128 in bf16, 1024 in fp16: one unit per mantissa step) and one
-    packed FMA subtracts MAGIC + z: ~1.4 instructions per weight, no conversion, no F2FP. Codes 0-3
-    take the zero ``zb``, codes 4-7 ``zb2`` (the second group of a 64-group block). SCALE adds one
-    packed bf16 multiply by the group scales (s, s2): one rounding of the exact ``(q - z) * s``, as
-    DEQ 0's fp32 multiply and cast give, at ~1.9 instead of ~7 instructions per weight.
+    Works on pairs of adjacent words (p, p+1): two PRMTs gather the low (codes 0-3) and the high halves
+    (codes 4-7) of both words, then per code j one LOP3 puts code j of word p and of word p+1 into the
+    mantissas of two packed 16-bit floats of value MAGIC + q (MAGIC = 128 in bf16, 1024 in fp16: one unit
+    per mantissa step) and one packed FMA subtracts MAGIC + z. The packed pair is (k, k+1) of the
+    ``k = 16 j + p`` order, the two elements one register of the wgmma A operand holds: no repacking (one
+    word at a time paired codes j and j+4, and took 8 PRMTs per two words to regroup them). ~1.5
+    instructions per weight, no conversion. Codes 0-3 take the zero ``zb``, codes 4-7 ``zb2`` (the second
+    group of a 64-group block). SCALE adds one packed bf16 multiply by the group scale: one rounding of the
+    exact ``(q - z) * s``, as DEQ 0's fp32 multiply and cast give.
     """
     if DTYPE == tl.bfloat16:  # noqa: SIM300 (DTYPE is the compile-time value)
         nz, nz2 = zb | 0xC300, zb2 | 0xC300  # -(128 + z) in bf16
-        op: tl.constexpr = "bf16x2"
-        magic: tl.constexpr = "0x43004300"
-        one: tl.constexpr = "0x3F803F80"
+        asm: tl.constexpr = PAIR_ASM_BF16_SCALED if SCALE else PAIR_ASM_BF16
     else:
         nz, nz2 = zb | 0xE400, zb2 | 0xE400  # -(1024 + z) in fp16
-        op: tl.constexpr = "f16x2"
-        magic: tl.constexpr = "0x64006400"
-        one: tl.constexpr = "0x3C003C00"
-    nzz = tl.broadcast_to(nz | (nz2 << 16), w.shape)
-    if SCALE:  # the bf16 bits of the fp32 scales (built as word << 16, so exact), low half codes 0-3
-        ss = tl.broadcast_to(((s.to(tl.int32, bitcast=True) >> 16) & 0xFFFF)
-                             | (s2.to(tl.int32, bitcast=True) & -65536), w.shape)
-        mul: tl.constexpr = ("mul.rn.bf16x2 t0, t0, $10;\nmul.rn.bf16x2 t1, t1, $10;\n"
-                             "mul.rn.bf16x2 t2, t2, $10;\nmul.rn.bf16x2 t3, t3, $10;\n")
+        asm: tl.constexpr = PAIR_ASM_F16
+    BN: tl.constexpr = w.shape[0]
+    HALF: tl.constexpr = w.shape[1] // 2
+    we, wo = tl.split(tl.reshape(w, (BN, HALF, 2)))  # words p even, p + 1
+    # per-channel [BN, 1] values, the same 16 bits in both halves
+    nzz = tl.broadcast_to(nz | (nz << 16), we.shape)
+    nzz2 = tl.broadcast_to(nz2 | (nz2 << 16), we.shape)
+    if SCALE:  # the bf16 bits of the fp32 scales (built as word << 16, so exact)
+        sb, sb2 = s.to(tl.int32, bitcast=True) & -65536, s2.to(tl.int32, bitcast=True) & -65536
+        ss = tl.broadcast_to(sb | ((sb >> 16) & 0xFFFF), we.shape)
+        ss2 = tl.broadcast_to(sb2 | ((sb2 >> 16) & 0xFFFF), we.shape)
     else:
-        ss = nzz  # unused operand
-        mul: tl.constexpr = ""
-    d0, d1, d2, d3, d4, d5, d6, d7 = tl.inline_asm_elementwise(
-        asm="{\n.reg .b32 t<4>, u<3>, one;\n"
-            "mov.b32 one, " + one + ";\n"
-            "shr.u32 u0, $8, 4;\nshr.u32 u1, $8, 8;\nshr.u32 u2, $8, 12;\n"
-            "lop3.b32 t0, $8, 0x000F000F, " + magic + ", 0xEA;\n"
-            "lop3.b32 t1, u0, 0x000F000F, " + magic + ", 0xEA;\n"
-            "lop3.b32 t2, u1, 0x000F000F, " + magic + ", 0xEA;\n"
-            "lop3.b32 t3, u2, 0x000F000F, " + magic + ", 0xEA;\n"
-            "fma.rn." + op + " t0, t0, one, $9;\nfma.rn." + op + " t1, t1, one, $9;\n"
-            "fma.rn." + op + " t2, t2, one, $9;\nfma.rn." + op + " t3, t3, one, $9;\n" + mul +
-            "mov.b32 {$0, $4}, t0;\nmov.b32 {$1, $5}, t1;\nmov.b32 {$2, $6}, t2;\nmov.b32 {$3, $7}, t3;\n}",
-        constraints="=h,=h,=h,=h,=h,=h,=h,=h,r,r,r", args=[w, nzz, ss], dtype=(tl.int16,) * 8, is_pure=True,
-        pack=1)
-    return (d0.to(DTYPE, bitcast=True), d1.to(DTYPE, bitcast=True), d2.to(DTYPE, bitcast=True),
-            d3.to(DTYPE, bitcast=True), d4.to(DTYPE, bitcast=True), d5.to(DTYPE, bitcast=True),
-            d6.to(DTYPE, bitcast=True), d7.to(DTYPE, bitcast=True))
+        ss, ss2 = nzz, nzz2  # unused operands
+    r = tl.inline_asm_elementwise(asm=asm, constraints="=h," * 16 + "r,r,r,r,r,r",
+                                  args=[we, wo, nzz, nzz2, ss, ss2], dtype=(tl.int16,) * 16, is_pure=True, pack=1)
+    return (_pair(r[0], r[8], DTYPE), _pair(r[1], r[9], DTYPE), _pair(r[2], r[10], DTYPE),
+            _pair(r[3], r[11], DTYPE), _pair(r[4], r[12], DTYPE), _pair(r[5], r[13], DTYPE),
+            _pair(r[6], r[14], DTYPE), _pair(r[7], r[15], DTYPE))
+
+
+@triton.jit
+def _pair(even, odd, DTYPE: tl.constexpr):
+    """Interleave the [BN, P/2] codes of even and odd words back into one [BN, P] slice."""
+    t = tl.join(even.to(DTYPE, bitcast=True), odd.to(DTYPE, bitcast=True))
+    return tl.reshape(t, (t.shape[0], 2 * t.shape[1]))
 
 
 @triton.jit
