@@ -39,9 +39,23 @@ PREFILL_CONFIGS = {
 FALLBACK_CONFIG = dict(BLOCK_M=64, BLOCK_N=32, num_warps=4, num_stages=3)
 
 
+_PTX = tl.constexpr(not interpreting())  # inline PTX compiles for the GPU only
+
+
+@triton.jit
+def _page_offsets(pages, stride_kb):
+    """``pages * stride_kb`` as int64: one ``mul.wide.s32`` per id. The plain int64 product compiles to a
+    64-bit multiply-add (5 SASS instructions) because the stride's widening is hoisted out of the loop."""
+    if _PTX:
+        return tl.inline_asm_elementwise("mul.wide.s32 $0, $1, $2;", "=l,r,r", [pages, pages * 0 + stride_kb],
+                                         dtype=tl.int64, is_pure=True, pack=1)
+    else:
+        return pages.to(tl.int64) * stride_kb
+
+
 @triton.jit
 def _kv_rows(bt_row_ptr, start, kv_start, kv_len, stride_kb, stride_ks, PAGED: tl.constexpr,
-             BLOCK_SIZE: tl.constexpr, BLOCK_N: tl.constexpr, ALIGNED: tl.constexpr):
+             BLOCK_SIZE: tl.constexpr, BLOCK_N: tl.constexpr, ALIGNED: tl.constexpr, CLAMP: tl.constexpr = True):
     """Element offsets of K/V rows ``start .. start + BLOCK_N - 1`` (clamped to the last key) of one sequence.
 
     ``start`` is a multiple of ``BLOCK_N``. Paged: the tile's ``cdiv(BLOCK_N, BLOCK_SIZE)`` page ids are one
@@ -51,16 +65,27 @@ def _kv_rows(bt_row_ptr, start, kv_start, kv_len, stride_kb, stride_ks, PAGED: t
     the next copy's address waited on. The reshape hides the rows' alignment from the compiler, so the
     vector path needs ``ALIGNED`` (cache strides are multiples of 16 elements) to restate it; without it
     the K/V loads would not be vectorised or pipelined at all.
+
+    ``CLAMP=False`` for tiles wholly below ``kv_len`` (prefill's unmasked loop): nothing to clamp, and with
+    whole pages per tile a row's slot in its page no longer depends on ``start``, so its offset is computed
+    once outside the loop and only the page ids' products remain per tile.
     """
-    n = tl.minimum(start + tl.arange(0, BLOCK_N), kv_len - 1)
+    n = start + tl.arange(0, BLOCK_N)
+    if CLAMP:
+        n = tl.minimum(n, kv_len - 1)
     if PAGED:
         if ALIGNED and (BLOCK_SIZE & (BLOCK_SIZE - 1)) == 0:
             PER_PAGE: tl.constexpr = BLOCK_SIZE if BLOCK_SIZE < BLOCK_N else BLOCK_N
             NUM_PAGES: tl.constexpr = BLOCK_N // PER_PAGE
-            idx = tl.minimum(start // BLOCK_SIZE + tl.arange(0, NUM_PAGES), (kv_len - 1) // BLOCK_SIZE)
-            pages = tl.load(bt_row_ptr + idx).to(tl.int64) * stride_kb
+            idx = start // BLOCK_SIZE + tl.arange(0, NUM_PAGES)
+            if CLAMP:
+                idx = tl.minimum(idx, (kv_len - 1) // BLOCK_SIZE)
+            pages = _page_offsets(tl.load(bt_row_ptr + idx), stride_kb)
             page = tl.reshape(tl.broadcast_to(pages[:, None], (NUM_PAGES, PER_PAGE)), (BLOCK_N,))
-            return tl.multiple_of(page + (n % BLOCK_SIZE) * stride_ks, 16)
+            # slot in page: unclamped whole pages need only the row (start is a multiple of BLOCK_SIZE); a bit
+            # mask suffices since n >= 0 in any tile that runs (kv_len >= 1)
+            slot = (tl.arange(0, BLOCK_N) if not CLAMP and BLOCK_SIZE <= BLOCK_N else n) & (BLOCK_SIZE - 1)
+            return tl.multiple_of(page + slot * stride_ks, 16)
         else:  # odd page sizes or strides: one id per row
             return tl.load(bt_row_ptr + n // BLOCK_SIZE).to(tl.int64) * stride_kb + (n % BLOCK_SIZE) * stride_ks
     else:
@@ -76,7 +101,7 @@ def _prefill_tiles(acc, l_i, m_i, q, k_base, v_base, bt_row_ptr, kv_start, kv_le
     for start in range(lo, hi, BLOCK_N):
         offs_n = start + tl.arange(0, BLOCK_N)
         rows = _kv_rows(bt_row_ptr, start, kv_start, kv_len, stride_kb, stride_ks, PAGED, BLOCK_SIZE, BLOCK_N,
-                        ALIGNED)
+                        ALIGNED, MASK)
         if TMA:  # k_base/v_base are [total_k, num_kv_heads * head_dim] descriptors; rows past the end are
             # the next sequence's (or zeros) and the mask hides them
             k = k_base.load([kv_start + start, tma_col])
