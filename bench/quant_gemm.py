@@ -51,9 +51,9 @@ def candidates(bits: int, bkt: str) -> list[dict]:
     table = {
         (4, "1"): [v(BLOCK_N=256, fill=3), v(BLOCK_N=256, waves=1), v(BLOCK_N=128, num_warps=2, fill=6),
                    v(BLOCK_N=128, fill=4), v(BLOCK_N=128, fill=4, PREFETCH=2), v(BLOCK_N=64, num_warps=2, fill=8)],
-        (4, "16"): [g(BLOCK_M=16, BLOCK_N=64, num_warps=4, fill=4, SWAP=True, DEQ=2, num_stages=4),
-                    g(BLOCK_M=16, BLOCK_N=64, num_warps=4, fill=5, SWAP=True, DEQ=2),
-                    g(BLOCK_M=16, BLOCK_N=128, num_warps=4, waves=2, SWAP=True, DEQ=2)],
+        (4, "16"): [g(BLOCK_M=16, BLOCK_N=64, num_warps=4, fill=4, SWAP=True, DEQ=3, num_stages=4),
+                    g(BLOCK_M=16, BLOCK_N=128, num_warps=8, fill=3, SWAP=True, DEQ=2, num_stages=4),
+                    g(BLOCK_M=16, BLOCK_N=64, num_warps=4, fill=5, SWAP=True, DEQ=2, num_stages=4)],
         (4, "64"): [g(BLOCK_M=0, BLOCK_N=64, num_warps=4, waves=2, SWAP=True, DEQ=2),
                     g(BLOCK_M=64, BLOCK_N=128, num_warps=4, waves=1, SWAP=True, DEQ=3)],
         (4, "256"): [g(BLOCK_M=bm, BLOCK_N=bn, num_warps=w, waves=wv, SWAP=True, DEQ=3)
@@ -69,8 +69,35 @@ def candidates(bits: int, bkt: str) -> list[dict]:
         (8, "256"): [g(BLOCK_M=128, BLOCK_N=128, num_warps=8, waves=1)],
         (8, "large"): [g(BLOCK_M=128, BLOCK_N=128, num_warps=8, waves=0)],
     }
-    out = [dict(QC.CONFIGS[(bits, bkt)])]
-    for cfg in table[(bits, bkt)]:
+    return _with_current(QC.CONFIGS[(bits, bkt)], table[(bits, bkt)])
+
+
+LARGE_SHAPE = (28672, 8192)  # the large-weight overrides (N*K >= LARGE_W_ELEMS) are ranked on this shape
+
+
+def large_candidates(bits: int, bkt: str) -> list[dict]:
+    """Candidates for the large-weight override of (bits, bucket): the one in code first."""
+    g = lambda **kw: {"kernel": "gemm", "GROUP_M": 8, "JOIN": True, "num_stages": 3, **kw}  # noqa: E731
+    v = lambda **kw: {"kernel": "gemv", "num_warps": 4, "num_stages": 1, "PREFETCH": 1, "XPF": True,  # noqa: E731
+                      **kw}
+    table = {
+        (4, "1"): [v(BLOCK_N=256, fill=3), v(BLOCK_N=64, num_warps=1, fill=12), v(BLOCK_N=32, num_warps=1, fill=16),
+                   v(BLOCK_N=128, num_warps=2, fill=6), v(BLOCK_N=256, fill=2)],
+        (8, "1"): [v(BLOCK_N=64, waves=8, PREFETCH=2, XPF=False, EVEN=False), v(BLOCK_N=64, fill=5, PREFETCH=2),
+                   v(BLOCK_N=128, fill=3), v(BLOCK_N=32, num_warps=1, fill=12)],
+        (4, "16"): [g(BLOCK_M=16, BLOCK_N=128, num_warps=4, waves=2, SWAP=True, DEQ=2),
+                    g(BLOCK_M=16, BLOCK_N=128, num_warps=4, waves=2, SWAP=True, DEQ=2, num_stages=4),
+                    g(BLOCK_M=16, BLOCK_N=128, num_warps=8, fill=3, SWAP=True, DEQ=2, num_stages=4),
+                    g(BLOCK_M=16, BLOCK_N=128, num_warps=4, waves=2, SWAP=True, DEQ=3)],
+        (4, "256"): [g(BLOCK_M=128, BLOCK_N=128, num_warps=8, waves=1, SWAP=True, DEQ=3)],
+        (8, "256"): [g(BLOCK_M=128, BLOCK_N=128, num_warps=8, waves=1)],
+    }
+    return _with_current(QC.LARGE_W[(bits, bkt)], table.get((bits, bkt), []))
+
+
+def _with_current(current: dict, variants: list[dict]) -> list[dict]:
+    out = [dict(current)]
+    for cfg in variants:
         if _key(cfg) not in {_key(c) for c in out}:
             out.append(cfg)
     return out
@@ -131,49 +158,52 @@ def run_ours(x, wq, bits, cfg):
     return QG.quant_matmul(x, packed, sz, bits, GS if bits == 4 else None, cfg)
 
 
-def tune(weights, log, buckets) -> dict:
-    """Time every candidate per bucket on TUNE_SHAPES; keep the best geometric mean (correct ones only)."""
+def tune(weights, log, keys, shapes=TUNE_SHAPES, cands=None) -> dict:
+    """Time every candidate of each (bits, bucket) key on ``shapes``; keep the best geometric mean (correct
+    ones only). ``cands(bits, bucket)`` lists the candidates (default :func:`candidates`)."""
+    cands = cands or candidates
     best = {}
     refs = {}
-    for shape in TUNE_SHAPES:
+    for shape in shapes:
         _, w4, w8, _ = weights[shape]
         refs[(4, shape)] = Q.dequantize_w4_packed(*w4, GS, shape[1])
         refs[(8, shape)] = Q.dequantize_w8_packed(*w8, shape[1])
-    for bits in (4, 8):
-        for bkt, ms in ((b, TUNE_MS[b]) for b in buckets):
-            scores = []
-            for cfg in candidates(bits, bkt):
-                ts, ok = [], True
-                for shape in TUNE_SHAPES:
-                    _, w4, w8, _ = weights[shape]
-                    wq = w4 if bits == 4 else w8
-                    ref_w = refs[(bits, shape)]
-                    for m in ms:
-                        if cfg["kernel"] == "gemv" and m != 1:
-                            continue
-                        x = torch.randn(m, shape[1], device="cuda", dtype=torch.bfloat16)
-                        try:
-                            y = run_ours(x, wq, bits, cfg)
-                            ref = x.float() @ ref_w.t()
-                            err = ((y.float() - ref).norm() / ref.norm()).item()
-                            if not err < 1e-2:
-                                raise ValueError(f"relative error {err:.2e}")
-                            ts.append(timing.stream_ms(lambda x=x, wq=wq, b=bits, cfg=cfg: run_ours(x, wq, b, cfg)))
-                        except Exception as e:
-                            log.append(dict(bits=bits, bucket=bkt, config=cfg, error=f"{type(e).__name__}: {e}"))
-                            ok = False
-                            break
-                    if not ok:
+    for bits, bkt in keys:
+        ms = TUNE_MS[bkt]
+        scores = []
+        for cfg in cands(bits, bkt):
+            ts, ok = [], True
+            for shape in shapes:
+                _, w4, w8, _ = weights[shape]
+                wq = w4 if bits == 4 else w8
+                ref_w = refs[(bits, shape)]
+                for m in ms:
+                    if cfg["kernel"] == "gemv" and m != 1:
+                        continue
+                    x = torch.randn(m, shape[1], device="cuda", dtype=torch.bfloat16)
+                    try:
+                        y = run_ours(x, wq, bits, cfg)
+                        ref = x.float() @ ref_w.t()
+                        err = ((y.float() - ref).norm() / ref.norm()).item()
+                        if not err < 1e-2:
+                            raise ValueError(f"relative error {err:.2e}")
+                        ts.append(timing.stream_ms(lambda x=x, wq=wq, b=bits, cfg=cfg: run_ours(x, wq, b, cfg)))
+                    except Exception as e:
+                        log.append(dict(bits=bits, bucket=bkt, shapes=shapes, config=cfg,
+                                        error=f"{type(e).__name__}: {e}"))
+                        ok = False
                         break
-                if ok:
-                    gm = math.exp(sum(math.log(t) for t in ts) / len(ts))
-                    scores.append((gm, cfg))
-                    log.append(dict(bits=bits, bucket=bkt, config=cfg, geomean_ms=gm, times_ms=ts))
-            scores.sort(key=lambda t: t[0])
-            best[(bits, bkt)] = scores[0][1]
-            print(f"tuned W{bits} bucket {bkt}: {scores[0][0] * 1e3:.1f} us  {scores[0][1]}", flush=True)
-            for gm, cfg in scores[1:4]:
-                print(f"      runner-up {gm * 1e3:.1f} us  {cfg}", flush=True)
+                if not ok:
+                    break
+            if ok:
+                gm = math.exp(sum(math.log(t) for t in ts) / len(ts))
+                scores.append((gm, cfg))
+                log.append(dict(bits=bits, bucket=bkt, shapes=shapes, config=cfg, geomean_ms=gm, times_ms=ts))
+        scores.sort(key=lambda t: t[0])
+        best[(bits, bkt)] = scores[0][1]
+        print(f"tuned W{bits} bucket {bkt} on {shapes}: {scores[0][0] * 1e3:.1f} us  {scores[0][1]}", flush=True)
+        for gm, cfg in scores[1:4]:
+            print(f"      runner-up {gm * 1e3:.1f} us  {cfg}", flush=True)
     return best
 
 
@@ -204,9 +234,14 @@ def main() -> None:
     if args.tune:
         bkts = args.buckets.split(",")
         jobs = [(bits, cfg, torch.bfloat16) for bits in (4, 8) for bkt in bkts for cfg in candidates(bits, bkt)]
+        jobs += [(bits, cfg, torch.bfloat16) for bits, bkt in QC.LARGE_W if bkt in bkts
+                 for cfg in large_candidates(bits, bkt)]
         precompile(jobs, args.workers)
-        tuned = tune(weights, tune_log, bkts)
+        tuned = tune(weights, tune_log, [(bits, b) for bits in (4, 8) for b in bkts])
         QC.CONFIGS.update(tuned)
+        lw_keys = [key for key in QC.LARGE_W if key[1] in bkts]
+        tuned_lw = tune(weights, tune_log, lw_keys, shapes=[LARGE_SHAPE], cands=large_candidates)
+        QC.LARGE_W.update(tuned_lw)
 
     rows = []
     for (n, k), (wb, w4, w8, tg) in weights.items():
@@ -214,16 +249,17 @@ def main() -> None:
         for m in MS:
             x = torch.randn(m, k, device="cuda", dtype=torch.bfloat16)
             r = dict(N=n, K=k, M=m)
+            c4, c8 = QC.config_for(4, m, n, k), QC.config_for(8, m, n, k)
             ops = {"cublas": lambda x=x, wb=wb: x @ wb.t(),
-                   "w4": lambda x=x, w4=w4, m=m: run_ours(x, w4, 4, QC.config_for(4, m)),
-                   "w8": lambda x=x, w8=w8, m=m: run_ours(x, w8, 8, QC.config_for(8, m))}
+                   "w4": lambda x=x, w4=w4, c4=c4: run_ours(x, w4, 4, c4),
+                   "w8": lambda x=x, w8=w8, c8=c8: run_ours(x, w8, 8, c8)}
             if tg is not None:
                 ops["tinygemm"] = lambda x=x, tg=tg: torch._weight_int4pack_mm(x, tg[0], GS, tg[1])
             for suffix, timer in METHODS.items():
                 for name, fn in ops.items():
                     r[f"{name}{suffix}_ms"] = timer(fn)
             ref4 = x.float() @ w4_ref.t()
-            r["w4_rel_err"] = ((run_ours(x, w4, 4, QC.config_for(4, m)).float() - ref4).norm() / ref4.norm()).item()
+            r["w4_rel_err"] = ((run_ours(x, w4, 4, c4).float() - ref4).norm() / ref4.norm()).item()
             if tg is not None:
                 y_tg = torch._weight_int4pack_mm(x, tg[0], GS, tg[1]).float()
                 r["tinygemm_rel_err"] = ((y_tg - ref4).norm() / ref4.norm()).item()
@@ -235,7 +271,8 @@ def main() -> None:
     meta = dict(card=card, date=date, torch=torch.__version__, triton=triton.__version__,
                 command="python3 bench/quant_gemm.py " + " ".join(sys.argv[1:]), copy_bytes_per_s=copy_bw,
                 floor_us=floor,
-                configs={f"W{b}/{bk}": c for (b, bk), c in QC.CONFIGS.items()})
+                configs={**{f"W{b}/{bk}": c for (b, bk), c in QC.CONFIGS.items()},
+                         **{f"W{b}/{bk} N*K >= {QC.LARGE_W_ELEMS}": c for (b, bk), c in QC.LARGE_W.items()}})
     os.makedirs(args.out, exist_ok=True)
     base = os.path.join(args.out, f"quant_gemm-{slug}-{date}")
     with open(base + ".json", "w") as f:
