@@ -224,13 +224,13 @@ def sms() -> int:
 
 PREFILL_CANDIDATES = [  # (BLOCK_M, BLOCK_N, num_warps, num_stages) of the paged path; the page-id lookup takes
     # a pipeline stage, so Triton 3.6 buffers (num_stages + 1) // 2 K/V tiles here
-    (128, 64, 8, 7), (128, 64, 8, 5), (128, 64, 8, 3), (64, 64, 4, 5), (64, 64, 4, 7), (128, 128, 8, 3),
-    (128, 32, 8, 9)]
+    (128, 64, 8, 5), (128, 64, 8, 7), (128, 128, 8, 3), (64, 64, 4, 5), (64, 64, 4, 3), (128, 64, 8, 3)]
 TUNE_PREFILL_S = [4096, 8192]
-DECODE_CANDIDATES = [(128, 4, 3), (64, 4, 5), (32, 4, 7), (64, 8, 5), (64, 4, 3), (128, 8, 3), (128, 4, 2)]
+DECODE_CANDIDATES = [  # (BLOCK_N, num_warps, num_stages, PREFETCH: first tiles' K/V rows prefetched into L2)
+    (64, 4, 3, 0), (64, 4, 3, 1), (64, 4, 3, 2), (64, 4, 3, 4), (64, 4, 5, 1), (128, 4, 3, 1), (32, 4, 7, 2)]
 SPLIT_GRID = [1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64]
-SPLIT_WAVES_GRID = [1, 2, 3, 4, 6, 8]
-MIN_KEYS_GRID = [128, 256, 512, 1024]
+SPLIT_WAVES_GRID = [2, 3, 4]
+MIN_KEYS_GRID = [128, 256, 512]
 
 
 def geomean(xs: list[float]) -> float:
@@ -269,6 +269,10 @@ def tune_prefill(log: list) -> None:
     pre.PREFILL_CONFIGS[(D, True)] = best[1]
 
 
+def decode_config(cand: tuple) -> dict:
+    return dict(BLOCK_N=cand[0], num_warps=cand[1], num_stages=cand[2], PREFETCH=cand[3])
+
+
 def tune_decode(log: list) -> None:
     """Per config: every decode shape at a grid of split counts, then the split heuristic's parameters.
 
@@ -282,7 +286,7 @@ def tune_decode(log: list) -> None:
     def tbps(cfg_key, shape, splits) -> float:
         if (cfg_key, shape, splits) not in cache:
             b, c = shape
-            cfg = dict(BLOCK_N=cfg_key[0], num_warps=cfg_key[1], num_stages=cfg_key[2])
+            cfg = decode_config(cfg_key)
             q, _, _, k_cache, v_cache, tables, lens = inputs[shape]
             t = timed(lambda: dec.decode_attention(q, k_cache, v_cache, tables, lens, c, num_splits=splits,
                                                    config=cfg))
@@ -296,13 +300,13 @@ def tune_decode(log: list) -> None:
             grid = [s for s in SPLIT_GRID if s == 1 or (c // s >= 64 and b * HKV * s <= 64 * sms())]
             per_shape[(b, c)] = {s: tbps(cand, (b, c), s) for s in grid}
         top = [max(v.values()) for v in per_shape.values()]
-        log.append({"kernel": "decode", "BLOCK_N": cand[0], "num_warps": cand[1], "num_stages": cand[2],
+        log.append({"kernel": "decode", **decode_config(cand),
                     "grid": {str(k): v for k, v in per_shape.items()}, "best_geomean": geomean(top)})
         print({k: v for k, v in log[-1].items() if k != "grid"},
               {str(k): max(v, key=v.get) for k, v in per_shape.items()}, flush=True)
         best = max(best, (geomean(top), cand), key=lambda x: x[0])
     cand = best[1]
-    dec.DECODE_CONFIGS[D] = dict(BLOCK_N=cand[0], num_warps=cand[1], num_stages=cand[2])
+    dec.DECODE_CONFIGS[D] = decode_config(cand)
     best = (0.0, None)
     for waves in SPLIT_WAVES_GRID:
         for min_keys in MIN_KEYS_GRID:
