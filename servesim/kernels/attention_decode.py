@@ -29,19 +29,21 @@ from .attention_prefill import _kv_rows, causal_attention_ref
 from .kv_cache import aligned, check_cache, check_scales, dot, gather_kv_ref, interpreting
 
 # Tile config keyed on head_dim, chosen by `bench/attention.py --tune` on an H100 SXM (Triton 3.6, bf16,
-# ranked in-step over 12 shapes x up to 12 split counts; 7 candidates within 3% geomean of each other:
-# 64/4/3 2.69, 64/4/5 2.68, 128/4/3 2.65 TB/s; bench/results/attention-*-round3*). num_stages >= 3 makes the
-# page-id load an async copy a stage ahead of the K/V copies (with 2 it is a synchronous load in the loop);
-# Triton 3.6 then buffers (num_stages - 1) // 2 K/V tiles. head_dim 64 is an untuned default.
+# ranked in-step over 12 shapes x up to 12 split counts; 7 candidates within 5% geomean of each other:
+# 64/4/5 prefetch 1 2.709, 64/4/3 prefetch 0 2.707, 64/4/3 prefetch 1 2.690 TB/s; prefetch 4 2.585;
+# bench/results/attention-*-round4*). num_stages >= 3 makes the page-id load an async copy a stage ahead of the
+# K/V copies (with 2 it is a synchronous load in the loop); Triton 3.6 then buffers (num_stages - 1) // 2 K/V
+# tiles. PREFETCH: the first tiles' K/V rows are prefetched into L2 at program start. head_dim 64 is an
+# untuned default.
 DECODE_CONFIGS = {
     64: dict(BLOCK_N=64, num_warps=4, num_stages=5),
-    128: dict(BLOCK_N=64, num_warps=4, num_stages=3),
+    128: dict(BLOCK_N=64, num_warps=4, num_stages=5, PREFETCH=1),
 }
 FALLBACK_CONFIG = dict(BLOCK_N=32, num_warps=4, num_stages=3)
 # Split heuristic: at most SPLIT_WAVES programs per SM, never fewer than MIN_SPLIT_KEYS keys per split.
-# Swept on the H100 with the config above (1..8 per SM x 128..1024 keys, geomean TB/s of the split counts
-# picked over the 12 tuning shapes): 3 per SM and 256 keys won (bench/results/attention-*-round3*).
-SPLIT_WAVES = 3
+# Swept on the H100 with the config above (2..4 per SM x 128..512 keys, geomean TB/s of the split counts
+# picked over the 12 tuning shapes): 2 per SM and 256 keys won (bench/results/attention-*-round4*).
+SPLIT_WAVES = 2
 MIN_SPLIT_KEYS = 256
 MAX_SPLITS = 128
 # Tiles of each split whose K/V rows are prefetched into L2 as soon as the page ids arrive (a config may set

@@ -26,14 +26,14 @@ from .kv_cache import aligned, check_cache, check_scales, dot, gather_kv_ref, in
 LOG2E = 1.4426950408889634
 
 # Tile configs keyed on (head_dim, paged), chosen by `bench/attention.py --tune` on an H100 SXM (Triton 3.6,
-# bf16, S = 4k and 8k, ranked in-step; bench/results/attention-*-round3*): paged 128x64/8 warps/5 stages
-# 383 / 422 TFLOP/s (7 stages: 369 / 411), contiguous through TMA 64x64/4 warps/3 stages. head_dim 64 entries
-# are untuned defaults. Paged num_stages: since the page-id load is the pipeliner's first stage, Triton 3.6
-# buffers (num_stages + 1) // 2 K/V tiles (7 -> 4, 5 -> 3, 3 -> 2; read from the compiled shared-memory size).
+# bf16, S = 4k and 8k, ranked in-step; bench/results/attention-*-round4*): paged 64x64/4 warps/5 stages
+# 444 / 449 TFLOP/s (128x64/8/5: 413 / 455), contiguous through TMA 64x64/4 warps/3 stages. head_dim 64
+# entries are untuned defaults. Paged num_stages: since the page-id load is the pipeliner's first stage, Triton
+# 3.6 buffers (num_stages + 1) // 2 K/V tiles (7 -> 4, 5 -> 3, 3 -> 2; read from the compiled shared-memory size).
 PREFILL_CONFIGS = {
     (64, True): dict(BLOCK_M=128, BLOCK_N=64, num_warps=4, num_stages=3),
     (64, False): dict(BLOCK_M=128, BLOCK_N=64, num_warps=4, num_stages=3),
-    (128, True): dict(BLOCK_M=128, BLOCK_N=64, num_warps=8, num_stages=5),
+    (128, True): dict(BLOCK_M=64, BLOCK_N=64, num_warps=4, num_stages=5),
     (128, False): dict(BLOCK_M=64, BLOCK_N=64, num_warps=4, num_stages=3, TMA=True),
 }
 FALLBACK_CONFIG = dict(BLOCK_M=64, BLOCK_N=32, num_warps=4, num_stages=3)
