@@ -7,7 +7,7 @@ counting causal FLOPs as 4 * S^2/2 * heads * head_dim per sequence. Decode: bf16
 query token, bandwidth counting the K+V bytes read (batch * context * 2 * kv_heads * head_dim * 2 B).
 SDPA runs on contiguous K/V (it has no paged path) in [batch, heads, seq, head_dim] views, with
 ``enable_gqa=True`` where the backend takes it, else with K/V expanded to 32 heads beforehand (noted).
-Every figure is given twice (``bench/timing.py``): plain columns use the issues' reference method (one
+Every figure is given twice (``servesim/kernels/timing.py``): plain columns use the issues' reference method (one
 CUDA-graph replay after zeroing 256 MB: dirty L2 plus the isolated-launch floor), ``_stream`` columns the
 in-step condition (back to back with a 256 MB read in one graph: cold, clean L2). ``--tune`` first sweeps
 tile configs and the split heuristic (ranked in-step), applies the best, and records the sweep.
@@ -21,7 +21,6 @@ import json
 import math
 import os
 
-import timing
 import torch
 import torch.nn.functional as F
 import triton
@@ -29,6 +28,7 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from servesim.kernels import attention_decode as dec
 from servesim.kernels import attention_prefill as pre
+from servesim.kernels import timing
 from servesim.kernels.kv_cache import allocate_kv_cache, write_kv, write_kv_bytes
 
 HQ, HKV, D = 32, 8, 128

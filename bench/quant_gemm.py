@@ -3,7 +3,7 @@
     python3 bench/quant_gemm.py --out bench/results            # configs from quant_gemm_configs.py
     python3 bench/quant_gemm.py --tune --out bench/results     # sweep candidates per M bucket first
 
-One process, one GPU. Every operation is timed twice (``bench/timing.py``): by the issues' reference method
+One process, one GPU. Every operation is timed twice (``servesim/kernels/timing.py``): by the issues' reference method
 (one CUDA-graph replay after zeroing 256 MB: dirty L2 plus the isolated-launch floor, as
 ``triton.testing.do_bench``) and in-step (back to back with a 256 MB read in one graph: cold, clean L2, as
 inside a CUDA-graphed decode step). ``--tune`` ranks candidates in-step. Baselines in the same run: cuBLAS
@@ -25,11 +25,11 @@ import torch
 import triton
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
-import timing  # noqa: E402
 
 from servesim.kernels import quant as Q  # noqa: E402
 from servesim.kernels import quant_gemm as QG  # noqa: E402
 from servesim.kernels import quant_gemm_configs as QC  # noqa: E402
+from servesim.kernels import timing  # noqa: E402
 
 SHAPES = [(4096, 4096), (14336, 4096), (4096, 14336), (28672, 8192), (8192, 8192)]  # (N, K)
 MS = [1, 4, 16, 32, 64, 128, 256, 1024]

@@ -1,7 +1,7 @@
 """Benchmark the fused speculative-decoding verification kernel (servesim/kernels/spec.py) on a CUDA GPU.
 
 For batch B in 1..256, drafts k in 1..8, V = 32000 and 128256 (bf16 logits, fp32 draft distributions):
-time per call (by the reference method and in-step, ``bench/timing.py``; plus eager ``do_bench`` median), the
+time per call (by the reference method and in-step, ``servesim/kernels/timing.py``; plus eager ``do_bench`` median), the
 bytes the verification must read (``verify_bytes``) against the device copy bandwidth measured in the same
 run, and the cost as a fraction of a Llama-3.1-8B decode step at batch B, the step being MEASURED here as
 its GEMMs alone (torch bf16 matmuls: 32 x (QKV 4096->6144, O 4096->4096, gate+up 4096->28672, down
@@ -32,8 +32,8 @@ from triton.testing import do_bench
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import timing  # noqa: E402
 
+from servesim.kernels import timing  # noqa: E402
 from servesim.kernels.spec import verify, verify_bytes  # noqa: E402
 
 BATCHES, DRAFTS, VOCABS = (1, 4, 16, 64, 256), (1, 2, 4, 8), (32000, 128256)
@@ -190,7 +190,7 @@ def write(out: Path, card: str, meta: dict, copy_bps: float, rows: list[dict], s
              f"Copy bandwidth (1 GiB device copy, read+write): **{copy_bps / 1e9:.0f} GB/s**.", "",
              "time = reference method (one CUDA-graph replay after zeroing 256 MB: dirty L2 plus the isolated-launch "
              "floor; median); in-step = back to back with a 256 MB read inside one graph (cold, clean L2; "
-             "`bench/timing.py`); eager = `do_bench` median of the Python call. "
+             "`servesim/kernels/timing.py`); eager = `do_bench` median of the Python call. "
              "bytes = `verify_bytes` (every target row once, + one q row per rejected sequence). "
              "step = measured GEMM time of a Llama-3.1-8B decode step at batch B (lower bound of a step); "
              "fwd = the same GEMMs at B*(k+1) tokens (the target's verification forward).", "",

@@ -28,7 +28,7 @@ def bucket(m: int) -> str:
 # Tuned on an H100 80GB HBM3 (torch 2.11, Triton 3.6), 2026-11-27, by `python3 bench/quant_gemm.py --tune`
 # (rounds 3 and 4): fastest geometric mean over N x K in {28672x8192, 4096x14336, 4096x4096} and the bucket's
 # M values (1 | 4, 16 | 32, 64 | 128, 256 | 1024), each candidate timed in-step (back to back with a 256 MB read
-# in one CUDA graph; bench/timing.py). BLOCK_M 0 = 16/32/64 by M (in round 2 BLOCK_M 32 won at M = 32 and 64
+# in one CUDA graph; servesim/kernels/timing.py). BLOCK_M 0 = 16/32/64 by M (in round 2 BLOCK_M 32 won at M = 32 and 64
 # at M = 64). Round 3 changed W4/16 (fill 4 + 4 stages, 24.0 vs 24.2 us), W4/256 (DEQ 3, 72.0 vs 75.0), W8/1
 # (BLOCK_N 128 fill 3 + x prefetch, 29.5 vs 30.0), W8/16 (fill 4, tie); round 4 W4/1 (fill 4, 19.4 vs 19.5).
 # Results and every candidate's times: bench/results/quant_gemm-h100-80gb-hbm3-2026-11-27-round{3,4}.*.

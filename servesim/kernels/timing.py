@@ -1,4 +1,4 @@
-"""GPU timing shared by the kernel benchmarks: two L2 conditions, one CUDA-graph harness.
+"""GPU timing shared by the kernel benchmarks (and calibration): two L2 conditions, one CUDA-graph harness.
 
 Every kernel and every baseline is timed the same way, in the same process:
 
@@ -160,7 +160,7 @@ def markdown_table(rows: list[dict]) -> str:
 
 
 def main() -> None:
-    """Show what each method charges a pure read of growing size (``python3 bench/timing.py``)."""
+    """Show what each method charges a pure read of growing size (``python3 -m servesim.kernels.timing``)."""
     import datetime
 
     rows = []
@@ -178,9 +178,9 @@ def main() -> None:
         print(rows[-1], flush=True)
     floor = floor_us()
     print(f"# Timing methods on {card()} ({datetime.date.today().isoformat()})\n")
-    print(f"`python3 bench/timing.py`; torch {torch.__version__}. A read-only reduction (`torch.sum`) of growing "
-          "size timed by each condition: dirty = reference method (graph replay after zeroing 256 MB), clean = "
-          "the same after reading 256 MB, warm = no flush, in-step = back to back with a 256 MB read in one "
+    print(f"`python3 -m servesim.kernels.timing`; torch {torch.__version__}. A read-only reduction (`torch.sum`) "
+          "of growing size timed by each condition: dirty = reference method (graph replay after zeroing 256 MB), "
+          "clean = the same after reading 256 MB, warm = no flush, in-step = back to back with a 256 MB read in one "
           f"graph. 1-element kernel: {floor['cold_us']:.1f} us (reference), {floor['stream_us']:.1f} us (in-step); "
           f"1 GiB copy: {copy_bandwidth() / 1e12:.2f} TB/s.\n")
     print(markdown_table(rows))
