@@ -51,6 +51,9 @@ def ms(fn, rep: int = 50, flush: str | None = "dirty") -> float:
         return triton.testing.do_bench(fn, warmup=25, rep=100, return_mode="median")
 
 
+TIMERS = {"": ms, "_stream": timing.stream_ms}  # column suffix -> timer: reference method, in-step
+
+
 def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
     a, b = a.float(), b.float()
     return ((a - b).norm() / b.norm()).item()
@@ -115,7 +118,7 @@ def prefill_row(s: int, notes: dict) -> dict:
     row = {"S": s, "batch": batch}
     for name in BACKENDS:
         runs[name], notes[f"prefill {name}"] = sdpa(name, view(q), view(k), view(v), causal=True)
-    for suffix, timer in (("", ms), ("_stream", timing.stream_ms)):
+    for suffix, timer in TIMERS.items():
         for name, fn in runs.items():
             row[f"{name}{suffix}_tflops"] = flops / timer(fn) / 1e9 if fn else float("nan")
     ref = next((runs[name]() for name in BACKENDS if runs[name] is not None), None)
@@ -158,7 +161,7 @@ def decode_row(batch: int, ctx: int, notes: dict) -> dict:
     runs = {"ours": ours}
     for name in BACKENDS:
         runs[name], notes[f"decode {name}"] = sdpa(name, q.unsqueeze(2), view(k), view(v), causal=False)
-    for suffix, timer in (("", ms), ("_stream", timing.stream_ms)):
+    for suffix, timer in TIMERS.items():
         for name, fn in runs.items():
             row[f"{name}{suffix}_tbps"] = kv_bytes / timer(fn) / 1e9 if fn else float("nan")
     ref = next((fn().squeeze(2) for name, fn in runs.items() if name != "ours" and fn is not None), None)

@@ -38,6 +38,16 @@ TUNE_MS = {"1": [1], "16": [4, 16], "64": [32, 64], "256": [128, 256], "large": 
 GS = 128
 
 
+def _gemm(**kw) -> dict:
+    """A tensor-core config: the common defaults, then ``kw``."""
+    return {"kernel": "gemm", "GROUP_M": 8, "JOIN": True, "num_stages": 3, **kw}
+
+
+def _gemv(**kw) -> dict:
+    """An M = 1 GEMV config: the common defaults, then ``kw``."""
+    return {"kernel": "gemv", "num_warps": 4, "num_stages": 1, "PREFETCH": 1, "XPF": True, **kw}
+
+
 def candidates(bits: int, bkt: str) -> list[dict]:
     """Configurations tried per (weight width, M bucket): the one in code first, then round-3 variants.
 
@@ -45,9 +55,7 @@ def candidates(bits: int, bkt: str) -> list[dict]:
     ``quant_gemm_configs``). Tensor-core knobs: SWAP puts the dequantized W in the A operand; DEQ 0 scales
     every weight, 1/2 apply the group scale after the dot (2: inline PTX), 3 scales in packed bf16x2 PTX.
     """
-    g = lambda **kw: {"kernel": "gemm", "GROUP_M": 8, "JOIN": True, "num_stages": 3, **kw}  # noqa: E731
-    v = lambda **kw: {"kernel": "gemv", "num_warps": 4, "num_stages": 1, "PREFETCH": 1, "XPF": True,  # noqa: E731
-                      **kw}
+    g, v = _gemm, _gemv
     table = {
         (4, "1"): [v(BLOCK_N=256, fill=3), v(BLOCK_N=256, waves=1), v(BLOCK_N=128, num_warps=2, fill=6),
                    v(BLOCK_N=128, fill=4), v(BLOCK_N=128, fill=4, PREFETCH=2), v(BLOCK_N=64, num_warps=2, fill=8)],
@@ -77,9 +85,7 @@ LARGE_SHAPE = (28672, 8192)  # the large-weight overrides (N*K >= LARGE_W_ELEMS)
 
 def large_candidates(bits: int, bkt: str) -> list[dict]:
     """Candidates for the large-weight override of (bits, bucket): the one in code first."""
-    g = lambda **kw: {"kernel": "gemm", "GROUP_M": 8, "JOIN": True, "num_stages": 3, **kw}  # noqa: E731
-    v = lambda **kw: {"kernel": "gemv", "num_warps": 4, "num_stages": 1, "PREFETCH": 1, "XPF": True,  # noqa: E731
-                      **kw}
+    g, v = _gemm, _gemv
     table = {
         (4, "1"): [v(BLOCK_N=256, fill=3), v(BLOCK_N=64, num_warps=1, fill=12), v(BLOCK_N=32, num_warps=1, fill=16),
                    v(BLOCK_N=128, num_warps=2, fill=6), v(BLOCK_N=256, fill=2)],

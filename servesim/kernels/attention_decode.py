@@ -47,7 +47,8 @@ SPLIT_WAVES = 2
 MIN_SPLIT_KEYS = 256
 MAX_SPLITS = 128
 # Tiles of each split whose K/V rows are prefetched into L2 as soon as the page ids arrive (a config may set
-# "PREFETCH"); 0 turns the prefetch off. Not yet timed on a GPU: `bench/attention.py --tune` candidates.
+# "PREFETCH"); 0 turns the prefetch off. The round-4 sweep (bench/results/attention-*-round4*) ranked depths
+# 0, 1, 2 and 4: 1 with 5 stages won; 4 lost 5% (L2 pressure on large batches).
 PREFETCH_TILES = 1
 
 

@@ -313,8 +313,8 @@ def verify(target_logits: torch.Tensor, cu_rows: torch.Tensor, draft_tokens: tor
     Pass ``k_max`` (= max k_i) to avoid a device sync (needed under CUDA-graph capture). ``block``,
     ``num_warps``, ``programs_per_sm``, ``max_chunk`` and ``splits`` (forced chunk counts of the row pass
     and the residual pass) only change speed, never results (``block`` is raised to at least ``SPAN``); the
-    defaults won (max_chunk: tied with 16384) the tuning table of bench/results/spec_verify-h100-2026-11-27.md
-    (H100 SXM, Triton 3.6), measured before the two-level sampling; not re-tuned since.
+    defaults won the tuning tables of bench/results/spec_verify-h100-2026-11-27.md and, after the two-level
+    sampling, of ...-round3.md (H100 SXM, Triton 3.6).
     """
     if target_logits.dim() != 2 or cu_rows.dim() != 1 or cu_rows.numel() < 1:
         raise ValueError("target_logits must be [T, V] and cu_rows [B+1]")
