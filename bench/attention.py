@@ -26,10 +26,10 @@ import torch.nn.functional as F
 import triton
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-from servesim.kernels import attention_decode as dec
-from servesim.kernels import attention_prefill as pre
 from servesim.kernels import timing
-from servesim.kernels.kv_cache import allocate_kv_cache, write_kv, write_kv_bytes
+from servesim.kernels.attention import decode as dec
+from servesim.kernels.attention import prefill as pre
+from servesim.kernels.attention.kv_cache import allocate_kv_cache, write_kv, write_kv_bytes
 
 HQ, HKV, D = 32, 8, 128
 DT = torch.bfloat16

@@ -14,6 +14,7 @@ from servesim.hwmodels.cost import CostModel
 from servesim.hwmodels.gpus import get_gpu
 from servesim.hwmodels.models import get_model
 from servesim.hwmodels.ops import BatchShape, decode_shape
+from servesim.hwmodels.placement import Placement
 
 
 def _per_call_us(fn, arg, n: int = 200_000, repeats: int = 5) -> float:
@@ -34,7 +35,7 @@ def main() -> None:
     print(f"{'config':42} {'step_time_s µs':>15} {'step_time µs':>13} {'decode_run_s(1000) µs/step':>27}")
     for model, gpu, tp in (("Llama-3.1-8B", "H100-SXM", 1), ("Llama-3.1-70B", "H100-SXM", 4),
                            ("Mixtral-8x7B", "H100-SXM", 2)):
-        cm = CostModel(get_model(model), get_gpu(gpu), tp=tp)
+        cm = CostModel(Placement(get_model(model), get_gpu(gpu), tp=tp))
         hot, full = _per_call_us(cm.step_time_s, mixed), _per_call_us(cm.step_time, mixed, n=20_000)
         dec = decode_shape(64, 1000)
         t0 = time.perf_counter()

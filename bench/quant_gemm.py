@@ -26,10 +26,10 @@ import triton
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
-from servesim.kernels import quant as Q  # noqa: E402
-from servesim.kernels import quant_gemm as QG  # noqa: E402
-from servesim.kernels import quant_gemm_configs as QC  # noqa: E402
 from servesim.kernels import timing  # noqa: E402
+from servesim.kernels.quant import configs as QC  # noqa: E402
+from servesim.kernels.quant import gemm as QG  # noqa: E402
+from servesim.kernels.quant import quantize as Q  # noqa: E402
 
 SHAPES = [(4096, 4096), (14336, 4096), (4096, 14336), (28672, 8192), (8192, 8192)]  # (N, K)
 MS = [1, 4, 16, 32, 64, 128, 256, 1024]

@@ -1,4 +1,4 @@
-"""Benchmark the fused speculative-decoding verification kernel (servesim/kernels/spec.py) on a CUDA GPU.
+"""Benchmark the fused speculative-decoding verification kernel (servesim/kernels/spec/) on a CUDA GPU.
 
 For batch B in 1..256, drafts k in 1..8, V = 32000 and 128256 (bf16 logits, fp32 draft distributions):
 time per call (by the reference method and in-step, ``servesim/kernels/timing.py``; plus eager ``do_bench`` median), the

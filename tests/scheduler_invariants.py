@@ -40,7 +40,7 @@ class Invariants:
     def __init__(self, config: SchedulerConfig, accept: RecordingAccept | None = None) -> None:
         self.c = config
         self.accept = accept
-        self.q = 1 + config.spec_tokens
+        self.q = 1 + config.spec_k
         key = policy_key(config.policy, config.aging)
         # The key a waiting request had when it was queued (num_computed is 0 for every waiting request;
         # prefix-cache hits raise it at admission, which would change SRPT's key).

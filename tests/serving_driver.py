@@ -61,7 +61,7 @@ def drive(
             check(sched, batch, waiting_before)
         accepted = None
         if accept is not None and batch.decode:
-            accepted = 1 + accept.integers(0, config.spec_tokens + 1, size=len(batch.decode))
+            accepted = 1 + accept.integers(0, config.spec_k + 1, size=len(batch.decode))
         now += step_s
         sched.complete(batch, now, accepted)
         trace.batches.append(batch)

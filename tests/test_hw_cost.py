@@ -10,6 +10,7 @@ from servesim.hwmodels.cost import CostModel, Efficiency
 from servesim.hwmodels.gpus import get_gpu
 from servesim.hwmodels.models import MODELS
 from servesim.hwmodels.ops import BatchShape, decode_shape, prefill_shape
+from servesim.hwmodels.placement import Placement
 
 H100 = get_gpu("H100-SXM")
 CONFIGS = [
@@ -40,7 +41,7 @@ def _random_shape(rng: np.random.Generator) -> BatchShape:
 @pytest.mark.parametrize("cfg", CONFIGS)
 def test_hot_path_equals_breakdown(cfg):
     model, gpu, tp, pp, wf, kv = cfg
-    cm = CostModel(MODELS[model], get_gpu(gpu), tp, pp, wf, kv)
+    cm = CostModel(Placement(MODELS[model], get_gpu(gpu), tp, pp, wf, kv))
     rng = np.random.default_rng(7)
     for _ in range(300):
         shape = _random_shape(rng)
@@ -50,7 +51,7 @@ def test_hot_path_equals_breakdown(cfg):
 @pytest.mark.parametrize("cfg", CONFIGS)
 def test_decode_run_equals_repeated_steps(cfg):
     model, gpu, tp, pp, wf, kv = cfg
-    cm = CostModel(MODELS[model], get_gpu(gpu), tp, pp, wf, kv)
+    cm = CostModel(Placement(MODELS[model], get_gpu(gpu), tp, pp, wf, kv))
     for batch, ctx, spec in ((1, 10, 0), (37, 3000, 0), (8, 500, 3), (256, 100, 0)):
         shape = decode_shape(batch, ctx, spec)
         run = cm.decode_run_s(shape, 500)
@@ -70,7 +71,7 @@ def test_decode_run_equals_repeated_steps(cfg):
 def test_decode_batch1_is_weight_bandwidth_bound():
     m = MODELS["Llama-3.1-8B"]
     eff = Efficiency()
-    cm = CostModel(m, H100, overhead_s=0.0)
+    cm = CostModel(Placement(m, H100), overhead_s=0.0)
     st = cm.step_time(decode_shape(1, 1))
     # every GEMM streams its weights: (non-embedding weights) / (HBM · memory efficiency)
     layer_weights = 32 * 2 * (4096 * 6144 + 4096 * 4096 + 3 * 4096 * 14336)
@@ -80,7 +81,7 @@ def test_decode_batch1_is_weight_bandwidth_bound():
 
 
 def test_long_prefill_is_compute_bound():
-    cm = CostModel(MODELS["Llama-3.1-8B"], H100)
+    cm = CostModel(Placement(MODELS["Llama-3.1-8B"], H100))
     st = cm.step_time(prefill_shape(8192))
     assert st.bound["gate_up"] == "compute" and st.bound["attn_prefill"] == "compute"
     assert st.op_s["gate_up"] == pytest.approx(32 * 2 * 8192 * 4096 * 28672 / (989.4e12 * 0.75))
@@ -89,8 +90,8 @@ def test_long_prefill_is_compute_bound():
 
 def test_tp_adds_allreduce_and_shrinks_weights():
     m = MODELS["Llama-3.1-70B"]
-    tp4 = CostModel(m, H100, tp=4).step_time(decode_shape(1, 1000))
-    tp8 = CostModel(m, H100, tp=8).step_time(decode_shape(1, 1000))
+    tp4 = CostModel(Placement(m, H100, tp=4)).step_time(decode_shape(1, 1000))
+    tp8 = CostModel(Placement(m, H100, tp=8)).step_time(decode_shape(1, 1000))
     assert tp8.op_s["gate_up"] == pytest.approx(tp4.op_s["gate_up"] / 2, rel=1e-3)
     # 160 all-reduces of 8192 bf16 values: latency dominates
     assert tp4.op_s["allreduce"] == pytest.approx(160 * 6e-6 + 80 * 2 * 2 * 0.75 * 8192 * 2 / (450e9 * 0.8))
@@ -99,20 +100,20 @@ def test_tp_adds_allreduce_and_shrinks_weights():
 def test_pipeline_stage_and_transfer():
     m = MODELS["Llama-3.1-8B"]
     shape = decode_shape(8, 1000)
-    one, two = CostModel(m, H100).step_time(shape), CostModel(m, H100, pp=2).step_time(shape)
+    one, two = CostModel(Placement(m, H100)).step_time(shape), CostModel(Placement(m, H100, pp=2)).step_time(shape)
     assert two.op_s["qkv"] == pytest.approx(one.op_s["qkv"] / 2)
     assert two.op_s["lm_head"] == one.op_s["lm_head"]  # the last stage holds the head
-    cm = CostModel(m, H100, pp=2)
+    cm = CostModel(Placement(m, H100, pp=2))
     assert cm.pp_transfer_s(1000) == pytest.approx(1000 * 4096 * 2 / (450e9 * 0.8) + 6e-6)
 
 
 def test_empty_step_and_errors():
-    cm = CostModel(MODELS["Llama-3.1-8B"], H100)
+    cm = CostModel(Placement(MODELS["Llama-3.1-8B"], H100))
     assert cm.step_time_s(BatchShape()) == 0.0 == cm.step_time(BatchShape()).total_s
     assert cm.profile_id == "roofline"
     with pytest.raises(ConfigError, match="tp=3"):
-        CostModel(MODELS["Llama-3.1-8B"], H100, tp=3)
+        Placement(MODELS["Llama-3.1-8B"], H100, tp=3)
     with pytest.raises(ConfigError, match="pp=40"):
-        CostModel(MODELS["Llama-3.1-8B"], H100, pp=40)
+        Placement(MODELS["Llama-3.1-8B"], H100, pp=40)
     with pytest.raises(ValueError, match="pure-decode"):
         cm.decode_run_s(prefill_shape(10), 3)

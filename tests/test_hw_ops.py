@@ -71,7 +71,7 @@ def test_mixtral_decode_reads_touched_experts_only():
 
 
 def test_speculative_rows():
-    ops = step_flops_bytes(decode_shape(4, 1000, spec_tokens=3), LLAMA)
+    ops = step_flops_bytes(decode_shape(4, 1000, spec_k=3), LLAMA)
     # 4 seqs × 3 draft rows; each reads target and draft probability rows (fp32 over the vocabulary)
     assert ops["spec_verify"] == (12 * 4 * 128256, 12 * 2 * 128256 * 4)
     assert ops["sampling"][0] == 16 * 5 * 128256

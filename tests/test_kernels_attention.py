@@ -27,7 +27,7 @@ from servesim.kernels.attention import (
     write_kv,
     write_kv_ref,
 )
-from servesim.kernels.kv_cache import interpreting
+from servesim.kernels.attention.kv_cache import interpreting
 
 SMALL = dict(BLOCK_M=16, BLOCK_N=16, num_warps=4, num_stages=1)  # many tiles at tiny lengths
 SMALL_DECODE = dict(BLOCK_N=16, num_warps=4, num_stages=1)

@@ -7,10 +7,10 @@ import pytest
 torch = pytest.importorskip("torch")
 pytest.importorskip("triton")
 
-from servesim.kernels import quant as Q  # noqa: E402
-from servesim.kernels import quant_gemm as QG  # noqa: E402
-from servesim.kernels.quant_gemm_configs import CONFIGS, LARGE_W, LARGE_W_ELEMS, bucket, config_for  # noqa: E402
-from servesim.kernels.quant_linear import QuantLinear  # noqa: E402
+from servesim.kernels.quant import gemm as QG  # noqa: E402
+from servesim.kernels.quant import quantize as Q  # noqa: E402
+from servesim.kernels.quant.configs import CONFIGS, LARGE_W, LARGE_W_ELEMS, bucket, config_for  # noqa: E402
+from servesim.kernels.quant.linear import QuantLinear  # noqa: E402
 
 DTYPES = [torch.bfloat16, torch.float16]
 TOL = {torch.bfloat16: 1e-2, torch.float16: 2e-3}  # ||y - ref|| / ||ref||: dtype rounding of W and y

@@ -12,7 +12,7 @@ import pytest
 torch = pytest.importorskip("torch")
 pytest.importorskip("triton")
 
-from servesim.kernels import quant_gemm_kernels as QK  # noqa: E402
+from servesim.kernels.quant import gemm_kernels as QK  # noqa: E402
 
 M32 = np.uint64(0xFFFFFFFF)
 

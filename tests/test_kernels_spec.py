@@ -13,9 +13,9 @@ import triton
 import triton.language as tl
 from scipy import stats
 
-from servesim.kernels import spec_sampling as sampling
-from servesim.kernels.spec import exponentials, noise_bits, philox4x32, verify, verify_bytes, verify_ref
-from servesim.kernels.spec_ref import SPAN, mix32
+from servesim.kernels.spec import sampling
+from servesim.kernels.spec.ref import SPAN, mix32
+from servesim.kernels.spec.verify import exponentials, noise_bits, philox4x32, verify, verify_bytes, verify_ref
 
 ALPHA = 1e-3
 # the interpreter evaluates log2(0) = -inf (a zero weight) with NumPy, which warns

@@ -12,6 +12,7 @@ import pandas as pd
 import pytest
 from rich.console import Console
 
+from servesim.cli.render import render_comparison, render_slowdown, render_summary
 from servesim.errors import InputError
 from servesim.sim import outputs
 from servesim.sim.metrics import SLO, slowdown_by_size, summarize, summarize_timeline
@@ -20,9 +21,6 @@ from servesim.sim.outputs import (
     dumps_json,
     iter_trace_events,
     read_outputs,
-    render_comparison,
-    render_slowdown,
-    render_summary,
     to_json_value,
     write_outputs,
 )

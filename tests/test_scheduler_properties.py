@@ -79,7 +79,7 @@ def cases(draw, mode: str, policy: str) -> tuple[list[Request], SchedulerConfig,
     swap = draw(st.sampled_from([4 * num_blocks, num_blocks // 4, 0])) if preemption == "swap" else 0
     config = SchedulerConfig(
         batching=mode, policy=policy, max_num_seqs=seqs, max_num_batched_tokens=budget,
-        max_model_len=model_len, preemption=preemption, spec_tokens=spec,
+        max_model_len=model_len, preemption=preemption, spec_k=spec,
         aging=draw(st.sampled_from([0.0, 0.0, 50.0, 5000.0])),
         predictor=draw(st.sampled_from([OutputPredictor("lognormal", sigma=0.7),
                                         OutputPredictor("buckets", accuracy=0.6, bucket_edges=(8, 24, 40))])),
@@ -96,7 +96,7 @@ def test_invariants_hold(mode, policy):
     @given(case=cases(mode, policy), seed=st.integers(0, 2**16))
     def prop(case, seed):
         reqs, config, kv = case
-        accept = RecordingAccept(np.random.default_rng(seed)) if config.spec_tokens else None
+        accept = RecordingAccept(np.random.default_rng(seed)) if config.spec_k else None
         inv = Invariants(config, accept)
         sched, _ = drive(config, reqs, step_s=STEP_S, accept=accept, max_steps=50_000, check=inv.check, **kv)
         inv.finish(sched, reqs, kv["swap_blocks"])

@@ -12,8 +12,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from servesim.sim.workload import BUILTIN_TRACES, FORMATS, Workload, builtin_path, load_trace
-from servesim.sim.workload_loaders import file_format
+from servesim.sim.workload import BUILTIN_TRACES, FORMATS, Workload, builtin_path, file_format, load_trace
 
 
 @cache
@@ -102,7 +101,7 @@ def test_builtin_dtypes_and_metadata() -> None:
 
 
 def test_builtin_files_match_readme_sha256() -> None:
-    text = (resources.files("servesim.sim") / "traces" / "README.md").read_text()
+    text = (resources.files("servesim.sim.workload.traces") / "README.md").read_text()
     sums = dict((f, h) for h, f in re.findall(r"^([0-9a-f]{64})  (\S+)$", text, flags=re.M))
     assert set(sums) == {b.file for b in BUILTIN_TRACES.values()}
     for name in BUILTIN_TRACES:

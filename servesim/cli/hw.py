@@ -13,12 +13,13 @@ from rich import box
 from rich.console import Console
 from rich.table import Table
 
-from servesim.cli.main import app
+from servesim.cli.app import app
 from servesim.hwmodels.cost import CostModel
 from servesim.hwmodels.gpus import GPU, GPUS, get_gpu, load_gpus_yaml
 from servesim.hwmodels.memory import plan_memory
 from servesim.hwmodels.models import MODELS, ModelSpec, get_model
 from servesim.hwmodels.ops import decode_shape, prefill_shape
+from servesim.hwmodels.placement import Placement
 
 models_app = typer.Typer(
     help="Model presets and HuggingFace config.json files: list, show.", no_args_is_help=True
@@ -173,10 +174,9 @@ def fit(
 ) -> None:
     """Does MODEL fit on GPU? Memory per GPU, KV capacity, and roofline prefill/decode step times."""
     m, g = get_model(model), get_gpu(gpu, _extra_gpus(gpus_file))
-    plan = plan_memory(
-        m, g, tp, pp, quant, kv_dtype, gpu_memory_utilization, block_size, max_num_batched_tokens
-    )
-    cost = CostModel(m, g, tp, pp, quant, kv_dtype)
+    placement = Placement(m, g, tp, pp, quant, kv_dtype)
+    plan = plan_memory(placement, gpu_memory_utilization, block_size, max_num_batched_tokens)
+    cost = CostModel(placement)
     prefill_s = cost.step_time_s(prefill_shape(FIT_PROMPT_TOKENS))
     decode = {b: cost.step_time_s(decode_shape(b, FIT_CTX_TOKENS)) for b in FIT_BATCHES}
     fits = {b: b * (FIT_CTX_TOKENS + 1) <= plan.kv_capacity_tokens for b in FIT_BATCHES}

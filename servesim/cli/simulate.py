@@ -17,7 +17,7 @@ from typing import Optional
 import typer
 from rich.console import Console
 
-from servesim.cli.main import app
+from servesim.cli.app import app
 from servesim.errors import ConfigError
 from servesim.sim.config import FIELD_GROUPS, Scenario, load_scenario, make_scenario
 
@@ -72,9 +72,11 @@ def _policies(text: str) -> list[str]:
 
 
 def _run(scenario: Scenario, console: Console):
+    from servesim.cli.progress import progress_bar
     from servesim.sim.simulator import simulate  # imported here: keeps `servesim --help` fast
 
-    return simulate(scenario, progress=console.is_terminal)
+    with progress_bar("simulating", "requests", console) as update:
+        return simulate(scenario, on_progress=update)
 
 
 _CONFIG = typer.Option(None, "--config", help="YAML scenario file; flags override it")
@@ -106,7 +108,8 @@ def simulate_cmd(
         return
     console = Console()
     result = _run(base, console)
-    from servesim.sim.outputs import dumps_json, render_summary, summary_document, write_outputs
+    from servesim.cli.render import render_summary
+    from servesim.sim.outputs import dumps_json, summary_document, write_outputs
 
     if output_dir:
         write_outputs(output_dir, result.requests, result.timeline, result.summary, result.meta,
@@ -161,8 +164,9 @@ def compare_cmd(
 
 def _compare(base: Scenario, policies: list[str], rates: list[float] | None, output_dir: Path | None,
              as_json: bool, slowdown_by: str = "total") -> None:
+    from servesim.cli.render import render_comparison, render_slowdown
     from servesim.sim.metrics import slowdown_by_size
-    from servesim.sim.outputs import dumps_json, render_comparison, render_slowdown, write_outputs
+    from servesim.sim.outputs import dumps_json, write_outputs
 
     console = Console()
     summaries, slowdowns, docs = {}, {}, {}

@@ -11,9 +11,8 @@ from rich import box
 from rich.console import Console
 from rich.table import Table
 
-from servesim.cli.main import app
-from servesim.sim.workload import BUILTIN_TRACES, FORMATS, load_trace
-from servesim.sim.workload_loaders import file_format
+from servesim.cli.app import app
+from servesim.sim.workload import BUILTIN_TRACES, FORMATS, file_format, load_trace
 
 traces_app = typer.Typer(
     help="Built-in and file traces: `servesim traces` lists the built-ins with their statistics, "
@@ -78,7 +77,7 @@ def _describe(spec: str, fmt: str | None) -> dict[str, Any]:
 
 @traces_app.callback(invoke_without_command=True)
 def list_traces(ctx: typer.Context, as_json: bool = _JSON) -> None:
-    """List the built-in traces with their statistics (attribution: servesim/sim/traces/README.md)."""
+    """List the built-in traces with their statistics (attribution: servesim/sim/workload/traces/README.md)."""
     if ctx.invoked_subcommand is not None:
         return
     rows = [_describe(name, None) for name in BUILTIN_TRACES]
@@ -98,7 +97,7 @@ def list_traces(ctx: typer.Context, as_json: bool = _JSON) -> None:
         for note in s["notes"]:
             console.print(f"note: {s['name']}: {note}")
     console.print("Traces with no span are lengths only: pair them with an arrival process. "
-                  "Details: servesim traces show NAME. Attribution: servesim/sim/traces/README.md.")
+                  "Details: servesim traces show NAME. Attribution: servesim/sim/workload/traces/README.md.")
 
 
 @traces_app.command("show")

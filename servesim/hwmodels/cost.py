@@ -31,9 +31,8 @@ from typing import Protocol
 
 import numpy as np
 
-from servesim.hwmodels.gpus import GPU
-from servesim.hwmodels.models import ModelSpec, check_parallelism
 from servesim.hwmodels.ops import ACT_BYTES, BatchShape, OpForm, features, head_ops, layer_ops
+from servesim.hwmodels.placement import Placement
 
 DEFAULT_OVERHEAD_S = 1.0e-3
 
@@ -85,20 +84,14 @@ class StepCostModel(Protocol):
 
 
 class CostModel:
-    """Roofline step time of ``model`` on ``gpu`` with tensor parallelism ``tp`` and pipeline ``pp``."""
+    """Roofline step time of one replica at ``placement`` (model, GPU, TP, PP, weight format, KV dtype)."""
 
     def __init__(
-        self,
-        model: ModelSpec,
-        gpu: GPU,
-        tp: int = 1,
-        pp: int = 1,
-        weight_format: str = "bf16",
-        kv_dtype: str = "bf16",
-        efficiency: Efficiency = Efficiency(),
-        overhead_s: float = DEFAULT_OVERHEAD_S,
+        self, placement: Placement, efficiency: Efficiency = Efficiency(), overhead_s: float = DEFAULT_OVERHEAD_S
     ) -> None:
-        check_parallelism(model, tp, pp)
+        self.placement = placement
+        model, gpu, tp, pp = placement.model, placement.gpu, placement.tp, placement.pp
+        weight_format, kv_dtype = placement.weight_format, placement.kv_dtype
         self.model, self.gpu, self.tp, self.pp = model, gpu, tp, pp
         self.weight_format, self.kv_dtype = weight_format, kv_dtype
         self.efficiency, self.overhead_s = efficiency, overhead_s

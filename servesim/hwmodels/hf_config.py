@@ -1,4 +1,4 @@
-"""Load a :class:`ModelSpec` from a local HuggingFace ``config.json`` (no network, no transformers).
+"""Read a local HuggingFace ``config.json`` into :class:`ModelSpec` fields (no network, no transformers).
 
 Handles ``text_config`` nesting (multimodal wrappers), an explicit ``head_dim`` (null means
 hidden/heads), MoE keys (``num_local_experts`` / ``num_experts`` / ``n_routed_experts``,
@@ -12,10 +12,25 @@ import json
 from pathlib import Path
 
 from servesim.errors import InputError
-from servesim.hwmodels.models import ModelSpec
 
 _DTYPES = {"bfloat16": "bf16", "float16": "fp16", "half": "fp16", "float32": "fp32", "float": "fp32"}
 _QKV_BIAS_TYPES = {"qwen2", "qwen2_moe"}  # these architectures always have q/k/v bias
+_ENCODER_TYPES = {"bert", "roberta", "deberta", "deberta-v2", "distilbert", "electra", "xlm-roberta", "albert"}
+
+
+def _check_decoder_only(top: dict, cfg: dict, file: str) -> None:
+    """Refuse what is not a decoder-only causal LM: servesim models autoregressive serving of such models."""
+    if top.get("is_encoder_decoder") or cfg.get("is_encoder_decoder"):
+        arch = ", ".join(top.get("architectures") or []) or str(top.get("model_type", "?"))
+        raise InputError(f"{arch} is an encoder-decoder model; servesim takes decoder-only causal LMs",
+                         file=file, field="is_encoder_decoder")
+    archs = top.get("architectures") or cfg.get("architectures") or []
+    if archs and not any(str(a).endswith(("ForCausalLM", "ForConditionalGeneration", "LMHeadModel")) for a in archs):
+        raise InputError(f"{', '.join(map(str, archs))} is not a decoder-only causal LM; servesim takes "
+                         "architectures such as LlamaForCausalLM", file=file, field="architectures")
+    if str(top.get("model_type", "")).lower() in _ENCODER_TYPES:
+        raise InputError(f"model_type {top['model_type']!r} is an encoder; servesim takes decoder-only causal LMs",
+                         file=file, field="model_type")
 
 
 def _int(cfg: dict, keys: tuple[str, ...], file: str, default: int | None = None) -> int:
@@ -30,8 +45,10 @@ def _int(cfg: dict, keys: tuple[str, ...], file: str, default: int | None = None
     return default
 
 
-def load_hf_config(path: str | Path) -> ModelSpec:
-    """Read a HuggingFace ``config.json``; errors name the file and the key."""
+def read_hf_config(path: str | Path) -> dict:
+    """The :class:`~servesim.hwmodels.models.ModelSpec` fields of a HuggingFace ``config.json``; errors name
+    the file and the key. Only decoder-only causal LMs are accepted (an encoder, an encoder-decoder or a
+    masked LM is refused with its architecture named)."""
     file = str(path)
     try:
         top = json.loads(Path(path).read_text())
@@ -44,6 +61,7 @@ def load_hf_config(path: str | Path) -> ModelSpec:
     cfg = top.get("text_config") or top
     if not isinstance(cfg, dict):
         raise InputError("expected an object", file=file, field="text_config")
+    _check_decoder_only(top, cfg, file)
 
     hidden = _int(cfg, ("hidden_size", "n_embd", "d_model"), file)
     heads = _int(cfg, ("num_attention_heads", "n_head"), file)
@@ -81,7 +99,7 @@ def load_hf_config(path: str | Path) -> ModelSpec:
         raise InputError(f"expected true or false, got {tied!r}", file=file, field="tie_word_embeddings")
     model_type = str(cfg.get("model_type") or top.get("model_type") or "")
     name = Path(path).parent.name or Path(path).stem
-    return ModelSpec(
+    return dict(
         name=name,
         hidden_size=hidden,
         num_layers=_int(cfg, ("num_hidden_layers", "n_layer"), file),

@@ -13,9 +13,9 @@ import math
 from dataclasses import dataclass
 
 from servesim.errors import ConfigError
-from servesim.hwmodels.gpus import GPU
-from servesim.hwmodels.models import ModelSpec, check_parallelism, get_weight_format, kv_dtype_bytes
+from servesim.hwmodels.models import ModelSpec, get_weight_format, kv_dtype_bytes
 from servesim.hwmodels.ops import ACT_BYTES, LOGIT_BYTES, head_ops, layer_ops
+from servesim.hwmodels.placement import Placement
 
 GB = 1e9
 DEFAULT_RUNTIME_BYTES = 2**30  # CUDA context (~0.5 GiB) + cuBLAS/NCCL workspaces + CUDA-graph pool
@@ -69,12 +69,7 @@ def activation_bytes(
 
 
 def plan_memory(
-    model: ModelSpec,
-    gpu: GPU,
-    tp: int = 1,
-    pp: int = 1,
-    weight_format: str = "bf16",
-    kv_dtype: str = "bf16",
+    placement: Placement,
     gpu_memory_utilization: float = 0.9,
     block_size: int = 16,
     max_num_batched_tokens: int = 8192,
@@ -82,7 +77,8 @@ def plan_memory(
     runtime_bytes: float = DEFAULT_RUNTIME_BYTES,
 ) -> MemoryPlan:
     """Plan one GPU's memory; ConfigError (with the numbers) when the weights or one KV block do not fit."""
-    check_parallelism(model, tp, pp)
+    model, gpu, tp, pp = placement.model, placement.gpu, placement.tp, placement.pp
+    weight_format, kv_dtype = placement.weight_format, placement.kv_dtype
     if not 0 < gpu_memory_utilization <= 1:
         raise ConfigError(f"must be in (0, 1], got {gpu_memory_utilization}", field="gpu_memory_utilization")
     if block_size < 1 or max_num_batched_tokens < 1:

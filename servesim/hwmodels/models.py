@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from servesim.errors import ConfigError
+from servesim.hwmodels.hf_config import read_hf_config
 
 
 @dataclass(frozen=True, slots=True)
@@ -171,13 +172,11 @@ ALIASES = {"mistral-7b": "Mistral-7B-v0.3", "mixtral-8x7b-v0.1": "Mixtral-8x7B"}
 def get_model(name_or_path: str) -> ModelSpec:
     """A preset by name (case-insensitive; an ``org/`` prefix and ``-Instruct`` suffix are ignored), or a
     local HuggingFace ``config.json`` (or a directory holding one)."""
-    from servesim.hwmodels.hf_config import load_hf_config
-
     path = Path(name_or_path)
     if path.is_dir() and (path / "config.json").is_file():
-        return load_hf_config(path / "config.json")
+        return ModelSpec(**read_hf_config(path / "config.json"))
     if path.is_file():
-        return load_hf_config(path)
+        return ModelSpec(**read_hf_config(path))
     key = name_or_path.strip().split("/")[-1].lower()
     for suffix in ("-instruct", "-chat"):
         key = key.removesuffix(suffix)

@@ -64,9 +64,9 @@ def prefill_shape(prompt_tokens: int, ctx_before: int = 0) -> BatchShape:
     )
 
 
-def decode_shape(batch: int, ctx_tokens: int, spec_tokens: int = 0) -> BatchShape:
-    """``batch`` sequences decoding at context ``ctx_tokens`` each, verifying ``spec_tokens`` drafts each."""
-    q = batch * (1 + spec_tokens)
+def decode_shape(batch: int, ctx_tokens: int, spec_k: int = 0) -> BatchShape:
+    """``batch`` sequences decoding at context ``ctx_tokens`` each, verifying ``spec_k`` drafts each."""
+    q = batch * (1 + spec_k)
     return BatchShape(
         decode_seqs=batch, decode_query_tokens=q, decode_ctx_tokens=batch * ctx_tokens, sampled_tokens=q
     )

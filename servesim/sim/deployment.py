@@ -16,6 +16,7 @@ from servesim.hwmodels.cost import CostModel
 from servesim.hwmodels.gpus import GPU, get_gpu, load_gpus_yaml
 from servesim.hwmodels.memory import MemoryPlan, plan_memory
 from servesim.hwmodels.models import ModelSpec, get_model
+from servesim.hwmodels.placement import Placement
 from servesim.sim import workload as wl
 from servesim.sim.config import Scenario
 from servesim.sim.policies import OutputPredictor
@@ -74,17 +75,17 @@ def build_deployment(s: Scenario) -> Deployment:
             max_model_len=max_model_len,
             preemption=s.preemption,
             aging=s.aging,
-            spec_tokens=s.spec_k,
+            spec_k=s.spec_k,
             predictor=OutputPredictor(s.predictor, s.predictor_sigma, s.predictor_accuracy),
             record_token_times=s.record_token_times,
         )
     except ValueError as exc:
         raise ConfigError(str(exc), field="max_num_batched_tokens") from None
-    cost = CostModel(model, gpu, tp=s.tp, pp=s.pp, weight_format=s.quant, kv_dtype=s.kv_dtype)
+    placement = Placement(model, gpu, tp=s.tp, pp=s.pp, weight_format=s.quant, kv_dtype=s.kv_dtype)
+    cost = CostModel(placement)
     memory = plan_memory(
-        model, gpu, tp=s.tp, pp=s.pp, weight_format=s.quant, kv_dtype=s.kv_dtype,
-        gpu_memory_utilization=s.gpu_memory_utilization, block_size=s.block_size,
-        max_num_batched_tokens=budget,
+        placement, gpu_memory_utilization=s.gpu_memory_utilization, block_size=s.block_size,
+        max_num_batched_tokens=budget, max_num_seqs=s.max_num_seqs,
     )
     num_blocks = s.num_gpu_blocks or memory.kv_blocks
     if num_blocks < s.pp:
@@ -93,7 +94,7 @@ def build_deployment(s: Scenario) -> Deployment:
     draft_cost = acceptance = None
     if s.spec_k:
         draft = get_model(s.draft_model)
-        draft_cost = CostModel(draft, gpu, tp=s.tp, pp=1, weight_format=s.quant, kv_dtype=s.kv_dtype)
+        draft_cost = CostModel(placement.with_model(draft))
         per_request = s.spec_alpha_concentration is not None
         acceptance = SpecConfig(
             draft_model=s.draft_model, k=s.spec_k,

@@ -41,11 +41,13 @@ class Scheduler:
     """Waiting queue + running set + KV blocks of one replica."""
 
     def __init__(self, config: SchedulerConfig, kv: KVBlockManager, rng: np.random.Generator | None = None):
+        if config.batching not in BATCHING:
+            raise ValueError(f"batching must be one of {', '.join(BATCHING)}; got {config.batching!r}")
         self.config = config
         self.kv = kv
         self.rng = rng if rng is not None else np.random.default_rng(0)
         self._key: Callable[[Request], float] = policy_key(config.policy, config.aging)
-        self._q = 1 + config.spec_tokens  # query tokens per decode step
+        self._q = 1 + config.spec_k  # query tokens per decode step
         self.waiting: list[tuple[float, float, int, Request]] = []  # heap by policy key
         self.swapped: list[Request] = []
         self.prefilling: list[Request] = []  # running, prompt (or recompute) not finished
@@ -99,7 +101,7 @@ class Scheduler:
         total = req.prompt_tokens + req.output_tokens
         if total > c.max_model_len:
             return f"prompt+output {total} tokens > max_model_len {c.max_model_len}"
-        need = self.kv.blocks_for(total - 1 + c.spec_tokens)
+        need = self.kv.blocks_for(total - 1 + c.spec_k)
         usable = self.kv.num_blocks - self.kv.watermark_blocks
         if need > usable:
             return f"needs {need} KV blocks; the replica has {usable} (after the admission watermark)"

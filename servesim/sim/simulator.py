@@ -28,7 +28,6 @@ from dataclasses import dataclass, replace
 import numpy as np
 import pandas as pd
 import simpy
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from servesim import __version__
 from servesim.hwmodels.ops import BatchShape, decode_shape, prefill_shape
@@ -44,8 +43,9 @@ from servesim.sim.spec import PerRequestAcceptance
 from servesim.sim.workload import Workload
 
 
-class Engine:
-    """One scheduler with its KV pool: a replica, or one virtual engine of a pipelined replica."""
+class ReplicaProcess:
+    """The SimPy process of one scheduler with its KV pool: a replica, or one virtual engine of a pipelined
+    replica."""
 
     def __init__(self, sim: Simulation, replica: Replica, sched: Scheduler) -> None:
         self.sim, self.replica, self.sched = sim, replica, sched
@@ -82,7 +82,6 @@ class Engine:
                     raise RuntimeError(f"replica {self.replica.index}: scheduler stalled at t={t}")
                 continue
             accepted = sim.accepted(batch.decode) if sim.spec_k and batch.decode else None
-            ends = None
             steps = sched.identical_steps(batch) if sim.fast_forward and not pipelined else 1
             if steps > 1:
                 # Step ends as running sums from t (the order of additions of stepping one by one);
@@ -126,7 +125,9 @@ class Replica:
         self.stages = [simpy.Resource(sim.env, capacity=1) for _ in range(dep.pp)] if dep.pp > 1 else []
         blocks = max(1, dep.num_blocks // dep.pp)
         self.engines = [
-            Engine(sim, self, Scheduler(dep.scheduler, self._kv(blocks), np.random.default_rng([sim.seed, index, v])))
+            ReplicaProcess(
+                sim, self, Scheduler(dep.scheduler, self._kv(blocks), np.random.default_rng([sim.seed, index, v]))
+            )
             for v in range(dep.pp)
         ]
 
@@ -174,7 +175,7 @@ class Simulation:
         self.timeline = TimelineRecorder()
         self.router = ROUTERS[dep.router]()
         self.replicas = [Replica(self, i) for i in range(dep.replicas)]
-        self.spec_k = dep.scheduler.spec_tokens
+        self.spec_k = dep.scheduler.spec_k
         self._alphas: dict[int, float] = {}
         self._on_progress = on_progress
         df = workload.requests
@@ -330,25 +331,23 @@ def _ideal_e2el(dep: Deployment, requests: pd.DataFrame) -> np.ndarray:
     return out
 
 
-def simulate(scenario: Scenario, workload: Workload | None = None, *, progress: bool = False) -> Result:
-    """Run one scenario to completion and summarize it."""
+def simulate(scenario: Scenario, workload: Workload | None = None, *,
+             on_progress: Callable[[int, int], None] | None = None) -> Result:
+    """Run one scenario to completion and summarize it. ``on_progress(done, total)`` is called as requests
+    finish (about 200 times over a run), for a progress display."""
     started = time.perf_counter()
     dep = build_deployment(scenario)
     w = workload if workload is not None else build_workload(scenario)
-    with Progress(
-        TextColumn("simulating"), BarColumn(), MofNCompleteColumn(), TextColumn("requests"),
-        TimeElapsedColumn(), disable=not progress, transient=True,
-    ) as bar:
-        task = bar.add_task("sim", total=len(w))
-        step = max(1, len(w) // 200)
+    tick = None
+    if on_progress is not None:
+        total, every = len(w), max(1, len(w) // 200)
 
         def tick(done: int) -> None:
-            if done % step == 0 or done == len(w):
-                bar.update(task, completed=done)
+            if done % every == 0 or done == total:
+                on_progress(done, total)
 
-        sim = Simulation(dep, w, seed=scenario.seed, fast_forward=scenario.fast_forward,
-                         on_progress=tick if progress else None)
-        sim.run()
+    sim = Simulation(dep, w, seed=scenario.seed, fast_forward=scenario.fast_forward, on_progress=tick)
+    sim.run()
     requests = sim.requests.frame()
     requests["ideal_e2el_s"] = _ideal_e2el(dep, requests)
     timeline = sim.timeline.frame()

@@ -1,7 +1,7 @@
 """Synthetic workloads: arrival processes x length distributions, all drawn from a caller's seeded rng.
 
 Arrivals: `Poisson`, `Gamma` (burstiness), `Constant`, and `ClosedLoop` (no times: the simulator makes
-them, see `workload_core`). Open-loop processes put the first arrival at t = 0.
+them, see `core.py`). Open-loop processes put the first arrival at t = 0.
 
 Lengths: one-sided distributions (`Fixed`, `Uniform`, `LogNormal`, `Zipf`) draw token counts; `Lengths`
 pairs one for the prompt with one for the output; `Empirical` resamples joint (input, output) pairs from
@@ -16,7 +16,8 @@ import numpy as np
 import pandas as pd
 
 from servesim.errors import ConfigError
-from servesim.sim.workload_core import ClosedLoop, Workload
+from servesim.sim.workload.core import ClosedLoop, Workload
+from servesim.sim.workload.traces import load_trace
 
 # ---- arrival processes -------------------------------------------------------------------------
 
@@ -203,8 +204,6 @@ class Empirical:
         """`n` (input_tokens, output_tokens) pairs drawn uniformly from the source's rows."""
         w = self.source
         if isinstance(w, str):
-            from servesim.sim.workload import load_trace  # lazy: workload imports this module
-
             w = load_trace(w)
         pick = rng.integers(0, len(w), size=n)
         df = w.requests

@@ -25,8 +25,8 @@ import torch
 import triton
 import triton.language as tl
 
-from .attention_prefill import _kv_rows, causal_attention_ref
 from .kv_cache import aligned, check_cache, check_scales, dot, gather_kv_ref, interpreting
+from .prefill import _kv_rows, causal_attention_ref
 
 # Tile config keyed on head_dim, chosen by `bench/attention.py --tune` on an H100 SXM (Triton 3.6, bf16,
 # ranked in-step over 12 shapes x up to 12 split counts; 7 candidates within 5% geomean of each other:

@@ -26,7 +26,7 @@ import os
 
 import triton
 
-from servesim.kernels.quant_gemm_kernels import _wq_gemm_kernel, _wq_gemv_kernel
+from .gemm_kernels import _wq_gemm_kernel, _wq_gemv_kernel
 
 # ------------------------------------------------------------------------------------------ launch
 _LOCKS: dict = {}  # device -> int32 split-K counters (zero between launches: the last split resets)

@@ -8,7 +8,7 @@ Each kernel has a float32 torch reference (``*_ref``) and FLOPs/bytes helpers th
 roofline reuse. The cache layout is documented in ``kv_cache.py``.
 """
 
-from .attention_decode import (
+from .decode import (
     DECODE_CONFIGS,
     choose_num_splits,
     decode_attention,
@@ -16,7 +16,8 @@ from .attention_decode import (
     decode_bytes,
     decode_flops,
 )
-from .attention_prefill import (
+from .kv_cache import allocate_kv_cache, gather_kv_ref, write_kv, write_kv_bytes, write_kv_ref
+from .prefill import (
     PREFILL_CONFIGS,
     causal_attention_ref,
     prefill_attention,
@@ -26,7 +27,6 @@ from .attention_prefill import (
     prefill_bytes,
     prefill_flops,
 )
-from .kv_cache import allocate_kv_cache, gather_kv_ref, write_kv, write_kv_bytes, write_kv_ref
 
 __all__ = [
     "DECODE_CONFIGS", "PREFILL_CONFIGS", "allocate_kv_cache", "causal_attention_ref", "choose_num_splits",

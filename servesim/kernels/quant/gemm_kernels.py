@@ -6,7 +6,7 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from servesim.kernels.quant_gemm_common import (  # noqa: F401  (Triton resolves these as globals)
+from .gemm_common import (  # noqa: F401  (Triton resolves these as globals)
     LIFT,
     MAGIC,
     X_EXP,

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import torch
 
-from . import quant as Q
-from .quant_gemm import quant_matmul
-from .quant_gemm_configs import config_for
+from . import quantize as Q
+from .configs import config_for
+from .gemm import quant_matmul
 
 WEIGHT_DTYPES = ("int4", "int8")
 

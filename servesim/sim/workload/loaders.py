@@ -20,7 +20,7 @@ import numpy as np
 import pandas as pd
 
 from servesim.errors import InputError
-from servesim.sim.workload_core import Workload
+from servesim.sim.workload.core import Workload
 
 
 @dataclass(frozen=True)

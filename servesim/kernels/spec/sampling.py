@@ -8,7 +8,7 @@ import triton
 import triton.language as tl
 from triton.language.extra import libdevice
 
-from servesim.kernels import spec_ref
+from . import ref as spec_ref
 
 _BIG = tl.constexpr(2**31 - 1)
 _ONE_HI = tl.constexpr(1 << 32)  # Philox counter (c0, c1) = (offset low, offset high word)

@@ -51,10 +51,10 @@ import torch
 import triton
 import triton.language as tl
 
-from servesim.kernels import spec_ref
-from servesim.kernels.attention_decode import split_counters  # shared zero counters, reset by their last user
-from servesim.kernels.spec_ref import accept_uniforms, exponentials, noise_bits, philox4x32, verify_bytes, verify_ref
-from servesim.kernels.spec_sampling import (  # noqa: F401  (Triton resolves these as globals)
+from ..attention.decode import split_counters  # shared zero counters, reset by their last user
+from . import ref as spec_ref
+from .ref import accept_uniforms, exponentials, noise_bits, philox4x32, verify_bytes, verify_ref
+from .sampling import (  # noqa: F401  (Triton resolves these as globals)
     _BIG,
     _SPAN,
     _argmax,
