@@ -23,20 +23,18 @@ import heapq
 import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import replace
 
 import numpy as np
-import pandas as pd
 import simpy
 
-from servesim import __version__
-from servesim.hwmodels.ops import BatchShape, decode_shape, prefill_shape
+from servesim.hwmodels.ops import BatchShape
 from servesim.sim.config import Scenario
 from servesim.sim.deployment import Deployment, build_deployment, build_workload
 from servesim.sim.kv import KVBlockManager
-from servesim.sim.metrics import SLO, summarize, summarize_timeline
 from servesim.sim.records import RequestRecorder, TimelineRecorder
 from servesim.sim.request import Batch, Request
+from servesim.sim.result import Result, finish_run
 from servesim.sim.router import ROUTERS
 from servesim.sim.scheduler import Scheduler
 from servesim.sim.spec import PerRequestAcceptance
@@ -296,41 +294,6 @@ class Simulation:
         )
 
 
-@dataclass
-class Result:
-    """Everything one simulation produced (the same shapes the engine produces)."""
-
-    scenario: Scenario
-    requests: pd.DataFrame
-    timeline: pd.DataFrame
-    itl_s: np.ndarray
-    itl_weights: np.ndarray
-    summary: dict
-    meta: dict
-
-
-def _ideal_e2el(dep: Deployment, requests: pd.DataFrame) -> np.ndarray:
-    """Each request's E2E latency alone on an idle replica (chunked prefill as configured)."""
-    cost, budget = dep.cost, dep.scheduler.max_num_batched_tokens
-    chunked = dep.scheduler.batching == "chunked"
-    memo: dict[tuple[int, int], float] = {}
-    out = np.full(len(requests), np.nan)
-    for i, (p, o) in enumerate(zip(requests["input_tokens"].tolist(), requests["output_tokens"].tolist())):
-        key = (p, o)
-        if key not in memo:
-            t, done = 0.0, 0
-            while done < p:
-                chunk = min(p - done, budget) if chunked else p - done
-                s = prefill_shape(chunk, done)
-                t += cost.step_time_s(s if done + chunk == p else replace(s, sampled_tokens=0))
-                done += chunk
-            if o > 1:
-                t += float(cost.decode_run_s(decode_shape(1, p + 1), o - 1).sum())
-            memo[key] = t
-        out[i] = memo[key]
-    return out
-
-
 def simulate(scenario: Scenario, workload: Workload | None = None, *,
              on_progress: Callable[[int, int], None] | None = None) -> Result:
     """Run one scenario to completion and summarize it. ``on_progress(done, total)`` is called as requests
@@ -348,26 +311,5 @@ def simulate(scenario: Scenario, workload: Workload | None = None, *,
 
     sim = Simulation(dep, w, seed=scenario.seed, fast_forward=scenario.fast_forward, on_progress=tick)
     sim.run()
-    requests = sim.requests.frame()
-    requests["ideal_e2el_s"] = _ideal_e2el(dep, requests)
-    timeline = sim.timeline.frame()
-    duration = max(0.0, sim.last_finish_s - sim.first_arrival_s) if len(requests) else 0.0
-    slo = None
-    if scenario.slo_ttft_ms or scenario.slo_tpot_ms or scenario.slo_e2el_ms:
-        slo = SLO(scenario.slo_ttft_ms, scenario.slo_tpot_ms, scenario.slo_e2el_ms, scenario.slo_mode)
-    summary = summarize(requests, sim.itl_s, sim.itl_weights, duration, slo,
-                        gpus_total=dep.gpus_total, usd_per_hour_per_gpu=dep.usd_per_gpu_hour)
-    summary.update(summarize_timeline(timeline))
-    meta = {
-        "version": __version__,
-        "config_hash": scenario.config_hash(),
-        "seed": scenario.seed,
-        "profile_id": dep.cost.profile_id,
-        "scenario": scenario.model_dump(mode="json"),
-        "workload": {"name": w.name, "source": w.source, "requests": len(w), "notes": list(w.notes)},
-        "kv_blocks_per_replica": dep.num_blocks,
-        "gpus_total": dep.gpus_total,
-        "usd_per_hour_per_gpu": dep.usd_per_gpu_hour,
-        "wall_time_s": time.perf_counter() - started,
-    }
-    return Result(scenario, requests, timeline, sim.itl_s, sim.itl_weights, summary, meta)
+    return finish_run(scenario, dep, w, sim.requests.frame(), sim.timeline.frame(), sim.itl_s, sim.itl_weights,
+                      sim.first_arrival_s, sim.last_finish_s, started)
