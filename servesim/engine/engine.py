@@ -1,0 +1,225 @@
+"""Building the engine: weights, the KV cache sized from the GPU memory left after a profiling pass, the
+runner and its CUDA graphs; a memory report that says where every byte went.
+
+KV capacity follows vLLM's budget: ``total × gpu_memory_utilization`` minus the weights, the peak
+activation memory of a forward pass of ``max_num_batched_tokens`` tokens, and the memory outside
+PyTorch's allocator (CUDA context, cuBLAS workspaces); what is left is cut into blocks. The count is
+reported so the simulator can be given the same number (validation does).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass, field
+
+import torch
+
+from servesim.engine.config import EngineModelConfig
+from servesim.engine.kernels import BACKENDS
+from servesim.engine.model import AttentionMeta, KVCache, LlamaModel
+from servesim.engine.runner import ModelRunner, kv_block_bytes
+from servesim.engine.weights import QUANTIZERS, WEIGHT_FORMATS, build_weights, load_state_dict, random_state_dict
+from servesim.errors import ConfigError
+
+GIB = 2**30
+KV_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp8": torch.float8_e4m3fn}
+GRAPH_RESERVE_BYTES = 2 * GIB  # CUDA-graph pool and decode workspaces, taken before the KV cache
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    """What the engine runs: model, weights, formats, memory and scheduler-facing limits."""
+
+    model: str = "Llama-3.1-8B"
+    weights: str | None = None  # local HF directory with safetensors; None: random weights
+    weight_format: str = "bf16"
+    quantizer: str = "rtn"
+    kv_dtype: str = "bf16"
+    block_size: int = 16
+    gpu_memory_utilization: float = 0.9
+    max_model_len: int = 8192
+    max_num_batched_tokens: int = 2048
+    max_num_seqs: int = 256
+    num_gpu_blocks: int | None = None  # override the memory planner
+    device: str = "cuda"
+    cuda_graphs: bool = True
+    seed: int = 0
+    temperature: float = 0.0
+    num_layers: int | None = None  # truncate the model (tests and quick timing only)
+
+    def __post_init__(self) -> None:
+        if self.weight_format not in WEIGHT_FORMATS:
+            raise ConfigError(f"the engine runs weight formats {', '.join(WEIGHT_FORMATS)}, not "
+                              f"{self.weight_format!r}", field="quant")
+        if self.kv_dtype not in KV_DTYPES:
+            raise ConfigError(f"the engine runs KV dtypes {', '.join(KV_DTYPES)}, not {self.kv_dtype!r}",
+                              field="kv_dtype")
+        if self.quantizer not in QUANTIZERS:
+            raise ConfigError(f"quantizer must be one of {', '.join(QUANTIZERS)}", field="quantizer")
+
+
+@dataclass
+class MemoryReport:
+    total_bytes: int
+    weights_bytes: int
+    activation_peak_bytes: int
+    non_torch_bytes: int
+    graph_reserve_bytes: int
+    kv_bytes_per_block: int
+    num_blocks: int
+    kv_cache_bytes: int
+    planned_by: str  # "memory" (profiled) or "override"
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class Engine:
+    config: EngineConfig
+    model_config: EngineModelConfig
+    model: LlamaModel
+    runner: ModelRunner
+    memory: MemoryReport
+    timings_s: dict = field(default_factory=dict)
+
+    @property
+    def num_blocks(self) -> int:
+        return self.runner.cache.num_blocks
+
+
+def _dtype(cfg: EngineConfig) -> torch.dtype:
+    return torch.bfloat16 if cfg.device == "cuda" else torch.float32
+
+
+def build_engine(cfg: EngineConfig, mc: EngineModelConfig | None = None) -> Engine:
+    """Load or draw the weights, plan and allocate the KV cache, capture decode graphs."""
+    mc = mc or EngineModelConfig.resolve(cfg.model)
+    if cfg.num_layers is not None:
+        mc = EngineModelConfig(**{**mc.to_json(), "num_layers": cfg.num_layers})
+    if cfg.max_model_len > mc.max_position_embeddings:
+        raise ConfigError(f"max_model_len {cfg.max_model_len} exceeds {mc.name}'s max_position_embeddings "
+                          f"{mc.max_position_embeddings}", field="max_model_len")
+    if cfg.device == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("no CUDA device: run the engine with device 'cpu' (torch reference kernels)",
+                          field="device")
+    dev = torch.device(cfg.device)
+    timings = {}
+    t0 = time.perf_counter()
+    dtype = _dtype(cfg)
+    try:
+        if cfg.weights:
+            sd = load_state_dict(cfg.weights, mc, dtype, dev)
+        else:
+            sd = random_state_dict(mc, cfg.seed, dtype, dev)
+        awq = cfg.quantizer == "awq" and cfg.weight_format != "bf16"
+        calib = _awq_calibration(mc, sd, cfg, dev) if awq else None
+        weights = build_weights(mc, sd, cfg.weight_format, calib)
+    except torch.cuda.OutOfMemoryError:
+        need = _weight_estimate(mc, cfg.weight_format)
+        raise ConfigError(f"out of GPU memory loading {mc.name} in {cfg.weight_format} (about {need / GIB:.1f} GiB "
+                          f"of weights; the GPU has {torch.cuda.get_device_properties(dev).total_memory / GIB:.1f} "
+                          "GiB): use w4a16 or a smaller model", field="model") from None
+    timings["weights_s"] = time.perf_counter() - t0
+    backend = BACKENDS["triton" if dev.type == "cuda" else "torch"]
+    model = LlamaModel(mc, weights, backend, max_positions=cfg.max_model_len)
+    t0 = time.perf_counter()
+    cache, memory = _plan_and_allocate(cfg, mc, model, dev)
+    timings["kv_plan_s"] = time.perf_counter() - t0
+    runner = ModelRunner(model, cache, cfg.max_model_len, seed=cfg.seed, temperature=cfg.temperature,
+                         cuda_graphs=cfg.cuda_graphs and dev.type == "cuda", max_graph_batch=cfg.max_num_seqs)
+    timings["graph_capture_s"] = runner.capture_all()
+    return Engine(cfg, mc, model, runner, memory, timings)
+
+
+def _weight_estimate(mc: EngineModelConfig, fmt: str) -> float:
+    per = {"bf16": 2.0, "w8a16": 1.0, "w4a16": 0.56}[fmt]
+    linear = mc.num_layers * mc.hidden_size * (mc.q_size + 2 * mc.kv_size + mc.q_size + 3 * mc.intermediate_size)
+    return linear * per + mc.vocab_size * mc.hidden_size * 2 * (1 if mc.tied_embeddings else 2)
+
+
+def _cache(mc: EngineModelConfig, cfg: EngineConfig, blocks: int, dev) -> KVCache:
+    kdt = KV_DTYPES[cfg.kv_dtype] if dev.type == "cuda" else (
+        torch.float8_e4m3fn if cfg.kv_dtype == "fp8" else torch.float32)
+    shape = (blocks, cfg.block_size, mc.num_kv_heads, mc.head_dim)
+    k = [torch.zeros(shape, dtype=kdt, device=dev) for _ in range(mc.num_layers)]
+    v = [torch.zeros(shape, dtype=kdt, device=dev) for _ in range(mc.num_layers)]
+    scales = {}
+    if cfg.kv_dtype == "fp8":
+        scales = {n: torch.ones(mc.num_kv_heads, dtype=torch.float32, device=dev) for n in ("k_scale", "v_scale")}
+    return KVCache(k, v, **scales)
+
+
+def _profile_forward(model: LlamaModel, mc: EngineModelConfig, cfg: EngineConfig, dev) -> None:
+    """One forward pass of ``max_num_batched_tokens`` prompt tokens and ``max_num_seqs`` sampled rows, over a
+    one-block cache it does not write to: the activation peak the KV budget must leave room for."""
+    n = cfg.max_num_batched_tokens
+    cache = _cache(mc, cfg, 1, dev)
+    meta = AttentionMeta(
+        num_prefill_tokens=n, prefill_cu_seqlens=torch.tensor([0, n], dtype=torch.int32, device=dev),
+        prefill_kv_lens=torch.tensor([n], dtype=torch.int32, device=dev),
+        prefill_block_tables=torch.zeros((1, -(-n // cfg.block_size)), dtype=torch.int32, device=dev),
+        prefill_max_q_len=n)
+    ids = torch.randint(0, mc.vocab_size, (n,), device=dev)
+    pos = torch.arange(n, dtype=torch.int32, device=dev)
+    slots = torch.full((n,), -1, dtype=torch.int64, device=dev)
+    sample = torch.arange(n - min(n, cfg.max_num_seqs), n, device=dev)
+    model.forward(ids, pos, slots, meta, cache, sample)
+    del cache
+
+
+def _plan_and_allocate(cfg: EngineConfig, mc: EngineModelConfig, model: LlamaModel,
+                       dev) -> tuple[KVCache, MemoryReport]:
+    elem = torch.tensor([], dtype=KV_DTYPES[cfg.kv_dtype]).element_size()
+    block_bytes = kv_block_bytes(mc.num_layers, cfg.block_size, mc.num_kv_heads, mc.head_dim, elem)
+    weights = model.w.nbytes()
+    need_one = -(-cfg.max_model_len // cfg.block_size)
+    if dev.type != "cuda":
+        blocks = cfg.num_gpu_blocks or need_one * min(cfg.max_num_seqs, 8)
+        report = MemoryReport(0, weights, 0, 0, 0, block_bytes, blocks, blocks * block_bytes,
+                              "override" if cfg.num_gpu_blocks else "cpu")
+        return _cache(mc, cfg, blocks, dev), report
+    torch.cuda.synchronize()
+    torch.cuda.empty_cache()
+    torch.cuda.reset_peak_memory_stats()
+    base = torch.cuda.memory_allocated()
+    try:
+        _profile_forward(model, mc, cfg, dev)
+    except torch.cuda.OutOfMemoryError:
+        raise ConfigError(f"out of GPU memory in a forward pass of {cfg.max_num_batched_tokens} tokens after "
+                          f"{weights / GIB:.1f} GiB of weights: lower max_num_batched_tokens",
+                          field="max_num_batched_tokens") from None
+    torch.cuda.synchronize()
+    peak = torch.cuda.max_memory_allocated() - base
+    free, total = torch.cuda.mem_get_info()
+    non_torch = max(0, total - free - torch.cuda.memory_reserved())
+    budget = (total * cfg.gpu_memory_utilization - torch.cuda.memory_allocated() - peak - non_torch
+              - GRAPH_RESERVE_BYTES)
+    planned = int(budget // block_bytes)
+    blocks = cfg.num_gpu_blocks or planned
+    if cfg.num_gpu_blocks and cfg.num_gpu_blocks > planned:
+        raise ConfigError(f"num_gpu_blocks {cfg.num_gpu_blocks} needs {cfg.num_gpu_blocks * block_bytes / GIB:.1f} "
+                          f"GiB; {max(budget, 0) / GIB:.1f} GiB is left for the KV cache ({planned} blocks)",
+                          field="num_gpu_blocks")
+    if blocks < need_one:
+        raise ConfigError(
+            f"{mc.name} in {cfg.weight_format} leaves {max(budget, 0) / GIB:.2f} GiB for the KV cache "
+            f"({max(planned, 0)} blocks of {cfg.block_size} tokens), less than one {cfg.max_model_len}-token "
+            f"sequence ({need_one} blocks): lower max_model_len or max_num_batched_tokens, raise "
+            "gpu_memory_utilization, or use w4a16",
+            field="max_model_len")
+    try:
+        cache = _cache(mc, cfg, blocks, dev)
+    except torch.cuda.OutOfMemoryError:
+        raise ConfigError(f"out of GPU memory allocating {blocks} KV blocks ({blocks * block_bytes / GIB:.1f} GiB): "
+                          "lower gpu_memory_utilization or num_gpu_blocks", field="num_gpu_blocks") from None
+    report = MemoryReport(total, weights, peak, non_torch, GRAPH_RESERVE_BYTES, block_bytes, blocks,
+                          blocks * block_bytes, "override" if cfg.num_gpu_blocks else "memory")
+    return cache, report
+
+
+def _awq_calibration(mc: EngineModelConfig, sd: dict, cfg: EngineConfig, dev):
+    """AWQ needs each linear layer's input activations: run the unquantized model on calibration tokens."""
+    from servesim.engine.calibration_inputs import linear_inputs
+
+    return linear_inputs(mc, sd, cfg, dev)

@@ -1,0 +1,315 @@
+"""The model runner: turns the scheduler's ``Batch`` into one forward pass over the paged KV cache.
+
+It owns what the scheduler does not: each request's token ids, the KV cache tensors, the CPU copies of
+swapped-out blocks, CUDA graphs of pure-decode steps, and sampling. The block ids come from the scheduler's
+``KVBlockManager`` unchanged (``Request.block_ids``), so block tables and slot mappings are built from them:
+position ``p`` of a request lives in slot ``block_ids[p // block_size] * block_size + p % block_size``.
+
+Prompts: a trace gives lengths, not text, so prompt token ids are drawn from a generator seeded by the
+request (or, for traces with prefix hashes, by each hash block's id, so requests that share a prefix share
+its tokens and a prefix-cache hit reuses KV that is really the same).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from servesim.engine.model import AttentionMeta, KVCache, LlamaModel
+from servesim.kernels.attention.decode import choose_num_splits, split_counters
+from servesim.sim.request import Batch, Request, State
+
+GRAPH_BATCHES = (1, 2, 4, 8, 16, 24, 32, 48, 64, 96, 128, 160, 192, 224, 256)
+
+
+def graph_ctx_buckets(max_model_len: int) -> tuple[int, ...]:
+    """Longest-context buckets of the decode graphs: powers of two from 512 up to ``max_model_len``."""
+    out, c = [], 512
+    while c < max_model_len:
+        out.append(c)
+        c *= 2
+    return (*out, max_model_len)
+
+
+@dataclass
+class StepStats:
+    """What one ``run`` did, for the iteration log and calibration."""
+
+    gpu_s: float = 0.0  # forward + sampling on the device (CUDA events; wall time on a CPU)
+    host_s: float = 0.0  # building inputs, swaps and launches before the device work
+    graph: bool = False  # replayed a captured decode graph
+    swap_in_blocks: int = 0
+    swap_out_blocks: int = 0
+
+
+class ModelRunner:
+    """Runs batches of one replica on ``model``; ``run(batch)`` returns the tokens each decode emits."""
+
+    def __init__(self, model: LlamaModel, cache: KVCache, max_model_len: int, *, seed: int = 0,
+                 temperature: float = 0.0, cuda_graphs: bool = True, max_graph_batch: int = 256) -> None:
+        self.model, self.cache, self.max_model_len = model, cache, max_model_len
+        self.device = model.w.embed.device
+        self.block_size = cache.block_size
+        self.max_blocks = -(-max_model_len // self.block_size)
+        self.vocab = model.cfg.vocab_size
+        self.seed, self.temperature = seed, temperature
+        self.tokens: dict[int, list[int]] = {}
+        self._blocks: dict[int, list[int]] = {}  # block ids each running request held after its last step
+        self._swapped: dict[int, tuple[Request, list[torch.Tensor]]] = {}
+        self.drafts: dict[int, list[int]] = {}  # request id -> draft tokens to verify this step
+        self.cuda = self.device.type == "cuda"
+        self.graphs: dict[tuple[int, int], tuple[torch.cuda.CUDAGraph, torch.Tensor]] = {}
+        self._graph_batches = tuple(b for b in GRAPH_BATCHES if b <= max_graph_batch)
+        self._ctx_buckets = graph_ctx_buckets(max_model_len)
+        self._gen = torch.Generator(device=self.device).manual_seed(seed)
+        if self.cuda and cuda_graphs:
+            self._static = self._static_buffers(max(self._graph_batches))
+        self.stats = StepStats()
+
+    # -- prompts ----------------------------------------------------------------------------
+    def prompt_ids(self, r: Request) -> list[int]:
+        """Deterministic prompt token ids of ``r`` (shared per prefix-hash block)."""
+        v = self.vocab
+        if r.hash_ids and r.hash_block_tokens:
+            ids: list[int] = []
+            for h in r.hash_ids:
+                ids += np.random.default_rng([self.seed, 1, h]).integers(0, v, r.hash_block_tokens).tolist()
+            if len(ids) < r.prompt_tokens:
+                tail = np.random.default_rng([self.seed, 2, r.request_id]).integers(0, v, r.prompt_tokens - len(ids))
+                ids += tail.tolist()
+            return ids[: r.prompt_tokens]
+        return np.random.default_rng([self.seed, 0, r.request_id]).integers(0, v, r.prompt_tokens).tolist()
+
+    def _ids(self, r: Request) -> list[int]:
+        ids = self.tokens.get(r.request_id)
+        if ids is None:
+            ids = self.tokens[r.request_id] = self.prompt_ids(r)
+        return ids
+
+    def release(self, r: Request) -> None:
+        """Forget a finished or rejected request."""
+        self.tokens.pop(r.request_id, None)
+        self._blocks.pop(r.request_id, None)
+        self._swapped.pop(r.request_id, None)
+
+    # -- swaps ------------------------------------------------------------------------------
+    def _swaps(self, batch: Batch) -> None:
+        """Copy swapped-out requests' blocks to the CPU, then swapped-in ones into their new blocks.
+
+        Out before in: a block freed by a swap-out this step may receive a swapped-in request's data, but
+        only after its old contents left. The scheduler may swap a request in and out again (or in and then
+        preempt it by recompute) within one ``schedule``; its data then never left the CPU copy.
+        """
+        cache, out_blocks, in_blocks = self.cache, 0, 0
+        for r in batch.preempted:
+            if r.state == State.SWAPPED and r.request_id not in self._swapped:
+                ids = self._blocks.get(r.request_id, [])[: r.swapped_blocks]
+                idx = torch.tensor(ids, dtype=torch.long, device=self.device)
+                self._swapped[r.request_id] = (r, [t.index_select(0, idx).cpu() for t in (*cache.k, *cache.v)])
+                out_blocks += len(ids)
+        for rid, (r, saved) in list(self._swapped.items()):
+            if r.state == State.SWAPPED:
+                continue
+            del self._swapped[rid]
+            if r.state != State.RUNNING:  # preempted by recompute right after coming back: nothing to restore
+                continue
+            n = saved[0].shape[0]
+            idx = torch.tensor(r.block_ids[:n], dtype=torch.long, device=self.device)
+            for t, s in zip((*cache.k, *cache.v), saved, strict=True):
+                t.index_copy_(0, idx, s.to(self.device))
+            self._blocks[rid] = list(r.block_ids[:n])  # where its data lives now, should it leave again
+            in_blocks += n
+        self.stats.swap_in_blocks, self.stats.swap_out_blocks = in_blocks, out_blocks
+
+    # -- inputs -----------------------------------------------------------------------------
+    def _slots(self, block_ids: list[int], start: int, end: int) -> np.ndarray:
+        pos = np.arange(start, end)
+        return np.asarray(block_ids, np.int64)[pos // self.block_size] * self.block_size + pos % self.block_size
+
+    def _table(self, reqs: list[Request], rows: int) -> np.ndarray:
+        bt = np.zeros((rows, self.max_blocks), np.int32)
+        for i, r in enumerate(reqs):
+            bt[i, : len(r.block_ids)] = r.block_ids
+        return bt
+
+    def _inputs(self, batch: Batch):
+        """Host arrays of the packed iteration: ids, positions, slots, sample rows, attention metadata."""
+        ids, pos, slots, sample = [], [], [], []
+        cu, kvl = [0], []
+        n_tok = 0
+        for ch in batch.prefill:
+            r = ch.request
+            s, e = ch.context_before, ch.context_before + ch.tokens
+            ids += self._ids(r)[s:e]
+            pos.append(np.arange(s, e))
+            slots.append(self._slots(r.block_ids, s, e))
+            n_tok += ch.tokens
+            cu.append(n_tok)
+            kvl.append(e)
+            if ch.completes:
+                sample.append(n_tok - 1)
+        nd, q = len(batch.decode), batch.decode_query
+        ctx = np.asarray(batch.decode_ctx[:nd], np.int64)
+        for r, c in zip(batch.decode, ctx.tolist(), strict=True):
+            toks = self._ids(r)
+            ids += toks[c - q: c] if q == 1 else self._spec_inputs(r, toks, c, q)
+            slots.append(self._slots(r.block_ids, c - q, c))
+        if nd:
+            pos.append((ctx[:, None] - q + np.arange(q)[None, :]).ravel())
+            sample += range(n_tok, n_tok + nd * q)
+        return (np.asarray(ids, np.int64), np.concatenate(pos).astype(np.int32) if pos else np.zeros(0, np.int32),
+                np.concatenate(slots) if slots else np.zeros(0, np.int64), np.asarray(sample, np.int64),
+                np.asarray(cu, np.int32), np.asarray(kvl, np.int32), ctx.astype(np.int32), n_tok)
+
+    def _spec_inputs(self, r: Request, toks: list[int], ctx: int, q: int) -> list[int]:
+        """The last emitted token and the ``q - 1`` drafts proposed after it (set by the speculative decoder)."""
+        return [toks[ctx - q], *self.drafts[r.request_id]]
+
+    # -- run --------------------------------------------------------------------------------
+    def run(self, batch: Batch) -> np.ndarray:
+        """Run one iteration; returns each decode's emitted token count (all 1 without speculation)."""
+        t0 = time.perf_counter()
+        self._swaps(batch)
+        ids, pos, slots, sample, cu, kvl, dctx, n_pre = self._inputs(batch)
+        nd, q = len(batch.decode), batch.decode_query
+        key = self._graph_key(batch, dctx) if self.cuda and hasattr(self, "_static") else None
+        if self.cuda:
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        if key is not None:
+            self._load_static(key[0], ids, pos, slots, dctx, batch.decode)
+            host = time.perf_counter() - t0
+            start.record()
+            graph, out = self.graphs[key] if key in self.graphs else self._capture(*key)
+            graph.replay()
+            end.record()
+            sampled = out[: nd * q]
+        else:
+            dev = self.device
+            meta = AttentionMeta(num_prefill_tokens=n_pre)
+            if batch.prefill:
+                meta.prefill_cu_seqlens = torch.from_numpy(cu).to(dev)
+                meta.prefill_kv_lens = torch.from_numpy(kvl).to(dev)
+                meta.prefill_block_tables = torch.from_numpy(
+                    self._table([ch.request for ch in batch.prefill], len(batch.prefill))).to(dev)
+                meta.prefill_max_q_len = max(ch.tokens for ch in batch.prefill)
+            if nd:
+                meta.decode_kv_lens = torch.from_numpy(dctx).to(dev)
+                meta.decode_block_tables = torch.from_numpy(self._table(batch.decode, nd)).to(dev)
+                meta.decode_num_q, meta.decode_max_kv_len = q, int(dctx.max())
+            tensors = [torch.from_numpy(a).to(dev) for a in (ids, pos, slots, sample)]
+            host = time.perf_counter() - t0
+            if self.cuda:
+                start.record()
+            logits = self.model.forward(*tensors[:3], meta, self.cache, tensors[3])
+            sampled = self._sample(logits)
+            if self.cuda:
+                end.record()
+        tokens = sampled.tolist()  # synchronises
+        gpu = start.elapsed_time(end) * 1e-3 if self.cuda else time.perf_counter() - t0 - host
+        self.stats = StepStats(gpu_s=gpu, host_s=host, graph=key is not None,
+                               swap_in_blocks=self.stats.swap_in_blocks, swap_out_blocks=self.stats.swap_out_blocks)
+        self._emit(batch, tokens)
+        return np.ones(nd, np.int64)
+
+    def _emit(self, batch: Batch, tokens: list[int]) -> None:
+        i = 0
+        for ch in batch.prefill:
+            if ch.completes:
+                self._ids(ch.request).append(tokens[i])
+                i += 1
+        for r in batch.decode:
+            self._ids(r).append(tokens[i])
+            i += batch.decode_query
+        for r in [ch.request for ch in batch.prefill] + list(batch.decode):
+            self._blocks[r.request_id] = list(r.block_ids)
+
+    def _sample(self, logits: torch.Tensor) -> torch.Tensor:
+        if self.temperature == 0:
+            return torch.argmax(logits, dim=-1)
+        u = torch.rand(logits.shape, generator=self._gen, device=logits.device, dtype=torch.float32)
+        return torch.argmax(logits.float() / self.temperature - torch.log(-torch.log(u.clamp_min(1e-20))), dim=-1)
+
+    # -- CUDA graphs of pure-decode steps ---------------------------------------------------------
+    def _graph_key(self, batch: Batch, dctx: np.ndarray) -> tuple[int, int, int] | None:
+        nd = len(batch.decode)
+        if batch.prefill or nd == 0 or nd > self._graph_batches[-1] or batch.decode_query != 1:
+            return None
+        b = next(x for x in self._graph_batches if x >= nd)
+        longest = int(dctx.max())
+        c = next((x for x in self._ctx_buckets if x >= longest), None)
+        return None if c is None else (b, c, 1)
+
+    def _static_buffers(self, rows: int) -> dict[str, torch.Tensor]:
+        dev = self.device
+        return {"ids": torch.zeros(rows, dtype=torch.int64, device=dev),
+                "slots": torch.full((rows,), -1, dtype=torch.int64, device=dev),
+                "pos": torch.zeros(rows, dtype=torch.int32, device=dev),
+                "kvl": torch.ones(rows, dtype=torch.int32, device=dev),
+                "bt": torch.zeros((rows, self.max_blocks), dtype=torch.int32, device=dev),
+                "sample": torch.arange(rows, dtype=torch.int64, device=dev)}
+
+    def _load_static(self, b: int, ids, pos, slots, dctx, reqs: list[Request]) -> None:
+        s, n = self._static, len(ids)
+        pad = b - n
+        s["ids"][:b].copy_(torch.from_numpy(np.pad(ids, (0, pad))), non_blocking=True)
+        s["slots"][:b].copy_(torch.from_numpy(np.pad(slots, (0, pad), constant_values=-1)), non_blocking=True)
+        s["pos"][:b].copy_(torch.from_numpy(np.pad(pos, (0, pad))), non_blocking=True)
+        s["kvl"][:b].copy_(torch.from_numpy(np.pad(dctx, (0, pad), constant_values=1)), non_blocking=True)
+        s["bt"][:b].copy_(torch.from_numpy(self._table(reqs, b)), non_blocking=True)
+
+    def _graph_meta(self, b: int, c: int, q: int) -> AttentionMeta:
+        s, heads = self._static, self.model.cfg.num_kv_heads
+        sms = torch.cuda.get_device_properties(self.device).multi_processor_count
+        return AttentionMeta(num_prefill_tokens=0, decode_kv_lens=s["kvl"][:b], decode_block_tables=s["bt"][:b],
+                             decode_num_q=q, decode_max_kv_len=c,
+                             decode_num_splits=choose_num_splits(b, heads, c, sms))
+
+    def _capture(self, b: int, c: int, q: int):
+        """Capture the decode step of ``b`` sequences whose longest context is at most ``c``."""
+        s = self._static
+        meta = self._graph_meta(b, c, q)
+        split_counters(self.device, b * self.model.cfg.num_kv_heads)  # allocated outside the capture
+
+        def body() -> torch.Tensor:
+            logits = self.model.forward(s["ids"][:b], s["pos"][:b], s["slots"][:b], meta, self.cache,
+                                        s["sample"][:b])
+            return torch.argmax(logits, dim=-1)
+
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            body()  # warm-up: compiles kernels and allocates outside the graph
+        torch.cuda.current_stream().wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
+        pool = getattr(self, "_pool", None)
+        with torch.cuda.graph(graph, pool=pool):
+            out = body()
+        self._pool = graph.pool()
+        self.graphs[(b, c, q)] = (graph, out)
+        return graph, out
+
+    def capture_all(self, max_ctx: int | None = None) -> float:
+        """Capture every decode graph up front (largest first, sharing one memory pool); seconds taken."""
+        if not (self.cuda and hasattr(self, "_static")):
+            return 0.0
+        t0 = time.perf_counter()
+        top = self._ctx_buckets[-1] if max_ctx is None else next(c for c in self._ctx_buckets if c >= max_ctx)
+        for c in [c for c in reversed(self._ctx_buckets) if c <= top]:
+            for b in reversed(self._graph_batches):
+                if (b, c, 1) not in self.graphs:
+                    self._capture(b, c, 1)
+        torch.cuda.synchronize()
+        return time.perf_counter() - t0
+
+
+def kv_block_bytes(num_layers: int, block_size: int, num_kv_heads: int, head_dim: int, elem_bytes: int) -> int:
+    """Bytes of one KV block across all layers (K and V)."""
+    return 2 * num_layers * block_size * num_kv_heads * head_dim * elem_bytes
+
+
+def blocks_for_memory(free_bytes: float, block_bytes: int) -> int:
+    return max(0, math.floor(free_bytes / block_bytes))

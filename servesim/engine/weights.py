@@ -1,0 +1,136 @@
+"""Model weights: random for any config (shape-faithful timing without downloads), or a local HuggingFace
+safetensors directory; linear layers fused (q/k/v, gate/up) and optionally quantized (W8A16, W4A16 by RTN or
+AWQ) with the project's quantizers. Tensors use HuggingFace's names until :func:`build_weights` fuses them,
+so the correctness tests load the very same state dict into ``transformers``."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+
+from servesim.engine.config import EngineModelConfig
+from servesim.engine.model import Layer, Linear, Weights
+from servesim.errors import InputError
+
+WEIGHT_FORMATS = ("bf16", "w8a16", "w4a16")
+QUANTIZERS = ("rtn", "awq")
+INIT_STD = 0.02
+
+
+def hf_names(cfg: EngineModelConfig) -> dict[str, tuple[int, ...]]:
+    """HuggingFace parameter names of ``cfg`` with their shapes."""
+    h, q, kv, i, v = cfg.hidden_size, cfg.q_size, cfg.kv_size, cfg.intermediate_size, cfg.vocab_size
+    names = {"model.embed_tokens.weight": (v, h), "model.norm.weight": (h,)}
+    if not cfg.tied_embeddings:
+        names["lm_head.weight"] = (v, h)
+    for li in range(cfg.num_layers):
+        p = f"model.layers.{li}."
+        names.update({p + "input_layernorm.weight": (h,), p + "post_attention_layernorm.weight": (h,),
+                      p + "self_attn.q_proj.weight": (q, h), p + "self_attn.k_proj.weight": (kv, h),
+                      p + "self_attn.v_proj.weight": (kv, h), p + "self_attn.o_proj.weight": (h, q),
+                      p + "mlp.gate_proj.weight": (i, h), p + "mlp.up_proj.weight": (i, h),
+                      p + "mlp.down_proj.weight": (h, i)})
+        if cfg.qkv_bias:
+            names.update({p + "self_attn.q_proj.bias": (q,), p + "self_attn.k_proj.bias": (kv,),
+                          p + "self_attn.v_proj.bias": (kv,)})
+    return names
+
+
+def random_state_dict(cfg: EngineModelConfig, seed: int = 0, dtype: torch.dtype = torch.bfloat16,
+                      device: str | torch.device = "cpu") -> dict[str, torch.Tensor]:
+    """Random weights in HF naming: N(0, 0.02) matrices and biases, norm weights near 1."""
+    gen = torch.Generator(device=device).manual_seed(seed)
+    out = {}
+    for name, shape in hf_names(cfg).items():
+        if name.endswith("norm.weight"):
+            t = 1.0 + 0.1 * torch.randn(shape, generator=gen, device=device, dtype=torch.float32)
+        else:
+            t = INIT_STD * torch.randn(shape, generator=gen, device=device, dtype=torch.float32)
+        out[name] = t.to(dtype)
+    return out
+
+
+def load_state_dict(path: str | Path, cfg: EngineModelConfig, dtype: torch.dtype = torch.bfloat16,
+                    device: str | torch.device = "cpu") -> dict[str, torch.Tensor]:
+    """The tensors of a local HF model directory's ``*.safetensors`` files, checked against ``cfg``."""
+    from safetensors.torch import load_file
+
+    root = Path(path)
+    files = sorted(root.glob("*.safetensors"))
+    if not files:
+        raise InputError("no *.safetensors files", file=str(root))
+    sd: dict[str, torch.Tensor] = {}
+    for f in files:
+        sd.update(load_file(str(f), device=str(device)))
+    want = hf_names(cfg)
+    if cfg.tied_embeddings:
+        sd.pop("lm_head.weight", None)
+    for name, shape in want.items():
+        if name not in sd:
+            raise InputError("missing tensor", file=str(root), field=name)
+        if tuple(sd[name].shape) != shape:
+            raise InputError(f"shape {tuple(sd[name].shape)}, expected {shape}", file=str(root), field=name)
+    return {name: sd[name].to(dtype) for name in want}
+
+
+def save_state_dict(sd: dict[str, torch.Tensor], cfg: EngineModelConfig, path: str | Path) -> None:
+    """Write ``sd`` and ``config.json`` as a HuggingFace model directory."""
+    from safetensors.torch import save_file
+
+    root = Path(path)
+    root.mkdir(parents=True, exist_ok=True)
+    save_file({k: v.contiguous() for k, v in sd.items()}, str(root / "model.safetensors"))
+    (root / "config.json").write_text(json.dumps(cfg.hf_config_dict(), indent=1))
+
+
+def _quantized(weight: torch.Tensor, bias: torch.Tensor | None, fmt: str, x_calib: torch.Tensor | None):
+    """The linear layer in ``fmt``. Off CUDA a quantized layer runs its reference: the dequantized weight."""
+    if fmt == "bf16":
+        return Linear(weight, bias)
+    from servesim.kernels.quant import QuantLinear
+
+    q = QuantLinear.from_float(weight, "int8" if fmt == "w8a16" else "int4", bias=bias, x_calib=x_calib)
+    if weight.device.type != "cuda":
+        scaled = q.dequantized_weight()
+        if q.input_scale is not None:
+            scaled = scaled / q.input_scale[None, :]
+        return Linear(scaled.to(weight.dtype), bias)
+    return q
+
+
+def build_weights(cfg: EngineModelConfig, sd: dict[str, torch.Tensor], weight_format: str = "bf16",
+                  calib: Callable[[int, str], torch.Tensor | None] | None = None) -> Weights:
+    """Fuse q/k/v and gate/up and quantize the linear layers (LM head and embeddings stay in ``sd``'s dtype).
+
+    ``calib(layer, name)`` returns the calibration activations feeding linear ``name`` (qkv, o, gate_up, down)
+    of a layer for AWQ, or None for round-to-nearest. Consumes ``sd`` (tensors are dropped as they are fused).
+    """
+    if weight_format not in WEIGHT_FORMATS:
+        raise ValueError(f"weight_format must be one of {WEIGHT_FORMATS}, got {weight_format!r}")
+    layers = []
+    for li in range(cfg.num_layers):
+        p = f"model.layers.{li}."
+        take = lambda n, p=p: sd.pop(p + n)  # noqa: E731
+        qkv = torch.cat([take("self_attn.q_proj.weight"), take("self_attn.k_proj.weight"),
+                         take("self_attn.v_proj.weight")])
+        bias = None
+        if cfg.qkv_bias:
+            bias = torch.cat([take("self_attn.q_proj.bias"), take("self_attn.k_proj.bias"),
+                              take("self_attn.v_proj.bias")])
+        gate_up = torch.cat([take("mlp.gate_proj.weight"), take("mlp.up_proj.weight")])
+        x = (lambda name, li=li: calib(li, name)) if calib else (lambda name: None)
+        layers.append(Layer(
+            input_norm=take("input_layernorm.weight"),
+            qkv=_quantized(qkv, bias, weight_format, x("qkv")),
+            o=_quantized(take("self_attn.o_proj.weight"), None, weight_format, x("o")),
+            post_norm=take("post_attention_layernorm.weight"),
+            gate_up=_quantized(gate_up, None, weight_format, x("gate_up")),
+            down=_quantized(take("mlp.down_proj.weight"), None, weight_format, x("down")),
+        ))
+        del qkv, gate_up
+    embed = sd.pop("model.embed_tokens.weight")
+    head = embed if cfg.tied_embeddings else sd.pop("lm_head.weight")
+    return Weights(embed=embed, layers=layers, norm=sd.pop("model.norm.weight"), lm_head=Linear(head))
