@@ -10,78 +10,12 @@ import torch
 
 from servesim.engine.config import EngineModelConfig
 from servesim.engine.kernels import BACKENDS
-from servesim.engine.model import AttentionMeta, KVCache, LlamaModel
+from servesim.engine.model import LlamaModel
 from servesim.engine.weights import build_weights, hf_names, random_state_dict
 from servesim.errors import ConfigError, InputError
-from tests.engine_helpers import hf_model, tiny_config, write_config
+from tests.engine_helpers import Seq, cache_for, hf_model, schedule_three_steps, tiny_config, write_config
 
 pytest.importorskip("transformers")
-BS = 16
-
-
-class Seq:
-    """One sequence's tokens and its blocks in a shared cache."""
-
-    def __init__(self, ids: torch.Tensor, blocks: list[int]) -> None:
-        self.ids, self.blocks = ids, blocks
-
-    def slots(self, s: int, e: int) -> torch.Tensor:
-        p = torch.arange(s, e)
-        return torch.tensor(self.blocks)[p // BS] * BS + p % BS
-
-    def table(self, width: int) -> list[int]:
-        return self.blocks + [0] * (width - len(self.blocks))
-
-
-def run_step(model, cache, prefill, decode, dtype=None):
-    """prefill: [(seq, start, end)]; decode: [(seq, pos)]. Returns logits of the sampled rows, in order."""
-    ids, pos, slots, sample, cu, kvl = [], [], [], [], [0], []
-    for s, a, b in prefill:
-        ids.append(s.ids[a:b])
-        pos.append(torch.arange(a, b))
-        slots.append(s.slots(a, b))
-        cu.append(cu[-1] + b - a)
-        kvl.append(b)
-        sample.append(cu[-1] - 1)
-    n_pre = cu[-1]
-    for i, (s, p) in enumerate(decode):
-        ids.append(s.ids[p:p + 1])
-        pos.append(torch.tensor([p]))
-        slots.append(s.slots(p, p + 1))
-        sample.append(n_pre + i)
-    width = 8
-    meta = AttentionMeta(num_prefill_tokens=n_pre)
-    if prefill:
-        meta.prefill_cu_seqlens = torch.tensor(cu, dtype=torch.int32)
-        meta.prefill_kv_lens = torch.tensor(kvl, dtype=torch.int32)
-        meta.prefill_block_tables = torch.tensor([s.table(width) for s, *_ in prefill], dtype=torch.int32)
-        meta.prefill_max_q_len = max(b - a for _, a, b in prefill)
-    if decode:
-        meta.decode_kv_lens = torch.tensor([p + 1 for _, p in decode], dtype=torch.int32)
-        meta.decode_block_tables = torch.tensor([s.table(width) for s, _ in decode], dtype=torch.int32)
-        meta.decode_max_kv_len = max(p + 1 for _, p in decode)
-    return model.forward(torch.cat(ids), torch.cat(pos).to(torch.int32), torch.cat(slots), meta, cache,
-                         torch.tensor(sample))
-
-
-def cache_for(mc, blocks=12, dtype=torch.float32):
-    shape = (blocks, BS, mc.num_kv_heads, mc.head_dim)
-    return KVCache([torch.zeros(shape, dtype=dtype) for _ in range(mc.num_layers)],
-                   [torch.zeros(shape, dtype=dtype) for _ in range(mc.num_layers)])
-
-
-def schedule_three_steps(model, cache, a: Seq, b: Seq):
-    """Chunked prefill of a, prefill of b, then mixed chunk + decode, then two decodes: (seq, pos) -> logits."""
-    out = {}
-    rows = run_step(model, cache, [(a, 0, 12), (b, 0, 17)], [])
-    out[("a", 11)], out[("b", 16)] = rows[0], rows[1]
-    rows = run_step(model, cache, [(a, 12, 20)], [(b, 17)])
-    out[("a", 19)], out[("b", 17)] = rows[0], rows[1]
-    rows = run_step(model, cache, [], [(a, 20), (b, 18)])
-    out[("a", 20)], out[("b", 18)] = rows[0], rows[1]
-    return out
-
-
 @pytest.mark.parametrize("arch", ["LlamaForCausalLM", "Qwen2ForCausalLM", "MistralForCausalLM"])
 def test_logits_match_transformers_float32(arch):
     torch.manual_seed(0)

@@ -46,6 +46,7 @@ class EngineConfig:
     seed: int = 0
     temperature: float = 0.0
     num_layers: int | None = None  # truncate the model (tests and quick timing only)
+    capture_at_start: bool = True  # capture every decode graph when built (else on first use)
 
     def __post_init__(self) -> None:
         if self.weight_format not in WEIGHT_FORMATS:
@@ -128,7 +129,7 @@ def build_engine(cfg: EngineConfig, mc: EngineModelConfig | None = None) -> Engi
     timings["kv_plan_s"] = time.perf_counter() - t0
     runner = ModelRunner(model, cache, cfg.max_model_len, seed=cfg.seed, temperature=cfg.temperature,
                          cuda_graphs=cfg.cuda_graphs and dev.type == "cuda", max_graph_batch=cfg.max_num_seqs)
-    timings["graph_capture_s"] = runner.capture_all()
+    timings["graph_capture_s"] = runner.capture_all() if cfg.capture_at_start else 0.0
     return Engine(cfg, mc, model, runner, memory, timings)
 
 
@@ -201,7 +202,7 @@ def _plan_and_allocate(cfg: EngineConfig, mc: EngineModelConfig, model: LlamaMod
         raise ConfigError(f"num_gpu_blocks {cfg.num_gpu_blocks} needs {cfg.num_gpu_blocks * block_bytes / GIB:.1f} "
                           f"GiB; {max(budget, 0) / GIB:.1f} GiB is left for the KV cache ({planned} blocks)",
                           field="num_gpu_blocks")
-    if blocks < need_one:
+    if not cfg.num_gpu_blocks and blocks < need_one:
         raise ConfigError(
             f"{mc.name} in {cfg.weight_format} leaves {max(budget, 0) / GIB:.2f} GiB for the KV cache "
             f"({max(planned, 0)} blocks of {cfg.block_size} tokens), less than one {cfg.max_model_len}-token "
