@@ -35,3 +35,17 @@ class InputError(ValueError):
 
 class ConfigError(InputError):
     """A configuration that cannot work (model does not fit, TP does not divide heads, ...)."""
+
+
+def unknown_name(what: str, name: str, known, aliases: dict[str, str] | None = None) -> str:
+    """``unknown GPU 'H10'; closest: H100-SXM, H100-PCIe; known: ...``: the closest names first (difflib, also
+    over ``aliases``, which map another spelling to a known name), then every known one."""
+    import difflib
+
+    known = list(known)
+    spellings = {k.lower(): k for k in known}
+    spellings.update({a.lower(): k for a, k in (aliases or {}).items()})
+    close = difflib.get_close_matches(str(name).lower(), list(spellings), n=6, cutoff=0.5)
+    close = list(dict.fromkeys(spellings[c] for c in close))[:3]
+    hint = f"closest: {', '.join(close)}; " if close else ""
+    return f"unknown {what} '{name}'; {hint}known: {', '.join(known)}"

@@ -33,8 +33,9 @@ def test_lists_and_shows(capsys):
 def test_fit_prints_memory_and_times(capsys):
     code, out, _ = _run(capsys, "fit", "Llama-3.1-8B", "H100-SXM")
     assert code == 0
-    assert "28,056 blocks of 16 tokens = 448,896 tokens" in out
-    assert "prefill 2048 tokens" in out and "decode batch 256" in out
+    assert "28,440 blocks of 16 tokens = 455,040 tokens" in out
+    assert "assumed (as servesim simulate): batching chunked, max_num_batched_tokens 2,048, max_num_seqs 256" in out
+    assert "prefill 2,048 tokens" in out and "decode batch 256" in out
     code, out, _ = _run(capsys, "fit", "Llama-3.1-70B", "H100-SXM", "--tp", "4", "--quant", "fp8", "--json")
     data = json.loads(out)
     assert code == 0 and data["memory"]["kv_blocks"] > 0

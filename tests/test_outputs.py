@@ -213,7 +213,7 @@ def test_render_comparison_and_slowdown(run):
     console, buf = plain_console()
     render_slowdown(tables, console)
     text = buf.getvalue()
-    assert "fcfs mean" in text and "sjf p99" in text and "sjf rejected" in text and "10-20" in text
+    assert "fcfs mean" in text and "sjf p99" in text and "sjf rejected" in text and "10–20" in text
     console, buf = plain_console()
     render_slowdown({"a": tables["fcfs"], "b": slowdown_by_size(requests, "input_tokens", 1)}, console)
     assert buf.getvalue().count("slowdown by request size:") == 2  # different bins: separate tables

@@ -7,6 +7,7 @@ import pytest
 from scipy import integrate, stats
 
 from servesim.errors import ConfigError
+from servesim.sim.config import make_scenario
 from servesim.sim.spec import (
     AcceptanceModel,
     IIDAcceptance,
@@ -41,7 +42,7 @@ def test_expected_tokens_is_sum_of_acceptance_probabilities(alpha, k):
 
 @pytest.mark.parametrize(("alpha", "k"), [(0.2, 1), (0.6, 3), (0.8, 5), (0.95, 8)])
 def test_iid_sample_mean_matches_closed_form(alpha, k):
-    model = IIDAcceptance(alpha=alpha, k=k)
+    model = IIDAcceptance(spec_alpha=alpha, spec_k=k)
     x = model.sample(np.random.default_rng(1), N)
     pmf = exact_pmf(alpha, k)
     support = np.arange(1, k + 2)
@@ -54,7 +55,7 @@ def test_iid_sample_mean_matches_closed_form(alpha, k):
 
 @pytest.mark.parametrize(("alpha", "k"), [(0.5, 4), (0.8, 3), (0.9, 6)])
 def test_iid_distribution_is_capped_geometric(alpha, k):
-    x = IIDAcceptance(alpha=alpha, k=k).sample(np.random.default_rng(7), 200_000)
+    x = IIDAcceptance(spec_alpha=alpha, spec_k=k).sample(np.random.default_rng(7), 200_000)
     observed = np.bincount(x, minlength=k + 2)[1:]
     expected = exact_pmf(alpha, k) * len(x)
     assert stats.chisquare(observed, expected).pvalue > 1e-3
@@ -65,12 +66,12 @@ def test_iid_distribution_is_capped_geometric(alpha, k):
 
 def test_iid_edge_rates():
     rng = np.random.default_rng(0)
-    assert (IIDAcceptance(alpha=0.0, k=5).sample(rng, 1000) == 1).all()
-    assert (IIDAcceptance(alpha=1.0, k=5).sample(rng, 1000) == 6).all()
+    assert (IIDAcceptance(spec_alpha=0.0, spec_k=5).sample(rng, 1000) == 1).all()
+    assert (IIDAcceptance(spec_alpha=1.0, spec_k=5).sample(rng, 1000) == 6).all()
 
 
 def test_samples_are_seeded():
-    model = IIDAcceptance(alpha=0.7, k=4)
+    model = IIDAcceptance(spec_alpha=0.7, spec_k=4)
     a = model.sample(np.random.default_rng(3), 100)
     b = model.sample(np.random.default_rng(3), 100)
     c = model.sample(np.random.default_rng(4), 100)
@@ -79,7 +80,7 @@ def test_samples_are_seeded():
 
 @pytest.mark.parametrize(("mean", "conc", "k"), [(0.7, 2.0, 4), (0.5, 0.5, 3), (0.85, 20.0, 6)])
 def test_per_request_mean_is_expectation_over_beta(mean, conc, k):
-    model = PerRequestAcceptance(k=k, alpha_mean=mean, alpha_concentration=conc)
+    model = PerRequestAcceptance(spec_k=k, spec_alpha=mean, spec_alpha_concentration=conc)
     a, b = model.beta_params
     reference, _ = integrate.quad(lambda t: expected_accepted_tokens(t, k) * stats.beta.pdf(t, a, b), 0, 1)
     assert model.mean_emitted_tokens() == pytest.approx(reference, rel=1e-7)
@@ -90,7 +91,7 @@ def test_per_request_mean_is_expectation_over_beta(mean, conc, k):
 
 
 def test_per_request_alphas_and_vectorized_steps():
-    model = PerRequestAcceptance(k=4, alpha_mean=0.6, alpha_concentration=5.0)
+    model = PerRequestAcceptance(spec_k=4, spec_alpha=0.6, spec_alpha_concentration=5.0)
     rng = np.random.default_rng(5)
     alphas = model.draw_alphas(rng, 200_000)
     assert alphas.mean() == pytest.approx(0.6, abs=0.003)
@@ -103,34 +104,41 @@ def test_per_request_alphas_and_vectorized_steps():
 
 
 def test_models_satisfy_protocol():
-    assert isinstance(IIDAcceptance(alpha=0.5, k=2), AcceptanceModel)
-    assert isinstance(PerRequestAcceptance(k=2, alpha_mean=0.5, alpha_concentration=1.0), AcceptanceModel)
+    assert isinstance(IIDAcceptance(spec_alpha=0.5, spec_k=2), AcceptanceModel)
+    assert isinstance(PerRequestAcceptance(spec_k=2, spec_alpha=0.5, spec_alpha_concentration=1.0), AcceptanceModel)
 
 
 def test_spec_config_builds_models():
-    iid = SpecConfig(draft_model="llama-3.2-1b", k=4, alpha=0.8).acceptance_model()
-    assert iid == IIDAcceptance(alpha=0.8, k=4)
-    per = SpecConfig(draft_model="d", k=3, alpha_mean=0.7, alpha_concentration=4.0).acceptance_model()
-    assert per == PerRequestAcceptance(k=3, alpha_mean=0.7, alpha_concentration=4.0)
+    iid = SpecConfig(draft_model="llama-3.2-1b", spec_k=4, spec_alpha=0.8).acceptance_model()
+    assert iid == IIDAcceptance(spec_alpha=0.8, spec_k=4)
+    per = SpecConfig(draft_model="d", spec_k=3, spec_alpha=0.7, spec_alpha_concentration=4.0).acceptance_model()
+    assert per == PerRequestAcceptance(spec_k=3, spec_alpha=0.7, spec_alpha_concentration=4.0)
 
 
 @pytest.mark.parametrize(
-    ("kwargs", "field"),
+    ("values", "field"),
     [
-        ({"draft_model": "", "k": 4, "alpha": 0.5}, "spec.draft_model"),
-        ({"draft_model": "d", "k": 0, "alpha": 0.5}, "spec.k"),
-        ({"draft_model": "d", "k": 2.5, "alpha": 0.5}, "spec.k"),
-        ({"draft_model": "d", "k": 4, "alpha": 1.5}, "spec.alpha"),
-        ({"draft_model": "d", "k": 4}, "spec.alpha"),
-        (dict(draft_model="d", k=4, alpha=0.5, alpha_mean=0.5, alpha_concentration=1), "spec.alpha"),
-        ({"draft_model": "d", "k": 4, "alpha_mean": 0.5}, "spec.alpha_concentration"),
-        ({"draft_model": "d", "k": 4, "alpha_concentration": 2.0}, "spec.alpha_mean"),
-        ({"draft_model": "d", "k": 4, "alpha_mean": 1.0, "alpha_concentration": 2.0}, "spec.alpha_mean"),
-        (dict(draft_model="d", k=4, alpha_mean=0.5, alpha_concentration=0.0), "spec.alpha_concentration"),
+        ({"spec_k": -1}, "spec_k"),
+        ({"spec_k": 2.5}, "spec_k"),
+        ({"spec_k": 17}, "spec_k"),
+        ({"spec_k": 4, "spec_alpha": 1.5}, "spec_alpha"),
+        ({"spec_k": 4, "spec_alpha": 1.0, "spec_alpha_concentration": 2.0}, "spec_alpha"),
+        ({"spec_k": 4, "spec_alpha_concentration": 0.0}, "spec_alpha_concentration"),
+        ({"spec_k": 4, "draft_model": "no-such-draft"}, "draft_model"),
+        ({"spec_k": 4, "max_num_seqs": 256, "max_num_batched_tokens": 1000}, "max_num_batched_tokens"),
     ],
 )
-def test_spec_config_errors_name_the_field(kwargs, field):
+def test_spec_errors_name_the_scenario_field(values, field):
+    # Speculation's values are checked once, by Scenario, and every message names a field a user can set.
     with pytest.raises(ConfigError) as err:
-        SpecConfig(**kwargs)
+        make_scenario(values)
     assert err.value.field == field
     assert f"field '{field}'" in str(err.value)
+    assert "spec." not in str(err.value)
+
+
+def test_inner_spec_configs_only_assert():
+    with pytest.raises(AssertionError):
+        SpecConfig(draft_model="d", spec_k=0, spec_alpha=0.5)
+    with pytest.raises(AssertionError):
+        PerRequestAcceptance(spec_k=2, spec_alpha=1.0, spec_alpha_concentration=1.0)

@@ -6,48 +6,35 @@ from __future__ import annotations
 import dataclasses
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 import typer
-from rich import box
-from rich.console import Console
-from rich.table import Table
 
 from servesim.cli.app import app
+from servesim.cli.render import make_console, new_table, show
 from servesim.hwmodels.cost import CostModel
 from servesim.hwmodels.gpus import GPU, GPUS, get_gpu, load_gpus_yaml
-from servesim.hwmodels.memory import plan_memory
 from servesim.hwmodels.models import MODELS, ModelSpec, get_model
 from servesim.hwmodels.ops import decode_shape, prefill_shape
-from servesim.hwmodels.placement import Placement
 
 models_app = typer.Typer(
-    help="Model presets and HuggingFace config.json files: list, show.", no_args_is_help=True
+    help="Model presets and HuggingFace config.json files: `servesim models` lists the presets, "
+    "`servesim models show NAME|PATH` describes one.",
+    rich_markup_mode=None,
 )
-gpus_app = typer.Typer(help="GPU catalog (datasheet peaks, $/hour): list, show.", no_args_is_help=True)
+gpus_app = typer.Typer(
+    help="GPU catalog (datasheet peaks, $/hour): `servesim gpus` lists it, `servesim gpus show NAME` "
+    "describes one GPU.",
+    rich_markup_mode=None,
+)
 app.add_typer(models_app, name="models")
 app.add_typer(gpus_app, name="gpus")
 
 _JSON = typer.Option(False, "--json", help="Print JSON instead of a table.")
 _GPUS_FILE = typer.Option(
-    None, "--gpus-file", help="YAML with extra GPUs (format of hwmodels/catalog/gpus.yaml)."
+    None, "--gpus-file", metavar="PATH", help="YAML with extra GPUs (format of hwmodels/catalog/gpus.yaml)."
 )
 FIT_PROMPT_TOKENS, FIT_CTX_TOKENS, FIT_BATCHES = 2048, 2048, (1, 32, 256)
-
-
-def _out() -> Console:
-    # rich draws tables on a terminal; through a pipe the same columns come out plain and uncoloured.
-    console = Console()
-    return console if console.is_terminal else Console(width=160, no_color=True, highlight=False)
-
-
-def _grid(console: Console, *columns: str, title: str | None = None, numeric: bool = True) -> Table:
-    if title:
-        console.print(title, style="bold")
-    table = Table(*columns, box=box.SIMPLE_HEAD if console.is_terminal else None, pad_edge=False)
-    for col in table.columns[1:] if numeric else ():
-        col.justify = "right"
-    return table
 
 
 def _extra_gpus(path: Path | None) -> dict[str, GPU]:
@@ -67,6 +54,13 @@ def _gpu_row(g: GPU) -> dict[str, Any]:
     return dataclasses.asdict(g)
 
 
+@models_app.callback(invoke_without_command=True)
+def _models_default(ctx: typer.Context, as_json: bool = _JSON) -> None:
+    """List the model presets (the same as `servesim models list`)."""
+    if ctx.invoked_subcommand is None:
+        models_list(as_json)
+
+
 @models_app.command("list")
 def models_list(as_json: bool = _JSON) -> None:
     """List the model presets."""
@@ -74,8 +68,8 @@ def models_list(as_json: bool = _JSON) -> None:
     if as_json:
         typer.echo(json.dumps(rows, indent=1))
         return
-    console = _out()
-    t = _grid(
+    console = make_console()
+    t = new_table(
         console, "model", "params", "layers", "hidden", "heads/kv", "experts", "bf16 GB", "KV KiB/token"
     )
     for m in MODELS.values():
@@ -89,7 +83,7 @@ def models_list(as_json: bool = _JSON) -> None:
             f"{m.weight_bytes() / 1e9:.1f}",
             f"{m.kv_bytes_per_token() / 1024:.0f}",
         )
-    console.print(t)
+    show(console, t)
 
 
 @models_app.command("show")
@@ -103,13 +97,20 @@ def models_show(
     if as_json:
         typer.echo(json.dumps(row, indent=1))
         return
-    console = _out()
-    t = _grid(console, "field", "value", title=m.name, numeric=False)
+    console = make_console()
+    t = new_table(console, "field", "value", title=m.name, numeric=False)
     for key, value in row.items():
         t.add_row(key, f"{value:,}" if isinstance(value, int) and not isinstance(value, bool) else str(value))
     for wf in ("fp8", "w8a16", "w4a16"):
         t.add_row(f"weight_bytes_{wf}", f"{m.weight_bytes(wf):,}")
-    console.print(t)
+    show(console, t)
+
+
+@gpus_app.callback(invoke_without_command=True)
+def _gpus_default(ctx: typer.Context, as_json: bool = _JSON, gpus_file: Optional[Path] = _GPUS_FILE) -> None:  # noqa: UP045
+    """List the GPU catalog (the same as `servesim gpus list`)."""
+    if ctx.invoked_subcommand is None:
+        gpus_list(as_json, gpus_file)
 
 
 @gpus_app.command("list")
@@ -119,8 +120,8 @@ def gpus_list(as_json: bool = _JSON, gpus_file: Path | None = _GPUS_FILE) -> Non
     if as_json:
         typer.echo(json.dumps([_gpu_row(g) for g in table.values()], indent=1))
         return
-    console = _out()
-    t = _grid(console, "gpu", "memory GiB", "HBM TB/s", "bf16 TF/s", "fp8 TF/s", "link GB/s", "TDP W", "$/h")
+    console = make_console()
+    t = new_table(console, "gpu", "memory GiB", "HBM TB/s", "bf16 TF/s", "fp8 TF/s", "link GB/s", "TDP W", "$/h")
     for g in table.values():
         t.add_row(
             g.name,
@@ -132,7 +133,7 @@ def gpus_list(as_json: bool = _JSON, gpus_file: Path | None = _GPUS_FILE) -> Non
             f"{g.tdp_w:g}",
             f"{g.usd_per_hour:.2f}",
         )
-    console.print(t)
+    show(console, t)
     console.print("$/h: editable defaults (rough on-demand prices), not quotes. TF/s: dense.")
 
 
@@ -143,53 +144,83 @@ def gpus_show(name: str, as_json: bool = _JSON, gpus_file: Path | None = _GPUS_F
     if as_json:
         typer.echo(json.dumps(_gpu_row(g), indent=1))
         return
-    console = _out()
-    t = _grid(console, "field", "value", title=g.name, numeric=False)
+    console = make_console()
+    t = new_table(console, "field", "value", title=g.name, numeric=False)
     for key, value in _gpu_row(g).items():
         t.add_row(
             key,
             ", ".join(f"{k} {v:g}" for k, v in value.items())
             if isinstance(value, dict)
+            else ", ".join(value) or "-"
+            if isinstance(value, (tuple, list))
             else f"{value:,}"
             if isinstance(value, int)
             else f"{value:.4g}"
             if isinstance(value, float)
             else value,
         )
-    console.print(t)
+    show(console, t)
 
 
 def fit(
     model: str = typer.Argument(..., help="Preset name, config.json, or a directory with one."),
-    gpu: str = typer.Argument(..., help="GPU name (see `servesim gpus list`)."),
-    tp: int = typer.Option(1, "--tp", help="Tensor-parallel degree."),
-    pp: int = typer.Option(1, "--pp", help="Pipeline-parallel degree."),
-    quant: str = typer.Option("bf16", "--quant", help="Weight format: bf16, fp16, fp8, w8a16, w4a16."),
-    kv_dtype: str = typer.Option("bf16", "--kv-dtype", help="KV-cache dtype: bf16, fp16, fp8, int8."),
-    gpu_memory_utilization: float = typer.Option(0.9, "--gpu-memory-utilization"),
-    block_size: int = typer.Option(16, "--block-size"),
-    max_num_batched_tokens: int = typer.Option(8192, "--max-num-batched-tokens"),
-    gpus_file: Path | None = _GPUS_FILE,
+    gpu: str = typer.Argument(..., help="GPU name or alias (see `servesim gpus`)."),
+    tp: Optional[int] = typer.Option(None, "--tp", help="Tensor-parallel degree (default: 1)."),  # noqa: UP045
+    pp: Optional[int] = typer.Option(None, "--pp", help="Pipeline-parallel degree (default: 1)."),  # noqa: UP045
+    quant: Optional[str] = typer.Option(None, "--quant", help="Weight format (default: bf16)."),  # noqa: UP045
+    kv_dtype: Optional[str] = typer.Option(None, "--kv-dtype", help="KV-cache dtype (default: bf16)."),  # noqa: UP045
+    gpu_memory_utilization: Optional[float] = typer.Option(  # noqa: UP045
+        None, "--gpu-memory-utilization", metavar="X", help="Fraction of GPU memory to use (default: 0.9)."
+    ),
+    block_size: Optional[int] = typer.Option(None, "--block-size", help="Tokens per KV block (default: 16)."),  # noqa: UP045
+    batching: Optional[str] = typer.Option(None, "--batching", help="Batching mode (default: chunked)."),  # noqa: UP045
+    max_num_batched_tokens: Optional[int] = typer.Option(  # noqa: UP045
+        None, "--max-num-batched-tokens", metavar="N",
+        help="Token budget per step, which sizes the activation workspace (default: as `simulate`).",
+    ),
+    max_num_seqs: Optional[int] = typer.Option(  # noqa: UP045
+        None, "--max-num-seqs", metavar="N", help="Most sequences per step, sizing the sampler (default: 256)."
+    ),
+    gpus_file: Optional[Path] = _GPUS_FILE,  # noqa: UP045
     as_json: bool = _JSON,
 ) -> None:
-    """Does MODEL fit on GPU? Memory per GPU, KV capacity, and roofline prefill/decode step times."""
-    m, g = get_model(model), get_gpu(gpu, _extra_gpus(gpus_file))
-    placement = Placement(m, g, tp, pp, quant, kv_dtype)
-    plan = plan_memory(placement, gpu_memory_utilization, block_size, max_num_batched_tokens)
+    """Does MODEL fit on GPU? Memory per GPU, KV capacity, and roofline prefill/decode step times.
+
+    Unset options take the defaults of `servesim simulate` (one Scenario), so both count the same KV blocks.
+    """
+    from servesim.sim.config import make_scenario
+    from servesim.sim.deployment import plan_replica
+
+    given = dict(model=model, gpu=gpu, tp=tp, pp=pp, quant=quant, kv_dtype=kv_dtype, batching=batching,
+                 gpu_memory_utilization=gpu_memory_utilization, block_size=block_size,
+                 max_num_batched_tokens=max_num_batched_tokens, max_num_seqs=max_num_seqs,
+                 gpus_file=None if gpus_file is None else str(gpus_file))
+    scenario = make_scenario({k: v for k, v in given.items() if v is not None})
+    replica = plan_replica(scenario)
+    placement, plan = replica.placement, replica.memory
+    m, g = placement.model, placement.gpu
     cost = CostModel(placement)
     prefill_s = cost.step_time_s(prefill_shape(FIT_PROMPT_TOKENS))
     decode = {b: cost.step_time_s(decode_shape(b, FIT_CTX_TOKENS)) for b in FIT_BATCHES}
     fits = {b: b * (FIT_CTX_TOKENS + 1) <= plan.kv_capacity_tokens for b in FIT_BATCHES}
+    assumed = {
+        "batching": scenario.batching,
+        "max_num_batched_tokens": replica.max_num_batched_tokens,
+        "max_num_seqs": scenario.max_num_seqs,
+        "gpu_memory_utilization": scenario.gpu_memory_utilization,
+        "block_size": scenario.block_size,
+    }
     if as_json:
         typer.echo(
             json.dumps(
                 {
                     "model": m.name,
                     "gpu": g.name,
-                    "tp": tp,
-                    "pp": pp,
-                    "weight_format": quant,
-                    "kv_dtype": kv_dtype,
+                    "tp": placement.tp,
+                    "pp": placement.pp,
+                    "weight_format": placement.weight_format,
+                    "kv_dtype": placement.kv_dtype,
+                    "assumed": assumed,
                     "profile_id": cost.profile_id,
                     "memory": dataclasses.asdict(plan),
                     f"prefill_{FIT_PROMPT_TOKENS}_s": prefill_s,
@@ -200,9 +231,15 @@ def fit(
             )
         )
         return
-    console = _out()
-    title = f"{m.name} on {g.name}, tp={tp} pp={pp}, weights {quant}, KV {kv_dtype} (per GPU)"
-    t = _grid(console, "memory", "GB", title=title)
+    console = make_console()
+    title = (f"{m.name} on {g.name}, tp={placement.tp} pp={placement.pp}, weights {placement.weight_format}, "
+             f"KV {placement.kv_dtype} (per GPU)")
+    console.print(
+        "assumed (as servesim simulate): " + ", ".join(f"{k} {v:,}" if isinstance(v, int) else f"{k} {v}"
+                                                        for k, v in assumed.items()),
+        highlight=False,
+    )
+    t = new_table(console, "memory", "GB", title=title)
     for label, value in (
         ("usable", plan.usable_bytes),
         ("weights", plan.weights_bytes),
@@ -212,21 +249,21 @@ def fit(
         ("headroom", plan.headroom_bytes),
     ):
         t.add_row(label, f"{value / 1e9:.2f}")
-    console.print(t)
+    show(console, t)
     console.print(
-        f"KV cache: {plan.kv_blocks:,} blocks of {block_size} tokens = {plan.kv_capacity_tokens:,} "
+        f"KV cache: {plan.kv_blocks:,} blocks of {scenario.block_size} tokens = {plan.kv_capacity_tokens:,} "
         f"tokens ({plan.kv_bytes_per_token / 1024:.0f} KiB/token per GPU)"
     )
-    t = _grid(console, "step (roofline)", "ms", "tokens/s", title="Step times")
+    t = new_table(console, "step (roofline)", "ms", "tokens/s", title="Step times")
     t.add_row(
-        f"prefill {FIT_PROMPT_TOKENS} tokens",
+        f"prefill {FIT_PROMPT_TOKENS:,} tokens",
         f"{prefill_s * 1e3:.2f}",
         f"{FIT_PROMPT_TOKENS / prefill_s:,.0f}",
     )
     for b, s in decode.items():
         note = "" if fits[b] else " (exceeds KV capacity)"
-        t.add_row(f"decode batch {b} @ {FIT_CTX_TOKENS} ctx{note}", f"{s * 1e3:.2f}", f"{b / s:,.0f}")
-    console.print(t)
+        t.add_row(f"decode batch {b} @ {FIT_CTX_TOKENS:,} ctx{note}", f"{s * 1e3:.2f}", f"{b / s:,.0f}")
+    show(console, t)
 
 
 app.command("fit")(fit)

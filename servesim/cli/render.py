@@ -1,4 +1,8 @@
-"""Terminal tables of run results (rich on a terminal, plain text through a pipe)."""
+"""Terminal output of every command: rich tables on a terminal, plain text through a pipe or into a file.
+
+A terminal gets light rules under the header; anything else gets the same columns with no box-drawing, no
+colour and no trailing blanks, so piped output greps and diffs cleanly. Missing values show as "—".
+"""
 
 from __future__ import annotations
 
@@ -7,8 +11,39 @@ from collections.abc import Mapping
 
 import numpy as np
 import pandas as pd
-from rich.console import Console
+from rich import box
+from rich.console import Console, RenderableType
 from rich.table import Table
+
+MISSING = "—"
+
+
+def make_console(stderr: bool = False) -> Console:
+    """A rich console on a terminal; otherwise a wide, uncoloured one (tables are shown plain by :func:`show`)."""
+    console = Console(stderr=stderr)
+    return console if console.is_terminal else Console(stderr=stderr, width=200, no_color=True, highlight=False)
+
+
+def new_table(console: Console, *columns: str, title: str | None = None, header: bool = True,
+              numeric: bool = True) -> Table:
+    """A table with right-aligned value columns (``numeric``); its title is printed above it, in bold."""
+    if title is not None:  # printed apart: a table title would pad plain output with blanks
+        console.print(title, style="bold", highlight=False)
+    table = Table(*columns, box=box.SIMPLE_HEAD if console.is_terminal else None, pad_edge=False,
+                  show_header=header, show_edge=False)
+    for col in table.columns[1:] if numeric else ():
+        col.justify = "right"
+    return table
+
+
+def show(console: Console, renderable: RenderableType) -> None:
+    """Print ``renderable``; off a terminal, as plain lines without trailing blanks."""
+    if console.is_terminal:
+        console.print(renderable)
+        return
+    with console.capture() as cap:
+        console.print(renderable)
+    console.out("\n".join(line.rstrip() for line in cap.get().splitlines()), highlight=False)
 
 LATENCY_ROWS = (("TTFT", "ttft"), ("TPOT", "tpot"), ("ITL", "itl"), ("E2E", "e2el"))
 LATENCY_COLUMNS = ("mean", "p50", "p90", "p99")
@@ -44,9 +79,9 @@ COMPARISON_ROWS = SUMMARY_ROWS[:6] + tuple(
 
 
 def fmt(x: object, decimals: int = 2) -> str:
-    """A table cell: thousands separators, fixed decimals, "-" for missing or NaN."""
+    """A table cell: thousands separators, fixed decimals, "—" for missing or NaN (a statistic of nothing)."""
     if x is None or (isinstance(x, (float, np.floating)) and math.isnan(x)):
-        return "-"
+        return MISSING
     if isinstance(x, (int, np.integer)) and not isinstance(x, bool):
         return f"{int(x):,}"
     if isinstance(x, (float, np.floating)):
@@ -63,36 +98,29 @@ def render_summary(
     summary: Mapping[str, object], console: Console | None = None, title: str = "servesim summary"
 ) -> None:
     """Print a latency table (TTFT/TPOT/ITL/E2E × mean/p50/p90/p99, ms) and the run's other numbers."""
-    console = console or Console()
-    lat = Table(title=f"{title}: latency (ms)")
-    lat.add_column("metric")
-    for col in LATENCY_COLUMNS:
-        lat.add_column(col, justify="right")
+    console = console or make_console()
+    lat = new_table(console, "metric", *LATENCY_COLUMNS, title=f"{title}: latency (ms)")
     for label, key in LATENCY_ROWS:
         lat.add_row(label, *(fmt(summary.get(f"{col}_{key}_ms")) for col in LATENCY_COLUMNS))
-    console.print(lat)
-    rest = Table(title=_slo_label(summary["slo"]) if "slo" in summary else None, show_header=False)
-    rest.add_column("quantity")
-    rest.add_column("value", justify="right")
+    show(console, lat)
+    rest = new_table(console, "quantity", "value", header=False,
+                     title=_slo_label(summary["slo"]) if "slo" in summary else None)
     for label, key, decimals in SUMMARY_ROWS:
         if key in summary:
             rest.add_row(label, fmt(summary[key], decimals))
-    console.print(rest)
+    show(console, rest)
 
 
 def render_comparison(
     summaries: Mapping[str, Mapping[str, object]], console: Console | None = None, title: str = "comparison"
 ) -> None:
     """Print the key metrics side by side, one column per policy or scenario."""
-    console = console or Console()
-    table = Table(title=title)
-    table.add_column("metric")
-    for name in summaries:
-        table.add_column(name, justify="right")
+    console = console or make_console()
+    table = new_table(console, "metric", *summaries, title=title)
     for label, key, decimals in COMPARISON_ROWS:
         if any(key in s for s in summaries.values()):
             table.add_row(label, *(fmt(s.get(key), decimals) for s in summaries.values()))
-    console.print(table)
+    show(console, table)
 
 
 def render_slowdown(
@@ -104,25 +132,22 @@ def render_slowdown(
 
     Tables with the same bins (the same workload) share one table; otherwise each gets its own.
     """
-    console = console or Console()
+    console = console or make_console()
     ranges = {name: list(zip(t["size_min"], t["size_max"], strict=True)) for name, t in tables.items()}
     if len({tuple(r) for r in ranges.values()}) > 1:
         for name, t in tables.items():
             render_slowdown({name: t}, console, f"{title}: {name}")
         return
-    table = Table(title=title)
-    table.add_column("size (tokens)")
     any_rejected = any(t["rejected"].sum() > 0 for t in tables.values())
+    columns = ["size (tokens)"]
     for name in tables:
-        table.add_column(f"{name} mean", justify="right")
-        table.add_column(f"{name} p99", justify="right")
-        if any_rejected:
-            table.add_column(f"{name} rejected", justify="right")
+        columns += [f"{name} mean", f"{name} p99"] + ([f"{name} rejected"] if any_rejected else [])
+    table = new_table(console, *columns, title=title)
     for i, (lo, hi) in enumerate(next(iter(ranges.values()), [])):
-        cells = [f"{lo:,}-{hi:,}"]
+        cells = [f"{lo:,}–{hi:,}"]
         for t in tables.values():
             cells += [fmt(t["mean_slowdown"].iloc[i]), fmt(t["p99_slowdown"].iloc[i])]
             if any_rejected:
                 cells.append(fmt(int(t["rejected"].iloc[i])))
         table.add_row(*cells)
-    console.print(table)
+    show(console, table)

@@ -17,12 +17,16 @@ from typing import Optional
 import typer
 from rich.console import Console
 
-from servesim.cli.app import app
-from servesim.errors import ConfigError
-from servesim.sim.config import FIELD_GROUPS, Scenario, load_scenario, make_scenario
+from servesim.cli.app import SectionedCommand, app
+from servesim.cli.render import make_console
+from servesim.errors import ConfigError, InputError, unknown_name
+from servesim.sim.config import CHOICE_FIELDS, FIELD_GROUPS, Scenario, choices, load_scenario, make_scenario
+from servesim.sim.outputs import check_writable
 
 _GROUP_OF = {name: group for group, names in FIELD_GROUPS.items() for name in names}
-_POLICIES = typing.get_args(Scenario.model_fields["policy"].annotation)
+
+
+_METAVAR = {int: "N", float: "X", str: "TEXT"}
 
 
 def _option(name: str) -> inspect.Parameter:
@@ -35,11 +39,16 @@ def _option(name: str) -> inspect.Parameter:
     if typing.get_origin(base) is typing.Literal:
         help_text += f" ({' | '.join(typing.get_args(base))})"
         base = str
-    default = "none" if info.default is None else info.default
+    elif name in CHOICE_FIELDS:
+        help_text += f" ({' | '.join(choices(name))})"
+    if "default:" not in help_text:  # a description that says its default says it once
+        default = info.default
+        shown = "none" if default is None else ("on" if default else "off") if isinstance(default, bool) else default
+        help_text += f" (default: {shown})"
     flag = "--" + name.replace("_", "-")
     decls = [f"{flag}/--no-{name.replace('_', '-')}"] if base is bool else [flag]
-    opt = typer.Option(None, *decls, help=f"{help_text} (default: {default})", show_default=False,
-                       rich_help_panel=_GROUP_OF[name])
+    opt = typer.Option(None, *decls, help=help_text, show_default=False, rich_help_panel=_GROUP_OF[name],
+                       metavar=_METAVAR.get(base))
     return inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=opt, annotation=Optional[base])  # noqa: UP045
 
 
@@ -64,8 +73,8 @@ def _scenario(config: Path | None, fields: dict) -> Scenario:
 def _policies(text: str) -> list[str]:
     names = [p.strip() for p in text.split(",") if p.strip()]
     for p in names:
-        if p not in _POLICIES:
-            raise ConfigError(f"unknown policy {p!r}; choose from {', '.join(_POLICIES)}", field="policies")
+        if p not in choices("policy"):
+            raise ConfigError(unknown_name("policy", p, choices("policy")), field="policies")
     if not names:
         raise ConfigError("give at least one policy", field="policies")
     return names
@@ -79,13 +88,55 @@ def _run(scenario: Scenario, console: Console):
         return simulate(scenario, on_progress=update)
 
 
-_CONFIG = typer.Option(None, "--config", help="YAML scenario file; flags override it")
-_OUTPUT_DIR = typer.Option(None, "--output-dir", help="write requests.parquet, timeline.parquet, summary.json")
+def _plural(n: int, word: str) -> str:
+    return f"{n:,} {word}" + ("" if n == 1 else "s")
+
+
+def _rejections(requests) -> tuple[int, str, int]:
+    """(rejected, the most common reason, how many share its kind); reasons differ only in their numbers."""
+    reasons = requests.loc[requests.rejected_reason.fillna("") != "", "rejected_reason"].astype(str)
+    if reasons.empty:
+        return 0, "", 0
+    kinds = reasons.str.replace(r"\d[\d,.]*", "N", regex=True)
+    main = kinds.mode().iloc[0]
+    return len(reasons), reasons[kinds == main].iloc[0], int((kinds == main).sum())
+
+
+def _outcome(result, label: str = "") -> list[str]:
+    """Refuse a run whose every request was rejected (InputError: exit 2, nothing written); return the warnings
+    a user should see: partial rejection, saturation, the deployment's own."""
+    where = f"{label}: " if label else ""
+    n = len(result.requests)
+    rejected, reason, alike = _rejections(result.requests)
+    if n and rejected == n:
+        raise InputError(f"{where}all {_plural(n, 'request')} rejected; main reason ({alike:,} of them): {reason}")
+    notes = [f"{where}{w}" for w in result.meta.get("warnings", ())]
+    if rejected:
+        notes.append(f"{where}{rejected:,} of {_plural(n, 'request')} rejected; main reason ({alike:,} of them): "
+                     f"{reason}")
+    s = result.summary
+    if s.get("saturated"):
+        notes.append(
+            f"{where}saturated: over the second half of the arrivals it served {s['served_rate']:.2f} of "
+            f"{s['offered_rate']:.2f} req/s offered, and the waiting queue grew from {s['waiting_at_half_arrivals']:,} "
+            f"to {s['waiting_at_last_arrival']:,}; latencies grow with the run's length"
+        )
+    return notes
+
+
+def _warn(notes: list[str]) -> None:
+    for note in notes:
+        typer.echo(f"warning: {note}", err=True)
+
+
+_CONFIG = typer.Option(None, "--config", metavar="PATH", help="YAML scenario file; flags override it")
+_OUTPUT_DIR = typer.Option(None, "--output-dir", metavar="DIR",
+                           help="write requests.parquet, timeline.parquet, summary.json")
 _CHROME = typer.Option(False, "--chrome-trace", help="also write trace.json (Chrome trace of iterations)")
 _JSON = typer.Option(False, "--json", help="print the summary as JSON")
 
 
-@app.command("simulate", context_settings={"max_content_width": 120})
+@app.command("simulate", cls=SectionedCommand, context_settings={"max_content_width": 100})
 @with_scenario_flags
 def simulate_cmd(
     config: Optional[Path] = _CONFIG,  # noqa: UP045 (typer reads the annotation at run time)
@@ -93,7 +144,7 @@ def simulate_cmd(
     chrome_trace: bool = _CHROME,
     as_json: bool = _JSON,
     policies: Optional[str] = typer.Option(  # noqa: UP045
-        None, "--policies", help="comma-separated policies: run each on the same workload, side by side"
+        None, "--policies", metavar="LIST", help="comma-separated policies: run each on the same workload, side by side"
     ),
     **fields,
 ) -> None:
@@ -106,8 +157,11 @@ def simulate_cmd(
     if policies:
         _compare(base, _policies(policies), None, output_dir, as_json)
         return
-    console = Console()
+    if output_dir:
+        check_writable(output_dir)
+    console = make_console()
     result = _run(base, console)
+    notes = _outcome(result)
     from servesim.cli.render import render_summary
     from servesim.sim.outputs import dumps_json, summary_document, write_outputs
 
@@ -116,42 +170,52 @@ def simulate_cmd(
                       chrome_trace=chrome_trace)
     if as_json:
         typer.echo(dumps_json(summary_document(result.summary, result.meta)), nl=False)
+        _warn(notes)
         return
     meta = result.meta
     console.print(
-        f"{base.model} on {meta['gpus_total']}× {base.gpu} (tp {base.tp}, pp {base.pp}, {base.replicas} replica(s); "
-        f"weights {base.quant}, KV {base.kv_dtype}): {meta['kv_blocks_per_replica']:,} KV blocks of {base.block_size} "
-        f"tokens per replica; {base.batching} batching, {base.policy}; workload {meta['workload']['name']} "
-        f"({meta['workload']['requests']:,} requests); cost model {meta['profile_id']}; seed {base.seed}; "
+        f"{base.model} on {meta['gpus_total']}× {base.gpu} (tp {base.tp}, pp {base.pp}, "
+        f"{_plural(base.replicas, 'replica')}; weights {base.quant}, KV {base.kv_dtype}): "
+        f"{meta['kv_blocks_per_replica']:,} KV blocks of {base.block_size} tokens per replica",
+        highlight=False, soft_wrap=True,
+    )
+    workload = meta["workload"]
+    console.print(
+        f"{base.batching} batching, {base.policy}; workload {workload['name']} "
+        f"({_plural(workload['requests'], 'request')}); cost model {meta['profile_id']}; seed {base.seed}; "
         f"config {meta['config_hash']}",
-        highlight=False,
+        highlight=False, soft_wrap=True,
     )
     for note in meta["workload"]["notes"]:
         console.print(f"note: {note}", highlight=False)
-    render_summary(result.summary, console, title=f"{base.model} on {base.tp * base.pp * base.replicas}× {base.gpu}")
-    reasons = result.requests.loc[result.requests.rejected_reason != "", "rejected_reason"]
-    if len(reasons):
-        console.print(f"{len(reasons)} requests rejected; most common reason: {reasons.mode().iloc[0]}")
+    render_summary(result.summary, console, title=f"{base.model} on {meta['gpus_total']}× {base.gpu}")
     if output_dir:
-        console.print(f"wrote {output_dir}")
+        console.print(f"wrote {output_dir}", highlight=False)
+    _warn(notes)
 
 
-@app.command("compare", context_settings={"max_content_width": 120})
+@app.command("compare", cls=SectionedCommand, context_settings={"max_content_width": 100})
 @with_scenario_flags
 def compare_cmd(
-    policies: str = typer.Option("fcfs,sjf", "--policies", help="comma-separated policies to compare"),
+    policies: str = typer.Option("fcfs,sjf", "--policies", metavar="LIST", show_default=False,
+                                 help="comma-separated policies to compare (default: fcfs,sjf)"),
     rates: Optional[str] = typer.Option(  # noqa: UP045
-        None, "--rates", help="comma-separated arrival rates, requests/s: compare at each load"
+        None, "--rates", metavar="LIST", help="comma-separated arrival rates, requests/s: compare at each load"
     ),
     slowdown_by: str = typer.Option(
-        "total", "--slowdown-by", help="request size for the slowdown table (input_tokens | output_tokens | total)"
+        "total", "--slowdown-by", metavar="TEXT", show_default=False,
+        help="request size for the slowdown table (input_tokens | output_tokens | total) (default: total)"
     ),
     config: Optional[Path] = _CONFIG,  # noqa: UP045
     output_dir: Optional[Path] = _OUTPUT_DIR,  # noqa: UP045
     as_json: bool = _JSON,
     **fields,
 ) -> None:
-    """Run the same workload under several policies (and loads); side-by-side table and slowdown by size."""
+    """Run the same workload under several policies (and loads); side-by-side table and slowdown by size.
+
+    Every policy and rate is checked before anything runs; with --output-dir each run gets a folder such as
+    fcfs/ or, with --rates, fcfs_rate10/.
+    """
     base = _scenario(config, fields)
     loads = None
     if rates:
@@ -162,27 +226,58 @@ def compare_cmd(
     _compare(base, _policies(policies), loads, output_dir, as_json, slowdown_by)
 
 
+def _run_name(policy: str, rate: float | None) -> str:
+    """The folder of one compare run: ``fcfs``, or ``fcfs_rate10`` at 10 requests/s."""
+    return policy if rate is None else f"{policy}_rate{rate:g}"
+
+
 def _compare(base: Scenario, policies: list[str], rates: list[float] | None, output_dir: Path | None,
              as_json: bool, slowdown_by: str = "total") -> None:
     from servesim.cli.render import render_comparison, render_slowdown
-    from servesim.sim.metrics import slowdown_by_size
+    from servesim.sim.metrics import SIZE_MEASURES, slowdown_by_size
     from servesim.sim.outputs import dumps_json, write_outputs
 
-    console = Console()
-    summaries, slowdowns, docs = {}, {}, {}
+    if slowdown_by not in SIZE_MEASURES:
+        raise ConfigError(f"must be one of {', '.join(SIZE_MEASURES)}, got {slowdown_by!r}", field="slowdown_by")
+    # Every scenario is validated (policies, rates, the deployment) before the first one runs.
+    runs: dict[tuple[float | None, str], Scenario] = {}
     for rate in rates or [base.rate]:
         for policy in policies:
-            scenario = make_scenario({**base.model_dump(), "policy": policy, "rate": rate})
-            label = policy if rate is None else f"{policy} @ {rate:g}/s"
-            result = _run(scenario, console)
-            summaries[label] = result.summary
-            slowdowns[label] = slowdown_by_size(result.requests, by=slowdown_by)
-            docs[label] = {"summary": result.summary, "slowdown": slowdowns[label].to_dict(orient="records")}
-            if output_dir:
-                sub = Path(output_dir) / label.replace(" @ ", "_at_").replace("/", "per")
-                write_outputs(sub, result.requests, result.timeline, result.summary, result.meta)
+            try:
+                runs[rate, policy] = make_scenario({**base.model_dump(), "policy": policy, "rate": rate})
+            except ConfigError as exc:
+                if exc.field == "rate":
+                    raise ConfigError(f"{rate:g}: {exc.problem}", field="rates") from None
+                raise
+    from servesim.sim.deployment import build_deployment
+
+    build_deployment(next(iter(runs.values())))  # a deployment that cannot work fails here, not after a run
+    if output_dir:
+        check_writable(output_dir)
+    console = make_console()
+    results, notes = {}, []
+    for (rate, policy), scenario in runs.items():
+        label = policy if rate is None else f"{policy} @ {rate:g}/s"
+        results[rate, policy] = result = _run(scenario, console)
+        notes += _outcome(result, label)  # an all-rejected run stops here, before anything is written
+    slowdowns = {key: slowdown_by_size(r.requests, by=slowdown_by) for key, r in results.items()}
+    if output_dir:
+        for (rate, policy), r in results.items():
+            write_outputs(Path(output_dir) / _run_name(policy, rate), r.requests, r.timeline, r.summary, r.meta)
     if as_json:
+        docs = {(p if rate is None else f"{p} @ {rate:g}/s"): {
+            "summary": r.summary, "slowdown": slowdowns[rate, p].to_dict(orient="records")}
+            for (rate, p), r in results.items()}
         typer.echo(dumps_json(docs), nl=False)
+        _warn(notes)
         return
-    render_comparison(summaries, console, title=f"{base.model} on {base.gpu}: policies side by side")
-    render_slowdown(slowdowns, console, title=f"slowdown (E2E / E2E alone) by {slowdown_by.replace('_', ' ')}")
+    size = slowdown_by.replace("_", " ")
+    for rate in rates or [base.rate]:
+        at = "" if rate is None else f" at {rate:g} req/s"
+        render_comparison({p: results[rate, p].summary for p in policies}, console,
+                          title=f"{base.model} on {base.gpu}: policies side by side{at}")
+        render_slowdown({p: slowdowns[rate, p] for p in policies}, console,
+                        title=f"slowdown (E2E / E2E alone) by {size}{at}")
+    if output_dir:
+        console.print(f"wrote {output_dir}/{{{','.join(_run_name(p, r) for r, p in runs)}}}", highlight=False)
+    _warn(notes)

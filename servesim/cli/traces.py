@@ -7,11 +7,10 @@ from pathlib import Path
 from typing import Any
 
 import typer
-from rich import box
-from rich.console import Console
-from rich.table import Table
 
 from servesim.cli.app import app
+from servesim.cli.render import MISSING, make_console, new_table
+from servesim.cli.render import show as show_table
 from servesim.sim.workload import BUILTIN_TRACES, FORMATS, file_format, load_trace
 
 traces_app = typer.Typer(
@@ -24,42 +23,15 @@ app.add_typer(traces_app, name="traces")
 _JSON = typer.Option(False, "--json", help="Print JSON instead of a table.")
 
 
-def _console() -> Console:
-    # A terminal gets rich tables; a pipe or file gets plain, wide, uncoloured columns.
-    console = Console()
-    if not console.is_terminal:
-        console = Console(width=200, no_color=True, highlight=False)
-    return console
-
-
-def _print(console: Console, renderable: object) -> None:
-    if console.is_terminal:
-        console.print(renderable)
-        return
-    with console.capture() as cap:  # plain output: no padding blanks at line ends
-        console.print(renderable)
-    typer.echo("\n".join(line.rstrip() for line in cap.get().splitlines()))
-
-
-def _table(console: Console, *columns: str, title: str | None = None, header: bool = True) -> Table:
-    if title is not None:  # a table title would pad plain output with trailing blanks
-        console.print(title, style="bold")
-    table = Table(*columns, box=box.SIMPLE_HEAD if console.is_terminal else None, pad_edge=False,
-                  show_header=header)
-    for col in table.columns[1:]:
-        col.justify = "right"
-    return table
-
-
 def _num(x: float | None, digits: int = 1) -> str:
-    """1,020 for whole numbers, 1,154.7 otherwise, – for missing."""
+    """1,020 for whole numbers, 1,154.7 otherwise, — for missing."""
     if x is None:
-        return "–"
+        return MISSING
     return f"{x:,.0f}" if float(x).is_integer() else f"{x:,.{digits}f}"
 
 
 def _rate(x: float | None) -> str:
-    return "–" if x is None else f"{x:.3g}"
+    return MISSING if x is None else f"{x:.3g}"
 
 
 def _describe(spec: str, fmt: str | None) -> dict[str, Any]:
@@ -84,15 +56,15 @@ def list_traces(ctx: typer.Context, as_json: bool = _JSON) -> None:
     if as_json:
         typer.echo(json.dumps({"traces": rows}, indent=2))
         return
-    console = _console()
-    table = _table(console, "name", "requests", "span s", "rate/s", "iat CV", "prompt mean", "p50", "p99",
+    console = make_console()
+    table = new_table(console, "name", "requests", "span s", "rate/s", "iat CV", "prompt mean", "p50", "p99",
                    "output mean", "p50", "p99", "license", title="Built-in traces")
     for s in rows:
         i, o = s["input_tokens"], s["output_tokens"]
         table.add_row(s["name"], f"{s['requests']:,}", _num(s["span_s"]), _rate(s["rate_per_s"]),
                       _num(s["iat_cv"], 2), _num(i["mean"]), _num(i["p50"]), _num(i["p99"]), _num(o["mean"]),
                       _num(o["p50"]), _num(o["p99"]), s["license"])
-    _print(console, table)
+    show_table(console, table)
     for s in rows:
         for note in s["notes"]:
             console.print(f"note: {s['name']}: {note}")
@@ -113,8 +85,8 @@ def show(
     if as_json:
         typer.echo(json.dumps(s, indent=2))
         return
-    console = _console()
-    summary = _table(console, "", "", title=f"{s['name']} ({s['format']}, {s['source']})", header=False)
+    console = make_console()
+    summary = new_table(console, "", "", title=f"{s['name']} ({s['format']}, {s['source']})", header=False)
     summary.columns[1].justify = "left"
     summary.add_row("requests", f"{s['requests']:,}")
     if s["span_s"] is None:
@@ -131,11 +103,11 @@ def show(
         summary.add_row("blocks repeating an earlier id", f"{100 * s['hash_block_reuse']:.1f}%")
     if "attribution" in s:
         summary.add_row("license", s["attribution"])
-    _print(console, summary)
-    lengths = _table(console, "tokens", "mean", "p50", "p90", "p99", "min", "max")
+    show_table(console, summary)
+    lengths = new_table(console, "tokens", "mean", "p50", "p90", "p99", "min", "max")
     for label, key in (("prompt", "input_tokens"), ("output", "output_tokens")):
         d = s[key]
         lengths.add_row(label, *(_num(d[k]) for k in ("mean", "p50", "p90", "p99", "min", "max")))
-    _print(console, lengths)
+    show_table(console, lengths)
     for note in s["notes"]:
         console.print(f"note: {note}")

@@ -3,7 +3,7 @@
 Each operator takes ``max(flops / (peak · eff_compute), bytes / (bandwidth · eff_memory))``; collectives
 take ``bytes / (link · eff) + calls · latency``; a step adds a fixed CPU overhead. The efficiencies below
 are defaults to be replaced by calibration; they were chosen from ``bench/roofline_probe.py`` on an
-H100 SXM (cuBLAS/SDPA through PyTorch; docs/readme/hwmodels.md has the numbers):
+H100 SXM (cuBLAS/SDPA through PyTorch; docs/hwmodels.md has the numbers):
 
 ==================  =====  ==============================================================================
 gemm_compute        0.75   bf16 GEMM, M ≥ 1024 tokens: 0.70-0.79 of 989 TFLOP/s measured
@@ -19,8 +19,9 @@ overhead_s          1 ms   per step CPU side: vLLM v1 with CUDA graphs spends ~1
 
 ``step_time_s`` is the simulator's hot path: the coefficients are folded into floats at construction and
 the call does plain arithmetic. ``step_time`` evaluates the same operators generically (with the
-breakdown); a test holds the two equal. A calibrated profile plugs in as another class with the methods of
-:class:`StepCostModel` and its own ``profile_id``; its per-operator time replaces :meth:`CostModel.op_time_s`.
+breakdown); a test holds the two equal. :class:`StepCostModel` is the interface the simulator holds a cost
+model by (``Deployment.cost``); a calibrated profile plugs in as another class with its methods and its own
+``profile_id``.
 """
 
 from __future__ import annotations

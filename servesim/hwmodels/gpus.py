@@ -6,6 +6,10 @@ binary units (HBM and GDDR capacities are powers of two: "80 GB" is 80 GiB); the
 the datasheet's per-GPU NVLink/xGMI figure, which counts both directions (the cost model uses half of it for
 one direction of a ring). ``usd_per_hour`` values are editable defaults (rough on-demand cloud prices), not
 quotes. The catalog is ``catalog/gpus.yaml``; users add GPUs in the same format with :func:`load_gpus_yaml`.
+
+Each GPU has one canonical name (its catalog key) and may list ``aliases`` (``H200-SXM`` for ``H200``,
+``H100-80GB-HBM3`` for ``H100-SXM``, as ``torch.cuda.get_device_name`` spells it); :func:`get_gpu` resolves
+any of them, so configurations, hashes and result files carry the canonical name only.
 """
 
 from __future__ import annotations
@@ -13,7 +17,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from servesim.errors import ConfigError, InputError
+from servesim.errors import ConfigError, InputError, unknown_name
 
 GIB = 2**30
 DTYPES = ("fp32", "tf32", "bf16", "fp16", "fp8", "int8")
@@ -34,6 +38,7 @@ class GPU:
     tdp_w: float
     usd_per_hour: float
     source: str
+    aliases: tuple[str, ...] = ()
 
     def peak_flops_per_s(self, dtype: str) -> float:
         """Dense peak FLOP/s for ``dtype``; fp8 falls back to bf16 on GPUs without fp8 tensor cores."""
@@ -46,25 +51,30 @@ def _catalog() -> dict[str, GPU]:
     return load_gpus_yaml(Path(__file__).parent / "catalog" / "gpus.yaml")
 
 
-ALIASES = {
-    "h100": "H100-SXM",
-    "h100-sxm5": "H100-SXM",
-    "a100": "A100-80GB-SXM",
-    "a100-80gb": "A100-80GB-SXM",
-    "a100-40gb": "A100-40GB-SXM",
-    "h200-sxm": "H200",
-}
+def gpu_key(name: str) -> str:
+    """The lookup form of a GPU name: lower case, spaces and underscores as '-', no leading 'NVIDIA '."""
+    key = "-".join(str(name).strip().lower().replace("_", " ").split())
+    return key.removeprefix("nvidia-")
+
+
+def _index(table: dict[str, GPU]) -> dict[str, GPU]:
+    """Every name and alias (in lookup form) -> its GPU; later tables may override earlier names."""
+    out: dict[str, GPU] = {}
+    for g in table.values():
+        for n in (g.name, *g.aliases):
+            out[gpu_key(n)] = g
+    return out
 
 
 def get_gpu(name: str, extra: dict[str, GPU] | None = None) -> GPU:
-    """Look a GPU up by name, case-insensitively (``extra`` adds user GPUs from :func:`load_gpus_yaml`)."""
+    """Look a GPU up by its name or an alias, case-insensitively (``extra`` adds user GPUs from
+    :func:`load_gpus_yaml`); ConfigError naming the closest catalog names otherwise."""
     table = {**GPUS, **(extra or {})}
-    by_lower = {k.lower(): v for k, v in table.items()}
-    key = name.strip().lower()
-    key = ALIASES.get(key, key).lower()
-    if key in by_lower:
-        return by_lower[key]
-    raise ConfigError(f"unknown GPU '{name}'; known: {', '.join(table)}", field="gpu")
+    found = {**_index(GPUS), **_index(extra or {})}.get(gpu_key(name))
+    if found is None:
+        aliases = {a: g.name for g in table.values() for a in g.aliases}
+        raise ConfigError(unknown_name("GPU", name, table, aliases), field="gpu")
+    return found
 
 
 # YAML fields (human units) -> (GPU field, scale)
@@ -78,6 +88,7 @@ _YAML_FIELDS = {
     "usd_per_hour": ("usd_per_hour", 1),
 }
 _REQUIRED = (*_YAML_FIELDS, "tflops", "source")
+_OPTIONAL = ("aliases",)
 
 
 def _number(value, file: str, field: str) -> float:
@@ -95,11 +106,14 @@ def gpu_from_dict(name: str, raw: dict, file: str = "<dict>") -> GPU:
     """A validated :class:`GPU` from one YAML entry (fields of ``catalog/gpus.yaml``, in human units)."""
     if not isinstance(raw, dict):
         raise InputError("expected a mapping of GPU fields", file=file, field=name)
-    unknown = sorted(set(raw) - set(_REQUIRED))
+    unknown = sorted(set(raw) - set(_REQUIRED) - set(_OPTIONAL))
     if unknown:
         raise InputError(
-            f"unknown field; expected {', '.join(_REQUIRED)}", file=file, field=f"{name}.{unknown[0]}"
+            f"unknown field; expected {', '.join(_REQUIRED + _OPTIONAL)}", file=file, field=f"{name}.{unknown[0]}"
         )
+    aliases = raw.get("aliases") or []
+    if not isinstance(aliases, list) or not all(isinstance(a, str) and a.strip() for a in aliases):
+        raise InputError("expected a list of names", file=file, field=f"{name}.aliases")
     for key in _REQUIRED:
         if key not in raw:
             raise InputError("missing", file=file, field=f"{name}.{key}")
@@ -124,7 +138,8 @@ def gpu_from_dict(name: str, raw: dict, file: str = "<dict>") -> GPU:
     if not vals["memory_bytes"] or not vals["hbm_bytes_per_s"] or not float(tflops["bf16"] or 0):
         raise InputError("memory, bandwidth and bf16 TFLOP/s must be > 0", file=file, field=name)
     peaks = {k: _number(v, file, f"{name}.tflops.{k}") for k, v in tflops.items()}
-    return GPU(name=name, tflops=peaks, source=str(raw["source"]).strip(), **vals)
+    return GPU(name=name, tflops=peaks, source=str(raw["source"]).strip(), aliases=tuple(a.strip() for a in aliases),
+               **vals)
 
 
 def load_gpus_yaml(path: str | Path) -> dict[str, GPU]:
@@ -144,7 +159,13 @@ def load_gpus_yaml(path: str | Path) -> dict[str, GPU]:
         raise InputError(f"not valid YAML: {exc}", file=file) from None
     if not isinstance(raw, dict) or not raw:
         raise InputError("expected a mapping of GPU name to fields", file=file)
-    return {str(name): gpu_from_dict(str(name), fields, file) for name, fields in raw.items()}
+    gpus = {str(name): gpu_from_dict(str(name), fields, file) for name, fields in raw.items()}
+    seen: dict[str, str] = {}
+    for g in gpus.values():
+        for n in (g.name, *g.aliases):
+            if seen.setdefault(gpu_key(n), g.name) != g.name:
+                raise InputError(f"'{n}' already names {seen[gpu_key(n)]}", file=file, field=g.name)
+    return gpus
 
 
 GPUS: dict[str, GPU] = _catalog()

@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from servesim.errors import ConfigError
+from servesim.errors import ConfigError, unknown_name
 from servesim.hwmodels.hf_config import read_hf_config
 
 
@@ -43,16 +43,14 @@ KV_DTYPE_BYTES: dict[str, int] = {"bf16": 2, "fp16": 2, "fp8": 1, "int8": 1}  # 
 def get_weight_format(name: str) -> WeightFormat:
     """The :class:`WeightFormat` called ``name`` (ConfigError listing the known ones otherwise)."""
     if name.lower() not in WEIGHT_FORMATS:
-        raise ConfigError(
-            f"unknown weight format '{name}'; known: {', '.join(WEIGHT_FORMATS)}", field="quant"
-        )
+        raise ConfigError(unknown_name("weight format", name, WEIGHT_FORMATS), field="quant")
     return WEIGHT_FORMATS[name.lower()]
 
 
 def kv_dtype_bytes(name: str) -> int:
     """Bytes per KV element for KV dtype ``name``."""
     if name.lower() not in KV_DTYPE_BYTES:
-        raise ConfigError(f"unknown KV dtype '{name}'; known: {', '.join(KV_DTYPE_BYTES)}", field="kv_dtype")
+        raise ConfigError(unknown_name("KV dtype", name, KV_DTYPE_BYTES), field="kv_dtype")
     return KV_DTYPE_BYTES[name.lower()]
 
 
@@ -169,9 +167,10 @@ MODELS: dict[str, ModelSpec] = {row[0]: _preset(*row) for row in _PRESETS}
 ALIASES = {"mistral-7b": "Mistral-7B-v0.3", "mixtral-8x7b-v0.1": "Mixtral-8x7B"}
 
 
-def get_model(name_or_path: str) -> ModelSpec:
+def get_model(name_or_path: str, field: str = "model") -> ModelSpec:
     """A preset by name (case-insensitive; an ``org/`` prefix and ``-Instruct`` suffix are ignored), or a
-    local HuggingFace ``config.json`` (or a directory holding one)."""
+    local HuggingFace ``config.json`` (or a directory holding one). An unknown name raises a ConfigError
+    naming ``field`` and the closest presets."""
     path = Path(name_or_path)
     if path.is_dir() and (path / "config.json").is_file():
         return ModelSpec(**read_hf_config(path / "config.json"))
@@ -185,9 +184,8 @@ def get_model(name_or_path: str) -> ModelSpec:
         if name.lower() == key:
             return spec
     raise ConfigError(
-        f"unknown model '{name_or_path}' (not a preset, not a config.json or a directory with "
-        f"one); presets: {', '.join(MODELS)}",
-        field="model",
+        unknown_name("model", name_or_path, MODELS) + " (or give a config.json, or a directory with one)",
+        field=field,
     )
 
 

@@ -1,20 +1,57 @@
 """The scenario: one pydantic model that says everything a simulation needs.
 
 It loads from YAML, every field is also a ``servesim simulate`` flag (``--max-num-seqs 128``), and
-its canonical JSON hashes to the config hash stamped on every output.
+its canonical JSON hashes to the config hash stamped on every output. It is the one place where
+user-facing values are validated: every error names the field a user sets. The choice lists come from
+the registries that define the variants (``POLICIES``, ``ROUTERS``, ``BATCHING``, ``ARRIVALS``, the
+weight formats and KV dtypes), and names resolve to their canonical spelling (a GPU alias to its catalog
+name, a model alias to its preset), so two spellings of one scenario hash alike. The inner configs built
+from it (``SchedulerConfig``, ``SpecConfig``, ``Deployment``) only assert.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 from pathlib import Path
 from typing import Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
-from servesim.errors import ConfigError, InputError
+from servesim.errors import ConfigError, InputError, unknown_name
+from servesim.hwmodels.gpus import get_gpu, load_gpus_yaml
+from servesim.hwmodels.models import KV_DTYPE_BYTES, WEIGHT_FORMATS, ModelSpec, get_model
+from servesim.sim.policies import POLICIES
+from servesim.sim.router import ROUTERS
+from servesim.sim.scheduler import BATCHING, PREEMPTION
+from servesim.sim.workload.synthetic import ARRIVALS
+
+# Default token budget per step with chunked prefill (vLLM's); without chunking it is max_model_len.
+CHUNKED_TOKEN_BUDGET = 2048
+
+# Scenario fields whose value is one of a registry's keys, read when a value is checked (and by the CLI
+# help), so a variant added to its registry is a valid choice with no other change.
+_REGISTRIES = {
+    "quant": lambda: WEIGHT_FORMATS,
+    "kv_dtype": lambda: KV_DTYPE_BYTES,
+    "batching": lambda: BATCHING,
+    "policy": lambda: POLICIES,
+    "preemption": lambda: PREEMPTION,
+    "router": lambda: ROUTERS,
+    "arrival": lambda: ("trace", *ARRIVALS),  # "trace": the trace's own arrival times
+}
+
+
+CHOICE_FIELDS = tuple(_REGISTRIES)
+
+
+def choices(field: str) -> tuple[str, ...]:
+    """The valid values of Scenario field ``field`` (one with a registry of variants)."""
+    return tuple(_REGISTRIES[field]())
+_WHAT = {"quant": "weight format", "kv_dtype": "KV dtype", "batching": "batching mode", "arrival": "arrival process",
+         "preemption": "preemption mode"}
 
 
 class Scenario(BaseModel):
@@ -24,13 +61,13 @@ class Scenario(BaseModel):
 
     # Deployment.
     model: str = Field("Llama-3.1-8B", description="catalog model name or path to a HuggingFace config.json")
-    gpu: str = Field("H100-SXM", description="catalog GPU name (or one from gpus_file)")
     gpus_file: str | None = Field(None, description="YAML file of extra GPUs, same fields as the catalog")
+    gpu: str = Field("H100-SXM", description="catalog GPU name or alias (or one from gpus_file)")
     tp: int = Field(1, ge=1, description="tensor-parallel GPUs per replica")
     pp: int = Field(1, ge=1, description="pipeline stages per replica")
     replicas: int = Field(1, ge=1, description="model replicas behind the router")
-    quant: str = Field("bf16", description="weight format: bf16, fp16, fp8, w8a16, w4a16")
-    kv_dtype: str = Field("bf16", description="KV-cache dtype: bf16, fp16, fp8, int8")
+    quant: str = Field("bf16", description="weight format")
+    kv_dtype: str = Field("bf16", description="KV-cache dtype")
     gpu_memory_utilization: float = Field(0.9, gt=0, le=1, description="fraction of GPU memory servesim may use")
     block_size: int = Field(16, ge=1, description="tokens per KV block")
     num_gpu_blocks: int | None = Field(None, ge=1, description="KV blocks per replica (default: memory planner)")
@@ -38,29 +75,23 @@ class Scenario(BaseModel):
     prefix_caching: bool = Field(False, description="reuse KV blocks of shared prompt prefixes")
     usd_per_gpu_hour: float | None = Field(None, ge=0, description="GPU price, $/hour (default: catalog)")
     # Scheduler.
-    batching: Literal["static", "continuous", "chunked"] = Field("chunked", description="batching mode")
-    policy: Literal["fcfs", "sjf", "sjf-oracle", "sjf-predicted", "srpt", "priority", "edf"] = Field(
-        "fcfs", description="waiting-queue order"
-    )
+    batching: str = Field("chunked", description="batching mode")
+    policy: str = Field("fcfs", description="waiting-queue order")
     max_num_seqs: int = Field(256, ge=1, description="most requests running at once, per replica")
     max_num_batched_tokens: int | None = Field(
-        None, ge=1, description="token budget per step, tokens (default: 2048 chunked, else max_model_len)"
+        None, ge=1, description=f"token budget per step (default: {CHUNKED_TOKEN_BUDGET} chunked, else max_model_len)"
     )
     max_model_len: int | None = Field(None, ge=1, description="longest prompt+output, tokens (default: model's)")
-    preemption: Literal["recompute", "swap"] = Field("recompute", description="what to do when KV runs out")
+    preemption: str = Field("recompute", description="what to do when KV runs out")
     aging: float = Field(0.0, ge=0, description="SJF/SRPT/priority aging, key units per second waited")
     predictor: Literal["lognormal", "buckets"] = Field("lognormal", description="sjf-predicted error model")
     predictor_sigma: float = Field(0.5, ge=0, description="lognormal predictor: sigma of log error")
     predictor_accuracy: float = Field(0.8, ge=0, le=1, description="bucket predictor: accuracy")
-    router: Literal["round_robin", "least_outstanding", "least_kv", "power_of_two", "prefix_affinity"] = Field(
-        "round_robin", description="how arrivals pick a replica"
-    )
+    router: str = Field("round_robin", description="how arrivals pick a replica")
     # Workload.
     trace: str = Field("azure-conv", description="built-in trace name or path to a trace file")
     trace_format: str | None = Field(None, description="trace format (default: detected from the header)")
-    arrival: Literal["trace", "poisson", "gamma", "constant", "closed"] = Field(
-        "trace", description="arrival process: the trace's own times or a synthetic one"
-    )
+    arrival: str = Field("trace", description="arrival process: the trace's own times or a synthetic one")
     rate: float | None = Field(None, gt=0, description="arrival rate, requests/s (scales a trace's times)")
     cv: float = Field(2.0, gt=0, description="gamma arrivals: coefficient of variation of inter-arrivals")
     users: int = Field(16, ge=1, description="closed loop: concurrent users")
@@ -71,7 +102,7 @@ class Scenario(BaseModel):
     max_context_tokens: int | None = Field(None, ge=2, description="cap prompt+output lengths, tokens")
     # Speculative decoding.
     spec_k: int = Field(0, ge=0, le=16, description="draft tokens per verification step (0: off)")
-    spec_alpha: float = Field(0.7, ge=0, le=1, description="per-token acceptance rate")
+    spec_alpha: float = Field(0.7, ge=0, le=1, description="per-token acceptance rate (the mean, per request)")
     spec_alpha_concentration: float | None = Field(
         None, gt=0, description="per-request acceptance ~ Beta with this concentration (default: iid alpha)"
     )
@@ -86,11 +117,74 @@ class Scenario(BaseModel):
     fast_forward: bool = Field(True, description="advance runs of identical decode steps at once")
     record_token_times: bool = Field(False, description="keep every token's timestamp (memory grows)")
 
+    @field_validator(*_REGISTRIES)
+    @classmethod
+    def _one_of(cls, value: str, info: ValidationInfo) -> str:
+        known = choices(info.field_name)
+        by_lower = {k.lower(): k for k in known}
+        if value.lower() not in by_lower:
+            raise ValueError(unknown_name(_WHAT.get(info.field_name, info.field_name), value, known))
+        return by_lower[value.lower()]
+
+    @field_validator("gpu")
+    @classmethod
+    def _canonical_gpu(cls, value: str, info: ValidationInfo) -> str:
+        gpus_file = info.data.get("gpus_file")
+        return get_gpu(value, load_gpus_yaml(gpus_file) if gpus_file else None).name
+
+    @field_validator("model", "draft_model")
+    @classmethod
+    def _canonical_model(cls, value: str) -> str:
+        if Path(value).exists():  # a config.json (or its directory): read and checked here, kept as given
+            get_model(value)
+            return value
+        return get_model(value).name
+
     @model_validator(mode="after")
     def _coherent(self) -> Scenario:
         if self.start_s is not None and self.duration_s is None:
-            raise ValueError("start_s needs duration_s")
+            raise ConfigError("start_s needs duration_s", field="duration_s")
+        process = ARRIVALS.get(self.arrival)
+        if process is not None and "rate_per_s" in {f.name for f in dataclasses.fields(process)} and not self.rate:
+            raise ConfigError(f"arrival '{self.arrival}' needs a rate (--rate requests/s)", field="rate")
+        if self.spec_alpha_concentration is not None and not 0 < self.spec_alpha < 1:
+            raise ConfigError(f"must lie in (0, 1) with spec_alpha_concentration, got {self.spec_alpha}",
+                              field="spec_alpha")
+        one_decode_step = self.max_num_seqs * (1 + self.spec_k)
+        if self.max_num_batched_tokens is not None and self.max_num_batched_tokens < one_decode_step:
+            raise ConfigError(
+                f"{self.max_num_batched_tokens:,} tokens do not cover one decode step of max_num_seqs "
+                f"{self.max_num_seqs} x {1 + self.spec_k} tokens (1 + spec_k); raise it or lower max_num_seqs",
+                field="max_num_batched_tokens",
+            )
         return self
+
+    def step_limits(self, model: ModelSpec) -> tuple[int, int]:
+        """``(max_model_len, max_num_batched_tokens)`` with their defaults resolved for ``model``; a ConfigError
+        naming the field when they cannot work (longer than the model's positions, a budget below one prompt
+        without chunked prefill)."""
+        positions = model.max_position_embeddings
+        if self.max_model_len is None and not positions:
+            raise ConfigError(f"{model.name} gives no max_position_embeddings: set max_model_len",
+                              field="max_model_len")
+        max_model_len = self.max_model_len or positions
+        if positions and max_model_len > positions:
+            raise ConfigError(
+                f"{max_model_len:,} tokens exceed the {positions:,} max_position_embeddings of {model.name}",
+                field="max_model_len",
+            )
+        chunked = self.batching == "chunked"
+        one_decode_step = self.max_num_seqs * (1 + self.spec_k)
+        budget = self.max_num_batched_tokens or max(CHUNKED_TOKEN_BUDGET if chunked else max_model_len,
+                                                    one_decode_step)
+        if not chunked and budget < max_model_len:
+            # Without chunking a whole prompt (or a recompute of prompt + outputs) runs in one step.
+            raise ConfigError(
+                f"{budget:,} tokens per step cannot hold a {max_model_len:,}-token prompt without chunked "
+                f"prefill; raise it to max_model_len or lower max_model_len",
+                field="max_num_batched_tokens",
+            )
+        return max_model_len, budget
 
     def config_hash(self) -> str:
         """Hash of the canonical JSON of every field (defaults included)."""
@@ -100,7 +194,7 @@ class Scenario(BaseModel):
 
 # How `servesim simulate --help` groups the fields (every field in exactly one group; tested).
 FIELD_GROUPS: dict[str, tuple[str, ...]] = {
-    "Deployment": ("model", "gpu", "gpus_file", "tp", "pp", "replicas", "quant", "kv_dtype", "gpu_memory_utilization",
+    "Deployment": ("model", "gpus_file", "gpu", "tp", "pp", "replicas", "quant", "kv_dtype", "gpu_memory_utilization",
                    "block_size", "num_gpu_blocks", "swap_space_gib", "prefix_caching", "usd_per_gpu_hour"),
     "Scheduler": ("batching", "policy", "max_num_seqs", "max_num_batched_tokens", "max_model_len", "preemption",
                   "aging", "predictor", "predictor_sigma", "predictor_accuracy", "router"),
@@ -113,8 +207,17 @@ FIELD_GROUPS: dict[str, tuple[str, ...]] = {
 
 
 def _first_error(exc: ValidationError, source: str | None) -> InputError:
+    """The first problem as one line naming the field (and the scenario file, when there is one). A problem
+    found in another file (a gpus_file, a model's config.json) is reported against that file."""
     err = exc.errors()[0]
     loc = ".".join(str(p) for p in err["loc"]) or None
+    cause = (err.get("ctx") or {}).get("error")
+    if isinstance(cause, InputError):
+        if cause.file is not None:
+            return cause
+        return ConfigError(cause.problem, file=source, field=loc or cause.field)
+    if isinstance(cause, ValueError):
+        return ConfigError(str(cause), file=source, field=loc)
     return ConfigError(err["msg"], file=source, field=loc)
 
 

@@ -1,18 +1,20 @@
 """From a Scenario to the concrete pieces a simulation runs: cost models, KV blocks, scheduler config.
 
-Everything that can be refused is refused here, before any simulation starts, with the field
-at fault named: a model that does not fit the GPU, a TP degree that does not divide the heads,
-a KV pool of zero blocks, a trace without arrival times and no arrival process.
+Values are validated by ``Scenario``; what needs the model, the GPU or the trace to be known is refused
+here, before any simulation starts, with the field at fault named: a model that does not fit the GPU, a TP
+degree that does not divide the heads, a KV pool smaller than the pipeline, a trace without arrival times
+and no arrival process.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import numpy as np
 
 from servesim.errors import ConfigError
-from servesim.hwmodels.cost import CostModel
+from servesim.hwmodels.cost import CostModel, StepCostModel
 from servesim.hwmodels.gpus import GPU, get_gpu, load_gpus_yaml
 from servesim.hwmodels.memory import MemoryPlan, plan_memory
 from servesim.hwmodels.models import ModelSpec, get_model
@@ -36,7 +38,7 @@ class Deployment:
     tp: int
     pp: int
     replicas: int
-    cost: CostModel
+    cost: StepCostModel
     memory: MemoryPlan
     num_blocks: int
     block_size: int
@@ -46,9 +48,10 @@ class Deployment:
     scheduler: SchedulerConfig
     router: str
     usd_per_gpu_hour: float
-    draft_cost: CostModel | None = None
+    draft_cost: StepCostModel | None = None
     acceptance: IIDAcceptance | PerRequestAcceptance | None = None
     slo_e2el_s: float | None = None
+    warnings: tuple[str, ...] = ()  # things a user should know about the run (printed, and in the summary's meta)
 
     @property
     def gpus_total(self) -> int:
@@ -58,50 +61,63 @@ class Deployment:
         return self.cost.pp_transfer_s(batch.num_tokens)
 
 
-def build_deployment(s: Scenario) -> Deployment:
-    """Resolve ``s`` into a Deployment, or raise a ConfigError naming the field."""
+@dataclass(frozen=True)
+class ReplicaPlan:
+    """What one replica of a scenario is: its placement, scheduler step limits and memory plan. The one
+    resolution of defaults that ``simulate`` and ``servesim fit`` share."""
+
+    placement: Placement
+    max_model_len: int
+    max_num_batched_tokens: int
+    memory: MemoryPlan
+
+
+def plan_replica(s: Scenario) -> ReplicaPlan:
+    """Resolve ``s``'s model, GPU, formats, step limits and memory; ConfigError naming the field otherwise."""
     model = get_model(s.model)
     gpu = get_gpu(s.gpu, load_gpus_yaml(s.gpus_file) if s.gpus_file else None)
-    max_model_len = s.max_model_len or model.max_position_embeddings
-    chunked = s.batching == "chunked"
-    one_decode_step = s.max_num_seqs * (1 + s.spec_k)
-    budget = s.max_num_batched_tokens or max(2048 if chunked else max_model_len, one_decode_step)
-    try:
-        sched = SchedulerConfig(
-            batching=s.batching,
-            policy=s.policy,
-            max_num_seqs=s.max_num_seqs,
-            max_num_batched_tokens=budget,
-            max_model_len=max_model_len,
-            preemption=s.preemption,
-            aging=s.aging,
-            spec_k=s.spec_k,
-            predictor=OutputPredictor(s.predictor, s.predictor_sigma, s.predictor_accuracy),
-            record_token_times=s.record_token_times,
-        )
-    except ValueError as exc:
-        raise ConfigError(str(exc), field="max_num_batched_tokens") from None
+    max_model_len, budget = s.step_limits(model)
     placement = Placement(model, gpu, tp=s.tp, pp=s.pp, weight_format=s.quant, kv_dtype=s.kv_dtype)
-    cost = CostModel(placement)
     memory = plan_memory(
         placement, gpu_memory_utilization=s.gpu_memory_utilization, block_size=s.block_size,
         max_num_batched_tokens=budget, max_num_seqs=s.max_num_seqs,
     )
+    return ReplicaPlan(placement, max_model_len, budget, memory)
+
+
+def build_deployment(s: Scenario) -> Deployment:
+    """Resolve ``s`` into a Deployment, or raise a ConfigError naming the field."""
+    plan = plan_replica(s)
+    placement, memory = plan.placement, plan.memory
+    model, gpu = placement.model, placement.gpu
+    sched = SchedulerConfig(
+        batching=s.batching,
+        policy=s.policy,
+        max_num_seqs=s.max_num_seqs,
+        max_num_batched_tokens=plan.max_num_batched_tokens,
+        max_model_len=plan.max_model_len,
+        preemption=s.preemption,
+        aging=s.aging,
+        spec_k=s.spec_k,
+        predictor=OutputPredictor(s.predictor, s.predictor_sigma, s.predictor_accuracy),
+        record_token_times=s.record_token_times,
+    )
+    cost = CostModel(placement)
     num_blocks = s.num_gpu_blocks or memory.kv_blocks
     if num_blocks < s.pp:
         raise ConfigError(f"{num_blocks} KV blocks cannot be shared by {s.pp} pipeline engines", field="num_gpu_blocks")
+    warnings = []
+    if s.num_gpu_blocks is not None and s.num_gpu_blocks > memory.kv_blocks:
+        warnings.append(
+            f"num_gpu_blocks {s.num_gpu_blocks:,} is more than the {memory.kv_blocks:,} KV blocks of "
+            f"{s.block_size} tokens that fit on {gpu.name} ({memory.kv_cache_bytes / 1e9:.1f} GB of KV cache per "
+            f"GPU at gpu_memory_utilization {s.gpu_memory_utilization}); simulating {s.num_gpu_blocks:,} as asked"
+        )
     block_bytes = memory.kv_bytes_per_block
     draft_cost = acceptance = None
     if s.spec_k:
-        draft = get_model(s.draft_model)
-        draft_cost = CostModel(placement.with_model(draft))
-        per_request = s.spec_alpha_concentration is not None
-        acceptance = SpecConfig(
-            draft_model=s.draft_model, k=s.spec_k,
-            alpha=None if per_request else s.spec_alpha,
-            alpha_mean=s.spec_alpha if per_request else None,
-            alpha_concentration=s.spec_alpha_concentration,
-        ).acceptance_model()
+        draft_cost = CostModel(placement.with_model(get_model(s.draft_model, field="draft_model")))
+        acceptance = SpecConfig(s.draft_model, s.spec_k, s.spec_alpha, s.spec_alpha_concentration).acceptance_model()
     return Deployment(
         model=model, gpu=gpu, tp=s.tp, pp=s.pp, replicas=s.replicas, cost=cost, memory=memory,
         num_blocks=num_blocks, block_size=s.block_size,
@@ -110,7 +126,7 @@ def build_deployment(s: Scenario) -> Deployment:
         prefix_caching=s.prefix_caching, scheduler=sched, router=s.router,
         usd_per_gpu_hour=gpu.usd_per_hour if s.usd_per_gpu_hour is None else s.usd_per_gpu_hour,
         draft_cost=draft_cost, acceptance=acceptance,
-        slo_e2el_s=None if s.slo_e2el_ms is None else s.slo_e2el_ms / 1000,
+        slo_e2el_s=None if s.slo_e2el_ms is None else s.slo_e2el_ms / 1000, warnings=tuple(warnings),
     )
 
 
@@ -136,10 +152,8 @@ def build_workload(s: Scenario) -> wl.Workload:
         if s.rate is not None:
             w = wl.scale_rate(w, s.rate)
         return w
-    if s.arrival == "closed":
-        return wl.with_arrivals(w, wl.ClosedLoop(s.users, s.think_time_s), rng)
-    if s.rate is None:
-        raise ConfigError(f"arrival '{s.arrival}' needs a rate (--rate requests/s)", field="rate")
-    process = {"poisson": lambda: wl.Poisson(s.rate), "gamma": lambda: wl.Gamma(s.rate, cv=s.cv),
-               "constant": lambda: wl.Constant(s.rate)}[s.arrival]()
-    return wl.with_arrivals(w, process, rng)
+    # An arrival process from ARRIVALS takes the Scenario fields its constructor names.
+    process = wl.ARRIVALS[s.arrival]
+    given = {"rate_per_s": s.rate, "cv": s.cv, "users": s.users, "think_time_s": s.think_time_s}
+    wanted = {f.name for f in dataclasses.fields(process)}
+    return wl.with_arrivals(w, process(**{k: v for k, v in given.items() if k in wanted}), rng)

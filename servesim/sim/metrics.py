@@ -59,14 +59,16 @@ def weighted_percentile(values: np.ndarray, weights: np.ndarray | None, q: float
 
 
 def latency_stats(name: str, values_s: np.ndarray, weights: np.ndarray | None = None) -> dict[str, float]:
-    """``{mean,median,std,p50,p90,p95,p99}_<name>_ms``; zeros for an empty sample, as vLLM reports."""
+    """``{mean,median,std,p50,p90,p95,p99}_<name>_ms``; NaN for an empty sample (null in JSON, "—" in tables:
+    a statistic of nothing is unknown, not 0 ms)."""
     v = np.asarray(values_s, dtype=np.float64) * 1000.0
     w = None if weights is None else np.asarray(weights, dtype=np.int64)
     if w is not None:
         keep = w > 0
         v, w = v[keep], w[keep]
     if len(v) == 0:
-        v, w = np.zeros(1), None
+        keys = ("mean", "std", "median", *(f"p{p}" for p in PERCENTILES))
+        return {f"{k}_{name}_ms": math.nan for k in keys}
     mean = float(np.average(v, weights=w))
     pct = weighted_percentile(v, w, np.array(PERCENTILES, dtype=np.float64))
     out = {
@@ -217,8 +219,8 @@ def summarize(
     cached = requests["cached_tokens"].to_numpy()[scheduled].sum()
     prompt = requests["input_tokens"].to_numpy()[scheduled].sum()
     out.update(
-        mean_queueing_delay_ms=float(queueing_ms.mean()) if len(queueing_ms) else 0.0,
-        p99_queueing_delay_ms=float(np.percentile(queueing_ms, 99)) if len(queueing_ms) else 0.0,
+        mean_queueing_delay_ms=float(queueing_ms.mean()) if len(queueing_ms) else math.nan,
+        p99_queueing_delay_ms=float(np.percentile(queueing_ms, 99)) if len(queueing_ms) else math.nan,
         total_preemptions=int(preemptions.sum()),
         preempted_requests=int((preemptions > 0).sum()),
         prefix_cache_hit_rate=float(cached / prompt) if prompt > 0 else math.nan,
@@ -257,6 +259,41 @@ def summarize_timeline(timeline: pd.DataFrame) -> dict[str, float]:
         "mean_num_waiting": time_mean(waiting),
         "max_num_waiting": int(waiting.max()) if len(waiting) else 0,
     }
+
+
+SATURATION_SERVED_FRACTION = 0.95
+
+
+def _waiting_at(timeline: pd.DataFrame, t: float) -> int:
+    """Requests waiting over all replicas at time ``t``: each replica's count after its last step ending by t."""
+    done = timeline[timeline["end_s"] <= t]
+    if done.empty:
+        return 0
+    return int(done.groupby("replica")["num_waiting"].last().sum())
+
+
+def saturation(requests: pd.DataFrame, timeline: pd.DataFrame) -> dict[str, object]:
+    """Did the deployment keep up? ``saturated`` when, over the second half of the arrivals (past the start-up
+    transient), it served under 95% of the offered rate while its waiting queue grew (more waiting at the last
+    arrival than half-way): its latencies then describe a backlog that grows with the run's length.
+
+    Returns ``saturated``, ``offered_rate`` and ``served_rate`` (requests/s over that half) and the waiting
+    queue half-way and at the last arrival.
+    """
+    arrival = requests["arrival_s"].to_numpy(dtype=np.float64)
+    finish = requests["finish_s"].to_numpy(dtype=np.float64)[completed_mask(requests)]
+    out: dict[str, object] = {"saturated": False, "offered_rate": math.nan, "served_rate": math.nan,
+                              "waiting_at_half_arrivals": 0, "waiting_at_last_arrival": 0}
+    if len(arrival) < 4 or not arrival.max() > arrival.min():
+        return out
+    t0, t1 = float(arrival.min()), float(arrival.max())
+    tm = (t0 + t1) / 2
+    offered = float(((arrival > tm) & (arrival <= t1)).sum() / (t1 - tm))
+    served = float(((finish > tm) & (finish <= t1)).sum() / (t1 - tm))
+    half, last = _waiting_at(timeline, tm), _waiting_at(timeline, t1)
+    out.update(offered_rate=offered, served_rate=served, waiting_at_half_arrivals=half, waiting_at_last_arrival=last,
+               saturated=bool(served < SATURATION_SERVED_FRACTION * offered and last > half))
+    return out
 
 
 SIZE_MEASURES = {

@@ -115,6 +115,28 @@ def _write_trace(path: Path, timeline: pd.DataFrame) -> None:
         f.write("]}\n")
 
 
+def check_writable(out_dir: str | os.PathLike[str]) -> Path:
+    """Refuse, before any work, a directory that :func:`write_outputs` could not create or fill. The write makes
+    a temporary sibling of ``out_dir`` (so its parent, or the nearest ancestor that exists, must take a new
+    directory) and moves files into an existing ``out_dir``; both are probed by making and removing a
+    directory. Leaves nothing behind; InputError naming ``out_dir`` otherwise."""
+    out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise InputError("exists and is not a directory", field="output_dir", file=str(out))
+    ancestor = out.parent
+    while not ancestor.exists():
+        ancestor = ancestor.parent
+    if not ancestor.is_dir():
+        raise InputError(f"cannot be created: {ancestor} is not a directory", field="output_dir", file=str(out))
+    for where in (ancestor, out) if out.exists() else (ancestor,):
+        try:
+            tempfile.TemporaryDirectory(prefix=".servesim-probe-", dir=where).cleanup()
+        except OSError as exc:
+            raise InputError(f"cannot write in {where}: {exc.strerror or exc}", field="output_dir",
+                             file=str(out)) from None
+    return out
+
+
 def write_outputs(
     out_dir: str | os.PathLike[str],
     requests: pd.DataFrame,

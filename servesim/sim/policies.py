@@ -40,6 +40,9 @@ def policy_key(policy: str, aging: float) -> PolicyKey:
     return lambda r: base(r) + aging * r.arrival_s
 
 
+PREDICTORS = ("lognormal", "buckets")
+
+
 @dataclass(frozen=True)
 class OutputPredictor:
     """Predicts output lengths with a controlled error, for ``sjf-predicted``.
@@ -56,14 +59,8 @@ class OutputPredictor:
     bucket_edges: tuple[int, ...] = (64, 128, 256, 512, 1024)
 
     def __post_init__(self) -> None:
-        if self.kind not in ("lognormal", "buckets"):
-            raise ValueError(f"predictor kind must be 'lognormal' or 'buckets', got {self.kind!r}")
-        if self.sigma < 0:
-            raise ValueError(f"predictor sigma must be >= 0, got {self.sigma}")
-        if not 0 <= self.accuracy <= 1:
-            raise ValueError(f"predictor accuracy must be in [0, 1], got {self.accuracy}")
-        if list(self.bucket_edges) != sorted(set(self.bucket_edges)) or not self.bucket_edges:
-            raise ValueError("predictor bucket_edges must be strictly increasing")
+        assert self.kind in PREDICTORS and self.sigma >= 0 and 0 <= self.accuracy <= 1, self
+        assert self.bucket_edges and list(self.bucket_edges) == sorted(set(self.bucket_edges)), self.bucket_edges
 
     def predict(self, true_tokens: int, rng: np.random.Generator) -> int:
         if self.kind == "lognormal":

@@ -12,7 +12,7 @@ from servesim import __version__
 from servesim.hwmodels.ops import decode_shape, prefill_shape
 from servesim.sim.config import Scenario
 from servesim.sim.deployment import Deployment
-from servesim.sim.metrics import SLO, summarize, summarize_timeline
+from servesim.sim.metrics import SLO, saturation, summarize, summarize_timeline
 from servesim.sim.workload import Workload
 
 
@@ -63,6 +63,7 @@ def finish_run(scenario: Scenario, dep: Deployment, w: Workload, requests: pd.Da
     summary = summarize(requests, itl_s, itl_weights, duration, slo,
                         gpus_total=dep.gpus_total, usd_per_hour_per_gpu=dep.usd_per_gpu_hour)
     summary.update(summarize_timeline(timeline))
+    summary.update(saturation(requests, timeline))
     meta = {
         "version": __version__,
         "config_hash": scenario.config_hash(),
@@ -73,6 +74,7 @@ def finish_run(scenario: Scenario, dep: Deployment, w: Workload, requests: pd.Da
         "kv_blocks_per_replica": dep.num_blocks,
         "gpus_total": dep.gpus_total,
         "usd_per_hour_per_gpu": dep.usd_per_gpu_hour,
+        "warnings": list(dep.warnings),
         "wall_time_s": time.perf_counter() - started,
         **(extra_meta or {}),
     }

@@ -41,8 +41,7 @@ class Scheduler:
     """Waiting queue + running set + KV blocks of one replica."""
 
     def __init__(self, config: SchedulerConfig, kv: KVBlockManager, rng: np.random.Generator | None = None):
-        if config.batching not in BATCHING:
-            raise ValueError(f"batching must be one of {', '.join(BATCHING)}; got {config.batching!r}")
+        assert config.batching in BATCHING, config.batching  # Scenario validates it against BATCHING
         self.config = config
         self.kv = kv
         self.rng = rng if rng is not None else np.random.default_rng(0)
@@ -100,11 +99,11 @@ class Scheduler:
         c = self.config
         total = req.prompt_tokens + req.output_tokens
         if total > c.max_model_len:
-            return f"prompt+output {total} tokens > max_model_len {c.max_model_len}"
+            return f"prompt+output {total:,} tokens > max_model_len {c.max_model_len:,}"
         need = self.kv.blocks_for(total - 1 + c.spec_k)
         usable = self.kv.num_blocks - self.kv.watermark_blocks
         if need > usable:
-            return f"needs {need} KV blocks; the replica has {usable} (after the admission watermark)"
+            return f"needs {need:,} KV blocks; the replica has {usable:,} (after the admission watermark)"
         return ""
 
     def _enqueue(self, req: Request) -> None:
@@ -409,7 +408,7 @@ class Scheduler:
         batch.steps = steps
 
 
-# Batching modes: how a step is formed. One place to add a mode (the config validates against it).
+# Batching modes: how a step is formed. One place to add a mode (Scenario validates against it).
 BATCHING: dict[str, Callable[[Scheduler, list[PrefillChunk], list[Request]], Batch]] = {
     "static": Scheduler._form_static,
     "continuous": Scheduler._form_continuous,

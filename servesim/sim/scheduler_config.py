@@ -1,4 +1,5 @@
-"""Scheduler configuration: batching mode, queue policy, limits, preemption, speculation."""
+"""Scheduler configuration: batching mode, queue policy, limits, preemption, speculation (values validated
+by ``Scenario``; this only asserts)."""
 
 from __future__ import annotations
 
@@ -25,24 +26,11 @@ class SchedulerConfig:
     record_token_times: bool = False
 
     def __post_init__(self) -> None:
-        # The batching mode is checked by Scheduler against BATCHING, the table that defines the modes.
-        if self.policy not in POLICIES:
-            raise ValueError(f"policy must be one of {', '.join(POLICIES)}; got {self.policy!r}")
-        if self.preemption not in PREEMPTION:
-            raise ValueError(f"preemption must be one of {', '.join(PREEMPTION)}; got {self.preemption!r}")
-        for name in ("max_num_seqs", "max_num_batched_tokens", "max_model_len"):
-            if getattr(self, name) <= 0:
-                raise ValueError(f"{name} must be positive; got {getattr(self, name)}")
-        if self.aging < 0 or self.spec_k < 0:
-            raise ValueError("aging and spec_k must be >= 0")
-        if self.batching != "chunked" and self.max_num_batched_tokens < self.max_model_len:
-            # Without chunking a whole prompt (or a recompute of prompt + outputs) runs in one step.
-            raise ValueError(
-                f"max_num_batched_tokens ({self.max_num_batched_tokens}) must be >= max_model_len "
-                f"({self.max_model_len}) without chunked prefill"
-            )
-        if self.max_num_batched_tokens < self.max_num_seqs * (1 + self.spec_k):
-            raise ValueError(
-                f"max_num_batched_tokens ({self.max_num_batched_tokens}) must cover one decode step of "
-                f"max_num_seqs ({self.max_num_seqs}) × {1 + self.spec_k} tokens"
-            )
+        # User values are validated (with the Scenario field named) in sim/config.py; these hold the
+        # invariants the scheduler relies on. The batching mode is checked by Scheduler against BATCHING.
+        assert self.policy in POLICIES and self.preemption in PREEMPTION, (self.policy, self.preemption)
+        assert min(self.max_num_seqs, self.max_num_batched_tokens, self.max_model_len) > 0, self
+        assert self.aging >= 0 and self.spec_k >= 0, self
+        # Without chunking a whole prompt (or a recompute of prompt + outputs) runs in one step.
+        assert self.batching == "chunked" or self.max_num_batched_tokens >= self.max_model_len, self
+        assert self.max_num_batched_tokens >= self.max_num_seqs * (1 + self.spec_k), self
