@@ -101,6 +101,8 @@ def engine_rows(model: str, fmt: str, kv: str, mm_tflops: float, copy_bw: float)
                      "step_ms": step, "run_ms": wall, "floor_ms": floor, "vs_floor": step / floor,
                      "tokens_per_s": b / step * 1e3, "graph_bucket": list(key)})
         print(rows[-1], flush=True)
+        for r in reqs:
+            runner.release(r)
     r = _requests(1, PREFILL, 16)[0]
     r.prompt_tokens = PREFILL
     batch = Batch([PrefillChunk(r, PREFILL, 0)], [], np.zeros(0, np.int64), 1, decode_shape(0, 0))

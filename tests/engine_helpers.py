@@ -17,7 +17,7 @@ def tiny_config(arch: str = "LlamaForCausalLM", **over) -> EngineModelConfig:
     values = dict(name="tiny", architecture=arch, hidden_size=64, num_layers=2, num_heads=4, num_kv_heads=2,
                   head_dim=16, intermediate_size=128, vocab_size=97, max_position_embeddings=512,
                   qkv_bias=arch == "Qwen2ForCausalLM", rms_norm_eps=1e-6, rope_theta=10000.0,
-                  rope_scaling=LLAMA3_ROPE if arch == "LlamaForCausalLM" else None)
+                  rope_scaling=dict(LLAMA3_ROPE) if arch == "LlamaForCausalLM" else None)
     return EngineModelConfig(**{**values, **over})
 
 

@@ -16,10 +16,11 @@ from servesim.errors import ConfigError, InputError
 from tests.engine_helpers import Seq, cache_for, hf_model, schedule_three_steps, tiny_config, write_config
 
 pytest.importorskip("transformers")
-@pytest.mark.parametrize("arch", ["LlamaForCausalLM", "Qwen2ForCausalLM", "MistralForCausalLM"])
-def test_logits_match_transformers_float32(arch):
+@pytest.mark.parametrize("arch,theta", [("LlamaForCausalLM", 1e4), ("Qwen2ForCausalLM", 1e4),
+                                        ("MistralForCausalLM", 1e4), ("LlamaForCausalLM", 5e5)])
+def test_logits_match_transformers_float32(arch, theta):
     torch.manual_seed(0)
-    mc = tiny_config(arch)
+    mc = tiny_config(arch, rope_theta=theta)
     sd = random_state_dict(mc, seed=1, dtype=torch.float32)
     hf = hf_model(mc, sd)
     model = LlamaModel(mc, build_weights(mc, dict(sd), "bf16"), BACKENDS["torch"], 512)
@@ -73,6 +74,12 @@ def test_config_from_catalog_and_hf(tmp_path):
     tiny = tiny_config("Qwen2ForCausalLM")
     back = EngineModelConfig.from_hf(write_config(tiny, tmp_path / "m"))
     assert (back.qkv_bias, back.rms_norm_eps, back.num_layers) == (True, 1e-6, 2)
+    llama = tiny_config(rope_theta=5e5)
+    v5 = {k: v for k, v in llama.hf_config_dict().items() if k not in ("rope_theta", "rope_scaling")}
+    (tmp_path / "v5").mkdir()
+    (tmp_path / "v5" / "config.json").write_text(json.dumps(v5))  # transformers 5 layout: rope_parameters only
+    back = EngineModelConfig.from_hf(tmp_path / "v5")
+    assert (back.rope_theta, back.rope_scaling["rope_type"]) == (5e5, "llama3")
     bad = tmp_path / "bert"
     bad.mkdir()
     (bad / "config.json").write_text(json.dumps({**tiny.hf_config_dict(), "architectures": ["GPTNeoXForCausalLM"]}))

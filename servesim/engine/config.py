@@ -66,7 +66,9 @@ class EngineModelConfig:
                       max_position_embeddings=spec.max_position_embeddings or 4096,
                       tied_embeddings=spec.tied_embeddings, qkv_bias=spec.qkv_bias, rms_norm_eps=eps,
                       rope_theta=theta, rope_scaling=scaling)
-        return cls(**{**values, **overrides})
+        values = {**values, **overrides}
+        values["rope_scaling"] = dict(values["rope_scaling"]) if values["rope_scaling"] else None  # never shared
+        return cls(**values)
 
     @classmethod
     def from_hf(cls, path: str | Path) -> EngineModelConfig:
@@ -83,8 +85,11 @@ class EngineModelConfig:
         if cfg.get("sliding_window") and cfg.get("use_sliding_window", arch == "MistralForCausalLM"):
             raise InputError("sliding-window attention is not supported by the engine", file=str(file),
                              field="sliding_window")
+        rope = cfg.get("rope_parameters") or {}  # transformers 5 keeps theta and scaling together here
+        theta = float(rope.get("rope_theta", cfg.get("rope_theta", 10000.0)))
+        scaling = cfg.get("rope_scaling") or (rope if rope.get("rope_type") not in (None, "default") else None)
         return cls.from_spec(spec, architecture=arch, rms_norm_eps=float(cfg.get("rms_norm_eps", 1e-5)),
-                             rope_theta=float(cfg.get("rope_theta", 10000.0)), rope_scaling=cfg.get("rope_scaling"))
+                             rope_theta=theta, rope_scaling=scaling)
 
     @classmethod
     def resolve(cls, model: str) -> EngineModelConfig:
@@ -104,7 +109,11 @@ class EngineModelConfig:
             "num_attention_heads": self.num_heads, "num_key_value_heads": self.num_kv_heads,
             "head_dim": self.head_dim, "intermediate_size": self.intermediate_size, "vocab_size": self.vocab_size,
             "max_position_embeddings": self.max_position_embeddings, "tie_word_embeddings": self.tied_embeddings,
-            "rms_norm_eps": self.rms_norm_eps, "rope_theta": self.rope_theta, "rope_scaling": self.rope_scaling,
+            "rms_norm_eps": self.rms_norm_eps, "rope_theta": self.rope_theta,
+            # transformers < 5 reads rope_theta and rope_scaling, 5.x rope_parameters (theta inside); copies, since
+            # transformers rewrites these dicts in place
+            "rope_scaling": dict(self.rope_scaling) if self.rope_scaling else None,
+            "rope_parameters": {"rope_type": "default", **(self.rope_scaling or {}), "rope_theta": self.rope_theta},
             "hidden_act": "silu", "attention_bias": self.qkv_bias and self.architecture == "LlamaForCausalLM",
             "torch_dtype": "bfloat16",
         }

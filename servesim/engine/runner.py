@@ -175,6 +175,9 @@ class ModelRunner:
         t0 = time.perf_counter()
         self._swaps(batch)
         ids, pos, slots, sample, cu, kvl, dctx, n_pre = self._inputs(batch)
+        if not len(ids) == len(pos) == len(slots) == batch.num_tokens:
+            raise RuntimeError(f"inputs of {len(ids)} tokens for a batch of {batch.num_tokens}: a request's token ids "
+                               "are out of step with its progress")
         nd, q = len(batch.decode), batch.decode_query
         key = self._graph_key(batch, dctx) if self.cuda and hasattr(self, "_static") else None
         if self.cuda:
