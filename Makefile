@@ -13,7 +13,7 @@ $(VENV)/.core:
 	touch $@
 
 $(VENV)/.dev: $(VENV)/.core
-	$(PY) -m pip install -q -e '.[dev,gpu,app]' $(TORCH_CPU)
+	$(PY) -m pip install -q -e '.[dev,gpu,app,dist]' $(TORCH_CPU)
 	touch $@
 
 demo: $(VENV)/.core
