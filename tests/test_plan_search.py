@@ -86,3 +86,5 @@ def test_failures_say_which_limit():
     assert lim.failures({"p99_ttft_ms": 812.34, "p99_tpot_ms": 50.0, "rejected": 2}) == [
         "2 requests rejected", "p99_ttft_ms 812.3 > 500"]
     assert lim.failures({"p99_ttft_ms": float("nan"), "p99_tpot_ms": 1.0}) == ["p99_ttft_ms nan > 500"]
+    assert lim.failures({"p99_ttft_ms": 1.0, "p99_tpot_ms": 1.0, "saturated": True, "served_rate": 8.0,
+                         "offered_rate": 10.0}) == ["saturated: served 8 of 10 req/s offered"]

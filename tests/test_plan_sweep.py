@@ -90,6 +90,15 @@ def test_interrupted_sweep_resumes(tmp_path):
     pd.testing.assert_frame_equal(resumed.table, fresh.table)  # cached rows are the rows
 
 
+def test_cache_key_follows_the_code(monkeypatch):
+    from servesim.plan import cache
+
+    s = Scenario()
+    before = scenario_key(s)
+    monkeypatch.setattr(cache, "code_digest", lambda: "another-cost-model")
+    assert scenario_key(s) != before
+
+
 def test_cache_key_follows_trace_file_contents(tmp_path):
     trace = tmp_path / "t.csv"
     trace.write_text("input_tokens,output_tokens,arrival_s\n10,5,0.0\n")
@@ -101,10 +110,17 @@ def test_cache_key_follows_trace_file_contents(tmp_path):
 
 def test_dask_and_local_give_identical_tables(tmp_path):
     distributed = pytest.importorskip("distributed")
-    local = sweep(GRID, jobs=2).table
+    from servesim.plan import plan
+
+    args = ("Llama-3.1-8B", 8.0, "ttft_p99_ms=1500,tpot_p99_ms=60")
+    kw = {"gpus": ["H100-SXM"], "quants": ["bf16"], "tps": [1, 2], "base": {"num_requests": 40}, "verify": 1}
+    local, local_plan = sweep(GRID, jobs=2).table, plan(*args, **kw, jobs=2)
     with distributed.LocalCluster(n_workers=1, threads_per_worker=2, processes=False,
                                   dashboard_address=None) as cluster:
         on_dask = sweep(GRID, dask=cluster.scheduler_address, cache_dir=tmp_path / "c")
-    assert on_dask.workers == 2
+        dask_plan = plan(*args, **kw, dask=cluster.scheduler_address)
+    assert on_dask.workers == dask_plan.workers == 2
     pd.testing.assert_frame_equal(local, on_dask.table)
     assert np.isfinite(local.p99_ttft_ms).all()
+    for name in ("configs", "probes", "verifications"):
+        pd.testing.assert_frame_equal(getattr(local_plan, name), getattr(dask_plan, name), obj=name)

@@ -1,7 +1,9 @@
 """Result cache: one JSON file per finished scenario, named by a key of everything that decides its result.
 
-The key is the scenario's config hash, the servesim version, and the contents of every file the scenario
-names (a trace, a model's config.json, a GPU file, a profile), so an edited trace is not served stale.
+The key is the scenario's config hash, the servesim version, a digest of the code and data that decide a
+result (``sim/``, ``hwmodels/`` with its catalogs and profiles, and the row builder), and the contents of every
+file the scenario names (a trace, a model's config.json, a GPU file, a profile): an edited trace or a retuned
+cost model is never served stale.
 Entries are written whole (temporary file, then rename) by the process that collects results, so an
 interrupted sweep leaves only complete entries and the next run skips them.
 """
@@ -28,9 +30,22 @@ def _file_digest(path: str, mtime_ns: int, size: int) -> str:
     return h.hexdigest()
 
 
+@lru_cache(maxsize=1)
+def code_digest() -> str:
+    """Digest of the sources and package data that decide a simulation's row."""
+    root = Path(__file__).resolve().parents[1]
+    files = [p for sub in ("sim", "hwmodels") for p in (root / sub).rglob("*")
+             if p.is_file() and p.suffix in (".py", ".yaml", ".json", ".csv", ".jsonl")]
+    h = hashlib.sha256()
+    for p in sorted([*files, root / "plan" / "run.py"]):
+        h.update(p.relative_to(root).as_posix().encode())
+        h.update(p.read_bytes())
+    return h.hexdigest()[:16]
+
+
 def scenario_key(s: Scenario) -> str:
-    """Cache key of ``s``: config hash + version + digests of the files it names."""
-    h = hashlib.sha256(f"{__version__}:{s.config_hash()}".encode())
+    """Cache key of ``s``: config hash + version + code digest + digests of the files it names."""
+    h = hashlib.sha256(f"{__version__}:{code_digest()}:{s.config_hash()}".encode())
     for name, value in sorted(s.model_dump().items()):
         if isinstance(value, str) and ("/" in value or "." in value) and os.path.isfile(value):
             st = os.stat(value)

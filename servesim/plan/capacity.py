@@ -287,6 +287,9 @@ def _configs_table(cands: list[Candidate], varying: Sequence[str]) -> pd.DataFra
     for col in ("usd_per_hour", "capacity_rps", "verified"):
         if col not in df:
             df[col] = pd.NA
+    for col in ("replicas", "gpus_total", "gpus_per_replica", "kv_blocks_per_replica"):
+        if col in df:
+            df[col] = df[col].astype("Int64")  # counts stay integers beside the rejected rows' blanks
     order = df.assign(_ok=df["status"] != "ok").sort_values(["_ok", "usd_per_hour", "capacity_rps"],
                                                              ascending=[True, True, False], kind="stable")
     return order.drop(columns="_ok").reset_index(drop=True)

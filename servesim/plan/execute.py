@@ -19,10 +19,11 @@ from servesim.sim.config import Scenario
 
 @dataclass(frozen=True)
 class Outcome:
-    """One scenario's row, the wall seconds its simulation took, and whether it came from the cache."""
+    """One scenario's row, the wall and CPU seconds its simulation took, and whether it came from the cache."""
 
     row: dict
     wall_s: float
+    cpu_s: float
     cached: bool
 
 
@@ -92,15 +93,15 @@ class Runner:
             for k in dict.fromkeys(keys):
                 row = self.cache.get(k)
                 if row is not None:
-                    found[k] = Outcome(row, 0.0, True)
+                    found[k] = Outcome(row, 0.0, 0.0, True)
         todo = {k: s for k, s in zip(keys, scenarios) if k not in found}  # one run per distinct scenario
         done = sum(1 for k in keys if k in found)
         if on_done is not None and done:
             on_done(done)
         order = list(todo)
-        for i, row, wall in self._results([todo[k] for k in order]):
+        for i, row, wall, cpu in self._results([todo[k] for k in order]):
             k = order[i]
-            found[k] = Outcome(row, wall, False)
+            found[k] = Outcome(row, wall, cpu, False)
             if self.cache is not None and row["status"] != "error":
                 self.cache.put(k, row, wall)
             done += keys.count(k)
@@ -109,7 +110,7 @@ class Runner:
         return [found[k] for k in keys]
 
     def _results(self, scenarios: list[Scenario]):
-        """(index, row, wall_s) for each scenario, in completion order."""
+        """(index, row, wall_s, cpu_s) for each scenario, in completion order."""
         if not scenarios:
             return
         if self._client is not None:
@@ -117,8 +118,8 @@ class Runner:
 
             futures = self._client.map(evaluate, scenarios, pure=False)
             index = {f.key: i for i, f in enumerate(futures)}
-            for future, (row, wall) in as_completed(futures, with_results=True):
-                yield index[future.key], row, wall
+            for future, result in as_completed(futures, with_results=True):
+                yield index[future.key], *result
             return
         from joblib import delayed
 

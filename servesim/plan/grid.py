@@ -142,13 +142,12 @@ class Grid:
         return [{**self.base, **{k: v for p in combo for k, v in p.items()}} for combo in combos]
 
     def scenarios(self) -> list[Scenario]:
-        """Every point as a validated Scenario; names (model, GPU, weight format, KV dtype) are resolved
-        here too, so a typo stops the sweep before anything runs."""
+        """Every point as a validated Scenario, and its workload built once, so a typo stops the sweep before
+        anything runs."""
         out, seen = [], set()
         for values in self.points():
             try:
                 s = make_scenario(values)
-                check_names(s)
                 check_workload(s, seen)
             except ConfigError as exc:
                 raise InputError(exc.problem, file=self.source, field=self._where(exc.field)) from None
@@ -156,31 +155,15 @@ class Grid:
         return out
 
 
-def check_names(s: Scenario) -> None:
-    """ConfigError (naming the field) unless the model, GPU, weight format, KV dtype and trace exist."""
-    from servesim.hwmodels.gpus import get_gpu, load_gpus_yaml
-    from servesim.hwmodels.models import get_model, get_weight_format, kv_dtype_bytes
+def check_workload(s: Scenario, seen: set) -> None:
+    """Build the scenario's workload once per distinct one, so a missing trace or a bad row stops the sweep
+    before anything runs (Scenario itself checks the names of models, GPUs, formats and policies)."""
+    from servesim.plan.run import workload_for, workload_key
     from servesim.sim.workload import BUILTIN_TRACES
 
-    get_model(s.model)
-    get_gpu(s.gpu, load_gpus_yaml(s.gpus_file) if s.gpus_file else None)
-    get_weight_format(s.quant)
-    kv_dtype_bytes(s.kv_dtype)
-    if s.spec_k:
-        try:
-            get_model(s.draft_model)
-        except ConfigError as exc:
-            raise ConfigError(exc.problem, field="draft_model") from None
     if s.trace not in BUILTIN_TRACES and not Path(s.trace).is_file():
         raise ConfigError(f"no built-in trace or file '{s.trace}'; built-in: {', '.join(BUILTIN_TRACES)}",
                           field="trace")
-
-
-def check_workload(s: Scenario, seen: set) -> None:
-    """Build the scenario's workload once per distinct one (a trace file's errors name its row and column;
-    an arrival process without a rate names the field)."""
-    from servesim.plan.run import workload_for, workload_key
-
     key = workload_key(s)
     if key not in seen:
         workload_for(s)
@@ -199,7 +182,6 @@ def as_scenarios(grid: Grid | Mapping | str | os.PathLike[str] | Sequence[Scenar
     for i, item in enumerate(grid):
         s = item if isinstance(item, Scenario) else make_scenario(dict(item), source=f"scenario {i}")
         try:
-            check_names(s)
             check_workload(s, seen)
         except ConfigError as exc:
             raise ConfigError(exc.problem, file=f"scenario {i}", field=exc.field) from None

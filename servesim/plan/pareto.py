@@ -52,12 +52,15 @@ def cost_frontier(probes: pd.DataFrame, target_rps: float, latency_key: str) -> 
     return out.reset_index(drop=True)
 
 
-def _figure(df: pd.DataFrame, x: str, y: str, title: str, xlabel: str, ylabel: str):
+def _figure(df: pd.DataFrame, x: str, y: str, title: str, xlabel: str, ylabel: str, log_x: bool = False):
     import plotly.graph_objects as go
+    from plotly.colors import qualitative
 
+    palette = qualitative.Dark24 + qualitative.Light24  # one colour per configuration, up to 48
     fig = go.Figure()
-    for label, g in df.groupby("label", sort=False):
-        fig.add_trace(go.Scatter(x=g[x], y=g[y], mode="markers", name=str(label), marker={"size": 7, "opacity": 0.6},
+    for i, (label, g) in enumerate(df.groupby("label", sort=False)):
+        marker = {"size": 7, "opacity": 0.7, "color": palette[i % len(palette)]}
+        fig.add_trace(go.Scatter(x=g[x], y=g[y], mode="markers", name=str(label), marker=marker,
                                  customdata=g[["rate"]], hovertemplate=f"{label}<br>{xlabel} %{{x:.4g}}<br>{ylabel} "
                                  "%{y:.4g}<br>rate %{customdata[0]:.4g} req/s<extra></extra>"))
     front = df[df["on_frontier"]].sort_values(x)
@@ -66,6 +69,8 @@ def _figure(df: pd.DataFrame, x: str, y: str, title: str, xlabel: str, ylabel: s
                              text=front["label"], hovertemplate="%{text}<extra>frontier</extra>"))
     fig.update_layout(title=title, xaxis_title=xlabel, yaxis_title=ylabel, template="plotly_white",
                       height=560, legend={"font": {"size": 10}})
+    if log_x:
+        fig.update_xaxes(type="log")
     return fig
 
 
@@ -78,7 +83,7 @@ def plan_html(result: PlanResult) -> str:
     f1 = _figure(tf, "per_user", "per_gpu", "Throughput vs interactivity (probes meeting the SLOs)",
                  "output tokens/s per user (1 / mean TPOT)", "output tokens/s per GPU")
     f2 = _figure(cf, "usd_per_hour", "latency_ms", f"Cost to serve {result.target_rps:g} req/s vs latency",
-                 "$/hour (replicas x GPUs x price)", latency_key)
+                 "$/hour (replicas x GPUs x price; log scale)", latency_key, log_x=True)
     cols = [c for c in ("label", "replicas", "gpus_total", "usd_per_hour", "capacity_rps", "headroom", "verified",
                         *(f"margin_{k}" for k in result.limits.limits_ms), "profile_id") if c in result.configs]
     table = result.cheapest(10)[cols].to_html(index=False, float_format=lambda v: f"{v:.4g}", border=0)

@@ -64,21 +64,22 @@ def _base_row(s: Scenario) -> dict:
     return {**s.model_dump(mode="json"), "config_hash": s.config_hash()}
 
 
-def evaluate(s: Scenario) -> tuple[dict, float]:
-    """Simulate ``s``; its row and the wall seconds it took (kept out of the row, so tables are reproducible)."""
+def evaluate(s: Scenario) -> tuple[dict, float, float]:
+    """Simulate ``s``; its row, and the wall and CPU seconds it took (kept out of the row, so tables are
+    reproducible)."""
     from servesim.sim.simulator import simulate
 
-    started = time.perf_counter()
+    started, cpu = time.perf_counter(), time.thread_time()
     row = _base_row(s)
     try:
         result = simulate(s, workload_for(s))
     except ConfigError as exc:
         row.update(status="infeasible", reason=str(exc))
-        return row, time.perf_counter() - started
+        return row, time.perf_counter() - started, time.thread_time() - cpu
     except Exception as exc:  # a bug, not an answer: report it, keep the sweep going
         last = traceback.extract_tb(exc.__traceback__)[-1]
         row.update(status="error", reason=f"{type(exc).__name__}: {exc} ({last.filename}:{last.lineno})")
-        return row, time.perf_counter() - started
+        return row, time.perf_counter() - started, time.thread_time() - cpu
     meta, summary = result.meta, result.summary
     gpus_per_replica = s.tp * s.pp
     price = float(meta["usd_per_hour_per_gpu"])
@@ -94,10 +95,9 @@ def evaluate(s: Scenario) -> tuple[dict, float]:
     tpot = float(summary["mean_tpot_ms"])
     row["output_tokens_per_s_per_gpu"] = float(summary["output_throughput"]) / meta["gpus_total"]
     row["output_tokens_per_s_per_user"] = 1000.0 / tpot if tpot > 0 else float("nan")
-    return row, time.perf_counter() - started
+    return row, time.perf_counter() - started, time.thread_time() - cpu
 
 
-def evaluate_indexed(i: int, s: Scenario) -> tuple[int, dict, float]:
+def evaluate_indexed(i: int, s: Scenario) -> tuple[int, dict, float, float]:
     """:func:`evaluate` tagged with the caller's index (results come back in completion order)."""
-    row, wall = evaluate(s)
-    return i, row, wall
+    return (i, *evaluate(s))

@@ -1,12 +1,15 @@
 """The capacity search: the highest arrival rate one replica sustains with the SLO percentiles met.
 
 ``Limits`` are percentile SLOs on a run's summary (``p99_ttft_ms <= 500``); a probe at rate ``r`` passes when
-every limit holds and no request was rejected. ``RateSearch`` finds the pass/fail boundary of that
-predicate over ``r`` assuming it is monotone (more load, more latency): it grows the rate by doubling
-from a start until a probe fails (shrinking by 4 when the first one fails), then cuts the bracket
-``[highest pass, lowest fail]`` at geometric points until it is narrower than ``rel_tol``. It proposes
-``m`` probes a round (``m`` - section search), so a cluster with more workers than configurations
-narrows each bracket faster; with ``m = 1`` it is bisection. It is pure: the caller runs the probes.
+every limit holds, no request was rejected and the replica kept up (the summary's ``saturated``: served under
+95% of the offered rate while its queue grew; a finite window may hide a backlog inside the percentiles).
+
+``RateSearch`` finds the pass/fail boundary of that predicate over ``r`` assuming it is monotone (more load,
+more latency): it grows the rate by doubling from a start until a probe fails (shrinking by 4 when the first
+one fails), then cuts the bracket ``[highest pass, lowest fail]`` at geometric points until it is narrower
+than ``rel_tol``. It proposes ``m`` probes a round (``m``-section search), so a cluster with more workers
+than configurations narrows each bracket faster; with ``m = 1`` it is bisection. It is pure: the caller runs
+the probes.
 """
 
 from __future__ import annotations
@@ -83,6 +86,9 @@ class Limits:
         rejected = int(summary.get("rejected", 0))
         if rejected > self.max_rejected:
             out.append(f"{rejected} requests rejected")
+        if summary.get("saturated"):
+            out.append(f"saturated: served {float(summary['served_rate']):.4g} of {float(summary['offered_rate']):.4g}"
+                       " req/s offered")
         for key, limit in self.limits_ms.items():
             value = float(summary[key])
             if not value <= limit:  # NaN fails

@@ -24,6 +24,7 @@ class SweepResult:
     table: pd.DataFrame
     wall_s: float  # the whole sweep, this call
     scenario_wall_s: np.ndarray  # each scenario's simulation (0 for cache hits)
+    scenario_cpu_s: np.ndarray  # the CPU seconds of each (0 for cache hits)
     cached: int  # rows that came from the cache
     workers: int
 
@@ -33,6 +34,7 @@ class SweepResult:
 
         run = {"scenarios": len(self.table), "cached": self.cached, "workers": self.workers,
                "wall_s": self.wall_s, "scenario_wall_s": self.scenario_wall_s.tolist(),
+               "scenario_cpu_s": self.scenario_cpu_s.tolist(),
                "status": self.table["status"].value_counts().to_dict()}
         return publish(out_dir, {"results": self.table}, {"run.json": dumps_json(run)})
 
@@ -55,4 +57,4 @@ def sweep(grid: Grid | Mapping | str | os.PathLike[str] | Sequence[Scenario | Ma
         workers = runner.workers
     table = pd.DataFrame([o.row for o in outcomes])
     return SweepResult(table, time.perf_counter() - started, np.array([o.wall_s for o in outcomes]),
-                       sum(o.cached for o in outcomes), workers)
+                       np.array([o.cpu_s for o in outcomes]), sum(o.cached for o in outcomes), workers)
