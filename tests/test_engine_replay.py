@@ -45,7 +45,7 @@ def check_complete(res, w):
     it = res.iterations
     assert list(it.columns) == list(ITERATION_COLUMNS)
     assert (it.end_s.diff().dropna() > 0).all()  # time never goes backwards
-    assert (it.wall_s > 0).all() and (it.gpu_s > 0).all()
+    assert (it.step_s > 0).all() and (it.gpu_s > 0).all() and (it.step_s >= it.gpu_s).all()
     assert it.sampled_tokens.sum() == req.output_tokens.sum() + it.preempted.sum() * 0  # one token per sampled row
     assert it.kv_blocks_used.iloc[-1] == 0 or res.result.scenario.prefix_caching
 

@@ -68,9 +68,10 @@ class StepTime:
     """One step's time: seconds per operator (all layers of the slowest stage), overhead, and the total."""
 
     op_s: dict[str, float]
-    bound: dict[str, str]  # operator -> "compute" | "memory" | "link"
+    bound: dict[str, str]  # operator -> "compute" | "memory" | "link" (| "measured" for a calibrated model)
     overhead_s: float
     total_s: float
+    extrapolated: tuple[str, ...] = ()  # calibrated models: terms priced outside the measured grid
 
 
 class StepCostModel(Protocol):

@@ -93,8 +93,13 @@ def stream_ms(fn: Callable[[], object], reps: int = 15, copies: int | None = Non
     graphs is well above their replay jitter. Samples interleave the two graphs; the median of the per-pair
     differences is reported.
     """
+    return max(statistics.median(stream_samples_ms(fn, reps, copies)), 1e-6)
+
+
+def stream_samples_ms(fn: Callable[[], object], reps: int = 15, copies: int | None = None) -> list[float]:
+    """The per-replay samples behind :func:`stream_ms` (ms of ``fn`` each), for percentiles."""
     if not torch.cuda.is_available():
-        return _wall_ms(fn)
+        return [_wall_ms(fn)]
     fn()
     if copies is None:
         copies = max(4, min(32, int(2.0 / max(cold_ms(fn, reps=5, flush="clean"), 1e-3))))
@@ -121,8 +126,7 @@ def stream_ms(fn: Callable[[], object], reps: int = 15, copies: int | None = Non
             pair.append((start, end))
         samples.append(pair)
     torch.cuda.synchronize()
-    diffs = [(a[0].elapsed_time(a[1]) - b[0].elapsed_time(b[1])) / copies for a, b in samples]
-    return max(statistics.median(diffs), 1e-6)
+    return [(a[0].elapsed_time(a[1]) - b[0].elapsed_time(b[1])) / copies for a, b in samples]
 
 
 def floor_us() -> dict[str, float]:

@@ -74,6 +74,8 @@ class Scenario(BaseModel):
     swap_space_gib: float = Field(4.0, ge=0, description="CPU swap space per replica, GiB")
     prefix_caching: bool = Field(False, description="reuse KV blocks of shared prompt prefixes")
     usd_per_gpu_hour: float | None = Field(None, ge=0, description="GPU price, $/hour (default: catalog)")
+    profile: str | None = Field(None, description="calibration profile JSON, or 'roofline' (default: the profile "
+                                "shipped for the GPU when there is one, else the roofline)")
     # Scheduler.
     batching: str = Field("chunked", description="batching mode")
     policy: str = Field("fcfs", description="waiting-queue order")
@@ -131,6 +133,13 @@ class Scenario(BaseModel):
     def _canonical_gpu(cls, value: str, info: ValidationInfo) -> str:
         gpus_file = info.data.get("gpus_file")
         return get_gpu(value, load_gpus_yaml(gpus_file) if gpus_file else None).name
+
+    @field_validator("profile")
+    @classmethod
+    def _profile_file(cls, value: str | None) -> str | None:
+        if value is None or value == "roofline" or Path(value).is_file():
+            return value
+        raise ValueError(f"no such profile file {value!r} (give a file written by servesim calibrate, or 'roofline')")
 
     @field_validator("model", "draft_model")
     @classmethod
@@ -195,7 +204,7 @@ class Scenario(BaseModel):
 # How `servesim simulate --help` groups the fields (every field in exactly one group; tested).
 FIELD_GROUPS: dict[str, tuple[str, ...]] = {
     "Deployment": ("model", "gpus_file", "gpu", "tp", "pp", "replicas", "quant", "kv_dtype", "gpu_memory_utilization",
-                   "block_size", "num_gpu_blocks", "swap_space_gib", "prefix_caching", "usd_per_gpu_hour"),
+                   "block_size", "num_gpu_blocks", "swap_space_gib", "prefix_caching", "usd_per_gpu_hour", "profile"),
     "Scheduler": ("batching", "policy", "max_num_seqs", "max_num_batched_tokens", "max_model_len", "preemption",
                   "aging", "predictor", "predictor_sigma", "predictor_accuracy", "router"),
     "Workload": ("trace", "trace_format", "arrival", "rate", "cv", "users", "think_time_s", "num_requests",

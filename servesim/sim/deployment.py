@@ -9,16 +9,20 @@ and no arrival process.
 from __future__ import annotations
 
 import dataclasses
+import functools
+import os
 from dataclasses import dataclass
 
 import numpy as np
 
 from servesim.errors import ConfigError
+from servesim.hwmodels.calibrated import CalibratedCostModel, ProfileMismatch
 from servesim.hwmodels.cost import CostModel, StepCostModel
 from servesim.hwmodels.gpus import GPU, get_gpu, load_gpus_yaml
 from servesim.hwmodels.memory import MemoryPlan, plan_memory
 from servesim.hwmodels.models import ModelSpec, get_model
 from servesim.hwmodels.placement import Placement
+from servesim.hwmodels.profile import Profile, load_profile, shipped_profiles
 from servesim.sim import workload as wl
 from servesim.sim.config import Scenario
 from servesim.sim.policies import OutputPredictor
@@ -85,6 +89,35 @@ def plan_replica(s: Scenario) -> ReplicaPlan:
     return ReplicaPlan(placement, max_model_len, budget, memory)
 
 
+@functools.lru_cache(maxsize=8)
+def _profile(path: str, mtime: float) -> Profile:
+    return load_profile(path)
+
+
+def cost_model(placement: Placement, profile: str | None) -> tuple[StepCostModel, tuple[str, ...]]:
+    """The calibrated cost model over ``profile`` (a file, or by default the one shipped for the GPU), or the
+    roofline (``profile='roofline'``, or no shipped profile); and warnings a user should see."""
+    if profile == "roofline":
+        return CostModel(placement), ()
+    path = profile or shipped_profiles().get(placement.gpu.name)
+    if path is None:
+        return CostModel(placement), ()
+    path = str(path)
+    prof = _profile(path, os.path.getmtime(path) if os.path.exists(path) else 0.0)
+    try:
+        model = CalibratedCostModel(placement, prof)
+    except ProfileMismatch as exc:
+        if profile:
+            raise ConfigError(f"{exc}", field="profile") from None
+        return CostModel(placement), (f"the shipped {placement.gpu.name} profile cannot price this deployment "
+                                      f"({exc}); using the roofline",)
+    warnings = []
+    if prof.gpu != placement.gpu.name:
+        warnings.append(f"profile {prof.profile_id} was measured on {prof.gpu}, the deployment runs on "
+                        f"{placement.gpu.name}")
+    return model, tuple(warnings)
+
+
 def build_deployment(s: Scenario) -> Deployment:
     """Resolve ``s`` into a Deployment, or raise a ConfigError naming the field."""
     plan = plan_replica(s)
@@ -102,11 +135,11 @@ def build_deployment(s: Scenario) -> Deployment:
         predictor=OutputPredictor(s.predictor, s.predictor_sigma, s.predictor_accuracy),
         record_token_times=s.record_token_times,
     )
-    cost = CostModel(placement)
+    cost, cost_warnings = cost_model(placement, s.profile)
     num_blocks = s.num_gpu_blocks or memory.kv_blocks
     if num_blocks < s.pp:
         raise ConfigError(f"{num_blocks} KV blocks cannot be shared by {s.pp} pipeline engines", field="num_gpu_blocks")
-    warnings = []
+    warnings = list(cost_warnings)
     if s.num_gpu_blocks is not None and s.num_gpu_blocks > memory.kv_blocks:
         warnings.append(
             f"num_gpu_blocks {s.num_gpu_blocks:,} is more than the {memory.kv_blocks:,} KV blocks of "
@@ -116,7 +149,7 @@ def build_deployment(s: Scenario) -> Deployment:
     block_bytes = memory.kv_bytes_per_block
     draft_cost = acceptance = None
     if s.spec_k:
-        draft_cost = CostModel(placement.with_model(get_model(s.draft_model, field="draft_model")))
+        draft_cost, _ = cost_model(placement.with_model(get_model(s.draft_model, field="draft_model")), s.profile)
         acceptance = SpecConfig(s.draft_model, s.spec_k, s.spec_alpha, s.spec_alpha_concentration).acceptance_model()
     return Deployment(
         model=model, gpu=gpu, tp=s.tp, pp=s.pp, replicas=s.replicas, cost=cost, memory=memory,

@@ -20,7 +20,7 @@ import math
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 
 import numpy as np
@@ -145,32 +145,47 @@ def write_outputs(
     meta: Mapping[str, object],
     *,
     chrome_trace: bool = False,
+    extra: Mapping[str, Callable[[Path], None]] | None = None,
 ) -> Path:
     """Write a run's files into ``out_dir`` (created if needed), all of them or none.
 
     In an existing directory, files of ours that this run does not write (a stale ``trace.json``)
     are removed, so the directory always describes one run. Other files there are left alone.
+    ``extra`` adds files (name -> writer of that path), e.g. the engine's iteration log.
     """
+    writers: dict[str, Callable[[Path], None]] = {
+        "requests.parquet": lambda p: requests.to_parquet(p, index=False),
+        "timeline.parquet": lambda p: timeline.to_parquet(p, index=False),
+        "summary.json": lambda p: p.write_text(dumps_json(summary_document(summary, meta)), encoding="utf-8"),
+        "run.json": lambda p: p.write_text(dumps_json(meta), encoding="utf-8"),
+    }
+    if chrome_trace:
+        writers["trace.json"] = lambda p: _write_trace(p, timeline)
+    writers.update(extra or {})
+    return write_files(out_dir, writers, owned=OUTPUT_FILES)
+
+
+def write_files(out_dir: str | os.PathLike[str], writers: Mapping[str, Callable[[Path], None]],
+                owned: tuple[str, ...] = ()) -> Path:
+    """Write each file (``writers[name](path)``) into ``out_dir``, all of them or none: everything goes to a
+    temporary sibling directory first and moves into place once complete. Names in ``owned`` that this call
+    does not write are removed from an existing ``out_dir``."""
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
         raise InputError("exists and is not a directory", field="output_dir", file=str(out))
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
     try:
-        requests.to_parquet(tmp / "requests.parquet", index=False)
-        timeline.to_parquet(tmp / "timeline.parquet", index=False)
-        (tmp / "summary.json").write_text(dumps_json(summary_document(summary, meta)), encoding="utf-8")
-        (tmp / "run.json").write_text(dumps_json(meta), encoding="utf-8")
-        if chrome_trace:
-            _write_trace(tmp / "trace.json", timeline)
-        _publish(tmp, out)
+        for name, write in writers.items():
+            write(tmp / name)
+        _publish(tmp, out, owned)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return out
 
 
-def _publish(tmp: Path, out: Path) -> None:
+def _publish(tmp: Path, out: Path, owned: tuple[str, ...]) -> None:
     """Move the finished files into place: one rename for a new directory, else file by file."""
     if not out.exists():
         umask = os.umask(0)
@@ -179,7 +194,7 @@ def _publish(tmp: Path, out: Path) -> None:
         os.rename(tmp, out)
         return
     written = {p.name for p in tmp.iterdir()}
-    for name in OUTPUT_FILES:
+    for name in owned:
         if name not in written:
             (out / name).unlink(missing_ok=True)
     for name in sorted(written):

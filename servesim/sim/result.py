@@ -69,6 +69,7 @@ def finish_run(scenario: Scenario, dep: Deployment, w: Workload, requests: pd.Da
         "config_hash": scenario.config_hash(),
         "seed": scenario.seed,
         "profile_id": dep.cost.profile_id,
+        "cost_extrapolated": sorted(getattr(dep.cost, "extrapolated", ())),  # terms priced outside the profile
         "scenario": scenario.model_dump(mode="json"),
         "workload": {"name": w.name, "source": w.source, "requests": len(w), "notes": list(w.notes)},
         "kv_blocks_per_replica": dep.num_blocks,

@@ -1,0 +1,301 @@
+"""``servesim calibrate``: time the engine's operators over the grid, fit whole-step terms on engine iterations,
+and write a profile.
+
+1. Operators (``grid.py``, ``ops.py``): each grid point timed in the in-step condition
+   (:func:`servesim.kernels.timing.stream_samples_ms`: median, p20, p80 of 11 replays); the reference method
+   (:func:`~servesim.kernels.timing.cold_ms`) beside it on every third point and the ends of each axis.
+2. Whole steps, per weight format: the engine serves a short synthetic trace with chunked prefill; from its
+   iteration log, the per-step host overhead (step time minus device time, by CUDA-graph vs eager and number of
+   sequences), the per-kernel gap of graph steps and the per-step gap of eager steps over the operator sum, and
+   the eager floor (a one-token eager forward). Fitted on the even iterations, checked on the odd ones.
+3. Fit quality: each interior grid point predicted from its neighbours (held out), and the held-out steps.
+
+On a CPU the torch reference path of a small model is timed with wall clocks (CI runs it end to end).
+"""
+
+from __future__ import annotations
+
+import datetime
+import math
+import os
+import statistics
+import subprocess
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+import torch
+
+from servesim.calibrate.grid import Table, build_grid, trim
+from servesim.calibrate.ops import OpBuilder
+from servesim.hwmodels.calibrated import KERNELS_PER_LAYER, CalibratedCostModel
+from servesim.hwmodels.gpus import get_gpu
+from servesim.hwmodels.models import get_model
+from servesim.hwmodels.ops import BatchShape
+from servesim.hwmodels.placement import Placement
+from servesim.hwmodels.profile import VERSION, FitReport, OpTable, Profile, Provenance, StepFit
+from servesim.kernels import timing
+
+SECONDS_PER_POINT = 0.12  # measured on the H200: three graph captures and ~30 short replays per point
+OVERHEAD_SEQS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
+MIN_S = 1e-7  # in-step differences of sub-microsecond kernels can come out at or below zero
+
+
+@dataclass
+class Calibration:
+    profile: Profile
+    notes: list[str] = field(default_factory=list)
+    iterations: dict[str, pd.DataFrame] = field(default_factory=dict)  # format -> engine iteration log
+
+
+def _quantiles(samples_ms: list[float]) -> tuple[float, float, float]:
+    s = sorted(max(x * 1e-3, MIN_S) for x in samples_ms)
+    q = np.quantile(s, [0.5, 0.2, 0.8])
+    return float(q[0]), float(q[1]), float(q[2])
+
+
+def time_point(fn: Callable[[], object], cuda: bool, reference: bool) -> tuple[float, float, float, float | None]:
+    """(median, p20, p80, reference) seconds of ``fn`` in the in-step condition (wall clock on a CPU)."""
+    if not cuda:
+        fn()
+        samples = []
+        for _ in range(5):
+            t0 = time.perf_counter()
+            fn()
+            samples.append((time.perf_counter() - t0) * 1e3)
+        return (*_quantiles(samples), None)
+    est = timing.cold_ms(fn, reps=3, flush="clean")
+    copies = max(4, min(32, int(2.0 / max(est, 1e-3))))
+    med, p20, p80 = _quantiles(timing.stream_samples_ms(fn, reps=11, copies=copies))
+    ref = max(timing.cold_ms(fn, reps=10) * 1e-3, MIN_S) if reference else None
+    return med, p20, p80, ref
+
+
+def measure_table(t: Table, builder: OpBuilder, on_point: Callable[[], None] | None = None) -> OpTable:
+    axes = [list(g) for g in t.grid]
+    points = [(a,) for a in axes[0]] if len(axes) == 1 else [(a, b) for a in axes[0] for b in axes[1]]
+    ends = {0, len(points) - 1}
+    builder.reserve(t.op, t.keyd, t.grid)
+    med, p20, p80, ref = [], [], [], []
+    for idx, point in enumerate(points):
+        fn = builder.build(t.op, t.keyd, point)
+        m, lo, hi, r = time_point(fn, builder.cuda, reference=idx % 3 == 0 or idx in ends)
+        med.append(m)
+        p20.append(min(lo, m))
+        p80.append(max(hi, m))
+        ref.append(r)
+        del fn
+        if on_point:
+            on_point()
+    return OpTable(op=t.op, key=t.keyd, axes=t.axes, grid=t.grid, median_s=tuple(med), p20_s=tuple(p20),
+                   p80_s=tuple(p80), reference_s=tuple(ref) if builder.cuda else None)
+
+
+def held_out_errors(tables: list[OpTable]) -> dict[str, dict[str, float]]:
+    """Each interior point of each axis predicted by linear interpolation of its two neighbours."""
+    errs: dict[str, list[float]] = {}
+    for t in tables:
+        if t.op in ("step_overhead", "attn_decode_ragged"):
+            continue
+        lines = [list(zip(t.grid[0], t.median_s))] if len(t.grid) == 1 else _lines_2d(t)
+        for line in lines:
+            for (x0, y0), (x1, y1), (x2, y2) in zip(line, line[1:], line[2:]):
+                pred = y0 + (y2 - y0) * (x1 - x0) / (x2 - x0)
+                errs.setdefault(t.op, []).append(abs(pred / y1 - 1))
+    out = {op: _summary(v) for op, v in errs.items()}
+    uniform = {tuple(sorted(t.key.items())): t for t in tables if t.op == "attn_decode"}
+    for t in (t for t in tables if t.op == "attn_decode_ragged"):
+        key = {k: v for k, v in t.key.items() if k != "spread"}
+        u = uniform.get(tuple(sorted(key.items())))
+        if u is None:
+            continue
+        from servesim.hwmodels.calibrated import _Grid2
+
+        g = _Grid2(u)
+        e = [abs(g(b, c) / m - 1) for (b, c), m in zip(((b, c) for b in t.grid[0] for c in t.grid[1]), t.median_s)]
+        out[f"attn_decode_ragged(spread {t.key['spread']}, uniform model)"] = _summary(e)
+    return out
+
+
+def _lines_2d(t: OpTable) -> list[list[tuple[float, float]]]:
+    a, b = t.grid
+    rows = [list(t.median_s[i * len(b):(i + 1) * len(b)]) for i in range(len(a))]
+    return [list(zip(b, r)) for r in rows] + [list(zip(a, col)) for col in zip(*rows)]
+
+
+def _summary(errors: list[float]) -> dict[str, float]:
+    if not errors:
+        return {"median_abs": math.nan, "p90_abs": math.nan, "points": 0}
+    return {"median_abs": float(np.median(errors)), "p90_abs": float(np.quantile(errors, 0.9)),
+            "points": len(errors)}
+
+
+# -- whole steps -----------------------------------------------------------------------------------------------
+def _shape(row) -> BatchShape:
+    return BatchShape(prefill_seqs=int(row.prefill_seqs), prefill_tokens=int(row.prefill_tokens),
+                      prefill_attn_pairs=float(row.prefill_attn_pairs), prefill_ctx_tokens=int(row.prefill_ctx_tokens),
+                      decode_seqs=int(row.decode_seqs), decode_query_tokens=int(row.decode_query_tokens),
+                      decode_ctx_tokens=int(row.decode_ctx_tokens), sampled_tokens=int(row.sampled_tokens))
+
+
+def _overhead_table(fmt: str, mode: str, seqs: np.ndarray, host: np.ndarray) -> OpTable | None:
+    """Median host time per step by number of sequences, on the OVERHEAD_SEQS grid (empty buckets take the
+    nearest filled one)."""
+    if not len(seqs):
+        return None
+    edges = np.asarray(OVERHEAD_SEQS)
+    idx = np.clip(np.searchsorted(edges, seqs, side="left"), 0, len(edges) - 1)
+    med = {int(edges[i]): float(np.median(host[idx == i])) for i in np.unique(idx)}
+    filled = sorted(med)
+    values = [med[min(filled, key=lambda f, e=e: abs(math.log(f / e)))] for e in OVERHEAD_SEQS]
+    values = [max(v, MIN_S) for v in values]
+    return OpTable(op="step_overhead", key={"mode": mode, "format": fmt}, axes=("seqs",),
+                   grid=(tuple(float(x) for x in OVERHEAD_SEQS),), median_s=tuple(values), p20_s=tuple(values),
+                   p80_s=tuple(values))
+
+
+def synthetic_workload(n: int, seed: int, max_len: int, prompt_mean: float = 400, output_mean: float = 120):
+    """A load that walks the engine through every batch size: a slow start, then a burst, then a drain."""
+    from servesim.sim.workload import Workload
+
+    rng = np.random.default_rng(seed)
+    prompt = np.clip(rng.lognormal(math.log(prompt_mean), 0.9, n), 8, max_len // 2).astype(np.int64)
+    output = np.clip(rng.lognormal(math.log(output_mean), 0.8, n), 4, max_len // 2).astype(np.int64)
+    gaps = np.where(np.arange(n) < n // 5, 0.05, 0.002)
+    df = pd.DataFrame({"arrival_s": np.cumsum(gaps), "input_tokens": prompt, "output_tokens": output})
+    return Workload(name="calibration", requests=df, source=f"synthetic:calibration(n={n}, seed={seed})")
+
+
+def fit_steps(model: str, fmt: str, partial: Profile, device: str, n_requests: int,
+              max_model_len: int = 4096) -> tuple[StepFit, list[OpTable], dict[str, float], pd.DataFrame]:
+    """Serve a synthetic trace on the engine in ``fmt`` and fit the whole-step terms of the profile."""
+    from servesim.engine.engine import EngineConfig, build_engine
+    from servesim.engine.replay import replay
+    from servesim.sim.config import make_scenario
+
+    cuda = device == "cuda"
+    eng = build_engine(EngineConfig(model=model, weight_format=fmt, max_model_len=max_model_len,
+                                    max_num_batched_tokens=2048, max_num_seqs=128, device=device,
+                                    capture_at_start=True))
+    floor = _eager_floor(eng)
+    gpu_name = partial.gpu
+    scenario = make_scenario({"model": model, "gpu": gpu_name if gpu_name != "cpu" else "H100-SXM", "quant": fmt,
+                              "max_model_len": max_model_len, "max_num_batched_tokens": 2048, "max_num_seqs": 128})
+    lengths = {} if cuda else {"prompt_mean": 40, "output_mean": 12}  # the CPU reference path is slow
+    it = replay(scenario, eng, synthetic_workload(n_requests, 0, max_model_len, **lengths)).iterations
+    it = it.iloc[3:]  # the first iterations include allocator and cache warm-up
+    placement = Placement(get_model(model), get_gpu(gpu_name) if gpu_name != "cpu" else get_gpu("H100-SXM"),
+                          weight_format=fmt)
+    bare = CalibratedCostModel(placement, partial, overhead_s=0.0)
+    kernels = np.array([bare._kernels_s(s) + (bare._decode_s(s) if s.decode_seqs else 0.0)
+                        for s in map(_shape, it.itertuples())])
+    graph = it.graph.to_numpy(bool)
+    train = (np.arange(len(it)) % 2) == 0
+    gpu, step = it.gpu_s.to_numpy(), it.step_s.to_numpy()
+    n_kernels = KERNELS_PER_LAYER * bare.layers + 4
+    g = graph & train
+    graph_gap = float(np.median(gpu[g] - kernels[g]) / n_kernels) if g.any() else 0.0
+    e = ~graph & train & (kernels > 1.5 * floor)
+    eager_gap = float(np.median(gpu[e] - kernels[e])) if e.any() else 0.0
+    fit = StepFit(graph_gap_s=graph_gap, eager_gap_s=eager_gap, eager_floor_s=floor)
+    seqs = (it.prefill_seqs + it.decode_seqs).to_numpy()
+    host = step - gpu
+    over = [t for t in (_overhead_table(fmt, "graph", seqs[g], host[g]),
+                        _overhead_table(fmt, "eager", seqs[~graph & train], host[~graph & train])) if t]
+    full = partial.model_copy(update={"tables": partial.tables + tuple(over), "steps": {fmt: fit}})
+    model_full = CalibratedCostModel(placement, full)
+    pred = np.array([model_full.step_time_s(s) for s in map(_shape, it.itertuples())])
+    err = np.abs(pred / step - 1)[~train]
+    report = {**_summary(list(err)), "graph_steps": int(graph[~train].sum()),
+              "eager_steps": int((~graph[~train]).sum())}
+    del eng
+    if cuda:
+        torch.cuda.empty_cache()
+    return fit, over, report, it
+
+
+def _eager_floor(eng) -> float:
+    """Device time of a one-token eager forward (prefill of one token): what launching a step costs at least."""
+    from servesim.sim.request import Batch, PrefillChunk, Request
+
+    r = Request(10**9, 0.0, 1, 2)
+    r.block_ids = [0]
+    shape = BatchShape(prefill_seqs=1, prefill_tokens=1, prefill_attn_pairs=1, prefill_ctx_tokens=1, sampled_tokens=1)
+    batch = Batch([PrefillChunk(r, 1, 0)], [], np.zeros(0, np.int64), 1, shape)
+    samples = []
+    for _ in range(12):
+        eng.runner.run(batch)
+        eng.runner.tokens.pop(r.request_id, None)
+        samples.append(eng.runner.stats.gpu_s)
+    return float(statistics.median(samples[2:]))
+
+
+# -- the whole calibration -------------------------------------------------------------------------------------
+def provenance(command: str, wall_s: float, device: str) -> Provenance:
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                            cwd=os.path.dirname(__file__)).stdout.strip() or "unknown"
+    if device == "cuda":
+        props = torch.cuda.get_device_properties(0)
+        smi = subprocess.run(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
+                             capture_output=True, text=True)
+        name, mem, driver = props.name, props.total_memory, smi.stdout.strip() or "unknown"
+    else:
+        name, mem, driver = "cpu", 0, "none"
+    import triton
+
+    return Provenance(gpu_name=name, memory_bytes=mem, driver=driver, cuda=str(torch.version.cuda),
+                      torch=torch.__version__,
+                      triton=triton.__version__, date=datetime.date.today().isoformat(), command=command,
+                      git_commit=commit, condition="in-step" if device == "cuda" else "cpu-wall", wall_s=wall_s)
+
+
+def catalog_gpu(device_name: str) -> str:
+    """The catalog name of the GPU calibrated on (``NVIDIA H200`` -> ``H200``)."""
+    if device_name == "cpu":
+        return "cpu"
+    return get_gpu(device_name.replace("NVIDIA ", "").strip()).name
+
+
+def calibrate(models: list[str], formats: tuple[str, ...], kv_dtypes: tuple[str, ...], tps: tuple[int, ...],
+              budget_min: float | None, device: str, command: str, step_requests: int = 160,
+              on_progress: Callable[[int, int], None] | None = None, gpu: str | None = None) -> Calibration:
+    """Run the whole calibration; ``on_progress(done, total)`` after each point (and each engine step fit)."""
+    started = time.perf_counter()
+    cuda = device == "cuda"
+    tables = build_grid(models, formats, kv_dtypes, tps, cpu=not cuda)
+    notes = []
+    step_cost_s = 40.0 * len(formats) if cuda else 5.0 * len(formats)
+    if budget_min is not None:
+        tables, notes = trim(tables, budget_min * 60 - step_cost_s, SECONDS_PER_POINT if cuda else 0.02)
+    total = sum(t.points for t in tables) + len(formats)
+    done = 0
+
+    def tick() -> None:
+        nonlocal done
+        done += 1
+        if on_progress:
+            on_progress(done, total)
+
+    builder = OpBuilder(device)
+    measured = [measure_table(t, builder, tick) for t in tables]
+    del builder
+    if cuda:
+        torch.cuda.empty_cache()
+    gpu_name = gpu or catalog_gpu(torch.cuda.get_device_name() if cuda else "cpu")
+    prov = provenance(command, 0.0, device)
+    partial = Profile(version=VERSION, profile_id="partial", gpu=gpu_name, provenance=prov, tables=tuple(measured))
+    steps, overheads, step_errors, logs = {}, [], {}, {}
+    for fmt in formats:
+        fit, over, err, log = fit_steps(models[0], fmt, partial, device, step_requests)
+        steps[fmt], step_errors[fmt], logs[fmt] = fit, err, log
+        overheads += over
+        tick()
+    wall = time.perf_counter() - started
+    date = prov.date
+    fit_report = FitReport(ops=held_out_errors(measured), steps=step_errors)
+    profile = Profile(version=VERSION, profile_id=f"{gpu_name.lower()}-{date}-{prov.git_commit}", gpu=gpu_name,
+                      provenance=prov.model_copy(update={"wall_s": wall}), tables=tuple(measured + overheads),
+                      steps=steps, fit=fit_report)
+    return Calibration(profile, notes, logs)

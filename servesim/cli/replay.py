@@ -1,0 +1,79 @@
+"""``servesim replay``: serve a scenario's workload on the engine (same flags and scenario file as
+``simulate``), in real time or time-scaled, and write the simulator's files plus the iteration log."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from servesim.cli.app import SectionedCommand, app
+from servesim.cli.render import make_console
+from servesim.cli.simulate import _CONFIG, _JSON, _OUTPUT_DIR, _outcome, _scenario, _warn, with_scenario_flags
+from servesim.errors import ConfigError
+from servesim.sim.outputs import check_writable
+
+_ENGINE = "Engine"
+
+
+@app.command("replay", cls=SectionedCommand, context_settings={"max_content_width": 100})
+@with_scenario_flags
+def replay_cmd(
+    config: Optional[Path] = _CONFIG,  # noqa: UP045
+    output_dir: Optional[Path] = _OUTPUT_DIR,  # noqa: UP045
+    as_json: bool = _JSON,
+    device: str = typer.Option("cuda", "--device", help="cuda, or cpu (torch reference kernels, small models)",
+                               rich_help_panel=_ENGINE),
+    weights: Optional[str] = typer.Option(  # noqa: UP045
+        None, "--weights", metavar="DIR", help="local HuggingFace safetensors directory (default: random weights)",
+        rich_help_panel=_ENGINE),
+    quantizer: str = typer.Option("rtn", "--quantizer", help="rtn | awq", rich_help_panel=_ENGINE),
+    time_scale: float = typer.Option(1.0, "--time-scale", metavar="X",
+                                     help="arrivals X times faster than the trace's", rich_help_panel=_ENGINE),
+    cuda_graphs: bool = typer.Option(True, "--cuda-graphs/--no-cuda-graphs", help="CUDA graphs for decode steps",
+                                     rich_help_panel=_ENGINE),
+    **fields,
+) -> None:
+    """Replay the workload on the engine: the simulator's scheduler drives real forward passes."""
+    base = _scenario(config, fields)
+    if not time_scale > 0:
+        raise ConfigError(f"must be > 0, got {time_scale}", field="time_scale")
+    if output_dir:
+        check_writable(output_dir)
+    from servesim.cli.progress import progress_bar
+    from servesim.cli.render import render_summary
+    from servesim.engine.engine import EngineConfig, build_engine
+    from servesim.engine.replay import engine_deployment, replay
+    from servesim.sim.deployment import plan_replica
+    from servesim.sim.outputs import dumps_json, summary_document, write_outputs
+
+    plan = plan_replica(base)
+    console = make_console()
+    engine = build_engine(EngineConfig(
+        model=base.model, weights=weights, weight_format=base.quant, quantizer=quantizer, kv_dtype=base.kv_dtype,
+        block_size=base.block_size, gpu_memory_utilization=base.gpu_memory_utilization,
+        max_model_len=plan.max_model_len, max_num_batched_tokens=plan.max_num_batched_tokens,
+        max_num_seqs=base.max_num_seqs, num_gpu_blocks=base.num_gpu_blocks, device=device,
+        cuda_graphs=cuda_graphs, seed=base.seed))
+    engine_deployment(base, engine)  # refuses what one engine cannot replay before the run
+    with progress_bar("replaying", "requests", console) as update:
+        run = replay(base, engine, time_scale=time_scale, on_progress=update)
+    result = run.result
+    notes = _outcome(result)
+    if output_dir:
+        write_outputs(output_dir, result.requests, result.timeline, result.summary, result.meta,
+                      extra={"iterations.parquet": lambda p: run.iterations.to_parquet(p, index=False)})
+    if as_json:
+        typer.echo(dumps_json(summary_document(result.summary, result.meta)), nl=False)
+        _warn(notes)
+        return
+    mem = engine.memory
+    console.print(f"{base.model} on the engine ({device}, {engine.model.backend.name} kernels; weights {base.quant}, "
+                  f"KV {base.kv_dtype}): {mem.num_blocks:,} KV blocks ({mem.planned_by}); "
+                  f"{len(run.iterations):,} iterations, {int(run.iterations.graph.sum()):,} as CUDA graphs",
+                  highlight=False, soft_wrap=True)
+    render_summary(result.summary, console, title=f"{base.model}: engine replay")
+    if output_dir:
+        console.print(f"wrote {output_dir}", highlight=False)
+    _warn(notes)

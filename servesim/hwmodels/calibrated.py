@@ -1,0 +1,337 @@
+"""A cost model over a measured profile: the time of each operator the engine launches, interpolated on the
+grid it was timed on, with the roofline interface (``step_time``, ``step_time_s``, ``decode_run_s``).
+
+Interpolation is piecewise linear in each axis (bilinear over two), so it is exact at every grid point and
+monotone between monotone points, and it uses only ``+ - * /``, so the vectorised ``decode_run_s`` reproduces
+``step_time_s`` bit for bit (the simulator's fast-forward relies on it). Outside the grid a value continues the
+last segment (for token and context axes the measured times are linear there: bandwidth- or compute-bound),
+and an operator of a shape the profile lacks (another model's GEMM, another head count) takes the nearest
+measured shape scaled by the roofline ratio of the two shapes; both are reported as extrapolated
+(:attr:`CalibratedCostModel.extrapolated`, ``StepTime.extrapolated``, and the run summary's metadata).
+
+A step is ``overhead(mode, seqs) + layers x [token ops(T) + attention] + head(sampled rows) + kernels x gap``:
+token ops are the four GEMMs, two fused add-norms, rotary, KV write and SiLU-mul of one layer over the
+``T`` tokens of the step; the overhead is the engine's host time per step, measured separately for CUDA-graph
+decode steps and eager steps; the gap is what a whole step measured on the engine adds over its operators timed
+alone (fitted per kernel at calibration).
+"""
+
+from __future__ import annotations
+
+import math
+from bisect import bisect_right
+
+import numpy as np
+
+from servesim.hwmodels.cost import StepTime
+from servesim.hwmodels.models import get_weight_format, kv_dtype_bytes
+from servesim.hwmodels.ops import ACT_BYTES, BatchShape
+from servesim.hwmodels.placement import Placement
+from servesim.hwmodels.profile import OpTable, Profile
+
+TOKEN_OPS = ("qkv", "o", "gate_up", "down", "rms_norm", "rotary", "kv_write", "silu_mul")
+KERNELS_PER_LAYER = 11  # 2 norms, 4 GEMMs, rotary, KV write, attention (prefill and/or decode), SiLU-mul
+GRAPH_MAX_SEQS = 256  # the engine captures decode graphs up to this batch
+
+
+class ProfileMismatch(ValueError):
+    """The profile cannot price this placement at all (no table of an operator kind it needs)."""
+
+
+def _seg(xs: list[float], x: float) -> int:
+    """Index j of the segment [xs[j], xs[j+1]] that holds x (the first or last one outside the grid)."""
+    j = bisect_right(xs, x) - 1
+    return 0 if j < 0 else (len(xs) - 2 if j > len(xs) - 2 else j)
+
+
+def _lerp(xs: list[float], ys: list[float], x: float) -> float:
+    if len(xs) == 1:
+        return ys[0]
+    j = _seg(xs, x)
+    return ys[j] + (ys[j + 1] - ys[j]) * (x - xs[j]) / (xs[j + 1] - xs[j])
+
+
+class _Grid2:
+    """A 2-D table over (a, b), bilinear; ``column(a)`` is the 1-D table over b at fixed a."""
+
+    def __init__(self, table: OpTable, scale: float = 1.0) -> None:
+        self.a, self.b = list(table.grid[0]), list(table.grid[1])
+        nb = len(self.b)
+        vals = [v * scale for v in table.median_s]
+        self.rows = [vals[i * nb:(i + 1) * nb] for i in range(len(self.a))]
+
+    def column(self, a: float) -> list[float]:
+        rows, xs = self.rows, self.a
+        if len(xs) == 1:
+            return rows[0]
+        i = _seg(xs, a)
+        w = (a - xs[i]) / (xs[i + 1] - xs[i])
+        lo, hi = rows[i], rows[i + 1]
+        return [lo[j] + (hi[j] - lo[j]) * w for j in range(len(lo))]
+
+    def __call__(self, a: float, b: float) -> float:
+        return _lerp(self.b, self.column(a), b)
+
+    def outside(self, a: float, b: float) -> bool:
+        return not (self.a[0] <= a <= self.a[-1] and self.b[0] <= b <= self.b[-1])
+
+
+def _log_distance(key: dict, want: dict, names: tuple[str, ...]) -> float:
+    return sum(abs(math.log(float(key[n]) / float(want[n]))) for n in names)
+
+
+class CalibratedCostModel:
+    """Step time of one replica at ``placement`` from a measured ``profile`` (same interface as ``CostModel``)."""
+
+    def __init__(self, placement: Placement, profile: Profile, overhead_s: float | None = None) -> None:
+        self.placement, self.profile = placement, profile
+        m, tp = placement.model, placement.tp
+        self.model, self.gpu, self.tp, self.pp = m, placement.gpu, tp, placement.pp
+        self.layers = math.ceil(m.num_layers / placement.pp)
+        self.extrapolated: set[str] = set()
+        self._fixed_overhead = overhead_s
+        fmt, kv = placement.weight_format, placement.kv_dtype
+        q, kvh = m.num_heads // tp, max(m.num_kv_heads // tp, 1)
+        h, i = m.hidden_size, m.intermediate_size // tp
+        self._gemm_shapes = {"qkv": (fmt, (q + 2 * kvh) * m.head_dim, h), "o": (fmt, h, q * m.head_dim),
+                             "gate_up": (fmt, 2 * i, h), "down": (fmt, h, i)}
+        self._elementwise = {"rms_norm": {"hidden": h},
+                             "rotary": {"q_heads": q, "kv_heads": kvh, "head_dim": m.head_dim},
+                             "kv_write": {"kv_dtype": kv, "kv_heads": kvh, "head_dim": m.head_dim},
+                             "silu_mul": {"intermediate": i}}
+        if m.is_moe:
+            raise ProfileMismatch(f"{m.name} is a mixture-of-experts model; calibrated profiles cover dense models")
+        self._build_token_table()
+        self._build_head_table(-(-m.vocab_size // tp))
+        attn_key = {"kv_dtype": kv, "q_heads": q, "kv_heads": kvh, "head_dim": m.head_dim}
+        self._prefill = _Grid2(*self._nearest("attn_prefill", attn_key, ("q_heads", "kv_heads", "head_dim"),
+                                              lambda k: k["q_heads"] * k["head_dim"]))
+        self._decode = _Grid2(*self._nearest("attn_decode", attn_key, ("q_heads", "kv_heads", "head_dim"),
+                                             lambda k: k["kv_heads"] * k["head_dim"] * kv_dtype_bytes(k["kv_dtype"])))
+        self._prefill_floor = self._prefill.rows[0][0]
+        self._columns: dict[int, list[float]] = {}  # decode attention over context at each batch size seen
+        spec = profile.table("spec_verify", vocab=m.vocab_size)
+        self._spec = _Grid2(spec) if spec else None
+        self._overhead = {}
+        for mode in ("graph", "eager"):
+            t = profile.table("step_overhead", mode=mode, format=fmt) or profile.table("step_overhead", mode=mode)
+            self._overhead[mode] = (list(t.grid[0]), list(t.median_s)) if t else None
+        fit = profile.steps.get(fmt) or next(iter(profile.steps.values()), None)
+        kernels = KERNELS_PER_LAYER * self.layers + 4
+        self._graph_gap = fit.graph_gap_s * kernels if fit else 0.0
+        self._eager_gap = fit.eager_gap_s if fit else 0.0
+        self._eager_floor = fit.eager_floor_s if fit else 0.0
+
+    @property
+    def profile_id(self) -> str:
+        return self.profile.profile_id
+
+    # -- construction ----------------------------------------------------------------------------------------
+    def _nearest(self, op: str, want: dict, shape_keys: tuple[str, ...], size) -> tuple[OpTable, float]:
+        """The table of ``op`` matching ``want`` (exactly, or the nearest shape scaled by ``size``)."""
+        match = [t for t in self.profile.tables_of(op) if all(t.key.get(k) == v for k, v in want.items())]
+        if match:
+            return match[0], 1.0
+        same = [t for t in self.profile.tables_of(op)
+                if all(t.key.get(k) == v for k, v in want.items() if k not in shape_keys)]
+        if not same:
+            raise ProfileMismatch(f"profile {self.profile.profile_id} has no {op} table for "
+                                  f"{', '.join(f'{k}={v}' for k, v in want.items() if k not in shape_keys)}")
+        best = min(same, key=lambda t: _log_distance(t.key, want, shape_keys))
+        self.extrapolated.add(f"{op}(shape)")
+        return best, size(want) / size(best.key)
+
+    def _gemm_curve(self, name: str, fmt: str, n: int, k: int, xs: list[float]) -> list[float]:
+        """A GEMM's time at token counts ``xs``: its table, or the nearest (N, K) scaled by the roofline ratio."""
+        tables = [t for t in self.profile.tables_of("gemm") if t.key.get("format") == fmt]
+        if not tables:
+            raise ProfileMismatch(f"profile {self.profile.profile_id} has no {fmt} GEMMs")
+        exact = [t for t in tables if t.key["n"] == n and t.key["k"] == k]
+        t = exact[0] if exact else min(tables, key=lambda t: _log_distance(t.key, {"n": n, "k": k}, ("n", "k")))
+        grid, ys = list(t.grid[0]), list(t.median_s)
+        out = [_lerp(grid, ys, x) for x in xs]
+        if not exact:
+            self.extrapolated.add(f"{name}(shape)")
+            tn, tk = t.key["n"], t.key["k"]
+            out = [y * self._gemm_prior(fmt, x, n, k) / self._gemm_prior(fmt, x, tn, tk) for x, y in zip(xs, out)]
+        return out
+
+    def _gemm_prior(self, fmt: str, m: float, n: int, k: int) -> float:
+        wf, g = get_weight_format(fmt), self.gpu
+        flops = 2.0 * m * n * k
+        nbytes = wf.matrix_bytes(k, n) + (k + n) * m * ACT_BYTES
+        return max(flops / g.peak_flops_per_s(wf.compute_dtype), nbytes / g.hbm_bytes_per_s)
+
+    def _build_token_table(self) -> None:
+        """One table over tokens T of every token-proportional operator of all layers, on the GEMM grid."""
+        grids = sorted({x for t in self.profile.tables_of("gemm") for x in t.grid[0]})
+        if not grids:
+            raise ProfileMismatch(f"profile {self.profile.profile_id} has no GEMM tables")
+        xs = grids
+        parts: dict[str, list[float]] = {}
+        for name, (fmt, n, k) in self._gemm_shapes.items():
+            parts[name] = self._gemm_curve(name, fmt, n, k, xs)
+        for op, want in self._elementwise.items():
+            shape_keys = tuple(k for k in want if k != "kv_dtype")
+            t, scale = self._nearest(op, want, shape_keys, lambda key, ks=shape_keys: math.prod(
+                float(key[k]) for k in ks))
+            parts[op] = [scale * _lerp(list(t.grid[0]), list(t.median_s), x) for x in xs]
+        parts["rms_norm"] = [2 * v for v in parts["rms_norm"]]  # two add-norms per layer
+        self._token_parts = parts
+        self._tx = xs
+        self._ty = [self.layers * sum(p[j] for p in parts.values()) for j in range(len(xs))]
+
+    def _build_head_table(self, vocab_rows: int) -> None:
+        """LM head GEMM (bf16), final norm and sampling over the sampled rows."""
+        fmt, h = "bf16", self.model.hidden_size
+        t = self.profile.table("sampling", vocab=self.model.vocab_size) or self._nearest(
+            "sampling", {"vocab": self.model.vocab_size}, ("vocab",), lambda k: k["vocab"])[0]
+        xs = sorted(set(t.grid[0]) | {x for x in self._tx if x <= t.grid[0][-1]})
+        lm = self._gemm_curve("lm_head", fmt, vocab_rows, h, xs)
+        norm_t, norm_scale = self._nearest("rms_norm", {"hidden": h}, ("hidden",), lambda k: k["hidden"])
+        scale = 1.0 if t.key["vocab"] == self.model.vocab_size else self.model.vocab_size / t.key["vocab"]
+        smp = [scale * _lerp(list(t.grid[0]), list(t.median_s), x) for x in xs]
+        norm = [norm_scale * _lerp(list(norm_t.grid[0]), list(norm_t.median_s), x) for x in xs]
+        self._head_parts = {"lm_head": lm, "sampling": smp, "final_norm": norm}
+        self._hx, self._hy = xs, [a + b + c for a, b, c in zip(lm, smp, norm, strict=True)]
+
+    # -- pricing -------------------------------------------------------------------------------------------
+    @staticmethod
+    def _graph(shape: BatchShape) -> bool:
+        """Whether the engine runs this step as a captured CUDA graph (pure decode, one token each)."""
+        return (not shape.prefill_tokens and shape.decode_seqs <= GRAPH_MAX_SEQS
+                and shape.decode_query_tokens == shape.decode_seqs)
+
+    def _overhead_s(self, shape: BatchShape, graph: bool) -> float:
+        if self._fixed_overhead is not None:
+            return self._fixed_overhead
+        seqs = shape.prefill_seqs + shape.decode_seqs
+        table = self._overhead["graph" if graph else "eager"] or self._overhead["eager"] or self._overhead["graph"]
+        return _lerp(table[0], table[1], seqs) if table else 0.0
+
+    def _prefill_s(self, shape: BatchShape) -> float:
+        s, pt = shape.prefill_seqs, shape.prefill_tokens
+        q = pt / s
+        c = (shape.prefill_ctx_tokens - pt) / s
+        one = self._prefill(q, c)
+        pairs_mean = q * c + q * (q + 1) / 2
+        ratio = shape.prefill_attn_pairs / (s * pairs_mean) if pairs_mean else 1.0
+        if self._prefill.outside(q, c):
+            self.extrapolated.add("attn_prefill(grid)")
+        return self.layers * (self._prefill_floor + (one - self._prefill_floor) * s * ratio)
+
+    def _spec_s(self, shape: BatchShape) -> float:
+        ds = shape.decode_seqs
+        k = (shape.decode_query_tokens - ds) / ds
+        if self._spec is None:
+            self.extrapolated.add("spec_verify(missing)")
+            return 0.0
+        if self._spec.outside(ds, k):
+            self.extrapolated.add("spec_verify(grid)")
+        return self._spec(ds, k)
+
+    def _kernels_s(self, shape: BatchShape) -> float:
+        """Device time of every operator but the decode attention (the one term that grows with context)."""
+        pt, dq = shape.prefill_tokens, shape.decode_query_tokens
+        n = pt + dq
+        tx = self._tx
+        if n > tx[-1]:
+            self.extrapolated.add("tokens(grid)")
+        t = _lerp(tx, self._ty, n)
+        if pt:
+            t += self._prefill_s(shape)
+        s = shape.sampled_tokens
+        if s:
+            t += _lerp(self._hx, self._hy, s)
+        ds = shape.decode_seqs
+        if ds and dq > ds:
+            t += self._spec_s(shape)
+        return t
+
+    def _decode_column(self, ds: int) -> list[float]:
+        col = self._columns.get(ds)
+        if col is None:
+            if ds > self._decode.a[-1]:
+                self.extrapolated.add("attn_decode(batch)")
+            col = self._columns[ds] = self._decode.column(ds)
+        return col
+
+    def _decode_s(self, shape: BatchShape) -> float:
+        ds = shape.decode_seqs
+        c = shape.decode_ctx_tokens / ds
+        if c > self._decode.b[-1]:
+            self.extrapolated.add("attn_decode(context)")
+        return _lerp(self._decode.b, self._decode_column(ds), c) * self.layers
+
+    def step_time_s(self, shape: BatchShape) -> float:
+        """``overhead + kernels + gap`` (graph steps) or ``overhead + max(kernels + gap, eager floor)``."""
+        if shape.prefill_tokens + shape.decode_query_tokens == 0:
+            return 0.0
+        k = self._kernels_s(shape)
+        if shape.decode_seqs:  # added last, in the order decode_run_s adds it
+            k = k + self._decode_s(shape)
+        graph = self._graph(shape)
+        over = self._overhead_s(shape, graph)
+        if graph:
+            return over + (k + self._graph_gap)
+        e = k + self._eager_gap
+        return over + (e if e > self._eager_floor else self._eager_floor)
+
+    def decode_run_s(self, shape: BatchShape, n: int) -> np.ndarray:
+        """Durations of ``n`` pure-decode steps with contexts growing by one token per sequence per step,
+        bit for bit what ``step_time_s`` gives for each."""
+        ds = shape.decode_seqs
+        if n <= 0:
+            return np.zeros(0)
+        if ds == 0 or shape.prefill_tokens:
+            raise ValueError("decode_run_s takes a pure-decode shape (decode_seqs > 0, no prefill)")
+        k = self._kernels_s(shape)
+        xs = np.asarray(self._decode.b)
+        ys = np.asarray(self._decode_column(ds))
+        c = (shape.decode_ctx_tokens + ds * np.arange(n, dtype=np.float64)) / ds
+        if c[-1] > xs[-1]:
+            self.extrapolated.add("attn_decode(context)")
+        if len(xs) == 1:
+            v = np.full(n, ys[0])
+        else:
+            j = np.clip(np.searchsorted(xs, c, side="right") - 1, 0, len(xs) - 2)
+            v = ys[j] + (ys[j + 1] - ys[j]) * (c - xs[j]) / (xs[j + 1] - xs[j])
+        k = k + v * self.layers
+        graph = self._graph(shape)
+        over = self._overhead_s(shape, graph)
+        if graph:
+            return over + (k + self._graph_gap)
+        return over + np.maximum(k + self._eager_gap, self._eager_floor)
+
+    def step_time(self, shape: BatchShape) -> StepTime:
+        """Per-operator breakdown (device time; the eager floor's excess and the gaps as their own terms);
+        ``total_s`` is :meth:`step_time_s` and equals ``overhead_s`` plus the operator sum up to rounding."""
+        pt, dq = shape.prefill_tokens, shape.decode_query_tokens
+        n = pt + dq
+        if n == 0:
+            return StepTime({}, {}, 0.0, 0.0)
+        seen, self.extrapolated = self.extrapolated, set()  # collect this step's own flags
+        op_s = {name: self.layers * _lerp(self._tx, part, n) for name, part in self._token_parts.items()}
+        op_s["attn_prefill"] = self._prefill_s(shape) if pt else 0.0
+        op_s["attn_decode"] = self._decode_s(shape) if shape.decode_seqs else 0.0
+        for name, part in self._head_parts.items():
+            op_s[name] = _lerp(self._hx, part, shape.sampled_tokens) if shape.sampled_tokens else 0.0
+        ds = shape.decode_seqs
+        op_s["spec_verify"] = self._spec_s(shape) if ds and dq > ds else 0.0
+        graph = self._graph(shape)
+        kernels = sum(op_s.values())
+        if graph:
+            op_s["step_gap"] = self._graph_gap
+        else:
+            op_s["step_gap"] = self._eager_gap
+            op_s["eager_floor"] = max(0.0, self._eager_floor - (kernels + self._eager_gap))
+        overhead = self._overhead_s(shape, graph)
+        total = self.step_time_s(shape)
+        bound = {k: "measured" for k in op_s}
+        flags = self.extrapolated | {x for x in seen if x.endswith("(shape)")}
+        self.extrapolated = seen | flags
+        return StepTime(op_s, bound, overhead, total, extrapolated=tuple(sorted(flags)))
+
+    def pp_transfer_s(self, tokens: int) -> float:
+        """Hidden states to the next pipeline stage over the GPU's link (not calibrated: roofline)."""
+        return tokens * self.model.hidden_size * ACT_BYTES / (self.gpu.interconnect_bytes_per_s / 2 * 0.8)

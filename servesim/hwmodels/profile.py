@@ -1,0 +1,185 @@
+"""Calibration profiles: measured operator times on one GPU, keyed by operator shape, with their provenance.
+
+A profile is a JSON file (``servesim calibrate`` writes one; ``hwmodels/profiles/`` ships some). Loading it
+needs no torch. It holds one :class:`OpTable` per (operator, shape key): the measured median time (and the
+20th/80th percentiles, and the reference-method time where it was taken) over a rectangular grid of one or two
+axes, for example a GEMM of (format, N, K) over M tokens, or decode attention of (KV dtype, heads, head_dim)
+over (batch, context). The calibrated cost model (:mod:`servesim.hwmodels.calibrated`) interpolates them.
+
+Operators and axes (what the engine launches per step; ``calibrate`` measures exactly these):
+
+==================  =============================================  ==============================
+op                  key                                            axes
+==================  =============================================  ==============================
+gemm                format, n, k                                   m (tokens)
+rms_norm            hidden                                         tokens (fused residual add)
+rotary              q_heads, kv_heads, head_dim                    tokens
+kv_write            kv_dtype, kv_heads, head_dim                   tokens
+silu_mul            intermediate                                   tokens
+attn_prefill        kv_dtype, q_heads, kv_heads, head_dim          tokens, context (before)
+attn_decode         kv_dtype, q_heads, kv_heads, head_dim          batch, context
+attn_decode_ragged  the same and spread                            batch, mean context (checks only)
+sampling            vocab                                          rows
+spec_verify         vocab                                          batch, k
+step_overhead       mode (graph | eager), format                   seqs (host time per step)
+==================  =============================================  ==============================
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from servesim.errors import InputError
+
+SCHEMA = "servesim-profile"
+VERSION = 1
+OPS = ("gemm", "rms_norm", "rotary", "kv_write", "silu_mul", "attn_prefill", "attn_decode", "attn_decode_ragged",
+       "sampling", "spec_verify", "step_overhead")
+AXES = {"gemm": ("m",), "rms_norm": ("tokens",), "rotary": ("tokens",), "kv_write": ("tokens",),
+        "silu_mul": ("tokens",), "attn_prefill": ("tokens", "context"), "attn_decode": ("batch", "context"),
+        "attn_decode_ragged": ("batch", "context"), "sampling": ("rows",), "spec_verify": ("batch", "k"),
+        "step_overhead": ("seqs",)}
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class OpTable(_Strict):
+    """One operator at one shape key, timed over a grid (seconds; row-major over ``axes``)."""
+
+    op: Literal[OPS]  # type: ignore[valid-type]
+    key: dict[str, int | str]
+    axes: tuple[str, ...]
+    grid: tuple[tuple[float, ...], ...]  # the values of each axis, increasing
+    median_s: tuple[float, ...]
+    p20_s: tuple[float, ...]
+    p80_s: tuple[float, ...]
+    reference_s: tuple[float | None, ...] | None = None  # the reference timing method, where measured
+
+    @model_validator(mode="after")
+    def _shape(self) -> OpTable:
+        if self.axes != AXES[self.op]:
+            raise ValueError(f"{self.op} tables have axes {AXES[self.op]}, not {self.axes}")
+        if len(self.grid) != len(self.axes):
+            raise ValueError(f"{len(self.axes)} axes but {len(self.grid)} grid vectors")
+        for name, values in zip(self.axes, self.grid, strict=True):
+            if not values or any(b <= a for a, b in zip(values, values[1:])):
+                raise ValueError(f"axis {name} must be non-empty and strictly increasing, got {values}")
+        n = math.prod(len(v) for v in self.grid)
+        for name in ("median_s", "p20_s", "p80_s") + (("reference_s",) if self.reference_s is not None else ()):
+            values = getattr(self, name)
+            if len(values) != n:
+                raise ValueError(f"{name} has {len(values)} values for a grid of {n} points")
+            if any(v is not None and not (v > 0 and math.isfinite(v)) for v in values):
+                raise ValueError(f"{name} must hold positive finite seconds")
+        return self
+
+    def key_str(self) -> str:
+        return f"{self.op}[" + ",".join(f"{k}={v}" for k, v in sorted(self.key.items())) + "]"
+
+
+class Provenance(_Strict):
+    gpu_name: str
+    memory_bytes: int
+    driver: str
+    cuda: str
+    torch: str
+    triton: str
+    date: str
+    command: str
+    git_commit: str
+    condition: str = "in-step"  # servesim.kernels.timing.stream_ms; reference: cold_ms
+    wall_s: float = 0.0
+
+
+class StepFit(_Strict):
+    """What a whole engine step adds to the sum of its operators timed alone, for one weight format (fitted on
+    engine iterations at calibration): a per-kernel gap inside CUDA-graph steps, one per eager step, and the
+    eager floor (an eager step never takes less than the host needs to launch it)."""
+
+    graph_gap_s: float = 0.0  # per kernel
+    eager_gap_s: float = 0.0  # per step
+    eager_floor_s: float = 0.0
+
+
+class FitReport(_Strict):
+    """Held-out error of the interpolation (each interior grid point predicted from the others) and of whole
+    engine steps predicted from the operator sum, as fractions: median and p90 of |predicted/measured - 1|."""
+
+    ops: dict[str, dict[str, float]] = Field(default_factory=dict)  # op -> {median_abs, p90_abs, points}
+    steps: dict[str, dict[str, float]] = Field(default_factory=dict)  # weight format -> {median_abs, ...}
+
+
+class Profile(_Strict):
+    schema_: Literal["servesim-profile"] = Field(SCHEMA, alias="schema")
+    version: int
+    profile_id: str
+    gpu: str  # catalog name of the GPU it was measured on
+    provenance: Provenance
+    tables: tuple[OpTable, ...]
+    steps: dict[str, StepFit] = Field(default_factory=dict)  # weight format -> whole-step fit
+    fit: FitReport = FitReport()
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+    def table(self, op: str, **key) -> OpTable | None:
+        for t in self.tables:
+            if t.op == op and all(t.key.get(k) == v for k, v in key.items()):
+                return t
+        return None
+
+    def tables_of(self, op: str) -> list[OpTable]:
+        return [t for t in self.tables if t.op == op]
+
+
+def load_profile(path: str | Path) -> Profile:
+    """Read and check a profile; a missing file, bad JSON, another schema version or a malformed field is one
+    :class:`InputError` naming the file and the field."""
+    p = Path(path)
+    try:
+        raw = json.loads(p.read_text())
+    except FileNotFoundError:
+        raise InputError("no such profile file", file=str(p)) from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise InputError(f"cannot read: {exc}", file=str(p)) from None
+    except json.JSONDecodeError as exc:
+        raise InputError(f"not valid JSON: {exc.msg} at line {exc.lineno}", file=str(p)) from None
+    if not isinstance(raw, dict) or raw.get("schema") != SCHEMA:
+        raise InputError(f"not a servesim profile (schema must be {SCHEMA!r})", file=str(p), field="schema")
+    if raw.get("version") != VERSION:
+        raise InputError(f"profile version {raw.get('version')!r}; this servesim reads version {VERSION} "
+                         "(re-run servesim calibrate)", file=str(p), field="version")
+    try:
+        return Profile.model_validate(raw)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        loc = ".".join(str(x) for x in err["loc"])
+        raise InputError(err["msg"], file=str(p), field=loc) from None
+
+
+def save_profile(profile: Profile, path: str | Path) -> None:
+    """Write ``profile`` as JSON atomically (a temporary sibling, then a rename)."""
+    p = Path(path)
+    tmp = p.with_name(p.name + ".tmp")
+    tmp.write_text(json.dumps(profile.model_dump(mode="json", by_alias=True), indent=1))
+    tmp.replace(p)
+
+
+def shipped_profiles() -> dict[str, Path]:
+    """Catalog GPU name -> the profile shipped as package data (``hwmodels/profiles/<gpu>.json``)."""
+    root = Path(__file__).parent / "profiles"
+    out = {}
+    for f in sorted(root.glob("*.json")):
+        try:
+            gpu = json.loads(f.read_text()).get("gpu")
+        except (OSError, json.JSONDecodeError):
+            continue
+        if gpu:
+            out[gpu] = f
+    return out

@@ -1,0 +1,132 @@
+"""The calibration profile format and the calibrated cost model, on a synthetic profile (no GPU, no torch)."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+
+import numpy as np
+import pytest
+
+from servesim.errors import InputError
+from servesim.hwmodels.calibrated import CalibratedCostModel, ProfileMismatch
+from servesim.hwmodels.gpus import get_gpu
+from servesim.hwmodels.models import get_model
+from servesim.hwmodels.ops import BatchShape, decode_shape, prefill_shape
+from servesim.hwmodels.placement import Placement
+from servesim.hwmodels.profile import VERSION, load_profile, save_profile
+from tests.profile_helpers import synthetic_profile
+
+H200 = get_gpu("H200")
+
+
+@pytest.fixture(scope="module")
+def profile():
+    return synthetic_profile(noise=0.02)
+
+
+@pytest.fixture(scope="module")
+def model(profile):
+    return CalibratedCostModel(Placement(get_model("Llama-3.1-8B"), H200), profile)
+
+
+def test_profile_round_trip(profile, tmp_path):
+    path = tmp_path / "p.json"
+    save_profile(profile, path)
+    assert load_profile(path) == profile
+    assert json.loads(path.read_text())["schema"] == "servesim-profile"
+
+
+@pytest.mark.parametrize("mutate,field", [
+    (lambda d: d.update(version=VERSION + 1), "version"),
+    (lambda d: d.update(schema="something-else"), "schema"),
+    (lambda d: d["tables"][0].update(median_s=[-1.0] * len(d["tables"][0]["median_s"])), "tables.0"),
+    (lambda d: d["tables"][0].update(grid=[[4, 2, 1]]), "tables.0"),
+    (lambda d: d.pop("provenance"), "provenance"),
+])
+def test_malformed_profiles_are_one_line_errors_naming_the_field(profile, tmp_path, mutate, field):
+    d = json.loads(json.dumps(profile.model_dump(mode="json", by_alias=True)))
+    mutate(d)
+    path = tmp_path / "bad.json"
+    path.write_text(json.dumps(d))
+    with pytest.raises(InputError) as e:
+        load_profile(path)
+    assert str(path) in str(e.value) and field in str(e.value) and "\n" not in str(e.value)
+
+
+def test_missing_and_invalid_json_files(tmp_path):
+    with pytest.raises(InputError, match="no such profile file"):
+        load_profile(tmp_path / "nope.json")
+    (tmp_path / "x.json").write_text("{not json")
+    with pytest.raises(InputError, match="not valid JSON"):
+        load_profile(tmp_path / "x.json")
+
+
+def test_interpolation_is_exact_at_grid_points_and_monotone_between(profile, model):
+    # Token-proportional ops: each GEMM grid point gives the profile's own sum (plus nothing else).
+    t = profile.table("gemm", format="bf16", n=6144, k=4096)
+    layers = model.layers
+    for i, m in enumerate(t.grid[0]):
+        assert model.layers * np.interp(m, model._tx, model._token_parts["qkv"]) / layers == pytest.approx(
+            t.median_s[i], rel=1e-12)
+    dec = profile.table("attn_decode", kv_dtype="bf16", q_heads=32, kv_heads=8, head_dim=128)
+    nb = len(dec.grid[1])
+    for i, b in enumerate(dec.grid[0]):
+        for j, c in enumerate(dec.grid[1]):
+            assert model._decode(b, c) == pytest.approx(dec.median_s[i * nb + j], rel=1e-12)
+    # monotone in context between points for a monotone table
+    cs = np.linspace(64, 32768, 400)
+    vals = [model._decode(8, c) for c in cs]
+    assert all(b >= a for a, b in zip(vals, vals[1:]))
+    ms = np.linspace(1, 8192, 500)
+    tok = [model.step_time_s(BatchShape(prefill_seqs=1, prefill_tokens=int(m), prefill_ctx_tokens=int(m),
+                                        prefill_attn_pairs=m * (m + 1) / 2, sampled_tokens=1)) for m in ms]
+    assert all(b >= a * (1 - 1e-12) for a, b in zip(tok, tok[1:]))
+
+
+def test_step_time_equals_its_breakdown(model):
+    shapes = [decode_shape(1, 512), decode_shape(64, 2048), prefill_shape(1000, 300), decode_shape(300, 100),
+              replace(decode_shape(16, 900), prefill_seqs=1, prefill_tokens=256, prefill_ctx_tokens=1256,
+                      prefill_attn_pairs=256 * 1000 + 256 * 257 / 2, sampled_tokens=17)]
+    for s in shapes:
+        st = model.step_time(s)
+        assert st.total_s == model.step_time_s(s)
+        assert st.total_s == pytest.approx(st.overhead_s + sum(st.op_s.values()), rel=1e-9)
+        assert st.total_s > 0
+
+
+def test_decode_run_is_bit_exact_with_stepping(model):
+    for b, c, n in ((1, 100, 50), (7, 3000, 400), (256, 30000, 40), (300, 500, 20)):  # graph, long, beyond grid
+        s = decode_shape(b, c)
+        run = model.decode_run_s(s, n)
+        one = [model.step_time_s(replace(s, decode_ctx_tokens=s.decode_ctx_tokens + i * b)) for i in range(n)]
+        assert run.tolist() == one
+
+
+def test_extrapolation_is_flagged(profile):
+    m = CalibratedCostModel(Placement(get_model("Llama-3.1-8B"), H200), profile)
+    assert not m.extrapolated
+    m.step_time_s(prefill_shape(16000))
+    assert "tokens(grid)" in m.extrapolated and "tokens(grid)" in m.step_time(prefill_shape(17000)).extrapolated
+    other = CalibratedCostModel(Placement(get_model("Qwen2.5-7B"), H200), profile)  # shapes not in the profile
+    assert {"qkv(shape)", "attn_decode(shape)"} <= other.extrapolated
+    assert other.step_time(decode_shape(8, 1000)).extrapolated
+    # the scaled nearest shape is still in the right range (within 2x of the roofline-shaped truth)
+    truth = CalibratedCostModel(Placement(get_model("Qwen2.5-7B"), H200),
+                                synthetic_profile(models=("Qwen2.5-7B",), noise=0.0))
+    for s in (decode_shape(8, 1000), prefill_shape(2000)):
+        assert 0.5 < other.step_time_s(s) / truth.step_time_s(s) < 2
+
+
+def test_missing_format_is_refused(profile):
+    with pytest.raises(ProfileMismatch, match="w8a16"):
+        CalibratedCostModel(Placement(get_model("Llama-3.1-8B"), H200, weight_format="w8a16"), profile)
+
+
+def test_eager_steps_never_take_less_than_the_floor(model):
+    tiny = prefill_shape(1)
+    st = model.step_time(tiny)
+    assert st.total_s >= model._eager_floor
+    assert model.step_time_s(decode_shape(4, 100)) < model.step_time_s(replace(decode_shape(4, 100), prefill_seqs=1,
+                                                                              prefill_tokens=1, prefill_ctx_tokens=1,
+                                                                              prefill_attn_pairs=1, sampled_tokens=5))
