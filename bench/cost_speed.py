@@ -1,4 +1,4 @@
-"""Time the cost model's hot path (``CostModel.step_time_s``) and ``decode_run_s``; prints a table.
+"""Time the cost models' hot path (``step_time_s``) and ``decode_run_s``, roofline and calibrated; prints a table.
 
 Run: ``.venv/bin/python bench/cost_speed.py``. Not a test: numbers depend on the machine.
 """
@@ -10,11 +10,13 @@ import time
 
 import numpy as np
 
+from servesim.hwmodels.calibrated import CalibratedCostModel
 from servesim.hwmodels.cost import CostModel
 from servesim.hwmodels.gpus import get_gpu
 from servesim.hwmodels.models import get_model
 from servesim.hwmodels.ops import BatchShape, decode_shape
 from servesim.hwmodels.placement import Placement
+from servesim.hwmodels.profile import load_profile, shipped_profiles
 
 
 def _per_call_us(fn, arg, n: int = 200_000, repeats: int = 5) -> float:
@@ -33,9 +35,14 @@ def main() -> None:
                        sampled_tokens=41)
     print(f"{platform.processor() or platform.machine()}, Python {platform.python_version()}")
     print(f"{'config':42} {'step_time_s µs':>15} {'step_time µs':>13} {'decode_run_s(1000) µs/step':>27}")
-    for model, gpu, tp in (("Llama-3.1-8B", "H100-SXM", 1), ("Llama-3.1-70B", "H100-SXM", 4),
-                           ("Mixtral-8x7B", "H100-SXM", 2)):
-        cm = CostModel(Placement(get_model(model), get_gpu(gpu), tp=tp))
+    h200 = load_profile(shipped_profiles()["H200"])
+    models = [("roofline", CostModel(Placement(get_model(m), get_gpu(g), tp=tp)), f"{m} on {g} tp={tp}")
+              for m, g, tp in (("Llama-3.1-8B", "H100-SXM", 1), ("Llama-3.1-70B", "H100-SXM", 4),
+                               ("Mixtral-8x7B", "H100-SXM", 2))]
+    models += [("calibrated", CalibratedCostModel(Placement(get_model(m), get_gpu("H200"), weight_format=f), h200),
+                f"{m} {f} on H200") for m, f in (("Llama-3.1-8B", "bf16"), ("Llama-3.1-8B", "w4a16"),
+                                                 ("Qwen2.5-7B", "bf16"))]
+    for kind, cm, label in models:
         hot, full = _per_call_us(cm.step_time_s, mixed), _per_call_us(cm.step_time, mixed, n=20_000)
         dec = decode_shape(64, 1000)
         t0 = time.perf_counter()
@@ -43,7 +50,7 @@ def main() -> None:
             cm.decode_run_s(dec, 1000)
         run_us = (time.perf_counter() - t0) / 1000 / 1000 * 1e6
         assert np.isclose(cm.decode_run_s(dec, 1)[0], cm.step_time_s(dec))
-        print(f"{model + ' on ' + gpu + f' tp={tp}':42} {hot:15.2f} {full:13.1f} {run_us:27.3f}")
+        print(f"{kind + ': ' + label:42} {hot:15.2f} {full:13.1f} {run_us:27.3f}")
 
 
 if __name__ == "__main__":

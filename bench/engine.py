@@ -20,6 +20,7 @@ import argparse
 import datetime
 import gc
 import json
+import os
 import statistics
 import subprocess
 import time
@@ -30,7 +31,7 @@ import torch
 import triton
 
 from servesim.engine.engine import EngineConfig, build_engine
-from servesim.hwmodels.ops import decode_shape
+from servesim.hwmodels.ops import decode_shape, prefill_shape
 from servesim.kernels import timing
 from servesim.sim.request import Batch, PrefillChunk, Request
 
@@ -105,7 +106,7 @@ def engine_rows(model: str, fmt: str, kv: str, mm_tflops: float, copy_bw: float)
             runner.release(r)
     r = _requests(1, PREFILL, 16)[0]
     r.prompt_tokens = PREFILL
-    batch = Batch([PrefillChunk(r, PREFILL, 0)], [], np.zeros(0, np.int64), 1, decode_shape(0, 0))
+    batch = Batch([PrefillChunk(r, PREFILL, 0)], [], np.zeros(0, np.int64), 1, prefill_shape(PREFILL))
     runner.run(batch)
     gpu = statistics.median((runner.run(batch), runner.stats.gpu_s * 1e3)[1] for _ in range(5))
     flops = prefill_flops(mc, PREFILL)
@@ -213,7 +214,12 @@ def main() -> None:
     ap.add_argument("--model", default="Llama-3.1-8B")
     ap.add_argument("--formats", default="bf16,w8a16,w4a16")
     ap.add_argument("--no-hf", action="store_true")
+    ap.add_argument("--markdown-from", type=Path, help="rewrite the markdown of an earlier JSON result and exit")
     args = ap.parse_args()
+    if args.markdown_from:
+        doc = json.loads(args.markdown_from.read_text())
+        args.markdown_from.with_suffix(".md").write_text(markdown(doc))
+        return
     args.out.mkdir(parents=True, exist_ok=True)
     copy_bw = timing.copy_bandwidth()
     mm = matmul_tflops()
@@ -227,13 +233,44 @@ def main() -> None:
         rows += hf_rows(args.model, copy_bw, mm)
     card = timing.card()
     date = datetime.date.today().isoformat()
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
+    commit = os.environ.get("SERVESIM_GIT_COMMIT") or subprocess.run(
+        ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
     doc = {"card": card, "date": date, "torch": torch.__version__, "triton": triton.__version__,
            "command": f"PYTHONPATH=. python3 bench/engine.py --model {args.model} --formats {args.formats}",
            "commit": commit, "copy_bytes_per_s": copy_bw, "matmul_tflops": mm, "builds": metas, "rows": rows}
     slug = card.lower().replace("nvidia ", "").replace(" ", "-")
     (args.out / f"engine-{slug}-{date}.json").write_text(json.dumps(doc, indent=1))
-    print(json.dumps({k: v for k, v in doc.items() if k != "rows"}, indent=1))
+    (args.out / f"engine-{slug}-{date}.md").write_text(markdown(doc))
+    print(markdown(doc))
+
+
+def markdown(doc: dict) -> str:
+    """The results as tables: decode and prefill against floors and HF, and tokens/s by batch and format."""
+    rows = [r for r in doc["rows"] if "error" not in r]
+    lines = [f"# Engine steps on {doc['card']} ({doc['date']})", "",
+             f"`{doc['command']}` at commit {doc['commit']}; torch {doc['torch']}, Triton {doc['triton']}. Same run: "
+             f"device copy {doc['copy_bytes_per_s'] / 1e12:.2f} TB/s, bf16 8192^3 matmul {doc['matmul_tflops']:.0f} "
+             "TFLOP/s. Random weights of the model's shape. Decode: the engine's CUDA graph of one step (forward + "
+             "greedy sampling), median of 30 replays; `run` adds the host side (inputs, launch, token copy). HF: "
+             "transformers with a static cache, its decode forward captured in a CUDA graph. Floors: every weight "
+             "byte plus the KV bytes read, over the copy bandwidth; prefill FLOPs over the matmul rate.", "",
+             "| engine | format | op | batch | context | step ms | run ms | floor ms | x floor | tokens/s |",
+             "|---|---|---|---:|---:|---:|---:|---:|---:|---:|"]
+    for r in rows:
+        lines.append(f"| {r['engine']} | {r['format']} | {r['op']} | {r['batch']} | {r['context']} | "
+                     f"{r['step_ms']:.3f} | {r.get('run_ms', float('nan')):.3f} | {r['floor_ms']:.3f} | "
+                     f"{r['step_ms'] / r['floor_ms']:.3f} | {r.get('tokens_per_s', float('nan')):,.0f} |")
+    hf = {(r["op"], r["batch"], r["context"]): r["step_ms"] for r in rows if r["engine"] == "hf"}
+    ours = [r for r in rows if r["engine"] == "servesim" and (r["op"], r["batch"], r["context"]) in hf]
+    if ours:
+        lines += ["", "Speed-up over HF transformers in the same run (bf16 rows of both):", "",
+                  "| format | op | batch | context | HF ms | servesim ms | speed-up |",
+                  "|---|---|---:|---:|---:|---:|---:|"]
+        for r in ours:
+            h = hf[(r["op"], r["batch"], r["context"])]
+            lines.append(f"| {r['format']} | {r['op']} | {r['batch']} | {r['context']} | {h:.3f} | "
+                         f"{r['step_ms']:.3f} | {h / r['step_ms']:.2f}x |")
+    return "\n".join(lines) + "\n"
 
 
 if __name__ == "__main__":

@@ -234,8 +234,9 @@ def _eager_floor(eng) -> float:
 
 # -- the whole calibration -------------------------------------------------------------------------------------
 def provenance(command: str, wall_s: float, device: str) -> Provenance:
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                            cwd=os.path.dirname(__file__)).stdout.strip() or "unknown"
+    commit = os.environ.get("SERVESIM_GIT_COMMIT") or subprocess.run(  # a copied tree's .git may lag: say it
+        ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=os.path.dirname(__file__)
+    ).stdout.strip() or "unknown"
     if device == "cuda":
         props = torch.cuda.get_device_properties(0)
         smi = subprocess.run(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
@@ -295,7 +296,8 @@ def calibrate(models: list[str], formats: tuple[str, ...], kv_dtypes: tuple[str,
     wall = time.perf_counter() - started
     date = prov.date
     fit_report = FitReport(ops=held_out_errors(measured), steps=step_errors)
-    profile = Profile(version=VERSION, profile_id=f"{gpu_name.lower()}-{date}-{prov.git_commit}", gpu=gpu_name,
+    pid = f"{'' if cuda else 'cpu-'}{gpu_name.lower()}-{date}-{prov.git_commit}"  # a CPU timing says so
+    profile = Profile(version=VERSION, profile_id=pid, gpu=gpu_name,
                       provenance=prov.model_copy(update={"wall_s": wall}), tables=tuple(measured + overheads),
                       steps=steps, fit=fit_report)
     return Calibration(profile, notes, logs)

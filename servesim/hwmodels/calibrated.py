@@ -70,10 +70,38 @@ class _Grid2:
         return [lo[j] + (hi[j] - lo[j]) * w for j in range(len(lo))]
 
     def __call__(self, a: float, b: float) -> float:
-        return _lerp(self.b, self.column(a), b)
+        """``_lerp(self.b, self.column(a), b)`` from the four corners only (the same operations, so the same
+        bits as the column route ``decode_run_s`` takes)."""
+        rows, xa, xb = self.rows, self.a, self.b
+        if len(xa) == 1:
+            r0 = r1 = rows[0]
+            w = 0.0
+        else:
+            i = bisect_right(xa, a) - 1
+            i = 0 if i < 0 else (len(xa) - 2 if i > len(xa) - 2 else i)
+            r0, r1 = rows[i], rows[i + 1]
+            w = (a - xa[i]) / (xa[i + 1] - xa[i])
+        if len(xb) == 1:
+            return r0[0] + (r1[0] - r0[0]) * w if len(xa) > 1 else r0[0]
+        j = bisect_right(xb, b) - 1
+        j = 0 if j < 0 else (len(xb) - 2 if j > len(xb) - 2 else j)
+        if len(xa) == 1:
+            v0, v1 = r0[j], r0[j + 1]
+        else:
+            v0 = r0[j] + (r1[j] - r0[j]) * w
+            v1 = r0[j + 1] + (r1[j + 1] - r0[j + 1]) * w
+        return v0 + (v1 - v0) * (b - xb[j]) / (xb[j + 1] - xb[j])
 
     def outside(self, a: float, b: float) -> bool:
         return not (self.a[0] <= a <= self.a[-1] and self.b[0] <= b <= self.b[-1])
+
+
+def _two_points(table: tuple[list[float], list[float]] | None) -> tuple[list[float], list[float]]:
+    """A 1-D table with at least two points (a constant one when measured at one point; zero when absent)."""
+    if table is None:
+        return [0.0, 1.0], [0.0, 0.0]
+    xs, ys = table
+    return (xs, ys) if len(xs) > 1 else ([xs[0], xs[0] + 1.0], [ys[0], ys[0]])
 
 
 def _log_distance(key: dict, want: dict, names: tuple[str, ...]) -> float:
@@ -109,13 +137,19 @@ class CalibratedCostModel:
         self._decode = _Grid2(*self._nearest("attn_decode", attn_key, ("q_heads", "kv_heads", "head_dim"),
                                              lambda k: k["kv_heads"] * k["head_dim"] * kv_dtype_bytes(k["kv_dtype"])))
         self._prefill_floor = self._prefill.rows[0][0]
-        self._columns: dict[int, list[float]] = {}  # decode attention over context at each batch size seen
+        if len(self._decode.b) < 2:
+            raise ProfileMismatch(f"profile {profile.profile_id} has a decode grid of one context")
+        self._xb_last = len(self._decode.b) - 2
+        self._columns: dict[int, list[float]] = {}
         spec = profile.table("spec_verify", vocab=m.vocab_size)
         self._spec = _Grid2(spec) if spec else None
         self._overhead = {}
         for mode in ("graph", "eager"):
             t = profile.table("step_overhead", mode=mode, format=fmt) or profile.table("step_overhead", mode=mode)
             self._overhead[mode] = (list(t.grid[0]), list(t.median_s)) if t else None
+        ov = self._overhead
+        self._over_graph = _two_points(ov["graph"] or ov["eager"])
+        self._over_eager = _two_points(ov["eager"] or ov["graph"])
         fit = profile.steps.get(fmt) or next(iter(profile.steps.values()), None)
         kernels = KERNELS_PER_LAYER * self.layers + 4
         self._graph_gap = fit.graph_gap_s * kernels if fit else 0.0
@@ -178,7 +212,9 @@ class CalibratedCostModel:
             parts[op] = [scale * _lerp(list(t.grid[0]), list(t.median_s), x) for x in xs]
         parts["rms_norm"] = [2 * v for v in parts["rms_norm"]]  # two add-norms per layer
         self._token_parts = parts
-        self._tx = xs
+        if len(xs) < 2:
+            raise ProfileMismatch(f"profile {self.profile.profile_id} has GEMM grids of one point")
+        self._tx, self._tx_last = xs, len(xs) - 2
         self._ty = [self.layers * sum(p[j] for p in parts.values()) for j in range(len(xs))]
 
     def _build_head_table(self, vocab_rows: int) -> None:
@@ -193,7 +229,9 @@ class CalibratedCostModel:
         smp = [scale * _lerp(list(t.grid[0]), list(t.median_s), x) for x in xs]
         norm = [norm_scale * _lerp(list(norm_t.grid[0]), list(norm_t.median_s), x) for x in xs]
         self._head_parts = {"lm_head": lm, "sampling": smp, "final_norm": norm}
-        self._hx, self._hy = xs, [a + b + c for a, b, c in zip(lm, smp, norm, strict=True)]
+        if len(xs) < 2:
+            raise ProfileMismatch(f"profile {self.profile.profile_id} has a sampling grid of one point")
+        self._hx, self._hx_last, self._hy = xs, len(xs) - 2, [a + b + c for a, b, c in zip(lm, smp, norm, strict=True)]
 
     # -- pricing -------------------------------------------------------------------------------------------
     @staticmethod
@@ -205,9 +243,8 @@ class CalibratedCostModel:
     def _overhead_s(self, shape: BatchShape, graph: bool) -> float:
         if self._fixed_overhead is not None:
             return self._fixed_overhead
-        seqs = shape.prefill_seqs + shape.decode_seqs
-        table = self._overhead["graph" if graph else "eager"] or self._overhead["eager"] or self._overhead["graph"]
-        return _lerp(table[0], table[1], seqs) if table else 0.0
+        xs, ys = self._over_graph if graph else self._over_eager
+        return _lerp(xs, ys, shape.prefill_seqs + shape.decode_seqs)
 
     def _prefill_s(self, shape: BatchShape) -> float:
         s, pt = shape.prefill_seqs, shape.prefill_tokens
@@ -234,21 +271,27 @@ class CalibratedCostModel:
         """Device time of every operator but the decode attention (the one term that grows with context)."""
         pt, dq = shape.prefill_tokens, shape.decode_query_tokens
         n = pt + dq
-        tx = self._tx
+        tx, ty = self._tx, self._ty
         if n > tx[-1]:
             self.extrapolated.add("tokens(grid)")
-        t = _lerp(tx, self._ty, n)
+        j = bisect_right(tx, n) - 1
+        j = 0 if j < 0 else (self._tx_last if j > self._tx_last else j)
+        t = ty[j] + (ty[j + 1] - ty[j]) * (n - tx[j]) / (tx[j + 1] - tx[j])
         if pt:
             t += self._prefill_s(shape)
         s = shape.sampled_tokens
         if s:
-            t += _lerp(self._hx, self._hy, s)
+            hx, hy = self._hx, self._hy
+            j = bisect_right(hx, s) - 1
+            j = 0 if j < 0 else (self._hx_last if j > self._hx_last else j)
+            t += hy[j] + (hy[j + 1] - hy[j]) * (s - hx[j]) / (hx[j + 1] - hx[j])
         ds = shape.decode_seqs
         if ds and dq > ds:
             t += self._spec_s(shape)
         return t
 
     def _decode_column(self, ds: int) -> list[float]:
+        """Decode attention over the context grid at batch ``ds`` (memoised: a run sees few batch sizes)."""
         col = self._columns.get(ds)
         if col is None:
             if ds > self._decode.a[-1]:
@@ -259,19 +302,34 @@ class CalibratedCostModel:
     def _decode_s(self, shape: BatchShape) -> float:
         ds = shape.decode_seqs
         c = shape.decode_ctx_tokens / ds
-        if c > self._decode.b[-1]:
-            self.extrapolated.add("attn_decode(context)")
-        return _lerp(self._decode.b, self._decode_column(ds), c) * self.layers
+        xb = self._decode.b
+        col = self._columns.get(ds) or self._decode_column(ds)
+        j = bisect_right(xb, c) - 1
+        if j > self._xb_last:
+            if c > xb[-1]:
+                self.extrapolated.add("attn_decode(context)")
+            j = self._xb_last
+        elif j < 0:
+            j = 0
+        return (col[j] + (col[j + 1] - col[j]) * (c - xb[j]) / (xb[j + 1] - xb[j])) * self.layers
 
     def step_time_s(self, shape: BatchShape) -> float:
         """``overhead + kernels + gap`` (graph steps) or ``overhead + max(kernels + gap, eager floor)``."""
-        if shape.prefill_tokens + shape.decode_query_tokens == 0:
+        ds, dq = shape.decode_seqs, shape.decode_query_tokens
+        if shape.prefill_tokens + dq == 0:
             return 0.0
         k = self._kernels_s(shape)
-        if shape.decode_seqs:  # added last, in the order decode_run_s adds it
+        if ds:  # added last, in the order decode_run_s adds it
             k = k + self._decode_s(shape)
-        graph = self._graph(shape)
-        over = self._overhead_s(shape, graph)
+        graph = not shape.prefill_tokens and ds <= GRAPH_MAX_SEQS and dq == ds
+        if self._fixed_overhead is not None:
+            over = self._fixed_overhead
+        else:
+            ox, oy = self._over_graph if graph else self._over_eager
+            seqs = shape.prefill_seqs + ds
+            j = bisect_right(ox, seqs) - 1
+            j = 0 if j < 0 else (len(ox) - 2 if j > len(ox) - 2 else j)
+            over = oy[j] + (oy[j + 1] - oy[j]) * (seqs - ox[j]) / (ox[j + 1] - ox[j])
         if graph:
             return over + (k + self._graph_gap)
         e = k + self._eager_gap

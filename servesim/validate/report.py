@@ -1,0 +1,118 @@
+"""A validation report as files: ``report.md`` (the error tables), ``report.json`` (everything, for suites and
+the dashboard), ``report.html`` (self-contained plotly: CDF overlays, latency over time, iteration errors)."""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from servesim.sim.outputs import to_json_value, write_files
+
+
+@dataclass
+class Report:
+    title: str
+    case: dict  # what was run: scenario, workload, engine/profile ids, time scale
+    metrics: list[dict]  # compare.metric_rows
+    requests: pd.DataFrame  # compare.per_request
+    iterations: pd.DataFrame | None = None  # compare.iteration_table
+    bins: pd.DataFrame | None = None  # compare.binned
+    summary: dict = field(default_factory=dict)  # compare.summary_errors
+    notes: list[str] = field(default_factory=list)
+
+    def to_json(self) -> dict:
+        doc = {"title": self.title, "case": self.case, "summary": self.summary, "metrics": self.metrics,
+               "notes": self.notes}
+        if self.bins is not None:
+            doc["iteration_bins"] = self.bins.to_dict(orient="records")
+        return to_json_value(doc)
+
+
+def _pct(x) -> str:
+    return "—" if x is None or (isinstance(x, float) and not math.isfinite(x)) else f"{x:+.1%}"
+
+
+def _num(x) -> str:
+    return "—" if x is None or (isinstance(x, float) and not math.isfinite(x)) else f"{x:,.2f}"
+
+
+def markdown(r: Report) -> str:
+    lines = [f"# {r.title}", ""]
+    for k, v in r.case.items():
+        if not isinstance(v, dict):
+            lines.append(f"- {k}: {v}")
+    lines += ["", "## Latency and throughput: predicted vs measured", "",
+              "| metric | stat | predicted | measured | error |", "|---|---|---:|---:|---:|"]
+    for m in r.metrics:
+        lines.append(f"| {m['metric']} | {m['stat']} | {_num(m['predicted'])} | {_num(m['measured'])} | "
+                     f"{_pct(m['error'])} |")
+    if r.summary:
+        lines += ["", "## Summary", ""] + [f"- {k}: {v:.2%}" if isinstance(v, float) and "error" in k else
+                                           f"- {k}: {v}" for k, v in r.summary.items()]
+    if r.bins is not None and len(r.bins):
+        lines += ["", "## Iterations by batch composition (predicted / measured step time - 1)", "",
+                  "| prefill tokens | decode seqs | mean context | iterations | median error | p90 abs error | "
+                  "mean step ms | overhead share | largest predicted terms |",
+                  "|---|---|---|---:|---:|---:|---:|---:|---|"]
+        for b in r.bins.itertuples():
+            lines.append(f"| {b.prefill_tokens} | {b.decode_seqs} | {b.mean_context} | {b.iterations} | "
+                         f"{b.median_error:+.1%} | {b.p90_abs_error:.1%} | {b.mean_step_ms:.2f} | "
+                         f"{b.overhead_share:.0%} | {b.top_ops} |")
+    if r.notes:
+        lines += ["", "## Notes", ""] + [f"- {n}" for n in r.notes]
+    return "\n".join(lines) + "\n"
+
+
+def html(r: Report) -> str:
+    import plotly.graph_objects as go
+    from plotly.subplots import make_subplots
+
+    titles = ["TTFT CDF", "TPOT CDF", "E2E CDF", "TTFT over time", "E2E over time", "iteration step time"]
+    fig = make_subplots(rows=2, cols=3, subplot_titles=titles)
+    req = r.requests
+    colors = {"pred": "#1f77b4", "meas": "#d62728"}
+    names = {"pred": "predicted", "meas": "measured"}
+    for c, metric in enumerate(("ttft_s", "tpot_s", "e2el_s"), start=1):
+        for side in ("pred", "meas"):
+            v = np.sort(req[f"{metric}_{side}"].dropna().to_numpy() * 1e3)
+            fig.add_trace(go.Scatter(x=v, y=np.arange(1, len(v) + 1) / max(len(v), 1), mode="lines",
+                                     name=names[side], legendgroup=side, showlegend=c == 1,
+                                     line=dict(color=colors[side])), row=1, col=c)
+        fig.update_xaxes(title_text="ms", type="log", row=1, col=c)
+    for c, metric in enumerate(("ttft_s", "e2el_s"), start=1):
+        for side in ("pred", "meas"):
+            fig.add_trace(go.Scatter(x=req[f"arrival_s_{side}"], y=req[f"{metric}_{side}"] * 1e3, mode="markers",
+                                     marker=dict(size=4, color=colors[side]), name=names[side], legendgroup=side,
+                                     showlegend=False), row=2, col=c)
+        fig.update_xaxes(title_text="arrival (s)", row=2, col=c)
+        fig.update_yaxes(title_text="ms", row=2, col=c)
+    if r.iterations is not None and len(r.iterations):
+        it = r.iterations
+        fig.add_trace(go.Scatter(x=it.step_s * 1e3, y=it.predicted_s * 1e3, mode="markers",
+                                 marker=dict(size=4, color=np.where(it.graph, "#2ca02c", "#ff7f0e")),
+                                 text=[f"prefill {p}, decode {d}" for p, d in zip(it.prefill_tokens, it.decode_seqs)],
+                                 name="iterations (green: graph, orange: eager)"), row=2, col=3)
+        hi = float(max(it.step_s.max(), it.predicted_s.max()) * 1e3)
+        fig.add_trace(go.Scatter(x=[0, hi], y=[0, hi], mode="lines", line=dict(dash="dot", color="gray"),
+                                 name="predicted = measured"), row=2, col=3)
+        fig.update_xaxes(title_text="measured ms", row=2, col=3)
+        fig.update_yaxes(title_text="predicted ms", row=2, col=3)
+    fig.update_layout(height=800, width=1400, title=r.title)
+    return fig.to_html(include_plotlyjs=True, full_html=True)
+
+
+def write_report(r: Report, out_dir: str | Path, extra: dict | None = None) -> Path:
+    """Write the report's three files (and ``extra`` name -> writer ones, e.g. both runs' tables), all or none."""
+    writers = {"report.md": lambda p: p.write_text(markdown(r), encoding="utf-8"),
+               "report.json": lambda p: p.write_text(json.dumps(r.to_json(), indent=1), encoding="utf-8"),
+               "report.html": lambda p: p.write_text(html(r), encoding="utf-8"),
+               "requests.parquet": lambda p: r.requests.to_parquet(p, index=False)}
+    if r.iterations is not None:
+        writers["iterations.parquet"] = lambda p: r.iterations.to_parquet(p, index=False)
+    writers.update(extra or {})
+    return write_files(out_dir, writers)

@@ -1,0 +1,162 @@
+"""``servesim validate``: replay a scenario on the engine, simulate the same workload with the calibrated profile
+and the engine's KV block count, and compare; or compare a simulation with an external engine's results; or
+run a suite of cases, resumable case by case."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+
+from servesim.errors import InputError
+from servesim.sim.config import Scenario, make_scenario
+from servesim.sim.deployment import build_deployment, build_workload
+from servesim.sim.workload import Workload, scale_rate
+from servesim.validate import compare
+from servesim.validate.report import Report, write_report
+
+
+@dataclass
+class EngineOptions:
+    device: str = "cuda"
+    weights: str | None = None
+    quantizer: str = "rtn"
+    cuda_graphs: bool = True
+
+
+def scaled_workload(s: Scenario, time_scale: float) -> Workload:
+    """The scenario's workload with arrivals ``time_scale`` times faster (the same one feeds both runs)."""
+    w = build_workload(s)
+    if time_scale != 1.0:
+        w = scale_rate(w, w.stats()["rate_per_s"] * time_scale)
+    return w
+
+
+def engine_config(s: Scenario, opts: EngineOptions):
+    """What the engine must be built as to replay ``s``."""
+    from servesim.engine.engine import EngineConfig
+    from servesim.sim.deployment import plan_replica
+
+    plan = plan_replica(s)
+    return EngineConfig(
+        model=s.model, weights=opts.weights, weight_format=s.quant, quantizer=opts.quantizer, kv_dtype=s.kv_dtype,
+        block_size=s.block_size, gpu_memory_utilization=s.gpu_memory_utilization, max_model_len=plan.max_model_len,
+        max_num_batched_tokens=plan.max_num_batched_tokens, max_num_seqs=s.max_num_seqs,
+        num_gpu_blocks=s.num_gpu_blocks, device=opts.device, cuda_graphs=opts.cuda_graphs, seed=s.seed)
+
+
+def validate_engine(s: Scenario, opts: EngineOptions, time_scale: float = 1.0, title: str | None = None,
+                    on_progress=None, engine=None) -> tuple[Report, dict]:
+    """Engine replay vs simulation of ``s``; returns the report and both runs (for their files). ``engine`` (built
+    for ``engine_config(s, opts)``) is reused when given: a replay leaves no state behind but stale KV contents."""
+    from servesim.engine.engine import build_engine
+    from servesim.engine.replay import replay
+    from servesim.sim.simulator import simulate
+
+    started = time.perf_counter()
+    engine = engine or build_engine(engine_config(s, opts))
+    w = scaled_workload(s, time_scale)
+    measured = replay(s, engine, w, on_progress=on_progress)
+    sim_s = s.model_copy(update={"num_gpu_blocks": engine.num_blocks})
+    predicted = simulate(sim_s, w)
+    dep = build_deployment(sim_s)
+    it = compare.iteration_table(measured.iterations, dep.cost, dep.swap_s_per_block)
+    rows = compare.metric_rows(predicted.summary, measured.result.summary)
+    case = {"scenario": s.model_dump(mode="json"), "workload": w.name, "requests": len(w),
+            "time_scale": time_scale, "profile_id": predicted.meta["profile_id"],
+            "cost_extrapolated": ", ".join(predicted.meta.get("cost_extrapolated", [])) or "none",
+            "engine": f"{opts.device}, {engine.model.backend.name} kernels, {engine.num_blocks:,} KV blocks "
+                      f"({engine.memory.planned_by}), weights {opts.weights or 'random'}",
+            "wall_s": round(time.perf_counter() - started, 1)}
+    report = Report(title=title or f"{s.model} {s.quant} on the engine vs servesim", case=case, metrics=rows,
+                    requests=compare.per_request(predicted.requests, measured.result.requests), iterations=it,
+                    bins=compare.binned(it), summary=compare.summary_errors(rows, it))
+    return report, {"predicted": predicted, "measured": measured.result, "iterations": measured.iterations}
+
+
+def validate_files(path: str, tool: str | None, overrides: dict, title: str | None = None) -> tuple[Report, dict]:
+    """An external engine's results vs a simulation of the same requests (arrivals and lengths from the file)."""
+    from servesim.sim.simulator import simulate
+    from servesim.validate.external import external_workload, load_external
+
+    run = load_external(path, tool)
+    w = external_workload(run)
+    s = make_scenario({**overrides, "arrival": "trace"})
+    predicted = simulate(s, w)
+    from servesim.sim.metrics import summarize
+
+    req = run.requests
+    ok = req[req.rejected_reason.fillna("") == ""]
+    itl = [x for lst in ok.itl_s if isinstance(lst, list) for x in lst] if "itl_s" in ok else []
+    import numpy as np
+
+    duration = float(ok.finish_s.max() - req.arrival_s.min()) if len(ok) else 0.0
+    measured = summarize(req.assign(generated_tokens=req.output_tokens), np.asarray(itl, np.float64),
+                         np.ones(len(itl), np.int64), duration, None)
+    rows = compare.metric_rows(predicted.summary, measured)
+    case = {"scenario": s.model_dump(mode="json"), "external": f"{run.tool}: {run.source}",
+            "requests": len(w), "profile_id": predicted.meta["profile_id"]}
+    report = Report(title=title or f"{run.tool} results vs servesim", case=case, metrics=rows,
+                    requests=compare.per_request(predicted.requests, req), summary=compare.summary_errors(rows, None),
+                    notes=list(run.alignment))
+    return report, {"predicted": predicted}
+
+
+# -- suites ---------------------------------------------------------------------------------------------------
+def load_suite(path: str | Path) -> tuple[dict, list[dict]]:
+    """A suite file: ``base`` (scenario fields shared by every case) and ``cases`` (name, fields, time_scale)."""
+    p = Path(path)
+    try:
+        doc = yaml.safe_load(p.read_text())
+    except FileNotFoundError:
+        raise InputError("no such suite file", file=str(p)) from None
+    except yaml.YAMLError as exc:
+        raise InputError(f"not valid YAML ({exc.__class__.__name__})", file=str(p)) from None
+    if not isinstance(doc, dict) or not isinstance(doc.get("cases"), list) or not doc["cases"]:
+        raise InputError("a suite is a mapping with a non-empty list of cases", file=str(p), field="cases")
+    base = doc.get("base") or {}
+    cases = []
+    for i, c in enumerate(doc["cases"]):
+        if not isinstance(c, dict) or "name" not in c:
+            raise InputError("each case needs a name", file=str(p), field=f"cases[{i}]")
+        fields = {**base, **(c.get("scenario") or {})}
+        try:
+            scenario = make_scenario(fields, source=str(p))
+        except InputError as exc:
+            raise InputError(f"case {c['name']}: {exc}") from None
+        cases.append({"name": str(c["name"]), "scenario": scenario, "time_scale": float(c.get("time_scale", 1.0)),
+                      "why": str(c.get("why", ""))})
+    return doc, cases
+
+
+def run_suite(path: str | Path, out_dir: str | Path, opts: EngineOptions, only: list[str] | None = None,
+              on_case=None) -> list[dict]:
+    """Run each case not already reported under ``out_dir/<name>/`` and write the suite table."""
+    import json
+
+    from servesim.engine.engine import build_engine
+
+    _, cases = load_suite(path)
+    out = Path(out_dir)
+    rows = []
+    engines: dict = {}  # one engine per configuration, reused by the cases that share it
+    for c in cases:
+        if only and c["name"] not in only:
+            continue
+        case_dir = out / c["name"]
+        if not (case_dir / "report.json").exists():
+            if on_case:
+                on_case(c["name"])
+            cfg = engine_config(c["scenario"], opts)
+            if cfg not in engines:
+                engines.clear()  # one model in GPU memory at a time
+                engines[cfg] = build_engine(cfg)
+            report, _ = validate_engine(c["scenario"], opts, c["time_scale"], title=f"{c['name']}: {c['why']}",
+                                        engine=engines[cfg])
+            write_report(report, case_dir)
+        doc = json.loads((case_dir / "report.json").read_text())
+        rows.append({"case": c["name"], "why": c["why"], **doc["summary"],
+                     **{f"{m['key']}_error": m["error"] for m in doc["metrics"]}})
+    return rows
