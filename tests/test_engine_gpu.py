@@ -68,13 +68,41 @@ def _replay(path, graphs: bool, fmt="bf16", kv="bf16", blocks=None, **sc):
     return res, kept
 
 
-def test_graph_decode_gives_the_tokens_of_eager_decode(small_model_path):
-    eager, t_eager = _replay(small_model_path, graphs=False)
-    graph, t_graph = _replay(small_model_path, graphs=True)
-    assert graph.iterations.graph.any() and not eager.iterations.graph.any()
-    agree = np.mean([t_eager[k] == t_graph[k] for k in t_eager])
-    assert agree >= 0.9  # bf16 reductions may differ between kernel configs; the tokens almost always agree
-    assert (graph.result.requests.generated_tokens == graph.result.requests.output_tokens).all()
+def test_graph_decode_step_matches_the_eager_step(small_model_path):
+    """The captured decode graph samples what the eager forward of the same step samples (a different token
+    only where two logits tie within bf16 rounding)."""
+    from servesim.hwmodels.ops import BatchShape
+    from servesim.sim.request import Batch, Request
+
+    eng = build_engine(EngineConfig(model=small_model_path, max_model_len=1024, max_num_batched_tokens=512,
+                                    max_num_seqs=16, num_gpu_blocks=400, capture_at_start=False))
+    runner = eng.runner
+    reqs = []
+    for i, ctx in enumerate([5, 37, 300, 700, 64, 129]):
+        r = Request(i, 0.0, ctx, 100)
+        r.block_ids = list(range(i * 50, i * 50 + -(-ctx // 16)))
+        reqs.append(r)
+    ctx = np.array([r.prompt_tokens for r in reqs])
+    batch = Batch([], reqs, ctx, 1, BatchShape(
+        decode_seqs=len(reqs), decode_query_tokens=len(reqs), decode_ctx_tokens=int(ctx.sum()),
+        sampled_tokens=len(reqs)))
+    ids, pos, slots, sample, *_ = runner._inputs(batch)
+    from servesim.engine.model import AttentionMeta
+
+    dev = "cuda"
+    meta = AttentionMeta(num_prefill_tokens=0, decode_kv_lens=torch.tensor(ctx, dtype=torch.int32, device=dev),
+                         decode_block_tables=torch.from_numpy(runner._table(reqs, len(reqs))).to(dev),
+                         decode_max_kv_len=int(ctx.max()))
+    logits = eng.model.forward(torch.from_numpy(ids).to(dev), torch.from_numpy(pos).to(dev),
+                               torch.from_numpy(slots).to(dev), meta, eng.runner.cache,
+                               torch.from_numpy(sample).to(dev)).float()
+    runner.run(batch)
+    assert runner.stats.graph
+    got = torch.tensor([runner.tokens[r.request_id][-1] for r in reqs], device=dev)
+    best = logits.max(dim=-1).values
+    chosen = logits.gather(1, got[:, None])[:, 0]
+    assert ((best - chosen) <= 0.02 * best.abs().clamp_min(1.0)).all()
+    assert (got == logits.argmax(dim=-1)).float().mean() >= 0.5
 
 
 @pytest.mark.parametrize("fmt,kv", [("w8a16", "bf16"), ("w4a16", "bf16"), ("bf16", "fp8")])

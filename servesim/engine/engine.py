@@ -127,10 +127,36 @@ def build_engine(cfg: EngineConfig, mc: EngineModelConfig | None = None) -> Engi
     t0 = time.perf_counter()
     cache, memory = _plan_and_allocate(cfg, mc, model, dev)
     timings["kv_plan_s"] = time.perf_counter() - t0
+    if dev.type == "cuda":
+        t0 = time.perf_counter()
+        _warmup(model, cache, cfg)
+        timings["warmup_s"] = time.perf_counter() - t0
     runner = ModelRunner(model, cache, cfg.max_model_len, seed=cfg.seed, temperature=cfg.temperature,
                          cuda_graphs=cfg.cuda_graphs and dev.type == "cuda", max_graph_batch=cfg.max_num_seqs)
     timings["graph_capture_s"] = runner.capture_all() if cfg.capture_at_start else 0.0
     return Engine(cfg, mc, model, runner, memory, timings)
+
+
+WARM_M = (1, 2, 16, 17, 32, 33, 64, 65, 128, 256, 257, 512, 1024, 2048, 4096, 8192)
+WARM_SPLITS = (1, 2, 4, 8, 16, 32, 64, 128)
+
+
+def _warmup(model: LlamaModel, cache: KVCache, cfg: EngineConfig) -> None:
+    """Compile the kernel variants eager steps meet (quantized GEMM configs by M bucket, decode attention by split
+    count), so that no replayed iteration pays a Triton compile."""
+    dev, mc = model.w.embed.device, model.cfg
+    layer = model.w.layers[0]
+    for lin in (layer.qkv, layer.o, layer.gate_up, layer.down):
+        if isinstance(lin, torch.nn.Module):
+            for m in (m for m in WARM_M if m <= cfg.max_num_batched_tokens):
+                lin(torch.randn(m, lin.in_features, device=dev, dtype=model.dtype))
+    q = torch.randn(1, mc.num_heads, mc.head_dim, device=dev, dtype=model.dtype)
+    bt = torch.zeros((1, 1), dtype=torch.int32, device=dev)
+    kvl = torch.ones(1, dtype=torch.int32, device=dev)
+    for s in WARM_SPLITS:
+        model.backend.decode_attention(q, cache.k[0], cache.v[0], bt, kvl, max_kv_len=s * 256, num_splits=s,
+                                       **cache.scales)
+    torch.cuda.synchronize()
 
 
 def _weight_estimate(mc: EngineModelConfig, fmt: str) -> float:

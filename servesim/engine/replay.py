@@ -22,6 +22,7 @@ import numpy as np
 import pandas as pd
 
 from servesim.engine.engine import Engine
+from servesim.errors import ConfigError
 from servesim.sim.config import Scenario
 from servesim.sim.deployment import Deployment, build_deployment, build_workload
 from servesim.sim.kv import KVBlockManager
@@ -70,11 +71,16 @@ def workload_requests(w: Workload, slo_e2el_s: float | None = None) -> list[Requ
 
 
 def engine_deployment(scenario: Scenario, engine: Engine) -> Deployment:
-    """The scenario's deployment with the engine's actual KV block count."""
+    """The scenario's deployment with the engine's actual KV block count (or the scenario's ``num_gpu_blocks``,
+    when it asks for fewer: the scheduler then uses part of the engine's cache)."""
     dep = build_deployment(scenario)
     if dep.replicas != 1 or dep.tp != 1 or dep.pp != 1:
-        raise ValueError("the engine replays one replica on one GPU (replicas = tp = pp = 1)")
-    return replace(dep, num_blocks=engine.num_blocks)
+        raise ConfigError("the engine replays one replica on one GPU (replicas = tp = pp = 1)", field="replicas")
+    asked = scenario.num_gpu_blocks
+    if asked is not None and asked > engine.num_blocks:
+        raise ConfigError(f"num_gpu_blocks {asked:,} is more than the engine's {engine.num_blocks:,} KV blocks",
+                          field="num_gpu_blocks")
+    return replace(dep, num_blocks=asked or engine.num_blocks)
 
 
 def replay(scenario: Scenario, engine: Engine, workload: Workload | None = None, *, time_scale: float = 1.0,

@@ -44,7 +44,10 @@ def engine_config(s: Scenario, opts: EngineOptions):
         model=s.model, weights=opts.weights, weight_format=s.quant, quantizer=opts.quantizer, kv_dtype=s.kv_dtype,
         block_size=s.block_size, gpu_memory_utilization=s.gpu_memory_utilization, max_model_len=plan.max_model_len,
         max_num_batched_tokens=plan.max_num_batched_tokens, max_num_seqs=s.max_num_seqs,
-        num_gpu_blocks=s.num_gpu_blocks, device=opts.device, cuda_graphs=opts.cuda_graphs, seed=s.seed)
+        # planned from memory: a case asking for fewer blocks uses part of the cache (engine_deployment), so cases
+        # that differ only in their pool share one engine
+        num_gpu_blocks=None if opts.device == "cuda" else s.num_gpu_blocks, device=opts.device,
+        cuda_graphs=opts.cuda_graphs, seed=s.seed)
 
 
 def validate_engine(s: Scenario, opts: EngineOptions, time_scale: float = 1.0, title: str | None = None,
@@ -59,7 +62,7 @@ def validate_engine(s: Scenario, opts: EngineOptions, time_scale: float = 1.0, t
     engine = engine or build_engine(engine_config(s, opts))
     w = scaled_workload(s, time_scale)
     measured = replay(s, engine, w, on_progress=on_progress)
-    sim_s = s.model_copy(update={"num_gpu_blocks": engine.num_blocks})
+    sim_s = s.model_copy(update={"num_gpu_blocks": s.num_gpu_blocks or engine.num_blocks})
     predicted = simulate(sim_s, w)
     dep = build_deployment(sim_s)
     it = compare.iteration_table(measured.iterations, dep.cost, dep.swap_s_per_block)
