@@ -39,6 +39,8 @@ def validate_cmd(
                                rich_help_panel=_V),
     weights: Optional[str] = typer.Option(None, "--weights", metavar="DIR", rich_help_panel=_V,  # noqa: UP045
                                           help="local safetensors directory (default: random weights)"),
+    rerender: bool = typer.Option(False, "--rerender", rich_help_panel=_V,
+                                  help="redraw the pages of the reports under --out-dir from their data and exit"),
     **fields,
 ) -> None:
     """Replay on the engine and simulate the same workload; report predicted vs measured latency percentiles,
@@ -52,6 +54,16 @@ def validate_cmd(
         raise ConfigError(f"must be > 0, got {time_scale}", field="time_scale")
     check_writable(out_dir)
     console = make_console(stderr=True)
+    if rerender:
+        from servesim.validate.report import rerender as redraw
+
+        dirs = sorted(p.parent for p in Path(out_dir).glob("**/report.json"))
+        if not dirs:
+            raise ConfigError(f"no report.json under {out_dir}", field="out_dir")
+        for d in dirs:
+            redraw(d)
+        typer.echo(f"redrew {len(dirs)} reports under {out_dir}")
+        return
     opts = EngineOptions(device=device, weights=weights)
     if suite is not None:
         rows = run_suite(suite, out_dir, opts, only=[c.strip() for c in cases.split(",")] if cases else None,

@@ -107,12 +107,40 @@ def html(r: Report) -> str:
 
 
 def write_report(r: Report, out_dir: str | Path, extra: dict | None = None) -> Path:
-    """Write the report's three files (and ``extra`` name -> writer ones, e.g. both runs' tables), all or none."""
+    """Write the report's files (and ``extra`` name -> writer ones, e.g. both runs' tables), all or none. The HTML
+    page needs plotly; where it is missing (a bare GPU machine) the page is left out and can be drawn later from
+    the other files (:func:`load_report`, ``servesim validate --rerender DIR``)."""
     writers = {"report.md": lambda p: p.write_text(markdown(r), encoding="utf-8"),
                "report.json": lambda p: p.write_text(json.dumps(r.to_json(), indent=1), encoding="utf-8"),
-               "report.html": lambda p: p.write_text(html(r), encoding="utf-8"),
                "requests.parquet": lambda p: r.requests.to_parquet(p, index=False)}
+    try:
+        import plotly  # noqa: F401
+
+        writers["report.html"] = lambda p: p.write_text(html(r), encoding="utf-8")
+    except ImportError:
+        pass
     if r.iterations is not None:
         writers["iterations.parquet"] = lambda p: r.iterations.to_parquet(p, index=False)
     writers.update(extra or {})
     return write_files(out_dir, writers)
+
+
+def load_report(case_dir: str | Path) -> Report:
+    """A report back from its files (for redrawing its page, or a suite table)."""
+    d = Path(case_dir)
+    doc = json.loads((d / "report.json").read_text())
+    it = d / "iterations.parquet"
+    bins = pd.DataFrame(doc["iteration_bins"]) if doc.get("iteration_bins") else None
+    return Report(title=doc["title"], case=doc["case"], metrics=doc["metrics"],
+                  requests=pd.read_parquet(d / "requests.parquet"),
+                  iterations=pd.read_parquet(it) if it.exists() else None, bins=bins, summary=doc["summary"],
+                  notes=doc.get("notes", []))
+
+
+def rerender(case_dir: str | Path) -> Path:
+    """Redraw ``report.md`` and ``report.html`` of a case directory from its data files."""
+    d = Path(case_dir)
+    r = load_report(d)
+    write_files(d, {"report.md": lambda p: p.write_text(markdown(r), encoding="utf-8"),
+                    "report.html": lambda p: p.write_text(html(r), encoding="utf-8")})
+    return d
