@@ -58,7 +58,7 @@ def test_yaml_scenario_with_flag_override(capsys, tmp_path):
     "argv, needle",
     [
         (["--model", "Llama-3.1-70B"], "141.1 GB"),
-        (["--gpu-memory-utilization", "0.2"], "no room for the KV cache"),
+        (["--gpu", "H100-SXM", "--gpu-memory-utilization", "0.2"], "no room for the KV cache"),
         (["--tp", "3"], "field 'tp'"),
         (["--trace", "/nonexistent/trace.csv"], "/nonexistent/trace.csv"),
         (["--trace", "arxiv-summarization"], "field 'arrival'"),

@@ -152,7 +152,8 @@ def test_fit_and_simulate_share_defaults_and_count_the_same_blocks(capsys):
             main(["fit", "Llama-3.1-8B", "H100-SXM", "--json", *extra])
         fit = json.loads(capsys.readouterr().out)
         flags = dict(zip(extra[::2], extra[1::2]))
-        s = make_scenario({k[2:].replace("-", "_"): (int(v) if v.isdigit() else v) for k, v in flags.items()})
+        s = make_scenario({"gpu": "H100-SXM",
+                           **{k[2:].replace("-", "_"): (int(v) if v.isdigit() else v) for k, v in flags.items()}})
         dep = build_deployment(s)
         assert fit["memory"]["kv_blocks"] == dep.num_blocks
         assert fit["assumed"]["max_num_batched_tokens"] == dep.scheduler.max_num_batched_tokens

@@ -42,7 +42,9 @@ def test_sweep_writes_tables_and_resumes(capsys, tmp_path):
     assert "4 scenarios (0 from the cache)" in out
     csv, parquet = pd.read_csv(out_dir / "results.csv"), pd.read_parquet(out_dir / "results.parquet")
     assert len(csv) == len(parquet) == 4 and list(parquet.gpu) == ["H100-SXM", "H100-SXM", "H200", "H200"]
-    assert set(parquet.profile_id) == {"roofline"}
+    # H100 rows are roofline figures; H200 rows come from the shipped calibrated profile, and say so
+    assert set(parquet.profile_id[parquet.gpu == "H100-SXM"]) == {"roofline"}
+    assert parquet.profile_id[parquet.gpu == "H200"].str.startswith("h200-").all()
     code, out, err = run(capsys, "sweep", grid, "-o", out_dir, "-j", "1")
     assert code == 0 and "4 scenarios (4 from the cache)" in out
 

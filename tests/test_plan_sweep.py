@@ -63,7 +63,7 @@ def test_workload_memo_equals_build_workload():
 
 
 def test_rows_carry_the_cost_model_and_infeasible_rows_their_reason():
-    r = sweep({"base": {"num_requests": 20, "rate": 2.0},
+    r = sweep({"base": {"num_requests": 20, "rate": 2.0, "gpu": "H100-SXM"},
                "axes": {"model": ["Llama-3.1-8B", "Llama-3.1-70B"]}}, jobs=1)
     t = r.table
     assert list(t.status) == ["ok", "infeasible"]

@@ -62,7 +62,7 @@ class Scenario(BaseModel):
     # Deployment.
     model: str = Field("Llama-3.1-8B", description="catalog model name or path to a HuggingFace config.json")
     gpus_file: str | None = Field(None, description="YAML file of extra GPUs, same fields as the catalog")
-    gpu: str = Field("H100-SXM", description="catalog GPU name or alias (or one from gpus_file)")
+    gpu: str = Field("H200", description="catalog GPU name or alias (or one from gpus_file)")
     tp: int = Field(1, ge=1, description="tensor-parallel GPUs per replica")
     pp: int = Field(1, ge=1, description="pipeline stages per replica")
     replicas: int = Field(1, ge=1, description="model replicas behind the router")
