@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import functools
 import json
 import math
 import os
@@ -30,6 +31,7 @@ from servesim.kernels import timing
 from servesim.kernels.attention import decode as dec
 from servesim.kernels.attention import prefill as pre
 from servesim.kernels.attention.kv_cache import allocate_kv_cache, write_kv, write_kv_bytes
+from servesim.kernels.counters import SplitCounters, sm_count
 
 HQ, HKV, D = 32, 8, 128
 DT = torch.bfloat16
@@ -145,7 +147,7 @@ def decode_inputs(batch: int, ctx: int, head_major=False, num_q: int = 1):
 
 def decode_fn(batch, ctx, inputs, config=None):
     q, _, _, k_cache, v_cache, tables, lens = inputs
-    return lambda: dec.decode_attention(q, k_cache, v_cache, tables, lens, ctx, config=config)
+    return lambda: dec.decode_attention(q, k_cache, v_cache, tables, lens, ctx, config=config, counters=counters())
 
 
 def decode_row(batch: int, ctx: int, notes: dict) -> dict:
@@ -187,7 +189,8 @@ def bench_decode_extras(rows: list) -> None:
         q, _, _, k_cache, v_cache, tables, lens = decode_inputs(batch, ctx)
         scale = torch.full((HKV,), 0.02, device=DEV)
         k8, v8 = ((x.float() / 0.02).to(torch.float8_e4m3fn) for x in (k_cache, v_cache))
-        t = ms(lambda: dec.decode_attention(q, k8, v8, tables, lens, ctx, k_scale=scale, v_scale=scale))  # noqa: B023
+        t = ms(lambda: dec.decode_attention(q, k8, v8, tables, lens, ctx, k_scale=scale, v_scale=scale,  # noqa: B023
+                                            counters=counters()))
         rows.append({"case": f"decode fp8 b{batch} ctx{ctx}", "us": t * 1e3,
                      "tbps_kv": dec.decode_bytes([ctx] * batch, HKV, D, kv_dtype_bytes=1) / t / 1e9})
     n = PREFILL_TOKENS
@@ -215,12 +218,18 @@ def breakdown(rows: list) -> None:
         t = ms(decode_fn(batch, ctx, inputs), **kwargs)
         rows.append({"case": f"decode b{batch} ctx{ctx} {splits} splits, {label}", "us": t * 1e3,
                      "tbps_kv": kv_bytes / t / 1e9})
-    t = ms(lambda: dec.decode_attention(*inputs[:1], *inputs[3:], ctx, num_splits=1))
+    t = ms(lambda: dec.decode_attention(*inputs[:1], *inputs[3:], ctx, num_splits=1, counters=counters()))
     rows.append({"case": f"decode b{batch} ctx{ctx} 1 split (no merge)", "us": t * 1e3, "tbps_kv": kv_bytes / t / 1e9})
 
 
 def sms() -> int:
-    return torch.cuda.get_device_properties(0).multi_processor_count if DEV == "cuda" else 132
+    return sm_count(DEV)
+
+
+@functools.cache
+def counters() -> SplitCounters:
+    """The split-merge counters of every timed decode launch (the benchmark runs on one stream)."""
+    return SplitCounters(DEV)
 
 
 # --- tuning: each candidate is compiled and timed once; the best goes into the module dicts ----------------
@@ -292,7 +301,7 @@ def tune_decode(log: list) -> None:
             cfg = decode_config(cfg_key)
             q, _, _, k_cache, v_cache, tables, lens = inputs[shape]
             t = timed(lambda: dec.decode_attention(q, k_cache, v_cache, tables, lens, c, num_splits=splits,
-                                                   config=cfg))
+                                                   config=cfg, counters=counters()))
             cache[(cfg_key, shape, splits)] = dec.decode_bytes([c] * b, HKV, D) / t / 1e9
         return cache[(cfg_key, shape, splits)]
 
@@ -369,7 +378,7 @@ def main() -> None:
                "split": {"SPLIT_WAVES": dec.SPLIT_WAVES, "MIN_SPLIT_KEYS": dec.MIN_SPLIT_KEYS}}
     result = {"meta": meta, "notes": notes, "configs": configs, "prefill": prefill, "decode": decode,
               "extras": extras, "tune": tuned}
-    stem = os.path.join(args.out, f"attention-{card.replace(' ', '_')}-{meta['date']}")
+    stem = os.path.join(args.out, f"attention-{timing.card_slug(card)}-{meta['date']}")
     os.makedirs(args.out, exist_ok=True)
     with open(stem + ".json", "w") as f:
         json.dump(result, f, indent=1, default=str)

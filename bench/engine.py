@@ -238,7 +238,7 @@ def main() -> None:
     doc = {"card": card, "date": date, "torch": torch.__version__, "triton": triton.__version__,
            "command": f"PYTHONPATH=. python3 bench/engine.py --model {args.model} --formats {args.formats}",
            "commit": commit, "copy_bytes_per_s": copy_bw, "matmul_tflops": mm, "builds": metas, "rows": rows}
-    slug = card.lower().replace("nvidia ", "").replace(" ", "-")
+    slug = timing.card_slug(card)
     (args.out / f"engine-{slug}-{date}.json").write_text(json.dumps(doc, indent=1))
     (args.out / f"engine-{slug}-{date}.md").write_text(markdown(doc))
     print(markdown(doc))

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import functools
 import json
 import math
 import multiprocessing as mp
@@ -27,6 +28,7 @@ import triton
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
 from servesim.kernels import timing  # noqa: E402
+from servesim.kernels.counters import SplitCounters  # noqa: E402
 from servesim.kernels.quant import configs as QC  # noqa: E402
 from servesim.kernels.quant import gemm as QG  # noqa: E402
 from servesim.kernels.quant import quantize as Q  # noqa: E402
@@ -159,9 +161,14 @@ def precompile(jobs, workers: int) -> None:
         pool.map(_precompile, [c for c in chunks if c])
 
 
+@functools.cache
+def _counters(device) -> SplitCounters:
+    return SplitCounters(device)  # split-K counters of every timed launch (one stream), as QuantLinear keeps its own
+
+
 def run_ours(x, wq, bits, cfg):
     packed, sz = wq
-    return QG.quant_matmul(x, packed, sz, bits, GS if bits == 4 else None, cfg)
+    return QG.quant_matmul(x, packed, sz, bits, GS if bits == 4 else None, cfg, _counters(x.device))
 
 
 def tune(weights, log, keys, shapes=TUNE_SHAPES, cands=None) -> dict:
@@ -273,7 +280,7 @@ def main() -> None:
             print(_row_text(r, copy_bw), flush=True)
 
     date = datetime.date.today().isoformat()
-    slug = card.replace("NVIDIA ", "").replace(" ", "-").lower()
+    slug = timing.card_slug(card)
     meta = dict(card=card, date=date, torch=torch.__version__, triton=triton.__version__,
                 command="python3 bench/quant_gemm.py " + " ".join(sys.argv[1:]), copy_bytes_per_s=copy_bw,
                 floor_us=floor,

@@ -34,6 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 
 from servesim.kernels import timing  # noqa: E402
+from servesim.kernels.counters import SplitCounters  # noqa: E402
 from servesim.kernels.spec import verify, verify_bytes  # noqa: E402
 
 BATCHES, DRAFTS, VOCABS = (1, 4, 16, 64, 256), (1, 2, 4, 8), (32000, 128256)
@@ -84,6 +85,7 @@ def make_inputs(b: int, k: int, vocab: int, scenario: str, gen: torch.Generator)
 
 def time_case(b, k, vocab, scenario, gen, temperature=1.0, **launch) -> dict:
     args = make_inputs(b, k, vocab, scenario, gen)
+    launch = {"counters": SplitCounters(args[0].device), **launch}  # reused by every timed launch
     if temperature == 0:
         args = (*args[:3], None, args[4])
     acc, _ = verify(*args, temperature, k_max=k, **launch)
@@ -130,7 +132,7 @@ def main() -> None:
     args = ap.parse_args()
     gen = torch.Generator(device="cuda").manual_seed(0)
     name = timing.card()
-    card = next((t for t in ("h100", "h200", "a100") if t in name.lower()), "gpu")
+    card = timing.card_slug(name)
     meta = {"card": name, "date": datetime.date.today().isoformat(), "torch": torch.__version__,
             "triton": triton.__version__, "command": " ".join(["python3"] + sys.argv)}
     copy_bps = timing.copy_bandwidth()

@@ -139,3 +139,34 @@ def test_loader_errors_name_file_and_key(tmp_path):
 def test_every_preset_names_its_source():
     for m in MODELS.values():
         assert m.source.startswith("https://huggingface.co/") and m.source.endswith("config.json")
+
+
+BERT_CFG = {  # bert-base-uncased's config.json, as published
+    "architectures": ["BertForMaskedLM"], "model_type": "bert", "hidden_size": 768, "num_hidden_layers": 12,
+    "num_attention_heads": 12, "intermediate_size": 3072, "vocab_size": 30522, "max_position_embeddings": 512,
+}
+T5_CFG = {  # t5-small's config.json, as published (no `architectures` ending in ForCausalLM either way)
+    "architectures": ["T5ForConditionalGeneration"], "model_type": "t5", "is_encoder_decoder": True,
+    "d_model": 512, "num_layers": 6, "num_heads": 8, "d_ff": 2048, "vocab_size": 32128,
+}
+
+
+@pytest.mark.parametrize(
+    ("cfg", "needle", "key"),
+    [
+        (BERT_CFG, "BertForMaskedLM is not a decoder-only causal LM", "architectures"),
+        ({**BERT_CFG, "architectures": None}, "model_type 'bert' is an encoder", "model_type"),
+        (T5_CFG, "T5ForConditionalGeneration is an encoder-decoder model", "is_encoder_decoder"),
+    ],
+)
+def test_non_decoder_configs_are_refused_naming_the_architecture(tmp_path, capsys, cfg, needle, key):
+    d = _write(tmp_path, cfg, "enc")
+    with pytest.raises(InputError) as err:
+        get_model(str(d))
+    assert needle in str(err.value) and err.value.field == key and str(d / "config.json") in str(err.value)
+    from servesim.cli.main import main
+
+    with pytest.raises(SystemExit) as exc:  # and from the command line: one line, exit 2, nothing simulated
+        main(["simulate", "--model", str(d), "--num-requests", "5"])
+    err_text = capsys.readouterr().err
+    assert exc.value.code == 2 and needle in err_text and len(err_text.splitlines()) == 1

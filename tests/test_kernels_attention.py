@@ -28,6 +28,7 @@ from servesim.kernels.attention import (
     write_kv_ref,
 )
 from servesim.kernels.attention.kv_cache import interpreting
+from servesim.kernels.counters import SplitCounters, sm_count
 
 SMALL = dict(BLOCK_M=16, BLOCK_N=16, num_warps=4, num_stages=1)  # many tiles at tiny lengths
 SMALL_DECODE = dict(BLOCK_N=16, num_warps=4, num_stages=1)
@@ -112,7 +113,7 @@ def run_decode(kv_lens, num_q, num_kv_heads, group, head_dim, block_size, dtype,
     kv = int32(kv_lens)
     ks, vs = scales or (None, None)
     max_kv_len = max_kv_len or max(kv_lens)
-    splits = num_splits or choose_num_splits(len(kv_lens), num_kv_heads, max_kv_len)
+    splits = num_splits or choose_num_splits(len(kv_lens), num_kv_heads, max_kv_len, sm_count(q.device))
     nan = float("nan")
     out = torch.full_like(q, nan)
     ws_shape = (len(kv_lens), num_q, num_kv_heads * group, splits, head_dim)
@@ -208,15 +209,16 @@ def test_decode_fused_merge_is_deterministic_and_resets_counters_interpreter(kv_
     shape = (len(kv_lens), num_q, 2 * group, 64) if num_q > 1 else (len(kv_lens), 2 * group, 64)
     q = torch.randn(shape, generator=gen).to(torch.bfloat16)
     kv = int32(kv_lens)
-    counters = torch.zeros(2 * len(kv_lens) + 1, dtype=torch.int32)
+    counters = SplitCounters("cpu")  # the caller's state, reused by both launches
     outs = []
     for _ in range(2):  # the second launch finds the counters reset by the first
         out = torch.full_like(q, float("nan"))
         ws = (len(kv_lens), num_q, 2 * group, splits, 64)
-        workspace = (torch.full(ws, float("nan")), torch.full(ws[:-1], float("nan")), counters)
+        workspace = (torch.full(ws, float("nan")), torch.full(ws[:-1], float("nan")))
         decode_attention(q, k_cache, v_cache, tables, kv, max(kv_lens), num_splits=splits, out=out,
-                         workspace=workspace, config=SMALL_DECODE)
-        assert torch.equal(counters, torch.zeros_like(counters))
+                         workspace=workspace, config=SMALL_DECODE, counters=counters)
+        taken = counters.take(2 * len(kv_lens))
+        assert torch.equal(taken, torch.zeros_like(taken))
         outs.append(out)
     check_close(outs[0], decode_attention_ref(q, k_cache, v_cache, tables, kv), torch.bfloat16)
     assert torch.equal(outs[0], outs[1])

@@ -7,6 +7,7 @@ import pytest
 torch = pytest.importorskip("torch")
 pytest.importorskip("triton")
 
+from servesim.kernels.counters import SplitCounters  # noqa: E402
 from servesim.kernels.quant import gemm as QG  # noqa: E402
 from servesim.kernels.quant import quantize as Q  # noqa: E402
 from servesim.kernels.quant.configs import CONFIGS, LARGE_W, LARGE_W_ELEMS, bucket, config_for  # noqa: E402
@@ -157,10 +158,11 @@ def test_split_k_is_deterministic_and_leaves_counters_zero():
     packed, sz, _ = _weights(4, 128, 40, 512)
     x = torch.randn(2, 512, generator=_gen(7)).to(torch.bfloat16)
     cfg = dict(kernel="gemm", BLOCK_M=16, BLOCK_N=16, num_warps=4, split_k=4)
-    y1 = QG.quant_matmul(x, packed, sz, 4, 128, cfg)
-    y2 = QG.quant_matmul(x, packed, sz, 4, 128, cfg)
-    assert torch.equal(y1, y2)
-    assert int(QG._LOCKS[x.device].abs().sum()) == 0
+    counters = SplitCounters(x.device)  # the caller's state, reused by both launches
+    y1 = QG.quant_matmul(x, packed, sz, 4, 128, cfg, counters)
+    y2 = QG.quant_matmul(x, packed, sz, 4, 128, cfg, counters)
+    assert torch.equal(y1, y2) and torch.equal(y1, QG.quant_matmul(x, packed, sz, 4, 128, cfg))  # fresh zeros
+    assert int(counters.take(3).abs().sum()) == 0
 
 
 def test_auto_split_targets_waves_and_keeps_blocks_per_split():

@@ -32,3 +32,27 @@ def test_markdown_table_formats_floats_and_keeps_key_order():
 
 def test_card_names_the_cpu_smoke_run():
     assert timing.card() == "cpu-smoke"
+
+
+@pytest.mark.parametrize(("name", "slug"), [
+    ("NVIDIA H100 80GB HBM3", "h100"), ("NVIDIA H100 PCIe", "h100"), ("NVIDIA H200", "h200"),
+    ("NVIDIA A100-SXM4-80GB", "a100"), ("NVIDIA L40S", "l40s"), ("AMD Instinct MI300X", "mi300x"),
+    ("NVIDIA GeForce RTX 4090", "rtx-4090"), ("cpu-smoke", "cpu"),
+])
+def test_result_files_spell_each_gpu_one_way(name, slug):
+    assert timing.card_slug(name) == slug
+
+
+def test_results_folder_holds_one_result_per_benchmark_and_gpu():
+    # bench/results: <bench>-<gpu>-<date>.{md,json,log}, one date per (bench, gpu); git keeps older rounds
+    import re
+    from pathlib import Path
+
+    names = [p.name for p in (Path(__file__).parent.parent / "bench" / "results").iterdir()]
+    pattern = re.compile(r"^([a-z0-9_]+)-([a-z0-9-]+?)-(\d{4}-\d{2}-\d{2})\.(md|json|log)$")
+    assert all(pattern.match(n) for n in names), [n for n in names if not pattern.match(n)]
+    dates: dict = {}
+    for n in names:
+        bench, gpu, date, _ = pattern.match(n).groups()
+        dates.setdefault((bench, gpu), set()).add(date)
+    assert all(len(d) == 1 for d in dates.values()), dates

@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from servesim.engine.config import EngineModelConfig
 from servesim.engine.kernels import Backend
 from servesim.kernels import elementwise as ew
+from servesim.kernels.counters import SplitCounters
 
 
 class Linear:
@@ -93,6 +94,7 @@ class AttentionMeta:
     decode_num_q: int = 1
     decode_max_kv_len: int = 0
     decode_num_splits: int | None = None
+    decode_counters: SplitCounters | None = None  # the runner's split-merge counters (else zeroed per launch)
 
     @property
     def num_decode_seqs(self) -> int:
@@ -172,5 +174,5 @@ class LlamaModel:
             od = o[tp:].view(qd.shape)
             be.decode_attention(qd, k_cache, v_cache, meta.decode_block_tables, meta.decode_kv_lens,
                                 max_kv_len=meta.decode_max_kv_len, out=od, num_splits=meta.decode_num_splits,
-                                **scales)
+                                counters=meta.decode_counters, **scales)
         return o

@@ -20,7 +20,8 @@ import numpy as np
 import torch
 
 from servesim.engine.model import AttentionMeta, KVCache, LlamaModel
-from servesim.kernels.attention.decode import choose_num_splits, split_counters
+from servesim.kernels.attention.decode import choose_num_splits
+from servesim.kernels.counters import SplitCounters
 from servesim.sim.request import Batch, Request, State
 
 GRAPH_BATCHES = (1, 2, 4, 8, 16, 24, 32, 48, 64, 96, 128, 160, 192, 224, 256)
@@ -66,6 +67,7 @@ class ModelRunner:
         self._graph_batches = tuple(b for b in GRAPH_BATCHES if b <= max_graph_batch)
         self._ctx_buckets = graph_ctx_buckets(max_model_len)
         self._gen = torch.Generator(device=self.device).manual_seed(seed)
+        self._counters = SplitCounters(self.device)  # decode attention's split-merge counters, this runner's
         if self.cuda and cuda_graphs:
             self._static = self._static_buffers(max(self._graph_batches))
         self.stats = StepStats()
@@ -192,7 +194,7 @@ class ModelRunner:
             sampled = out[: nd * q]
         else:
             dev = self.device
-            meta = AttentionMeta(num_prefill_tokens=n_pre)
+            meta = AttentionMeta(num_prefill_tokens=n_pre, decode_counters=self._counters)
             if batch.prefill:
                 meta.prefill_cu_seqlens = torch.from_numpy(cu).to(dev)
                 meta.prefill_kv_lens = torch.from_numpy(kvl).to(dev)
@@ -269,13 +271,13 @@ class ModelRunner:
         sms = torch.cuda.get_device_properties(self.device).multi_processor_count
         return AttentionMeta(num_prefill_tokens=0, decode_kv_lens=s["kvl"][:b], decode_block_tables=s["bt"][:b],
                              decode_num_q=q, decode_max_kv_len=c,
-                             decode_num_splits=choose_num_splits(b, heads, c, sms))
+                             decode_num_splits=choose_num_splits(b, heads, c, sms), decode_counters=self._counters)
 
     def _capture(self, b: int, c: int, q: int):
         """Capture the decode step of ``b`` sequences whose longest context is at most ``c``."""
         s = self._static
         meta = self._graph_meta(b, c, q)
-        split_counters(self.device, b * self.model.cfg.num_kv_heads)  # allocated outside the capture
+        self._counters.take(b * self.model.cfg.num_kv_heads)  # allocated outside the capture
 
         def body() -> torch.Tensor:
             logits = self.model.forward(s["ids"][:b], s["pos"][:b], s["slots"][:b], meta, self.cache,

@@ -18,6 +18,7 @@ functions return one wall-clock call, so the scripts can be checked on a CPU.
 
 from __future__ import annotations
 
+import re
 import statistics
 import time
 from collections.abc import Callable
@@ -149,6 +150,20 @@ def copy_bandwidth() -> float:
 
 def card() -> str:
     return torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu-smoke"
+
+
+def card_slug(name: str | None = None) -> str:
+    """The GPU's one spelling in result file names (``<bench>-<slug>-<date>``): its model number in lower case,
+    ``h100`` for "NVIDIA H100 80GB HBM3", ``h200``, ``a100`` for "NVIDIA A100-SXM4-80GB", ``l40s``; ``cpu`` off
+    CUDA. Memory and form-factor variants share a slug: the card field inside each result says which."""
+    name = card() if name is None else name
+    if name == "cpu-smoke":
+        return "cpu"
+    words = re.sub(r"^(NVIDIA|AMD)\s+(Instinct\s+|GeForce\s+)?", "", name.strip(), flags=re.I)
+    tokens = [t.lower() for t in re.split(r"[\s_-]+", words) if t]
+    if len(tokens) > 1 and tokens[0].isalpha():  # "RTX 4090": the series alone names no card
+        return f"{tokens[0]}-{tokens[1]}"
+    return tokens[0] if tokens else "gpu"
 
 
 def markdown_table(rows: list[dict]) -> str:

@@ -166,6 +166,7 @@ class Scenario(BaseModel):
                 f"{self.max_num_seqs} x {1 + self.spec_k} tokens (1 + spec_k); raise it or lower max_num_seqs",
                 field="max_num_batched_tokens",
             )
+        self.step_limits(get_model(self.model))  # the limits that need the model's positions
         return self
 
     def step_limits(self, model: ModelSpec) -> tuple[int, int]:

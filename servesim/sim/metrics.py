@@ -31,7 +31,6 @@ TIMELINE_COLUMNS = (
     "num_running", "num_waiting", "kv_blocks_used", "kv_blocks_total",
 )  # one row per iteration, or per run of identical decode iterations (``steps`` of them)
 PERCENTILES = (50, 90, 95, 99)
-LATENCIES = ("ttft", "tpot", "itl", "e2el")
 SLO_METRICS = ("ttft", "tpot", "e2el")
 
 
@@ -261,7 +260,8 @@ def summarize_timeline(timeline: pd.DataFrame) -> dict[str, float]:
     }
 
 
-SATURATION_SERVED_FRACTION = 0.95
+SATURATION_SERVED_FRACTION = 0.95  # served below this fraction of the offered rate ...
+SATURATION_QUEUE_GROWTH = 0.05  # ... while the waiting queue grew by this fraction of the arrivals
 
 
 def _waiting_at(timeline: pd.DataFrame, t: float) -> int:
@@ -273,9 +273,10 @@ def _waiting_at(timeline: pd.DataFrame, t: float) -> int:
 
 
 def saturation(requests: pd.DataFrame, timeline: pd.DataFrame) -> dict[str, object]:
-    """Did the deployment keep up? ``saturated`` when, over the second half of the arrivals (past the start-up
-    transient), it served under 95% of the offered rate while its waiting queue grew (more waiting at the last
-    arrival than half-way): its latencies then describe a backlog that grows with the run's length.
+    """Did the deployment keep up? Over the second half of the arrivals (past the start-up transient) it is
+    ``saturated`` when it served under 95% of the offered rate *and* its waiting queue (requests not yet
+    admitted) grew by at least 5% of that half's arrivals: its latencies then describe a backlog that grows
+    with the run's length. A burst absorbed by a larger running batch, with the queue near empty, is not.
 
     Returns ``saturated``, ``offered_rate`` and ``served_rate`` (requests/s over that half) and the waiting
     queue half-way and at the last arrival.
@@ -288,11 +289,12 @@ def saturation(requests: pd.DataFrame, timeline: pd.DataFrame) -> dict[str, obje
         return out
     t0, t1 = float(arrival.min()), float(arrival.max())
     tm = (t0 + t1) / 2
-    offered = float(((arrival > tm) & (arrival <= t1)).sum() / (t1 - tm))
-    served = float(((finish > tm) & (finish <= t1)).sum() / (t1 - tm))
+    arrived = int(((arrival > tm) & (arrival <= t1)).sum())
+    offered, served = arrived / (t1 - tm), float(((finish > tm) & (finish <= t1)).sum() / (t1 - tm))
     half, last = _waiting_at(timeline, tm), _waiting_at(timeline, t1)
+    saturated = served < SATURATION_SERVED_FRACTION * offered and last - half >= SATURATION_QUEUE_GROWTH * arrived
     out.update(offered_rate=offered, served_rate=served, waiting_at_half_arrivals=half, waiting_at_last_arrival=last,
-               saturated=bool(served < SATURATION_SERVED_FRACTION * offered and last > half))
+               saturated=bool(saturated))
     return out
 
 

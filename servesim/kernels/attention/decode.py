@@ -25,30 +25,29 @@ import torch
 import triton
 import triton.language as tl
 
+from ..counters import SplitCounters, counters_for, sm_count
 from .kv_cache import aligned, check_cache, check_scales, dot, gather_kv_ref, interpreting
 from .prefill import _kv_rows, causal_attention_ref
 
-# Tile config keyed on head_dim, chosen by `bench/attention.py --tune` on an H100 SXM (Triton 3.6, bf16,
-# ranked in-step over 12 shapes x up to 12 split counts; 7 candidates within 5% geomean of each other:
-# 64/4/5 prefetch 1 2.709, 64/4/3 prefetch 0 2.707, 64/4/3 prefetch 1 2.690 TB/s; prefetch 4 2.585;
-# bench/results/attention-*-round4*). num_stages >= 3 makes the page-id load an async copy a stage ahead of the
-# K/V copies (with 2 it is a synchronous load in the loop); Triton 3.6 then buffers (num_stages - 1) // 2 K/V
-# tiles. PREFETCH: the first tiles' K/V rows are prefetched into L2 at program start. head_dim 64 is an
-# untuned default.
+# Tile config keyed on head_dim: the fastest of `bench/attention.py --tune` on an H100 SXM, ranked in-step
+# (bench/results/attention-h100-*.md lists every candidate). Several configs come within a few percent: decode
+# is bandwidth-bound, so the tile matters less than keeping enough copies in flight. num_stages >= 3 makes the
+# page-id load an async copy a stage ahead of the K/V copies (with 2 it is a synchronous load in the loop);
+# Triton then buffers (num_stages - 1) // 2 K/V tiles. head_dim 64 is an untuned default.
 DECODE_CONFIGS = {
     64: dict(BLOCK_N=64, num_warps=4, num_stages=5),
     128: dict(BLOCK_N=64, num_warps=4, num_stages=5, PREFETCH=1),
 }
 FALLBACK_CONFIG = dict(BLOCK_N=32, num_warps=4, num_stages=3)
-# Split heuristic: at most SPLIT_WAVES programs per SM, never fewer than MIN_SPLIT_KEYS keys per split.
-# Swept on the H100 with the config above (2..4 per SM x 128..512 keys, geomean TB/s of the split counts
-# picked over the 12 tuning shapes): 2 per SM and 256 keys won (bench/results/attention-*-round4*).
+# Split heuristic: at most SPLIT_WAVES programs per SM (a further wave adds merge work and no bandwidth), never
+# fewer than MIN_SPLIT_KEYS keys per split (a shorter split spends more on its prologue and on the merge than
+# it saves). Both are the best of the tuning sweep's grid on the H100 (bench/results/attention-h100-*.md).
 SPLIT_WAVES = 2
 MIN_SPLIT_KEYS = 256
 MAX_SPLITS = 128
 # Tiles of each split whose K/V rows are prefetched into L2 as soon as the page ids arrive (a config may set
-# "PREFETCH"); 0 turns the prefetch off. The round-4 sweep (bench/results/attention-*-round4*) ranked depths
-# 0, 1, 2 and 4: 1 with 5 stages won; 4 lost 5% (L2 pressure on large batches).
+# "PREFETCH"); 0 turns the prefetch off. One tile hides the page-id round trip; deeper prefetch competes for L2
+# with the other programs' tiles on large batches.
 PREFETCH_TILES = 1
 
 
@@ -193,26 +192,7 @@ def _decode_kernel(
         tl.store(o_ptr + o_off, out.to(o_ptr.dtype.element_ty), mask=row_ok[:, None])
 
 
-_COUNTERS: dict = {}  # device -> int32 per-(sequence, KV head) counters, zero between launches
-_OLD_COUNTERS: list = []  # outgrown buffers stay alive: a captured CUDA graph may still point at one
-
-
-def split_counters(device: torch.device, n: int) -> torch.Tensor:
-    """Shared int32 arrival counters for the fused split merge (the last split resets its counter to 0).
-
-    Launches that share them must not run concurrently on different streams; pass your own zeros as
-    ``workspace[2]`` for that. The first call per device allocates, so make it outside graph capture.
-    """
-    buf = _COUNTERS.get(device)
-    if buf is None or buf.numel() < n:
-        if buf is not None:
-            _OLD_COUNTERS.append(buf)
-        buf = torch.zeros(max(n, 8192), dtype=torch.int32, device=device)
-        _COUNTERS[device] = buf
-    return buf
-
-
-def choose_num_splits(batch: int, num_kv_heads: int, max_kv_len: int, num_sms: int = 132) -> int:
+def choose_num_splits(batch: int, num_kv_heads: int, max_kv_len: int, num_sms: int) -> int:
     """Splits per (sequence, KV head): <= SPLIT_WAVES programs per SM, each split >= MIN_SPLIT_KEYS keys."""
     programs = batch * num_kv_heads
     want = SPLIT_WAVES * num_sms // programs
@@ -225,14 +205,15 @@ def decode_attention(
     k_scale: torch.Tensor | None = None, v_scale: torch.Tensor | None = None,
     num_splits: int | None = None, out: torch.Tensor | None = None,
     workspace: tuple[torch.Tensor, ...] | None = None, config: dict | None = None,
+    counters: SplitCounters | None = None,
 ) -> torch.Tensor:
     """Attention of 1 (or 1+k) new tokens per sequence over the paged cache; returns a tensor like ``q``.
 
-    ``num_splits`` defaults to :func:`choose_num_splits` (pass ``max_kv_len`` to avoid a device sync and
-    keep the launch capturable in a CUDA graph). ``out`` (contiguous, shaped like ``q``) and ``workspace``
-    (float32 partial outputs ``[batch, n, num_q_heads, num_splits, head_dim]`` and log-sum-exps
-    ``[batch, n, num_q_heads, num_splits]``, optionally int32 zero counters ``>= batch * num_kv_heads`` as a
-    third element, else :func:`split_counters`) may be preallocated.
+    ``num_splits`` defaults to :func:`choose_num_splits` for the device's SM count (pass ``max_kv_len`` to
+    avoid a device sync and keep the launch capturable in a CUDA graph). ``out`` (contiguous, shaped like
+    ``q``) and ``workspace`` (float32 partial outputs ``[batch, n, num_q_heads, num_splits, head_dim]`` and
+    log-sum-exps ``[batch, n, num_q_heads, num_splits]``) may be preallocated; ``counters`` (the caller's
+    :class:`~servesim.kernels.counters.SplitCounters`) saves the zeroing of fresh split counters.
     """
     _, block_size, num_kv_heads, head_dim = check_cache(k_cache, v_cache)
     fp8 = check_scales(k_cache, k_scale, v_scale)
@@ -254,8 +235,7 @@ def decode_attention(
     if max_kv_len is None:
         max_kv_len = int(kv_lens.max().item()) if batch else 0
     if num_splits is None:
-        sms = torch.cuda.get_device_properties(q.device).multi_processor_count if q.is_cuda else 132
-        num_splits = choose_num_splits(batch, num_kv_heads, max_kv_len, sms)
+        num_splits = choose_num_splits(batch, num_kv_heads, max_kv_len, sm_count(q.device))
     cfg = dict(config or DECODE_CONFIGS.get(head_dim, FALLBACK_CONFIG))
     prefetch = cfg.pop("PREFETCH", PREFETCH_TILES)
     aligned_kv = aligned(k_cache.stride(0), k_cache.stride(1))
@@ -283,9 +263,7 @@ def decode_attention(
                 or o_buf.dtype != torch.float32 or lse.dtype != torch.float32):
             raise ValueError(f"workspace must be contiguous float32 {want} and {want[:-1]}, "
                              f"got {tuple(o_buf.shape)} and {tuple(lse.shape)}")
-        locks = workspace[2] if len(workspace) > 2 else split_counters(q.device, batch * num_kv_heads)
-        if locks.dtype != torch.int32 or locks.numel() < batch * num_kv_heads:
-            raise ValueError(f"workspace[2] (split counters) must be int32 zeros >= {batch * num_kv_heads}")
+        locks = counters_for(counters, q.device, batch * num_kv_heads)
     else:
         o_buf, lse, locks = out, out, out  # unused
     _decode_kernel[(batch, num_kv_heads, num_splits)](

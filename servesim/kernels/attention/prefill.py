@@ -25,11 +25,10 @@ from .kv_cache import aligned, check_cache, check_scales, dot, gather_kv_ref, in
 
 LOG2E = 1.4426950408889634
 
-# Tile configs keyed on (head_dim, paged), chosen by `bench/attention.py --tune` on an H100 SXM (Triton 3.6,
-# bf16, S = 4k and 8k, ranked in-step; bench/results/attention-*-round4*): paged 64x64/4 warps/5 stages
-# 444 / 449 TFLOP/s (128x64/8/5: 413 / 455), contiguous through TMA 64x64/4 warps/3 stages. head_dim 64
-# entries are untuned defaults. Paged num_stages: since the page-id load is the pipeliner's first stage, Triton
-# 3.6 buffers (num_stages + 1) // 2 K/V tiles (7 -> 4, 5 -> 3, 3 -> 2; read from the compiled shared-memory size).
+# Tile configs keyed on (head_dim, paged): the fastest of `bench/attention.py --tune` on an H100 SXM at S = 4k
+# and 8k, ranked in-step (bench/results/attention-h100-*.md); the contiguous path loads K/V through TMA.
+# head_dim 64 entries are untuned defaults. Paged num_stages: the page-id load is the pipeliner's first stage, so
+# Triton buffers (num_stages + 1) // 2 K/V tiles (7 -> 4, 5 -> 3, 3 -> 2; read from the compiled shared memory).
 PREFILL_CONFIGS = {
     (64, True): dict(BLOCK_M=128, BLOCK_N=64, num_warps=4, num_stages=3),
     (64, False): dict(BLOCK_M=128, BLOCK_N=64, num_warps=4, num_stages=3),

@@ -26,33 +26,11 @@ import os
 
 import triton
 
+from ..counters import counters_for, sm_count
 from .gemm_kernels import _wq_gemm_kernel, _wq_gemv_kernel
 
+
 # ------------------------------------------------------------------------------------------ launch
-_LOCKS: dict = {}  # device -> int32 split-K counters (zero between launches: the last split resets)
-_SMS: dict = {}
-
-
-def _locks(device, n: int):
-    import torch
-
-    buf = _LOCKS.get(device)
-    if buf is None or buf.numel() < n:
-        buf = torch.zeros(max(n, 4096), dtype=torch.int32, device=device)
-        _LOCKS[device] = buf
-    return buf
-
-
-def _num_sms(device) -> int:
-    import torch
-
-    if device.type != "cuda":
-        return 132
-    if device not in _SMS:
-        _SMS[device] = torch.cuda.get_device_properties(device).multi_processor_count
-    return _SMS[device]
-
-
 def _deq_mode(deq: int, bits: int, dtype, interpret: bool) -> int:
     """The DEQ mode a config asks for, where it applies: 2 (inline PTX) is int4 on a GPU; 3 (PTX, scale
     per weight in bf16x2) int4 with bf16 on a GPU, else 0 (same math); 1 needs bf16 (its 2^-49-scaled
@@ -82,11 +60,12 @@ def _fill_split(tiles: int, kb: int, fill: float, sms: int) -> int:
     return max(1, min(int(fill * sms) // tiles, kb // 2))
 
 
-def quant_matmul(x, packed, sz, bits: int, group_size: int | None, config: dict):
+def quant_matmul(x, packed, sz, bits: int, group_size: int | None, config: dict, counters=None):
     """``x @ dequant(W)^T`` for packed W (``quant.py`` layout); ``config`` from ``quant_gemm_configs``.
 
     x: ``[..., K]`` fp16/bf16; packed: int32 ``[KB, N, P]``; sz: int4 scale/zero words ``[G, N]``, or
     for int8 (``group_size=None``) fp32 per-channel scales ``[N]``. Returns ``[..., N]`` in ``x.dtype``.
+    ``counters`` (a :class:`~servesim.kernels.counters.SplitCounters`) saves zeroing fresh split-K counters.
     """
     import torch
 
@@ -109,10 +88,11 @@ def quant_matmul(x, packed, sz, bits: int, group_size: int | None, config: dict)
     tiles = triton.cdiv(m, bm) * triton.cdiv(n, bn)
     split = config.get("split_k")
     if not split and config.get("fill"):
-        split = _fill_split(tiles, kb, config["fill"], _num_sms(x.device))
-    split = split or _auto_split(tiles, kb, config.get("waves", 0), _num_sms(x.device))
+        split = _fill_split(tiles, kb, config["fill"], sm_count(x.device))
+    split = split or _auto_split(tiles, kb, config.get("waves", 0), sm_count(x.device))
     ws = torch.empty((split, m, n), dtype=torch.float32, device=x.device) if split > 1 else y
-    locks = _locks(x.device, tiles)
+    # int32 in every launch (one kernel signature); read only when split > 1
+    locks = counters_for(counters, x.device, tiles) if split > 1 else torch.empty(1, dtype=torch.int32, device=x.device)
     common = dict(BITS=bits, GS=group_size or 128, PER_CHANNEL=per_channel, DENORM=config.get("DENORM", True),
                   BLOCK_N=bn, num_warps=config["num_warps"],
                   num_stages=config.get("num_stages", 1))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 
+from ..counters import SplitCounters
 from . import quantize as Q
 from .configs import config_for
 from .gemm import quant_matmul
@@ -34,6 +35,7 @@ class QuantLinear(torch.nn.Module):
         self.register_buffer("scales", scales)
         self.register_buffer("bias", bias)
         self.register_buffer("input_scale", input_scale)
+        self.counters: SplitCounters | None = None  # split-K counters, on the device of the last input
 
     @classmethod
     def from_float(cls, weight: torch.Tensor, weight_dtype: str = "int4", group_size: int = 128,
@@ -73,7 +75,9 @@ class QuantLinear(torch.nn.Module):
             x = (x / self.input_scale).to(x.dtype)
         m = x.numel() // self.in_features
         config = config_for(self.bits, m, self.out_features, self.in_features)
-        y = quant_matmul(x, self.packed, self.scales, self.bits, self.group_size, config)
+        if self.counters is None or self.counters.device != x.device:
+            self.counters = SplitCounters(x.device)
+        y = quant_matmul(x, self.packed, self.scales, self.bits, self.group_size, config, self.counters)
         return y if self.bias is None else y + self.bias
 
     def extra_repr(self) -> str:

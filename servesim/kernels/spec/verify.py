@@ -43,7 +43,6 @@ every draft row in pass (1) instead would cost 4k bytes per vocabulary entry aga
 
 from __future__ import annotations
 
-import functools
 import math
 import os
 
@@ -51,7 +50,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ..attention.decode import split_counters  # shared zero counters, reset by their last user
+from ..counters import SplitCounters, counters_for, sm_count
 from . import ref as spec_ref
 from .ref import accept_uniforms, exponentials, noise_bits, philox4x32, verify_bytes, verify_ref
 from .sampling import (  # noqa: F401  (Triton resolves these as globals)
@@ -288,13 +287,6 @@ def _greedy_finalize_kernel(tok_ptr, cu_ptr, stat_a_ptr, stat_b_ptr, acc_ptr, ou
     _emit(tok_ptr, acc_ptr, out_ptr, i, row0, n_acc, tl.sum(tl.where(tt == n_acc, am, 0), 0), width, KP1)
 
 
-@functools.cache
-def _n_sm(device: torch.device) -> int:
-    if device.type != "cuda":
-        return 4  # interpreter: a few programs, enough to exercise the split-combine path
-    return torch.cuda.get_device_properties(device).multi_processor_count
-
-
 def _split(vocab: int, rows: int, target: int, block: int, forced: int | None,
            max_chunk: int) -> tuple[int, int]:
     """(number of chunks, chunk length): at least `target` programs over `rows` rows and chunks of at most
@@ -307,14 +299,15 @@ def _split(vocab: int, rows: int, target: int, block: int, forced: int | None,
 def verify(target_logits: torch.Tensor, cu_rows: torch.Tensor, draft_tokens: torch.Tensor,
            draft_probs: torch.Tensor | None, seeds: torch.Tensor, temperature: float, k_max: int | None = None,
            *, block: int = 1024, num_warps: int = 4, programs_per_sm: int = 8, max_chunk: int = 8192,
-           splits: tuple[int, int] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+           splits: tuple[int, int] | None = None, counters: SplitCounters | None = None,
+           ) -> tuple[torch.Tensor, torch.Tensor]:
     """Verify drafts against target logits (module docstring); returns (accepted [B], emitted [B, K+1]).
 
     Pass ``k_max`` (= max k_i) to avoid a device sync (needed under CUDA-graph capture). ``block``,
     ``num_warps``, ``programs_per_sm``, ``max_chunk`` and ``splits`` (forced chunk counts of the row pass
     and the residual pass) only change speed, never results (``block`` is raised to at least ``SPAN``); the
-    defaults won the tuning tables of bench/results/spec_verify-h100-2026-11-27.md and, after the two-level
-    sampling, of ...-round3.md (H100 SXM, Triton 3.6).
+    defaults are the fastest measured on an H100 SXM (bench/results/spec_verify-h100-*.md). ``counters`` (the
+    caller's :class:`~servesim.kernels.counters.SplitCounters`) saves zeroing fresh merge counters.
     """
     if target_logits.dim() != 2 or cu_rows.dim() != 1 or cu_rows.numel() < 1:
         raise ValueError("target_logits must be [T, V] and cu_rows [B+1]")
@@ -339,7 +332,7 @@ def verify(target_logits: torch.Tensor, cu_rows: torch.Tensor, draft_tokens: tor
     logits = target_logits if target_logits.stride(1) == 1 else target_logits.contiguous()
     q = logits if greedy else (draft_probs if draft_probs.stride(1) == 1 else draft_probs.contiguous())
     block = max(spec_ref.SPAN, min(block, triton.next_power_of_2(vocab)))  # whole spans per block
-    target = programs_per_sm * _n_sm(dev)
+    target = programs_per_sm * sm_count(dev)
     s1, chunk1 = _split(vocab, n_seq * (k_max + 1), target, block, splits and splits[0], max_chunk)
     s2, chunk2 = _split(vocab, n_seq, target, block, splits and splits[1], max_chunk)
     # one scratch allocation: row stats [T, s1] x2; span weights [B, n_span] (the bonus row's, from the row
@@ -361,7 +354,7 @@ def verify(target_logits: torch.Tensor, cu_rows: torch.Tensor, draft_tokens: tor
     else:
         _residual_kernel[(s2, n_seq)](
             logits, logits.stride(0), q, q.stride(0), draft_tokens, cu_rows, seeds, stat_a, stat_b, spans,
-            split_counters(dev, n_seq), accepted, emitted, k_max + 1, vocab, chunk2, s1, s2, n_span, scale,
+            counters_for(counters, dev, n_seq), accepted, emitted, k_max + 1, vocab, chunk2, s1, s2, n_span, scale,
             KP=kp, KP1=kp1, SP1=sp1, NSP=triton.next_power_of_2(n_span), BLOCK=block, FAST=fast,
             num_warps=num_warps)
     return accepted, emitted
