@@ -14,6 +14,7 @@ from servesim.errors import ConfigError, InputError
 from servesim.sim.metrics import (
     SLO,
     latency_stats,
+    saturation,
     slowdown_by_size,
     summarize,
     summarize_timeline,
@@ -250,3 +251,32 @@ def test_slowdown_degenerate_inputs():
     assert slowdown_by_size(same.iloc[:0], bins=3).empty
     with pytest.raises(InputError):
         slowdown_by_size(same, by="latency")
+
+
+def _run_tables(arrivals, finishes, waiting_rows):
+    """Requests arriving and finishing at the given times, and a one-replica timeline of (start, end, waiting)."""
+    n = len(arrivals)
+    req = make_requests([dict(arrival_s=a, first_scheduled_s=a, first_token_s=a, finish_s=f)
+                         for a, f in zip(arrivals, finishes)])
+    assert len(req) == n
+    tl = pd.DataFrame([dict(replica=0, start_s=s, end_s=e, steps=1, batch_size=1, prefill_tokens=0, decode_tokens=1,
+                            num_running=1, num_waiting=w, kv_blocks_used=1, kv_blocks_total=10)
+                       for s, e, w in waiting_rows])
+    return req, tl
+
+
+@pytest.mark.parametrize(("finish_lag_s", "waiting", "saturated"), [
+    (0.5, 3, True),    # served 10 of 20 req/s and a queue all through: saturated
+    (0.5, 0, False),   # the same shortfall with no one waiting: long requests in flight at the end
+    (0.0, 3, False),   # a standing queue that is served at the offered rate
+])
+def test_saturation_needs_a_shortfall_and_a_queue_that_never_drained(finish_lag_s, waiting, saturated):
+    arrivals = [i * 0.05 for i in range(21)]  # 20 req/s over 1 s
+    finishes = [a + finish_lag_s * (1 + i) / 10 + 0.01 for i, a in enumerate(arrivals)]
+    req, tl = _run_tables(arrivals, finishes, [(t / 10, (t + 1) / 10, waiting) for t in range(30)])
+    duration = max(finishes) - arrivals[0]
+    s = saturation(req, tl, duration)
+    assert s["saturated"] is saturated
+    assert s["offered_rate"] == pytest.approx(20.0) and s["served_rate"] == pytest.approx(21 / duration)
+    assert s["queue_busy_fraction"] == (1.0 if waiting else 0.0)
+    assert s["waiting_at_last_arrival"] == waiting

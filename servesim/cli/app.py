@@ -7,9 +7,13 @@ and pipes as plain text. Commands with many flags group them in sections with :c
 
 from __future__ import annotations
 
-import click
+from typing import TYPE_CHECKING
+
 import typer
 from typer.core import TyperCommand
+
+if TYPE_CHECKING:  # typer carries its own click (typer._click); click itself need not be installed
+    import click
 
 from servesim import __version__
 

@@ -117,9 +117,10 @@ def _outcome(result, label: str = "") -> list[str]:
     s = result.summary
     if s.get("saturated"):
         notes.append(
-            f"{where}saturated: over the second half of the arrivals it served {s['served_rate']:.2f} of "
-            f"{s['offered_rate']:.2f} req/s offered, and the waiting queue grew from {s['waiting_at_half_arrivals']:,} "
-            f"to {s['waiting_at_last_arrival']:,}; latencies grow with the run's length"
+            f"{where}saturated: it served {s['served_rate']:.2f} of {s['offered_rate']:.2f} req/s offered, and "
+            f"requests waited through {100 * s['queue_busy_fraction']:.0f}% of the second half of the arrivals (queue "
+            f"{s['waiting_at_half_arrivals']:,} half-way, {s['waiting_at_last_arrival']:,} at the last arrival); "
+            f"latencies grow with the run's length"
         )
     return notes
 

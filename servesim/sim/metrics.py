@@ -261,7 +261,7 @@ def summarize_timeline(timeline: pd.DataFrame) -> dict[str, float]:
 
 
 SATURATION_SERVED_FRACTION = 0.95  # served below this fraction of the offered rate ...
-SATURATION_QUEUE_GROWTH = 0.05  # ... while the waiting queue grew by this fraction of the arrivals
+SATURATION_QUEUE_BUSY = 0.9  # ... with requests waiting through this fraction of the second half of the arrivals
 
 
 def _waiting_at(timeline: pd.DataFrame, t: float) -> int:
@@ -272,29 +272,39 @@ def _waiting_at(timeline: pd.DataFrame, t: float) -> int:
     return int(done.groupby("replica")["num_waiting"].last().sum())
 
 
-def saturation(requests: pd.DataFrame, timeline: pd.DataFrame) -> dict[str, object]:
-    """Did the deployment keep up? Over the second half of the arrivals (past the start-up transient) it is
-    ``saturated`` when it served under 95% of the offered rate *and* its waiting queue (requests not yet
-    admitted) grew by at least 5% of that half's arrivals: its latencies then describe a backlog that grows
-    with the run's length. A burst absorbed by a larger running batch, with the queue near empty, is not.
+def _queue_busy(timeline: pd.DataFrame, start_s: float, end_s: float) -> float:
+    """The largest fraction, over replicas, of [start_s, end_s] during which requests were waiting."""
+    rows = timeline[(timeline["end_s"] > start_s) & (timeline["start_s"] < end_s)]
+    if rows.empty or not end_s > start_s:
+        return 0.0
+    dt = np.minimum(rows["end_s"].to_numpy(), end_s) - np.maximum(rows["start_s"].to_numpy(), start_s)
+    waited = pd.Series(dt * (rows["num_waiting"].to_numpy() > 0)).groupby(rows["replica"].to_numpy()).sum()
+    return float(waited.max() / (end_s - start_s))
 
-    Returns ``saturated``, ``offered_rate`` and ``served_rate`` (requests/s over that half) and the waiting
-    queue half-way and at the last arrival.
+
+def saturation(requests: pd.DataFrame, timeline: pd.DataFrame, duration_s: float) -> dict[str, object]:
+    """Did the deployment keep up? ``saturated`` when it served under 95% of the offered rate (completions over
+    ``duration_s`` against arrivals over their span) *and* requests were waiting through at least 90% of the
+    second half of the arrivals on some replica: a queue that never drained, whose latencies grow with the run's
+    length. A short run that ends on long requests in flight has the shortfall without the queue; a burst that
+    the running batch absorbs has neither.
+
+    Returns ``saturated``, ``offered_rate`` and ``served_rate`` (requests/s), ``queue_busy_fraction`` and the
+    waiting queue half-way through the arrivals and at the last one.
     """
     arrival = requests["arrival_s"].to_numpy(dtype=np.float64)
-    finish = requests["finish_s"].to_numpy(dtype=np.float64)[completed_mask(requests)]
     out: dict[str, object] = {"saturated": False, "offered_rate": math.nan, "served_rate": math.nan,
-                              "waiting_at_half_arrivals": 0, "waiting_at_last_arrival": 0}
-    if len(arrival) < 4 or not arrival.max() > arrival.min():
+                              "queue_busy_fraction": 0.0, "waiting_at_half_arrivals": 0, "waiting_at_last_arrival": 0}
+    if len(arrival) < 2 or not arrival.max() > arrival.min():
         return out
     t0, t1 = float(arrival.min()), float(arrival.max())
     tm = (t0 + t1) / 2
-    arrived = int(((arrival > tm) & (arrival <= t1)).sum())
-    offered, served = arrived / (t1 - tm), float(((finish > tm) & (finish <= t1)).sum() / (t1 - tm))
-    half, last = _waiting_at(timeline, tm), _waiting_at(timeline, t1)
-    saturated = served < SATURATION_SERVED_FRACTION * offered and last - half >= SATURATION_QUEUE_GROWTH * arrived
-    out.update(offered_rate=offered, served_rate=served, waiting_at_half_arrivals=half, waiting_at_last_arrival=last,
-               saturated=bool(saturated))
+    offered = (len(arrival) - 1) / (t1 - t0)
+    served = _rate(completed_mask(requests).sum(), duration_s)
+    busy = _queue_busy(timeline, tm, t1)
+    out.update(offered_rate=offered, served_rate=served, queue_busy_fraction=busy,
+               waiting_at_half_arrivals=_waiting_at(timeline, tm), waiting_at_last_arrival=_waiting_at(timeline, t1),
+               saturated=bool(served < SATURATION_SERVED_FRACTION * offered and busy >= SATURATION_QUEUE_BUSY))
     return out
 
 

@@ -63,7 +63,7 @@ def finish_run(scenario: Scenario, dep: Deployment, w: Workload, requests: pd.Da
     summary = summarize(requests, itl_s, itl_weights, duration, slo,
                         gpus_total=dep.gpus_total, usd_per_hour_per_gpu=dep.usd_per_gpu_hour)
     summary.update(summarize_timeline(timeline))
-    summary.update(saturation(requests, timeline))
+    summary.update(saturation(requests, timeline, duration))
     meta = {
         "version": __version__,
         "config_hash": scenario.config_hash(),
