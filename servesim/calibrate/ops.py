@@ -17,7 +17,8 @@ import torch.nn.functional as F
 from servesim.engine.kernels import BACKENDS
 from servesim.engine.runner import graph_ctx_buckets
 from servesim.kernels import elementwise as ew
-from servesim.kernels.attention.decode import choose_num_splits, split_counters
+from servesim.kernels.attention.decode import choose_num_splits
+from servesim.kernels.counters import SplitCounters, sm_count
 
 KV_TORCH = {"bf16": torch.bfloat16, "fp8": torch.float8_e4m3fn}
 BLOCK = 16
@@ -29,6 +30,7 @@ class OpBuilder:
     def __init__(self, device: str = "cuda", seed: int = 0) -> None:
         self.dev = torch.device(device)
         self.cuda = self.dev.type == "cuda"
+        self.counters = SplitCounters(self.dev)  # decode's split-merge counters, as the engine's runner keeps them
         self.dtype = torch.bfloat16 if self.cuda else torch.float32
         self.be = BACKENDS["triton" if self.cuda else "torch"]
         self.gen = torch.Generator(device=self.dev).manual_seed(seed)
@@ -135,11 +137,10 @@ class OpBuilder:
         bucket = next(c for c in graph_ctx_buckets(max(longest, 512) * 2) if c >= longest)
         splits = None
         if self.cuda:
-            sms = torch.cuda.get_device_properties(self.dev).multi_processor_count
-            splits = choose_num_splits(batch, kvh, bucket, sms)
-            split_counters(self.dev, batch * kvh)
+            splits = choose_num_splits(batch, kvh, bucket, sm_count(self.dev))
+            self.counters.take(batch * kvh)  # allocated before any graph capture
         return lambda: self.be.decode_attention(qt, kc, vc, bt, kvl, max_kv_len=bucket, out=out,
-                                                num_splits=splits, **scales)
+                                                num_splits=splits, counters=self.counters, **scales)
 
     def attn_decode_ragged(self, key: dict, batch: int, context: int) -> Callable[[], None]:
         return self.attn_decode(key, batch, context, spread=float(key["spread"]))

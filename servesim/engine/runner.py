@@ -21,7 +21,7 @@ import torch
 
 from servesim.engine.model import AttentionMeta, KVCache, LlamaModel
 from servesim.kernels.attention.decode import choose_num_splits
-from servesim.kernels.counters import SplitCounters
+from servesim.kernels.counters import SplitCounters, sm_count
 from servesim.sim.request import Batch, Request, State
 
 GRAPH_BATCHES = (1, 2, 4, 8, 16, 24, 32, 48, 64, 96, 128, 160, 192, 224, 256)
@@ -268,7 +268,7 @@ class ModelRunner:
 
     def _graph_meta(self, b: int, c: int, q: int) -> AttentionMeta:
         s, heads = self._static, self.model.cfg.num_kv_heads
-        sms = torch.cuda.get_device_properties(self.device).multi_processor_count
+        sms = sm_count(self.device)
         return AttentionMeta(num_prefill_tokens=0, decode_kv_lens=s["kvl"][:b], decode_block_tables=s["bt"][:b],
                              decode_num_q=q, decode_max_kv_len=c,
                              decode_num_splits=choose_num_splits(b, heads, c, sms), decode_counters=self._counters)
