@@ -161,8 +161,8 @@ def test_piped_output_is_plain_text(capsys, argv):
 def test_header_counts_read_as_words(capsys):
     _, out, _ = run(capsys, "simulate", "--num-requests", "1200")
     assert "1 replica;" in out and "(1,200 requests)" in out and "replica(s)" not in out
-    _, out, _ = run(capsys, "simulate", "--num-requests", "30", "--replicas", "2")
-    assert "2 replicas;" in out and "2× H100-SXM" in out
+    _, out, _ = run(capsys, "simulate", "--num-requests", "30", "--replicas", "2", "--gpu", "h100")
+    assert "2 replicas;" in out and "2× H100-SXM" in out  # the alias resolves to the catalog name
 
 
 def test_cli_needs_no_standalone_click():
