@@ -213,7 +213,9 @@ class ModelRunner:
             sampled = self._sample(logits)
             if self.cuda:
                 end.record()
-        tokens = sampled.tolist()  # synchronises
+        tokens = sampled.tolist()  # synchronises (unless nothing was sampled: a chunk that completes no prompt)
+        if self.cuda:
+            end.synchronize()
         gpu = start.elapsed_time(end) * 1e-3 if self.cuda else time.perf_counter() - t0 - host
         self.stats = StepStats(gpu_s=gpu, host_s=host, graph=key is not None,
                                swap_in_blocks=self.stats.swap_in_blocks, swap_out_blocks=self.stats.swap_out_blocks)
