@@ -122,7 +122,8 @@ def test_invariants_and_no_kv_leak():
 
 
 def test_prefix_affinity_beats_round_robin_on_shared_prefixes():
-    common = dict(trace="mooncake-conv", num_requests=600, rate=3.0, replicas=4, prefix_caching=True,
+    # below saturation: at 3 req/s the load fallback sends most requests away from their home either way
+    common = dict(trace="mooncake-conv", num_requests=600, rate=2.0, replicas=4, prefix_caching=True,
                   max_model_len=131072, gpu="H100-SXM")
     rr = simulate(Scenario(router="round_robin", **common)).summary["prefix_cache_hit_rate"]
     pa = simulate(Scenario(router="prefix_affinity", **common)).summary["prefix_cache_hit_rate"]

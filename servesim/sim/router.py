@@ -53,8 +53,13 @@ def power_of_two(req: Request, replicas: Sequence[RoutableReplica], rng: np.rand
     return int(a) if replicas[a].outstanding <= replicas[b].outstanding else int(b)
 
 
+AFFINITY_BLOCKS = 2  # prefix blocks that pick a request's home replica
+
+
 def prefix_affinity(req: Request, replicas: Sequence[RoutableReplica], rng: np.random.Generator) -> int:
-    """Requests sharing their first prefix block go to the same replica, so its cache hits.
+    """Requests sharing their first ``AFFINITY_BLOCKS`` prefix blocks go to the same replica, so its cache hits.
+    Two blocks, not one: a system prompt that every request starts with (Mooncake's block 0) would send every
+    request to one home.
 
     Falls back to the least loaded replica when the request has no prefix hashes, or when the
     preferred replica has more than twice the load of the least loaded one (plus slack of 4).
@@ -62,7 +67,7 @@ def prefix_affinity(req: Request, replicas: Sequence[RoutableReplica], rng: np.r
     best = least_outstanding(req, replicas, rng)
     if not req.hash_ids:
         return best
-    home = hash(req.hash_ids[0]) % len(replicas)
+    home = hash(req.hash_ids[:AFFINITY_BLOCKS]) % len(replicas)
     if replicas[home].outstanding > 2 * replicas[best].outstanding + 4:
         return best
     return home
