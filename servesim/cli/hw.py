@@ -199,7 +199,7 @@ def fit(
     replica = plan_replica(scenario)
     placement, plan = replica.placement, replica.memory
     m, g = placement.model, placement.gpu
-    cost = CostModel(placement)
+    cost = CostModel(placement, allreduce=scenario.allreduce)
     prefill_s = cost.step_time_s(prefill_shape(FIT_PROMPT_TOKENS))
     decode = {b: cost.step_time_s(decode_shape(b, FIT_CTX_TOKENS)) for b in FIT_BATCHES}
     fits = {b: b * (FIT_CTX_TOKENS + 1) <= plan.kv_capacity_tokens for b in FIT_BATCHES}
@@ -209,6 +209,8 @@ def fit(
         "max_num_seqs": scenario.max_num_seqs,
         "gpu_memory_utilization": scenario.gpu_memory_utilization,
         "block_size": scenario.block_size,
+        "allreduce": scenario.allreduce,
+        "roofline_prior": cost.prior.family + (f" (for {cost.prior.borrowed_for})" if cost.prior.borrowed_for else ""),
     }
     if as_json:
         typer.echo(

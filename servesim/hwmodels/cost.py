@@ -1,27 +1,17 @@
 """Roofline cost model: one forward step's time on one replica, per operator, from ops.py's FLOPs and bytes.
 
-Each operator takes ``max(flops / (peak · eff_compute), bytes / (bandwidth · eff_memory))``; collectives
-take ``bytes / (link · eff) + calls · latency``; a step adds a fixed CPU overhead. The efficiencies below
-are defaults to be replaced by calibration; they were chosen from ``bench/roofline_probe.py`` on an
-H100 SXM (cuBLAS/SDPA through PyTorch; docs/hwmodels.md has the numbers):
+Each operator's time comes from the roofline prior (:mod:`servesim.hwmodels.prior`): per kernel a floor plus a
+smooth combination of its compute and memory terms, with efficiencies fitted per GPU family to public
+per-operator measurements (docs/roofline-prior.md has the fit and its errors); collectives take ``latency +
+bytes / (link · eff)`` per call under the all-reduce assumption picked (``allreduce``: vLLM's custom
+all-reduce under CUDA graphs, or eager NCCL); a step adds a fixed CPU overhead (``overhead_s``, 1 ms: vLLM v1
+with CUDA graphs spends ~1-3 ms per step on the CPU side; the low end).
 
-==================  =====  ==============================================================================
-gemm_compute        0.75   bf16 GEMM, M ≥ 1024 tokens: 0.70-0.79 of 989 TFLOP/s measured
-gemm_memory         0.80   decode-shaped GEMM, M ≤ 256: 0.74-0.81 of 3.35 TB/s measured
-attn_compute        0.55   causal flash prefill: 0.42 at 2k tokens, 0.61 at 8k measured
-attn_memory         0.80   decode attention: contiguous SDPA reached 0.89-0.91; paged kernels do less
-elementwise_memory  0.70   norms, SiLU, RoPE: small kernels stay below the 0.90 of a large copy
-sampler_memory      0.70   softmax / top-p / rejection sampling over fp32 vocab rows
-interconnect        0.80   of one direction of the link (ring all-reduce bus bandwidth)
-collective_latency  6 µs   per all-reduce (custom all-reduce under CUDA graphs)
-overhead_s          1 ms   per step CPU side: vLLM v1 with CUDA graphs spends ~1-3 ms; the low end
-==================  =====  ==============================================================================
-
-``step_time_s`` is the simulator's hot path: the coefficients are folded into floats at construction and
-the call does plain arithmetic. ``step_time`` evaluates the same operators generically (with the
-breakdown); a test holds the two equal. :class:`StepCostModel` is the interface the simulator holds a cost
-model by (``Deployment.cost``); a calibrated profile plugs in as another class with its methods and its own
-``profile_id``.
+``step_time_s`` is the simulator's hot path: the coefficients are folded into floats at construction, the
+call does plain arithmetic, and the part that depends on the token count alone is remembered per count.
+``step_time`` evaluates the same operators generically (with the breakdown); a test holds the two equal.
+:class:`StepCostModel` is the interface the simulator holds a cost model by (``Deployment.cost``); a
+calibrated profile plugs in as another class with its methods and its own ``profile_id``.
 """
 
 from __future__ import annotations
@@ -32,35 +22,14 @@ from typing import Protocol
 
 import numpy as np
 
+from servesim.errors import ConfigError
 from servesim.hwmodels.ops import ACT_BYTES, BatchShape, OpForm, features, head_ops, layer_ops
 from servesim.hwmodels.placement import Placement
+from servesim.hwmodels.prior import ALLREDUCE_MODES, GPUPrior, op_time_s, prior_for
 
 DEFAULT_OVERHEAD_S = 1.0e-3
-
-
-@dataclass(frozen=True, slots=True)
-class Efficiency:
-    """Achieved fraction of datasheet peaks per operator kind (defaults: see the module docstring)."""
-
-    gemm_compute: float = 0.75
-    gemm_memory: float = 0.80
-    attn_compute: float = 0.55
-    attn_memory: float = 0.80
-    elementwise_memory: float = 0.70
-    sampler_memory: float = 0.70
-    interconnect: float = 0.80
-    collective_latency_s: float = 6e-6
-
-    def of(self, kind: str) -> tuple[float, float]:
-        """(compute, memory) efficiency for an operator kind."""
-        return {
-            "gemm": (self.gemm_compute, self.gemm_memory),
-            "attn_prefill": (self.attn_compute, self.attn_memory),
-            "attn_decode": (self.attn_compute, self.attn_memory),
-            "elementwise": (1.0, self.elementwise_memory),
-            "sampler": (1.0, self.sampler_memory),
-            "comm": (1.0, self.interconnect),
-        }[kind]
+_TOKEN = {"new_tokens", "touched_experts"}  # features of the operators that run whenever a step has tokens
+_MEMO_MAX = 1 << 16  # token counts remembered per cost model (a step's count is bounded by its token budget)
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,7 +37,7 @@ class StepTime:
     """One step's time: seconds per operator (all layers of the slowest stage), overhead, and the total."""
 
     op_s: dict[str, float]
-    bound: dict[str, str]  # operator -> "compute" | "memory" | "link" (| "measured" for a calibrated model)
+    bound: dict[str, str]  # operator -> "compute" | "memory" | "floor" | "link" | "idle" (| "measured": calibrated)
     overhead_s: float
     total_s: float
     extrapolated: tuple[str, ...] = ()  # calibrated models: terms priced outside the measured grid
@@ -86,23 +55,28 @@ class StepCostModel(Protocol):
 
 
 class CostModel:
-    """Roofline step time of one replica at ``placement`` (model, GPU, TP, PP, weight format, KV dtype)."""
+    """Roofline step time of one replica at ``placement`` (model, GPU, TP, PP, weight format, KV dtype), with
+    the GPU family's prior (or ``prior``) and the all-reduce assumption ``allreduce`` (custom | nccl)."""
 
     def __init__(
-        self, placement: Placement, efficiency: Efficiency = Efficiency(), overhead_s: float = DEFAULT_OVERHEAD_S
+        self,
+        placement: Placement,
+        prior: GPUPrior | None = None,
+        allreduce: str = "custom",
+        overhead_s: float = DEFAULT_OVERHEAD_S,
     ) -> None:
+        if allreduce not in ALLREDUCE_MODES:
+            raise ConfigError(f"unknown all-reduce mode '{allreduce}'; known: {', '.join(ALLREDUCE_MODES)}",
+                              field="allreduce")
         self.placement = placement
         model, gpu, tp, pp = placement.model, placement.gpu, placement.tp, placement.pp
-        weight_format, kv_dtype = placement.weight_format, placement.kv_dtype
         self.model, self.gpu, self.tp, self.pp = model, gpu, tp, pp
-        self.weight_format, self.kv_dtype = weight_format, kv_dtype
-        self.efficiency, self.overhead_s = efficiency, overhead_s
-        self.stage_layers = math.ceil(
-            model.num_layers / pp
-        )  # the slowest stage, which also holds the LM head
-        self.layer_ops = layer_ops(model, tp, weight_format, kv_dtype)
+        self.weight_format, self.kv_dtype = placement.weight_format, placement.kv_dtype
+        self.prior = prior or prior_for(gpu)
+        self.allreduce, self.overhead_s = allreduce, overhead_s
+        self.stage_layers = math.ceil(model.num_layers / pp)  # the slowest stage, which also holds the LM head
+        self.layer_ops = layer_ops(model, tp, self.weight_format, self.kv_dtype)
         self.head_ops = head_ops(model, tp)
-        self._link_bytes_per_s = gpu.interconnect_bytes_per_s / 2 * efficiency.interconnect  # one direction
         self._fold()
 
     @property
@@ -112,12 +86,7 @@ class CostModel:
     # ---- generic path: the breakdown -------------------------------------------------------------------
     def op_time_s(self, op: OpForm, flops: float, nbytes: float) -> tuple[float, str]:
         """Seconds and the bound for one operator call doing ``flops`` and moving ``nbytes``."""
-        if op.kind == "comm":
-            return nbytes / self._link_bytes_per_s + op.calls * self.efficiency.collective_latency_s, "link"
-        eff_c, eff_m = self.efficiency.of(op.kind)
-        peak = self.gpu.peak_flops_per_s("fp32" if op.kind == "sampler" else op.compute_dtype)
-        tc, tm = flops / (peak * eff_c), nbytes / (self.gpu.hbm_bytes_per_s * eff_m)
-        return (tc, "compute") if tc > tm else (tm, "memory")
+        return op_time_s(op, flops, nbytes, self.gpu, self.prior, self.allreduce)
 
     def step_time(self, shape: BatchShape) -> StepTime:
         """Per-operator breakdown of one step (the slowest pipeline stage when pp > 1)."""
@@ -125,9 +94,7 @@ class CostModel:
             return StepTime({}, {}, 0.0, 0.0)
         feats = features(shape, self.model)
         op_s, bound = {}, {}
-        for op, reps in [(op, self.stage_layers) for op in self.layer_ops] + [
-            (op, 1) for op in self.head_ops
-        ]:
+        for op, reps in self._ops():
             flops, nbytes = op.evaluate(feats)
             if flops or nbytes:
                 t, b = self.op_time_s(op, flops, nbytes)
@@ -137,102 +104,100 @@ class CostModel:
         return StepTime(op_s, bound, self.overhead_s, self.overhead_s + sum(op_s.values()))
 
     def pp_transfer_s(self, tokens: int) -> float:
-        """Time to send ``tokens`` hidden states (bf16) from one pipeline stage to the next."""
-        return (
-            tokens * self.model.hidden_size * ACT_BYTES / self._link_bytes_per_s
-            + self.efficiency.collective_latency_s
-        )
+        """Time to send ``tokens`` hidden states (bf16) from one pipeline stage to the next (NCCL send/recv)."""
+        return float(self.prior.p2p.time_s(tokens * self.model.hidden_size * ACT_BYTES,
+                                           self.gpu.interconnect_bytes_per_s / 2))
 
     # ---- hot path ----------------------------------------------------------------------------------------
-    def _coef(self, op: OpForm, reps: int) -> tuple[dict[str, float], dict[str, float], float, float]:
-        """An operator's time per unit of each feature: (compute s, memory s, constant s, latency s)."""
-        if op.kind == "comm":
-            rate_c, rate_m, lat = 0.0, reps / self._link_bytes_per_s, reps * op.calls
-            lat *= self.efficiency.collective_latency_s
-        else:
-            eff_c, eff_m = self.efficiency.of(op.kind)
-            peak = self.gpu.peak_flops_per_s("fp32" if op.kind == "sampler" else op.compute_dtype)
-            rate_c, rate_m, lat = reps / (peak * eff_c), reps / (self.gpu.hbm_bytes_per_s * eff_m), 0.0
-        return (
-            {k: v * rate_c for k, v in op.flops.items()},
-            {k: v * rate_m for k, v in op.bytes.items()},
-            op.const_bytes * rate_m,
-            lat,
-        )
+    def _ops(self) -> list[tuple[OpForm, int]]:
+        return [(op, self.stage_layers) for op in self.layer_ops] + [(op, 1) for op in self.head_ops]
+
+    def _kernels(self, op: OpForm, reps: int) -> list[tuple[dict, dict, float, float, float, float]]:
+        """Each kernel of ``op`` as (compute s per feature, memory s per feature, constant memory s, row s,
+        floor s, sharpness), all times ``reps``."""
+        gpu, out = self.gpu, []
+        parts = op.parts or ((op.kind, op.bytes.get("new_tokens", 0.0)),)
+        total = sum(b for _, b in parts)
+        for kind, part_bytes in parts:
+            share = part_bytes / total if total else 1.0 / len(parts)
+            k = self.prior.kernel(kind)
+            peak = gpu.peak_flops_per_s("fp32" if kind == "sampler" else op.compute_dtype)
+            rc = reps * share / (peak * k.eff_compute)
+            rm = reps * share / (gpu.hbm_bytes_per_s * k.eff_memory)
+            row = reps * part_bytes / k.row_bytes_per_s
+            out.append(({f: v * rc for f, v in op.flops.items()}, {f: v * rm for f, v in op.bytes.items()},
+                        op.const_bytes * rm, row, reps * k.floor_s, k.sharpness))
+        return out
+
+    def _comm(self, op: OpForm, reps: int, feature: str) -> tuple[float, float, float, float]:
+        """A collective's two lines, (latency s, s per unit of ``feature``) custom then NCCL, for all its calls;
+        the step takes the lower (both are NCCL's in ``nccl`` mode)."""
+        link = self.gpu.interconnect_bytes_per_s / 2
+        n = reps * op.calls
+        lines = [self.prior.allreduce[m] for m in (self.allreduce, "nccl")]
+        return tuple(v for line in lines for v in (n * line.latency_s, reps * op.bytes[feature] / (link * line.eff)))
 
     def _fold(self) -> None:
-        """Fold every operator into the float coefficients ``step_time_s`` reads; fail loudly if ops.py
-        grew a dependency this hot path does not read."""
-        reads = {  # operator -> (flops features, bytes features) the hot path reads
-            "qkv": ({"new_tokens"}, {"new_tokens"}),
-            "o": ({"new_tokens"}, {"new_tokens"}),
-            "router": ({"new_tokens"}, {"new_tokens"}),
-            "gate_up": ({"new_tokens"}, {"new_tokens", "touched_experts"}),
-            "down": ({"new_tokens"}, {"new_tokens", "touched_experts"}),
-            "attn_prefill": ({"prefill_attn_pairs"}, {"prefill_tokens", "prefill_ctx_tokens"}),
-            "attn_decode": ({"decode_attn_pairs"}, {"decode_query_tokens", "decode_ctx_tokens"}),
-            "norm_act": (set(), {"new_tokens"}),
-            "allreduce": (set(), {"new_tokens"}),
-            "lm_head": ({"sampled_tokens"}, {"sampled_tokens"}),
-            "logits_gather": (set(), {"sampled_tokens"}),
-            "sampling": ({"sampled_tokens"}, {"sampled_tokens"}),
-            "spec_verify": ({"spec_rows"}, {"spec_rows"}),
-        }
-        c = {}
-        for op, reps in [(op, self.stage_layers) for op in self.layer_ops] + [
-            (op, 1) for op in self.head_ops
-        ]:
-            if (
-                op.name not in reads
-                or not set(op.flops) <= reads[op.name][0]
-                or not set(op.bytes) <= reads[op.name][1]
-            ):
-                raise AssertionError(f"ops.py operator {op.name} uses features the hot path does not read")
-            c[op.name] = self._coef(op, reps)
-        # Token-linear GEMMs: (compute s/token, constant s, memory s/token, memory s per touched expert)
-        self._gemms = tuple(
-            (f.get("new_tokens", 0.0), k, b.get("new_tokens", 0.0), b.get("touched_experts", 0.0))
-            for name in ("qkv", "o", "router", "gate_up", "down")
-            if name in c
-            for f, b, k, _ in [c[name]]
-        )
+        """Fold every operator into the float coefficients ``step_time_s`` reads, grouped by the features they
+        depend on; fail loudly if ops.py grew an operator this hot path does not read."""
+        gemms, rows, comm_tok, comm_smp, head = [], {}, [], [], []
+        self._ap = self._ad = self._spec = None
+        floor_tok = floor_smp = 0.0
+        for op, reps in self._ops():
+            fs, bs = set(op.flops), set(op.bytes)
+            unread = AssertionError(f"ops.py operator {op.name} uses features the hot path does not read")
+            if op.kind == "comm":
+                feature = next(iter(bs)) if len(bs) == 1 and not fs else None
+                if feature not in ("new_tokens", "sampled_tokens"):
+                    raise unread
+                (comm_tok if feature == "new_tokens" else comm_smp).append(self._comm(op, reps, feature))
+                continue
+            kernels = self._kernels(op, reps)
+            if fs <= {"new_tokens"} and bs <= _TOKEN and (fs or bs):
+                for f, b, const, row, floor, c in kernels:
+                    floor_tok += floor
+                    if op.parts or op.kind == "elementwise":  # memory-only kernels: max(bytes term, row term)
+                        key = (b["new_tokens"], row)
+                        rows[key] = rows.get(key, 0) + 1  # identical kernels (the two norms) folded as one
+                    else:
+                        gemms.append((f.get("new_tokens", 0.0), const, b.get("new_tokens", 0.0),
+                                      b.get("touched_experts", 0.0), c))
+            elif fs <= {"sampled_tokens"} and bs <= {"sampled_tokens"}:
+                for f, b, const, _, floor, c in kernels:
+                    floor_smp += floor
+                    head.append((f.get("sampled_tokens", 0.0), const, b.get("sampled_tokens", 0.0), c))
+            elif len(kernels) == 1 and op.name in ("attn_prefill", "attn_decode", "spec_verify"):
+                (f, b, _, _, floor, c), = kernels
+                if op.name == "attn_prefill" and fs <= {"prefill_attn_pairs"} and bs <= {
+                        "prefill_tokens", "prefill_ctx_tokens"}:
+                    self._ap = (f.get("prefill_attn_pairs", 0.0), b.get("prefill_tokens", 0.0),
+                                b.get("prefill_ctx_tokens", 0.0), c, floor)
+                elif op.name == "attn_decode" and fs <= {"decode_attn_pairs"} and bs <= {
+                        "decode_query_tokens", "decode_ctx_tokens"}:
+                    self._ad = (f.get("decode_attn_pairs", 0.0), b.get("decode_query_tokens", 0.0),
+                                b.get("decode_ctx_tokens", 0.0), c, floor)
+                elif op.name == "spec_verify" and fs <= {"spec_rows"} and bs <= {"spec_rows"}:
+                    self._spec = (f.get("spec_rows", 0.0), b.get("spec_rows", 0.0), c, floor)
+                else:
+                    raise unread
+            else:
+                raise unread
+        if self._ap is None or self._ad is None or self._spec is None:
+            raise AssertionError("ops.py lost an attention or verification operator the hot path reads")
+        self._gemms = tuple(gemms)
+        self._rows = tuple((k * bm, k * row) for (bm, row), k in rows.items())
+        self._comm_tok, self._comm_smp, self._head = tuple(comm_tok), tuple(comm_smp), tuple(head)
+        self._const_tok, self._floor_smp = self.overhead_s + floor_tok, floor_smp
         self._moe = self.model.is_moe
         self._moe_e = float(self.model.num_experts)
         self._moe_q = 1.0 - self.model.experts_per_token / self.model.num_experts if self._moe else 1.0
-        f, b, _, _ = c["attn_prefill"]
-        self._ap = (
-            f.get("prefill_attn_pairs", 0.0),
-            b.get("prefill_tokens", 0.0),
-            b.get("prefill_ctx_tokens", 0.0),
-        )
-        f, b, _, _ = c["attn_decode"]
-        self._ad = (
-            f.get("decode_attn_pairs", 0.0),
-            b.get("decode_query_tokens", 0.0),
-            b.get("decode_ctx_tokens", 0.0),
-        )
-        per_token = c["norm_act"][1]["new_tokens"]
-        self._comm_lat = 0.0
-        if "allreduce" in c:
-            per_token += c["allreduce"][1]["new_tokens"]
-            self._comm_lat = c["allreduce"][3]
-        self._per_token = per_token
-        f, b, k, _ = c["lm_head"]
-        self._lm = (f["sampled_tokens"], k, b["sampled_tokens"])
-        f, b, _, _ = c["sampling"]
-        self._smp = (f["sampled_tokens"], b["sampled_tokens"])
-        self._gather = (
-            (c["logits_gather"][1]["sampled_tokens"], c["logits_gather"][3])
-            if "logits_gather" in c
-            else (0.0, 0.0)
-        )
-        f, b, _, _ = c["spec_verify"]
-        self._spec = (f["spec_rows"], b["spec_rows"])
+        self._tok_memo: dict[int, float] = {}
+        self._smp_memo: dict[int, float] = {}
 
     def _attn_decode_s(self, ds: int, dq: int, dctx: float) -> float:
-        fd, bq, bc = self._ad
+        fd, bq, bc, c, f = self._ad
         a, m = fd * dctx * dq / ds, bq * dq + bc * dctx
-        return a if a > m else m
+        return f + a + m - c * a * m / (a + m)
 
     def step_time_s(self, shape: BatchShape) -> float:
         """Total seconds of one step, as ``step_time(shape).total_s`` but without building the breakdown."""
@@ -248,39 +213,67 @@ class CostModel:
         n = pt + dq
         if n == 0:
             return 0.0
-        t = self.overhead_s + self._per_token * n + self._comm_lat
-        touched = self._moe_e * (1.0 - self._moe_q**n) if self._moe else 0.0
-        for fc, const, bm, be in self._gemms:
-            a, m = fc * n, const + bm * n + be * touched
-            t += a if a > m else m
+        t = self._tok_memo.get(n)
+        if t is None:
+            t = self._token_s(n)
         if pt:
-            fp, bt, bc = self._ap
+            fp, bt, bc, c, f = self._ap
             a, m = fp * shape.prefill_attn_pairs, bt * pt + bc * shape.prefill_ctx_tokens
-            t += a if a > m else m
+            t += f + a + m - c * a * m / (a + m)
         ds = shape.decode_seqs
         if ds and dq > ds:
-            fv, bv = self._spec
+            fv, bv, c, f = self._spec
             a, m = fv * (dq - ds), bv * (dq - ds)
-            t += a if a > m else m
+            t += f + a + m - c * a * m / (a + m)
         s = shape.sampled_tokens
         if s:
-            fl, kl, bl = self._lm
-            a, m = fl * s, kl + bl * s
-            t += a if a > m else m
-            fs, bs = self._smp
-            a, m = fs * s, bs * s
-            t += (a if a > m else m) + self._gather[0] * s + self._gather[1]
+            h = self._smp_memo.get(s)
+            t += self._sampled_s(s) if h is None else h
+        return t
+
+    def _token_s(self, n: int) -> float:
+        """Overhead and every operator that depends on the step's token count alone (GEMMs, elementwise
+        kernels, collectives), remembered per ``n``: steps repeat their token counts."""
+        t = self._const_tok
+        touched = self._moe_e * (1.0 - self._moe_q**n) if self._moe else 0.0
+        for fc, const, bm, be, c in self._gemms:
+            a, m = fc * n, const + bm * n + be * touched
+            t += a + m - c * a * m / (a + m)
+        for bm, row in self._rows:
+            m = bm * n
+            t += m if m > row else row
+        for lc, kc, ln, kn in self._comm_tok:
+            x, y = lc + kc * n, ln + kn * n
+            t += x if x < y else y
+        if len(self._tok_memo) < _MEMO_MAX:
+            self._tok_memo[n] = t
+        return t
+
+    def _sampled_s(self, s: int) -> float:
+        """The LM head, the sampler and the logits gather for ``s`` sampled rows, remembered per ``s``."""
+        t = self._floor_smp
+        for fc, const, bm, c in self._head:
+            a, m = fc * s, const + bm * s
+            t += a + m - c * a * m / (a + m)
+        for lc, kc, ln, kn in self._comm_smp:
+            x, y = lc + kc * s, ln + kn * s
+            t += x if x < y else y
+        if len(self._smp_memo) < _MEMO_MAX:
+            self._smp_memo[s] = t
         return t
 
     def decode_run_s(self, shape: BatchShape, n: int) -> np.ndarray:
         """Durations of ``n`` consecutive pure-decode steps; step i reads
         ``decode_ctx_tokens + i·decode_seqs`` KV tokens, all else equal.
-        Bit for bit what :meth:`step_time_s` gives for each step (the simulator's fast-forward relies on it)."""
+        Bit for bit what :meth:`step_time_s` gives for each step (the simulator's fast-forward relies on it):
+        the operations of :meth:`_attn_decode_s` in the same order, on arrays."""
         ds, dq = shape.decode_seqs, shape.decode_query_tokens
         if n <= 0:
             return np.zeros(0)
         if ds == 0 or shape.prefill_tokens:
             raise ValueError("decode_run_s takes a pure-decode shape (decode_seqs > 0, no prefill)")
-        fd, bq, bc = self._ad
-        ctx = shape.decode_ctx_tokens + ds * np.arange(n, dtype=np.float64)
-        return self._base_s(shape) + np.maximum(fd * ctx * dq / ds, bq * dq + bc * ctx)
+        fd, bq, bc, c, f = self._ad
+        ctx = shape.decode_ctx_tokens + ds * np.arange(n, dtype=np.float64)  # exact: integers below 2**53
+        a = fd * ctx * dq / ds
+        m = bq * dq + bc * ctx
+        return self._base_s(shape) + (f + a + m - c * a * m / (a + m))

@@ -39,6 +39,7 @@ class GPU:
     usd_per_hour: float
     source: str
     aliases: tuple[str, ...] = ()
+    family: str = ""  # the roofline prior's GPU family (hwmodels/prior.py); "" = its pooled default
 
     def peak_flops_per_s(self, dtype: str) -> float:
         """Dense peak FLOP/s for ``dtype``; fp8 falls back to bf16 on GPUs without fp8 tensor cores."""
@@ -88,7 +89,7 @@ _YAML_FIELDS = {
     "usd_per_hour": ("usd_per_hour", 1),
 }
 _REQUIRED = (*_YAML_FIELDS, "tflops", "source")
-_OPTIONAL = ("aliases",)
+_OPTIONAL = ("aliases", "family")
 
 
 def _number(value, file: str, field: str) -> float:
@@ -139,7 +140,19 @@ def gpu_from_dict(name: str, raw: dict, file: str = "<dict>") -> GPU:
         raise InputError("memory, bandwidth and bf16 TFLOP/s must be > 0", file=file, field=name)
     peaks = {k: _number(v, file, f"{name}.tflops.{k}") for k, v in tflops.items()}
     return GPU(name=name, tflops=peaks, source=str(raw["source"]).strip(), aliases=tuple(a.strip() for a in aliases),
-               **vals)
+               family=str(raw.get("family") or "").strip(), **vals)
+
+
+def read_yaml(path: str | Path):
+    """The YAML document in ``path``; InputError naming the file if it cannot be read or parsed."""
+    import yaml
+
+    try:
+        return yaml.safe_load(Path(path).read_text())
+    except OSError as exc:
+        raise InputError(f"cannot read: {exc.strerror}", file=str(path)) from None
+    except yaml.YAMLError as exc:
+        raise InputError(f"not valid YAML: {exc}", file=str(path)) from None
 
 
 def load_gpus_yaml(path: str | Path) -> dict[str, GPU]:
@@ -148,15 +161,8 @@ def load_gpus_yaml(path: str | Path) -> dict[str, GPU]:
 
     Every field is required (``tflops`` needs bf16); errors name the file and the field.
     """
-    import yaml
-
     file = str(path)
-    try:
-        raw = yaml.safe_load(Path(path).read_text())
-    except OSError as exc:
-        raise InputError(f"cannot read: {exc.strerror}", file=file) from None
-    except yaml.YAMLError as exc:
-        raise InputError(f"not valid YAML: {exc}", file=file) from None
+    raw = read_yaml(path)
     if not isinstance(raw, dict) or not raw:
         raise InputError("expected a mapping of GPU name to fields", file=file)
     gpus = {str(name): gpu_from_dict(str(name), fields, file) for name, fields in raw.items()}

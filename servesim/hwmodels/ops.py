@@ -103,8 +103,10 @@ def features(shape: BatchShape, model: ModelSpec) -> dict[str, float]:
 
 @dataclass(frozen=True, slots=True)
 class OpForm:
-    """An operator's FLOPs and bytes on one GPU: ``const + Σ coef·feature``. ``kind`` picks the efficiency
-    (gemm, attn_prefill, attn_decode, elementwise, comm, sampler); ``calls`` counts collectives (latency)."""
+    """An operator's FLOPs and bytes on one GPU: ``const + Σ coef·feature``. ``kind`` picks the prior's
+    parameters (gemm, attn_prefill, attn_decode, elementwise, comm, sampler); ``calls`` counts collectives
+    (latency). ``parts`` lists the kernels an operator of several launches runs, each as (kernel kind, bytes
+    per new token); their bytes sum to the operator's, and the cost model prices each with its own floor."""
 
     name: str
     kind: str
@@ -113,6 +115,7 @@ class OpForm:
     const_bytes: float = 0.0  # weights read once per step
     compute_dtype: str = "bf16"
     calls: int = 0
+    parts: tuple[tuple[str, float], ...] = ()
 
     def evaluate(self, feats: dict[str, float]) -> tuple[float, float]:
         """(FLOPs, bytes) for these features; (0, 0) when the operator does not run."""
@@ -122,6 +125,33 @@ class OpForm:
             sum(c * feats[k] for k, c in self.flops.items()),
             self.const_bytes + sum(c * feats[k] for k, c in self.bytes.items()),
         )
+
+
+# Bytes per token of the elementwise kernels (bf16), the one place their traffic is counted. The engine and vLLM
+# fuse the residual add into RMSNorm; the unfused forms are what Vidur's public tables time (bench/fit_prior.py).
+def fused_add_rms_norm_bytes(h: int) -> float:
+    """Read x and the residual, write both."""
+    return 4 * h * ACT_BYTES
+
+
+def rms_norm_bytes(h: int) -> float:
+    """Read x, write the normalized x."""
+    return 2 * h * ACT_BYTES
+
+
+def residual_add_bytes(h: int) -> float:
+    """Read two rows, write their sum."""
+    return 3 * h * ACT_BYTES
+
+
+def silu_mul_bytes(i: int) -> float:
+    """Read gate and up (2i), write i."""
+    return 3 * i * ACT_BYTES
+
+
+def rope_bytes(q: int, kv: int) -> float:
+    """Rotate q and k in place: read and write both."""
+    return 2 * (q + kv) * ACT_BYTES
 
 
 def _gemm(name: str, k: int, n: int, weight_bytes: float, dtype: str, copies: float = 1.0) -> OpForm:
@@ -182,12 +212,10 @@ def layer_ops(
             _gemm("down", i, h, wf.matrix_bytes(i, h), dt),
         ]
         mlp_act = i
-    # Two fused RMSNorm+residual (read x and residual, write both), SiLU·mul (read 2i, write i), RoPE on q, k.
-    ops.append(
-        OpForm(
-            "norm_act", "elementwise", {}, {"new_tokens": (8 * h + 3 * mlp_act + 2 * (q + kv)) * ACT_BYTES}
-        )
-    )
+    # Four kernels: two fused RMSNorm+residual, SiLU·mul, RoPE on q and k.
+    norm = fused_add_rms_norm_bytes(h)
+    parts = (("norm", norm), ("norm", norm), ("act", silu_mul_bytes(mlp_act)), ("rope", rope_bytes(q, kv)))
+    ops.append(OpForm("norm_act", "elementwise", {}, {"new_tokens": sum(b for _, b in parts)}, parts=parts))
     if tp > 1:  # two all-reduces (after O and after down), ring: each GPU sends and receives 2(tp−1)/tp of it
         ops.append(
             OpForm("allreduce", "comm", {}, {"new_tokens": 2 * 2 * (tp - 1) / tp * h * ACT_BYTES}, calls=2)

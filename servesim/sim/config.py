@@ -76,6 +76,9 @@ class Scenario(BaseModel):
     usd_per_gpu_hour: float | None = Field(None, ge=0, description="GPU price, $/hour (default: catalog)")
     profile: str | None = Field(None, description="calibration profile JSON, or 'roofline' (default: the profile "
                                 "shipped for the GPU when there is one, else the roofline)")
+    allreduce: Literal["custom", "nccl"] = Field(
+        "custom", description="TP all-reduce the roofline assumes: custom (vLLM's, under CUDA graphs) or nccl (eager)"
+    )
     # Scheduler.
     batching: str = Field("chunked", description="batching mode")
     policy: str = Field("fcfs", description="waiting-queue order")
@@ -205,7 +208,8 @@ class Scenario(BaseModel):
 # How `servesim simulate --help` groups the fields (every field in exactly one group; tested).
 FIELD_GROUPS: dict[str, tuple[str, ...]] = {
     "Deployment": ("model", "gpus_file", "gpu", "tp", "pp", "replicas", "quant", "kv_dtype", "gpu_memory_utilization",
-                   "block_size", "num_gpu_blocks", "swap_space_gib", "prefix_caching", "usd_per_gpu_hour", "profile"),
+                   "block_size", "num_gpu_blocks", "swap_space_gib", "prefix_caching", "usd_per_gpu_hour", "profile",
+                   "allreduce"),
     "Scheduler": ("batching", "policy", "max_num_seqs", "max_num_batched_tokens", "max_model_len", "preemption",
                   "aging", "predictor", "predictor_sigma", "predictor_accuracy", "router"),
     "Workload": ("trace", "trace_format", "arrival", "rate", "cv", "users", "think_time_s", "num_requests",

@@ -94,14 +94,17 @@ def _profile(path: str, mtime: float) -> Profile:
     return load_profile(path)
 
 
-def cost_model(placement: Placement, profile: str | None) -> tuple[StepCostModel, tuple[str, ...]]:
+def cost_model(
+    placement: Placement, profile: str | None, allreduce: str = "custom"
+) -> tuple[StepCostModel, tuple[str, ...]]:
     """The calibrated cost model over ``profile`` (a file, or by default the one shipped for the GPU), or the
-    roofline (``profile='roofline'``, or no shipped profile); and warnings a user should see."""
+    roofline (``profile='roofline'``, or no shipped profile) with the all-reduce assumption ``allreduce``; and
+    warnings a user should see."""
     if profile == "roofline":
-        return CostModel(placement), ()
+        return CostModel(placement, allreduce=allreduce), ()
     path = profile or shipped_profiles().get(placement.gpu.name)
     if path is None:
-        return CostModel(placement), ()
+        return CostModel(placement, allreduce=allreduce), ()
     path = str(path)
     prof = _profile(path, os.path.getmtime(path) if os.path.exists(path) else 0.0)
     try:
@@ -109,8 +112,8 @@ def cost_model(placement: Placement, profile: str | None) -> tuple[StepCostModel
     except ProfileMismatch as exc:
         if profile:
             raise ConfigError(f"{exc}", field="profile") from None
-        return CostModel(placement), (f"the shipped {placement.gpu.name} profile cannot price this deployment "
-                                      f"({exc}); using the roofline",)
+        note = f"the shipped {placement.gpu.name} profile cannot price this deployment ({exc}); using the roofline"
+        return CostModel(placement, allreduce=allreduce), (note,)
     warnings = []
     if prof.gpu != placement.gpu.name:
         warnings.append(f"profile {prof.profile_id} was measured on {prof.gpu}, the deployment runs on "
@@ -135,7 +138,7 @@ def build_deployment(s: Scenario) -> Deployment:
         predictor=OutputPredictor(s.predictor, s.predictor_sigma, s.predictor_accuracy),
         record_token_times=s.record_token_times,
     )
-    cost, cost_warnings = cost_model(placement, s.profile)
+    cost, cost_warnings = cost_model(placement, s.profile, s.allreduce)
     num_blocks = s.num_gpu_blocks or memory.kv_blocks
     if num_blocks < s.pp:
         raise ConfigError(f"{num_blocks} KV blocks cannot be shared by {s.pp} pipeline engines", field="num_gpu_blocks")
@@ -149,7 +152,8 @@ def build_deployment(s: Scenario) -> Deployment:
     block_bytes = memory.kv_bytes_per_block
     draft_cost = acceptance = None
     if s.spec_k:
-        draft_cost, _ = cost_model(placement.with_model(get_model(s.draft_model, field="draft_model")), s.profile)
+        draft = placement.with_model(get_model(s.draft_model, field="draft_model"))
+        draft_cost, _ = cost_model(draft, s.profile, s.allreduce)
         acceptance = SpecConfig(s.draft_model, s.spec_k, s.spec_alpha, s.spec_alpha_concentration).acceptance_model()
     return Deployment(
         model=model, gpu=gpu, tp=s.tp, pp=s.pp, replicas=s.replicas, cost=cost, memory=memory,

@@ -1,0 +1,404 @@
+"""Refit the roofline prior (servesim/hwmodels/catalog/prior.yaml) and report its errors before and after.
+
+Run: ``.venv/bin/python bench/fit_prior.py [--shared DIR] [--write]``. Reads Vidur's public per-operator tables
+(``<shared>/profiles-public/vidur``, see its README; ``--shared`` or ``$SERVESIM_SHARED``, default
+``<repo>/../shared``), Vidur's H100 send/recv table from the peers kit beside them, and servesim's own H100
+attention timings (bench/results/attention-*-round4.json, in-step condition). Prints the error tables and
+writes them to bench/results/fit_prior-<date>.{md,json}; ``--write`` also rewrites the catalog file with the
+fitted parameters and their provenance. Not a test: tests/test_hw_prior_public.py holds the shipped errors.
+
+What is fitted, per GPU family (ampere = A100-SXM, ampere-gddr = A40, hopper = H100-SXM):
+- gemm, norm, act, rope, add and pooled elementwise kernels on the 7B/8B compute tables (every table, every TP);
+  the objective is a robust (soft-L1) least squares of log(predicted/measured), each M band weighted equally.
+- NCCL all-reduce (A100 and H100 DGX tables, one node); the custom all-reduce line from the H100 figures
+  published in sgl-project/sglang PR 2904 (vLLM-style one-shot kernel, TP 2/4/8, 512 B-1 MiB); pipeline
+  send/recv from Vidur's H100 table.
+- attention (prefill and decode share one kernel prior) from servesim's paged kernels on the H100.
+``default`` is the pooled fit over every measured family (what a GPU without a family gets). Held out and
+reported separately: Llama-3-8B on the A100 with ampere refitted on Llama-2-7B only, and each family predicted
+by the default fitted without it (the error to expect on a GPU nobody measured).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import yaml
+from scipy.optimize import least_squares
+
+from servesim.hwmodels import public_tables as pt
+from servesim.hwmodels.gpus import get_gpu
+from servesim.hwmodels.models import MODELS
+from servesim.hwmodels.ops import decode_shape, features, layer_ops, prefill_shape
+from servesim.hwmodels.prior import KINDS, PRIOR_FILE, GPUPrior, KernelPrior, LinkPrior
+
+REPO = Path(__file__).resolve().parents[1]
+FAMILIES = {"ampere": "A100-80GB-SXM", "ampere-gddr": "A40", "hopper": "H100-SXM"}
+VIDUR_KINDS = ("gemm", "norm", "act", "rope", "add")
+ELEMENTWISE = ("norm", "act", "rope", "add")
+ATTENTION_JSON = REPO / "bench/results/attention-NVIDIA_H100_80GB_HBM3-2026-11-27-round4.json"
+SEND_RECV = "peers/vidur/data/h100_dgx.send_recv.csv"
+VIDUR_COMMIT = "7d47513363ec447a741ac5e47241580b47724fbf"
+# sgl-project/sglang PR 2904 (2025-01-15), "custom allreduce" on H100 (µs, TP 2/4/8 by message bytes).
+CUSTOM_AR_H100 = {
+    512: (3.7, 4.8, 5.9), 4096: (3.9, 3.7, 5.7), 32768: (4.5, 4.8, 7.8),
+    262144: (7.9, 13.9, 16.7), 524288: (12.5, 20.2, 22.1), 1048576: (19.9, 31.1, 33.8),
+}
+# The roofline before the prior (cost.py's Efficiency defaults up to f925d62), for the "before" columns.
+LEGACY = {"gemm": (0.75, 0.80), "elementwise": (1.0, 0.70), "link_eff": 0.80, "latency_s": 6e-6}
+SAMPLER = {"floor_us": 0.0, "eff_compute": 1.0, "eff_memory": 0.70, "sharpness": 1.0,
+           "source": "assumed: cost.py's earlier sampler efficiency (no public measurements)"}
+_sig = lambda z: 1.0 / (1.0 + np.exp(-z))  # noqa: E731
+
+
+def _weights(bands: np.ndarray, groups: np.ndarray | None = None) -> np.ndarray:
+    """Each (group, band) carries equal weight in the squared objective."""
+    key = pd.Series(bands if groups is None else [f"{g}|{b}" for g, b in zip(groups, bands)])
+    return 1.0 / np.sqrt(key.map(key.value_counts()).to_numpy(float))
+
+
+def _solve(resid, x0, bounds=None):
+    kw = {"bounds": bounds} if bounds else {}
+    return least_squares(resid, x0, loss="soft_l1", f_scale=0.05, **kw).x
+
+
+def _kernel_from(x, kind: str) -> KernelPrior:
+    if kind == "gemm":
+        return KernelPrior(math.exp(x[0]), math.exp(x[1]), math.exp(x[2]), float(_sig(x[3])))
+    return KernelPrior(math.exp(x[0]), 1.0, math.exp(x[1]), 1.0, math.exp(x[2]) * 1e9)
+
+
+def fit_kernel(rows: pd.DataFrame, kind: str) -> KernelPrior:
+    """Fit one kind's prior to ``rows`` (any mix of GPUs: efficiencies are fractions of each GPU's peaks)."""
+    peaks = np.array([get_gpu(g).peak_flops_per_s("fp16") for g in rows.gpu])
+    bws = np.array([get_gpu(g).hbm_bytes_per_s for g in rows.gpu])
+    f, b, r, t = (rows[c].to_numpy(float) for c in ("flops", "bytes", "row_bytes", "measured_s"))
+    w = _weights(pt.band_of(rows.tokens.to_numpy(float)), rows.gpu.to_numpy())
+
+    def resid(x):
+        return w * np.log(_kernel_from(x, kind).time_s(f, b, peaks, bws, r) / t)
+
+    x0 = np.log([4e-6, 0.75, 0.85]).tolist() + [0.0] if kind == "gemm" else np.log([2e-6, 0.5, 10.0]).tolist()
+    return _kernel_from(_solve(resid, x0), kind)
+
+
+def fit_link(size_bytes: np.ndarray, measured_s: np.ndarray, link_bytes_per_s: np.ndarray) -> LinkPrior:
+    """``latency + bytes / (link · eff)`` fitted in log space."""
+    w = _weights(pt.band_of(size_bytes, pt.SIZE_BANDS))
+    x = _solve(lambda x: w * np.log((math.exp(x[0]) + size_bytes / (link_bytes_per_s * math.exp(x[1]))) / measured_s),
+               np.log([20e-6, 0.5]))
+    return LinkPrior(math.exp(x[0]), math.exp(x[1]))
+
+
+def link_of(gpu_names) -> np.ndarray:
+    return np.array([get_gpu(g).interconnect_bytes_per_s / 2 for g in gpu_names])
+
+
+def fit_attention() -> tuple[KernelPrior, pd.DataFrame]:
+    """One kernel prior for paged prefill and decode attention from servesim's H100 timings (in-step)."""
+    res = json.loads(ATTENTION_JSON.read_text())
+    model, gpu = MODELS["Llama-3.1-8B"], get_gpu("H100-SXM")  # 32 query / 8 KV heads of 128, as benchmarked
+    op = {o.name: o for o in layer_ops(model)}
+    kv_bytes = 2 * model.num_kv_heads * model.head_dim * 2
+    rows = []
+    for r in res["prefill"]:
+        s, b = r["S"], r["batch"]
+        shape = prefill_shape(s)
+        flops, nbytes = op["attn_prefill"].evaluate(features(shape, model))
+        t = 4 * s * s / 2 * model.q_size * b / (r["paged_stream_tflops"] * 1e12)  # the bench's FLOP convention
+        rows.append(("attn_prefill", f"S={s} x{b}", flops * b, nbytes * b, t))
+    for r in res["decode"]:
+        b, c = r["batch"], r["ctx"]
+        flops, nbytes = op["attn_decode"].evaluate(features(decode_shape(b, c), model))
+        rows.append(("attn_decode", f"b={b} ctx={c}", flops, nbytes, b * c * kv_bytes / (r["ours_stream_tbps"] * 1e12)))
+    df = pd.DataFrame(rows, columns=["kind", "case", "flops", "bytes", "measured_s"])
+    f, b, t = (df[c].to_numpy(float) for c in ("flops", "bytes", "measured_s"))
+    peak, bw = gpu.peak_flops_per_s("bf16"), gpu.hbm_bytes_per_s
+
+    def kp(x):
+        return KernelPrior(math.exp(x[0]), math.exp(x[1]), math.exp(x[2]), float(_sig(x[3])))
+
+    x = _solve(lambda x: np.log(kp(x).time_s(f, b, peak, bw) / t), np.log([5e-6, 0.5, 0.9]).tolist() + [0.0])
+    k = kp(x)
+    return k, df.assign(predicted_s=k.time_s(f, b, peak, bw))
+
+
+def fit_custom_allreduce() -> LinkPrior:
+    link = get_gpu("H100-SXM").interconnect_bytes_per_s / 2
+    size = np.array([s for s in CUSTOM_AR_H100 for _ in range(3)], float)
+    tp = np.array([t for _ in CUSTOM_AR_H100 for t in (2, 4, 8)], float)
+    t = np.array([v for vs in CUSTOM_AR_H100.values() for v in vs]) * 1e-6
+    return fit_link(2 * (tp - 1) / tp * size, t, np.full_like(t, link))
+
+
+def fit_p2p(shared: Path) -> LinkPrior:
+    df = pd.read_csv(shared / SEND_RECV)
+    df = df[df.devices_per_node == df.num_workers]
+    size = df["size"].to_numpy(float)
+    return fit_link(size, df["time_stats.send_recv.median"].to_numpy(float) * 1e-3,
+                    link_of(["H100-SXM"] * len(df)))
+
+
+# ---- the families ---------------------------------------------------------------------------------------------
+def fit_family(rows: pd.DataFrame, ar: pd.DataFrame, shared: dict, measured_on) -> GPUPrior:
+    kernels = {k: fit_kernel(rows[rows.kind == k], k) for k in VIDUR_KINDS}
+    kernels["elementwise"] = fit_kernel(rows[rows.kind.isin(ELEMENTWISE)], "elementwise")
+    kernels["attn_prefill"] = kernels["attn_decode"] = shared["attention"]
+    kernels["sampler"] = KernelPrior(0.0, 1.0, SAMPLER["eff_memory"], 1.0)
+    nccl = fit_link(ar.ring_bytes.to_numpy(), ar.measured_s.to_numpy(), link_of(ar.gpu)) if len(ar) else None
+    return GPUPrior("", kernels, {"nccl": nccl, "custom": shared["custom"]}, shared["p2p"], tuple(measured_on))
+
+
+def fit_all(compute: pd.DataFrame, ar: pd.DataFrame, shared: dict) -> dict[str, GPUPrior]:
+    fams = {}
+    for fam, gpu in FAMILIES.items():
+        fams[fam] = fit_family(compute[compute.gpu == gpu], ar[ar.gpu == gpu], shared, [gpu])
+    fams["ampere-gddr"].allreduce["nccl"] = fams["ampere"].allreduce["nccl"]  # no A40 collective tables
+    fams["default"] = fit_family(compute, ar, shared, list(FAMILIES.values()))
+    return fams
+
+
+def family_of(fams: dict[str, GPUPrior]):
+    by_gpu = {gpu: fams[f] for f, gpu in FAMILIES.items()}
+    return lambda g: by_gpu.get(g.name, fams["default"])
+
+
+# ---- evaluation -----------------------------------------------------------------------------------------------
+def legacy_compute(rows: pd.DataFrame) -> np.ndarray:
+    out = np.empty(len(rows))
+    for (gpu_name, kind), idx in rows.groupby(["gpu", "kind"]).groups.items():
+        g, r = get_gpu(gpu_name), rows.loc[idx]
+        ec, em = LEGACY["gemm" if kind == "gemm" else "elementwise"]
+        out[rows.index.get_indexer(idx)] = np.maximum(r.flops / (g.peak_flops_per_s("fp16") * ec),
+                                                      r.bytes / (g.hbm_bytes_per_s * em))
+    return out
+
+
+def legacy_allreduce(ar: pd.DataFrame) -> np.ndarray:
+    return ar.ring_bytes.to_numpy() / (link_of(ar.gpu) * LEGACY["link_eff"]) + LEGACY["latency_s"]
+
+
+def compute_table(rows: pd.DataFrame, predicted: np.ndarray) -> pd.DataFrame:
+    df = rows.assign(predicted_s=predicted, band=pt.band_of(rows.tokens.to_numpy(float)))
+    layers = pt.layer_rows(rows, predicted)
+    layers["band"] = pt.band_of(layers.tokens.to_numpy(float))
+    kinds = df.assign(family=np.where(df.kind == "gemm", "gemm", df.family))
+    return pd.concat([pt.error_table(kinds), pt.error_table(layers)], ignore_index=True)
+
+
+def allreduce_table(ar: pd.DataFrame, predicted: np.ndarray) -> pd.DataFrame:
+    df = ar.assign(predicted_s=predicted, family="allreduce", band=pt.band_of(ar["size"].to_numpy(), pt.SIZE_BANDS))
+    whole = pt.error_table(df.assign(band="all sizes"))
+    return pd.concat([pt.error_table(df), whole], ignore_index=True)
+
+
+def one_token_ratios(rows: pd.DataFrame, predicted: np.ndarray, legacy: np.ndarray) -> pd.DataFrame:
+    """Layer sum predicted/measured at one token, by table and TP (the small-shard floor)."""
+    df = rows.assign(predicted_s=predicted, legacy_s=legacy)
+    df = df[df.tokens == 1].groupby(["gpu", "model", "tp"])[["measured_s", "predicted_s", "legacy_s"]].sum()
+    return pd.DataFrame({"before": df.legacy_s / df.measured_s, "after": df.predicted_s / df.measured_s}).reset_index()
+
+
+def _cell(col: str, v) -> str:
+    if not isinstance(v, float):
+        return str(v)
+    if col in ("before", "after"):  # ratios
+        return f"{v:.2f}"
+    if "|e|" in col or col.endswith("abs"):
+        return f"{v:.1%}"
+    return f"{v:+.1%}"
+
+
+def _fmt_table(df: pd.DataFrame) -> str:
+    cols = list(df.columns)
+    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    lines += ["| " + " | ".join(_cell(c, r[c]) for c in cols) + " |" for _, r in df.iterrows()]
+    return "\n".join(lines)
+
+
+BAND_ORDER = {"M<=128": 0, "128<M<=1024": 1, "M>1024": 2, "<256KiB": 0, "256KiB-8MiB": 1, ">=8MiB": 2, "all sizes": 3}
+
+
+def _ordered(df: pd.DataFrame) -> pd.DataFrame:
+    return df.assign(_o=df.band.map(BAND_ORDER)).sort_values(["gpu", "family", "_o"]).drop(columns="_o")
+
+
+def before_after(before: pd.DataFrame, after: pd.DataFrame) -> pd.DataFrame:
+    keys = ["gpu", "family", "band"]
+    m = before.merge(after, on=keys + ["n"], suffixes=(" before", " after"))
+    cols = keys + ["n", "median before", "p90_abs before", "median after", "median_abs after", "p90_abs after"]
+    out = _ordered(m)[cols].rename(columns={"median before": "before median", "p90_abs before": "before p90|e|",
+                                  "median after": "after median", "median_abs after": "after |e| median",
+                                  "p90_abs after": "after p90|e|"})
+    return out.reset_index(drop=True)
+
+
+# ---- the catalog file -----------------------------------------------------------------------------------------
+def _r(x: float, digits: int = 4) -> float:
+    return float(f"{x:.{digits}g}")
+
+
+def _kernel_yaml(k: KernelPrior, kind: str, source: str) -> dict:
+    out = {"floor_us": _r(k.floor_s * 1e6)}
+    if kind in ("gemm", "attn_prefill", "attn_decode", "sampler"):
+        out |= {"eff_compute": _r(k.eff_compute), "eff_memory": _r(k.eff_memory), "sharpness": round(k.sharpness, 3)}
+    else:
+        out |= {"eff_memory": _r(k.eff_memory), "row_gbps": _r(k.row_bytes_per_s / 1e9)}
+    return out | {"source": source}
+
+
+def catalog_yaml(fams: dict[str, GPUPrior], provenance: dict) -> str:
+    src_kernel = {
+        "attn_prefill": "servesim paged attention on H100-SXM, in-step (bench/results/attention-*-round4.json)",
+        "sampler": SAMPLER["source"],
+    }
+    src_kernel["attn_decode"] = src_kernel["attn_prefill"]
+    body = {"provenance": provenance, "families": {}, "borrow": {
+        "ada": "ampere-gddr", "blackwell": "hopper", "cdna3": "default"}}
+    for fam, p in fams.items():
+        measured = ", ".join(p.measured_on)
+        kern = {}
+        for kind in KINDS:
+            src = src_kernel.get(kind, f"Vidur compute tables on {measured}")
+            if kind.startswith("attn") and fam != "hopper":
+                src += "; borrowed from hopper (no attention measurements on this family)"
+            if kind == "sampler":
+                kern[kind] = {k: v for k, v in SAMPLER.items()}
+                continue
+            kern[kind] = _kernel_yaml(p.kernels[kind], kind, src)
+        nccl_src = ("Vidur all_reduce tables (one node, TP 2/4/8) on "
+                    + (measured if fam != "ampere-gddr" else "A100-80GB-SXM (borrowed: no A40 tables)"))
+        if fam == "default":
+            nccl_src = "Vidur all_reduce tables (one node, TP 2/4/8) on A100-80GB-SXM, H100-SXM"
+        body["families"][fam] = {
+            "measured_on": list(p.measured_on),
+            "kernels": kern,
+            "allreduce": {
+                "nccl": {"latency_us": _r(p.allreduce["nccl"].latency_s * 1e6), "eff": _r(p.allreduce["nccl"].eff),
+                         "source": nccl_src},
+                "custom": {"latency_us": _r(p.allreduce["custom"].latency_s * 1e6),
+                           "eff": _r(p.allreduce["custom"].eff),
+                           "source": "sgl-project/sglang PR 2904 custom all-reduce, H100, TP 2/4/8 (published "
+                                     "figures, not ours); eff is a fraction of this GPU's link"
+                                     + ("" if fam == "hopper" else "; borrowed from hopper")},
+            },
+            "p2p": {"latency_us": _r(p.p2p.latency_s * 1e6), "eff": _r(p.p2p.eff),
+                    "source": "Vidur send_recv table, H100 DGX (one node); eff is a fraction of this GPU's link"
+                              + ("" if fam == "hopper" else "; borrowed from hopper")},
+        }
+    head = (
+        "# The roofline prior's fitted parameters per GPU family (hwmodels/prior.py; docs/roofline-prior.md).\n"
+        "# Written by bench/fit_prior.py --write: edit by refitting, not by hand. Units: floor_us (µs per launch),\n"
+        "# eff_* (fraction of the GPU's datasheet peak), sharpness (c of the soft max, 0 = sum .. 1 = near max),\n"
+        "# row_gbps (one thread block's bandwidth over one token's row, GB/s), latency_us (µs per collective call),\n"
+        "# eff (fraction of one direction of the GPU's link). borrow: families with no measurements of their own.\n"
+    )
+    return head + yaml.safe_dump(body, sort_keys=False, allow_unicode=True, width=120)
+
+
+def _git(*args) -> str:
+    try:
+        return subprocess.run(["git", *args], cwd=REPO, capture_output=True, text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--shared", type=Path, default=None, help="the shared data folder (default: $SERVESIM_SHARED "
+                                                              "or <repo>/../shared)")
+    ap.add_argument("--write", action="store_true", help="rewrite servesim/hwmodels/catalog/prior.yaml")
+    ap.add_argument("--out", type=Path, default=REPO / "bench" / "results")
+    args = ap.parse_args()
+    shared = args.shared or pt.shared_dir()
+    root = pt.vidur_dir(shared) if shared else None
+    if root is None:
+        print(f"no Vidur tables under {shared}/profiles-public/vidur (pass --shared DIR)", file=sys.stderr)
+        return 2
+    compute, ar = pt.compute_rows(root), pt.allreduce_rows(root)
+    attention, att_rows = fit_attention()
+    shared_parts = {"attention": attention, "custom": fit_custom_allreduce(), "p2p": fit_p2p(shared)}
+    fams = fit_all(compute, ar, shared_parts)
+    prior_of = family_of(fams)
+
+    # In-sample: the fitted families on their own tables, before (legacy roofline) and after.
+    after = compute_table(compute, pt.predict_compute(compute, prior_of))
+    legacy = legacy_compute(compute)
+    before = compute_table(compute, legacy)
+    ar_after = allreduce_table(ar, pt.predict_allreduce(ar, prior_of, "nccl"))
+    ar_before = allreduce_table(ar, legacy_allreduce(ar))
+    ratios = one_token_ratios(compute, pt.predict_compute(compute, prior_of), legacy)
+
+    # Held out (1): Llama-3-8B on the A100, ampere refitted on Llama-2-7B only.
+    l2 = compute[compute.model == "Llama-2-7b-hf"]
+    fams_l2 = fit_all(l2, ar, shared_parts)
+    held = compute[compute.model == "Meta-Llama-3-8B"]
+    held_model = compute_table(held, pt.predict_compute(held, family_of(fams_l2)))
+    held_model_before = compute_table(held, legacy_compute(held))
+    # Held out (2): each family predicted by the default fitted without it.
+    held_family = []
+    for gpu in FAMILIES.values():
+        rest_c, rest_a = compute[compute.gpu != gpu], ar[ar.gpu != gpu]
+        d = fit_family(rest_c, rest_a, shared_parts, [g for g in FAMILIES.values() if g != gpu])
+        mine = compute[compute.gpu == gpu]
+        tab = compute_table(mine, pt.predict_compute(mine, lambda g, d=d: d))
+        mine_ar = ar[ar.gpu == gpu]
+        if len(mine_ar):
+            tab = pd.concat([tab, allreduce_table(mine_ar, pt.predict_allreduce(mine_ar, lambda g, d=d: d, "nccl"))])
+        held_family.append(tab)
+    held_family = pd.concat(held_family, ignore_index=True)
+
+    date = dt.date.today().isoformat()
+    provenance = {
+        "data": f"microsoft/vidur data/profiling (MIT), commit {VIDUR_COMMIT}: compute mlp.csv of Llama-2-7B on "
+                "A100/H100/A40 and Meta-Llama-3-8B on A100, network all_reduce.csv of A100/H100 DGX (shared "
+                "profiles-public/vidur), send_recv.csv of H100 DGX (shared peers/vidur/data)",
+        "attention": str(ATTENTION_JSON.relative_to(REPO)),
+        "custom_allreduce": "sgl-project/sglang PR 2904 (H100 custom all-reduce latencies, TP 2/4/8)",
+        "fitted": date,
+        "servesim_commit": _git("rev-parse", "HEAD"),
+        "command": ".venv/bin/python bench/fit_prior.py --write",
+    }
+    sections = [
+        ("Operator kernels: before (roofline with the old efficiencies) and after (the prior), in-sample",
+         before_after(before, after)),
+        ("NCCL all-reduce (one node, TP 2/4/8), before and after", before_after(ar_before, ar_after)),
+        ("Held out: Llama-3-8B on A100-80GB-SXM, ampere refitted on Llama-2-7B only",
+         before_after(held_model_before, held_model)),
+        ("Held out: each GPU predicted by the default prior fitted without its family",
+         _ordered(held_family)[["gpu", "family", "band", "n", "median", "median_abs", "p90_abs"]]),
+        ("Layer sum at one token, predicted/measured, by TP (1.0 is exact)", ratios),
+        ("Attention (servesim paged kernels, H100-SXM, in-step): predicted/measured − 1",
+         att_rows.assign(error=att_rows.predicted_s / att_rows.measured_s - 1)[["kind", "case", "error"]]),
+    ]
+    md = [f"# Roofline prior fit — {date}", "",
+          f"Command: `{provenance['command'] if args.write else '.venv/bin/python bench/fit_prior.py'}` "
+          f"(servesim {provenance['servesim_commit'][:10]}); data: {provenance['data']}.", "",
+          "Errors are predicted/measured − 1: median (signed), median |e| and p90 |e| per GPU, operator family "
+          "and band (M tokens; all-reduce message bytes). gemm pools QKV, O, gate_up and down; layer is the sum "
+          "of the nine timed kernels of one decoder layer (no attention, no communication).", ""]
+    for title, df in sections:
+        md += [f"## {title}", "", _fmt_table(df), ""]
+    args.out.mkdir(parents=True, exist_ok=True)
+    stem = args.out / f"fit_prior-{date}"
+    stem.with_suffix(".md").write_text("\n".join(md))
+    stem.with_suffix(".json").write_text(json.dumps(
+        {"provenance": provenance, **{title: df.to_dict(orient="records") for title, df in sections}}, indent=1))
+    print("\n".join(md))
+    if args.write:
+        PRIOR_FILE.write_text(catalog_yaml(fams, provenance))
+        print(f"wrote {PRIOR_FILE.relative_to(REPO)}")
+    print(f"wrote {stem.with_suffix('.md')} and .json")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

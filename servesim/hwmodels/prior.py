@@ -1,0 +1,250 @@
+"""The roofline prior: one kernel's time on a GPU from its FLOPs and bytes, with fitted floors and efficiencies.
+
+For a GPU without a calibrated profile this is all servesim knows, so its shape follows what public
+per-operator measurements show (docs/roofline-prior.md has the data, the fit and its errors):
+
+    t = floor + soft(flops / (peak · eff_compute),  max(bytes / (bw · eff_memory),  row_bytes / row_bw))
+    soft(a, m) = a + m − c·a·m / (a + m),   0 ≤ c ≤ 1  (``sharpness``)
+
+* ``floor`` -- the kernel's fixed cost (launch ramp, tail, a reduction's last wave): 2-7 µs measured, which is
+  why small tensor-parallel shards and small batches run slower than their bytes say.
+* ``soft`` -- the smooth combination of the compute and memory terms. Measured GEMM times do not switch
+  from one roof to the other at the ridge: between M = 128 and 1024 tokens they sit well above both (tile
+  and wave quantization, cuBLAS changing kernels). ``c = 0`` is the sum, ``c = 1`` is within 1.5× of the
+  max at the crossover and tends to it away from it; the fitted c (0.2-0.8 for GEMMs) is a p-norm's shape
+  (p ≈ 1.1-1.5) at the price of one division, and ``soft(0, m) = m`` exactly.
+* ``row_bytes / row_bw`` -- kernels that give each token one thread block (RMSNorm, SiLU·mul, RoPE) cannot
+  run faster than one block streams one token's row, whatever the batch: a floor that grows with the row.
+
+Parameters are per operator kind (:data:`KINDS`) and GPU family, in ``catalog/prior.yaml`` with their
+provenance; ``bench/fit_prior.py`` refits them. A GPU names its family in the GPU catalog (``family``);
+families without measurements borrow a measured one (``borrow`` in the YAML), and a GPU with no family
+gets ``default``, the fit pooled over every measured family.
+
+Collectives: ``latency + bytes / (link · eff)`` per call, in one of two :data:`ALLREDUCE_MODES`, an
+assumption the user picks (``Scenario.allreduce``):
+
+* ``custom`` (default) -- vLLM's custom all-reduce inside CUDA graphs, used where it beats NCCL (vLLM
+  dispatches by message size): the faster of the custom and NCCL lines. Its small-message latency (~5 µs)
+  comes from published H100 figures, not from our measurements.
+* ``nccl`` -- NCCL ring all-reduce launched eagerly, as in Vidur's tables (25-50 µs even for a few KiB).
+
+The public API for other cost models (the calibrated profile extrapolates with it): :func:`prior_for`,
+:meth:`GPUPrior.kernel_s` (kind, FLOPs, bytes) and :func:`op_time_s` (an ops.py operator, FLOPs, bytes).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from functools import cache
+from pathlib import Path
+
+import numpy as np
+
+from servesim.errors import InputError
+from servesim.hwmodels.gpus import GPU, read_yaml
+from servesim.hwmodels.ops import OpForm
+
+PRIOR_FILE = Path(__file__).parent / "catalog" / "prior.yaml"
+KINDS = ("gemm", "attn_prefill", "attn_decode", "norm", "act", "rope", "add", "elementwise", "sampler")
+ALLREDUCE_MODES = ("custom", "nccl")
+DEFAULT_FAMILY = "default"
+
+
+def soft(a, m, c):
+    """``a + m − c·a·m/(a+m)``: the sum at c = 0, near ``max(a, m)`` at c = 1; 0 when both are 0.
+    Works on floats and numpy arrays alike."""
+    den = a + m
+    return den - c * a * m / np.where(den > 0, den, 1.0) if isinstance(den, np.ndarray) else (
+        den - c * a * m / den if den > 0 else 0.0
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class KernelPrior:
+    """Floor, efficiencies and sharpness of one operator kind on one GPU family."""
+
+    floor_s: float
+    eff_compute: float = 1.0
+    eff_memory: float = 1.0
+    sharpness: float = 1.0
+    row_bytes_per_s: float = math.inf  # one thread block's bandwidth over one token's row (elementwise kinds)
+    source: str = ""
+
+    def terms(self, flops, nbytes, peak_flops_per_s: float, hbm_bytes_per_s: float, row_bytes=0.0):
+        """(compute s, memory s, row s): the bytes term and the one-block-per-token term apart."""
+        a = flops / (peak_flops_per_s * self.eff_compute)
+        m = nbytes / (hbm_bytes_per_s * self.eff_memory)
+        return a, m, row_bytes / self.row_bytes_per_s
+
+    def time_s(self, flops, nbytes, peak_flops_per_s: float, hbm_bytes_per_s: float, row_bytes=0.0):
+        """Seconds of one launch (floats or numpy arrays)."""
+        a, m, r = self.terms(flops, nbytes, peak_flops_per_s, hbm_bytes_per_s, row_bytes)
+        return self.floor_s + soft(a, np.maximum(m, r), self.sharpness)
+
+
+@dataclass(frozen=True, slots=True)
+class LinkPrior:
+    """One collective call: ``latency_s + bytes / (link · eff)``, ``link`` one direction of the GPU's."""
+
+    latency_s: float
+    eff: float
+    source: str = ""
+
+    def time_s(self, nbytes, link_bytes_per_s: float):
+        return self.latency_s + nbytes / (link_bytes_per_s * self.eff)
+
+
+@dataclass(frozen=True)
+class GPUPrior:
+    """Everything the prior knows about one GPU family."""
+
+    family: str
+    kernels: dict[str, KernelPrior]
+    allreduce: dict[str, LinkPrior]  # ALLREDUCE_MODES -> line
+    p2p: LinkPrior  # pipeline send/recv
+    measured_on: tuple[str, ...] = ()  # catalog GPUs whose measurements fitted it
+    borrowed_for: str = ""  # the unmeasured family this one stands in for
+    provenance: dict = field(default_factory=dict, compare=False)
+
+    def kernel(self, kind: str) -> KernelPrior:
+        if kind not in self.kernels:
+            raise KeyError(f"the prior has no operator kind '{kind}'; known: {', '.join(self.kernels)}")
+        return self.kernels[kind]
+
+    def kernel_s(self, kind: str, flops, nbytes, gpu: GPU, dtype: str = "bf16", row_bytes=0.0):
+        """Seconds of one kernel of ``kind`` doing ``flops`` and moving ``nbytes`` on ``gpu`` (sampler kinds
+        compute in fp32)."""
+        peak = gpu.peak_flops_per_s("fp32" if kind == "sampler" else dtype)
+        return self.kernel(kind).time_s(flops, nbytes, peak, gpu.hbm_bytes_per_s, row_bytes)
+
+    def collective_s(self, nbytes, gpu: GPU, mode: str = "custom"):
+        """Seconds of one collective call moving ``nbytes`` per GPU (ring bytes) in ``mode``."""
+        link = gpu.interconnect_bytes_per_s / 2
+        nccl = self.allreduce["nccl"].time_s(nbytes, link)
+        if mode == "nccl":
+            return nccl
+        if mode != "custom":
+            raise ValueError(f"unknown all-reduce mode '{mode}'; known: {', '.join(ALLREDUCE_MODES)}")
+        return np.minimum(self.allreduce["custom"].time_s(nbytes, link), nccl)
+
+
+def op_time_s(
+    op: OpForm, flops: float, nbytes: float, gpu: GPU, prior: GPUPrior | None = None, allreduce: str = "custom"
+) -> tuple[float, str]:
+    """Seconds and the bound of one call of ops.py operator ``op`` doing ``flops`` and moving ``nbytes`` on
+    ``gpu`` (its family's prior unless ``prior`` is given). The bound is "link" for collectives, else the largest
+    of "compute", "memory" and "floor" (the fixed costs: floors, and row terms where they exceed the bytes)."""
+    prior = prior or prior_for(gpu)
+    if op.kind == "comm":
+        return op.calls * float(prior.collective_s(nbytes / op.calls, gpu, allreduce)), "link"
+    parts = op.parts or ((op.kind, op.bytes.get("new_tokens", 0.0)),)
+    total = sum(b for _, b in parts)
+    t = fixed = comp = mem = 0.0
+    for kind, part_bytes in parts:
+        share = part_bytes / total if total else 1.0 / len(parts)
+        k = prior.kernel(kind)
+        peak = gpu.peak_flops_per_s("fp32" if kind == "sampler" else op.compute_dtype)
+        a, m, r = k.terms(flops * share, nbytes * share, peak, gpu.hbm_bytes_per_s, part_bytes)
+        t += k.floor_s + soft(a, m if m > r else r, k.sharpness)
+        comp += a
+        fixed, mem = (fixed + k.floor_s + r, mem) if r > m else (fixed + k.floor_s, mem + m)
+    bound = "floor" if fixed > comp and fixed > mem else "compute" if comp > mem else "memory"
+    return float(t), bound
+
+
+# ---- the catalog file -----------------------------------------------------------------------------------------
+_KERNEL_FIELDS = {"floor_us": 1e-6, "eff_compute": 1.0, "eff_memory": 1.0, "sharpness": 1.0, "row_gbps": 1e9}
+
+
+def _num(raw, file: str, where: str, lo: float = 0.0, hi: float = math.inf) -> float:
+    try:
+        v = float(raw)
+    except (TypeError, ValueError):
+        raise InputError(f"expected a number, got {raw!r}", file=file, field=where) from None
+    if not lo <= v <= hi:
+        raise InputError(f"must be in [{lo:g}, {hi:g}], got {raw!r}", file=file, field=where)
+    return v
+
+
+def _kernel(raw, file: str, where: str) -> KernelPrior:
+    if not isinstance(raw, dict):
+        raise InputError("expected a mapping of kernel parameters", file=file, field=where)
+    unknown = sorted(set(raw) - set(_KERNEL_FIELDS) - {"source"})
+    if unknown:
+        raise InputError(f"unknown field; expected {', '.join(_KERNEL_FIELDS)}, source", file=file,
+                         field=f"{where}.{unknown[0]}")
+    if "floor_us" not in raw:
+        raise InputError("missing", file=file, field=f"{where}.floor_us")
+    kw = {}
+    for name, scale in _KERNEL_FIELDS.items():
+        if name in raw:
+            lo = 1e-3 if name.startswith(("eff", "row")) else 0.0
+            hi = 1.0 if name == "sharpness" else math.inf
+            kw[name] = _num(raw[name], file, f"{where}.{name}", lo, hi) * scale
+    return KernelPrior(
+        floor_s=kw["floor_us"], eff_compute=kw.get("eff_compute", 1.0), eff_memory=kw.get("eff_memory", 1.0),
+        sharpness=kw.get("sharpness", 1.0), row_bytes_per_s=kw.get("row_gbps", math.inf),
+        source=str(raw.get("source", "")),
+    )
+
+
+def _link(raw, file: str, where: str) -> LinkPrior:
+    if not isinstance(raw, dict) or set(raw) - {"latency_us", "eff", "source"} or not {"latency_us", "eff"} <= set(raw):
+        raise InputError("expected {latency_us, eff, source}", file=file, field=where)
+    return LinkPrior(_num(raw["latency_us"], file, f"{where}.latency_us") * 1e-6,
+                     _num(raw["eff"], file, f"{where}.eff", 1e-3), str(raw.get("source", "")))
+
+
+def load_prior(path: str | Path = PRIOR_FILE) -> dict[str, GPUPrior]:
+    """Read a prior file (the format of ``catalog/prior.yaml``): family -> :class:`GPUPrior`, the borrowing
+    families included; InputError naming the file and field otherwise."""
+    file = str(path)
+    raw = read_yaml(path)
+    if not isinstance(raw, dict) or not isinstance(raw.get("families"), dict):
+        raise InputError("expected a mapping with 'families'", file=file)
+    provenance = raw.get("provenance") or {}
+    out: dict[str, GPUPrior] = {}
+    for fam, body in raw["families"].items():
+        where = f"families.{fam}"
+        if not isinstance(body, dict):
+            raise InputError("expected a mapping", file=file, field=where)
+        for key in ("kernels", "allreduce", "p2p"):
+            if key not in body:
+                raise InputError("missing", file=file, field=f"{where}.{key}")
+        kernels = body["kernels"]
+        if not isinstance(kernels, dict) or set(KINDS) - set(kernels):
+            missing = sorted(set(KINDS) - set(kernels or {}))
+            raise InputError(f"missing operator kinds: {', '.join(missing)}", file=file, field=f"{where}.kernels")
+        ar = body["allreduce"]
+        if not isinstance(ar, dict) or set(ar) != set(ALLREDUCE_MODES):
+            raise InputError(f"expected the modes {', '.join(ALLREDUCE_MODES)}", file=file, field=f"{where}.allreduce")
+        out[str(fam)] = GPUPrior(
+            family=str(fam),
+            kernels={k: _kernel(kernels[k], file, f"{where}.kernels.{k}") for k in KINDS},
+            allreduce={m: _link(ar[m], file, f"{where}.allreduce.{m}") for m in ALLREDUCE_MODES},
+            p2p=_link(body["p2p"], file, f"{where}.p2p"),
+            measured_on=tuple(body.get("measured_on") or ()),
+            provenance=provenance,
+        )
+    if DEFAULT_FAMILY not in out:
+        raise InputError(f"missing the '{DEFAULT_FAMILY}' family", file=file, field="families")
+    for fam, target in (raw.get("borrow") or {}).items():
+        if target not in out:
+            raise InputError(f"borrows unknown family '{target}'", file=file, field=f"borrow.{fam}")
+        p = out[target]
+        out[str(fam)] = GPUPrior(str(target), p.kernels, p.allreduce, p.p2p, p.measured_on, str(fam), p.provenance)
+    return out
+
+
+@cache
+def priors() -> dict[str, GPUPrior]:
+    """The shipped prior (``catalog/prior.yaml``), read once."""
+    return load_prior(PRIOR_FILE)
+
+
+def prior_for(gpu: GPU) -> GPUPrior:
+    """The prior of ``gpu``'s family (``default`` when the catalog names none or an unknown one)."""
+    table = priors()
+    return table.get(gpu.family, table[DEFAULT_FAMILY])

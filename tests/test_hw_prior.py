@@ -1,0 +1,160 @@
+"""The roofline prior: its soft combination, the shipped parameter file, families and borrowing, the API that
+other cost models call, and the catalog file's errors."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from servesim.errors import InputError
+from servesim.hwmodels.gpus import GPUS, get_gpu
+from servesim.hwmodels.models import MODELS
+from servesim.hwmodels.ops import layer_ops
+from servesim.hwmodels.prior import (
+    ALLREDUCE_MODES,
+    DEFAULT_FAMILY,
+    KINDS,
+    PRIOR_FILE,
+    load_prior,
+    op_time_s,
+    prior_for,
+    priors,
+    soft,
+)
+
+times = st.floats(0.0, 1.0, allow_nan=False)
+
+
+@given(times, times, st.floats(0.0, 1.0))
+def test_soft_lies_between_max_and_sum(a, m, c):
+    t = soft(a, m, c)
+    assert max(a, m) * (1 - 1e-12) <= t <= (a + m) * (1 + 1e-12)
+    assert soft(0.0, m, c) == m  # memory-only kernels are exactly their memory term
+    assert soft(np.array([a]), np.array([m]), c)[0] == pytest.approx(t, rel=1e-12, abs=1e-300)
+
+
+def test_soft_is_monotone_and_smooth_at_the_ridge():
+    x = np.linspace(0.0, 2.0, 2001)
+    for c in (0.0, 0.5, 1.0):
+        t = soft(x, 1.0, c)
+        assert np.all(np.diff(t) >= 0)
+        assert np.max(np.abs(np.diff(t, 2))) < 1e-5  # no kink where the two terms cross
+    assert soft(1.0, 1.0, 1.0) == 1.5 and soft(1.0, 1.0, 0.0) == 2.0
+
+
+def test_shipped_prior_covers_every_kind_family_and_mode():
+    table = priors()
+    assert DEFAULT_FAMILY in table and {"ampere", "ampere-gddr", "hopper"} <= set(table)
+    for fam, p in table.items():
+        assert set(p.kernels) == set(KINDS) and set(p.allreduce) == set(ALLREDUCE_MODES), fam
+        for kind, k in p.kernels.items():
+            assert 0 <= k.floor_s < 20e-6 and 0 < k.eff_memory <= 1.5 and 0 <= k.sharpness <= 1, (fam, kind)
+    prov = table["hopper"].provenance
+    assert {"data", "fitted", "command", "servesim_commit"} <= set(prov)
+    assert "7d47513363ec447a741ac5e47241580b47724fbf" in prov["data"]
+
+
+def test_every_catalog_gpu_has_a_prior_and_unmeasured_families_say_so():
+    for gpu in GPUS.values():
+        p = prior_for(gpu)
+        assert p.family in priors()
+    assert prior_for(get_gpu("H200")).family == "hopper" and not prior_for(get_gpu("H200")).borrowed_for
+    b200 = prior_for(get_gpu("B200"))
+    assert b200.family == "hopper" and b200.borrowed_for == "blackwell"
+    assert prior_for(get_gpu("L40S")).family == "ampere-gddr"
+    assert prior_for(get_gpu("MI300X")).family == DEFAULT_FAMILY
+    assert "A40" in prior_for(get_gpu("A40")).measured_on
+
+
+def test_a_gpu_without_a_family_gets_the_pooled_default(tmp_path):
+    from servesim.hwmodels.gpus import load_gpus_yaml
+
+    f = tmp_path / "g.yaml"
+    f.write_text("X1:\n  memory_gib: 24\n  hbm_tbps: 1\n  tflops: {bf16: 100}\n  sm_count: 60\n"
+                 "  interconnect_gbps: 64\n  pcie_gbps: 64\n  tdp_w: 300\n  usd_per_hour: 1\n  source: test\n")
+    gpu = load_gpus_yaml(f)["X1"]
+    assert gpu.family == "" and prior_for(gpu).family == DEFAULT_FAMILY
+
+
+def test_kernel_api_matches_the_formula():
+    """What another cost model calls: kernel_s(kind, flops, bytes, gpu) and op_time_s(op, flops, bytes, gpu)."""
+    gpu = get_gpu("H100-SXM")
+    p = prior_for(gpu)
+    k = p.kernel("gemm")
+    flops, nbytes = 2 * 256 * 4096 * 4096, 2 * (256 * 4096 * 2 + 4096 * 4096)
+    a, m = flops / (gpu.peak_flops_per_s("bf16") * k.eff_compute), nbytes / (gpu.hbm_bytes_per_s * k.eff_memory)
+    want = k.floor_s + a + m - k.sharpness * a * m / (a + m)
+    assert p.kernel_s("gemm", flops, nbytes, gpu) == pytest.approx(want, rel=1e-12)
+    o = next(op for op in layer_ops(MODELS["Llama-3.1-8B"]) if op.name == "o")
+    assert op_time_s(o, flops, nbytes, gpu)[0] == pytest.approx(want, rel=1e-12)
+    # arrays in, arrays out (the calibrated model extrapolates whole grids)
+    grid = p.kernel_s("gemm", np.array([flops, 2 * flops]), np.array([nbytes, nbytes]), gpu)
+    assert grid.shape == (2,) and grid[1] > grid[0]
+    with pytest.raises(KeyError, match="no operator kind"):
+        p.kernel("conv")
+
+
+def test_norm_act_is_priced_per_kernel():
+    """norm_act launches four kernels: four floors, each kernel with its own efficiency."""
+    gpu = get_gpu("H100-SXM")
+    p = prior_for(gpu)
+    op = next(op for op in layer_ops(MODELS["Llama-3.1-8B"]) if op.name == "norm_act")
+    assert [k for k, _ in op.parts] == ["norm", "norm", "act", "rope"]
+    assert sum(b for _, b in op.parts) == op.bytes["new_tokens"]
+    t, bound = op_time_s(op, 0.0, op.bytes["new_tokens"] * 1, gpu)  # one token
+    assert bound == "floor"
+    floors = sum(p.kernel(k).floor_s for k, _ in op.parts)
+    rows = sum(b / p.kernel(k).row_bytes_per_s for k, b in op.parts)
+    assert t == pytest.approx(floors + rows, rel=1e-9)  # one token: each kernel's row term, not its bytes
+
+
+def test_collectives_by_mode():
+    gpu = get_gpu("H100-SXM")
+    p = prior_for(gpu)
+    small, large = 16 * 1024, 64 * 2**20
+    assert p.collective_s(small, gpu, "custom") < p.collective_s(small, gpu, "nccl") / 3
+    assert p.collective_s(large, gpu, "custom") == p.collective_s(large, gpu, "nccl")  # NCCL wins big messages
+    with pytest.raises(ValueError, match="all-reduce mode"):
+        p.collective_s(small, gpu, "gloo")
+
+
+def _write(tmp_path, text: str):
+    f = tmp_path / "prior.yaml"
+    f.write_text(text)
+    return f
+
+
+def test_prior_file_errors_name_the_field(tmp_path):
+    good = PRIOR_FILE.read_text()
+    assert set(load_prior(_write(tmp_path, good))) == set(priors())
+    with pytest.raises(InputError, match="families"):
+        load_prior(_write(tmp_path, "provenance: {}\n"))
+    with pytest.raises(InputError, match=r"families\.hopper\.kernels\.gemm\.floor_us"):
+        load_prior(_write(tmp_path, _bad_gemm_floor(good)))
+    with pytest.raises(InputError, match=r"sharpness"):
+        load_prior(_write(tmp_path, good.replace("sharpness: ", "sharpness: 7", 1)))
+    with pytest.raises(InputError, match=r"borrow\.ada"):
+        load_prior(_write(tmp_path, good.replace("ada: ampere-gddr", "ada: volta")))
+    with pytest.raises(InputError, match="cannot read"):
+        load_prior(tmp_path / "missing.yaml")
+    with pytest.raises(InputError, match="not valid YAML"):
+        load_prior(_write(tmp_path, "families: [\n"))
+
+
+def _bad_gemm_floor(text: str) -> str:
+    """The catalog with hopper's gemm floor made non-numeric."""
+    head, hopper = text.split("\n  hopper:\n", 1)
+    return head + "\n  hopper:\n" + hopper.replace("floor_us: ", "floor_us: fast", 1)
+
+
+def test_catalog_floors_are_physical():
+    """Floors of a few µs, not zero and not milliseconds, for every fitted kernel kind."""
+    for fam in ("ampere", "ampere-gddr", "hopper", DEFAULT_FAMILY):
+        p = priors()[fam]
+        for kind in ("gemm", "attn_decode"):
+            assert 1e-6 < p.kernel(kind).floor_s < 10e-6, (fam, kind)
+        assert p.kernel("norm").row_bytes_per_s < math.inf

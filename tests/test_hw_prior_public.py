@@ -1,0 +1,94 @@
+"""The shipped roofline prior against Vidur's public per-operator tables (``../shared/profiles-public/vidur``).
+
+These hold the errors docs/roofline-prior.md reports (bench/fit_prior.py prints them), with a little slack: a
+refit that makes any of them worse fails here. Skipped, with the reason, where the shared folder is absent (CI
+has it beside the checkout; elsewhere point ``SERVESIM_SHARED`` at it).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from servesim.hwmodels import public_tables as pt
+from servesim.hwmodels.prior import prior_for
+
+ROOT = pt.vidur_dir()
+pytestmark = pytest.mark.skipif(
+    ROOT is None,
+    reason="Vidur's public tables not found: no profiles-public/vidur under $SERVESIM_SHARED or <repo>/../shared",
+)
+
+
+@pytest.fixture(scope="module")
+def compute():
+    rows = pt.compute_rows(ROOT)
+    rows = rows.assign(predicted_s=pt.predict_compute(rows, prior_for), band=pt.band_of(rows.tokens.to_numpy(float)))
+    return rows
+
+
+def _table(df, family_col="family"):
+    return pt.error_table(df.assign(family=df[family_col]))
+
+
+def test_tables_cover_the_shipped_gpus_and_ops(compute):
+    assert set(compute.gpu) == {"A100-80GB-SXM", "H100-SXM", "A40"}
+    assert set(compute.model) == {"Llama-2-7b-hf", "Meta-Llama-3-8B"}
+    assert set(compute.tp) == {1, 2, 4, 8} and compute.tokens.max() == 32768
+    assert len(compute) == 9 * (3 * 1044 + 1824) // 1  # nine timed kernels per row of every table
+
+
+def test_gemms_within_the_fitted_errors(compute):
+    g = compute[compute.kind == "gemm"].assign(family="gemm")
+    t = pt.error_table(g)
+    assert (t.median_abs <= 0.085).all(), t  # issue target 8%: met except H100 128<M<=1024 (8.1%)
+    assert (t["median"].abs() <= 0.02).all(), t  # unbiased in every band
+    assert (t.p90_abs <= 0.22).all(), t  # target 15%: GEMM times jump where cuBLAS changes kernels
+    assert (t[t.band == "M>1024"].p90_abs <= 0.16).all(), t
+
+
+def test_decode_layer_sum_within_five_percent(compute):
+    layers = pt.layer_rows(compute, compute.predicted_s.to_numpy())
+    layers["band"] = pt.band_of(layers.tokens.to_numpy(float))
+    t = pt.error_table(layers)
+    assert (t.median_abs <= 0.05).all(), t
+    assert (t["median"].abs() <= 0.02).all(), t
+    assert (t.p90_abs <= 0.13).all(), t
+    # the old roofline was 25-38% fast at M <= 128; the floors take the small-shard gap away
+    one = layers[layers.tokens == 1]
+    ratio = one.predicted_s / one.measured_s
+    assert ratio.between(0.9, 1.15).all(), one
+
+
+def test_elementwise_kernels_within_the_fitted_errors(compute):
+    e = compute[compute.kind != "gemm"]
+    t = _table(e)
+    assert (t.median_abs <= 0.33).all(), t  # worst: the residual add on the A40 at M <= 128 (1-2 µs kernels)
+    assert (t["median"].abs() <= 0.20).all(), t
+    # SiLU-mul and RoPE, the ones the issue names, are unbiased to within 10% in every band
+    sr = t[t.family.isin(["act", "rope"])]
+    assert (sr["median"].abs() <= 0.10).all(), sr
+    big = t[t.band != "M<=128"]
+    assert (big.median_abs <= 0.17).all(), big
+
+
+def test_nccl_allreduce_within_fifteen_percent():
+    ar = pt.allreduce_rows(ROOT)
+    ar = ar.assign(predicted_s=pt.predict_allreduce(ar, prior_for, "nccl"), family="allreduce",
+                   band=pt.band_of(ar["size"].to_numpy(), pt.SIZE_BANDS))
+    whole = pt.error_table(ar.assign(band="all"))
+    assert (whole.median_abs <= 0.10).all(), whole
+    bands = pt.error_table(ar)
+    assert (bands[bands.band != "<256KiB"].median_abs <= 0.11).all(), bands  # small messages: bimodal data
+    # the custom mode is what CUDA-graphed serving sees: far below eager NCCL for small messages
+    custom = pt.predict_allreduce(ar, prior_for, "custom")
+    small = ar["size"].to_numpy() < 256 * 1024
+    assert np.all(custom[small] < 0.5 * ar.predicted_s.to_numpy()[small])
+
+
+def test_errors_are_reproducible_from_the_rows(compute):
+    """error_table is the one summary the docs and the fit script print: check it on a closed case."""
+    df = compute.iloc[:4].assign(predicted_s=compute.iloc[:4].measured_s * np.array([1.1, 0.9, 1.2, 1.0]),
+                                 family="x", band="b", gpu="g")
+    t = pt.error_table(df)
+    assert t["median"].iloc[0] == pytest.approx(0.05) and t.median_abs.iloc[0] == pytest.approx(0.1)
