@@ -1,9 +1,10 @@
 """``servesim calibrate report``: a profile's measured operator times against the roofline, as a table and a
 self-contained plotly page. Needs no torch (it reads the JSON and the catalogs).
 
-The roofline here prices one operator call the way ``hwmodels.cost`` prices the operators of a step:
-``max(FLOPs / (peak x compute efficiency), bytes / (HBM bandwidth x memory efficiency))`` with the default
-efficiencies, FLOPs and bytes counted as in ``hwmodels/ops.py`` for that operator alone.
+The roofline here prices one operator call the way ``hwmodels.cost`` prices the kernels of a step: the roofline
+prior of the GPU's family (``hwmodels/prior.py``: a floor plus a smooth combination of the compute and memory
+terms, efficiencies fitted to public measurements), FLOPs and bytes counted as in ``hwmodels/ops.py`` for that
+operator alone. On a GPU with a profile its error is the honest estimate of the prior's error on GPUs without.
 """
 
 from __future__ import annotations
@@ -13,15 +14,16 @@ from pathlib import Path
 
 import numpy as np
 
-from servesim.hwmodels.cost import Efficiency
 from servesim.hwmodels.gpus import GPU, get_gpu
 from servesim.hwmodels.models import get_weight_format, kv_dtype_bytes
+from servesim.hwmodels.prior import GPUPrior, prior_for
 from servesim.hwmodels.profile import OpTable, Profile
 
 ACT = 2  # bf16 activations
 KIND = {"gemm": "gemm", "attn_prefill": "attn_prefill", "attn_decode": "attn_decode",
-        "attn_decode_ragged": "attn_decode", "sampling": "sampler",
-        "spec_verify": "sampler"}
+        "attn_decode_ragged": "attn_decode", "sampling": "sampler", "spec_verify": "sampler",
+        "rms_norm": "norm", "rotary": "rope", "silu_mul": "act"}  # the prior's kernel kinds; else elementwise
+ROW_KINDS = ("norm", "rope", "act", "elementwise")  # one thread block per token: the row term applies
 
 
 def flops_bytes(op: str, key: dict, point: tuple[float, ...]) -> tuple[float, float, str]:
@@ -56,13 +58,12 @@ def flops_bytes(op: str, key: dict, point: tuple[float, ...]) -> tuple[float, fl
     raise ValueError(f"no roofline for {op}")
 
 
-DEFAULT_EFFICIENCY = Efficiency()
-
-
-def roofline_s(gpu: GPU, op: str, key: dict, point: tuple[float, ...], eff: Efficiency = DEFAULT_EFFICIENCY) -> float:
+def roofline_s(gpu: GPU, op: str, key: dict, point: tuple[float, ...], prior: GPUPrior | None = None) -> float:
+    """The roofline prior's seconds for one call of ``op`` at ``key`` and grid ``point`` on ``gpu``."""
     flops, nbytes, dtype = flops_bytes(op, key, point)
-    ec, em = eff.of(KIND.get(op, "elementwise"))
-    return max(flops / (gpu.peak_flops_per_s(dtype) * ec), nbytes / (gpu.hbm_bytes_per_s * em))
+    kind = KIND.get(op, "elementwise")
+    row = nbytes / point[0] if kind in ROW_KINDS and point[0] else 0.0
+    return float((prior or prior_for(gpu)).kernel_s(kind, flops, nbytes, gpu, dtype, row))
 
 
 def _points(t: OpTable) -> list[tuple[float, ...]]:
