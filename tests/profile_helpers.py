@@ -33,6 +33,7 @@ def synthetic_profile(models=("Llama-3.1-8B",), formats=("bf16", "w4a16"), kv=("
         for fmt in formats:
             tables.append(OpTable(op="step_overhead", key={"mode": mode, "format": fmt}, axes=("seqs",),
                                   grid=(seqs,), median_s=vals, p20_s=vals, p80_s=vals))
-    steps = {f: StepFit(graph_gap_s=1e-6, eager_gap_s=2e-5, eager_floor_s=1.5e-3) for f in formats}
+    steps = {f: StepFit(graph_gap_s=1e-6, eager_gap_s=2e-5, eager_floor_s=1.5e-3, eager_floor_mixed_s=2e-3,
+                        graph_host_s=(3e-4, 4e-6, 2e-9), eager_host_s=(8e-4, 6e-6, 3e-9)) for f in formats}
     return Profile(version=VERSION, profile_id="synthetic-h200", gpu="H200", provenance=PROV, tables=tuple(tables),
                    steps=steps)

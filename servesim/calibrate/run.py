@@ -156,7 +156,7 @@ def _overhead_table(fmt: str, mode: str, seqs: np.ndarray, host: np.ndarray) -> 
                    p80_s=tuple(values))
 
 
-def synthetic_workload(n: int, seed: int, max_len: int, prompt_mean: float = 400, output_mean: float = 120):
+def synthetic_workload(n: int, seed: int, max_len: int, prompt_mean: float = 900, output_mean: float = 150):
     """A load that walks the engine through every batch size: a slow start, then a burst, then a drain."""
     from servesim.sim.workload import Workload
 
@@ -179,7 +179,7 @@ def fit_steps(model: str, fmt: str, partial: Profile, device: str, n_requests: i
     eng = build_engine(EngineConfig(model=model, weight_format=fmt, max_model_len=max_model_len,
                                     max_num_batched_tokens=2048, max_num_seqs=128, device=device,
                                     capture_at_start=True))
-    floor = _eager_floor(eng)
+    floor, floor_mixed = _eager_floor(eng, decode=False), _eager_floor(eng, decode=True)
     gpu_name = partial.gpu
     scenario = make_scenario({"model": model, "gpu": gpu_name if gpu_name != "cpu" else "H100-SXM", "quant": fmt,
                               "max_model_len": max_model_len, "max_num_batched_tokens": 2048, "max_num_seqs": 128})
@@ -189,45 +189,71 @@ def fit_steps(model: str, fmt: str, partial: Profile, device: str, n_requests: i
     placement = Placement(get_model(model), get_gpu(gpu_name) if gpu_name != "cpu" else get_gpu("H100-SXM"),
                           weight_format=fmt)
     bare = CalibratedCostModel(placement, partial, overhead_s=0.0)
-    kernels = np.array([bare._kernels_s(s) + (bare._decode_s(s) if s.decode_seqs else 0.0)
-                        for s in map(_shape, it.itertuples())])
+    shapes = list(map(_shape, it.itertuples()))
+    kernels = np.array([bare._kernels_s(s) + (bare._decode_s(s) if s.decode_seqs else 0.0) for s in shapes])
     graph = it.graph.to_numpy(bool)
     train = (np.arange(len(it)) % 2) == 0
     gpu, step = it.gpu_s.to_numpy(), it.step_s.to_numpy()
     n_kernels = KERNELS_PER_LAYER * bare.layers + 4
     g = graph & train
     graph_gap = float(np.median(gpu[g] - kernels[g]) / n_kernels) if g.any() else 0.0
-    e = ~graph & train & (kernels > 1.5 * floor)
+    mixed = (it.decode_seqs.to_numpy() > 0) & (it.prefill_tokens.to_numpy() > 0)
+    e_floor = np.where(mixed, floor_mixed, floor)
+    e = ~graph & train & (kernels > 1.5 * e_floor)
     eager_gap = float(np.median(gpu[e] - kernels[e])) if e.any() else 0.0
-    fit = StepFit(graph_gap_s=graph_gap, eager_gap_s=eager_gap, eager_floor_s=floor)
     seqs = (it.prefill_seqs + it.decode_seqs).to_numpy()
+    kv = (it.decode_ctx_tokens + it.prefill_ctx_tokens).to_numpy()
     host = step - gpu
+    fit = StepFit(graph_gap_s=graph_gap, eager_gap_s=eager_gap, eager_floor_s=floor, eager_floor_mixed_s=floor_mixed,
+                  graph_host_s=_host_fit(seqs[g], kv[g], host[g]),
+                  eager_host_s=_host_fit(seqs[~graph & train], kv[~graph & train], host[~graph & train]))
     over = [t for t in (_overhead_table(fmt, "graph", seqs[g], host[g]),
                         _overhead_table(fmt, "eager", seqs[~graph & train], host[~graph & train])) if t]
     full = partial.model_copy(update={"tables": partial.tables + tuple(over), "steps": {fmt: fit}})
     model_full = CalibratedCostModel(placement, full)
-    pred = np.array([model_full.step_time_s(s) for s in map(_shape, it.itertuples())])
+    pred = np.array([model_full.step_time_s(s) for s in shapes])
     err = np.abs(pred / step - 1)[~train]
     report = {**_summary(list(err)), "graph_steps": int(graph[~train].sum()),
               "eager_steps": int((~graph[~train]).sum())}
     del eng
     if cuda:
         torch.cuda.empty_cache()
-    return fit, over, report, it
+    return fit, over, report, it.assign(format=fmt, predicted_s=pred, kernels_s=kernels)
 
 
-def _eager_floor(eng) -> float:
-    """Device time of a one-token eager forward (prefill of one token): what launching a step costs at least."""
+def _host_fit(seqs: np.ndarray, kv: np.ndarray, host: np.ndarray) -> tuple[float, float, float]:
+    """Least squares ``host = a + b seqs + c kv_tokens``, refitted once without residuals beyond 3 MADs."""
+    if len(host) < 4:
+        return (float(np.median(host)) if len(host) else 0.0, 0.0, 0.0)
+    x = np.column_stack([np.ones(len(host)), seqs, kv]).astype(np.float64)
+    keep = np.ones(len(host), bool)
+    for _ in range(2):
+        coef, *_ = np.linalg.lstsq(x[keep], host[keep], rcond=None)
+        resid = host - x @ coef
+        mad = np.median(np.abs(resid[keep] - np.median(resid[keep]))) or 1e-12
+        keep = np.abs(resid) <= 3 * 1.4826 * mad
+    return float(coef[0]), float(coef[1]), float(coef[2])
+
+
+def _eager_floor(eng, decode: bool) -> float:
+    """Device span of the smallest eager step (a one-token prefill, with one decoding sequence beside it when
+    ``decode``): what launching an eager step costs at least."""
     from servesim.sim.request import Batch, PrefillChunk, Request
 
     r = Request(10**9, 0.0, 1, 2)
     r.block_ids = [0]
-    shape = BatchShape(prefill_seqs=1, prefill_tokens=1, prefill_attn_pairs=1, prefill_ctx_tokens=1, sampled_tokens=1)
-    batch = Batch([PrefillChunk(r, 1, 0)], [], np.zeros(0, np.int64), 1, shape)
+    d = Request(10**9 + 1, 0.0, 17, 2)  # 16 tokens cached, its last one to compute
+    d.block_ids = [1, 2]
+    reqs = [d] if decode else []
+    shape = BatchShape(prefill_seqs=1, prefill_tokens=1, prefill_attn_pairs=1, prefill_ctx_tokens=1,
+                       decode_seqs=len(reqs), decode_query_tokens=len(reqs), decode_ctx_tokens=17 * len(reqs),
+                       sampled_tokens=1 + len(reqs))
+    batch = Batch([PrefillChunk(r, 1, 0)], reqs, np.full(len(reqs), 17, np.int64), 1, shape)
     samples = []
     for _ in range(12):
         eng.runner.run(batch)
-        eng.runner.tokens.pop(r.request_id, None)
+        for x in (r, d):
+            eng.runner.release(x)
         samples.append(eng.runner.stats.gpu_s)
     return float(statistics.median(samples[2:]))
 

@@ -77,6 +77,10 @@ def calibrate_cmd(
     prof = result.profile
     path = out or Path(f"{prof.gpu.lower()}-{prof.provenance.date}.json")
     save_profile(prof, path)
+    if result.iterations:  # the engine iterations the step terms were fitted on, for diagnosis
+        import pandas as pd
+
+        pd.concat(result.iterations.values()).to_parquet(path.with_suffix(".steps.parquet"), index=False)
     for note in result.notes:
         console.print(f"note: {note}", highlight=False)
     fit = prof.fit

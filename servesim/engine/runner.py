@@ -62,6 +62,7 @@ class ModelRunner:
         self._blocks: dict[int, list[int]] = {}  # block ids each running request held after its last step
         self._swapped: dict[int, tuple[Request, list[torch.Tensor]]] = {}
         self.drafts: dict[int, list[int]] = {}  # request id -> draft tokens to verify this step
+        self._rows: dict[int, list] = {}  # request id -> [block-table row, entries filled]
         self.cuda = self.device.type == "cuda"
         self.graphs: dict[tuple[int, int], tuple[torch.cuda.CUDAGraph, torch.Tensor]] = {}
         self._graph_batches = tuple(b for b in GRAPH_BATCHES if b <= max_graph_batch)
@@ -96,6 +97,7 @@ class ModelRunner:
         """Forget a finished or rejected request."""
         self.tokens.pop(r.request_id, None)
         self._blocks.pop(r.request_id, None)
+        self._rows.pop(r.request_id, None)
         self._swapped.pop(r.request_id, None)
 
     # -- swaps ------------------------------------------------------------------------------
@@ -107,6 +109,8 @@ class ModelRunner:
         preempt it by recompute) within one ``schedule``; its data then never left the CPU copy.
         """
         cache, out_blocks, in_blocks = self.cache, 0, 0
+        for r in batch.preempted:  # their blocks were freed: their table rows start again when they come back
+            self._rows.pop(r.request_id, None)
         for r in batch.preempted:
             if r.state == State.SWAPPED and r.request_id not in self._swapped:
                 ids = self._blocks.get(r.request_id, [])[: r.swapped_blocks]
@@ -124,6 +128,7 @@ class ModelRunner:
             for t, s in zip((*cache.k, *cache.v), saved, strict=True):
                 t.index_copy_(0, idx, s.to(self.device))
             self._blocks[rid] = list(r.block_ids[:n])  # where its data lives now, should it leave again
+            self._rows.pop(rid, None)
             in_blocks += n
         self.stats.swap_in_blocks, self.stats.swap_out_blocks = in_blocks, out_blocks
 
@@ -132,10 +137,25 @@ class ModelRunner:
         pos = np.arange(start, end)
         return np.asarray(block_ids, np.int64)[pos // self.block_size] * self.block_size + pos % self.block_size
 
+    def _row(self, r: Request) -> np.ndarray:
+        """``r``'s block-table row, kept between steps and extended in place as it gains blocks (rebuilt when its
+        blocks were replaced: preemption, swap)."""
+        ids = r.block_ids
+        cached = self._rows.get(r.request_id)
+        if cached is None:
+            cached = self._rows[r.request_id] = [np.zeros(self.max_blocks, np.int32), 0]
+        row, n = cached
+        if n > len(ids) or (n and row[n - 1] != ids[n - 1]) or (n and row[0] != ids[0]):
+            n = 0
+        if n < len(ids):
+            row[n:len(ids)] = ids[n:]
+            cached[1] = len(ids)
+        return row
+
     def _table(self, reqs: list[Request], rows: int) -> np.ndarray:
         bt = np.zeros((rows, self.max_blocks), np.int32)
-        for i, r in enumerate(reqs):
-            bt[i, : len(r.block_ids)] = r.block_ids
+        if reqs:
+            bt[: len(reqs)] = np.stack([self._row(r) for r in reqs])
         return bt
 
     def _inputs(self, batch: Batch):
@@ -156,10 +176,18 @@ class ModelRunner:
                 sample.append(n_tok - 1)
         nd, q = len(batch.decode), batch.decode_query
         ctx = np.asarray(batch.decode_ctx[:nd], np.int64)
-        for r, c in zip(batch.decode, ctx.tolist(), strict=True):
-            toks = self._ids(r)
-            ids += toks[c - q: c] if q == 1 else self._spec_inputs(r, toks, c, q)
-            slots.append(self._slots(r.block_ids, c - q, c))
+        if nd and q == 1:  # one token each: plain integer arithmetic, no per-request arrays
+            bs, tokens = self.block_size, self.tokens
+            dslots = []
+            for r, c in zip(batch.decode, ctx.tolist(), strict=True):
+                toks = tokens.get(r.request_id) or self._ids(r)
+                ids.append(toks[c - 1])
+                dslots.append(r.block_ids[(c - 1) // bs] * bs + (c - 1) % bs)
+            slots.append(np.asarray(dslots, np.int64))
+        else:
+            for r, c in zip(batch.decode, ctx.tolist(), strict=True):
+                ids += self._spec_inputs(r, self._ids(r), c, q)
+                slots.append(self._slots(r.block_ids, c - q, c))
         if nd:
             pos.append((ctx[:, None] - q + np.arange(q)[None, :]).ravel())
             sample += range(n_tok, n_tok + nd * q)

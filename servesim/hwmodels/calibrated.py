@@ -155,6 +155,9 @@ class CalibratedCostModel:
         self._graph_gap = fit.graph_gap_s * kernels if fit else 0.0
         self._eager_gap = fit.eager_gap_s if fit else 0.0
         self._eager_floor = fit.eager_floor_s if fit else 0.0
+        self._eager_floor_mixed = (fit.eager_floor_mixed_s or fit.eager_floor_s) if fit else 0.0
+        linear = fit is not None and any(fit.graph_host_s + fit.eager_host_s)
+        self._host = (fit.graph_host_s, fit.eager_host_s) if linear else None
 
     @property
     def profile_id(self) -> str:
@@ -241,10 +244,18 @@ class CalibratedCostModel:
                 and shape.decode_query_tokens == shape.decode_seqs)
 
     def _overhead_s(self, shape: BatchShape, graph: bool) -> float:
+        """Host time of the step: the fitted linear model when the profile has one, else its tables by sequences."""
         if self._fixed_overhead is not None:
             return self._fixed_overhead
+        seqs = shape.prefill_seqs + shape.decode_seqs
+        if self._host is not None:
+            b0, b1, b2 = self._host[0 if graph else 1]
+            return (b0 + b1 * seqs) + b2 * (shape.decode_ctx_tokens + shape.prefill_ctx_tokens)
         xs, ys = self._over_graph if graph else self._over_eager
-        return _lerp(xs, ys, shape.prefill_seqs + shape.decode_seqs)
+        return _lerp(xs, ys, seqs)
+
+    def _floor(self, shape: BatchShape) -> float:
+        return self._eager_floor_mixed if shape.decode_seqs and shape.prefill_tokens else self._eager_floor
 
     def _prefill_s(self, shape: BatchShape) -> float:
         s, pt = shape.prefill_seqs, shape.prefill_tokens
@@ -322,18 +333,12 @@ class CalibratedCostModel:
         if ds:  # added last, in the order decode_run_s adds it
             k = k + self._decode_s(shape)
         graph = not shape.prefill_tokens and ds <= GRAPH_MAX_SEQS and dq == ds
-        if self._fixed_overhead is not None:
-            over = self._fixed_overhead
-        else:
-            ox, oy = self._over_graph if graph else self._over_eager
-            seqs = shape.prefill_seqs + ds
-            j = bisect_right(ox, seqs) - 1
-            j = 0 if j < 0 else (len(ox) - 2 if j > len(ox) - 2 else j)
-            over = oy[j] + (oy[j + 1] - oy[j]) * (seqs - ox[j]) / (ox[j + 1] - ox[j])
+        over = self._overhead_s(shape, graph)
         if graph:
             return over + (k + self._graph_gap)
         e = k + self._eager_gap
-        return over + (e if e > self._eager_floor else self._eager_floor)
+        floor = self._floor(shape)
+        return over + (e if e > floor else floor)
 
     def decode_run_s(self, shape: BatchShape, n: int) -> np.ndarray:
         """Durations of ``n`` pure-decode steps with contexts growing by one token per sequence per step,
@@ -356,10 +361,15 @@ class CalibratedCostModel:
             v = ys[j] + (ys[j + 1] - ys[j]) * (c - xs[j]) / (xs[j + 1] - xs[j])
         k = k + v * self.layers
         graph = self._graph(shape)
-        over = self._overhead_s(shape, graph)
+        if self._host is not None and self._fixed_overhead is None:  # host time grows with the KV tokens too
+            b0, b1, b2 = self._host[0 if graph else 1]
+            kv = shape.decode_ctx_tokens + ds * np.arange(n, dtype=np.float64)
+            over = (b0 + b1 * ds) + b2 * kv
+        else:
+            over = self._overhead_s(shape, graph)
         if graph:
             return over + (k + self._graph_gap)
-        return over + np.maximum(k + self._eager_gap, self._eager_floor)
+        return over + np.maximum(k + self._eager_gap, self._floor(shape))
 
     def step_time(self, shape: BatchShape) -> StepTime:
         """Per-operator breakdown (device time; the eager floor's excess and the gaps as their own terms);
@@ -382,7 +392,7 @@ class CalibratedCostModel:
             op_s["step_gap"] = self._graph_gap
         else:
             op_s["step_gap"] = self._eager_gap
-            op_s["eager_floor"] = max(0.0, self._eager_floor - (kernels + self._eager_gap))
+            op_s["eager_floor"] = max(0.0, self._floor(shape) - (kernels + self._eager_gap))
         overhead = self._overhead_s(shape, graph)
         total = self.step_time_s(shape)
         bound = {k: "measured" for k in op_s}

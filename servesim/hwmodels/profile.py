@@ -100,12 +100,18 @@ class Provenance(_Strict):
 
 class StepFit(_Strict):
     """What a whole engine step adds to the sum of its operators timed alone, for one weight format (fitted on
-    engine iterations at calibration): a per-kernel gap inside CUDA-graph steps, one per eager step, and the
-    eager floor (an eager step never takes less than the host needs to launch it)."""
+    engine iterations at calibration): a per-kernel gap inside CUDA-graph steps, one per eager step, the eager
+    floors (an eager step never takes less than the host needs to launch it: prefill only, and prefill with
+    decodes, which launches both attention kernels), and the host time per step as ``base + per_seq x
+    sequences + per_kv_token x KV tokens attended`` for graph and for eager steps (zeros: use the
+    ``step_overhead`` tables)."""
 
     graph_gap_s: float = 0.0  # per kernel
     eager_gap_s: float = 0.0  # per step
     eager_floor_s: float = 0.0
+    eager_floor_mixed_s: float = 0.0
+    graph_host_s: tuple[float, float, float] = (0.0, 0.0, 0.0)
+    eager_host_s: tuple[float, float, float] = (0.0, 0.0, 0.0)
 
 
 class FitReport(_Strict):
