@@ -4,7 +4,7 @@ Run: ``.venv/bin/python bench/fit_prior.py [--shared DIR] [--write]``. Reads Vid
 (``<shared>/profiles-public/vidur``, see its README; ``--shared`` or ``$SERVESIM_SHARED``, default
 ``<repo>/../shared``), Vidur's H100 send/recv table from the peers kit beside them, and servesim's own H100
 attention timings (bench/results/attention-*-round4.json, in-step condition). Prints the error tables and
-writes them to bench/results/fit_prior-<date>.{md,json}; ``--write`` also rewrites the catalog file with the
+writes them to bench/results/fit_prior-cpu-<date>.{md,json}; ``--write`` also rewrites the catalog file with the
 fitted parameters and their provenance. Not a test: tests/test_hw_prior_public.py holds the shipped errors.
 
 What is fitted, per GPU family (ampere = A100-SXM, ampere-gddr = A40, hopper = H100-SXM):
@@ -388,7 +388,7 @@ def main() -> int:
     for title, df in sections:
         md += [f"## {title}", "", _fmt_table(df), ""]
     args.out.mkdir(parents=True, exist_ok=True)
-    stem = args.out / f"fit_prior-{date}"
+    stem = args.out / f"fit_prior-cpu-{date}"
     stem.with_suffix(".md").write_text("\n".join(md))
     stem.with_suffix(".json").write_text(json.dumps(
         {"provenance": provenance, **{title: df.to_dict(orient="records") for title, df in sections}}, indent=1))

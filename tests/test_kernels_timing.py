@@ -49,7 +49,7 @@ def test_results_folder_holds_one_result_per_benchmark_and_gpu():
     from pathlib import Path
 
     names = [p.name for p in (Path(__file__).parent.parent / "bench" / "results").iterdir()]
-    pattern = re.compile(r"^([a-z0-9_]+)-([a-z0-9-]+?)-(\d{4}-\d{2}-\d{2})\.(md|json|log)$")
+    pattern = re.compile(r"^([a-z0-9_]+)-([a-z0-9]+(?:-\d+)?)-(\d{4}-\d{2}-\d{2})\.(md|json|log)$")
     assert all(pattern.match(n) for n in names), [n for n in names if not pattern.match(n)]
     dates: dict = {}
     for n in names:

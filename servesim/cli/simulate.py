@@ -62,6 +62,8 @@ def with_scenario_flags(func):
         return func(**kwargs)
 
     wrapper.__signature__ = sig.replace(parameters=own + [_option(n) for n in Scenario.model_fields])
+    if wrapper.__doc__:  # "{gpu}" and the like in the help text: the Scenario's defaults, never stale
+        wrapper.__doc__ = wrapper.__doc__.format(**{n: f.default for n, f in Scenario.model_fields.items()})
     return wrapper
 
 
@@ -151,8 +153,8 @@ def simulate_cmd(
 ) -> None:
     """Simulate a deployment serving a workload; print TTFT/TPOT/ITL/E2E, throughput, goodput, cost.
 
-    With no options: Llama-3.1-8B on one H100-SXM, chunked prefill, FCFS, the Azure 2023
-    conversation trace at its own times.
+    With no options: {model} on one {gpu}, {batching} batching, {policy}, the {trace} trace at its
+    own times.
     """
     base = _scenario(config, fields)
     if policies:

@@ -1,8 +1,8 @@
 """Paged attention for the engine and for calibration: one import point.
 
 * ``kv_cache``: the paged layout, :func:`write_kv` (scatter new K/V through a slot mapping), fp8 scales.
-* ``attention_prefill``: FlashAttention-2 style causal prefill, GQA, varlen, paged or contiguous KV.
-* ``attention_decode``: split-KV decode with GQA packing and 1+k query tokens, plus the LSE merge.
+* ``prefill``: FlashAttention-2 style causal prefill, GQA, varlen, paged or contiguous KV.
+* ``decode``: split-KV decode with GQA packing and 1+k query tokens, plus the LSE merge.
 
 Each kernel has a float32 torch reference (``*_ref``) and FLOPs/bytes helpers that calibration and the
 roofline reuse. The cache layout is documented in ``kv_cache.py``.

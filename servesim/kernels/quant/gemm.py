@@ -1,6 +1,6 @@
 """Triton W4A16 / W8A16 GEMM: ``y = x @ dequant(W)^T`` with dequantization fused into the K loop.
 
-Weights come in the packed layout of ``quant.py`` (int32 words, 128-wide K blocks, code j of word p at
+Weights come in the packed layout of ``quantize.py`` (int32 words, 128-wide K blocks, code j of word p at
 k = 128*b + P*j + p). A code becomes a float without any int->float conversion instruction (those run
 at 1/4 rate on Hopper):
 
@@ -17,7 +17,7 @@ it computes y^T = W x^T so on Hopper the dequantized tile is the wgmma A operand
 
 Both split K over a second grid axis for small M: each split writes an fp32 partial, bumps a per-tile
 counter, and the last split to arrive sums the partials in a fixed order (deterministic) and resets
-the counter, so one launch does the whole product. Tuned launch configs: ``quant_gemm_configs.py``.
+the counter, so one launch does the whole product. Tuned launch configs: ``configs.py``.
 """
 
 from __future__ import annotations
@@ -61,7 +61,7 @@ def _fill_split(tiles: int, kb: int, fill: float, sms: int) -> int:
 
 
 def quant_matmul(x, packed, sz, bits: int, group_size: int | None, config: dict, counters=None):
-    """``x @ dequant(W)^T`` for packed W (``quant.py`` layout); ``config`` from ``quant_gemm_configs``.
+    """``x @ dequant(W)^T`` for packed W (``quantize.py`` layout); ``config`` from ``configs.config_for``.
 
     x: ``[..., K]`` fp16/bf16; packed: int32 ``[KB, N, P]``; sz: int4 scale/zero words ``[G, N]``, or
     for int8 (``group_size=None``) fp32 per-channel scales ``[N]``. Returns ``[..., N]`` in ``x.dtype``.

@@ -1,6 +1,6 @@
 """Shared pieces of the quantized GEMM kernels: code extraction, group scales and zeros, tile loads,
 and the split-K epilogue. The packed format and the dequantization tricks are described in
-``quant_gemm.py``."""
+``gemm.py``."""
 
 from __future__ import annotations
 

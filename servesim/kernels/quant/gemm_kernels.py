@@ -1,5 +1,5 @@
 """The quantized GEMM kernels: ``_wq_gemv_kernel`` (M == 1, CUDA-core FMAs) and ``_wq_gemm_kernel``
-(any M, ``tl.dot`` on a dequantized tile). The launcher and the format are in ``quant_gemm.py``."""
+(any M, ``tl.dot`` on a dequantized tile). The launcher and the format are in ``gemm.py``."""
 
 from __future__ import annotations
 

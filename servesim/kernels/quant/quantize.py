@@ -1,7 +1,7 @@
 """Weight-only quantizers (RTN, AWQ-style), the packed formats the Triton kernels load, and references.
 
 Plain functions first (gpt-fast style): ``quantize_*`` turns a float weight ``[N, K]`` (out, in) into
-integer codes and scales, ``pack_*`` lays the codes out for the kernels in ``quant_gemm.py``, and
+integer codes and scales, ``pack_*`` lays the codes out for the kernels in ``gemm.py``, and
 ``dequantize_*`` maps everything back to float: dequantize-then-matmul is the reference the kernels
 are tested against.
 

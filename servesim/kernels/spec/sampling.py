@@ -1,6 +1,6 @@
 """Sampling pieces of the speculative verification kernels (``spec.py``): the race noise and the exact
 two-level race (a span of ``SPAN`` tokens drawn by a Gumbel-max race on its summed weight, then a token within
-it). The NumPy reference of every step is in ``spec_ref.py``, which the tests compare bit for bit."""
+it). The NumPy reference of every step is in ``ref.py``, which the tests compare bit for bit."""
 
 from __future__ import annotations
 
@@ -27,7 +27,7 @@ def _row_keys(seed, j):
 
 @triton.jit
 def _mix(x, k2):
-    """32-bit counter-based hash (spec_ref.mix32): two multiplies, key k2 injected mid-way; a bijection of x."""
+    """32-bit counter-based hash (ref.mix32): two multiplies, key k2 injected mid-way; a bijection of x."""
     x ^= x >> 16
     x *= _M1
     x ^= (x >> 15) ^ k2

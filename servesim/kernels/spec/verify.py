@@ -1,4 +1,4 @@
-"""Fused speculative-decoding verification (rejection sampling) in Triton; reference in ``spec_ref.py``.
+"""Fused speculative-decoding verification (rejection sampling) in Triton; reference in ``ref.py``.
 
 Inputs (B sequences; sequence ``i`` drafted ``k_i >= 0`` tokens, ``K = max k_i``):
 
@@ -16,7 +16,7 @@ if all ``k_i`` are accepted emit a sample of ``p_{k_i}`` (the bonus token). Gree
 ``x_j == argmax_j`` (ties: lowest id), then emit that argmax. Outputs ``accepted`` int32 ``[B]`` and
 ``emitted`` int32 ``[B, K+1]``: ``accepted`` drafts, one recovered/bonus token, then -1.
 
-Sampling is two-level (``spec_ref.py`` has the exact recipe and the NumPy code that reproduces it): the
+Sampling is two-level (``ref.py`` has the exact recipe and the NumPy code that reproduces it): the
 vocabulary is cut into fixed spans of ``SPAN`` tokens; a span is drawn in proportion to its summed weight
 (``2^y`` for the bonus token, ``max(0, p - q)`` for the recovered one, ``y = logits * log2(e) / T``), then a
 token within it in proportion to its weight: exactly the target distribution, and the pass over the
@@ -29,7 +29,7 @@ span index), turned into ``E2`` by a series near 0, so small ``E`` keep their re
 tokens their probability. The reference draws the same numbers and repeats the arithmetic, so kernel and
 reference agree token for token (up to float rounding ties, about 1e-6 per decision).
 
-Two launches (their sampling pieces are in ``spec_sampling.py``), no [T, V] float32 tensor: (1) one pass over
+Two launches (their sampling pieces are in ``sampling.py``), no [T, V] float32 tensor: (1) one pass over
 every row, split along V into chunks: running max and sum of exp (draft rows), ``log2`` of the summed ``2^y``
 of each span (bonus rows), max/argmax (greedy); (2) grid (chunk, sequence): the acceptance tests; a sequence
 that accepted everything has its bonus token drawn by chunk 0 (span race, then the race within that span);
