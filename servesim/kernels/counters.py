@@ -40,7 +40,7 @@ class SplitCounters:
     """
 
     def __init__(self, device: torch.device | str) -> None:
-        self.device = torch.device(device)
+        self.device = _normalized(device)
         self._buf: torch.Tensor | None = None
         self._outgrown: list[torch.Tensor] = []
 
@@ -57,6 +57,14 @@ def counters_for(counters: SplitCounters | None, device: torch.device, n: int) -
     """``n`` zero counters from ``counters``, or freshly allocated zeros when the caller keeps none."""
     if counters is None:
         return torch.zeros(max(n, 1), dtype=torch.int32, device=device)
-    if counters.device != torch.device(device):
+    if counters.device != _normalized(device):
         raise ValueError(f"split counters live on {counters.device}, the launch runs on {device}")
     return counters.take(n)
+
+
+def _normalized(device: torch.device | str) -> torch.device:
+    """``cuda`` and ``cuda:<current>`` are one device: give CUDA devices their index."""
+    device = torch.device(device)
+    if device.type == "cuda" and device.index is None:
+        return torch.device("cuda", torch.cuda.current_device())
+    return device
