@@ -4,7 +4,7 @@ PY := $(VENV)/bin/python
 # torch is pinned to the CPU build on disk for the test path; an unpinned torch pulls a multi-GB CUDA build.
 TORCH_CPU ?= torch==2.13.0
 
-.PHONY: demo test lint
+.PHONY: demo test lint e2e screenshots
 
 $(VENV)/.core:
 	python3 -m venv $(VENV)
@@ -24,3 +24,11 @@ lint: $(VENV)/.dev
 
 test: lint
 	TRITON_INTERPRET=1 $(PY) -m pytest -q
+
+# Browser tests of the dashboard (Debian's chromium: apt-get install -y chromium); CI runs them after `make test`.
+e2e: $(VENV)/.dev
+	$(PY) -m pytest -q -m e2e
+
+# The same tests, writing their screenshots into docs/img/ (docs/dashboard.md shows them).
+screenshots: $(VENV)/.dev
+	SERVESIM_SCREENSHOT_DIR=docs/img $(PY) -m pytest -q -m e2e tests/test_e2e_dashboard.py

@@ -12,7 +12,7 @@ from servesim.errors import InputError
 
 def _register() -> None:
     # Subcommand modules register themselves on `app`; import order is the --help order.
-    from servesim.cli import calibrate, hw, plan, replay, simulate, traces, validate  # noqa: F401
+    from servesim.cli import calibrate, dashboard, hw, plan, replay, simulate, traces, validate  # noqa: F401
 
 
 def main(argv: list[str] | None = None) -> None:
