@@ -3,9 +3,10 @@
 Run: ``.venv/bin/python bench/fit_prior.py [--shared DIR] [--write]``. Reads Vidur's public per-operator tables
 (``<shared>/profiles-public/vidur``, see its README; ``--shared`` or ``$SERVESIM_SHARED``, default
 ``<repo>/../shared``), Vidur's H100 send/recv table from the peers kit beside them, and servesim's own H100
-attention timings (bench/results/attention-*-round4.json, in-step condition). Prints the error tables and
-writes them to bench/results/fit_prior-cpu-<date>.{md,json}; ``--write`` also rewrites the catalog file with the
-fitted parameters and their provenance. Not a test: tests/test_hw_prior_public.py holds the shipped errors.
+attention and quantized-GEMM timings (bench/results/{attention,quant_gemm}-h100-2026-11-27.json, in-step). Prints
+the error tables and writes them to bench/results/fit_prior-cpu-<date>.{md,json}; ``--write`` also rewrites the catalog
+file with the fitted parameters and their provenance. Not a test: tests/test_hw_prior_public.py holds the shipped
+errors.
 
 What is fitted, per GPU family (ampere = A100-SXM, ampere-gddr = A40, hopper = H100-SXM):
 - gemm, norm, act, rope, add and pooled elementwise kernels on the 7B/8B compute tables (every table, every TP);
@@ -13,7 +14,8 @@ What is fitted, per GPU family (ampere = A100-SXM, ampere-gddr = A40, hopper = H
 - NCCL all-reduce (A100 and H100 DGX tables, one node); the custom all-reduce line from the H100 figures
   published in sgl-project/sglang PR 2904 (vLLM-style one-shot kernel, TP 2/4/8, 512 B-1 MiB); pipeline
   send/recv from Vidur's H100 table.
-- attention (prefill and decode share one kernel prior) from servesim's paged kernels on the H100.
+- attention (prefill and decode share one kernel prior) from servesim's paged kernels on the H100, and the
+  W8A16/W4A16 GEMMs from servesim's quantized kernels on the H100 (other families borrow both).
 ``default`` is the pooled fit over every measured family (what a GPU without a family gets). Held out and
 reported separately: Llama-3-8B on the A100 with ampere refitted on Llama-2-7B only, and each family predicted
 by the default fitted without it (the error to expect on a GPU nobody measured).
@@ -36,15 +38,17 @@ from scipy.optimize import least_squares
 
 from servesim.hwmodels import public_tables as pt
 from servesim.hwmodels.gpus import get_gpu
-from servesim.hwmodels.models import MODELS
-from servesim.hwmodels.ops import decode_shape, features, layer_ops, prefill_shape
+from servesim.hwmodels.models import MODELS, get_weight_format
+from servesim.hwmodels.ops import ACT_BYTES, decode_shape, features, layer_ops, prefill_shape
 from servesim.hwmodels.prior import KINDS, PRIOR_FILE, GPUPrior, KernelPrior, LinkPrior
 
 REPO = Path(__file__).resolve().parents[1]
 FAMILIES = {"ampere": "A100-80GB-SXM", "ampere-gddr": "A40", "hopper": "H100-SXM"}
 VIDUR_KINDS = ("gemm", "norm", "act", "rope", "add")
 ELEMENTWISE = ("norm", "act", "rope", "add")
-ATTENTION_JSON = REPO / "bench/results/attention-NVIDIA_H100_80GB_HBM3-2026-11-27-round4.json"
+ATTENTION_JSON = REPO / "bench/results/attention-h100-2026-11-27.json"
+QUANT_JSON = REPO / "bench/results/quant_gemm-h100-2026-11-27.json"
+QUANT_KINDS = {"gemm_w8a16": ("w8a16", "w8_stream_ms"), "gemm_w4a16": ("w4a16", "w4_stream_ms")}
 SEND_RECV = "peers/vidur/data/h100_dgx.send_recv.csv"
 VIDUR_COMMIT = "7d47513363ec447a741ac5e47241580b47724fbf"
 # sgl-project/sglang PR 2904 (2025-01-15), "custom allreduce" on H100 (µs, TP 2/4/8 by message bytes).
@@ -131,6 +135,26 @@ def fit_attention() -> tuple[KernelPrior, pd.DataFrame]:
     return k, df.assign(predicted_s=k.time_s(f, b, peak, bw))
 
 
+def fit_quant() -> tuple[dict[str, KernelPrior], pd.DataFrame]:
+    """Kernel priors of servesim's weight-only quantized GEMMs from their H100 timings (in-step condition)."""
+    res = json.loads(QUANT_JSON.read_text())
+    gpu = get_gpu("H100-SXM")
+    out, tables = {}, []
+    for kind, (fmt, col) in QUANT_KINDS.items():
+        wf = get_weight_format(fmt)
+        m, n, k = (np.array([r[c] for r in res["rows"]], float) for c in ("M", "N", "K"))
+        rows = pd.DataFrame({
+            "gpu": gpu.name, "family": kind, "tokens": m, "flops": 2.0 * m * n * k, "row_bytes": 0.0,
+            "bytes": [wf.matrix_bytes(int(kk), int(nn)) + (kk + nn) * mm * ACT_BYTES for mm, nn, kk in zip(m, n, k)],
+            "measured_s": np.array([r[col] for r in res["rows"]]) * 1e-3,
+        })
+        out[kind] = fit_kernel(rows, "gemm")  # weight-only formats compute in bf16: the fp16 peak is theirs
+        peak, bw = gpu.peak_flops_per_s(wf.compute_dtype), gpu.hbm_bytes_per_s
+        tables.append(rows.assign(predicted_s=out[kind].time_s(rows.flops, rows.bytes, peak, bw)))
+    df = pd.concat(tables, ignore_index=True)
+    return out, pt.error_table(df.assign(band=pt.band_of(df.tokens.to_numpy())))
+
+
 def fit_custom_allreduce() -> LinkPrior:
     link = get_gpu("H100-SXM").interconnect_bytes_per_s / 2
     size = np.array([s for s in CUSTOM_AR_H100 for _ in range(3)], float)
@@ -152,6 +176,7 @@ def fit_family(rows: pd.DataFrame, ar: pd.DataFrame, shared: dict, measured_on) 
     kernels = {k: fit_kernel(rows[rows.kind == k], k) for k in VIDUR_KINDS}
     kernels["elementwise"] = fit_kernel(rows[rows.kind.isin(ELEMENTWISE)], "elementwise")
     kernels["attn_prefill"] = kernels["attn_decode"] = shared["attention"]
+    kernels |= shared["quant"]
     kernels["sampler"] = KernelPrior(0.0, 1.0, SAMPLER["eff_memory"], 1.0)
     nccl = fit_link(ar.ring_bytes.to_numpy(), ar.measured_s.to_numpy(), link_of(ar.gpu)) if len(ar) else None
     return GPUPrior("", kernels, {"nccl": nccl, "custom": shared["custom"]}, shared["p2p"], tuple(measured_on))
@@ -248,7 +273,7 @@ def _r(x: float, digits: int = 4) -> float:
 
 def _kernel_yaml(k: KernelPrior, kind: str, source: str) -> dict:
     out = {"floor_us": _r(k.floor_s * 1e6)}
-    if kind in ("gemm", "attn_prefill", "attn_decode", "sampler"):
+    if kind in ("gemm", *QUANT_KINDS, "attn_prefill", "attn_decode", "sampler"):
         out |= {"eff_compute": _r(k.eff_compute), "eff_memory": _r(k.eff_memory), "sharpness": round(k.sharpness, 3)}
     else:
         out |= {"eff_memory": _r(k.eff_memory), "row_gbps": _r(k.row_bytes_per_s / 1e9)}
@@ -257,10 +282,12 @@ def _kernel_yaml(k: KernelPrior, kind: str, source: str) -> dict:
 
 def catalog_yaml(fams: dict[str, GPUPrior], provenance: dict) -> str:
     src_kernel = {
-        "attn_prefill": "servesim paged attention on H100-SXM, in-step (bench/results/attention-*-round4.json)",
+        "attn_prefill": "servesim paged attention on H100-SXM, in-step (bench/results/attention-h100-2026-11-27.json)",
         "sampler": SAMPLER["source"],
     }
     src_kernel["attn_decode"] = src_kernel["attn_prefill"]
+    for kind in QUANT_KINDS:
+        src_kernel[kind] = f"servesim {kind[5:].upper()} kernels on H100-SXM, in-step ({QUANT_JSON.relative_to(REPO)})"
     body = {"provenance": provenance, "families": {}, "borrow": {
         "ada": "ampere-gddr", "blackwell": "hopper", "cdna3": "default"}}
     for fam, p in fams.items():
@@ -268,8 +295,8 @@ def catalog_yaml(fams: dict[str, GPUPrior], provenance: dict) -> str:
         kern = {}
         for kind in KINDS:
             src = src_kernel.get(kind, f"Vidur compute tables on {measured}")
-            if kind.startswith("attn") and fam != "hopper":
-                src += "; borrowed from hopper (no attention measurements on this family)"
+            if (kind.startswith("attn") or kind in QUANT_KINDS) and fam != "hopper":
+                src += "; borrowed from hopper (no measurements of these kernels on this family)"
             if kind == "sampler":
                 kern[kind] = {k: v for k, v in SAMPLER.items()}
                 continue
@@ -325,7 +352,9 @@ def main() -> int:
         return 2
     compute, ar = pt.compute_rows(root), pt.allreduce_rows(root)
     attention, att_rows = fit_attention()
-    shared_parts = {"attention": attention, "custom": fit_custom_allreduce(), "p2p": fit_p2p(shared)}
+    quant, quant_table = fit_quant()
+    shared_parts = {"attention": attention, "quant": quant, "custom": fit_custom_allreduce(),
+                    "p2p": fit_p2p(shared)}
     fams = fit_all(compute, ar, shared_parts)
     prior_of = family_of(fams)
 
@@ -362,6 +391,7 @@ def main() -> int:
                 "A100/H100/A40 and Meta-Llama-3-8B on A100, network all_reduce.csv of A100/H100 DGX (shared "
                 "profiles-public/vidur), send_recv.csv of H100 DGX (shared peers/vidur/data)",
         "attention": str(ATTENTION_JSON.relative_to(REPO)),
+        "quantized_gemm": str(QUANT_JSON.relative_to(REPO)),
         "custom_allreduce": "sgl-project/sglang PR 2904 (H100 custom all-reduce latencies, TP 2/4/8)",
         "fitted": date,
         "servesim_commit": _git("rev-parse", "HEAD"),
@@ -376,6 +406,8 @@ def main() -> int:
         ("Held out: each GPU predicted by the default prior fitted without its family",
          _ordered(held_family)[["gpu", "family", "band", "n", "median", "median_abs", "p90_abs"]]),
         ("Layer sum at one token, predicted/measured, by TP (1.0 is exact)", ratios),
+        ("Weight-only quantized GEMMs (servesim kernels, H100-SXM, in-step)",
+         _ordered(quant_table)[["gpu", "family", "band", "n", "median", "median_abs", "p90_abs"]]),
         ("Attention (servesim paged kernels, H100-SXM, in-step): predicted/measured − 1",
          att_rows.assign(error=att_rows.predicted_s / att_rows.measured_s - 1)[["kind", "case", "error"]]),
     ]

@@ -121,6 +121,19 @@ def test_small_shards_pay_the_floor():
     assert cm_prior.family == "hopper"
 
 
+def test_quantized_gemms_use_their_own_kernel_prior():
+    """W4A16/W8A16 GEMMs are priced with the dequantizing kernels' prior (floors, efficiencies), not bf16's."""
+    m = MODELS["Llama-3.1-8B"]
+    prior = prior_for(H100)
+    for fmt, nbytes in (("w4a16", 4096 * 4096 / 2 + 4096 * 32 * 2.5), ("w8a16", 4096 * 4096 + 4096 * 2)):
+        st = CostModel(Placement(m, H100, weight_format=fmt), overhead_s=0.0).step_time(decode_shape(1, 16))
+        k = prior.kernel(f"gemm_{fmt}")
+        a = 2 * 4096 * 4096 / (H100.peak_flops_per_s("bf16") * k.eff_compute)
+        mem = (nbytes + (4096 + 4096) * 2) / (H100.hbm_bytes_per_s * k.eff_memory)
+        assert st.op_s["o"] == pytest.approx(32 * (k.floor_s + soft(a, mem, k.sharpness)), rel=1e-9)
+    assert prior.kernel("gemm_w4a16") != prior.kernel("gemm")
+
+
 def test_tp_adds_allreduce_and_shrinks_weights():
     m = MODELS["Llama-3.1-70B"]
     tp4 = CostModel(Placement(m, H100, tp=4)).step_time(decode_shape(1, 1000))

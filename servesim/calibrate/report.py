@@ -16,6 +16,7 @@ import numpy as np
 
 from servesim.hwmodels.gpus import GPU, get_gpu
 from servesim.hwmodels.models import get_weight_format, kv_dtype_bytes
+from servesim.hwmodels.ops import gemm_kind
 from servesim.hwmodels.prior import GPUPrior, prior_for
 from servesim.hwmodels.profile import OpTable, Profile
 
@@ -61,7 +62,7 @@ def flops_bytes(op: str, key: dict, point: tuple[float, ...]) -> tuple[float, fl
 def roofline_s(gpu: GPU, op: str, key: dict, point: tuple[float, ...], prior: GPUPrior | None = None) -> float:
     """The roofline prior's seconds for one call of ``op`` at ``key`` and grid ``point`` on ``gpu``."""
     flops, nbytes, dtype = flops_bytes(op, key, point)
-    kind = KIND.get(op, "elementwise")
+    kind = gemm_kind(key["format"]) if op == "gemm" else KIND.get(op, "elementwise")
     row = nbytes / point[0] if kind in ROW_KINDS and point[0] else 0.0
     return float((prior or prior_for(gpu)).kernel_s(kind, flops, nbytes, gpu, dtype, row))
 

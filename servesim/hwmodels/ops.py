@@ -103,10 +103,11 @@ def features(shape: BatchShape, model: ModelSpec) -> dict[str, float]:
 
 @dataclass(frozen=True, slots=True)
 class OpForm:
-    """An operator's FLOPs and bytes on one GPU: ``const + Σ coef·feature``. ``kind`` picks the prior's
-    parameters (gemm, attn_prefill, attn_decode, elementwise, comm, sampler); ``calls`` counts collectives
-    (latency). ``parts`` lists the kernels an operator of several launches runs, each as (kernel kind, bytes
-    per new token); their bytes sum to the operator's, and the cost model prices each with its own floor."""
+    """An operator's FLOPs and bytes on one GPU: ``const + Σ coef·feature``. ``kind`` picks the prior's parameters
+    (gemm, gemm_w8a16, gemm_w4a16, attn_prefill, attn_decode, elementwise, comm, sampler); ``calls`` counts
+    collectives (latency). ``parts`` lists the kernels an operator of several launches runs, each as (kernel
+    kind, bytes per new token); their bytes sum to the operator's, and the cost model prices each with its own
+    floor."""
 
     name: str
     kind: str
@@ -154,11 +155,20 @@ def rope_bytes(q: int, kv: int) -> float:
     return 2 * (q + kv) * ACT_BYTES
 
 
-def _gemm(name: str, k: int, n: int, weight_bytes: float, dtype: str, copies: float = 1.0) -> OpForm:
+def gemm_kind(weight_format: str) -> str:
+    """The operator kind of a GEMM whose weights are stored in ``weight_format``: weight-only integer formats
+    run their own dequantizing kernels (``gemm_w8a16``, ``gemm_w4a16``), the rest a tensor-core GEMM in their
+    compute dtype (``gemm``)."""
+    return f"gemm_{weight_format}" if weight_format in ("w8a16", "w4a16") else "gemm"
+
+
+def _gemm(
+    name: str, k: int, n: int, weight_bytes: float, dtype: str, copies: float = 1.0, kind: str = "gemm"
+) -> OpForm:
     # copies: rows each token feeds (top-k for experts); weights read once per step.
     return OpForm(
         name,
-        "gemm",
+        kind,
         {"new_tokens": 2.0 * k * n * copies},
         {"new_tokens": (k + n) * copies * ACT_BYTES},
         weight_bytes,
@@ -171,12 +181,12 @@ def layer_ops(
 ) -> list[OpForm]:
     """The operators of one decoder layer on one of ``tp`` GPUs."""
     wf, kvb = get_weight_format(weight_format), kv_dtype_bytes(kv_dtype)
-    h, q, dt = model.hidden_size, model.q_size // tp, wf.compute_dtype
+    h, q, dt, gk = model.hidden_size, model.q_size // tp, wf.compute_dtype, gemm_kind(wf.name)
     kv = max(model.num_kv_heads // tp, 1) * model.head_dim  # KV heads are replicated when tp exceeds them
     qkv_n = q + 2 * kv
     qkv_bias = qkv_n * ACT_BYTES if model.qkv_bias else 0.0
     ops = [
-        _gemm("qkv", h, qkv_n, wf.matrix_bytes(h, qkv_n) + qkv_bias, dt),
+        _gemm("qkv", h, qkv_n, wf.matrix_bytes(h, qkv_n) + qkv_bias, dt, kind=gk),
         # FlashAttention: 2 FLOPs for QK^T and 2 for PV per (query, key) pair per head dim; reads Q, the KV
         # it attends to once (re-reads per query tile are ignored), writes O and the new K/V.
         OpForm(
@@ -191,7 +201,7 @@ def layer_ops(
             {"decode_attn_pairs": 4.0 * q},
             {"decode_query_tokens": 2 * q * ACT_BYTES + 2 * kv * kvb, "decode_ctx_tokens": 2 * kv * kvb},
         ),
-        _gemm("o", q, h, wf.matrix_bytes(q, h), dt),
+        _gemm("o", q, h, wf.matrix_bytes(q, h), dt, kind=gk),
     ]
     if model.is_moe:
         i, e, k = model.expert_intermediate_size // tp, model.num_experts, model.experts_per_token
@@ -200,16 +210,14 @@ def layer_ops(
             op = _gemm(name, kk, nn, 0.0, dt, copies=k)
             # Only the experts some token was routed to are read.
             ops.append(
-                OpForm(
-                    name, "gemm", op.flops, {**op.bytes, "touched_experts": wf.matrix_bytes(kk, nn)}, 0.0, dt
-                )
+                OpForm(name, gk, op.flops, {**op.bytes, "touched_experts": wf.matrix_bytes(kk, nn)}, 0.0, dt)
             )
         mlp_act = k * i
     else:
         i = model.intermediate_size // tp
         ops += [
-            _gemm("gate_up", h, 2 * i, wf.matrix_bytes(h, 2 * i), dt),
-            _gemm("down", i, h, wf.matrix_bytes(i, h), dt),
+            _gemm("gate_up", h, 2 * i, wf.matrix_bytes(h, 2 * i), dt, kind=gk),
+            _gemm("down", i, h, wf.matrix_bytes(i, h), dt, kind=gk),
         ]
         mlp_act = i
     # Four kernels: two fused RMSNorm+residual, SiLU·mul, RoPE on q and k.

@@ -47,18 +47,19 @@ from servesim.hwmodels.gpus import GPU, read_yaml
 from servesim.hwmodels.ops import OpForm
 
 PRIOR_FILE = Path(__file__).parent / "catalog" / "prior.yaml"
-KINDS = ("gemm", "attn_prefill", "attn_decode", "norm", "act", "rope", "add", "elementwise", "sampler")
+KINDS = ("gemm", "gemm_w8a16", "gemm_w4a16", "attn_prefill", "attn_decode", "norm", "act", "rope", "add",
+         "elementwise", "sampler")
 ALLREDUCE_MODES = ("custom", "nccl")
 DEFAULT_FAMILY = "default"
 
 
 def soft(a, m, c):
     """``a + m − c·a·m/(a+m)``: the sum at c = 0, near ``max(a, m)`` at c = 1; 0 when both are 0.
-    Works on floats and numpy arrays alike."""
+    Works on floats and arrays (numpy, pandas) alike."""
     den = a + m
-    return den - c * a * m / np.where(den > 0, den, 1.0) if isinstance(den, np.ndarray) else (
-        den - c * a * m / den if den > 0 else 0.0
-    )
+    if np.ndim(den):
+        return den - c * a * m / np.where(den > 0, den, 1.0)
+    return den - c * a * m / den if den > 0 else 0.0
 
 
 @dataclass(frozen=True, slots=True)
