@@ -100,3 +100,47 @@ def test_memory_rejection_names_the_planners_numbers():
 def test_tp_that_does_not_divide_the_heads_is_a_config_rejection():
     r = plan("Llama-3.1-8B", 5.0, "ttft_p99_ms=2000", gpus=["H100-SXM"], quants=["bf16"], tps=[3], verify=0, jobs=1)
     assert r.configs.reject_kind.iloc[0] == "config" and "tp=3" in r.configs.reason.iloc[0]
+
+
+class FakeRunner:
+    """A deployment passes the SLO from ``needs`` replicas on; records what it was asked to run."""
+
+    def __init__(self, needs: int) -> None:
+        self.needs, self.asked = needs, []
+
+    def run(self, scenarios):
+        from servesim.plan.execute import Outcome
+
+        self.asked += [s.replicas for s in scenarios]
+        return [Outcome({"status": "ok", "rejected": 0, "rate": s.rate, "replicas": s.replicas,
+                         "p99_ttft_ms": 100.0 if s.replicas >= self.needs else 900.0}, 0.0, 0.0, False)
+                for s in scenarios]
+
+
+def _candidate(replicas: int):
+    from servesim.plan.capacity import Candidate
+    from servesim.sim.config import Scenario
+
+    c = Candidate(0, Scenario(num_requests=100), "H100-SXM bf16 tp1", status="ok")
+    c.result.update(replicas=replicas, gpus_per_replica=1, usd_per_hour_per_gpu=3.0, usd_per_hour=3.0 * replicas,
+                    usd_per_million_output_tokens=1.0, capacity_rps=10.0)
+    return c
+
+
+def test_verification_adds_replicas_until_the_deployment_holds_and_respects_the_budget():
+    from servesim.plan.capacity import _verify_cheapest
+    from servesim.plan.search import Limits
+
+    lim = Limits.parse("ttft_p99_ms=500")
+    c, runner = _candidate(2), FakeRunner(needs=4)
+    rows = _verify_cheapest([c], 20.0, lim, 1, runner, None)
+    assert runner.asked == [2, 3, 4] and [r["passed"] for r in rows] == [False, False, True]
+    assert c.result["replicas"] == 4 and c.result["usd_per_hour"] == 12.0 and c.result["verified"]
+    assert c.result["margin_p99_ttft_ms"] == pytest.approx(0.8)
+    assert c.result["usd_per_million_output_tokens"] == pytest.approx(2.0) and c.result["headroom"] == 1.0
+    c = _candidate(2)
+    _verify_cheapest([c], 20.0, lim, 1, FakeRunner(needs=4), 10.0)
+    assert c.status == "rejected" and c.reject_kind == "budget" and "$12.00/h" in c.reason
+    c = _candidate(2)
+    _verify_cheapest([c], 20.0, lim, 1, FakeRunner(needs=99), None)
+    assert c.reject_kind == "slo" and "5 replicas at 20 req/s still fail: p99_ttft_ms 900 > 500" in c.reason

@@ -124,3 +124,15 @@ def test_dask_and_local_give_identical_tables(tmp_path):
     assert np.isfinite(local.p99_ttft_ms).all()
     for name in ("configs", "probes", "verifications"):
         pd.testing.assert_frame_equal(getattr(local_plan, name), getattr(dask_plan, name), obj=name)
+
+
+def test_rows_say_which_cost_model_priced_them(tmp_path):
+    from servesim.hwmodels.profile import save_profile
+    from tests.profile_helpers import synthetic_profile
+
+    path = tmp_path / "h200.json"
+    save_profile(synthetic_profile(), path)
+    r = sweep({"base": {"gpu": "H200", "num_requests": 30, "rate": 3.0},
+               "axes": {"profile": ["roofline", str(path)]}}, jobs=1)
+    assert list(r.table.profile_id) == ["roofline", "synthetic-h200"]
+    assert "cost_extrapolated" in r.table

@@ -171,7 +171,7 @@ def plan(model: str, rate: float, slo: str | Mapping[str, float] | Limits, *, wo
         for c in cands:
             if c.status == "searching":
                 _conclude(c, rate, limits, budget_usd_per_hour)
-        verifications = _verify_cheapest(cands, rate, limits, verify, runner)
+        verifications = _verify_cheapest(cands, rate, limits, verify, runner, budget_usd_per_hour)
         workers = runner.workers
     configs = _configs_table(cands, varying)
     probes = pd.DataFrame([p for c in cands for p in c.probes])
@@ -229,6 +229,7 @@ def _conclude(c: Candidate, target: float, limits: Limits, budget: float | None)
         f"passes at {lo:.4g} req/s, the highest rate tried", replicas=replicas, gpus_total=gpus,
         usd_per_hour=usd, usd_per_million_output_tokens=usd / (target * out_per_req * 3600) * 1e6,
         headroom=replicas * lo / target - 1, profile_id=at_lo["profile_id"],
+        cost_extrapolated=at_lo["cost_extrapolated"],
         output_tokens_per_s_per_gpu=at_lo["output_tokens_per_s_per_gpu"],
         output_tokens_per_s_per_user=at_lo["output_tokens_per_s_per_user"],
         **{f"{k}_at_capacity": at_lo[k] for k in limits.limits_ms},
@@ -242,7 +243,8 @@ def _cost(c: Candidate) -> tuple[float, float]:
     return c.result["usd_per_hour"], -c.result["capacity_rps"]
 
 
-def _verify_cheapest(cands: list[Candidate], target: float, limits: Limits, n: int, runner: Runner) -> list[dict]:
+def _verify_cheapest(cands: list[Candidate], target: float, limits: Limits, n: int, runner: Runner,
+                     budget: float | None) -> list[dict]:
     """Simulate the cheapest ``n`` as whole deployments; add replicas while the SLOs fail."""
     rows: list[dict] = []
     tries: dict[int, int] = {}
@@ -271,6 +273,9 @@ def _verify_cheapest(cands: list[Candidate], target: float, limits: Limits, n: i
             c.result.update(replicas=r, gpus_total=r * c.result["gpus_per_replica"], usd_per_hour=usd,
                             usd_per_million_output_tokens=c.result["usd_per_million_output_tokens"] * scale,
                             headroom=r * c.result["capacity_rps"] / target - 1)
+            if budget is not None and usd > budget:
+                c.reject("budget", f"{r} replicas (one more after the whole deployment failed the SLOs: "
+                                   f"{'; '.join(fails)}) cost ${usd:.2f}/h, over the budget ${budget:.2f}/h")
 
 
 def _configs_table(cands: list[Candidate], varying: Sequence[str]) -> pd.DataFrame:

@@ -85,6 +85,7 @@ def evaluate(s: Scenario) -> tuple[dict, float, float]:
     price = float(meta["usd_per_hour_per_gpu"])
     row.update(
         status="ok", reason="", profile_id=meta["profile_id"],
+        cost_extrapolated=",".join(meta.get("cost_extrapolated", ())),  # terms priced outside the profile
         gpus_per_replica=gpus_per_replica, gpus_total=meta["gpus_total"], usd_per_hour_per_gpu=price,
         usd_per_hour=price * meta["gpus_total"], kv_blocks_per_replica=meta["kv_blocks_per_replica"],
     )
