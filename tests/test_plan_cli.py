@@ -33,6 +33,14 @@ def test_bad_grid_is_one_line_exit_2_and_writes_nothing(capsys, tmp_path, monkey
     assert list(tmp_path.iterdir()) == [grid]
 
 
+def test_output_dir_that_is_a_file_is_refused_before_running(capsys, tmp_path):
+    grid, taken = tmp_path / "g.yaml", tmp_path / "taken"
+    grid.write_text("base: {num_requests: 10}\n")
+    taken.write_text("")
+    code, out, err = run(capsys, "sweep", grid, "-o", taken)
+    assert code == 2 and "exists and is not a directory" in err and not (tmp_path / "cache").exists()
+
+
 def test_sweep_writes_tables_and_resumes(capsys, tmp_path):
     grid = tmp_path / "g.yaml"
     grid.write_text("base: {num_requests: 30}\naxes:\n  gpu: [H100-SXM, H200]\n  rate: [2, 5]\n")
@@ -83,3 +91,26 @@ def test_example_runs(script, tmp_path):
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "wrote" in proc.stdout
+
+
+def test_sweep_on_a_dask_cluster_from_the_command_line(capsys, tmp_path):
+    distributed = pytest.importorskip("distributed")
+    grid = tmp_path / "g.yaml"
+    grid.write_text("base: {num_requests: 20}\naxes:\n  rate: [2, 5]\n")
+    with distributed.LocalCluster(n_workers=1, threads_per_worker=2, processes=False,
+                                  dashboard_address=None) as cluster:
+        code, out, err = run(capsys, "sweep", grid, "-o", tmp_path / "d", "--dask", cluster.scheduler_address)
+    assert code == 0, err
+    assert "on 2 workers" in out and len(pd.read_parquet(tmp_path / "d" / "results.parquet")) == 2
+
+
+def test_unreachable_dask_scheduler_is_exit_2(capsys, tmp_path, monkeypatch):
+    pytest.importorskip("distributed")
+    from servesim.plan import execute
+
+    monkeypatch.setattr(execute, "CONNECT_TIMEOUT", "1s")
+    grid = tmp_path / "g.yaml"
+    grid.write_text("base: {num_requests: 20}\n")
+    code, out, err = run(capsys, "sweep", grid, "-o", tmp_path / "d", "--dask", "tcp://127.0.0.1:9")
+    assert code == 2 and err.startswith("error: field 'dask': cannot reach a Dask scheduler at tcp://127.0.0.1:9")
+    assert not (tmp_path / "d").exists()

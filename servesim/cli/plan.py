@@ -83,10 +83,11 @@ def sweep_cmd(
     """
     from servesim.plan.grid import Grid
     from servesim.plan.sweep import sweep
+    from servesim.sim.outputs import check_writable
 
     g = Grid.load(grid)
     scenarios = g.scenarios()  # every error before anything runs or is written
-    out = output_dir or Path(f"sweep-{grid.stem}")
+    out = check_writable(output_dir or Path(f"sweep-{grid.stem}"))
     console = _console()
     with _progress("sweep", "scenarios", Console(stderr=True)) as update:
         result = sweep(scenarios, jobs=jobs, dask=dask, cache_dir=cache_dir or out / "cache", on_progress=update)
@@ -136,13 +137,14 @@ def plan_cmd(
     Pareto frontiers (pareto.html)."""
     from servesim.plan import DEFAULT_GPUS, DEFAULT_QUANTS, DEFAULT_TPS, plan
     from servesim.sim.config import load_scenario
+    from servesim.sim.outputs import check_writable
 
     base = {}
     if config is not None:
         base = load_scenario(config).model_dump(exclude_unset=True)
     if num_requests is not None:
         base.update(num_requests=num_requests, duration_s=None, start_s=None)
-    out = output_dir or Path(f"plan-{Path(model).stem}-{rate:g}rps")
+    out = check_writable(output_dir or Path(f"plan-{Path(model).stem}-{rate:g}rps"))
     console = _console()
     with _progress("plan", "probes", Console(stderr=True)) as update:
         result = plan(model, rate, slo, workload=workload, gpus=_list(gpus, "gpus") or DEFAULT_GPUS,

@@ -16,6 +16,8 @@ from servesim.plan.cache import ResultCache, scenario_key
 from servesim.plan.run import evaluate, evaluate_indexed
 from servesim.sim.config import Scenario
 
+CONNECT_TIMEOUT = "10s"  # to reach a Dask scheduler
+
 
 @dataclass(frozen=True)
 class Outcome:
@@ -70,7 +72,7 @@ class Runner:
         if isinstance(dask, Client):
             return dask
         try:
-            self._owned_client = Client(str(dask), timeout="20s")
+            self._owned_client = Client(str(dask), timeout=CONNECT_TIMEOUT)
         except (OSError, TimeoutError) as exc:
             raise InputError(f"cannot reach a Dask scheduler at {dask}: {exc}", field="dask") from None
         return self._owned_client
