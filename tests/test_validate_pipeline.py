@@ -77,3 +77,18 @@ def test_validate_on_the_cpu_engine_writes_a_complete_report(setup, tmp_path):
     for side in ("predicted", "measured"):
         assert (out / side / "summary.json").exists() and (out / side / "requests.parquet").exists()
     assert (out / "measured" / "iterations.parquet").exists() and (out / "report.html").stat().st_size > 10_000
+
+
+@pytest.mark.parametrize("fixture", ["vllm/bench_serve_detailed.json", "guidellm/benchmarks_v07.json", "aiperf"])
+def test_validate_from_files_writes_a_complete_report(fixture, tmp_path):
+    from pathlib import Path
+
+    src = Path(__file__).parent / "fixtures" / "external" / fixture
+    if src.is_dir() and not any(src.iterdir()):
+        pytest.skip("fixture missing")
+    out = tmp_path / "ext"
+    pick = ["--benchmark", "0"] if "guidellm" in fixture else []
+    assert cli("validate", "--from-files", str(src), *pick, "--gpu", "H100-SXM", "--out-dir", str(out)) == 0
+    doc = json.loads((out / "report.json").read_text())
+    assert doc["notes"] and any(m["measured"] is not None for m in doc["metrics"])
+    assert "predicted vs measured" in (out / "report.md").read_text()

@@ -30,6 +30,8 @@ def validate_cmd(
         None, "--from-files", metavar="FILE", rich_help_panel=_V,
         help="compare with an external engine's results (vLLM bench serve JSON, GuideLLM benchmarks.json, AIPerf)"),
     tool: Optional[str] = _TOOL,  # noqa: UP045
+    benchmark: Optional[int] = typer.Option(None, "--benchmark", metavar="N", rich_help_panel=_V,  # noqa: UP045
+                                            help="with --from-files: which benchmark of a file that holds several"),
     suite: Optional[Path] = _SUITE,  # noqa: UP045
     cases: Optional[str] = typer.Option(None, "--cases", metavar="LIST", rich_help_panel=_V,  # noqa: UP045
                                         help="with --suite: only these cases"),
@@ -75,7 +77,7 @@ def validate_cmd(
         return
     if from_files:
         given = {k: v for k, v in fields.items() if v is not None}
-        report, _ = validate_files(from_files, tool, given)
+        report, _ = validate_files(from_files, tool, given, benchmark=benchmark)
         write_report(report, out_dir)
     else:
         base = _scenario(config, fields)

@@ -79,25 +79,20 @@ def validate_engine(s: Scenario, opts: EngineOptions, time_scale: float = 1.0, t
     return report, {"predicted": predicted, "measured": measured.result, "iterations": measured.iterations}
 
 
-def validate_files(path: str, tool: str | None, overrides: dict, title: str | None = None) -> tuple[Report, dict]:
+def validate_files(path: str, tool: str | None, overrides: dict, title: str | None = None,
+                   benchmark: int | None = None) -> tuple[Report, dict]:
     """An external engine's results vs a simulation of the same requests (arrivals and lengths from the file)."""
     from servesim.sim.simulator import simulate
     from servesim.validate.external import external_workload, load_external
 
-    run = load_external(path, tool)
+    run = load_external(path, tool) if benchmark is None else load_external(path, tool, benchmark=benchmark)
     w = external_workload(run)
     s = make_scenario({**overrides, "arrival": "trace"})
     predicted = simulate(s, w)
-    from servesim.sim.metrics import summarize
+    from servesim.validate.external import external_summary
 
     req = run.requests
-    ok = req[req.rejected_reason.fillna("") == ""]
-    itl = [x for lst in ok.itl_s if isinstance(lst, list) for x in lst] if "itl_s" in ok else []
-    import numpy as np
-
-    duration = float(ok.finish_s.max() - req.arrival_s.min()) if len(ok) else 0.0
-    measured = summarize(req.assign(generated_tokens=req.output_tokens), np.asarray(itl, np.float64),
-                         np.ones(len(itl), np.int64), duration, None)
+    measured = external_summary(run)  # vLLM's keys recomputed from the rows, inside the tool's measured window
     rows = compare.metric_rows(predicted.summary, measured)
     case = {"scenario": s.model_dump(mode="json"), "external": f"{run.tool}: {run.source}",
             "requests": len(w), "profile_id": predicted.meta["profile_id"]}
