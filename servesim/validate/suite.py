@@ -18,10 +18,10 @@ COLUMNS = (("p50 TTFT", "median_ttft_ms_error"), ("p99 TTFT", "p99_ttft_ms_error
            ("iter p90", "iteration_p90_abs_error"))
 
 
-def _cell(v) -> str:
+def _cell(v, signed: bool = True) -> str:
     if v is None or (isinstance(v, float) and not math.isfinite(v)):
         return "—"
-    return f"{v:+.1%}"
+    return f"{v:+.1%}" if signed else f"{v:.1%}"
 
 
 def suite_table(rows: list[dict]) -> str:
@@ -30,7 +30,7 @@ def suite_table(rows: list[dict]) -> str:
     for r in rows:
         ok = all(abs(r.get(k, math.nan)) <= b for k, b in BOUNDS.items() if isinstance(r.get(k), float)
                  and math.isfinite(r[k]))
-        lines.append(f"| {r['case']} | " + " | ".join(_cell(r.get(k)) for _, k in COLUMNS) +
+        lines.append(f"| {r['case']} | " + " | ".join(_cell(r.get(k), "abs" not in k) for _, k in COLUMNS) +
                      f" | {'yes' if ok else 'no'} |")
     return "\n".join(lines) + "\n"
 
