@@ -136,3 +136,7 @@ def test_rows_say_which_cost_model_priced_them(tmp_path):
                "axes": {"profile": ["roofline", str(path)]}}, jobs=1)
     assert list(r.table.profile_id) == ["roofline", "synthetic-h200"]
     assert "cost_extrapolated" in r.table
+    # The same profile on another GPU prices it, and the row says where the profile was measured.
+    r = sweep([{"gpu": "H100-SXM", "num_requests": 20, "rate": 2.0, "profile": str(path)}], jobs=1)
+    assert r.table.profile_id.iloc[0] == "synthetic-h200"
+    assert "measured on H200, the deployment runs on H100-SXM" in r.table.warnings.iloc[0]

@@ -229,7 +229,7 @@ def _conclude(c: Candidate, target: float, limits: Limits, budget: float | None)
         f"passes at {lo:.4g} req/s, the highest rate tried", replicas=replicas, gpus_total=gpus,
         usd_per_hour=usd, usd_per_million_output_tokens=usd / (target * out_per_req * 3600) * 1e6,
         headroom=replicas * lo / target - 1, profile_id=at_lo["profile_id"],
-        cost_extrapolated=at_lo["cost_extrapolated"],
+        cost_extrapolated=at_lo["cost_extrapolated"], warnings=at_lo["warnings"],
         output_tokens_per_s_per_gpu=at_lo["output_tokens_per_s_per_gpu"],
         output_tokens_per_s_per_user=at_lo["output_tokens_per_s_per_user"],
         **{f"{k}_at_capacity": at_lo[k] for k in limits.limits_ms},

@@ -86,6 +86,7 @@ def evaluate(s: Scenario) -> tuple[dict, float, float]:
     row.update(
         status="ok", reason="", profile_id=meta["profile_id"],
         cost_extrapolated=",".join(meta.get("cost_extrapolated", ())),  # terms priced outside the profile
+        warnings="; ".join(meta.get("warnings", ())),  # e.g. a profile measured on another GPU, a roofline fallback
         gpus_per_replica=gpus_per_replica, gpus_total=meta["gpus_total"], usd_per_hour_per_gpu=price,
         usd_per_hour=price * meta["gpus_total"], kv_blocks_per_replica=meta["kv_blocks_per_replica"],
     )
