@@ -95,11 +95,15 @@ def test_step_time_equals_its_breakdown(model):
         assert st.total_s > 0
 
 
-def test_decode_run_is_bit_exact_with_stepping(model):
+@pytest.mark.parametrize("weight", [0.0, 0.47])
+def test_decode_run_is_bit_exact_with_stepping(profile, weight):
+    model = CalibratedCostModel(Placement(get_model("Llama-3.1-8B"), H200),
+                                profile.model_copy(update={"decode_max_weight": weight}))
     for b, c, n in ((1, 100, 50), (7, 3000, 400), (256, 30000, 40), (300, 500, 20)):  # graph, long, beyond grid
-        s = decode_shape(b, c)
+        s = replace(decode_shape(b, c), decode_ctx_max=int(c * 1.7))  # ragged: the longest is 1.7x the mean
         run = model.decode_run_s(s, n)
-        one = [model.step_time_s(replace(s, decode_ctx_tokens=s.decode_ctx_tokens + i * b)) for i in range(n)]
+        one = [model.step_time_s(replace(s, decode_ctx_tokens=s.decode_ctx_tokens + i * b,
+                                         decode_ctx_max=s.decode_ctx_max + i)) for i in range(n)]
         assert run.tolist() == one
 
 
@@ -130,3 +134,29 @@ def test_eager_steps_never_take_less_than_the_floor(model):
     assert model.step_time_s(decode_shape(4, 100)) < model.step_time_s(replace(decode_shape(4, 100), prefill_seqs=1,
                                                                               prefill_tokens=1, prefill_ctx_tokens=1,
                                                                               prefill_attn_pairs=1, sampled_tokens=5))
+
+
+def test_ragged_decode_weight_is_recovered_from_ragged_tables(profile):
+    """Ragged tables made by pricing the uniform table at mean + 0.3 (longest - mean) give back w = 0.3."""
+    from servesim.calibrate.fit import fit_max_weight
+    from servesim.calibrate.grid import ragged_lengths
+    from servesim.hwmodels.calibrated import _Grid2
+    from servesim.hwmodels.profile import OpTable
+
+    u = profile.table("attn_decode", kv_dtype="bf16")
+    g = _Grid2(u)
+    grid = ((8.0, 32.0, 128.0), (512.0, 2048.0, 8192.0))
+    med = []
+    for b in grid[0]:
+        for c in grid[1]:
+            lens = ragged_lengths(int(b), int(c), 0.9)
+            mean = sum(lens) / len(lens)
+            med.append(g(b, mean + 0.3 * (max(lens) - mean)))
+    ragged = OpTable(op="attn_decode_ragged", key={**u.key, "spread": "0.9"}, axes=("batch", "context"), grid=grid,
+                     median_s=tuple(med), p20_s=tuple(med), p80_s=tuple(med))
+    w, err = fit_max_weight([u, ragged])
+    assert w == pytest.approx(0.3, abs=0.011) and err["median_abs"] < 0.01
+    model = CalibratedCostModel(Placement(get_model("Llama-3.1-8B"), H200),
+                                profile.model_copy(update={"decode_max_weight": w}))
+    flat, tilted = decode_shape(32, 2048), replace(decode_shape(32, 2048), decode_ctx_max=3800)
+    assert model.step_time_s(tilted) > model.step_time_s(flat)  # the longest sequence costs

@@ -57,7 +57,8 @@ def test_md1_waiting_time_matches_pollaczek_khinchine(rho, n):
 @pytest.mark.parametrize(
     "extra",
     [
-        {},
+        {},  # the H200's calibrated profile
+        {"gpu": "H100-SXM"},  # the roofline prior
         {"batching": "continuous", "max_num_batched_tokens": 8192, "max_model_len": 8192},
         {"batching": "static", "max_num_batched_tokens": 8192, "max_model_len": 8192, "max_num_seqs": 16},
         {"num_gpu_blocks": 400, "policy": "sjf"},  # KV pressure: preemptions

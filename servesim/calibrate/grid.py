@@ -138,3 +138,9 @@ def _thin(g: tuple[int, ...]) -> tuple[int, ...]:
         return g
     out = g[::2]
     return out if out[-1] == g[-1] else out + (g[-1],)
+
+
+def ragged_lengths(batch: int, context: int, spread: float) -> list[int]:
+    """Contexts of a ragged decode batch: spread evenly over ``context x [1 - spread, 1 + spread]`` (mean
+    ``context``); what calibration times and what the fit of the longest-context weight prices."""
+    return [max(1, round(context * (1 - spread + 2 * spread * (i + 0.5) / batch))) for i in range(batch)]

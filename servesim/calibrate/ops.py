@@ -14,6 +14,7 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 
+from servesim.calibrate.grid import ragged_lengths
 from servesim.engine.kernels import BACKENDS
 from servesim.engine.runner import graph_ctx_buckets
 from servesim.kernels import elementwise as ew
@@ -126,7 +127,7 @@ class OpBuilder:
         ``[context (1 - s), context (1 + s)]``: a ragged batch of the same mean), launched as a CUDA-graph decode
         step launches them."""
         q, kvh, d = key["q_heads"], key["kv_heads"], key["head_dim"]
-        lens = [max(1, round(context * (1 - spread + 2 * spread * (i + 0.5) / batch))) for i in range(batch)]
+        lens = ragged_lengths(batch, context, spread)
         longest = max(lens)
         per = -(-longest // BLOCK)
         kc, vc, scales = self._cache(key["kv_dtype"], kvh, d, batch * per * BLOCK)

@@ -28,6 +28,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from servesim.calibrate.fit import _summary, held_out_errors, refit
 from servesim.calibrate.grid import Table, build_grid, trim
 from servesim.calibrate.ops import OpBuilder
 from servesim.hwmodels.calibrated import KERNELS_PER_LAYER, CalibratedCostModel
@@ -93,51 +94,13 @@ def measure_table(t: Table, builder: OpBuilder, on_point: Callable[[], None] | N
                    p80_s=tuple(p80), reference_s=tuple(ref) if builder.cuda else None)
 
 
-def held_out_errors(tables: list[OpTable]) -> dict[str, dict[str, float]]:
-    """Each interior point of each axis predicted by linear interpolation of its two neighbours."""
-    errs: dict[str, list[float]] = {}
-    for t in tables:
-        if t.op in ("step_overhead", "attn_decode_ragged"):
-            continue
-        lines = [list(zip(t.grid[0], t.median_s))] if len(t.grid) == 1 else _lines_2d(t)
-        for line in lines:
-            for (x0, y0), (x1, y1), (x2, y2) in zip(line, line[1:], line[2:]):
-                pred = y0 + (y2 - y0) * (x1 - x0) / (x2 - x0)
-                errs.setdefault(t.op, []).append(abs(pred / y1 - 1))
-    out = {op: _summary(v) for op, v in errs.items()}
-    uniform = {tuple(sorted(t.key.items())): t for t in tables if t.op == "attn_decode"}
-    for t in (t for t in tables if t.op == "attn_decode_ragged"):
-        key = {k: v for k, v in t.key.items() if k != "spread"}
-        u = uniform.get(tuple(sorted(key.items())))
-        if u is None:
-            continue
-        from servesim.hwmodels.calibrated import _Grid2
-
-        g = _Grid2(u)
-        e = [abs(g(b, c) / m - 1) for (b, c), m in zip(((b, c) for b in t.grid[0] for c in t.grid[1]), t.median_s)]
-        out[f"attn_decode_ragged(spread {t.key['spread']}, uniform model)"] = _summary(e)
-    return out
-
-
-def _lines_2d(t: OpTable) -> list[list[tuple[float, float]]]:
-    a, b = t.grid
-    rows = [list(t.median_s[i * len(b):(i + 1) * len(b)]) for i in range(len(a))]
-    return [list(zip(b, r)) for r in rows] + [list(zip(a, col)) for col in zip(*rows)]
-
-
-def _summary(errors: list[float]) -> dict[str, float]:
-    if not errors:
-        return {"median_abs": math.nan, "p90_abs": math.nan, "points": 0}
-    return {"median_abs": float(np.median(errors)), "p90_abs": float(np.quantile(errors, 0.9)),
-            "points": len(errors)}
-
-
 # -- whole steps -----------------------------------------------------------------------------------------------
 def _shape(row) -> BatchShape:
     return BatchShape(prefill_seqs=int(row.prefill_seqs), prefill_tokens=int(row.prefill_tokens),
                       prefill_attn_pairs=float(row.prefill_attn_pairs), prefill_ctx_tokens=int(row.prefill_ctx_tokens),
                       decode_seqs=int(row.decode_seqs), decode_query_tokens=int(row.decode_query_tokens),
-                      decode_ctx_tokens=int(row.decode_ctx_tokens), sampled_tokens=int(row.sampled_tokens))
+                      decode_ctx_tokens=int(row.decode_ctx_tokens), sampled_tokens=int(row.sampled_tokens),
+                      decode_ctx_max=int(getattr(row, "decode_ctx_max", 0)))
 
 
 def _overhead_table(fmt: str, mode: str, seqs: np.ndarray, host: np.ndarray) -> OpTable | None:
@@ -321,9 +284,8 @@ def calibrate(models: list[str], formats: tuple[str, ...], kv_dtypes: tuple[str,
         tick()
     wall = time.perf_counter() - started
     date = prov.date
-    fit_report = FitReport(ops=held_out_errors(measured), steps=step_errors)
     pid = f"{'' if cuda else 'cpu-'}{gpu_name.lower()}-{date}-{prov.git_commit}"  # a CPU timing says so
     profile = Profile(version=VERSION, profile_id=pid, gpu=gpu_name,
                       provenance=prov.model_copy(update={"wall_s": wall}), tables=tuple(measured + overheads),
-                      steps=steps, fit=fit_report)
-    return Calibration(profile, notes, logs)
+                      steps=steps, fit=FitReport(ops=held_out_errors(measured), steps=step_errors))
+    return Calibration(refit(profile), notes, logs)

@@ -110,3 +110,17 @@ def report_cmd(
     files = write_report(prof, out_dir)
     typer.echo((out_dir / "report.md").read_text())
     typer.echo("wrote " + ", ".join(str(p) for p in files.values()))
+
+
+@cal.command("refit")
+def refit_cmd(profile: Path = _PROFILE) -> None:
+    """Recompute a profile's terms that its measured tables alone fit (the longest-context weight of ragged
+    decode batches), in place."""
+    from servesim.calibrate.fit import refit
+    from servesim.hwmodels.profile import load_profile, save_profile
+
+    new = refit(load_profile(profile))
+    save_profile(new, profile)
+    typer.echo(f"{profile}: longest-context weight {new.decode_max_weight:.2f}; " + ", ".join(
+        f"{k}: median {v['median_abs']:.1%}, p90 {v['p90_abs']:.1%}" for k, v in new.fit.ops.items()
+        if k.startswith("attn_decode_ragged")))

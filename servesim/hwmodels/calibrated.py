@@ -140,6 +140,7 @@ class CalibratedCostModel:
         if len(self._decode.b) < 2:
             raise ProfileMismatch(f"profile {profile.profile_id} has a decode grid of one context")
         self._xb_last = len(self._decode.b) - 2
+        self._w_max = profile.decode_max_weight
         self._columns: dict[int, list[float]] = {}
         spec = profile.table("spec_verify", vocab=m.vocab_size)
         self._spec = _Grid2(spec) if spec else None
@@ -313,6 +314,9 @@ class CalibratedCostModel:
     def _decode_s(self, shape: BatchShape) -> float:
         ds = shape.decode_seqs
         c = shape.decode_ctx_tokens / ds
+        mx = shape.decode_ctx_max
+        if mx and self._w_max:  # ragged: toward the longest context (decode_run_s repeats these operations)
+            c = c + self._w_max * (mx - c)
         xb = self._decode.b
         col = self._columns.get(ds) or self._decode_column(ds)
         j = bisect_right(xb, c) - 1
@@ -351,7 +355,10 @@ class CalibratedCostModel:
         k = self._kernels_s(shape)
         xs = np.asarray(self._decode.b)
         ys = np.asarray(self._decode_column(ds))
-        c = (shape.decode_ctx_tokens + ds * np.arange(n, dtype=np.float64)) / ds
+        steps = np.arange(n, dtype=np.float64)
+        c = (shape.decode_ctx_tokens + ds * steps) / ds
+        if shape.decode_ctx_max and self._w_max:
+            c = c + self._w_max * ((shape.decode_ctx_max + steps) - c)
         if c[-1] > xs[-1]:
             self.extrapolated.add("attn_decode(context)")
         if len(xs) == 1:

@@ -50,6 +50,7 @@ class BatchShape:
     )
     decode_ctx_tokens: int = 0  # Σ context length (KV tokens read) over decode sequences
     sampled_tokens: int = 0  # logits rows computed by the LM head (finished prefills + decode query tokens)
+    decode_ctx_max: int = 0  # the longest decode context (0: unknown; costed at the mean)
 
 
 def prefill_shape(prompt_tokens: int, ctx_before: int = 0) -> BatchShape:
@@ -68,7 +69,8 @@ def decode_shape(batch: int, ctx_tokens: int, spec_k: int = 0) -> BatchShape:
     """``batch`` sequences decoding at context ``ctx_tokens`` each, verifying ``spec_k`` drafts each."""
     q = batch * (1 + spec_k)
     return BatchShape(
-        decode_seqs=batch, decode_query_tokens=q, decode_ctx_tokens=batch * ctx_tokens, sampled_tokens=q
+        decode_seqs=batch, decode_query_tokens=q, decode_ctx_tokens=batch * ctx_tokens, sampled_tokens=q,
+        decode_ctx_max=ctx_tokens,
     )
 
 

@@ -130,6 +130,9 @@ class Profile(_Strict):
     provenance: Provenance
     tables: tuple[OpTable, ...]
     steps: dict[str, StepFit] = Field(default_factory=dict)  # weight format -> whole-step fit
+    # decode attention of a ragged batch is priced at mean + w x (longest - mean) context (fitted on the ragged
+    # tables: the kernel's time follows its longest sequences)
+    decode_max_weight: float = 0.0
     fit: FitReport = FitReport()
 
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)

@@ -170,6 +170,7 @@ class Scheduler:
             decode_seqs=n,
             decode_query_tokens=n * q,
             decode_ctx_tokens=int(ctx.sum()),
+            decode_ctx_max=int(ctx.max()) if n else 0,
             sampled_tokens=completes + n * q,
         )
         swap_out = sum(r.swapped_blocks for r in preempted if r.state == State.SWAPPED)

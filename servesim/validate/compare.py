@@ -72,7 +72,8 @@ def iteration_table(iterations: pd.DataFrame, cost, swap_s_per_block: float = 0.
         shape = BatchShape(prefill_seqs=int(r.prefill_seqs), prefill_tokens=int(r.prefill_tokens),
                            prefill_attn_pairs=float(r.prefill_attn_pairs), prefill_ctx_tokens=int(r.prefill_ctx_tokens),
                            decode_seqs=int(r.decode_seqs), decode_query_tokens=int(r.decode_query_tokens),
-                           decode_ctx_tokens=int(r.decode_ctx_tokens), sampled_tokens=int(r.sampled_tokens))
+                           decode_ctx_tokens=int(r.decode_ctx_tokens), sampled_tokens=int(r.sampled_tokens),
+                           decode_ctx_max=int(getattr(r, "decode_ctx_max", 0)))
         st = cost.step_time(shape)
         pred = st.total_s + (r.swap_in_blocks + r.swap_out_blocks) * swap_s_per_block
         rows.append((pred, st.overhead_s))

@@ -1,0 +1,83 @@
+"""Fits that a profile's measured tables alone determine, and the held-out quality of its interpolation
+(torch-free: ``servesim calibrate refit`` and the reports run without a GPU)."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from servesim.hwmodels.profile import OpTable, Profile
+
+
+def held_out_errors(tables: list[OpTable]) -> dict[str, dict[str, float]]:
+    """Each interior point of each axis predicted by linear interpolation of its two neighbours."""
+    errs: dict[str, list[float]] = {}
+    for t in tables:
+        if t.op in ("step_overhead", "attn_decode_ragged"):
+            continue
+        lines = [list(zip(t.grid[0], t.median_s))] if len(t.grid) == 1 else _lines_2d(t)
+        for line in lines:
+            for (x0, y0), (x1, y1), (x2, y2) in zip(line, line[1:], line[2:]):
+                pred = y0 + (y2 - y0) * (x1 - x0) / (x2 - x0)
+                errs.setdefault(t.op, []).append(abs(pred / y1 - 1))
+    out = {op: _summary(v) for op, v in errs.items()}
+    uniform = {tuple(sorted(t.key.items())): t for t in tables if t.op == "attn_decode"}
+    for t in (t for t in tables if t.op == "attn_decode_ragged"):
+        key = {k: v for k, v in t.key.items() if k != "spread"}
+        u = uniform.get(tuple(sorted(key.items())))
+        if u is None:
+            continue
+        from servesim.hwmodels.calibrated import _Grid2
+
+        g = _Grid2(u)
+        e = [abs(g(b, c) / m - 1) for (b, c), m in zip(((b, c) for b in t.grid[0] for c in t.grid[1]), t.median_s)]
+        out[f"attn_decode_ragged(spread {t.key['spread']}, uniform model)"] = _summary(e)
+    return out
+
+
+def fit_max_weight(tables: list[OpTable] | tuple[OpTable, ...]) -> tuple[float, dict[str, float] | None]:
+    """The weight w that best prices ragged decode batches at context ``mean + w (longest - mean)`` on the
+    uniform-context table (the median |error| over the ragged points, w in steps of 0.01), and that error."""
+    from servesim.calibrate.grid import ragged_lengths
+    from servesim.hwmodels.calibrated import _Grid2
+
+    uniform = {tuple(sorted(t.key.items())): t for t in tables if t.op == "attn_decode"}
+    points = []
+    for t in (t for t in tables if t.op == "attn_decode_ragged"):
+        u = uniform.get(tuple(sorted((k, v) for k, v in t.key.items() if k != "spread")))
+        if u is None:
+            continue
+        g = _Grid2(u)
+        for (b, c), m in zip(((b, c) for b in t.grid[0] for c in t.grid[1]), t.median_s, strict=True):
+            lens = ragged_lengths(int(b), int(c), float(t.key["spread"]))
+            points.append((g, b, sum(lens) / len(lens), max(lens), m))
+    if not points:
+        return 0.0, None
+    best = min((float(np.median([abs(g(b, mean + w * (mx - mean)) / m - 1) for g, b, mean, mx, m in points])), w)
+               for w in np.linspace(0.0, 1.0, 101))
+    w = float(best[1])
+    return w, _summary([abs(g(b, mean + w * (mx - mean)) / m - 1) for g, b, mean, mx, m in points])
+
+
+def _lines_2d(t: OpTable) -> list[list[tuple[float, float]]]:
+    a, b = t.grid
+    rows = [list(t.median_s[i * len(b):(i + 1) * len(b)]) for i in range(len(a))]
+    return [list(zip(b, r)) for r in rows] + [list(zip(a, col)) for col in zip(*rows)]
+
+
+def _summary(errors: list[float]) -> dict[str, float]:
+    if not errors:
+        return {"median_abs": math.nan, "p90_abs": math.nan, "points": 0}
+    return {"median_abs": float(np.median(errors)), "p90_abs": float(np.quantile(errors, 0.9)),
+            "points": len(errors)}
+
+
+def refit(profile: Profile) -> Profile:
+    """Recompute what a profile's measured tables alone determine (the longest-context weight of ragged decode
+    batches and its error), for a profile measured before that term existed."""
+    w, ragged = fit_max_weight(profile.tables)
+    ops = {k: v for k, v in profile.fit.ops.items() if not k.startswith("attn_decode_ragged(longest")}
+    if ragged:
+        ops[f"attn_decode_ragged(longest-context weight {w:.2f})"] = ragged
+    return profile.model_copy(update={"decode_max_weight": w, "fit": profile.fit.model_copy(update={"ops": ops})})
