@@ -151,9 +151,11 @@ def run_suite(path: str | Path, out_dir: str | Path, opts: EngineOptions, only: 
             if cfg not in engines:
                 engines.clear()  # one model in GPU memory at a time
                 engines[cfg] = build_engine(cfg)
-            report, _ = validate_engine(c["scenario"], opts, c["time_scale"], title=f"{c['name']}: {c['why']}",
-                                        engine=engines[cfg])
-            write_report(report, case_dir)
+            report, runs = validate_engine(c["scenario"], opts, c["time_scale"],
+                                           title=f"{c['name']}: {c['why']}", engine=engines[cfg])
+            raw = runs["iterations"]  # the engine's own log: every batch's shape, so a later model can re-price it
+            write_report(report, case_dir, extra={"engine_iterations.parquet": lambda p, raw=raw: raw.to_parquet(
+                p, index=False)})
         doc = json.loads((case_dir / "report.json").read_text())
         rows.append({"case": c["name"], "why": c["why"], **doc["summary"],
                      **{f"{m['key']}_error": m["error"] for m in doc["metrics"]}})
