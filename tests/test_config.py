@@ -27,6 +27,8 @@ def test_choice_lists_are_the_registries():
     for field in CHOICE_FIELDS:
         for value in choices(field):
             extra = {"rate": 5.0} if field == "arrival" else {}
+            if field == "kv_link":  # a P/D field
+                extra = {"prefill_replicas": 1, "decode_replicas": 1}
             assert getattr(make_scenario({field: value, **extra}), field) == value
 
 

@@ -111,6 +111,38 @@ def render_summary(
     show(console, rest)
 
 
+POOL_ROWS = (  # (label, key, decimals)
+    ("Replicas", "replicas", 0),
+    ("GPUs", "gpus", 0),
+    ("Busy fraction", "busy_fraction", 3),
+    ("Mean batch size", "mean_batch_size", 2),
+    ("Mean KV utilization", "mean_kv_utilization", 3),
+    ("Max KV utilization", "max_kv_utilization", 3),
+    ("Mean waiting requests", "mean_num_waiting", 2),
+)
+
+
+def render_pools(pd_summary: Mapping[str, Mapping[str, object]], console: Console | None = None) -> None:
+    """Print the prefill and decode pools side by side, and the KV transfers between them."""
+    console = console or Console()
+    table = Table(title="prefill/decode pools")
+    table.add_column("quantity")
+    for pool in ("prefill", "decode"):
+        p = pd_summary[pool]
+        table.add_column(f"{pool} ({p['gpu']}, tp {p['tp']})", justify="right")
+    for label, key, decimals in POOL_ROWS:
+        table.add_row(label, *(fmt(pd_summary[pool].get(key), decimals) for pool in ("prefill", "decode")))
+    console.print(table)
+    kv = pd_summary["kv_transfer"]
+    console.print(
+        f"KV transfers over {kv['link']} ({kv['link_gb_per_s']:.1f} GB/s achieved per GPU): {kv['transfers']:,}, "
+        f"{kv['total_bytes'] / 1e9:,.2f} GB; link time mean {fmt(kv['mean_kv_transfer_ms'])} ms, p99 "
+        f"{fmt(kv['p99_kv_transfer_ms'])} ms; prefill end to KV on the decode GPU mean {fmt(kv['mean_kv_wait_ms'])} "
+        f"ms, p99 {fmt(kv['p99_kv_wait_ms'])} ms",
+        highlight=False,
+    )
+
+
 def render_comparison(
     summaries: Mapping[str, Mapping[str, object]], console: Console | None = None, title: str = "comparison"
 ) -> None:

@@ -67,9 +67,23 @@ def with_scenario_flags(func):
     return wrapper
 
 
-def _scenario(config: Path | None, fields: dict) -> Scenario:
+def _scenario(config: Path | None, fields: dict, pd: str | None = None) -> Scenario:
     given = {k: v for k, v in fields.items() if v is not None}
+    if pd is not None:
+        given.update(_pd_pools(pd, given))
     return load_scenario(config, given) if config else make_scenario(given)
+
+
+def _pd_pools(text: str, given: dict) -> dict:
+    """``--pd P:D``: the sizes of the prefill and decode pools (prefill_replicas, decode_replicas)."""
+    parts = text.split(":")
+    if len(parts) != 2 or not all(p.strip().isdigit() and int(p) > 0 for p in parts):
+        raise ConfigError(f"expected P:D, two positive counts of replicas (e.g. 2:6), got {text!r}", field="pd")
+    pools = {"prefill_replicas": int(parts[0]), "decode_replicas": int(parts[1])}
+    for name, value in pools.items():
+        if name in given and given[name] != value:
+            raise ConfigError(f"--pd {text} disagrees with --{name.replace('_', '-')} {given[name]}", field="pd")
+    return pools
 
 
 def _policies(text: str) -> list[str]:
@@ -137,6 +151,8 @@ _OUTPUT_DIR = typer.Option(None, "--output-dir", metavar="DIR",
                            help="write requests.parquet, timeline.parquet, summary.json")
 _CHROME = typer.Option(False, "--chrome-trace", help="also write trace.json (Chrome trace of iterations)")
 _JSON = typer.Option(False, "--json", help="print the summary as JSON")
+_PD = typer.Option(None, "--pd", help="P:D - disaggregate prefill and decode into pools of P and D replicas "
+                   "(sets prefill_replicas and decode_replicas)", rich_help_panel="Prefill/decode disaggregation")
 
 
 @app.command("simulate", cls=SectionedCommand, context_settings={"max_content_width": 100})
@@ -149,6 +165,7 @@ def simulate_cmd(
     policies: Optional[str] = typer.Option(  # noqa: UP045
         None, "--policies", metavar="LIST", help="comma-separated policies: run each on the same workload, side by side"
     ),
+    pd: Optional[str] = _PD,  # noqa: UP045
     **fields,
 ) -> None:
     """Simulate a deployment serving a workload; print TTFT/TPOT/ITL/E2E, throughput, goodput, cost.
@@ -156,7 +173,7 @@ def simulate_cmd(
     With no options: {model} on one {gpu}, {batching} batching, {policy}, the {trace} trace at its
     own times.
     """
-    base = _scenario(config, fields)
+    base = _scenario(config, fields, pd)
     if policies:
         _compare(base, _policies(policies), None, output_dir, as_json)
         return
@@ -176,12 +193,18 @@ def simulate_cmd(
         _warn(notes)
         return
     meta = result.meta
-    console.print(
-        f"{base.model} on {meta['gpus_total']}× {base.gpu} (tp {base.tp}, pp {base.pp}, "
-        f"{_plural(base.replicas, 'replica')}; weights {base.quant}, KV {base.kv_dtype}): "
-        f"{meta['kv_blocks_per_replica']:,} KV blocks of {base.block_size} tokens per replica",
-        highlight=False, soft_wrap=True,
-    )
+    if base.disaggregated:
+        pools = result.summary["pd"]
+        fleet = "; ".join(
+            f"{pool} {_plural(p['replicas'], 'replica')} of {p['gpus'] // p['replicas']}× {p['gpu']} (tp {p['tp']}"
+            + (f", ep {p['ep']}" if p["ep"] > 1 else "") + f"): {p['kv_blocks_per_replica']:,} KV blocks each"
+            for pool, p in ((k, pools[k]) for k in ("prefill", "decode"))
+        ) + f"; KV over {pools['kv_transfer']['link']}" + (", overlapped by layer" if base.kv_overlap else "")
+    else:
+        fleet = (f"{meta['gpus_total']}× {base.gpu} (tp {base.tp}, pp {base.pp}, {_plural(base.replicas, 'replica')}): "
+                 f"{meta['kv_blocks_per_replica']:,} KV blocks of {base.block_size} tokens per replica")
+    console.print(f"{base.model} on {fleet}; weights {base.quant}, KV {base.kv_dtype}",
+                  highlight=False, soft_wrap=True)
     workload = meta["workload"]
     console.print(
         f"{base.batching} batching, {base.policy}; workload {workload['name']} "
@@ -191,7 +214,13 @@ def simulate_cmd(
     )
     for note in meta["workload"]["notes"]:
         console.print(f"note: {note}", highlight=False)
-    render_summary(result.summary, console, title=f"{base.model} on {meta['gpus_total']}× {base.gpu}")
+    title = f"{base.model} on {meta['gpus_total']} GPUs" if base.disaggregated else (
+        f"{base.model} on {meta['gpus_total']}× {base.gpu}")
+    render_summary(result.summary, console, title=title)
+    if base.disaggregated:
+        from servesim.cli.render import render_pools
+
+        render_pools(result.summary["pd"], console)
     if output_dir:
         console.print(f"wrote {output_dir}", highlight=False)
     _warn(notes)

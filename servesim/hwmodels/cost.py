@@ -23,6 +23,7 @@ from typing import Protocol
 import numpy as np
 
 from servesim.errors import ConfigError
+from servesim.hwmodels.moe import expert_load
 from servesim.hwmodels.ops import ACT_BYTES, BatchShape, OpForm, features, head_ops, layer_ops
 from servesim.hwmodels.placement import Placement
 from servesim.hwmodels.prior import ALLREDUCE_MODES, GPUPrior, op_time_s, prior_for
@@ -75,7 +76,8 @@ class CostModel:
         self.prior = prior or prior_for(gpu)
         self.allreduce, self.overhead_s = allreduce, overhead_s
         self.stage_layers = math.ceil(model.num_layers / pp)  # the slowest stage, which also holds the LM head
-        self.layer_ops = layer_ops(model, tp, self.weight_format, self.kv_dtype)
+        self.layer_ops = layer_ops(model, tp, self.weight_format, self.kv_dtype, placement.ep, placement.expert_skew)
+        self.expert_load = expert_load(model, placement.ep, placement.expert_skew)
         self.head_ops = head_ops(model, tp)
         self._fold()
 
@@ -92,7 +94,7 @@ class CostModel:
         """Per-operator breakdown of one step (the slowest pipeline stage when pp > 1)."""
         if shape.prefill_tokens + shape.decode_query_tokens == 0:
             return StepTime({}, {}, 0.0, 0.0)
-        feats = features(shape, self.model)
+        feats = features(shape, self.model, self.expert_load)
         op_s, bound = {}, {}
         for op, reps in self._ops():
             flops, nbytes = op.evaluate(feats)
@@ -141,7 +143,7 @@ class CostModel:
         """Fold every operator into the float coefficients ``step_time_s`` reads, grouped by the features they
         depend on; fail loudly if ops.py grew an operator this hot path does not read."""
         gemms, rows, comm_tok, comm_smp, head = [], {}, [], [], []
-        self._ap = self._ad = self._spec = None
+        self._ap = self._ad = self._spec = self._kv_up = None
         floor_tok = floor_smp = 0.0
         for op, reps in self._ops():
             fs, bs = set(op.flops), set(op.bytes)
@@ -166,6 +168,10 @@ class CostModel:
                 for f, b, const, _, floor, c in kernels:
                     floor_smp += floor
                     head.append((f.get("sampled_tokens", 0.0), const, b.get("sampled_tokens", 0.0), c))
+            elif len(kernels) == 1 and op.name == "kv_up" and fs | bs <= {"prefill_ctx_tokens", "decode_query_tokens"}:
+                (f, b, const, _, floor, c), = kernels  # MLA: the latent's up-projection (context, then query)
+                self._kv_up = (f.get("prefill_ctx_tokens", 0.0), f.get("decode_query_tokens", 0.0), const,
+                               b.get("prefill_ctx_tokens", 0.0), b.get("decode_query_tokens", 0.0), c, floor)
             elif len(kernels) == 1 and op.name in ("attn_prefill", "attn_decode", "spec_verify"):
                 (f, b, _, _, floor, c), = kernels
                 if op.name == "attn_prefill" and fs <= {"prefill_attn_pairs"} and bs <= {
@@ -188,9 +194,12 @@ class CostModel:
         self._rows = tuple((k * bm, k * row) for (bm, row), k in rows.items())
         self._comm_tok, self._comm_smp, self._head = tuple(comm_tok), tuple(comm_smp), tuple(head)
         self._const_tok, self._floor_smp = self.overhead_s + floor_tok, floor_smp
-        self._moe = self.model.is_moe
-        self._moe_e = float(self.model.num_experts)
-        self._moe_q = 1.0 - self.model.experts_per_token / self.model.num_experts if self._moe else 1.0
+        # Touched experts: a closed form when the busiest group's experts are equally popular (uniform routing).
+        load = self.expert_load
+        self._moe = load is not None
+        self._moe_one = self._moe and len(load.experts) == 1
+        self._moe_e = float(load.experts[0][0]) if self._moe_one else 0.0
+        self._moe_q = 1.0 - load.experts[0][1] if self._moe_one else 1.0
         self._tok_memo: dict[int, float] = {}
         self._smp_memo: dict[int, float] = {}
 
@@ -216,6 +225,11 @@ class CostModel:
         t = self._tok_memo.get(n)
         if t is None:
             t = self._token_s(n)
+        if self._kv_up is not None:
+            fp, fq, k, bp, bq, c, f = self._kv_up
+            pctx = shape.prefill_ctx_tokens
+            a, m = fp * pctx + fq * dq, k + bp * pctx + bq * dq
+            t += f + a + m - c * a * m / (a + m)
         if pt:
             fp, bt, bc, c, f = self._ap
             a, m = fp * shape.prefill_attn_pairs, bt * pt + bc * shape.prefill_ctx_tokens
@@ -235,7 +249,12 @@ class CostModel:
         """Overhead and every operator that depends on the step's token count alone (GEMMs, elementwise
         kernels, collectives), remembered per ``n``: steps repeat their token counts."""
         t = self._const_tok
-        touched = self._moe_e * (1.0 - self._moe_q**n) if self._moe else 0.0
+        if not self._moe:
+            touched = 0.0
+        elif self._moe_one:
+            touched = self._moe_e * (1.0 - self._moe_q**n)
+        else:
+            touched = self.expert_load.touched(n)
         for fc, const, bm, be, c in self._gemms:
             a, m = fc * n, const + bm * n + be * touched
             t += a + m - c * a * m / (a + m)

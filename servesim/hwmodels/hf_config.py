@@ -2,8 +2,12 @@
 
 Handles ``text_config`` nesting (multimodal wrappers), an explicit ``head_dim`` (null means
 hidden/heads), MoE keys (``num_local_experts`` / ``num_experts`` / ``n_routed_experts``,
-``num_experts_per_tok``, ``moe_intermediate_size``), ``torch_dtype`` / ``dtype`` and
-``tie_word_embeddings`` (default false, as in the Llama, Mistral and Qwen2 config classes).
+``num_experts_per_tok``, ``moe_intermediate_size``; shared experts as ``shared_expert_intermediate_size``
+(Qwen2-MoE) or ``n_shared_experts`` (DeepSeek); dense layers from ``first_k_dense_replace`` /
+``moe_layer_freq`` (DeepSeek) or ``mlp_only_layers`` / ``decoder_sparse_step`` (Qwen-MoE)), multi-head
+latent attention (``kv_lora_rank``, ``q_lora_rank``, ``qk_nope_head_dim``, ``qk_rope_head_dim``,
+``v_head_dim``), ``torch_dtype`` / ``dtype`` and ``tie_word_embeddings`` (default false, as in the Llama,
+Mistral and Qwen2 config classes).
 """
 
 from __future__ import annotations
@@ -43,6 +47,43 @@ def _int(cfg: dict, keys: tuple[str, ...], file: str, default: int | None = None
     if default is None:
         raise InputError("missing", file=file, field=keys[0])
     return default
+
+
+def _count(cfg: dict, key: str, file: str) -> int:
+    """A non-negative integer key (0 when absent or null)."""
+    value = cfg.get(key)
+    if value is None:
+        return 0
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise InputError(f"expected a non-negative integer, got {value!r}", file=file, field=key)
+    return value
+
+
+def _dense_layers(cfg: dict, layers: int, file: str) -> int:
+    """How many layers of an MoE model keep a dense MLP (layer i is MoE as the HF modeling code decides)."""
+    if "first_k_dense_replace" in cfg or "moe_layer_freq" in cfg:  # DeepSeek
+        first, freq = _count(cfg, "first_k_dense_replace", file), _count(cfg, "moe_layer_freq", file) or 1
+        return sum(1 for i in range(layers) if not (i >= first and i % freq == 0))
+    only = cfg.get("mlp_only_layers") or []
+    if not isinstance(only, list) or not all(isinstance(i, int) and not isinstance(i, bool) for i in only):
+        raise InputError(f"expected a list of layer indices, got {only!r}", file=file, field="mlp_only_layers")
+    step = _count(cfg, "decoder_sparse_step", file) or 1  # Qwen-MoE
+    return sum(1 for i in range(layers) if i in only or (i + 1) % step)
+
+
+def _mla_fields(cfg: dict, file: str) -> dict:
+    """Multi-head latent attention (DeepSeek-V2/V3) sizes, or {} for ordinary attention."""
+    rank = _count(cfg, "kv_lora_rank", file)
+    if not rank:
+        return {}
+    nope, rope = _int(cfg, ("qk_nope_head_dim",), file), _int(cfg, ("qk_rope_head_dim",), file)
+    return dict(
+        kv_lora_rank=rank,
+        q_lora_rank=_count(cfg, "q_lora_rank", file),
+        qk_rope_head_dim=rope,
+        v_head_dim=_int(cfg, ("v_head_dim",), file, default=nope),
+        head_dim=nope + rope,
+    )
 
 
 def read_hf_config(path: str | Path) -> dict:
@@ -87,6 +128,17 @@ def read_hf_config(path: str | Path) -> dict:
         )
     moe_inter = _int(cfg, ("moe_intermediate_size",), file, default=0) if experts else 0
     inter = _int(cfg, ("intermediate_size", "ffn_dim", "n_inner"), file, default=moe_inter or None)
+    layers = _int(cfg, ("num_hidden_layers", "n_layer"), file)
+    shared = dense = 0
+    if experts:
+        shared = _count(cfg, "shared_expert_intermediate_size", file) or (
+            _count(cfg, "n_shared_experts", file) * (moe_inter or inter)
+        )
+        dense = _dense_layers(cfg, layers, file)
+        if dense == layers:
+            raise InputError("every layer is dense: no layer uses the experts", file=file,
+                             field="first_k_dense_replace" if "first_k_dense_replace" in cfg else "mlp_only_layers")
+    mla = _mla_fields(cfg, file)
 
     raw_dtype = cfg.get("torch_dtype") or cfg.get("dtype") or top.get("torch_dtype") or top.get("dtype")
     raw_dtype = "bfloat16" if raw_dtype is None else str(raw_dtype).removeprefix("torch.")
@@ -102,10 +154,10 @@ def read_hf_config(path: str | Path) -> dict:
     return dict(
         name=name,
         hidden_size=hidden,
-        num_layers=_int(cfg, ("num_hidden_layers", "n_layer"), file),
+        num_layers=layers,
         num_heads=heads,
         num_kv_heads=kv_heads,
-        head_dim=head_dim,
+        head_dim=mla.pop("head_dim", head_dim),
         intermediate_size=inter,
         vocab_size=_int(cfg, ("vocab_size",), file),
         tied_embeddings=tied,
@@ -116,4 +168,7 @@ def read_hf_config(path: str | Path) -> dict:
         dtype=_DTYPES[raw_dtype],
         max_position_embeddings=_int(cfg, ("max_position_embeddings",), file, 0),
         source=file,
+        shared_expert_intermediate_size=shared,
+        num_dense_layers=dense,
+        **mla,
     )

@@ -38,13 +38,17 @@ class MemoryPlan:
     headroom_bytes: float  # not allocated: (1 − utilization) × memory + less than one block
 
 
-def stage_weight_bytes(model: ModelSpec, tp: int = 1, pp: int = 1, weight_format: str = "bf16") -> float:
-    """Weight bytes on one GPU of the fullest pipeline stage: ⌈layers/pp⌉ layers, the LM head (last stage)
-    and, when pp = 1, the embedding (shared with the head when tied); from ops.py's operator weights."""
+def stage_weight_bytes(
+    model: ModelSpec, tp: int = 1, pp: int = 1, weight_format: str = "bf16", ep: int = 1
+) -> float:
+    """Weight bytes on one GPU of the fullest pipeline stage: ⌈layers/pp⌉ layers (every expert: the
+    ``1/ep`` of them its group holds, each split ``tp/ep`` ways), the LM head (last stage) and, when pp = 1,
+    the embedding (shared with the head when tied); from ops.py's operator weights."""
     get_weight_format(weight_format)
     per_layer = 2 * model.hidden_size * ACT_BYTES  # two RMSNorm weights, replicated
-    for op in layer_ops(model, tp, weight_format):
-        per_layer += op.const_bytes + model.num_experts * op.bytes.get("touched_experts", 0.0)
+    experts_here = model.num_experts // ep
+    for op in layer_ops(model, tp, weight_format, ep=ep):
+        per_layer += op.const_bytes + experts_here * op.bytes.get("touched_experts", 0.0)
     head = next(op.const_bytes for op in head_ops(model, tp) if op.name == "lm_head")
     embed = 0.0 if pp > 1 or model.tied_embeddings else head  # vocab-parallel, the same size as the head
     return math.ceil(model.num_layers / pp) * per_layer + head + embed + model.hidden_size * ACT_BYTES
@@ -58,10 +62,14 @@ def activation_bytes(
     routed expert slot for MoE, plus fp32 router logits), and fp32 logits and probabilities of
     ``max_num_seqs`` rows in the sampler."""
     h, v = model.hidden_size, model.vocab_size
-    kv = max(model.num_kv_heads // tp, 1) * model.head_dim
-    qkv = model.q_size // tp + 2 * kv
+    if model.is_mla:  # query, latent, and a prefill's decompressed K and V
+        heads = model.num_heads // tp
+        qkv = heads * model.head_dim + model.kv_cache_width() + heads * (model.head_dim + model.value_head_dim)
+    else:
+        qkv = model.q_size // tp + 2 * max(model.num_kv_heads // tp, 1) * model.head_dim
     if model.is_moe:
         mlp = model.experts_per_token * 3 * model.expert_intermediate_size // tp + 2 * model.num_experts
+        mlp += 3 * model.shared_expert_intermediate_size // tp
     else:
         mlp = 3 * model.intermediate_size // tp
     per_token = (4 * h + qkv + mlp) * ACT_BYTES
@@ -84,8 +92,8 @@ def plan_memory(
     if block_size < 1 or max_num_batched_tokens < 1:
         raise ConfigError("block_size and max_num_batched_tokens must be >= 1", field="block_size")
     usable = gpu.memory_bytes * gpu_memory_utilization
-    weights = stage_weight_bytes(model, tp, pp, weight_format)
-    where = f"at tp={tp}" + (f" pp={pp}" if pp > 1 else "")
+    weights = stage_weight_bytes(model, tp, pp, weight_format, placement.ep)
+    where = f"at tp={tp}" + (f" pp={pp}" if pp > 1 else "") + (f" ep={placement.ep}" if placement.ep > 1 else "")
     has = f"{gpu.name} has {usable / GB:.1f} GB usable at gpu_memory_utilization {gpu_memory_utilization:.2f}"
     if weights > usable:
         raise ConfigError(
@@ -93,7 +101,7 @@ def plan_memory(
         )
     act = activation_bytes(model, tp, max_num_batched_tokens, max_num_seqs)
     kv_layers = math.ceil(model.num_layers / pp)
-    per_token = 2 * kv_layers * max(model.num_kv_heads // tp, 1) * model.head_dim * kv_dtype_bytes(kv_dtype)
+    per_token = kv_layers * model.kv_cache_width(tp) * kv_dtype_bytes(kv_dtype)
     per_block = per_token * block_size
     room = usable - weights - act - runtime_bytes
     if room < per_block:

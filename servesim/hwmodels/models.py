@@ -56,15 +56,16 @@ def kv_dtype_bytes(name: str) -> int:
 
 @dataclass(frozen=True, slots=True)
 class ModelSpec:
-    """A decoder-only transformer (Llama/Mistral/Qwen2/Mixtral family): SwiGLU MLP or top-k MoE, GQA."""
+    """A decoder-only transformer (Llama/Mistral/Qwen/Mixtral/DeepSeek family): SwiGLU MLP or top-k MoE
+    (optionally with shared experts and some dense layers), GQA or multi-head latent attention (MLA)."""
 
     name: str
     hidden_size: int
     num_layers: int
     num_heads: int
     num_kv_heads: int
-    head_dim: int
-    intermediate_size: int
+    head_dim: int  # query/key width per head (MLA: the no-rotary part plus qk_rope_head_dim)
+    intermediate_size: int  # the dense MLP; in an MoE model, that of its dense layers (if any)
     vocab_size: int
     tied_embeddings: bool = False
     num_experts: int = 0  # 0: dense MLP
@@ -74,10 +75,25 @@ class ModelSpec:
     dtype: str = "bf16"
     max_position_embeddings: int = 0
     source: str = ""
+    shared_expert_intermediate_size: int = 0  # MoE: width of the always-on shared expert(s), summed
+    num_dense_layers: int = 0  # MoE: layers whose MLP is dense (DeepSeek's first_k_dense_replace)
+    kv_lora_rank: int = 0  # MLA: width of the compressed KV latent the cache holds; 0 = GQA attention
+    q_lora_rank: int = 0  # MLA: width of the compressed query (0: queries projected from the hidden state)
+    qk_rope_head_dim: int = 0  # MLA: rotary part of each query/key head (carried in the cache beside the latent)
+    v_head_dim: int = 0  # MLA: value width per head (0: head_dim)
 
     @property
     def is_moe(self) -> bool:
         return self.num_experts > 0
+
+    @property
+    def is_mla(self) -> bool:
+        return self.kv_lora_rank > 0
+
+    @property
+    def moe_layers(self) -> int:
+        """Layers whose MLP is a mixture of experts."""
+        return self.num_layers - self.num_dense_layers if self.is_moe else 0
 
     @property
     def q_size(self) -> int:
@@ -88,41 +104,81 @@ class ModelSpec:
         return self.num_kv_heads * self.head_dim
 
     @property
+    def value_head_dim(self) -> int:
+        return self.v_head_dim or self.head_dim
+
+    @property
     def expert_intermediate_size(self) -> int:
         return self.moe_intermediate_size or self.intermediate_size
 
-    def layer_matrices(self) -> dict[str, tuple[int, int, int]]:
-        """Per-layer linear weights as (k in, n out, copies); copies = experts for gate_up/down."""
-        h, i = self.hidden_size, self.expert_intermediate_size
-        out = {"qkv": (h, self.q_size + 2 * self.kv_size, 1), "o": (self.q_size, h, 1)}
-        copies = self.num_experts or 1
-        out["gate_up"] = (h, 2 * i, copies)
-        out["down"] = (i, h, copies)
-        if self.is_moe:
-            out["router"] = (h, self.num_experts, 1)
+    def kv_cache_width(self, tp: int = 1) -> int:
+        """KV-cache elements one token holds per layer on one of ``tp`` GPUs: K and V of the GPU's KV heads
+        (replicated when tp exceeds them), or MLA's latent plus rotary key (every GPU holds all of it)."""
+        if self.is_mla:
+            return self.kv_lora_rank + self.qk_rope_head_dim
+        return 2 * max(self.num_kv_heads // tp, 1) * self.head_dim
+
+    def linear_matrices(self) -> dict[str, tuple[int, int, int]]:
+        """Every linear weight of the decoder layers as (k in, n out, copies in the whole model): experts
+        count once per expert and MoE layer; dense layers of an MoE model are ``dense_*``."""
+        h, layers = self.hidden_size, self.num_layers
+        if self.is_mla:
+            nope = self.head_dim - self.qk_rope_head_dim
+            q = (
+                {"q_a": (h, self.q_lora_rank, layers), "q_b": (self.q_lora_rank, self.q_size, layers)}
+                if self.q_lora_rank
+                else {"q": (h, self.q_size, layers)}
+            )
+            out = {
+                **q,
+                "kv_a": (h, self.kv_lora_rank + self.qk_rope_head_dim, layers),
+                "kv_b": (self.kv_lora_rank, self.num_heads * (nope + self.value_head_dim), layers),
+            }
+        else:
+            out = {"qkv": (h, self.q_size + 2 * self.kv_size, layers)}
+        out["o"] = (self.num_heads * self.value_head_dim, h, layers)
+        if not self.is_moe:
+            out["gate_up"] = (h, 2 * self.intermediate_size, layers)
+            out["down"] = (self.intermediate_size, h, layers)
+            return out
+        moe, dense, i = self.moe_layers, self.num_dense_layers, self.expert_intermediate_size
+        out["gate_up"] = (h, 2 * i, self.num_experts * moe)
+        out["down"] = (i, h, self.num_experts * moe)
+        out["router"] = (h, self.num_experts, moe)
+        if self.shared_expert_intermediate_size:
+            s = self.shared_expert_intermediate_size
+            out["shared_gate_up"] = (h, 2 * s, moe)
+            out["shared_down"] = (s, h, moe)
+        if dense:
+            out["dense_gate_up"] = (h, 2 * self.intermediate_size, dense)
+            out["dense_down"] = (self.intermediate_size, h, dense)
         return out
 
     @property
     def param_count(self) -> int:
         """All parameters: embeddings, LM head (unless tied), linear weights, qkv bias, RMSNorm weights."""
         h = self.hidden_size
-        per_layer = sum(k * n * c for k, n, c in self.layer_matrices().values()) + 2 * h
+        per_layer = 2 * h  # the two RMSNorms
         if self.qkv_bias:
             per_layer += self.q_size + 2 * self.kv_size
+        if self.is_mla:  # RMSNorms on the compressed query and KV
+            per_layer += self.q_lora_rank + self.kv_lora_rank
+        linear = sum(k * n * c for k, n, c in self.linear_matrices().values())
         embed = self.vocab_size * h * (1 if self.tied_embeddings else 2)
-        return self.num_layers * per_layer + embed + h
+        return linear + self.num_layers * per_layer + embed + h
 
     def weight_bytes(self, weight_format: str = "bf16") -> int:
         """Bytes of all weights with linear layers (not the router) in ``weight_format``, the rest in bf16."""
         wf = get_weight_format(weight_format)
-        mats = [m for name, m in self.layer_matrices().items() if name != "router"]
-        linear_bytes = sum(wf.matrix_bytes(k, n) * c for k, n, c in mats) * self.num_layers
-        other_params = self.param_count - sum(k * n * c for k, n, c in mats) * self.num_layers
+        mats = [m for name, m in self.linear_matrices().items() if name != "router"]
+        linear_bytes = sum(wf.matrix_bytes(k, n) * c for k, n, c in mats)
+        other_params = self.param_count - sum(k * n * c for k, n, c in mats)
         return int(round(linear_bytes + 2 * other_params))
 
     def kv_bytes_per_token(self, kv_dtype: str = "bf16") -> int:
-        """KV-cache bytes one token occupies across all layers (K and V), on one GPU holding all heads."""
-        return 2 * self.num_layers * self.kv_size * kv_dtype_bytes(kv_dtype)
+        """KV-cache bytes one token occupies across all layers, on one GPU holding all heads: what crosses
+        the link when a prefill hands a prompt to a decode replica."""
+        return self.num_layers * self.kv_cache_width() * kv_dtype_bytes(kv_dtype)
 
 
 # fmt: off
@@ -137,14 +193,25 @@ _PRESETS = (
     ("Qwen2.5-14B",     5120, 48, 40, 8, 128, 13824, 152064, False, True,   32768, "Qwen/Qwen2.5-14B"),
     ("Qwen2.5-32B",     5120, 64, 40, 8, 128, 27648, 152064, False, True,   32768, "Qwen/Qwen2.5-32B"),
     ("Qwen2.5-72B",     8192, 80, 64, 8, 128, 29568, 152064, False, True,   32768, "Qwen/Qwen2.5-72B"),
+    ("Llama-2-13B",     5120, 40, 40, 40, 128, 13824, 32000, False, False,   4096, "meta-llama/Llama-2-13b-hf"),  # noqa: E501
     ("Mixtral-8x7B",    4096, 32, 32, 8, 128, 14336,  32000, False, False,  32768, "mistralai/Mixtral-8x7B-v0.1"),  # noqa: E501
+    ("Qwen3-30B-A3B",   2048, 48, 32, 4, 128,  6144, 151936, False, False,  40960, "Qwen/Qwen3-30B-A3B"),
+    ("DeepSeek-V2-Lite", 2048, 27, 16, 16, 192, 10944, 102400, False, False, 163840, "deepseek-ai/DeepSeek-V2-Lite"),  # noqa: E501
 )
+# experts, experts per token, expert width (0: intermediate), shared-expert width (summed), dense layers
+_MOE = {
+    "Mixtral-8x7B": (8, 2, 0, 0, 0),
+    "Qwen3-30B-A3B": (128, 8, 768, 0, 0),
+    "DeepSeek-V2-Lite": (64, 6, 1408, 2 * 1408, 1),  # 2 shared experts; first_k_dense_replace 1
+}
+# kv_lora_rank, q_lora_rank, qk_rope_head_dim, v_head_dim (head_dim above = 128 no-rotary + 64 rotary)
+_MLA = {"DeepSeek-V2-Lite": (512, 0, 64, 128)}
 # fmt: on
-_MOE = {"Mixtral-8x7B": (8, 2)}  # experts, experts per token
 
 
 def _preset(name, h, layers, heads, kv, hd, inter, vocab, tied, bias, max_pos, repo) -> ModelSpec:
-    experts, top_k = _MOE.get(name, (0, 0))
+    experts, top_k, moe_inter, shared, dense = _MOE.get(name, (0, 0, 0, 0, 0))
+    kv_lora, q_lora, rope, v_dim = _MLA.get(name, (0, 0, 0, 0))
     return ModelSpec(
         name,
         h,
@@ -157,9 +224,16 @@ def _preset(name, h, layers, heads, kv, hd, inter, vocab, tied, bias, max_pos, r
         tied,
         experts,
         top_k,
+        moe_inter,
         qkv_bias=bias,
         max_position_embeddings=max_pos,
         source=f"https://huggingface.co/{repo}/blob/main/config.json",
+        shared_expert_intermediate_size=shared,
+        num_dense_layers=dense,
+        kv_lora_rank=kv_lora,
+        q_lora_rank=q_lora,
+        qk_rope_head_dim=rope,
+        v_head_dim=v_dim,
     )
 
 
@@ -189,23 +263,47 @@ def get_model(name_or_path: str, field: str = "model") -> ModelSpec:
     )
 
 
-def check_parallelism(model: ModelSpec, tp: int, pp: int) -> None:
-    """ConfigError unless ``tp`` divides the attention heads and the MLP, and ``pp`` ≤ the layers."""
-    if tp < 1 or pp < 1:
-        raise ConfigError(f"tp and pp must be >= 1, got tp={tp} pp={pp}", field="tp" if tp < 1 else "pp")
+def check_parallelism(model: ModelSpec, tp: int, pp: int, ep: int = 1) -> None:
+    """ConfigError unless ``tp`` divides the attention heads and every MLP, ``pp`` ≤ the layers, and ``ep``
+    (expert-parallel groups within the ``tp`` GPUs of a stage) divides both ``tp`` and the experts, the
+    experts then split by ``tp/ep`` inside each group."""
+    if tp < 1 or pp < 1 or ep < 1:
+        bad = "tp" if tp < 1 else "pp" if pp < 1 else "ep"
+        raise ConfigError(f"tp, pp and ep must be >= 1, got tp={tp} pp={pp} ep={ep}", field=bad)
     if model.num_heads % tp:
         raise ConfigError(
             f"tp={tp} does not divide the {model.num_heads} attention heads of {model.name}", field="tp"
         )
     kv = model.num_kv_heads
-    if kv % tp and tp % kv:  # tp > kv heads replicates them (as vLLM does) when kv divides tp
+    if not model.is_mla and kv % tp and tp % kv:  # tp > kv heads replicates them (as vLLM does)
         raise ConfigError(
             f"tp={tp} and the {kv} KV heads of {model.name} do not divide each other", field="tp"
         )
-    if model.expert_intermediate_size % tp:
+    if ep > 1:
+        if not model.is_moe:
+            raise ConfigError(f"ep={ep}: {model.name} has no experts to spread", field="ep")
+        if tp % ep:
+            raise ConfigError(
+                f"ep={ep} must divide tp={tp}: expert-parallel groups split the tensor-parallel GPUs of a stage",
+                field="ep",
+            )
+        if model.num_experts % ep:
+            raise ConfigError(
+                f"ep={ep} does not divide the {model.num_experts} experts of {model.name}", field="ep"
+            )
+    expert_tp = tp // ep
+    if model.expert_intermediate_size % expert_tp:
+        what = "MLP size" if not model.is_moe else "expert size" if ep > 1 else "MLP size"
         raise ConfigError(
-            f"tp={tp} does not divide the MLP size {model.expert_intermediate_size} of {model.name}",
+            f"tp={tp}" + (f"/ep={ep}" if ep > 1 else "")
+            + f" does not divide the {what} {model.expert_intermediate_size} of {model.name}",
             field="tp",
         )
+    dense = [model.shared_expert_intermediate_size] if model.is_moe else []
+    if model.is_moe and model.num_dense_layers:
+        dense.append(model.intermediate_size)
+    for width in dense:
+        if width % tp:
+            raise ConfigError(f"tp={tp} does not divide the dense MLP size {width} of {model.name}", field="tp")
     if pp > model.num_layers:
         raise ConfigError(f"pp={pp} exceeds the {model.num_layers} layers of {model.name}", field="pp")

@@ -13,9 +13,10 @@ down, vocab-parallel LM head); activations bf16 (2 bytes); one FLOP = one multip
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
-from servesim.hwmodels.models import ModelSpec, get_weight_format, kv_dtype_bytes
+from servesim.hwmodels.models import ModelSpec, WeightFormat, get_weight_format, kv_dtype_bytes
+from servesim.hwmodels.moe import ExpertLoad, expert_load
 
 ACT_BYTES = 2  # bf16 activations
 LOGIT_BYTES = 4  # fp32 logits and probabilities in the sampler
@@ -82,8 +83,9 @@ def expected_touched_experts(tokens: float, num_experts: int, top_k: int) -> flo
     return num_experts * (1.0 - (1.0 - top_k / num_experts) ** tokens)
 
 
-def features(shape: BatchShape, model: ModelSpec) -> dict[str, float]:
-    """The shape's features that operator costs are linear in (see :data:`FEATURES`)."""
+def features(shape: BatchShape, model: ModelSpec, load: ExpertLoad | None = None) -> dict[str, float]:
+    """The shape's features that operator costs are linear in (see :data:`FEATURES`); ``touched_experts``
+    counts the experts of the busiest expert-parallel group (``load``; default: all, uniform routing)."""
     s = shape
     new = s.prefill_tokens + s.decode_query_tokens
     # Σ_i q_i·ctx_i; exact when every decode sequence verifies the same number of speculative tokens.
@@ -99,8 +101,11 @@ def features(shape: BatchShape, model: ModelSpec) -> dict[str, float]:
         "decode_attn_pairs": dpairs,
         "sampled_tokens": s.sampled_tokens,
         "spec_rows": s.decode_query_tokens - s.decode_seqs,
-        "touched_experts": expected_touched_experts(new, model.num_experts, model.experts_per_token),
+        "touched_experts": (load or expert_load(model) or _NO_EXPERTS).touched(new),
     }
+
+
+_NO_EXPERTS = ExpertLoad(0.0, ())
 
 
 @dataclass(frozen=True, slots=True)
@@ -117,7 +122,7 @@ class OpForm:
     bytes: dict[str, float] = field(default_factory=dict)
     const_bytes: float = 0.0  # weights read once per step
     compute_dtype: str = "bf16"
-    calls: int = 0
+    calls: float = 0  # per layer: fractional in the average layer of a model with dense and MoE layers
     parts: tuple[tuple[str, float], ...] = ()
 
     def evaluate(self, feats: dict[str, float]) -> tuple[float, float]:
@@ -178,16 +183,28 @@ def _gemm(
     )
 
 
-def layer_ops(
-    model: ModelSpec, tp: int = 1, weight_format: str = "bf16", kv_dtype: str = "bf16"
-) -> list[OpForm]:
-    """The operators of one decoder layer on one of ``tp`` GPUs."""
-    wf, kvb = get_weight_format(weight_format), kv_dtype_bytes(kv_dtype)
+def _scaled(op: OpForm, fraction: float) -> OpForm:
+    """``op`` in ``fraction`` of the layers, as a share of the average layer."""
+    if fraction == 1.0:
+        return op
+    return replace(
+        op,
+        flops={k: v * fraction for k, v in op.flops.items()},
+        bytes={k: v * fraction for k, v in op.bytes.items()},
+        const_bytes=op.const_bytes * fraction,
+        calls=op.calls * fraction,
+    )
+
+
+def _attention_ops(
+    model: ModelSpec, tp: int, wf: WeightFormat, kvb: int
+) -> tuple[list[OpForm], tuple[int, int]]:
+    """GQA attention: QKV, prefill and decode attention, O; and the q and k widths RoPE rotates per token."""
     h, q, dt, gk = model.hidden_size, model.q_size // tp, wf.compute_dtype, gemm_kind(wf.name)
     kv = max(model.num_kv_heads // tp, 1) * model.head_dim  # KV heads are replicated when tp exceeds them
     qkv_n = q + 2 * kv
     qkv_bias = qkv_n * ACT_BYTES if model.qkv_bias else 0.0
-    ops = [
+    return [
         _gemm("qkv", h, qkv_n, wf.matrix_bytes(h, qkv_n) + qkv_bias, dt, kind=gk),
         # FlashAttention: 2 FLOPs for QK^T and 2 for PV per (query, key) pair per head dim; reads Q, the KV
         # it attends to once (re-reads per query tile are ignored), writes O and the new K/V.
@@ -204,32 +221,147 @@ def layer_ops(
             {"decode_query_tokens": 2 * q * ACT_BYTES + 2 * kv * kvb, "decode_ctx_tokens": 2 * kv * kvb},
         ),
         _gemm("o", q, h, wf.matrix_bytes(q, h), dt, kind=gk),
-    ]
-    if model.is_moe:
-        i, e, k = model.expert_intermediate_size // tp, model.num_experts, model.experts_per_token
-        ops.append(_gemm("router", h, e, 2.0 * h * e, "bf16"))
-        for name, kk, nn in (("gate_up", h, 2 * i), ("down", i, h)):
-            op = _gemm(name, kk, nn, 0.0, dt, copies=k)
-            # Only the experts some token was routed to are read.
-            ops.append(
-                OpForm(name, gk, op.flops, {**op.bytes, "touched_experts": wf.matrix_bytes(kk, nn)}, 0.0, dt)
-            )
-        mlp_act = k * i
-    else:
+    ], (q, kv)
+
+
+def _mla_attention_ops(
+    model: ModelSpec, tp: int, wf: WeightFormat, kvb: int
+) -> tuple[list[OpForm], tuple[int, int]]:
+    """Multi-head latent attention (DeepSeek-V2), as vLLM runs it: the cache holds one latent of
+    ``kv_lora_rank`` plus the rotary key per token (on every GPU); a prefill decompresses the latent of every
+    context token into K and V (``kv_up`` over the context) and attends at head width; a decode folds the
+    up-projection into the query and the output (``kv_up`` over the query tokens) and attends over the
+    latent itself."""
+    h, dt, heads, gk = model.hidden_size, wf.compute_dtype, model.num_heads // tp, gemm_kind(wf.name)
+    r, rope, v = model.kv_lora_rank, model.qk_rope_head_dim, model.value_head_dim
+    nope, q, latent = model.head_dim - rope, heads * model.head_dim, r + rope
+    qr = model.q_lora_rank
+    parts = ([(h, qr), (qr, q)] if qr else [(h, q)]) + [(h, latent)]  # query path, then the KV down-projection
+    up = heads * (nope + v)  # decompressed K (no-rotary part) and V of this GPU's heads
+    return [
+        OpForm(
+            "qkv",
+            gk,
+            {"new_tokens": sum(2.0 * a * b for a, b in parts)},
+            {"new_tokens": sum((a + b) * ACT_BYTES for a, b in parts)},
+            sum(wf.matrix_bytes(a, b) for a, b in parts),
+            dt,
+        ),
+        OpForm(
+            "kv_up",
+            gk,
+            {"prefill_ctx_tokens": 2.0 * r * up, "decode_query_tokens": 2.0 * r * up},
+            {
+                "prefill_ctx_tokens": (r + up) * ACT_BYTES,  # read the latent, write K and V
+                "decode_query_tokens": (heads * (nope + 2 * r) + heads * v) * ACT_BYTES,  # q in/out, o in/out
+            },
+            wf.matrix_bytes(r, up),
+            dt,
+        ),
+        OpForm(
+            "attn_prefill",
+            "attn_prefill",
+            {"prefill_attn_pairs": 2.0 * heads * (model.head_dim + v)},
+            {
+                "prefill_tokens": (q + heads * v) * ACT_BYTES + latent * kvb,  # Q in, O out, latent cached
+                "prefill_ctx_tokens": heads * (model.head_dim + v) * ACT_BYTES,  # decompressed K and V read
+            },
+        ),
+        OpForm(
+            "attn_decode",
+            "attn_decode",
+            {"decode_attn_pairs": 2.0 * heads * (latent + r)},  # scores over latent+rope, output over latent
+            {"decode_query_tokens": heads * (latent + r) * ACT_BYTES + latent * kvb, "decode_ctx_tokens": latent * kvb},
+        ),
+        _gemm("o", heads * v, h, wf.matrix_bytes(heads * v, h), dt, kind=gk),
+    ], (heads * rope, rope)  # RoPE turns only the rotary parts of q and k
+
+
+def _mlp_ops(
+    model: ModelSpec, tp: int, wf: WeightFormat, load: ExpertLoad | None, ep: int
+) -> tuple[list[OpForm], float]:
+    """The MLP operators of the average layer and the width SiLU·mul touches per token.
+
+    MoE: the router on every GPU; the routed experts over the assignments their GPU group receives
+    (``top_k × share`` rows per token), reading only the experts some token reached; shared experts on
+    every token; the dense layers' MLP weighted by their fraction of the layers."""
+    h, dt, gk = model.hidden_size, wf.compute_dtype, gemm_kind(wf.name)
+    if load is None:
         i = model.intermediate_size // tp
-        ops += [
+        return [
             _gemm("gate_up", h, 2 * i, wf.matrix_bytes(h, 2 * i), dt, kind=gk),
             _gemm("down", i, h, wf.matrix_bytes(i, h), dt, kind=gk),
+        ], i
+    moe = model.moe_layers / model.num_layers
+    i, e = model.expert_intermediate_size // (tp // ep), model.num_experts
+    copies = model.experts_per_token * load.share
+    ops = [_gemm("router", h, e, 2.0 * h * e, "bf16")]
+    for name, kk, nn in (("gate_up", h, 2 * i), ("down", i, h)):
+        op = _gemm(name, kk, nn, 0.0, dt, copies=copies)
+        # Only the experts some token was routed to are read.
+        ops.append(
+            OpForm(name, gk, op.flops, {**op.bytes, "touched_experts": wf.matrix_bytes(kk, nn)}, 0.0, dt)
+        )
+    act = copies * i
+    if model.shared_expert_intermediate_size:
+        s = model.shared_expert_intermediate_size // tp
+        ops += [
+            _gemm("shared_gate_up", h, 2 * s, wf.matrix_bytes(h, 2 * s), dt, kind=gk),
+            _gemm("shared_down", s, h, wf.matrix_bytes(s, h), dt, kind=gk),
         ]
-        mlp_act = i
+        act += s
+    ops, act = [_scaled(op, moe) for op in ops], act * moe
+    if model.num_dense_layers:
+        d = model.intermediate_size // tp
+        ops += [
+            _scaled(_gemm("dense_gate_up", h, 2 * d, wf.matrix_bytes(h, 2 * d), dt, kind=gk), 1.0 - moe),
+            _scaled(_gemm("dense_down", d, h, wf.matrix_bytes(d, h), dt, kind=gk), 1.0 - moe),
+        ]
+        act += (1.0 - moe) * d
+    return ops, act
+
+
+def _comm_ops(model: ModelSpec, tp: int, load: ExpertLoad | None, ep: int) -> list[OpForm]:
+    """Collectives of the average layer. Dense layers (and every layer at ep = 1): two ring all-reduces,
+    after O and after the MLP, each GPU sending and receiving 2(tp−1)/tp of the hidden states. MoE layers at
+    ep > 1: the attention output is reduce-scattered (each GPU keeps 1/tp of the tokens), each token's
+    top-k copies are dispatched to the GPUs of its experts' groups and the results combined back (two
+    all-to-alls; the busiest group receives ``share`` of the copies), then the tokens are all-gathered."""
+    h = model.hidden_size
+    ring = 2 * (tp - 1) / tp * h * ACT_BYTES  # one all-reduce, bytes per token per GPU
+    if ep == 1:
+        return [OpForm("allreduce", "comm", {}, {"new_tokens": 2 * ring}, calls=2)]
+    moe = model.moe_layers / model.num_layers
+    copies = 2 * model.experts_per_token * load.share * (tp - 1) / tp * h * ACT_BYTES
+    return [
+        OpForm("allreduce", "comm", {}, {"new_tokens": (2.0 - moe) * ring}, calls=2),
+        OpForm("all_to_all", "comm", {}, {"new_tokens": moe * copies}, calls=2 * moe),
+    ]
+
+
+def layer_ops(
+    model: ModelSpec,
+    tp: int = 1,
+    weight_format: str = "bf16",
+    kv_dtype: str = "bf16",
+    ep: int = 1,
+    expert_skew: float = 0.0,
+) -> list[OpForm]:
+    """The operators of one decoder layer on one of ``tp`` GPUs, the experts in ``ep`` groups routed with
+    ``expert_skew``. In an MoE model with dense layers, of the average layer: each MLP's operators weighted
+    by the fraction of the layers that have it."""
+    wf, kvb = get_weight_format(weight_format), kv_dtype_bytes(kv_dtype)
+    h = model.hidden_size
+    load = expert_load(model, ep, expert_skew)
+    ops, rope = (_mla_attention_ops if model.is_mla else _attention_ops)(model, tp, wf, kvb)
+    mlp, mlp_act = _mlp_ops(model, tp, wf, load, ep)
+    ops += mlp
     # Four kernels: two fused RMSNorm+residual, SiLU·mul, RoPE on q and k.
     norm = fused_add_rms_norm_bytes(h)
-    parts = (("norm", norm), ("norm", norm), ("act", silu_mul_bytes(mlp_act)), ("rope", rope_bytes(q, kv)))
+    parts = (("norm", norm), ("norm", norm), ("act", silu_mul_bytes(mlp_act)), ("rope", rope_bytes(*rope)))
     ops.append(OpForm("norm_act", "elementwise", {}, {"new_tokens": sum(b for _, b in parts)}, parts=parts))
-    if tp > 1:  # two all-reduces (after O and after down), ring: each GPU sends and receives 2(tp−1)/tp of it
-        ops.append(
-            OpForm("allreduce", "comm", {}, {"new_tokens": 2 * 2 * (tp - 1) / tp * h * ACT_BYTES}, calls=2)
-        )
+    if tp > 1:
+        ops += _comm_ops(model, tp, load, ep)
     return ops
 
 
@@ -266,13 +398,15 @@ def step_flops_bytes(
     weight_format: str = "bf16",
     kv_dtype: str = "bf16",
     layers: int | None = None,
+    ep: int = 1,
+    expert_skew: float = 0.0,
 ) -> dict[str, tuple[float, float]]:
     """(FLOPs, bytes) per operator for one step on one GPU: layer operators × ``layers`` (all by default)
     plus the head operators."""
-    feats = features(shape, model)
+    feats = features(shape, model, expert_load(model, ep, expert_skew))
     n = model.num_layers if layers is None else layers
     out = {}
-    for op in layer_ops(model, tp, weight_format, kv_dtype):
+    for op in layer_ops(model, tp, weight_format, kv_dtype, ep, expert_skew):
         f, b = op.evaluate(feats)
         out[op.name] = (f * n, b * n)
     for op in head_ops(model, tp):

@@ -64,17 +64,18 @@ def _label(values: Mapping[str, object], varying: Sequence[str]) -> str:
 
 def _precheck(c: Candidate, budget: float | None) -> None:
     """Refuse what cannot run (memory, parallelism) or what one replica already prices over the budget."""
-    from servesim.sim.deployment import build_deployment
+    from servesim.sim.disagg import deployment_of
 
     try:
-        dep = build_deployment(c.scenario)
+        dep = deployment_of(c.scenario)
     except ConfigError as exc:
         # The memory planner's refusals name no field; the parallelism and batching checks name theirs.
         c.reject("memory" if exc.field is None else "config", exc.problem)
         return
-    c.result.update(usd_per_hour_per_gpu=dep.usd_per_gpu_hour, gpus_per_replica=dep.tp * dep.pp,
+    gpus = dep.gpus_total // c.scenario.replicas  # one replica, or one prefill:decode unit under P/D
+    c.result.update(usd_per_hour_per_gpu=dep.usd_per_gpu_hour, gpus_per_replica=gpus,
                     kv_blocks_per_replica=dep.num_blocks, profile_id=dep.cost.profile_id)
-    one = dep.usd_per_gpu_hour * dep.tp * dep.pp
+    one = dep.usd_per_gpu_hour * gpus
     if budget is not None and one > budget:
         c.reject("budget", f"one replica costs ${one:.2f}/h, over the budget ${budget:.2f}/h")
 

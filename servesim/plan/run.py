@@ -81,7 +81,7 @@ def evaluate(s: Scenario) -> tuple[dict, float, float]:
         row.update(status="error", reason=f"{type(exc).__name__}: {exc} ({last.filename}:{last.lineno})")
         return row, time.perf_counter() - started, time.thread_time() - cpu
     meta, summary = result.meta, result.summary
-    gpus_per_replica = s.tp * s.pp
+    gpus_per_replica = meta["gpus_total"] // s.replicas  # under P/D, one prefill:decode unit
     price = float(meta["usd_per_hour_per_gpu"])
     row.update(
         status="ok", reason="", profile_id=meta["profile_id"],

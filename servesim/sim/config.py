@@ -22,6 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationIn
 
 from servesim.errors import ConfigError, InputError, unknown_name
 from servesim.hwmodels.gpus import get_gpu, load_gpus_yaml
+from servesim.hwmodels.links import LINKS
 from servesim.hwmodels.models import KV_DTYPE_BYTES, WEIGHT_FORMATS, ModelSpec, get_model
 from servesim.sim.policies import POLICIES
 from servesim.sim.router import ROUTERS
@@ -41,7 +42,10 @@ _REGISTRIES = {
     "preemption": lambda: PREEMPTION,
     "router": lambda: ROUTERS,
     "arrival": lambda: ("trace", *ARRIVALS),  # "trace": the trace's own arrival times
+    "kv_link": lambda: LINKS,
 }
+# Optional fields over a registry (None: take another field's value).
+_OPTIONAL_REGISTRIES = {"prefill_router": "router", "decode_router": "router"}
 
 
 CHOICE_FIELDS = tuple(_REGISTRIES)
@@ -50,8 +54,17 @@ CHOICE_FIELDS = tuple(_REGISTRIES)
 def choices(field: str) -> tuple[str, ...]:
     """The valid values of Scenario field ``field`` (one with a registry of variants)."""
     return tuple(_REGISTRIES[field]())
+def _choice(field: str, value: str) -> str:
+    """``value`` spelled as in ``field``'s registry; ValueError naming the closest choices otherwise."""
+    known = choices(field)
+    by_lower = {k.lower(): k for k in known}
+    if value.lower() not in by_lower:
+        raise ValueError(unknown_name(_WHAT.get(field, field), value, known))
+    return by_lower[value.lower()]
+
+
 _WHAT = {"quant": "weight format", "kv_dtype": "KV dtype", "batching": "batching mode", "arrival": "arrival process",
-         "preemption": "preemption mode"}
+         "preemption": "preemption mode", "kv_link": "KV link"}
 
 
 class Scenario(BaseModel):
@@ -65,7 +78,9 @@ class Scenario(BaseModel):
     gpu: str = Field("H200", description="catalog GPU name or alias (or one from gpus_file)")
     tp: int = Field(1, ge=1, description="tensor-parallel GPUs per replica")
     pp: int = Field(1, ge=1, description="pipeline stages per replica")
-    replicas: int = Field(1, ge=1, description="model replicas behind the router")
+    replicas: int = Field(
+        1, ge=1, description="model replicas behind the router (P/D: copies of the prefill:decode pool unit)"
+    )
     quant: str = Field("bf16", description="weight format")
     kv_dtype: str = Field("bf16", description="KV-cache dtype")
     gpu_memory_utilization: float = Field(0.9, gt=0, le=1, description="fraction of GPU memory servesim may use")
@@ -78,6 +93,10 @@ class Scenario(BaseModel):
                                 "shipped for the GPU when there is one, else the roofline)")
     allreduce: Literal["custom", "nccl"] = Field(
         "custom", description="TP all-reduce the roofline assumes: custom (vLLM's, under CUDA graphs) or nccl (eager)"
+    )
+    ep: int = Field(1, ge=1, description="MoE: expert-parallel groups within the tp GPUs of a stage (divides tp)")
+    expert_skew: float = Field(
+        0.0, ge=0, description="MoE: Zipf exponent of expert popularity (0: tokens route uniformly)"
     )
     # Scheduler.
     batching: str = Field("chunked", description="batching mode")
@@ -93,6 +112,36 @@ class Scenario(BaseModel):
     predictor_sigma: float = Field(0.5, ge=0, description="lognormal predictor: sigma of log error")
     predictor_accuracy: float = Field(0.8, ge=0, le=1, description="bucket predictor: accuracy")
     router: str = Field("round_robin", description="how arrivals pick a replica")
+    # Prefill/decode disaggregation (servesim.sim.disagg): two pools; unset pool fields take the fields above.
+    prefill_replicas: int = Field(
+        0, ge=0, description="P/D: prefill replicas per unit (0: colocated serving; pools = replicas x unit)"
+    )
+    decode_replicas: int = Field(0, ge=0, description="P/D: decode replicas per unit")
+    prefill_gpu: str | None = Field(None, description="P/D: prefill-pool GPU (default: gpu)")
+    decode_gpu: str | None = Field(None, description="P/D: decode-pool GPU (default: gpu)")
+    prefill_tp: int | None = Field(None, ge=1, description="P/D: prefill-pool tensor parallelism (default: tp)")
+    decode_tp: int | None = Field(None, ge=1, description="P/D: decode-pool tensor parallelism (default: tp)")
+    prefill_ep: int | None = Field(None, ge=1, description="P/D: prefill-pool expert parallelism (default: ep)")
+    decode_ep: int | None = Field(None, ge=1, description="P/D: decode-pool expert parallelism (default: ep)")
+    prefill_max_num_seqs: int | None = Field(None, ge=1, description="P/D: prefill-pool max_num_seqs")
+    decode_max_num_seqs: int | None = Field(None, ge=1, description="P/D: decode-pool max_num_seqs")
+    prefill_max_num_batched_tokens: int | None = Field(
+        None, ge=1, description="P/D: prefill-pool token budget per step, tokens"
+    )
+    decode_max_num_batched_tokens: int | None = Field(
+        None, ge=1, description="P/D: decode-pool token budget per step, tokens"
+    )
+    prefill_router: str | None = Field(None, description="P/D: how arrivals pick a prefill replica (default: router)")
+    decode_router: str | None = Field(
+        None, description="P/D: how prefilled requests pick a decode replica (default: router)"
+    )
+    kv_link: str = Field("ib", description="P/D: the link KV caches cross from prefill to decode GPUs")
+    kv_link_gbps: float | None = Field(
+        None, gt=0, description="P/D: link bandwidth per GPU, one direction, GB/s (default: per link and GPU)"
+    )
+    kv_link_latency_us: float | None = Field(None, ge=0, description="P/D: fixed cost per KV transfer, µs")
+    kv_link_efficiency: float | None = Field(None, gt=0, le=1, description="P/D: achieved fraction of the link")
+    kv_overlap: bool = Field(False, description="P/D: send each layer's KV as soon as the prefill computed it")
     # Workload.
     trace: str = Field("azure-conv", description="built-in trace name or path to a trace file")
     trace_format: str | None = Field(None, description="trace format (default: detected from the header)")
@@ -125,15 +174,18 @@ class Scenario(BaseModel):
     @field_validator(*_REGISTRIES)
     @classmethod
     def _one_of(cls, value: str, info: ValidationInfo) -> str:
-        known = choices(info.field_name)
-        by_lower = {k.lower(): k for k in known}
-        if value.lower() not in by_lower:
-            raise ValueError(unknown_name(_WHAT.get(info.field_name, info.field_name), value, known))
-        return by_lower[value.lower()]
+        return _choice(info.field_name, value)
 
-    @field_validator("gpu")
+    @field_validator(*_OPTIONAL_REGISTRIES)
     @classmethod
-    def _canonical_gpu(cls, value: str, info: ValidationInfo) -> str:
+    def _one_of_or_none(cls, value: str | None, info: ValidationInfo) -> str | None:
+        return None if value is None else _choice(_OPTIONAL_REGISTRIES[info.field_name], value)
+
+    @field_validator("gpu", "prefill_gpu", "decode_gpu")
+    @classmethod
+    def _canonical_gpu(cls, value: str | None, info: ValidationInfo) -> str | None:
+        if value is None:
+            return None
         gpus_file = info.data.get("gpus_file")
         return get_gpu(value, load_gpus_yaml(gpus_file) if gpus_file else None).name
 
@@ -172,6 +224,25 @@ class Scenario(BaseModel):
         self.step_limits(get_model(self.model))  # the limits that need the model's positions
         return self
 
+    @model_validator(mode="after")
+    def _pd_coherent(self) -> Scenario:
+        if self.prefill_replicas == 0 and self.decode_replicas == 0:
+            fields = type(self).model_fields
+            given = [name for name in PD_FIELDS if getattr(self, name) != fields[name].default]
+            if given:
+                raise ConfigError("a P/D field: give prefill_replicas and decode_replicas too (--pd P:D)",
+                                  field=given[0])
+            return self
+        if not self.prefill_replicas or not self.decode_replicas:
+            missing = "decode_replicas" if self.prefill_replicas else "prefill_replicas"
+            raise ConfigError("P/D needs both prefill_replicas and decode_replicas >= 1 (--pd P:D)", field=missing)
+        return self
+
+    @property
+    def disaggregated(self) -> bool:
+        """Prefill and decode in separate pools (servesim.sim.disagg)."""
+        return self.prefill_replicas > 0
+
     def step_limits(self, model: ModelSpec) -> tuple[int, int]:
         """``(max_model_len, max_num_batched_tokens)`` with their defaults resolved for ``model``; a ConfigError
         naming the field when they cannot work (longer than the model's positions, a budget below one prompt
@@ -209,15 +280,25 @@ class Scenario(BaseModel):
 FIELD_GROUPS: dict[str, tuple[str, ...]] = {
     "Deployment": ("model", "gpus_file", "gpu", "tp", "pp", "replicas", "quant", "kv_dtype", "gpu_memory_utilization",
                    "block_size", "num_gpu_blocks", "swap_space_gib", "prefix_caching", "usd_per_gpu_hour", "profile",
-                   "allreduce"),
+                   "allreduce", "ep", "expert_skew"),
     "Scheduler": ("batching", "policy", "max_num_seqs", "max_num_batched_tokens", "max_model_len", "preemption",
                   "aging", "predictor", "predictor_sigma", "predictor_accuracy", "router"),
+    "Prefill/decode disaggregation": (
+        "prefill_replicas", "decode_replicas", "prefill_gpu", "decode_gpu", "prefill_tp", "decode_tp", "prefill_ep",
+        "decode_ep", "prefill_max_num_seqs", "decode_max_num_seqs", "prefill_max_num_batched_tokens",
+        "decode_max_num_batched_tokens", "prefill_router", "decode_router", "kv_link", "kv_link_gbps",
+        "kv_link_latency_us", "kv_link_efficiency", "kv_overlap",
+    ),
     "Workload": ("trace", "trace_format", "arrival", "rate", "cv", "users", "think_time_s", "num_requests",
                  "start_s", "duration_s", "max_context_tokens"),
     "Speculative decoding": ("spec_k", "spec_alpha", "spec_alpha_concentration", "draft_model"),
     "SLOs": ("slo_ttft_ms", "slo_tpot_ms", "slo_e2el_ms", "slo_mode"),
     "Run": ("seed", "fast_forward", "record_token_times"),
 }
+
+
+PD_FIELDS = FIELD_GROUPS["Prefill/decode disaggregation"]
+PD_POOL_FIELDS = ("gpu", "tp", "ep", "max_num_seqs", "max_num_batched_tokens", "router")  # prefill_X / decode_X
 
 
 def _first_error(exc: ValidationError, source: str | None) -> InputError:

@@ -81,7 +81,8 @@ def plan_replica(s: Scenario) -> ReplicaPlan:
     model = get_model(s.model)
     gpu = get_gpu(s.gpu, load_gpus_yaml(s.gpus_file) if s.gpus_file else None)
     max_model_len, budget = s.step_limits(model)
-    placement = Placement(model, gpu, tp=s.tp, pp=s.pp, weight_format=s.quant, kv_dtype=s.kv_dtype)
+    placement = Placement(model, gpu, tp=s.tp, pp=s.pp, weight_format=s.quant, kv_dtype=s.kv_dtype, ep=s.ep,
+                          expert_skew=s.expert_skew)
     memory = plan_memory(
         placement, gpu_memory_utilization=s.gpu_memory_utilization, block_size=s.block_size,
         max_num_batched_tokens=budget, max_num_seqs=s.max_num_seqs,

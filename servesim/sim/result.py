@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 
 import numpy as np
@@ -29,9 +30,12 @@ class Result:
     meta: dict
 
 
-def _ideal_e2el(dep: Deployment, requests: pd.DataFrame) -> np.ndarray:
-    """Each request's E2E latency alone on an idle replica (chunked prefill as configured)."""
+def ideal_e2el(dep: Deployment, requests: pd.DataFrame, decode: Deployment | None = None,
+               handoff_s: Callable[[int], float] | None = None) -> np.ndarray:
+    """Each request's E2E latency alone on an idle replica (chunked prefill as configured); under P/D, the
+    prompt alone on ``dep`` (the prefill pool), ``handoff_s(prompt)`` (its KV transfer), the rest on ``decode``."""
     cost, budget = dep.cost, dep.scheduler.max_num_batched_tokens
+    decode_cost = cost if decode is None else decode.cost
     chunked = dep.scheduler.batching == "chunked"
     memo: dict[tuple[int, int], float] = {}
     out = np.full(len(requests), np.nan)
@@ -45,7 +49,9 @@ def _ideal_e2el(dep: Deployment, requests: pd.DataFrame) -> np.ndarray:
                 t += cost.step_time_s(s if done + chunk == p else replace(s, sampled_tokens=0))
                 done += chunk
             if o > 1:
-                t += float(cost.decode_run_s(decode_shape(1, p + 1), o - 1).sum())
+                if handoff_s is not None:
+                    t += handoff_s(p)
+                t += float(decode_cost.decode_run_s(decode_shape(1, p + 1), o - 1).sum())
             memo[key] = t
         out[i] = memo[key]
     return out
@@ -55,7 +61,8 @@ def finish_run(scenario: Scenario, dep: Deployment, w: Workload, requests: pd.Da
                itl_s: np.ndarray, itl_weights: np.ndarray, first_arrival_s: float, last_finish_s: float,
                started: float, extra_meta: dict | None = None) -> Result:
     """Summarize a run's request and timeline tables (vLLM metric keys) and stamp its metadata."""
-    requests["ideal_e2el_s"] = _ideal_e2el(dep, requests)
+    if "ideal_e2el_s" not in requests.columns:  # P/D runs bring their own (two pools and a transfer)
+        requests["ideal_e2el_s"] = ideal_e2el(dep, requests)
     duration = max(0.0, last_finish_s - first_arrival_s) if len(requests) else 0.0
     slo = None
     if scenario.slo_ttft_ms or scenario.slo_tpot_ms or scenario.slo_e2el_ms:

@@ -85,14 +85,24 @@ class Scheduler:
 
     # -- admission --------------------------------------------------------------------------
     def add(self, req: Request, now: float) -> None:
-        """Queue a new request, or reject it at once when it can never run here."""
+        """Queue a new request, or reject it at once when it can never run here.
+
+        A request that arrives holding KV blocks of this pool was prefilled elsewhere (P/D disaggregation:
+        its prompt's KV was transferred in, its first token emitted): it joins the decoding requests at
+        once, or, when ``max_num_seqs`` already run, waits with its blocks and resumes with a one-token step.
+        """
         reason = self._reject_reason(req)
         if reason:
+            self.kv.free(req)
             req.state, req.rejected_reason, req.finish_s = State.REJECTED, reason, now
             self.finished.append(req)
             return
         if self.config.policy == "sjf-predicted":
             req.predicted_output_tokens = self.config.predictor.predict(req.output_tokens, self.rng)
+        if req.block_ids and req.generated and self.num_running < self.config.max_num_seqs:
+            req.state = State.RUNNING
+            self._join_decode(req)
+            return
         self._enqueue(req)
 
     def _reject_reason(self, req: Request) -> str:

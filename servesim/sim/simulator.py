@@ -24,6 +24,7 @@ import math
 import time
 from collections.abc import Callable
 from dataclasses import replace
+from typing import TYPE_CHECKING
 
 import numpy as np
 import simpy
@@ -40,6 +41,9 @@ from servesim.sim.scheduler import Scheduler
 from servesim.sim.spec import PerRequestAcceptance
 from servesim.sim.workload import Workload
 
+if TYPE_CHECKING:
+    import pandas as pd
+
 
 class ReplicaProcess:
     """The SimPy process of one scheduler with its KV pool: a replica, or one virtual engine of a pipelined
@@ -50,23 +54,30 @@ class ReplicaProcess:
         self.inbox: list[Request] = []
         self.wake: simpy.Event | None = None
         self.t = 0.0
+        self.step_span = (0.0, 0.0)  # the current (or last) step's start and end; end = start while unknown
+        self.stalled = False  # work it cannot start until blocks held elsewhere are freed (P/D)
 
     def submit(self, r: Request) -> None:
         self.inbox.append(r)
+        self.wake_up()
+
+    def wake_up(self) -> None:
+        """End an idle (or stalled) wait: a request arrived, or KV blocks were freed."""
         if self.wake is not None and not self.wake.triggered:
             self.wake.succeed()
 
     def run(self):
         """The SimPy process: schedule, wait the step time, complete; sleep when idle."""
         sim, sched, env = self.sim, self.sched, self.sim.env
-        dep = sim.dep
+        dep = self.replica.dep
         pipelined = dep.pp > 1
         while True:
-            if not self.inbox and not sched.has_work:
+            if not self.inbox and (self.stalled or not sched.has_work):
                 self.wake = env.event()
                 yield self.wake
                 self.wake = None
                 self.t = env.now
+                self.stalled = False
             if pipelined:
                 self.t = env.now
             t = self.t
@@ -76,8 +87,9 @@ class ReplicaProcess:
             self.replica.collect(sched)  # rejections leave at once, not after the next step
             batch = sched.schedule(t)
             if batch.empty:
-                if sched.has_work:
+                if sched.has_work and not self.replica.may_stall:
                     raise RuntimeError(f"replica {self.replica.index}: scheduler stalled at t={t}")
+                self.stalled = sched.has_work
                 continue
             accepted = sim.accepted(batch.decode) if sim.spec_k and batch.decode else None
             steps = sched.identical_steps(batch) if sim.fast_forward and not pipelined else 1
@@ -92,15 +104,18 @@ class ReplicaProcess:
                 end = float(ends[-1])
             else:
                 ends = None
-                dt = sim.step_s(batch)
+                dt = sim.step_s(batch, dep)
                 end = t + dt
             if pipelined:
+                self.step_span = (t, t)
                 for stage in self.replica.stages:
                     with stage.request() as slot:
                         yield slot
                         yield env.timeout(dt + dep.pp_transfer_s(batch))  # cost gives one stage's time
                 end = env.now
+                self.step_span = (t, end)
             else:
+                self.step_span = (t, end)
                 yield env.timeout(end - t)
             sched.complete(batch, end, accepted, ends)
             self.t = end
@@ -114,11 +129,14 @@ class ReplicaProcess:
 
 
 class Replica:
-    """A model replica: one engine, or ``pp`` virtual engines sharing ``pp`` pipeline stages."""
+    """A model replica: one engine, or ``pp`` virtual engines sharing ``pp`` pipeline stages. ``dep`` is the
+    simulation's deployment unless the replica belongs to a pool of its own (P/D)."""
 
-    def __init__(self, sim: Simulation, index: int) -> None:
+    may_stall = False  # whether an engine may wait for KV blocks that another process frees
+
+    def __init__(self, sim: Simulation, index: int, dep: Deployment | None = None) -> None:
         self.sim, self.index = sim, index
-        dep = sim.dep
+        self.dep = dep = sim.dep if dep is None else dep
         self.outstanding = 0
         self.stages = [simpy.Resource(sim.env, capacity=1) for _ in range(dep.pp)] if dep.pp > 1 else []
         blocks = max(1, dep.num_blocks // dep.pp)
@@ -130,7 +148,7 @@ class Replica:
         ]
 
     def _kv(self, blocks: int) -> KVBlockManager:
-        dep = self.sim.dep
+        dep = self.dep
         return KVBlockManager(
             blocks, dep.block_size, prefix_caching=dep.prefix_caching, swap_blocks=dep.swap_blocks // dep.pp
         )
@@ -143,7 +161,7 @@ class Replica:
             used += kv.num_used
             total += kv.num_blocks
             queued += sum(r.prompt_tokens for *_, r in s.waiting) + sum(r.prompt_tokens for r in e.inbox)
-        return (used + queued / self.sim.dep.block_size) / total
+        return (used + queued / self.dep.block_size) / total
 
     def submit(self, r: Request) -> None:
         r.replica = self.index
@@ -172,7 +190,7 @@ class Simulation:
         self.requests = RequestRecorder(keep_token_times=dep.scheduler.record_token_times)
         self.timeline = TimelineRecorder()
         self.router = ROUTERS[dep.router]()
-        self.replicas = [Replica(self, i) for i in range(dep.replicas)]
+        self.replicas = self._make_replicas()
         self.spec_k = dep.scheduler.spec_k
         self._alphas: dict[int, float] = {}
         self._on_progress = on_progress
@@ -194,6 +212,9 @@ class Simulation:
         self._pending: list[float] = []  # closed loop: times of scheduled submissions
         self.first_arrival_s = math.inf
         self.last_finish_s = 0.0
+
+    def _make_replicas(self) -> list[Replica]:
+        return [Replica(self, i) for i in range(self.dep.replicas)]
 
     # -- workload ---------------------------------------------------------------------------
     def _request(self, i: int, now: float) -> Request:
@@ -253,9 +274,9 @@ class Simulation:
                 self.env.process(self._issue_after(think))
 
     # -- cost -------------------------------------------------------------------------------
-    def step_s(self, batch: Batch) -> float:
-        """One step's time: target model, draft proposals, KV swap traffic."""
-        dep = self.dep
+    def step_s(self, batch: Batch, dep: Deployment | None = None) -> float:
+        """One step's time on ``dep`` (default: the simulation's): target model, draft proposals, KV swaps."""
+        dep = self.dep if dep is None else dep
         dt = dep.cost.step_time_s(batch.shape)
         if self.spec_k and batch.decode:
             s, n = batch.shape, len(batch.decode)
@@ -276,6 +297,15 @@ class Simulation:
             alphas = np.array([self._alphas.setdefault(r.request_id, model.draw_alpha(self.rng)) for r in decode])
             return model.sample_for(self.rng, alphas)
         return model.sample(self.rng, len(decode))
+
+    # -- results ------------------------------------------------------------------------------
+    def request_table(self) -> pd.DataFrame:
+        """The per-request table (``finish_run`` adds each request's E2E latency alone on an idle replica)."""
+        return self.requests.frame()
+
+    def pool_summary(self, requests: pd.DataFrame, timeline: pd.DataFrame, duration_s: float) -> dict:
+        """Summary entries beyond the fleet's (P/D: one per pool)."""
+        return {}
 
     # -- run --------------------------------------------------------------------------------
     def run(self) -> None:
@@ -299,7 +329,12 @@ def simulate(scenario: Scenario, workload: Workload | None = None, *,
     """Run one scenario to completion and summarize it. ``on_progress(done, total)`` is called as requests
     finish (about 200 times over a run), for a progress display."""
     started = time.perf_counter()
-    dep = build_deployment(scenario)
+    if scenario.disaggregated:  # a prefill pool, a decode pool and the KV link between them
+        from servesim.sim.disagg import PDSimulation, build_pd
+
+        dep, make = build_pd(scenario), PDSimulation
+    else:
+        dep, make = build_deployment(scenario), Simulation
     w = workload if workload is not None else build_workload(scenario)
     tick = None
     if on_progress is not None:
@@ -309,7 +344,9 @@ def simulate(scenario: Scenario, workload: Workload | None = None, *,
             if done % every == 0 or done == total:
                 on_progress(done, total)
 
-    sim = Simulation(dep, w, seed=scenario.seed, fast_forward=scenario.fast_forward, on_progress=tick)
+    sim = make(dep, w, seed=scenario.seed, fast_forward=scenario.fast_forward, on_progress=tick)
     sim.run()
-    return finish_run(scenario, dep, w, sim.requests.frame(), sim.timeline.frame(), sim.itl_s, sim.itl_weights,
-                      sim.first_arrival_s, sim.last_finish_s, started)
+    result = finish_run(scenario, dep, w, sim.request_table(), sim.timeline.frame(), sim.itl_s, sim.itl_weights,
+                        sim.first_arrival_s, sim.last_finish_s, started)
+    result.summary.update(sim.pool_summary(result.requests, result.timeline, result.summary["duration"]))
+    return result
