@@ -199,12 +199,19 @@ def simulate_cmd(
             f"{pool} {_plural(p['replicas'], 'replica')} of {p['gpus'] // p['replicas']}× {p['gpu']} (tp {p['tp']}"
             + (f", ep {p['ep']}" if p["ep"] > 1 else "") + f"): {p['kv_blocks_per_replica']:,} KV blocks each"
             for pool, p in ((k, pools[k]) for k in ("prefill", "decode"))
-        ) + f"; KV over {pools['kv_transfer']['link']}" + (", overlapped by layer" if base.kv_overlap else "")
+        )
+        console.print(
+            f"{base.model} on {fleet}; weights {base.quant}, KV {base.kv_dtype} over {pools['kv_transfer']['link']}"
+            + (", overlapped by layer" if base.kv_overlap else ""),
+            highlight=False, soft_wrap=True,
+        )
     else:
-        fleet = (f"{meta['gpus_total']}× {base.gpu} (tp {base.tp}, pp {base.pp}, {_plural(base.replicas, 'replica')}): "
-                 f"{meta['kv_blocks_per_replica']:,} KV blocks of {base.block_size} tokens per replica")
-    console.print(f"{base.model} on {fleet}; weights {base.quant}, KV {base.kv_dtype}",
-                  highlight=False, soft_wrap=True)
+        console.print(
+            f"{base.model} on {meta['gpus_total']}× {base.gpu} (tp {base.tp}, pp {base.pp}, "
+            f"{_plural(base.replicas, 'replica')}; weights {base.quant}, KV {base.kv_dtype}): "
+            f"{meta['kv_blocks_per_replica']:,} KV blocks of {base.block_size} tokens per replica",
+            highlight=False, soft_wrap=True,
+        )
     workload = meta["workload"]
     console.print(
         f"{base.batching} batching, {base.policy}; workload {workload['name']} "
