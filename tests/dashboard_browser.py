@@ -41,7 +41,7 @@ def start_dashboard(cwd: Path, log: Path, timeout_s: float = 90.0) -> tuple[subp
     """`servesim dashboard` (this checkout's) on a free port, started in ``cwd``; returns it and its URL once
     /_stcore/health answers. Stop it with :func:`stop`."""
     port = free_port()
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "SERVESIM_DASHBOARD_STORE": str(cwd / "store")}  # a fresh cache
     with open(log, "w") as out:
         proc = subprocess.Popen([sys.executable, "-m", "servesim", "dashboard", "--port", str(port)], cwd=cwd,
                                 env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)

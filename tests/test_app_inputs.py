@@ -14,6 +14,7 @@ from servesim.errors import InputError
 from servesim.sim.config import make_scenario
 from servesim.sim.simulator import simulate
 
+STORE_DIR = inputs.store_dir  # before the fixture below replaces it
 GOOD = b"arrival_s,input_tokens,output_tokens\n" + b"".join(b"%g,%d,%d\n" % (i * 0.1, 100 + i, 10 + i)
                                                             for i in range(40))
 
@@ -90,3 +91,10 @@ def test_synthetic_lengths_are_seeded_lognormals():
     assert df["output_tokens"].median() == pytest.approx(200, rel=0.08)
     r = simulate(make_scenario({"trace": str(a), "arrival": "poisson", "rate": 2.0, "num_requests": 50}))
     assert r.summary["completed"] == 50
+
+
+def test_store_dir_follows_the_environment(monkeypatch, tmp_path):
+    monkeypatch.setenv("SERVESIM_DASHBOARD_STORE", str(tmp_path / "mine"))
+    assert STORE_DIR() == tmp_path / "mine"
+    monkeypatch.delenv("SERVESIM_DASHBOARD_STORE")
+    assert STORE_DIR().name == "servesim-dashboard"

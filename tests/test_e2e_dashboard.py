@@ -73,8 +73,9 @@ def _open(page, url: str) -> None:
     b.settled(page)
 
 
-def _shot(pg, name: str, height: int | None = None) -> Path:
-    """A screenshot of the page (``height`` px tall) once its charts are drawn, reduced to a 128-colour palette."""
+def _shot(pg, name: str, height: int | None = None, element=None) -> Path:
+    """A screenshot of the page (``height`` px tall), or of one ``element``, once its charts are drawn, reduced to
+    a 128-colour palette."""
     from PIL import Image
 
     SHOTS.mkdir(parents=True, exist_ok=True)
@@ -84,7 +85,7 @@ def _shot(pg, name: str, height: int | None = None) -> Path:
     if pg.locator('[data-testid="stPlotlyChart"]').count():
         b.plots_drawn(pg)
         pg.wait_for_timeout(500)  # plotly's transitions
-    pg.screenshot(path=path)
+    (element or pg).screenshot(path=path)
     Image.open(path).convert("RGB").quantize(colors=128).save(path, optimize=True)
     return path
 
@@ -205,9 +206,9 @@ def test_calibration_profile_against_the_roofline(server, page, tmp_path):
     b.choose(page, "Operator table", table)
     b.settled(page)
     _no_traceback(page)
-    _shot(page, "calibration-upload" if shipped else "calibration", height=1500)
-    page.get_by_role("heading", name="Roofline of a placement").scroll_into_view_if_needed()
-    _shot(page, "calibration-roofline")
+    if not shipped:
+        _shot(page, "calibration", height=1500)
+    _shot(page, "calibration-roofline", element=page.locator('[data-testid="stPlotlyChart"]').last)
 
 
 def test_compare_page(server, page):

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import re
 import tempfile
 from pathlib import Path
@@ -28,8 +29,9 @@ _SAFE = re.compile(r"[^A-Za-z0-9._-]+")
 
 
 def store_dir() -> Path:
-    """Where the dashboard keeps the files scenarios point at (one folder per content hash)."""
-    return Path(tempfile.gettempdir()) / "servesim-dashboard"
+    """Where the dashboard keeps the files scenarios point at (one folder per content hash) and the capacity
+    planner's probe cache: ``$SERVESIM_DASHBOARD_STORE``, else ``servesim-dashboard`` in the temporary directory."""
+    return Path(os.environ.get("SERVESIM_DASHBOARD_STORE") or Path(tempfile.gettempdir()) / "servesim-dashboard")
 
 
 def _store(data: bytes, *parts: str) -> Path:

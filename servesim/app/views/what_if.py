@@ -121,7 +121,7 @@ elif view == "Step time":
     rows = analysis.step_breakdown(dep, result)
     st.plotly_chart(figures.step_breakdown(rows), key="steps")
     st.caption(f"Cost model {profile}: each operator's time at three step shapes taken from this run; "
-               "hover for whether it is compute-, memory- or link-bound.")
+               "hover for whether it is compute-, memory- or link-bound (or measured, under a calibrated profile).")
 elif view == "Memory & cost":
     mem = analysis.memory_rows(dep.memory)
     st.plotly_chart(figures.memory(mem, dep.gpu.memory_bytes / 1e9), key="memory")
