@@ -92,3 +92,14 @@ def test_validate_from_files_writes_a_complete_report(fixture, tmp_path):
     doc = json.loads((out / "report.json").read_text())
     assert doc["notes"] and any(m["measured"] is not None for m in doc["metrics"])
     assert "predicted vs measured" in (out / "report.md").read_text()
+
+
+def test_replay_speculates_in_the_controlled_mode_with_random_weights(setup, capsys):
+    root, model, trace, profile = setup
+    assert cli("replay", "--device", "cpu", "--model", model, "--gpu", "H100-SXM", "--trace", str(trace),
+               "--max-model-len", "512", "--max-num-seqs", "8", "--spec-k", "2", "--draft-model", model,
+               "--spec-alpha", "0.5", "--json") == 0
+    doc = json.loads(capsys.readouterr().out)
+    spec = doc["meta"]["engine"]["speculation"]
+    assert spec["k"] == 2 and spec["mode"] == "controlled" and "alpha 0.5" in spec["note"]
+    assert doc["completed"] == 16

@@ -33,6 +33,12 @@ def replay_cmd(
                                      help="arrivals X times faster than the trace's", rich_help_panel=_ENGINE),
     cuda_graphs: bool = typer.Option(True, "--cuda-graphs/--no-cuda-graphs", help="CUDA graphs for decode steps",
                                      rich_help_panel=_ENGINE),
+    draft_weights: Optional[str] = typer.Option(  # noqa: UP045
+        None, "--draft-weights", metavar="DIR", help="the draft model's safetensors (default: random weights)",
+        rich_help_panel=_ENGINE),
+    spec_mode: Optional[str] = typer.Option(  # noqa: UP045
+        None, "--spec-mode", help="greedy (verify the draft's tokens) | controlled (draw acceptance with spec_alpha; "
+        "default with random weights)", rich_help_panel=_ENGINE),
     **fields,
 ) -> None:
     """Replay the workload on the engine: the simulator's scheduler drives real forward passes."""
@@ -50,12 +56,16 @@ def replay_cmd(
 
     plan = plan_replica(base)
     console = make_console()
+    from servesim.validate.run import EngineOptions, spec_fields
+
+    opts = EngineOptions(device=device, weights=weights, quantizer=quantizer, cuda_graphs=cuda_graphs,
+                         draft_weights=draft_weights, spec_mode=spec_mode)
     engine = build_engine(EngineConfig(
         model=base.model, weights=weights, weight_format=base.quant, quantizer=quantizer, kv_dtype=base.kv_dtype,
         block_size=base.block_size, gpu_memory_utilization=base.gpu_memory_utilization,
         max_model_len=plan.max_model_len, max_num_batched_tokens=plan.max_num_batched_tokens,
         max_num_seqs=base.max_num_seqs, num_gpu_blocks=base.num_gpu_blocks, device=device,
-        cuda_graphs=cuda_graphs, seed=base.seed))
+        cuda_graphs=cuda_graphs, seed=base.seed, **spec_fields(base, opts)))
     engine_deployment(base, engine)  # refuses what one engine cannot replay before the run
     with progress_bar("replaying", "requests", console) as update:
         run = replay(base, engine, time_scale=time_scale, on_progress=update)

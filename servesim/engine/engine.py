@@ -12,6 +12,7 @@ from __future__ import annotations
 import time
 from dataclasses import asdict, dataclass, field
 
+import numpy as np
 import torch
 
 from servesim.engine.config import EngineModelConfig
@@ -47,6 +48,13 @@ class EngineConfig:
     temperature: float = 0.0
     num_layers: int | None = None  # truncate the model (tests and quick timing only)
     capture_at_start: bool = True  # capture every decode graph when built (else on first use)
+    # speculative decoding: a draft model proposing spec_k tokens per step (engine/spec.py)
+    spec_k: int = 0
+    draft_model: str | None = None
+    draft_weights: str | None = None
+    spec_mode: str = "greedy"  # greedy | controlled (acceptance drawn with spec_alpha; labelled in outputs)
+    spec_alpha: float = 0.7
+    spec_alpha_concentration: float | None = None
 
     def __post_init__(self) -> None:
         if self.weight_format not in WEIGHT_FORMATS:
@@ -124,8 +132,9 @@ def build_engine(cfg: EngineConfig, mc: EngineModelConfig | None = None) -> Engi
     timings["weights_s"] = time.perf_counter() - t0
     backend = BACKENDS["triton" if dev.type == "cuda" else "torch"]
     model = LlamaModel(mc, weights, backend, max_positions=cfg.max_model_len)
+    draft = _draft_model(cfg, mc, backend, dtype, dev) if cfg.spec_k else None
     t0 = time.perf_counter()
-    cache, memory = _plan_and_allocate(cfg, mc, model, dev)
+    cache, memory = _plan_and_allocate(cfg, mc, model, dev, draft)
     timings["kv_plan_s"] = time.perf_counter() - t0
     if dev.type == "cuda":
         t0 = time.perf_counter()
@@ -133,8 +142,31 @@ def build_engine(cfg: EngineConfig, mc: EngineModelConfig | None = None) -> Engi
         timings["warmup_s"] = time.perf_counter() - t0
     runner = ModelRunner(model, cache, cfg.max_model_len, seed=cfg.seed, temperature=cfg.temperature,
                          cuda_graphs=cfg.cuda_graphs and dev.type == "cuda", max_graph_batch=cfg.max_num_seqs)
+    if draft is not None:
+        from servesim.engine.spec import SpecDecoder
+        from servesim.sim.spec import SpecConfig
+
+        acceptance = None
+        if cfg.spec_mode == "controlled":
+            acceptance = SpecConfig(cfg.draft_model, cfg.spec_k, cfg.spec_alpha,
+                                    cfg.spec_alpha_concentration).acceptance_model()
+        runner.spec = SpecDecoder(draft, _cache(draft.cfg, cfg, cache.num_blocks, dev), cfg.spec_k, cfg.spec_mode,
+                                  acceptance, np.random.default_rng([cfg.seed, 7]))
     timings["graph_capture_s"] = runner.capture_all() if cfg.capture_at_start else 0.0
     return Engine(cfg, mc, model, runner, memory, timings)
+
+
+def _draft_model(cfg: EngineConfig, mc: EngineModelConfig, backend, dtype, dev) -> LlamaModel:
+    """The draft model of speculative decoding (random weights unless ``draft_weights``; bf16)."""
+    if not cfg.draft_model:
+        raise ConfigError("speculative decoding needs a draft model", field="draft_model")
+    dmc = EngineModelConfig.resolve(cfg.draft_model)
+    if dmc.vocab_size != mc.vocab_size:
+        raise ConfigError(f"the draft {dmc.name} has a vocabulary of {dmc.vocab_size:,} tokens, the target "
+                          f"{mc.vocab_size:,}: they must share one", field="draft_model")
+    sd = (load_state_dict(cfg.draft_weights, dmc, dtype, dev) if cfg.draft_weights
+          else random_state_dict(dmc, cfg.seed + 1, dtype, dev))
+    return LlamaModel(dmc, build_weights(dmc, sd, "bf16"), backend, max_positions=cfg.max_model_len)
 
 
 WARM_M = (1, 2, 16, 17, 32, 33, 64, 65, 128, 256, 257, 512, 1024, 2048, 4096, 8192)
@@ -195,11 +227,15 @@ def _profile_forward(model: LlamaModel, mc: EngineModelConfig, cfg: EngineConfig
     del cache
 
 
-def _plan_and_allocate(cfg: EngineConfig, mc: EngineModelConfig, model: LlamaModel,
-                       dev) -> tuple[KVCache, MemoryReport]:
+def _plan_and_allocate(cfg: EngineConfig, mc: EngineModelConfig, model: LlamaModel, dev,
+                       draft: LlamaModel | None = None) -> tuple[KVCache, MemoryReport]:
     elem = torch.tensor([], dtype=KV_DTYPES[cfg.kv_dtype]).element_size()
     block_bytes = kv_block_bytes(mc.num_layers, cfg.block_size, mc.num_kv_heads, mc.head_dim, elem)
     weights = model.w.nbytes()
+    if draft is not None:  # the draft's cache shares the block ids: every block costs both
+        d = draft.cfg
+        block_bytes += kv_block_bytes(d.num_layers, cfg.block_size, d.num_kv_heads, d.head_dim, elem)
+        weights += draft.w.nbytes()
     need_one = -(-cfg.max_model_len // cfg.block_size)
     if dev.type != "cuda":
         blocks = cfg.num_gpu_blocks or need_one * min(cfg.max_num_seqs, 8)

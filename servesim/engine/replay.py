@@ -97,6 +97,10 @@ def replay(scenario: Scenario, engine: Engine, workload: Workload | None = None,
     kv = KVBlockManager(dep.num_blocks, dep.block_size, prefix_caching=dep.prefix_caching, swap_blocks=dep.swap_blocks)
     sched = Scheduler(dep.scheduler, kv, np.random.default_rng([scenario.seed, 0, 0]))
     runner = engine.runner
+    spec = dep.scheduler.spec_k > 0
+    if spec != (runner.spec is not None) or (spec and runner.spec.k != dep.scheduler.spec_k):
+        raise ConfigError(f"the scenario speculates {dep.scheduler.spec_k} tokens per step, the engine "
+                          f"{runner.spec.k if runner.spec else 0}", field="spec_k")
     recorder = RequestRecorder(keep_token_times=dep.scheduler.record_token_times)
     timeline = TimelineRecorder()
     log: list[tuple] = []
@@ -133,11 +137,11 @@ def replay(scenario: Scenario, engine: Engine, workload: Workload | None = None,
                 time.sleep(max(0.0, reqs[i].arrival_s - clock()))
             busy_since = None
             continue
-        runner.run(batch)
+        emitted = runner.run(batch)
         end = clock()
         step = end - (now if busy_since is None else busy_since)  # what the simulator's step time stands for
         busy_since = end
-        sched.complete(batch, end)
+        sched.complete(batch, end, emitted if spec and len(batch.decode) else None)
         st, s = runner.stats, batch.shape
         timeline.add(0, now, end, 1, batch.size, s.prefill_tokens, s.decode_query_tokens, sched.num_running,
                      sched.num_waiting, kv.num_used, kv.num_blocks)
@@ -152,7 +156,12 @@ def replay(scenario: Scenario, engine: Engine, workload: Workload | None = None,
     meta = {"engine": {"device": engine.config.device, "memory": engine.memory.to_json(),
                        "timings_s": engine.timings_s, "time_scale": time_scale,
                        "weights": engine.config.weights or "random", "quantizer": engine.config.quantizer,
-                       "backend": engine.model.backend.name},
+                       "backend": engine.model.backend.name,
+                       "speculation": None if not spec else {
+                           "k": runner.spec.k, "draft": engine.config.draft_model, "mode": runner.spec.mode,
+                           "note": ("acceptance drawn from the simulator's model (alpha "
+                                    f"{engine.config.spec_alpha}); the draft and verification passes are real")
+                           if runner.spec.mode == "controlled" else "greedy verification of the draft's tokens"}},
             "profile_id": "engine"}
     result = finish_run(scenario, dep, w, recorder.frame(), timeline.frame(), *itl, first, last_finish, started, meta)
     return ReplayResult(result, pd.DataFrame(log, columns=list(ITERATION_COLUMNS)))

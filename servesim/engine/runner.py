@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
@@ -63,6 +63,7 @@ class ModelRunner:
         self._swapped: dict[int, tuple[Request, list[torch.Tensor]]] = {}
         self.drafts: dict[int, list[int]] = {}  # request id -> draft tokens to verify this step
         self._rows: dict[int, list] = {}  # request id -> [block-table row, entries filled]
+        self.spec = None  # a SpecDecoder when the engine speculates (set by build_engine)
         self.cuda = self.device.type == "cuda"
         self.graphs: dict[tuple[int, int], tuple[torch.cuda.CUDAGraph, torch.Tensor]] = {}
         self._graph_batches = tuple(b for b in GRAPH_BATCHES if b <= max_graph_batch)
@@ -99,6 +100,9 @@ class ModelRunner:
         self._blocks.pop(r.request_id, None)
         self._rows.pop(r.request_id, None)
         self._swapped.pop(r.request_id, None)
+        self.drafts.pop(r.request_id, None)
+        if self.spec is not None:
+            self.spec.release(r)
 
     # -- swaps ------------------------------------------------------------------------------
     def _swaps(self, batch: Batch) -> None:
@@ -108,14 +112,14 @@ class ModelRunner:
         only after its old contents left. The scheduler may swap a request in and out again (or in and then
         preempt it by recompute) within one ``schedule``; its data then never left the CPU copy.
         """
-        cache, out_blocks, in_blocks = self.cache, 0, 0
+        tensors, out_blocks, in_blocks = self._cache_tensors(), 0, 0
         for r in batch.preempted:  # their blocks were freed: their table rows start again when they come back
             self._rows.pop(r.request_id, None)
         for r in batch.preempted:
             if r.state == State.SWAPPED and r.request_id not in self._swapped:
                 ids = self._blocks.get(r.request_id, [])[: r.swapped_blocks]
                 idx = torch.tensor(ids, dtype=torch.long, device=self.device)
-                self._swapped[r.request_id] = (r, [t.index_select(0, idx).cpu() for t in (*cache.k, *cache.v)])
+                self._swapped[r.request_id] = (r, [t.index_select(0, idx).cpu() for t in tensors])
                 out_blocks += len(ids)
         for rid, (r, saved) in list(self._swapped.items()):
             if r.state == State.SWAPPED:
@@ -125,12 +129,19 @@ class ModelRunner:
                 continue
             n = saved[0].shape[0]
             idx = torch.tensor(r.block_ids[:n], dtype=torch.long, device=self.device)
-            for t, s in zip((*cache.k, *cache.v), saved, strict=True):
+            for t, s in zip(tensors, saved, strict=True):
                 t.index_copy_(0, idx, s.to(self.device))
             self._blocks[rid] = list(r.block_ids[:n])  # where its data lives now, should it leave again
             self._rows.pop(rid, None)
             in_blocks += n
         self.stats.swap_in_blocks, self.stats.swap_out_blocks = in_blocks, out_blocks
+
+    def _cache_tensors(self) -> list[torch.Tensor]:
+        """Every KV tensor a swap moves: the target's and, with speculation, the draft's (same block ids)."""
+        out = [*self.cache.k, *self.cache.v]
+        if self.spec is not None:
+            out += [*self.spec.cache.k, *self.spec.cache.v]
+        return out
 
     # -- inputs -----------------------------------------------------------------------------
     def _slots(self, block_ids: list[int], start: int, end: int) -> np.ndarray:
@@ -204,11 +215,11 @@ class ModelRunner:
         """Run one iteration; returns each decode's emitted token count (all 1 without speculation)."""
         t0 = time.perf_counter()
         self._swaps(batch)
-        ids, pos, slots, sample, cu, kvl, dctx, n_pre = self._inputs(batch)
-        if not len(ids) == len(pos) == len(slots) == batch.num_tokens:
-            raise RuntimeError(f"inputs of {len(ids)} tokens for a batch of {batch.num_tokens}: a request's token ids "
-                               "are out of step with its progress")
         nd, q = len(batch.decode), batch.decode_query
+        if self.spec is not None:
+            return self._run_spec(batch, t0)
+        ids, pos, slots, sample, cu, kvl, dctx, n_pre = self._inputs(batch)
+        self._check(ids, pos, slots, batch)
         key = self._graph_key(batch, dctx) if self.cuda and hasattr(self, "_static") else None
         if self.cuda:
             start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
@@ -221,19 +232,7 @@ class ModelRunner:
             end.record()
             sampled = out[: nd * q]
         else:
-            dev = self.device
-            meta = AttentionMeta(num_prefill_tokens=n_pre, decode_counters=self._counters)
-            if batch.prefill:
-                meta.prefill_cu_seqlens = torch.from_numpy(cu).to(dev)
-                meta.prefill_kv_lens = torch.from_numpy(kvl).to(dev)
-                meta.prefill_block_tables = torch.from_numpy(
-                    self._table([ch.request for ch in batch.prefill], len(batch.prefill))).to(dev)
-                meta.prefill_max_q_len = max(ch.tokens for ch in batch.prefill)
-            if nd:
-                meta.decode_kv_lens = torch.from_numpy(dctx).to(dev)
-                meta.decode_block_tables = torch.from_numpy(self._table(batch.decode, nd)).to(dev)
-                meta.decode_num_q, meta.decode_max_kv_len = q, int(dctx.max())
-            tensors = [torch.from_numpy(a).to(dev) for a in (ids, pos, slots, sample)]
+            meta, tensors = self._eager_inputs(batch, ids, pos, slots, sample, cu, kvl, dctx, n_pre)
             host = time.perf_counter() - t0
             if self.cuda:
                 start.record()
@@ -242,13 +241,78 @@ class ModelRunner:
             if self.cuda:
                 end.record()
         tokens = sampled.tolist()  # synchronises (unless nothing was sampled: a chunk that completes no prompt)
+        self._finish_stats(t0, host, start if self.cuda else None, end if self.cuda else None, key is not None)
+        self._emit(batch, tokens)
+        return np.ones(nd, np.int64)
+
+    def _check(self, ids, pos, slots, batch: Batch) -> None:
+        if not len(ids) == len(pos) == len(slots) == batch.num_tokens:
+            raise RuntimeError(f"inputs of {len(ids)} tokens for a batch of {batch.num_tokens}: a request's token ids "
+                               "are out of step with its progress")
+
+    def _eager_inputs(self, batch: Batch, ids, pos, slots, sample, cu, kvl, dctx, n_pre):
+        dev = self.device
+        nd, q = len(batch.decode), batch.decode_query
+        meta = AttentionMeta(num_prefill_tokens=n_pre, decode_counters=self._counters)
+        if batch.prefill:
+            meta.prefill_cu_seqlens = torch.from_numpy(cu).to(dev)
+            meta.prefill_kv_lens = torch.from_numpy(kvl).to(dev)
+            meta.prefill_block_tables = torch.from_numpy(
+                self._table([ch.request for ch in batch.prefill], len(batch.prefill))).to(dev)
+            meta.prefill_max_q_len = max(ch.tokens for ch in batch.prefill)
+        if nd:
+            meta.decode_kv_lens = torch.from_numpy(dctx).to(dev)
+            meta.decode_block_tables = torch.from_numpy(self._table(batch.decode, nd)).to(dev)
+            meta.decode_num_q, meta.decode_max_kv_len = q, int(dctx.max())
+        return meta, [torch.from_numpy(a).to(dev) for a in (ids, pos, slots, sample)]
+
+    def _finish_stats(self, t0: float, host: float, start, end, graph: bool) -> None:
         if self.cuda:
             end.synchronize()
         gpu = start.elapsed_time(end) * 1e-3 if self.cuda else time.perf_counter() - t0 - host
-        self.stats = StepStats(gpu_s=gpu, host_s=host, graph=key is not None,
+        self.stats = StepStats(gpu_s=gpu, host_s=host, graph=graph,
                                swap_in_blocks=self.stats.swap_in_blocks, swap_out_blocks=self.stats.swap_out_blocks)
-        self._emit(batch, tokens)
-        return np.ones(nd, np.int64)
+
+    def _run_spec(self, batch: Batch, t0: float) -> np.ndarray:
+        """A speculative step (eager): the draft over the prefill chunks and its proposals, the target over
+        everything, then acceptance. The device time covers the draft's passes too."""
+        spec, nd, q = self.spec, len(batch.decode), batch.decode_query
+        if nd and q != spec.k + 1:
+            raise RuntimeError(f"a decode step of {q} tokens each; the engine speculates {spec.k} drafts")
+        start = end = None
+        if self.cuda:
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        for r in batch.decode:  # token lists exist before the draft reads them
+            self._ids(r)
+        host_a = time.perf_counter() - t0
+        if self.cuda:
+            start.record()
+        pre = [ch.request for ch in batch.prefill]
+        if batch.prefill:
+            ids, pos, slots, sample, cu, kvl, dctx, n_pre = self._inputs(replace(batch, decode=[]))
+            meta, tensors = self._eager_inputs(replace(batch, decode=[]), ids, pos, slots, sample, cu, kvl, dctx, n_pre)
+            spec.prefill(*tensors[:3], meta, n_pre)
+        self.drafts = spec.propose(self, batch, pre) if nd else {}
+        t1 = time.perf_counter()
+        ids, pos, slots, sample, cu, kvl, dctx, n_pre = self._inputs(batch)
+        self._check(ids, pos, slots, batch)
+        meta, tensors = self._eager_inputs(batch, ids, pos, slots, sample, cu, kvl, dctx, n_pre)
+        host = host_a + (time.perf_counter() - t1)
+        logits = self.model.forward(*tensors[:3], meta, self.cache, tensors[3])
+        sampled = self._sample(logits)
+        if self.cuda:
+            end.record()
+        tokens = sampled.tolist()
+        self._finish_stats(t0, host, start, end, False)
+        n_done = sum(ch.completes for ch in batch.prefill)
+        for i, ch in enumerate([ch for ch in batch.prefill if ch.completes]):
+            self._ids(ch.request).append(tokens[i])
+        emitted = spec.accept(list(batch.decode), self.drafts, tokens[n_done:]) if nd else []
+        for r, toks in zip(batch.decode, emitted, strict=True):
+            self._ids(r).extend(toks)
+        for r in pre + list(batch.decode):
+            self._blocks[r.request_id] = list(r.block_ids)
+        return np.array([len(e) for e in emitted], np.int64)
 
     def _emit(self, batch: Batch, tokens: list[int]) -> None:
         i = 0

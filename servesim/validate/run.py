@@ -24,6 +24,17 @@ class EngineOptions:
     weights: str | None = None
     quantizer: str = "rtn"
     cuda_graphs: bool = True
+    draft_weights: str | None = None
+    spec_mode: str | None = None  # default: greedy with real weights, controlled with random ones
+
+
+def spec_fields(s: Scenario, opts: EngineOptions) -> dict:
+    """The engine's speculative-decoding settings for scenario ``s`` (none without spec_k)."""
+    if not s.spec_k:
+        return {}
+    mode = opts.spec_mode or ("greedy" if opts.weights and opts.draft_weights else "controlled")
+    return dict(spec_k=s.spec_k, draft_model=s.draft_model, draft_weights=opts.draft_weights, spec_mode=mode,
+                spec_alpha=s.spec_alpha, spec_alpha_concentration=s.spec_alpha_concentration)
 
 
 def scaled_workload(s: Scenario, time_scale: float) -> Workload:
@@ -47,7 +58,7 @@ def engine_config(s: Scenario, opts: EngineOptions):
         # planned from memory: a case asking for fewer blocks uses part of the cache (engine_deployment), so cases
         # that differ only in their pool share one engine
         num_gpu_blocks=None if opts.device == "cuda" else s.num_gpu_blocks, device=opts.device,
-        cuda_graphs=opts.cuda_graphs, seed=s.seed)
+        cuda_graphs=opts.cuda_graphs, seed=s.seed, **spec_fields(s, opts))
 
 
 def validate_engine(s: Scenario, opts: EngineOptions, time_scale: float = 1.0, title: str | None = None,
