@@ -186,3 +186,10 @@ def test_cli_needs_no_standalone_click():
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
     assert json.loads(proc.stdout)["completed"] == 5
+
+
+def test_compare_tables_fit_80_columns(capsys):
+    code, out, err = run(capsys, "compare", "--num-requests", "40", "--rates", "4,8")
+    assert code == 0, err
+    assert max(map(len, out.splitlines())) <= 80
+    assert re.search(r"^\d[\d,]*–\d[\d,]* ", out, re.M)  # size bins as 95–490
