@@ -4,9 +4,7 @@ the acceptance model's mean, and swapping preserves the draft's cache too."""
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
-import torch
 
 from servesim.engine.engine import EngineConfig, build_engine
 from servesim.engine.replay import replay

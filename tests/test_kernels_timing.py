@@ -44,15 +44,17 @@ def test_result_files_spell_each_gpu_one_way(name, slug):
 
 
 def test_results_folder_holds_one_result_per_benchmark_and_gpu():
-    # bench/results: <bench>-<gpu>-<date>.{md,json,log}, one date per (bench, gpu); git keeps older rounds
+    # bench/results: <bench>-<gpu>-<date>.{md,json,log} (a result's data companion may add -<part>.parquet), one
+    # date per (bench, gpu); git keeps older rounds
     import re
     from pathlib import Path
 
     names = [p.name for p in (Path(__file__).parent.parent / "bench" / "results").iterdir()]
-    pattern = re.compile(r"^([a-z0-9_]+)-([a-z0-9]+(?:-\d+)?)-(\d{4}-\d{2}-\d{2})\.(md|json|log)$")
+    pattern = re.compile(r"^([a-z0-9_]+)-([a-z0-9]+(?:-\d+)?)-(\d{4}-\d{2}-\d{2})"
+                         r"(?:\.(?:md|json|log)|-[a-z0-9_]+\.parquet)$")
     assert all(pattern.match(n) for n in names), [n for n in names if not pattern.match(n)]
     dates: dict = {}
     for n in names:
-        bench, gpu, date, _ = pattern.match(n).groups()
+        bench, gpu, date = pattern.match(n).groups()
         dates.setdefault((bench, gpu), set()).add(date)
     assert all(len(d) == 1 for d in dates.values()), dates
