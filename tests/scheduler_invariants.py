@@ -66,8 +66,16 @@ class Invariants:
         assert all(r.state == State.RUNNING for r in members)
         if c.batching != "static" or batch.prefill:
             assert batch.num_tokens <= c.max_num_batched_tokens, (batch.num_tokens, c.max_num_batched_tokens)
-        if c.batching != "chunked":
+        if c.batching not in ("chunked", "inflight"):
             assert not (batch.prefill and batch.decode), "continuous/static never mix prefill and decode"
+        if c.batching != "chunked":
+            assert all(ch.completes for ch in batch.prefill), "a prompt split without chunked prefill"
+        if c.reserves:
+            assert not batch.preempted, f"{c.admission} admission preempted a request"
+            assert sched.reserved_blocks == sum(sched.reservation(r) for r in running), "reservations drifted"
+            assert kv.num_used <= sched.reserved_blocks <= kv.num_blocks, "blocks held beyond the reservations"
+        if c.admission == "slots":
+            assert all(r.prompt_tokens + r.output_tokens <= c.max_model_len for r in running), "over a slot"
         if c.batching == "static" and batch.prefill and self.prev is not None:
             prev = [ch.request for ch in self.prev.prefill] + list(self.prev.decode)
             assert all(r.state == State.FINISHED for r in prev), "static admitted while a batch was running"
@@ -148,12 +156,15 @@ class Invariants:
         assert not sched.has_work
         assert kv.num_free == kv.num_blocks, "KV blocks leaked"
         assert kv.swap_free == swap_blocks, "swap space leaked"
+        assert sched.reserved_blocks == 0, "reservations leaked"
         assert sorted(r.request_id for r in sched.finished) == sorted(r.request_id for r in requests)
         assert sum(r.generated for r in requests) == self.emitted, "token counts not conserved"
         assert sum(r.num_preemptions for r in requests) == sched.num_preemptions == self.preempted
         for r in requests:
             if r.state == State.REJECTED:
                 assert r.rejected_reason and r.generated == 0 and math.isnan(r.first_scheduled_s)
+                if self.c.admission == "slots" and r.prompt_tokens + r.output_tokens > self.c.max_model_len:
+                    assert "context of a slot" in r.rejected_reason, r.rejected_reason
                 continue
             assert r.state == State.FINISHED and not r.rejected_reason
             assert r.generated == r.output_tokens == self.gen[r.request_id]

@@ -1,9 +1,11 @@
-"""Property-based tests of the serving core: random workloads and configs, every batching mode × policy.
+"""Property-based tests of the serving core: random workloads and configs, every batching mode × policy, each
+example under one of the admission policies.
 
 Each example runs a workload through ``drive`` (the seam loop) and checks the invariants of
 ``tests.scheduler_invariants`` after every ``schedule()`` and at the end: no block leaks, capacity
 never exceeded, every request finished or rejected with a reason, tokens conserved, token budget and
-``max_num_seqs`` respected, timestamps monotone, admissions in policy order. A second property checks
+``max_num_seqs`` respected, timestamps monotone, admissions in policy order; under a reserving admission
+nothing is preempted and the blocks held stay within the reservations. A second property checks
 that aging bounds the wait of the longest job under every policy that takes aging.
 """
 
@@ -16,7 +18,7 @@ from hypothesis import strategies as st
 
 from servesim.sim.policies import POLICIES, OutputPredictor
 from servesim.sim.request import Request, State
-from servesim.sim.scheduler import BATCHING, SchedulerConfig
+from servesim.sim.scheduler import ADMISSION, BATCHING, SchedulerConfig
 from tests.scheduler_invariants import Invariants, RecordingAccept
 from tests.serving_driver import drive
 
@@ -74,12 +76,17 @@ def cases(draw, mode: str, policy: str) -> tuple[list[Request], SchedulerConfig,
     else:
         budget = draw(st.integers(model_len, 1024))
     preemption = draw(st.sampled_from(["recompute", "swap"]))
+    admission = draw(st.sampled_from(list(ADMISSION)))
     largest = max(-(-(r.prompt_tokens + r.output_tokens - 1 + spec) // block) for r in reqs)
-    num_blocks = max(1, int(largest * draw(st.floats(0.8, 2.5))))
+    if admission == "slots":  # from one slot (a little short of it: every request rejected) to all of them
+        largest = -(-(model_len + spec) // block)
+        num_blocks = max(1, int(largest * draw(st.floats(0.9, seqs + 0.5))))
+    else:
+        num_blocks = max(1, int(largest * draw(st.floats(0.8, 2.5))))
     swap = draw(st.sampled_from([4 * num_blocks, num_blocks // 4, 0])) if preemption == "swap" else 0
     config = SchedulerConfig(
         batching=mode, policy=policy, max_num_seqs=seqs, max_num_batched_tokens=budget,
-        max_model_len=model_len, preemption=preemption, spec_k=spec,
+        max_model_len=model_len, preemption=preemption, admission=admission, spec_k=spec,
         aging=draw(st.sampled_from([0.0, 0.0, 50.0, 5000.0])),
         predictor=draw(st.sampled_from([OutputPredictor("lognormal", sigma=0.7),
                                         OutputPredictor("buckets", accuracy=0.6, bucket_edges=(8, 24, 40))])),

@@ -20,7 +20,7 @@ from rich.console import Console
 from servesim.cli.app import SectionedCommand, app
 from servesim.cli.render import make_console
 from servesim.errors import ConfigError, InputError, unknown_name
-from servesim.sim.config import CHOICE_FIELDS, FIELD_GROUPS, Scenario, choices, load_scenario, make_scenario
+from servesim.sim.config import CHOICE_FIELDS, FIELD_GROUPS, Scenario, choices, make_scenario, read_scenario_values
 from servesim.sim.outputs import check_writable
 
 _GROUP_OF = {name: group for group, names in FIELD_GROUPS.items() for name in names}
@@ -67,11 +67,16 @@ def with_scenario_flags(func):
     return wrapper
 
 
-def _scenario(config: Path | None, fields: dict, pd: str | None = None) -> Scenario:
+def _given(config: Path | None, fields: dict, pd: str | None = None) -> dict:
+    """The values the scenario file and the flags give (flags win), not yet validated."""
     given = {k: v for k, v in fields.items() if v is not None}
     if pd is not None:
         given.update(_pd_pools(pd, given))
-    return load_scenario(config, given) if config else make_scenario(given)
+    return {**read_scenario_values(config), **given} if config else given
+
+
+def _scenario(config: Path | None, fields: dict, pd: str | None = None) -> Scenario:
+    return make_scenario(_given(config, fields, pd), source=str(config) if config else None)
 
 
 def _pd_pools(text: str, given: dict) -> dict:
@@ -86,14 +91,26 @@ def _pd_pools(text: str, given: dict) -> dict:
     return pools
 
 
-def _policies(text: str) -> list[str]:
+def _names(text: str, field: str, option: str) -> list[str]:
+    """A comma-separated list of ``field`` choices (canonical spelling), or a ConfigError naming ``option``."""
+    known = {k.lower(): k for k in choices(field)}
     names = [p.strip() for p in text.split(",") if p.strip()]
     for p in names:
-        if p not in choices("policy"):
-            raise ConfigError(unknown_name("policy", p, choices("policy")), field="policies")
+        if p.lower() not in known:
+            raise ConfigError(unknown_name(field, p, choices(field)), field=option)
     if not names:
-        raise ConfigError("give at least one policy", field="policies")
-    return names
+        raise ConfigError(f"give at least one {field}", field=option)
+    return [known[p.lower()] for p in names]
+
+
+def _policies(text: str) -> dict[str, dict]:
+    """``--policies``: one compare run per policy, each the base scenario with that policy."""
+    return {p: {"policy": p} for p in _names(text, "policy", "policies")}
+
+
+def _presets(text: str) -> dict[str, dict]:
+    """``--presets``: one compare run per engine preset, the values given overriding each preset's defaults."""
+    return {p: {"preset": p} for p in _names(text, "preset", "presets")}
 
 
 def _run(scenario: Scenario, console: Console):
@@ -213,8 +230,10 @@ def simulate_cmd(
             highlight=False, soft_wrap=True,
         )
     workload = meta["workload"]
+    engine = f"preset {base.preset}: " if base.preset else ""
+    admission = "" if base.admission == "max_utilization" else f", {base.admission} admission"
     console.print(
-        f"{base.batching} batching, {base.policy}; workload {workload['name']} "
+        f"{engine}{base.batching} batching{admission}, {base.policy}; workload {workload['name']} "
         f"({_plural(workload['requests'], 'request')}); cost model {meta['profile_id']}; seed {base.seed}; "
         f"config {meta['config_hash']}",
         highlight=False, soft_wrap=True,
@@ -238,6 +257,10 @@ def simulate_cmd(
 def compare_cmd(
     policies: str = typer.Option("fcfs,sjf", "--policies", metavar="LIST", show_default=False,
                                  help="comma-separated policies to compare (default: fcfs,sjf)"),
+    presets: Optional[str] = typer.Option(  # noqa: UP045
+        None, "--presets", metavar="LIST",
+        help="comma-separated engine presets to compare instead of policies, e.g. vllm,tensorrt-llm,llamacpp,static"
+    ),
     rates: Optional[str] = typer.Option(  # noqa: UP045
         None, "--rates", metavar="LIST", help="comma-separated arrival rates, requests/s: compare at each load"
     ),
@@ -250,28 +273,36 @@ def compare_cmd(
     as_json: bool = _JSON,
     **fields,
 ) -> None:
-    """Run the same workload under several policies (and loads); side-by-side table and slowdown by size.
+    """Run the same workload under several policies or engine presets (and loads); side-by-side table and
+    slowdown by size.
 
-    Every policy and rate is checked before anything runs; with --output-dir each run gets a folder such as
-    fcfs/ or, with --rates, fcfs_rate10/.
+    With --presets each run is one engine's personality (docs/engines.md), the flags given overriding its
+    defaults. Every variant and rate is checked before anything runs; with --output-dir each run gets a
+    folder such as fcfs/, vllm/ or, with --rates, fcfs_rate10/.
     """
-    base = _scenario(config, fields)
+    given = _given(config, fields)
+    base = make_scenario(given, source=str(config) if config else None)
     loads = None
     if rates:
         try:
             loads = [float(r) for r in rates.split(",") if r.strip()]
         except ValueError:
             raise ConfigError(f"rates must be numbers, got {rates!r}", field="rates") from None
-    _compare(base, _policies(policies), loads, output_dir, as_json, slowdown_by)
+    if presets:
+        _compare(base, _presets(presets), loads, output_dir, as_json, slowdown_by, values=given, axis="presets")
+    else:
+        _compare(base, _policies(policies), loads, output_dir, as_json, slowdown_by)
 
 
-def _run_name(policy: str, rate: float | None) -> str:
+def _run_name(variant: str, rate: float | None) -> str:
     """The folder of one compare run: ``fcfs``, or ``fcfs_rate10`` at 10 requests/s."""
-    return policy if rate is None else f"{policy}_rate{rate:g}"
+    return variant if rate is None else f"{variant}_rate{rate:g}"
 
 
-def _compare(base: Scenario, policies: list[str], rates: list[float] | None, output_dir: Path | None,
-             as_json: bool, slowdown_by: str = "total") -> None:
+def _compare(base: Scenario, variants: dict[str, dict], rates: list[float] | None, output_dir: Path | None,
+             as_json: bool, slowdown_by: str = "total", values: dict | None = None, axis: str = "policies") -> None:
+    """Run ``base`` (or the raw ``values`` it came from, when a variant is a preset whose defaults they must
+    override) with each variant's fields at each rate, and show them side by side."""
     from servesim.cli.render import render_comparison, render_slowdown
     from servesim.sim.metrics import SIZE_MEASURES, slowdown_by_size
     from servesim.sim.outputs import dumps_json, write_outputs
@@ -280,17 +311,20 @@ def _compare(base: Scenario, policies: list[str], rates: list[float] | None, out
         raise ConfigError(f"must be one of {', '.join(SIZE_MEASURES)}, got {slowdown_by!r}", field="slowdown_by")
     # Every scenario is validated (policies, rates, the deployment) before the first one runs.
     runs: dict[tuple[float | None, str], Scenario] = {}
+    start = base.model_dump() if values is None else values
+    policies = list(variants)
     for rate in rates or [base.rate]:
-        for policy in policies:
+        for policy, overrides in variants.items():
             try:
-                runs[rate, policy] = make_scenario({**base.model_dump(), "policy": policy, "rate": rate})
+                runs[rate, policy] = make_scenario({**start, **overrides, "rate": rate})
             except ConfigError as exc:
                 if exc.field == "rate":
                     raise ConfigError(f"{rate:g}: {exc.problem}", field="rates") from None
                 raise
     from servesim.sim.deployment import build_deployment
 
-    build_deployment(next(iter(runs.values())))  # a deployment that cannot work fails here, not after a run
+    for scenario in {v.preset: v for v in runs.values()}.values():  # one deployment per preset
+        build_deployment(scenario)  # a deployment that cannot work fails here, not after a run
     if output_dir:
         check_writable(output_dir)
     console = make_console()
@@ -314,7 +348,7 @@ def _compare(base: Scenario, policies: list[str], rates: list[float] | None, out
     for rate in rates or [base.rate]:
         at = "" if rate is None else f" at {rate:g} req/s"
         render_comparison({p: results[rate, p].summary for p in policies}, console,
-                          title=f"{base.model} on {base.gpu}: policies side by side{at}")
+                          title=f"{base.model} on {base.gpu}: {axis} side by side{at}")
         render_slowdown({p: slowdowns[rate, p] for p in policies}, console,
                         title=f"slowdown (E2E / E2E alone) by {size}{at}")
     if output_dir:

@@ -83,18 +83,26 @@ def plan_memory(
     max_num_batched_tokens: int = 8192,
     max_num_seqs: int = 256,
     runtime_bytes: float = DEFAULT_RUNTIME_BYTES,
+    fraction_of: str = "total",
 ) -> MemoryPlan:
-    """Plan one GPU's memory; ConfigError (with the numbers) when the weights or one KV block do not fit."""
+    """Plan one GPU's memory; ConfigError (with the numbers) when the weights or one KV block do not fit.
+
+    ``fraction_of="total"``: ``gpu_memory_utilization`` of the GPU's memory holds everything (vLLM);
+    ``"free"``: that fraction of what weights, activations and runtime leave free is KV cache (TensorRT-LLM's
+    ``free_gpu_memory_fraction``)."""
+    if fraction_of not in ("total", "free"):
+        raise ConfigError(f"must be 'total' or 'free', got {fraction_of!r}", field="memory_fraction_of")
     model, gpu, tp, pp = placement.model, placement.gpu, placement.tp, placement.pp
     weight_format, kv_dtype = placement.weight_format, placement.kv_dtype
     if not 0 < gpu_memory_utilization <= 1:
         raise ConfigError(f"must be in (0, 1], got {gpu_memory_utilization}", field="gpu_memory_utilization")
     if block_size < 1 or max_num_batched_tokens < 1:
         raise ConfigError("block_size and max_num_batched_tokens must be >= 1", field="block_size")
-    usable = gpu.memory_bytes * gpu_memory_utilization
+    usable = gpu.memory_bytes * (gpu_memory_utilization if fraction_of == "total" else 1.0)
     weights = stage_weight_bytes(model, tp, pp, weight_format, placement.ep)
     where = f"at tp={tp}" + (f" pp={pp}" if pp > 1 else "") + (f" ep={placement.ep}" if placement.ep > 1 else "")
-    has = f"{gpu.name} has {usable / GB:.1f} GB usable at gpu_memory_utilization {gpu_memory_utilization:.2f}"
+    has = (f"{gpu.name} has {usable / GB:.1f} GB usable at gpu_memory_utilization {gpu_memory_utilization:.2f}"
+           if fraction_of == "total" else f"{gpu.name} has {usable / GB:.1f} GB")
     if weights > usable:
         raise ConfigError(
             f"{model.name} in {weight_format} needs {weights / GB:.1f} GB of weights per GPU {where}; {has}"
@@ -104,6 +112,9 @@ def plan_memory(
     per_token = kv_layers * model.kv_cache_width(tp) * kv_dtype_bytes(kv_dtype)
     per_block = per_token * block_size
     room = usable - weights - act - runtime_bytes
+    if fraction_of == "free":
+        room = gpu_memory_utilization * (gpu.memory_bytes - weights - act - runtime_bytes)
+        usable = weights + act + runtime_bytes + room
     if room < per_block:
         raise ConfigError(
             f"{model.name} in {weight_format} {where} leaves no room for the KV cache on "

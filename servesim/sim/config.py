@@ -5,8 +5,9 @@ its canonical JSON hashes to the config hash stamped on every output. It is the 
 user-facing values are validated: every error names the field a user sets. The choice lists come from
 the registries that define the variants (``POLICIES``, ``ROUTERS``, ``BATCHING``, ``ARRIVALS``, the
 weight formats and KV dtypes), and names resolve to their canonical spelling (a GPU alias to its catalog
-name, a model alias to its preset), so two spellings of one scenario hash alike. The inner configs built
-from it (``SchedulerConfig``, ``SpecConfig``, ``Deployment``) only assert.
+name, a model alias to its preset), so two spellings of one scenario hash alike. An engine preset
+(``preset``: ``PRESETS`` of sim/presets.py) supplies the defaults of the fields not given. The inner configs
+built from it (``SchedulerConfig``, ``SpecConfig``, ``Deployment``) only assert.
 """
 
 from __future__ import annotations
@@ -25,8 +26,9 @@ from servesim.hwmodels.gpus import get_gpu, load_gpus_yaml
 from servesim.hwmodels.links import LINKS
 from servesim.hwmodels.models import KV_DTYPE_BYTES, WEIGHT_FORMATS, ModelSpec, get_model
 from servesim.sim.policies import POLICIES
+from servesim.sim.presets import PRESETS
 from servesim.sim.router import ROUTERS
-from servesim.sim.scheduler import BATCHING, PREEMPTION
+from servesim.sim.scheduler import ADMISSION, BATCHING, PREEMPTION
 from servesim.sim.workload.synthetic import ARRIVALS
 
 # Default token budget per step with chunked prefill (vLLM's); without chunking it is max_model_len.
@@ -40,6 +42,8 @@ _REGISTRIES = {
     "batching": lambda: BATCHING,
     "policy": lambda: POLICIES,
     "preemption": lambda: PREEMPTION,
+    "admission": lambda: ADMISSION,
+    "preset": lambda: PRESETS,
     "router": lambda: ROUTERS,
     "arrival": lambda: ("trace", *ARRIVALS),  # "trace": the trace's own arrival times
     "kv_link": lambda: LINKS,
@@ -64,7 +68,8 @@ def _choice(field: str, value: str) -> str:
 
 
 _WHAT = {"quant": "weight format", "kv_dtype": "KV dtype", "batching": "batching mode", "arrival": "arrival process",
-         "preemption": "preemption mode", "kv_link": "KV link"}
+         "preemption": "preemption mode", "kv_link": "KV link", "admission": "admission policy",
+         "preset": "engine preset"}
 
 
 class Scenario(BaseModel):
@@ -72,6 +77,7 @@ class Scenario(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
+    preset: str | None = Field(None, description="engine personality: its settings fill the fields not given")
     # Deployment.
     model: str = Field("Llama-3.1-8B", description="catalog model name or path to a HuggingFace config.json")
     gpus_file: str | None = Field(None, description="YAML file of extra GPUs, same fields as the catalog")
@@ -84,6 +90,9 @@ class Scenario(BaseModel):
     quant: str = Field("bf16", description="weight format")
     kv_dtype: str = Field("bf16", description="KV-cache dtype")
     gpu_memory_utilization: float = Field(0.9, gt=0, le=1, description="fraction of GPU memory servesim may use")
+    memory_fraction_of: Literal["total", "free"] = Field(
+        "total", description="gpu_memory_utilization of the GPU's memory (vLLM) or of what weights, activations and "
+        "runtime leave free, all of it KV (TensorRT-LLM)")
     block_size: int = Field(16, ge=1, description="tokens per KV block")
     num_gpu_blocks: int | None = Field(None, ge=1, description="KV blocks per replica (default: memory planner)")
     swap_space_gib: float = Field(4.0, ge=0, description="CPU swap space per replica, GiB")
@@ -98,6 +107,8 @@ class Scenario(BaseModel):
     expert_skew: float = Field(
         0.0, ge=0, description="MoE: Zipf exponent of expert popularity (0: tokens route uniformly)"
     )
+    step_overhead_ms: float | None = Field(None, ge=0, description="host time per step, ms (default: the cost "
+                                           "model's: 1 ms roofline, the profile's fitted host time)")
     # Scheduler.
     batching: str = Field("chunked", description="batching mode")
     policy: str = Field("fcfs", description="waiting-queue order")
@@ -107,6 +118,7 @@ class Scenario(BaseModel):
     )
     max_model_len: int | None = Field(None, ge=1, description="longest prompt+output, tokens (default: model's)")
     preemption: str = Field("recompute", description="what to do when KV runs out")
+    admission: str = Field("max_utilization", description="KV a request must find to be admitted")
     aging: float = Field(0.0, ge=0, description="SJF/SRPT/priority aging, key units per second waited")
     predictor: Literal["lognormal", "buckets"] = Field("lognormal", description="sjf-predicted error model")
     predictor_sigma: float = Field(0.5, ge=0, description="lognormal predictor: sigma of log error")
@@ -171,10 +183,29 @@ class Scenario(BaseModel):
     fast_forward: bool = Field(True, description="advance runs of identical decode steps at once")
     record_token_times: bool = Field(False, description="keep every token's timestamp (memory grows)")
 
+    @model_validator(mode="before")
+    @classmethod
+    def _preset_defaults(cls, values):
+        """A preset's settings under the values given (they win); the preset named in its canonical spelling."""
+        if not isinstance(values, dict) or values.get("preset") is None:
+            return values
+        name = str(values["preset"])
+        by_lower = {k.lower(): k for k in PRESETS}
+        if name.lower() not in by_lower:
+            raise ConfigError(unknown_name("engine preset", name, PRESETS), field="preset")
+        preset = PRESETS[by_lower[name.lower()]]
+        try:
+            gpus_file = values.get("gpus_file")
+            gpu = get_gpu(values.get("gpu", cls.model_fields["gpu"].default),
+                          load_gpus_yaml(gpus_file) if gpus_file else None)
+        except InputError:
+            gpu = None  # the gpu field's own check reports it
+        return {**preset.fields(gpu), **values, "preset": preset.name}
+
     @field_validator(*_REGISTRIES)
     @classmethod
-    def _one_of(cls, value: str, info: ValidationInfo) -> str:
-        return _choice(info.field_name, value)
+    def _one_of(cls, value: str | None, info: ValidationInfo) -> str | None:
+        return None if value is None else _choice(info.field_name, value)  # None: no preset
 
     @field_validator(*_OPTIONAL_REGISTRIES)
     @classmethod
@@ -278,11 +309,12 @@ class Scenario(BaseModel):
 
 # How `servesim simulate --help` groups the fields (every field in exactly one group; tested).
 FIELD_GROUPS: dict[str, tuple[str, ...]] = {
-    "Deployment": ("model", "gpus_file", "gpu", "tp", "pp", "replicas", "quant", "kv_dtype", "gpu_memory_utilization",
-                   "block_size", "num_gpu_blocks", "swap_space_gib", "prefix_caching", "usd_per_gpu_hour", "profile",
-                   "allreduce", "ep", "expert_skew"),
+    "Deployment": ("preset", "model", "gpus_file", "gpu", "tp", "pp", "replicas", "quant", "kv_dtype",
+                   "gpu_memory_utilization", "memory_fraction_of", "block_size", "num_gpu_blocks", "swap_space_gib",
+                   "prefix_caching", "usd_per_gpu_hour", "profile", "allreduce", "ep", "expert_skew",
+                   "step_overhead_ms"),
     "Scheduler": ("batching", "policy", "max_num_seqs", "max_num_batched_tokens", "max_model_len", "preemption",
-                  "aging", "predictor", "predictor_sigma", "predictor_accuracy", "router"),
+                  "admission", "aging", "predictor", "predictor_sigma", "predictor_accuracy", "router"),
     "Prefill/decode disaggregation": (
         "prefill_replicas", "decode_replicas", "prefill_gpu", "decode_gpu", "prefill_tp", "decode_tp", "prefill_ep",
         "decode_ep", "prefill_max_num_seqs", "decode_max_num_seqs", "prefill_max_num_batched_tokens",
@@ -326,6 +358,11 @@ def make_scenario(values: dict, source: str | None = None) -> Scenario:
 
 def load_scenario(path: str | Path, overrides: dict | None = None) -> Scenario:
     """Read a YAML scenario and apply ``overrides`` (field -> value) on top."""
+    return make_scenario({**read_scenario_values(path), **(overrides or {})}, source=str(path))
+
+
+def read_scenario_values(path: str | Path) -> dict:
+    """The field values a YAML scenario file gives (not yet validated; InputError naming the file otherwise)."""
     p = Path(path)
     if not p.is_file():
         raise InputError("no such scenario file", file=str(p))
@@ -335,5 +372,4 @@ def load_scenario(path: str | Path, overrides: dict | None = None) -> Scenario:
         raise InputError(f"not valid YAML ({exc.__class__.__name__})", file=str(p)) from None
     if not isinstance(values, dict):
         raise InputError("a scenario file must be a mapping of field: value", file=str(p))
-    values = {k.replace("-", "_"): v for k, v in values.items()}
-    return make_scenario({**values, **(overrides or {})}, source=str(p))
+    return {k.replace("-", "_"): v for k, v in values.items()}

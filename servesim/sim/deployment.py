@@ -85,7 +85,7 @@ def plan_replica(s: Scenario) -> ReplicaPlan:
                           expert_skew=s.expert_skew)
     memory = plan_memory(
         placement, gpu_memory_utilization=s.gpu_memory_utilization, block_size=s.block_size,
-        max_num_batched_tokens=budget, max_num_seqs=s.max_num_seqs,
+        max_num_batched_tokens=budget, max_num_seqs=s.max_num_seqs, fraction_of=s.memory_fraction_of,
     )
     return ReplicaPlan(placement, max_model_len, budget, memory)
 
@@ -96,25 +96,30 @@ def _profile(path: str, mtime: float) -> Profile:
 
 
 def cost_model(
-    placement: Placement, profile: str | None, allreduce: str = "custom"
+    placement: Placement, profile: str | None, allreduce: str = "custom", overhead_s: float | None = None
 ) -> tuple[StepCostModel, tuple[str, ...]]:
     """The calibrated cost model over ``profile`` (a file, or by default the one shipped for the GPU), or the
     roofline (``profile='roofline'``, or no shipped profile) with the all-reduce assumption ``allreduce``; and
-    warnings a user should see."""
+    warnings a user should see. ``overhead_s``: a fixed host time per step instead of the model's own."""
+    def roofline() -> CostModel:
+        if overhead_s is None:
+            return CostModel(placement, allreduce=allreduce)
+        return CostModel(placement, allreduce=allreduce, overhead_s=overhead_s)
+
     if profile == "roofline":
-        return CostModel(placement, allreduce=allreduce), ()
+        return roofline(), ()
     path = profile or shipped_profiles().get(placement.gpu.name)
     if path is None:
-        return CostModel(placement, allreduce=allreduce), ()
+        return roofline(), ()
     path = str(path)
     prof = _profile(path, os.path.getmtime(path) if os.path.exists(path) else 0.0)
     try:
-        model = CalibratedCostModel(placement, prof)
+        model = CalibratedCostModel(placement, prof, overhead_s=overhead_s)
     except ProfileMismatch as exc:
         if profile:
             raise ConfigError(f"{exc}", field="profile") from None
         note = f"the shipped {placement.gpu.name} profile cannot price this deployment ({exc}); using the roofline"
-        return CostModel(placement, allreduce=allreduce), (note,)
+        return roofline(), (note,)
     warnings = []
     if prof.gpu != placement.gpu.name:
         warnings.append(f"profile {prof.profile_id} was measured on {prof.gpu}, the deployment runs on "
@@ -134,13 +139,17 @@ def build_deployment(s: Scenario) -> Deployment:
         max_num_batched_tokens=plan.max_num_batched_tokens,
         max_model_len=plan.max_model_len,
         preemption=s.preemption,
+        admission=s.admission,
         aging=s.aging,
         spec_k=s.spec_k,
         predictor=OutputPredictor(s.predictor, s.predictor_sigma, s.predictor_accuracy),
         record_token_times=s.record_token_times,
     )
-    cost, cost_warnings = cost_model(placement, s.profile, s.allreduce)
+    overhead_s = None if s.step_overhead_ms is None else s.step_overhead_ms / 1000
+    cost, cost_warnings = cost_model(placement, s.profile, s.allreduce, overhead_s)
     num_blocks = s.num_gpu_blocks or memory.kv_blocks
+    if s.admission == "slots":
+        num_blocks = _slot_blocks(s, plan, num_blocks)
     if num_blocks < s.pp:
         raise ConfigError(f"{num_blocks} KV blocks cannot be shared by {s.pp} pipeline engines", field="num_gpu_blocks")
     warnings = list(cost_warnings)
@@ -154,7 +163,7 @@ def build_deployment(s: Scenario) -> Deployment:
     draft_cost = acceptance = None
     if s.spec_k:
         draft = placement.with_model(get_model(s.draft_model, field="draft_model"))
-        draft_cost, _ = cost_model(draft, s.profile, s.allreduce)
+        draft_cost, _ = cost_model(draft, s.profile, s.allreduce, overhead_s)
         acceptance = SpecConfig(s.draft_model, s.spec_k, s.spec_alpha, s.spec_alpha_concentration).acceptance_model()
     return Deployment(
         model=model, gpu=gpu, tp=s.tp, pp=s.pp, replicas=s.replicas, cost=cost, memory=memory,
@@ -166,6 +175,20 @@ def build_deployment(s: Scenario) -> Deployment:
         draft_cost=draft_cost, acceptance=acceptance,
         slo_e2el_s=None if s.slo_e2el_ms is None else s.slo_e2el_ms / 1000, warnings=tuple(warnings),
     )
+
+
+def _slot_blocks(s: Scenario, plan: ReplicaPlan, available: int) -> int:
+    """The KV pool of ``slots`` admission: every slot holds its whole context (``max_model_len`` tokens, as
+    llama.cpp allocates ``n_ctx`` at start-up), so the pool is exactly the slots' blocks, if they fit."""
+    per_slot = -(-(plan.max_model_len + s.spec_k) // s.block_size)
+    need = s.max_num_seqs * per_slot * s.pp
+    if need > available:
+        raise ConfigError(
+            f"{s.max_num_seqs} slots of {plan.max_model_len:,} tokens need {need:,} KV blocks of {s.block_size} "
+            f"tokens; {s.gpu} holds {available:,}: lower max_num_seqs (slots) or max_model_len (tokens per slot)",
+            field="max_num_seqs",
+        )
+    return need
 
 
 def build_workload(s: Scenario) -> wl.Workload:

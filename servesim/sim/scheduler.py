@@ -14,6 +14,13 @@ Batching modes (``BATCHING``):
   whole prompts; otherwise every running request decodes. Prefill and decode never mix.
 * ``chunked``: Sarathi-Serve / vLLM v1: every running decode first, then prefill chunks (running
   partial prefills, then new admissions) up to ``max_num_batched_tokens``.
+* ``inflight``: TensorRT-LLM's in-flight batching without chunked context: every running decode, then
+  whole prompts that fit the rest of ``max_num_batched_tokens``. Prefill and decode mix; prompts never split.
+
+Admission (``ADMISSION``): ``max_utilization`` takes KV blocks as a sequence grows and preempts when they
+run out; ``guaranteed_no_evict`` and ``slots`` reserve a request's blocks for its whole life at admission
+(its prompt and every output token; a slot of ``max_model_len`` tokens), so the pool can never run dry and
+nothing is preempted. ``reserved_blocks`` is the sum of the reservations of the running requests.
 
 Decoding requests live in numpy slot arrays so a decode step costs a handful of vector
 operations however many requests run; their ``Request`` fields are written back when they leave
@@ -33,9 +40,9 @@ from servesim.sim.decode_slots import DecodeSlots
 from servesim.sim.kv import KVBlockManager
 from servesim.sim.policies import policy_key
 from servesim.sim.request import Batch, PrefillChunk, Request, State
-from servesim.sim.scheduler_config import PREEMPTION, SchedulerConfig
+from servesim.sim.scheduler_config import ADMISSION, PREEMPTION, SchedulerConfig
 
-__all__ = ["BATCHING", "PREEMPTION", "Scheduler", "SchedulerConfig"]
+__all__ = ["ADMISSION", "BATCHING", "PREEMPTION", "Scheduler", "SchedulerConfig"]
 
 class Scheduler:
     """Waiting queue + running set + KV blocks of one replica."""
@@ -61,6 +68,7 @@ class Scheduler:
         self.itl_s = array("d")
         self.itl_weights = array("q")
         self.num_preemptions = 0
+        self.reserved_blocks = 0  # Σ reservation() of the running requests (reserving admissions)
 
     # -- queries ----------------------------------------------------------------------------
     @property
@@ -109,12 +117,29 @@ class Scheduler:
         c = self.config
         total = req.prompt_tokens + req.output_tokens
         if total > c.max_model_len:
+            if c.admission == "slots":
+                return f"prompt+output {total:,} tokens exceed the {c.max_model_len:,}-token context of a slot"
             return f"prompt+output {total:,} tokens > max_model_len {c.max_model_len:,}"
+        if c.reserves:
+            need, usable = self.reservation(req), self.kv.num_blocks
+            if need > usable:
+                return f"reserves {need:,} KV blocks at admission; the replica has {usable:,}"
+            return ""
         need = self.kv.blocks_for(total - 1 + c.spec_k)
         usable = self.kv.num_blocks - self.kv.watermark_blocks
         if need > usable:
             return f"needs {need:,} KV blocks; the replica has {usable:,} (after the admission watermark)"
         return ""
+
+    def reservation(self, req: Request) -> int:
+        """KV blocks a reserving admission sets aside for ``req`` until it finishes: enough for its longest
+        step (prompt + outputs − 1 + spec_k tokens), or a whole slot; 0 under ``max_utilization``."""
+        c = self.config
+        if c.admission == "guaranteed_no_evict":
+            return self.kv.blocks_for(req.prompt_tokens + req.output_tokens - 1 + c.spec_k)
+        if c.admission == "slots":
+            return self.kv.blocks_for(c.max_model_len + c.spec_k)
+        return 0
 
     def _enqueue(self, req: Request) -> None:
         req.state = State.WAITING
@@ -127,8 +152,9 @@ class Scheduler:
         self._chunks = []
         return BATCHING[self.config.batching](self, self._chunks, [])
 
-    def _form_chunked(self, prefill: list[PrefillChunk], preempted: list[Request]) -> Batch:
-        """Every running decode, then chunks of running prefills, then new admissions, within the budget."""
+    def _form_chunked(self, prefill: list[PrefillChunk], preempted: list[Request], chunked: bool = True) -> Batch:
+        """Every running decode, then chunks of running prefills, then new admissions, within the budget
+        (``chunked=False``: in-flight batching, whole prompts only)."""
         # Swapped requests come back first when nothing runs; otherwise only after the running
         # requests got their blocks without preemption (no swap thrash, as vLLM v0), and then
         # they join from the next step on.
@@ -140,8 +166,13 @@ class Scheduler:
         if not preempted:
             swap_in += self._swap_in()
         if not self.swapped:
-            self._admit(prefill, budget, chunked=True)
+            self._admit(prefill, budget, chunked=chunked)
         return self._make_batch(prefill, n_decode, preempted, swap_in)
+
+    def _form_inflight(self, prefill: list[PrefillChunk], preempted: list[Request]) -> Batch:
+        """Every running decode, then whole prompts of new admissions within the rest of the budget (a request
+        is admitted only with all of its prompt, so no prefill runs across steps)."""
+        return self._form_chunked(prefill, preempted, chunked=False)
 
     def _form_continuous(self, prefill: list[PrefillChunk], preempted: list[Request]) -> Batch:
         """Whole-prompt prefills when any can be admitted (swapped ones first), else every decode."""
@@ -257,7 +288,12 @@ class Scheduler:
             if chunk > budget:
                 break
             blocks, hits = self.kv.admission_blocks(r, start + chunk)
-            if not self.kv.can_allocate(blocks, watermark=True):
+            if c.reserves:  # the whole life's blocks must fit beside the running requests' reservations
+                res = self.reservation(r)
+                if self.reserved_blocks + res > self.kv.num_blocks or not self.kv.can_allocate(blocks):
+                    break
+                self.reserved_blocks += res
+            elif not self.kv.can_allocate(blocks, watermark=True):
                 break
             heapq.heappop(self.waiting)
             self.kv.allocate(r, start + chunk, hits)
@@ -375,6 +411,8 @@ class Scheduler:
 
     def _finish(self, r: Request, now: float) -> None:
         r.state, r.finish_s = State.FINISHED, now
+        if self.config.reserves:
+            self.reserved_blocks -= self.reservation(r)
         self.kv.free(r)
         self.kv.forget(r)
         self.finished.append(r)
@@ -424,4 +462,5 @@ BATCHING: dict[str, Callable[[Scheduler, list[PrefillChunk], list[Request]], Bat
     "static": Scheduler._form_static,
     "continuous": Scheduler._form_continuous,
     "chunked": Scheduler._form_chunked,
+    "inflight": Scheduler._form_inflight,
 }
