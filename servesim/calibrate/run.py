@@ -160,10 +160,14 @@ def fit_steps(model: str, fmt: str, partial: Profile, device: str, n_requests: i
     n_kernels = KERNELS_PER_LAYER * bare.layers + 4
     g = graph & train
     graph_gap = float(np.median(gpu[g] - kernels[g]) / n_kernels) if g.any() else 0.0
+    if g.any():  # a gap may be negative (operators timed alone overestimate a graph), never half a step
+        graph_gap = max(graph_gap, -0.5 * float(kernels[g].min()) / n_kernels)
     mixed = (it.decode_seqs.to_numpy() > 0) & (it.prefill_tokens.to_numpy() > 0)
     e_floor = np.where(mixed, floor_mixed, floor)
     e = ~graph & train & (kernels > 1.5 * e_floor)
     eager_gap = float(np.median(gpu[e] - kernels[e])) if e.any() else 0.0
+    if e.any():
+        eager_gap = max(eager_gap, -0.5 * float(kernels[e].min()))
     seqs = (it.prefill_seqs + it.decode_seqs).to_numpy()
     kv = (it.decode_ctx_tokens + it.prefill_ctx_tokens).to_numpy()
     host = step - gpu
@@ -185,17 +189,40 @@ def fit_steps(model: str, fmt: str, partial: Profile, device: str, n_requests: i
 
 
 def _host_fit(seqs: np.ndarray, kv: np.ndarray, host: np.ndarray) -> tuple[float, float, float]:
-    """Least squares ``host = a + b seqs + c kv_tokens``, refitted once without residuals beyond 3 MADs."""
+    """Non-negative least squares ``host = a + b seqs + c kv_tokens`` (a host never gets faster with more work),
+    refitted without residuals beyond 3 MADs."""
+    from scipy.optimize import nnls
+
     if len(host) < 4:
-        return (float(np.median(host)) if len(host) else 0.0, 0.0, 0.0)
+        return (max(float(np.median(host)), 0.0) if len(host) else 0.0, 0.0, 0.0)
     x = np.column_stack([np.ones(len(host)), seqs, kv]).astype(np.float64)
+    scale = x.max(axis=0)
+    scale[scale == 0] = 1.0
     keep = np.ones(len(host), bool)
     for _ in range(2):
-        coef, *_ = np.linalg.lstsq(x[keep], host[keep], rcond=None)
-        resid = host - x @ coef
+        coef, _ = nnls(x[keep] / scale, host[keep])
+        resid = host - (x / scale) @ coef
         mad = np.median(np.abs(resid[keep] - np.median(resid[keep]))) or 1e-12
         keep = np.abs(resid) <= 3 * 1.4826 * mad
+    coef = coef / scale
     return float(coef[0]), float(coef[1]), float(coef[2])
+
+
+def refit_steps(profile: Profile, steps: pd.DataFrame) -> Profile:
+    """Refit the host terms of each format from the engine iterations calibration fitted on (the
+    ``.steps.parquet`` written beside the profile), with the same even/odd split."""
+    fits = dict(profile.steps)
+    for fmt, it in steps.groupby("format", sort=False):
+        it = it.reset_index(drop=True)
+        train = (np.arange(len(it)) % 2) == 0
+        graph = it.graph.to_numpy(bool)
+        seqs = (it.prefill_seqs + it.decode_seqs).to_numpy()
+        kv = (it.decode_ctx_tokens + it.prefill_ctx_tokens).to_numpy()
+        host = (it.step_s - it.gpu_s).to_numpy()
+        g, e = graph & train, ~graph & train
+        fits[fmt] = fits[fmt].model_copy(update={"graph_host_s": _host_fit(seqs[g], kv[g], host[g]),
+                                                 "eager_host_s": _host_fit(seqs[e], kv[e], host[e])})
+    return profile.model_copy(update={"steps": fits})
 
 
 def _eager_floor(eng, decode: bool) -> float:

@@ -112,14 +112,24 @@ def report_cmd(
     typer.echo("wrote " + ", ".join(str(p) for p in files.values()))
 
 
+_STEPS = typer.Option(None, "--steps", help="the engine iterations calibration fitted on (<profile>.steps.parquet): "
+                      "refit the host terms too (needs scipy)")
+
+
 @cal.command("refit")
-def refit_cmd(profile: Path = _PROFILE) -> None:
-    """Recompute a profile's terms that its measured tables alone fit (the longest-context weight of ragged
-    decode batches), in place."""
+def refit_cmd(profile: Path = _PROFILE, steps: Optional[Path] = _STEPS) -> None:  # noqa: UP045
+    """Recompute a profile's terms that its measurements alone fit (the longest-context weight of ragged decode
+    batches; with --steps, the host time per step), in place."""
     from servesim.calibrate.fit import refit
     from servesim.hwmodels.profile import load_profile, save_profile
 
     new = refit(load_profile(profile))
+    if steps is not None:
+        import pandas as pd
+
+        from servesim.calibrate.run import refit_steps
+
+        new = refit_steps(new, pd.read_parquet(steps))
     save_profile(new, profile)
     typer.echo(f"{profile}: longest-context weight {new.decode_max_weight:.2f}; " + ", ".join(
         f"{k}: median {v['median_abs']:.1%}, p90 {v['p90_abs']:.1%}" for k, v in new.fit.ops.items()
