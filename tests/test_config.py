@@ -81,7 +81,7 @@ def test_model_aliases_and_formats_are_canonical():
         ({"policy": "sjff"}, "policy", "sjf"),
         ({"router": "round-robin"}, "router", "round_robin"),
         ({"batching": "chunk"}, "batching", "chunked"),
-        ({"quant": "w4a8"}, "quant", "w4a16"),
+        ({"quant": "w4a8"}, "quant", "w8a8, w4a16"),
         ({"kv_dtype": "fp4"}, "kv_dtype", "fp8"),
         ({"arrival": "possion", "rate": 1.0}, "arrival", "poisson"),
     ],

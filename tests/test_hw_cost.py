@@ -24,6 +24,9 @@ CONFIGS = [
     ("Qwen2.5-7B", "L4", 1, 2, "w8a16", "int8"),
     ("Llama-3.1-70B", "H100-PCIe", 16, 3, "bf16", "bf16"),
     ("Llama-3.1-8B", "A40", 2, 1, "bf16", "bf16"),
+    ("Llama-3.1-8B", "H200", 2, 1, "w4a16,attn=bf16,first:2=bf16,last:2=w8a8", "fp8"),  # mixed precision
+    ("DeepSeek-V2-Lite", "H100-SXM", 1, 1, "w8a8,first:3=bf16", "bf16"),  # MLA + MoE, two kv_up shares
+    ("Qwen2.5-7B", "A100-80GB-SXM", 2, 1, "w8a8", "int8"),
 ]
 MODES = ("custom", "nccl")
 

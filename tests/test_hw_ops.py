@@ -42,8 +42,10 @@ def test_llama_prefill_tp2_fp8():
     assert ops["attn_prefill"][0] == 32 * 4 * (4096 // 2) * pairs
     # Q read + O written (bf16), K/V of 1000 new tokens written and of 1500 read (4 kv heads/GPU, fp8)
     assert ops["attn_prefill"][1] == 32 * (1000 * (2 * 2048 * 2 + 2 * 512) + 1500 * 2 * 512)
-    # fp8 QKV shard 4096 × 3072: 1 B per weight + fp32 per-channel scale
-    assert ops["qkv"][1] == 32 * (4096 * 3072 + 3072 * 4 + 1000 * (4096 + 3072) * 2)
+    # fp8 QKV shard 4096 × 3072: 1 B per weight + fp32 per-channel scale; inputs fp8 (quantized per token), out bf16
+    assert ops["qkv"][1] == 32 * (4096 * 3072 + 3072 * 4 + 1000 * (4096 * 1 + 3072 * 2))
+    # the per-token quantization of the QKV input: read 4096 bf16, write 4096 fp8 + an fp32 scale, per token
+    assert ops["act_quant_qkv"] == (0, 32 * 1000 * (4096 * 3 + 4))
     # two ring all-reduces per layer of 1000 × 4096 bf16: each GPU moves 2·(tp−1)/tp of it
     assert ops["allreduce"] == (0, 32 * 2 * 2 * (1 / 2) * 1000 * 4096 * 2)
     assert ops["lm_head"][0] == 2 * 4096 * 64128  # one sampled row, half the vocabulary

@@ -16,6 +16,7 @@ from servesim.hwmodels.models import MODELS
 from servesim.hwmodels.ops import layer_ops
 from servesim.hwmodels.prior import (
     ALLREDUCE_MODES,
+    BORROWED_KINDS,
     DEFAULT_FAMILY,
     KINDS,
     PRIOR_FILE,
@@ -50,7 +51,7 @@ def test_shipped_prior_covers_every_kind_family_and_mode():
     table = priors()
     assert DEFAULT_FAMILY in table and {"ampere", "ampere-gddr", "hopper"} <= set(table)
     for fam, p in table.items():
-        assert set(p.kernels) == set(KINDS) and set(p.allreduce) == set(ALLREDUCE_MODES), fam
+        assert set(p.kernels) == set(KINDS) | set(BORROWED_KINDS) and set(p.allreduce) == set(ALLREDUCE_MODES), fam
         for kind, k in p.kernels.items():
             assert 0 <= k.floor_s < 20e-6 and 0 < k.eff_memory <= 1.5 and 0 <= k.sharpness <= 1, (fam, kind)
     prov = table["hopper"].provenance

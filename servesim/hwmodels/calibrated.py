@@ -27,6 +27,7 @@ from servesim.hwmodels.cost import StepTime
 from servesim.hwmodels.models import get_weight_format, kv_dtype_bytes
 from servesim.hwmodels.ops import ACT_BYTES, BatchShape
 from servesim.hwmodels.placement import Placement
+from servesim.hwmodels.precision import parse_quant
 from servesim.hwmodels.profile import OpTable, Profile
 
 TOKEN_OPS = ("qkv", "o", "gate_up", "down", "rms_norm", "rotary", "kv_write", "silu_mul")
@@ -118,11 +119,17 @@ class CalibratedCostModel:
         self.layers = math.ceil(m.num_layers / placement.pp)
         self.extrapolated: set[str] = set()
         self._fixed_overhead = overhead_s
-        fmt, kv = placement.weight_format, placement.kv_dtype
+        spec, kv = parse_quant(placement.weight_format), placement.kv_dtype
+        if any(get_weight_format(f).quantizes_activations for f in spec.formats()):
+            raise ProfileMismatch(f"{placement.weight_format} quantizes activations per token, a kernel calibrated "
+                                  f"profiles do not time yet")
+        fmt = spec.default  # host-time and step fits: the spec's main format
+        # mixed precision: each GEMM's curve is the layers' shares of its formats' tables
+        self._layer_groups = spec.layer_groups(m.num_layers)
         q, kvh = m.num_heads // tp, max(m.num_kv_heads // tp, 1)
         h, i = m.hidden_size, m.intermediate_size // tp
-        self._gemm_shapes = {"qkv": (fmt, (q + 2 * kvh) * m.head_dim, h), "o": (fmt, h, q * m.head_dim),
-                             "gate_up": (fmt, 2 * i, h), "down": (fmt, h, i)}
+        self._gemm_shapes = {"qkv": ((q + 2 * kvh) * m.head_dim, h), "o": (h, q * m.head_dim),
+                             "gate_up": (2 * i, h), "down": (h, i)}
         self._elementwise = {"rms_norm": {"hidden": h},
                              "rotary": {"q_heads": q, "kv_heads": kvh, "head_dim": m.head_dim},
                              "kv_write": {"kv_dtype": kv, "kv_heads": kvh, "head_dim": m.head_dim},
@@ -207,8 +214,9 @@ class CalibratedCostModel:
             raise ProfileMismatch(f"profile {self.profile.profile_id} has no GEMM tables")
         xs = grids
         parts: dict[str, list[float]] = {}
-        for name, (fmt, n, k) in self._gemm_shapes.items():
-            parts[name] = self._gemm_curve(name, fmt, n, k, xs)
+        for name, (n, k) in self._gemm_shapes.items():
+            curves = [(share, self._gemm_curve(name, fmts[name], n, k, xs)) for share, fmts in self._layer_groups]
+            parts[name] = [sum(share * c[j] for share, c in curves) for j in range(len(xs))]
         for op, want in self._elementwise.items():
             shape_keys = tuple(k for k in want if k != "kv_dtype")
             t, scale = self._nearest(op, want, shape_keys, lambda key, ks=shape_keys: math.prod(

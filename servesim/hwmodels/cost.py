@@ -128,7 +128,7 @@ class CostModel:
             rm = reps * share / (gpu.hbm_bytes_per_s * k.eff_memory)
             row = reps * part_bytes / k.row_bytes_per_s
             out.append(({f: v * rc for f, v in op.flops.items()}, {f: v * rm for f, v in op.bytes.items()},
-                        op.const_bytes * rm, row, reps * k.floor_s, k.sharpness))
+                        op.const_bytes * rm, row, reps * k.floor_s * op.fraction, k.sharpness))
         return out
 
     def _comm(self, op: OpForm, reps: int, feature: str) -> tuple[float, float, float, float]:
@@ -143,7 +143,8 @@ class CostModel:
         """Fold every operator into the float coefficients ``step_time_s`` reads, grouped by the features they
         depend on; fail loudly if ops.py grew an operator this hot path does not read."""
         gemms, rows, comm_tok, comm_smp, head = [], {}, [], [], []
-        self._ap = self._ad = self._spec = self._kv_up = None
+        self._ap = self._ad = self._spec = None
+        kv_ups = []
         floor_tok = floor_smp = 0.0
         for op, reps in self._ops():
             fs, bs = set(op.flops), set(op.bytes)
@@ -168,10 +169,11 @@ class CostModel:
                 for f, b, const, _, floor, c in kernels:
                     floor_smp += floor
                     head.append((f.get("sampled_tokens", 0.0), const, b.get("sampled_tokens", 0.0), c))
-            elif len(kernels) == 1 and op.name == "kv_up" and fs | bs <= {"prefill_ctx_tokens", "decode_query_tokens"}:
+            elif (len(kernels) == 1 and op.name.split("@")[0] == "kv_up"
+                  and fs | bs <= {"prefill_ctx_tokens", "decode_query_tokens"}):
                 (f, b, const, _, floor, c), = kernels  # MLA: the latent's up-projection (context, then query)
-                self._kv_up = (f.get("prefill_ctx_tokens", 0.0), f.get("decode_query_tokens", 0.0), const,
-                               b.get("prefill_ctx_tokens", 0.0), b.get("decode_query_tokens", 0.0), c, floor)
+                kv_ups.append((f.get("prefill_ctx_tokens", 0.0), f.get("decode_query_tokens", 0.0), const,
+                               b.get("prefill_ctx_tokens", 0.0), b.get("decode_query_tokens", 0.0), c, floor))
             elif len(kernels) == 1 and op.name in ("attn_prefill", "attn_decode", "spec_verify"):
                 (f, b, _, _, floor, c), = kernels
                 if op.name == "attn_prefill" and fs <= {"prefill_attn_pairs"} and bs <= {
@@ -190,6 +192,7 @@ class CostModel:
                 raise unread
         if self._ap is None or self._ad is None or self._spec is None:
             raise AssertionError("ops.py lost an attention or verification operator the hot path reads")
+        self._kv_ups = tuple(kv_ups)  # one per weight format of a mixed-precision MLA model
         self._gemms = tuple(gemms)
         self._rows = tuple((k * bm, k * row) for (bm, row), k in rows.items())
         self._comm_tok, self._comm_smp, self._head = tuple(comm_tok), tuple(comm_smp), tuple(head)
@@ -225,8 +228,7 @@ class CostModel:
         t = self._tok_memo.get(n)
         if t is None:
             t = self._token_s(n)
-        if self._kv_up is not None:
-            fp, fq, k, bp, bq, c, f = self._kv_up
+        for fp, fq, k, bp, bq, c, f in self._kv_ups:
             pctx = shape.prefill_ctx_tokens
             a, m = fp * pctx + fq * dq, k + bp * pctx + bq * dq
             t += f + a + m - c * a * m / (a + m)

@@ -42,8 +42,8 @@ class GPU:
     family: str = ""  # the roofline prior's GPU family (hwmodels/prior.py); "" = its pooled default
 
     def peak_flops_per_s(self, dtype: str) -> float:
-        """Dense peak FLOP/s for ``dtype``; fp8 falls back to bf16 on GPUs without fp8 tensor cores."""
-        if dtype == "fp8" and "fp8" not in self.tflops:
+        """Dense peak FLOP/s for ``dtype``; fp8 and int8 fall back to bf16 on GPUs without such tensor cores."""
+        if dtype in ("fp8", "int8") and dtype not in self.tflops:
             dtype = "bf16"
         return self.tflops[dtype] * 1e12
 

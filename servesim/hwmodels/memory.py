@@ -13,7 +13,7 @@ import math
 from dataclasses import dataclass
 
 from servesim.errors import ConfigError
-from servesim.hwmodels.models import ModelSpec, get_weight_format, kv_dtype_bytes
+from servesim.hwmodels.models import ModelSpec, kv_dtype_bytes
 from servesim.hwmodels.ops import ACT_BYTES, LOGIT_BYTES, head_ops, layer_ops
 from servesim.hwmodels.placement import Placement
 
@@ -44,7 +44,6 @@ def stage_weight_bytes(
     """Weight bytes on one GPU of the fullest pipeline stage: ⌈layers/pp⌉ layers (every expert: the
     ``1/ep`` of them its group holds, each split ``tp/ep`` ways), the LM head (last stage) and, when pp = 1,
     the embedding (shared with the head when tied); from ops.py's operator weights."""
-    get_weight_format(weight_format)
     per_layer = 2 * model.hidden_size * ACT_BYTES  # two RMSNorm weights, replicated
     experts_here = model.num_experts // ep
     for op in layer_ops(model, tp, weight_format, ep=ep):

@@ -1,7 +1,10 @@
 """Model shapes: presets, a HuggingFace ``config.json`` loader, parameter counts, weight and KV bytes.
 
-Weight formats say how a linear layer's weights are stored. Embeddings, the LM head and norms stay in
-bf16 in every format (vLLM's default for FP8/AWQ/GPTQ checkpoints).
+Weight formats say how a linear layer's weights are stored and what its GEMM computes in: weight-only formats
+(W8A16, W4A16) dequantize into bf16 GEMMs; W8A8 formats (``w8a8``: int8, ``fp8``) quantize the activations too,
+per token and on the fly, and run int8 or fp8 tensor-core GEMMs. Embeddings, the LM head and norms stay in
+bf16 in every format (vLLM's default for FP8/AWQ/GPTQ checkpoints). Mixed precision per layer group is a spec
+over these formats (``hwmodels/precision.py``).
 """
 
 from __future__ import annotations
@@ -23,6 +26,16 @@ class WeightFormat:
     group_size: int  # along k; 0 = no groups
     group_bytes: float  # per (group, output channel): scale + zero point
     compute_dtype: str  # the tensor-core dtype the GEMM runs in
+    act_dtype: str = "bf16"  # the GEMM's input: bf16, or int8/fp8 quantized per token before it
+
+    @property
+    def quantizes_activations(self) -> bool:
+        return self.act_dtype != "bf16"
+
+    @property
+    def act_bytes(self) -> int:
+        """Bytes per element of the GEMM's input activations."""
+        return 2 if self.act_dtype in ("bf16", "fp16") else 1
 
     def matrix_bytes(self, k: int, n: int) -> float:
         """Bytes of a k×n weight matrix in this format."""
@@ -33,7 +46,10 @@ class WeightFormat:
 WEIGHT_FORMATS: dict[str, WeightFormat] = {
     "bf16": WeightFormat("bf16", 2, 0, 0, 0, "bf16"),
     "fp16": WeightFormat("fp16", 2, 0, 0, 0, "fp16"),
-    "fp8": WeightFormat("fp8", 1, 4, 0, 0, "fp8"),  # W8A8-FP8, fp32 per-channel scale
+    # W8A8-FP8: e4m3 weights with an fp32 per-channel scale, activations quantized to e4m3 per token
+    "fp8": WeightFormat("fp8", 1, 4, 0, 0, "fp8", "fp8"),
+    # W8A8-INT8: int8 weights with an fp32 per-channel scale, int8 activations with a per-token scale
+    "w8a8": WeightFormat("w8a8", 1, 4, 0, 0, "int8", "int8"),
     "w8a16": WeightFormat("w8a16", 1, 2, 0, 0, "bf16"),  # int8 weights, fp16 per-channel scale
     "w4a16": WeightFormat("w4a16", 0.5, 0, 128, 2.5, "bf16"),  # int4, group 128: fp16 scale + int4 zero
 }
@@ -168,11 +184,16 @@ class ModelSpec:
         return linear + self.num_layers * per_layer + embed + h
 
     def weight_bytes(self, weight_format: str = "bf16") -> int:
-        """Bytes of all weights with linear layers (not the router) in ``weight_format``, the rest in bf16."""
-        wf = get_weight_format(weight_format)
-        mats = [m for name, m in self.linear_matrices().items() if name != "router"]
-        linear_bytes = sum(wf.matrix_bytes(k, n) * c for k, n, c in mats)
-        other_params = self.param_count - sum(k * n * c for k, n, c in mats)
+        """Bytes of all weights with linear layers (not the router) in ``weight_format`` (a format or a mixed
+        spec, hwmodels/precision.py), the rest in bf16."""
+        from servesim.hwmodels.precision import linear_role, parse_quant  # precision imports this module
+
+        mats = {name: m for name, m in self.linear_matrices().items() if name != "router"}
+        linear_bytes = 0.0
+        for fraction, fmts in parse_quant(weight_format).layer_groups(self.num_layers):
+            for name, (k, n, c) in mats.items():
+                linear_bytes += fraction * get_weight_format(fmts[linear_role(name)]).matrix_bytes(k, n) * c
+        other_params = self.param_count - sum(k * n * c for k, n, c in mats.values())
         return int(round(linear_bytes + 2 * other_params))
 
     def kv_bytes_per_token(self, kv_dtype: str = "bf16") -> int:

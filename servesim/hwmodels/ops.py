@@ -17,6 +17,7 @@ from dataclasses import dataclass, field, replace
 
 from servesim.hwmodels.models import ModelSpec, WeightFormat, get_weight_format, kv_dtype_bytes
 from servesim.hwmodels.moe import ExpertLoad, expert_load
+from servesim.hwmodels.precision import linear_role, parse_quant
 
 ACT_BYTES = 2  # bf16 activations
 LOGIT_BYTES = 4  # fp32 logits and probabilities in the sampler
@@ -111,10 +112,10 @@ _NO_EXPERTS = ExpertLoad(0.0, ())
 @dataclass(frozen=True, slots=True)
 class OpForm:
     """An operator's FLOPs and bytes on one GPU: ``const + Σ coef·feature``. ``kind`` picks the prior's parameters
-    (gemm, gemm_w8a16, gemm_w4a16, attn_prefill, attn_decode, elementwise, comm, sampler); ``calls`` counts
-    collectives (latency). ``parts`` lists the kernels an operator of several launches runs, each as (kernel
-    kind, bytes per new token); their bytes sum to the operator's, and the cost model prices each with its own
-    floor."""
+    (gemm, gemm_w8a16, gemm_w4a16, gemm_w8a8, gemm_fp8, attn_prefill, attn_decode, elementwise, comm, sampler);
+    ``calls`` counts collectives (latency). ``parts`` lists the kernels an operator of several launches runs,
+    each as (kernel kind, bytes per new token); their bytes sum to the operator's, and the cost model prices each
+    with its own floor."""
 
     name: str
     kind: str
@@ -124,6 +125,8 @@ class OpForm:
     compute_dtype: str = "bf16"
     calls: float = 0  # per layer: fractional in the average layer of a model with dense and MoE layers
     parts: tuple[tuple[str, float], ...] = ()
+    in_width: float = 0.0  # GEMMs: input elements per token (what a per-token activation quantizer reads)
+    fraction: float = 1.0  # share of the layers that run it (the average layer of a mixed model): scales floors
 
     def evaluate(self, feats: dict[str, float]) -> tuple[float, float]:
         """(FLOPs, bytes) for these features; (0, 0) when the operator does not run."""
@@ -162,25 +165,43 @@ def rope_bytes(q: int, kv: int) -> float:
     return 2 * (q + kv) * ACT_BYTES
 
 
+QUANT_GEMM_FORMATS = ("w8a16", "w4a16", "w8a8", "fp8")
+
+
 def gemm_kind(weight_format: str) -> str:
-    """The operator kind of a GEMM whose weights are stored in ``weight_format``: weight-only integer formats
-    run their own dequantizing kernels (``gemm_w8a16``, ``gemm_w4a16``), the rest a tensor-core GEMM in their
-    compute dtype (``gemm``)."""
-    return f"gemm_{weight_format}" if weight_format in ("w8a16", "w4a16") else "gemm"
+    """The operator kind of a GEMM whose weights are stored in ``weight_format``: quantized formats run their own
+    kernels (``gemm_w8a16`` and ``gemm_w4a16`` dequantize into bf16 tensor cores, ``gemm_w8a8`` runs int8 ones,
+    ``gemm_fp8`` fp8 ones), bf16 and fp16 the plain tensor-core GEMM (``gemm``)."""
+    return f"gemm_{weight_format}" if weight_format in QUANT_GEMM_FORMATS else "gemm"
+
+
+def act_quant_bytes(k: float, act_bytes: int = 1) -> float:
+    """Per-token activation quantization of a k-wide row: read it in bf16, write its codes and one fp32 scale."""
+    return k * (ACT_BYTES + act_bytes) + 4
 
 
 def _gemm(
-    name: str, k: int, n: int, weight_bytes: float, dtype: str, copies: float = 1.0, kind: str = "gemm"
+    name: str, k: int, n: int, weight_bytes: float, dtype: str, copies: float = 1.0, kind: str = "gemm",
+    in_bytes: int = ACT_BYTES,
 ) -> OpForm:
-    # copies: rows each token feeds (top-k for experts); weights read once per step.
+    # copies: rows each token feeds (top-k for experts); weights read once per step; inputs in_bytes each
+    # (1 when the activations were quantized to int8/fp8 before the GEMM), outputs bf16.
     return OpForm(
         name,
         kind,
         {"new_tokens": 2.0 * k * n * copies},
-        {"new_tokens": (k + n) * copies * ACT_BYTES},
+        {"new_tokens": (k * in_bytes + n * ACT_BYTES) * copies},
         weight_bytes,
         dtype,
+        in_width=k * copies,
     )
+
+
+def _linear(name: str, k: int, n: int, wf: WeightFormat, extra_bytes: float = 0.0, copies: float = 1.0,
+            weights: bool = True) -> OpForm:
+    """A linear layer's GEMM in weight format ``wf`` (``weights=False``: its weights are priced elsewhere)."""
+    return _gemm(name, k, n, wf.matrix_bytes(k, n) + extra_bytes if weights else 0.0, wf.compute_dtype, copies,
+                 gemm_kind(wf.name), wf.act_bytes)
 
 
 def _scaled(op: OpForm, fraction: float) -> OpForm:
@@ -193,19 +214,33 @@ def _scaled(op: OpForm, fraction: float) -> OpForm:
         bytes={k: v * fraction for k, v in op.bytes.items()},
         const_bytes=op.const_bytes * fraction,
         calls=op.calls * fraction,
+        parts=tuple((kind, b * fraction) for kind, b in op.parts),
+        in_width=op.in_width * fraction,
+        fraction=op.fraction * fraction,
     )
 
 
+def _summed(a: OpForm, b: OpForm) -> OpForm:
+    """One operator from two shares of it (same name, kind, dtype and kernels) in different layers."""
+    def add(x: dict, y: dict) -> dict:
+        return {k: x.get(k, 0.0) + y.get(k, 0.0) for k in {**x, **y}}
+
+    parts = tuple((k, x + y) for (k, x), (_, y) in zip(a.parts, b.parts))
+    return replace(a, flops=add(a.flops, b.flops), bytes=add(a.bytes, b.bytes),
+                   const_bytes=a.const_bytes + b.const_bytes, calls=a.calls + b.calls, parts=parts,
+                   in_width=a.in_width + b.in_width, fraction=a.fraction + b.fraction)
+
+
 def _attention_ops(
-    model: ModelSpec, tp: int, wf: WeightFormat, kvb: int
+    model: ModelSpec, tp: int, wf: dict[str, WeightFormat], kvb: int
 ) -> tuple[list[OpForm], tuple[int, int]]:
     """GQA attention: QKV, prefill and decode attention, O; and the q and k widths RoPE rotates per token."""
-    h, q, dt, gk = model.hidden_size, model.q_size // tp, wf.compute_dtype, gemm_kind(wf.name)
+    h, q = model.hidden_size, model.q_size // tp
     kv = max(model.num_kv_heads // tp, 1) * model.head_dim  # KV heads are replicated when tp exceeds them
     qkv_n = q + 2 * kv
     qkv_bias = qkv_n * ACT_BYTES if model.qkv_bias else 0.0
     return [
-        _gemm("qkv", h, qkv_n, wf.matrix_bytes(h, qkv_n) + qkv_bias, dt, kind=gk),
+        _linear("qkv", h, qkv_n, wf["qkv"], qkv_bias),
         # FlashAttention: 2 FLOPs for QK^T and 2 for PV per (query, key) pair per head dim; reads Q, the KV
         # it attends to once (re-reads per query tile are ignored), writes O and the new K/V.
         OpForm(
@@ -220,18 +255,19 @@ def _attention_ops(
             {"decode_attn_pairs": 4.0 * q},
             {"decode_query_tokens": 2 * q * ACT_BYTES + 2 * kv * kvb, "decode_ctx_tokens": 2 * kv * kvb},
         ),
-        _gemm("o", q, h, wf.matrix_bytes(q, h), dt, kind=gk),
+        _linear("o", q, h, wf["o"]),
     ], (q, kv)
 
 
 def _mla_attention_ops(
-    model: ModelSpec, tp: int, wf: WeightFormat, kvb: int
+    model: ModelSpec, tp: int, wfs: dict[str, WeightFormat], kvb: int
 ) -> tuple[list[OpForm], tuple[int, int]]:
     """Multi-head latent attention (DeepSeek-V2), as vLLM runs it: the cache holds one latent of
     ``kv_lora_rank`` plus the rotary key per token (on every GPU); a prefill decompresses the latent of every
     context token into K and V (``kv_up`` over the context) and attends at head width; a decode folds the
     up-projection into the query and the output (``kv_up`` over the query tokens) and attends over the
     latent itself."""
+    wf = wfs["qkv"]
     h, dt, heads, gk = model.hidden_size, wf.compute_dtype, model.num_heads // tp, gemm_kind(wf.name)
     r, rope, v = model.kv_lora_rank, model.qk_rope_head_dim, model.value_head_dim
     nope, q, latent = model.head_dim - rope, heads * model.head_dim, r + rope
@@ -243,9 +279,10 @@ def _mla_attention_ops(
             "qkv",
             gk,
             {"new_tokens": sum(2.0 * a * b for a, b in parts)},
-            {"new_tokens": sum((a + b) * ACT_BYTES for a, b in parts)},
+            {"new_tokens": sum(a * wf.act_bytes + b * ACT_BYTES for a, b in parts)},
             sum(wf.matrix_bytes(a, b) for a, b in parts),
             dt,
+            in_width=sum(a for a, _ in parts),
         ),
         OpForm(
             "kv_up",
@@ -273,49 +310,41 @@ def _mla_attention_ops(
             {"decode_attn_pairs": 2.0 * heads * (latent + r)},  # scores over latent+rope, output over latent
             {"decode_query_tokens": heads * (latent + r) * ACT_BYTES + latent * kvb, "decode_ctx_tokens": latent * kvb},
         ),
-        _gemm("o", heads * v, h, wf.matrix_bytes(heads * v, h), dt, kind=gk),
+        _linear("o", heads * v, h, wfs["o"]),
     ], (heads * rope, rope)  # RoPE turns only the rotary parts of q and k
 
 
 def _mlp_ops(
-    model: ModelSpec, tp: int, wf: WeightFormat, load: ExpertLoad | None, ep: int
+    model: ModelSpec, tp: int, wfs: dict[str, WeightFormat], load: ExpertLoad | None, ep: int
 ) -> tuple[list[OpForm], float]:
     """The MLP operators of the average layer and the width SiLU·mul touches per token.
 
     MoE: the router on every GPU; the routed experts over the assignments their GPU group receives
     (``top_k × share`` rows per token), reading only the experts some token reached; shared experts on
     every token; the dense layers' MLP weighted by their fraction of the layers."""
-    h, dt, gk = model.hidden_size, wf.compute_dtype, gemm_kind(wf.name)
+    h, wg, wd = model.hidden_size, wfs["gate_up"], wfs["down"]
     if load is None:
         i = model.intermediate_size // tp
-        return [
-            _gemm("gate_up", h, 2 * i, wf.matrix_bytes(h, 2 * i), dt, kind=gk),
-            _gemm("down", i, h, wf.matrix_bytes(i, h), dt, kind=gk),
-        ], i
+        return [_linear("gate_up", h, 2 * i, wg), _linear("down", i, h, wd)], i
     moe = model.moe_layers / model.num_layers
     i, e = model.expert_intermediate_size // (tp // ep), model.num_experts
     copies = model.experts_per_token * load.share
     ops = [_gemm("router", h, e, 2.0 * h * e, "bf16")]
-    for name, kk, nn in (("gate_up", h, 2 * i), ("down", i, h)):
-        op = _gemm(name, kk, nn, 0.0, dt, copies=copies)
+    for name, kk, nn, wf in (("gate_up", h, 2 * i, wg), ("down", i, h, wd)):
+        op = _linear(name, kk, nn, wf, copies=copies, weights=False)
         # Only the experts some token was routed to are read.
-        ops.append(
-            OpForm(name, gk, op.flops, {**op.bytes, "touched_experts": wf.matrix_bytes(kk, nn)}, 0.0, dt)
-        )
+        ops.append(replace(op, bytes={**op.bytes, "touched_experts": wf.matrix_bytes(kk, nn)}))
     act = copies * i
     if model.shared_expert_intermediate_size:
         s = model.shared_expert_intermediate_size // tp
-        ops += [
-            _gemm("shared_gate_up", h, 2 * s, wf.matrix_bytes(h, 2 * s), dt, kind=gk),
-            _gemm("shared_down", s, h, wf.matrix_bytes(s, h), dt, kind=gk),
-        ]
+        ops += [_linear("shared_gate_up", h, 2 * s, wg), _linear("shared_down", s, h, wd)]
         act += s
     ops, act = [_scaled(op, moe) for op in ops], act * moe
     if model.num_dense_layers:
         d = model.intermediate_size // tp
         ops += [
-            _scaled(_gemm("dense_gate_up", h, 2 * d, wf.matrix_bytes(h, 2 * d), dt, kind=gk), 1.0 - moe),
-            _scaled(_gemm("dense_down", d, h, wf.matrix_bytes(d, h), dt, kind=gk), 1.0 - moe),
+            _scaled(_linear("dense_gate_up", h, 2 * d, wg), 1.0 - moe),
+            _scaled(_linear("dense_down", d, h, wd), 1.0 - moe),
         ]
         act += (1.0 - moe) * d
     return ops, act
@@ -349,13 +378,45 @@ def layer_ops(
 ) -> list[OpForm]:
     """The operators of one decoder layer on one of ``tp`` GPUs, the experts in ``ep`` groups routed with
     ``expert_skew``. In an MoE model with dense layers, of the average layer: each MLP's operators weighted
-    by the fraction of the layers that have it."""
-    wf, kvb = get_weight_format(weight_format), kv_dtype_bytes(kv_dtype)
-    h = model.hidden_size
+    by the fraction of the layers that have it.
+
+    ``weight_format`` is a format or a mixed-precision spec (hwmodels/precision.py). A spec whose layers differ
+    (``first:N``, ``last:N``) gives the average layer too: each linear's GEMM once per format, weighted by the
+    share of the layers in it (the share of the most layers keeps the bare name, the others are ``name@format``).
+    A linear in a W8A8 format has its input quantized per token first: an ``act_quant_<linear>`` kernel."""
+    kvb = kv_dtype_bytes(kv_dtype)
     load = expert_load(model, ep, expert_skew)
-    ops, rope = (_mla_attention_ops if model.is_mla else _attention_ops)(model, tp, wf, kvb)
-    mlp, mlp_act = _mlp_ops(model, tp, wf, load, ep)
+    ops: dict[tuple, OpForm] = {}
+    names: dict[str, str] = {}  # op name -> the format of its bare-named share
+    for fraction, formats in parse_quant(weight_format).layer_groups(model.num_layers):
+        wfs = {linear: get_weight_format(f) for linear, f in formats.items()}
+        for op in _one_layer_ops(model, tp, wfs, kvb, load, ep):
+            op = _scaled(op, fraction)
+            fmt = formats.get(linear_role(op.name), "") if op.kind.startswith("gemm") else ""
+            names.setdefault(op.name, fmt)
+            key = (op.name, op.kind, op.compute_dtype, tuple(k for k, _ in op.parts))
+            if key in ops:
+                ops[key] = _summed(ops[key], op)
+            else:
+                ops[key] = op if names[op.name] == fmt else replace(op, name=f"{op.name}@{fmt}")
+    return list(ops.values())
+
+
+def _one_layer_ops(model: ModelSpec, tp: int, wfs: dict[str, WeightFormat], kvb: int, load: ExpertLoad | None,
+                   ep: int) -> list[OpForm]:
+    """The operators of a decoder layer whose linears are in the formats ``wfs`` (linear -> format)."""
+    h = model.hidden_size
+    ops, rope = (_mla_attention_ops if model.is_mla else _attention_ops)(model, tp, wfs, kvb)
+    mlp, mlp_act = _mlp_ops(model, tp, wfs, load, ep)
     ops += mlp
+    # A W8A8 linear's input is quantized per token (dynamic scales) by a kernel of its own, one per linear.
+    quant: dict[str, float] = {}
+    for op in ops:
+        role = linear_role(op.name)
+        if op.in_width and role in wfs and wfs[role].quantizes_activations and op.kind.startswith("gemm_"):
+            quant[role] = quant.get(role, 0.0) + act_quant_bytes(op.in_width, wfs[role].act_bytes)
+    for role, b in quant.items():
+        ops.append(OpForm(f"act_quant_{role}", "elementwise", {}, {"new_tokens": b}, parts=(("act_quant", b),)))
     # Four kernels: two fused RMSNorm+residual, SiLU·mul, RoPE on q and k.
     norm = fused_add_rms_norm_bytes(h)
     parts = (("norm", norm), ("norm", norm), ("act", silu_mul_bytes(mlp_act)), ("rope", rope_bytes(*rope)))

@@ -6,13 +6,15 @@ from dataclasses import dataclass
 
 from servesim.errors import ConfigError
 from servesim.hwmodels.gpus import GPU
-from servesim.hwmodels.models import ModelSpec, check_parallelism, get_weight_format, kv_dtype_bytes
+from servesim.hwmodels.models import ModelSpec, check_parallelism, kv_dtype_bytes
+from servesim.hwmodels.precision import parse_quant
 
 
 @dataclass(frozen=True, slots=True)
 class Placement:
     """``model`` on ``gpu`` with tensor parallelism ``tp`` and pipeline ``pp``, its linear weights stored in
-    ``weight_format`` and its KV cache in ``kv_dtype``; an MoE model's experts spread over ``ep`` groups of
+    ``weight_format`` (a format or a mixed-precision spec, hwmodels/precision.py) and its KV cache in
+    ``kv_dtype``; an MoE model's experts spread over ``ep`` groups of
     the ``tp`` GPUs (expert parallelism) and routed with popularity skew ``expert_skew`` (hwmodels.moe).
     Construction checks the combination (ConfigError naming the field), so every consumer can rely on it."""
 
@@ -29,7 +31,9 @@ class Placement:
         check_parallelism(self.model, self.tp, self.pp, self.ep)
         if self.expert_skew < 0:
             raise ConfigError(f"must be >= 0, got {self.expert_skew}", field="expert_skew")
-        object.__setattr__(self, "weight_format", get_weight_format(self.weight_format).name)
+        spec = parse_quant(self.weight_format)  # a format or a mixed-precision spec, canonical
+        spec.check_layers(self.model.num_layers)
+        object.__setattr__(self, "weight_format", spec.name)
         kv_dtype_bytes(self.kv_dtype)
         object.__setattr__(self, "kv_dtype", self.kv_dtype.lower())
 

@@ -17,7 +17,9 @@ per-operator measurements show (docs/roofline-prior.md has the data, the fit and
   run faster than one block streams one token's row, whatever the batch: a floor that grows with the row.
 
 Parameters are per operator kind (:data:`KINDS`) and GPU family, in ``catalog/prior.yaml`` with their
-provenance; ``bench/fit_prior.py`` refits them. A GPU names its family in the GPU catalog (``family``);
+provenance; ``bench/fit_prior.py`` refits them. Kinds nobody has measured yet (:data:`BORROWED_KINDS`: the
+W8A8 and FP8 GEMMs, per-token activation quantization) borrow a measured kind's parameters, their source
+saying so, until a fit writes their own. A GPU names its family in the GPU catalog (``family``);
 families without measurements borrow a measured one (``borrow`` in the YAML), and a GPU with no family
 gets ``default``, the fit pooled over every measured family.
 
@@ -36,7 +38,7 @@ The public API for other cost models (the calibrated profile extrapolates with i
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import cache
 from pathlib import Path
 
@@ -49,6 +51,13 @@ from servesim.hwmodels.ops import OpForm
 PRIOR_FILE = Path(__file__).parent / "catalog" / "prior.yaml"
 KINDS = ("gemm", "gemm_w8a16", "gemm_w4a16", "attn_prefill", "attn_decode", "norm", "act", "rope", "add",
          "elementwise", "sampler")
+# Kinds with no measurements yet: each borrows a measured kind of its family unless the file gives it, and says so.
+BORROWED_KINDS = {
+    "gemm_w8a8": ("gemm", "an int8 tensor-core GEMM priced as the bf16 GEMM's efficiencies at the int8 peak"),
+    "gemm_fp8": ("gemm", "an fp8 tensor-core GEMM priced as the bf16 GEMM's efficiencies at the fp8 peak"),
+    "act_quant": ("norm", "per-token activation quantization: a row read, reduced (amax) and written scaled, "
+                  "the shape of RMSNorm"),
+}
 ALLREDUCE_MODES = ("custom", "nccl")
 DEFAULT_FAMILY = "default"
 
@@ -148,9 +157,10 @@ def op_time_s(
         k = prior.kernel(kind)
         peak = gpu.peak_flops_per_s("fp32" if kind == "sampler" else op.compute_dtype)
         a, m, r = k.terms(flops * share, nbytes * share, peak, gpu.hbm_bytes_per_s, part_bytes)
-        t += k.floor_s + soft(a, m if m > r else r, k.sharpness)
+        floor = k.floor_s * op.fraction  # an operator of some of the layers launches in those layers only
+        t += floor + soft(a, m if m > r else r, k.sharpness)
         comp += a
-        fixed, mem = (fixed + k.floor_s + r, mem) if r > m else (fixed + k.floor_s, mem + m)
+        fixed, mem = (fixed + floor + r, mem) if r > m else (fixed + floor, mem + m)
     bound = "floor" if fixed > comp and fixed > mem else "compute" if comp > mem else "memory"
     return float(t), bound
 
@@ -221,9 +231,17 @@ def load_prior(path: str | Path = PRIOR_FILE) -> dict[str, GPUPrior]:
         ar = body["allreduce"]
         if not isinstance(ar, dict) or set(ar) != set(ALLREDUCE_MODES):
             raise InputError(f"expected the modes {', '.join(ALLREDUCE_MODES)}", file=file, field=f"{where}.allreduce")
+        fitted = {k: _kernel(kernels[k], file, f"{where}.kernels.{k}") for k in KINDS}
+        for kind, (source_kind, why) in BORROWED_KINDS.items():
+            if kind in kernels:
+                fitted[kind] = _kernel(kernels[kind], file, f"{where}.kernels.{kind}")
+            else:
+                src = fitted[source_kind]
+                fitted[kind] = replace(src, source=f"borrowed from {source_kind} ({src.source}): {why}; no "
+                                                    f"measurements of this kernel")
         out[str(fam)] = GPUPrior(
             family=str(fam),
-            kernels={k: _kernel(kernels[k], file, f"{where}.kernels.{k}") for k in KINDS},
+            kernels=fitted,
             allreduce={m: _link(ar[m], file, f"{where}.allreduce.{m}") for m in ALLREDUCE_MODES},
             p2p=_link(body["p2p"], file, f"{where}.p2p"),
             measured_on=tuple(body.get("measured_on") or ()),

@@ -25,6 +25,7 @@ from servesim.errors import ConfigError, InputError, unknown_name
 from servesim.hwmodels.gpus import get_gpu, load_gpus_yaml
 from servesim.hwmodels.links import LINKS
 from servesim.hwmodels.models import KV_DTYPE_BYTES, WEIGHT_FORMATS, ModelSpec, get_model
+from servesim.hwmodels.precision import parse_quant
 from servesim.sim.policies import POLICIES
 from servesim.sim.presets import PRESETS
 from servesim.sim.router import ROUTERS
@@ -87,7 +88,8 @@ class Scenario(BaseModel):
     replicas: int = Field(
         1, ge=1, description="model replicas behind the router (P/D: copies of the prefill:decode pool unit)"
     )
-    quant: str = Field("bf16", description="weight format")
+    quant: str = Field("bf16", description="weight format, or mixed precision per layer group: "
+                       "w4a16,attn=bf16,first:2=bf16,last:2=bf16 (docs/quantization.md)")
     kv_dtype: str = Field("bf16", description="KV-cache dtype")
     gpu_memory_utilization: float = Field(0.9, gt=0, le=1, description="fraction of GPU memory servesim may use")
     memory_fraction_of: Literal["total", "free"] = Field(
@@ -202,7 +204,12 @@ class Scenario(BaseModel):
             gpu = None  # the gpu field's own check reports it
         return {**preset.fields(gpu), **values, "preset": preset.name}
 
-    @field_validator(*_REGISTRIES)
+    @field_validator("quant")
+    @classmethod
+    def _quant_spec(cls, value: str) -> str:
+        return parse_quant(value).name  # a format or a mixed-precision spec (hwmodels/precision.py), canonical
+
+    @field_validator(*(f for f in _REGISTRIES if f != "quant"))
     @classmethod
     def _one_of(cls, value: str | None, info: ValidationInfo) -> str | None:
         return None if value is None else _choice(info.field_name, value)  # None: no preset
@@ -252,7 +259,9 @@ class Scenario(BaseModel):
                 f"{self.max_num_seqs} x {1 + self.spec_k} tokens (1 + spec_k); raise it or lower max_num_seqs",
                 field="max_num_batched_tokens",
             )
-        self.step_limits(get_model(self.model))  # the limits that need the model's positions
+        model = get_model(self.model)
+        self.step_limits(model)  # the limits that need the model's positions
+        parse_quant(self.quant).check_layers(model.num_layers)
         return self
 
     @model_validator(mode="after")
