@@ -160,3 +160,14 @@ def test_ragged_decode_weight_is_recovered_from_ragged_tables(profile):
                                 profile.model_copy(update={"decode_max_weight": w}))
     flat, tilted = decode_shape(32, 2048), replace(decode_shape(32, 2048), decode_ctx_max=3800)
     assert model.step_time_s(tilted) > model.step_time_s(flat)  # the longest sequence costs
+
+
+def test_extrapolation_is_proportional_and_positive_even_after_a_falling_segment():
+    """Noisy timings can make the last measured segment fall; past the grid the time grows in proportion to the
+    axis from the last point instead of continuing that slope below zero."""
+    from servesim.hwmodels.calibrated import _extend, _lerp
+
+    xs, ys = _extend([1.0, 32.0, 64.0], [5e-6, 9e-6, 7e-6])
+    assert _lerp(xs, ys, 64.0) == pytest.approx(7e-6) and _lerp(xs, ys, 0.5) == pytest.approx(5e-6)
+    assert _lerp(xs, ys, 640.0) == pytest.approx(7e-5, rel=1e-9)  # 10x the last point's axis: 10x its time
+    assert all(_lerp(xs, ys, x) > 0 for x in (0, 100, 1e4, 1e7))

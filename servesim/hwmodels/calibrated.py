@@ -45,6 +45,19 @@ def _seg(xs: list[float], x: float) -> int:
     return 0 if j < 0 else (len(xs) - 2 if j > len(xs) - 2 else j)
 
 
+FAR = 1e6  # the extension node: past the grid, a time grows in proportion to its axis (a line through 0)
+
+
+def _extend(xs: list[float], ys: list[float]) -> tuple[list[float], list[float]]:
+    """The table with a node at 0 (holding the first value) and one at ``FAR x`` the last (``FAR x`` its value),
+    so linear interpolation is constant below the grid and proportional above it: never negative, monotone where
+    the measurements are, whatever the slope of the last measured segment."""
+    xs, ys = list(xs), list(ys)
+    if xs[0] > 0:
+        xs, ys = [0.0, *xs], [ys[0], *ys]
+    return [*xs, xs[-1] * FAR], [*ys, ys[-1] * FAR]
+
+
 def _lerp(xs: list[float], ys: list[float], x: float) -> float:
     if len(xs) == 1:
         return ys[0]
@@ -56,10 +69,16 @@ class _Grid2:
     """A 2-D table over (a, b), bilinear; ``column(a)`` is the 1-D table over b at fixed a."""
 
     def __init__(self, table: OpTable, scale: float = 1.0) -> None:
-        self.a, self.b = list(table.grid[0]), list(table.grid[1])
-        nb = len(self.b)
+        a, b = list(table.grid[0]), list(table.grid[1])
+        self.a_max, self.b_max = a[-1], b[-1]  # the measured ranges (beyond: extrapolated)
+        nb = len(b)
         vals = [v * scale for v in table.median_s]
-        self.rows = [vals[i * nb:(i + 1) * nb] for i in range(len(self.a))]
+        rows = [_extend(b, vals[i * nb:(i + 1) * nb]) for i in range(len(a))]
+        self.b = rows[0][0]
+        rows = [r for _, r in rows]
+        self.a = _extend(a, [1.0] * len(a))[0]
+        ext = [rows[0]] if a[0] > 0 else []
+        self.rows = ext + rows + [[v * FAR for v in rows[-1]]]
 
     def column(self, a: float) -> list[float]:
         rows, xs = self.rows, self.a
@@ -94,7 +113,7 @@ class _Grid2:
         return v0 + (v1 - v0) * (b - xb[j]) / (xb[j + 1] - xb[j])
 
     def outside(self, a: float, b: float) -> bool:
-        return not (self.a[0] <= a <= self.a[-1] and self.b[0] <= b <= self.b[-1])
+        return a > self.a_max or b > self.b_max
 
 
 def _two_points(table: tuple[list[float], list[float]] | None) -> tuple[list[float], list[float]]:
@@ -102,7 +121,7 @@ def _two_points(table: tuple[list[float], list[float]] | None) -> tuple[list[flo
     if table is None:
         return [0.0, 1.0], [0.0, 0.0]
     xs, ys = table
-    return (xs, ys) if len(xs) > 1 else ([xs[0], xs[0] + 1.0], [ys[0], ys[0]])
+    return (xs, ys) if len(xs) > 1 else ([xs[0], xs[0] + 1.0], [ys[0], ys[0]])  # host tables: held flat
 
 
 def _log_distance(key: dict, want: dict, names: tuple[str, ...]) -> float:
@@ -226,8 +245,10 @@ class CalibratedCostModel:
         self._token_parts = parts
         if len(xs) < 2:
             raise ProfileMismatch(f"profile {self.profile.profile_id} has GEMM grids of one point")
-        self._tx, self._tx_last = xs, len(xs) - 2
-        self._ty = [self.layers * sum(p[j] for p in parts.values()) for j in range(len(xs))]
+        self._tx_max = xs[-1]
+        self._token_parts = {k: _extend(xs, v)[1] for k, v in parts.items()}
+        self._tx, self._ty = _extend(xs, [self.layers * sum(p[j] for p in parts.values()) for j in range(len(xs))])
+        self._tx_last = len(self._tx) - 2
 
     def _build_head_table(self, vocab_rows: int) -> None:
         """LM head GEMM (bf16), final norm and sampling over the sampled rows."""
@@ -243,7 +264,9 @@ class CalibratedCostModel:
         self._head_parts = {"lm_head": lm, "sampling": smp, "final_norm": norm}
         if len(xs) < 2:
             raise ProfileMismatch(f"profile {self.profile.profile_id} has a sampling grid of one point")
-        self._hx, self._hx_last, self._hy = xs, len(xs) - 2, [a + b + c for a, b, c in zip(lm, smp, norm, strict=True)]
+        self._head_parts = {k: _extend(xs, v)[1] for k, v in self._head_parts.items()}
+        self._hx, self._hy = _extend(xs, [a + b + c for a, b, c in zip(lm, smp, norm, strict=True)])
+        self._hx_last = len(self._hx) - 2
 
     # -- pricing -------------------------------------------------------------------------------------------
     @staticmethod
@@ -292,7 +315,7 @@ class CalibratedCostModel:
         pt, dq = shape.prefill_tokens, shape.decode_query_tokens
         n = pt + dq
         tx, ty = self._tx, self._ty
-        if n > tx[-1]:
+        if n > self._tx_max:
             self.extrapolated.add("tokens(grid)")
         j = bisect_right(tx, n) - 1
         j = 0 if j < 0 else (self._tx_last if j > self._tx_last else j)
@@ -314,7 +337,7 @@ class CalibratedCostModel:
         """Decode attention over the context grid at batch ``ds`` (memoised: a run sees few batch sizes)."""
         col = self._columns.get(ds)
         if col is None:
-            if ds > self._decode.a[-1]:
+            if ds > self._decode.a_max:
                 self.extrapolated.add("attn_decode(batch)")
             col = self._columns[ds] = self._decode.column(ds)
         return col
@@ -327,13 +350,10 @@ class CalibratedCostModel:
             c = c + self._w_max * (mx - c)
         xb = self._decode.b
         col = self._columns.get(ds) or self._decode_column(ds)
+        if c > self._decode.b_max:
+            self.extrapolated.add("attn_decode(context)")
         j = bisect_right(xb, c) - 1
-        if j > self._xb_last:
-            if c > xb[-1]:
-                self.extrapolated.add("attn_decode(context)")
-            j = self._xb_last
-        elif j < 0:
-            j = 0
+        j = self._xb_last if j > self._xb_last else (0 if j < 0 else j)
         return (col[j] + (col[j + 1] - col[j]) * (c - xb[j]) / (xb[j + 1] - xb[j])) * self.layers
 
     def step_time_s(self, shape: BatchShape) -> float:
@@ -367,7 +387,7 @@ class CalibratedCostModel:
         c = (shape.decode_ctx_tokens + ds * steps) / ds
         if shape.decode_ctx_max and self._w_max:
             c = c + self._w_max * ((shape.decode_ctx_max + steps) - c)
-        if c[-1] > xs[-1]:
+        if c[-1] > self._decode.b_max:
             self.extrapolated.add("attn_decode(context)")
         if len(xs) == 1:
             v = np.full(n, ys[0])
