@@ -130,6 +130,8 @@ def refit_cmd(profile: Path = _PROFILE, steps: Optional[Path] = _STEPS) -> None:
         from servesim.calibrate.run import refit_steps
 
         new = refit_steps(new, pd.read_parquet(steps))
+    if not new.profile_id.endswith("-refit"):  # another fit of the same measurements: say so in every run's id
+        new = new.model_copy(update={"profile_id": new.profile_id + "-refit"})
     save_profile(new, profile)
     typer.echo(f"{profile}: longest-context weight {new.decode_max_weight:.2f}; " + ", ".join(
         f"{k}: median {v['median_abs']:.1%}, p90 {v['p90_abs']:.1%}" for k, v in new.fit.ops.items()
