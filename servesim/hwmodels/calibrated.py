@@ -92,24 +92,17 @@ class _Grid2:
     def __call__(self, a: float, b: float) -> float:
         """``_lerp(self.b, self.column(a), b)`` from the four corners only (the same operations, so the same
         bits as the column route ``decode_run_s`` takes)."""
-        rows, xa, xb = self.rows, self.a, self.b
-        if len(xa) == 1:
-            r0 = r1 = rows[0]
-            w = 0.0
-        else:
-            i = bisect_right(xa, a) - 1
-            i = 0 if i < 0 else (len(xa) - 2 if i > len(xa) - 2 else i)
-            r0, r1 = rows[i], rows[i + 1]
-            w = (a - xa[i]) / (xa[i + 1] - xa[i])
-        if len(xb) == 1:
-            return r0[0] + (r1[0] - r0[0]) * w if len(xa) > 1 else r0[0]
+        rows, xa, xb = self.rows, self.a, self.b  # extended grids: at least three nodes on each axis
+        i = bisect_right(xa, a) - 1
+        la = len(xa) - 2
+        i = 0 if i < 0 else (la if i > la else i)
+        r0, r1 = rows[i], rows[i + 1]
+        w = (a - xa[i]) / (xa[i + 1] - xa[i])
         j = bisect_right(xb, b) - 1
-        j = 0 if j < 0 else (len(xb) - 2 if j > len(xb) - 2 else j)
-        if len(xa) == 1:
-            v0, v1 = r0[j], r0[j + 1]
-        else:
-            v0 = r0[j] + (r1[j] - r0[j]) * w
-            v1 = r0[j + 1] + (r1[j + 1] - r0[j + 1]) * w
+        lb = len(xb) - 2
+        j = 0 if j < 0 else (lb if j > lb else j)
+        v0 = r0[j] + (r1[j] - r0[j]) * w
+        v1 = r0[j + 1] + (r1[j + 1] - r0[j + 1]) * w
         return v0 + (v1 - v0) * (b - xb[j]) / (xb[j + 1] - xb[j])
 
     def outside(self, a: float, b: float) -> bool:
@@ -293,12 +286,14 @@ class CalibratedCostModel:
         s, pt = shape.prefill_seqs, shape.prefill_tokens
         q = pt / s
         c = (shape.prefill_ctx_tokens - pt) / s
-        one = self._prefill(q, c)
+        g = self._prefill
+        if q > g.a_max or c > g.b_max:
+            self.extrapolated.add("attn_prefill(grid)")
+        one = g(q, c)
         pairs_mean = q * c + q * (q + 1) / 2
         ratio = shape.prefill_attn_pairs / (s * pairs_mean) if pairs_mean else 1.0
-        if self._prefill.outside(q, c):
-            self.extrapolated.add("attn_prefill(grid)")
-        return self.layers * (self._prefill_floor + (one - self._prefill_floor) * s * ratio)
+        floor = self._prefill_floor
+        return self.layers * (floor + (one - floor) * s * ratio)
 
     def _spec_s(self, shape: BatchShape) -> float:
         ds = shape.decode_seqs
@@ -364,12 +359,18 @@ class CalibratedCostModel:
         k = self._kernels_s(shape)
         if ds:  # added last, in the order decode_run_s adds it
             k = k + self._decode_s(shape)
-        graph = not shape.prefill_tokens and ds <= GRAPH_MAX_SEQS and dq == ds
-        over = self._overhead_s(shape, graph)
+        pt = shape.prefill_tokens
+        graph = not pt and ds <= GRAPH_MAX_SEQS and dq == ds
+        host = self._host
+        if host is not None and self._fixed_overhead is None:  # inline _overhead_s: the simulator's hot path
+            b0, b1, b2 = host[0 if graph else 1]
+            over = (b0 + b1 * (shape.prefill_seqs + ds)) + b2 * (shape.decode_ctx_tokens + shape.prefill_ctx_tokens)
+        else:
+            over = self._overhead_s(shape, graph)
         if graph:
             return over + (k + self._graph_gap)
         e = k + self._eager_gap
-        floor = self._floor(shape)
+        floor = self._eager_floor_mixed if ds and pt else self._eager_floor
         return over + (e if e > floor else floor)
 
     def decode_run_s(self, shape: BatchShape, n: int) -> np.ndarray:
