@@ -102,5 +102,11 @@ def metric(page, label: str) -> str:
     return box.locator('[data-testid="stMetricValue"]').inner_text().strip()
 
 
-def wait_metric(page, label: str, value: str) -> None:
-    page.wait_for_function(METRIC_IS_JS, arg=[label, value])
+def wait_metric(page, label: str, value: str, timeout_ms: float = 60_000) -> None:
+    """Wait until the metric ``label`` shows ``value``; fail naming what it shows instead."""
+    from playwright.sync_api import TimeoutError as PlaywrightTimeout
+
+    try:
+        page.wait_for_function(METRIC_IS_JS, arg=[label, value], timeout=timeout_ms)
+    except PlaywrightTimeout:
+        raise AssertionError(f"metric {label!r} shows {metric(page, label)!r}, expected {value!r}") from None
