@@ -100,7 +100,7 @@ def run_prefill(q_lens, ctx_lens, num_kv_heads, group, head_dim, block_size, dty
 
 
 def run_decode(kv_lens, num_q, num_kv_heads, group, head_dim, block_size, dtype, num_splits, config,
-               head_major=False, seed=0, max_kv_len=None):
+               head_major=False, seed=0, max_kv_len=None, split_per_seq=False):
     gen = torch.Generator().manual_seed(seed)
     kv_lens = [max(n, num_q) for n in kv_lens]  # the n new tokens are in the cache already
     k_cache, v_cache, tables, scales = paged_setup(gen, kv_lens, num_kv_heads, head_dim, block_size, dtype,
@@ -119,7 +119,7 @@ def run_decode(kv_lens, num_q, num_kv_heads, group, head_dim, block_size, dtype,
     ws_shape = (len(kv_lens), num_q, num_kv_heads * group, splits, head_dim)
     workspace = (torch.full(ws_shape, nan, device=q.device), torch.full(ws_shape[:-1], nan, device=q.device))
     decode_attention(q, k_cache, v_cache, tables, kv, max_kv_len, k_scale=ks, v_scale=vs, num_splits=splits,
-                     out=out, workspace=workspace if splits > 1 else None, config=config)
+                     out=out, workspace=workspace if splits > 1 else None, config=config, split_per_seq=split_per_seq)
     check_close(out, decode_attention_ref(q, k_cache, v_cache, tables, kv, k_scale=ks, v_scale=vs), q_dtype)
 
 
@@ -233,6 +233,18 @@ def test_decode_split_range_from_max_kv_len_interpreter(max_kv_len, splits):
     covers every key, the last split taking the rest."""
     run_decode([70, 1, 3, 33], 1, 2, 4, 64, 16, torch.bfloat16, splits, SMALL_DECODE, max_kv_len=max_kv_len)
     run_decode([70, 1, 3, 33], 3, 1, 4, 64, 16, torch.float16, splits, SMALL_DECODE, max_kv_len=max_kv_len)
+
+
+@cpu
+@pytest.mark.parametrize("max_kv_len, splits", [(None, 4), (4000, 4), (20, 3), (512, 2), (None, 1)])
+def test_decode_split_per_sequence_interpreter(max_kv_len, splits):
+    """split_per_seq cuts each sequence's own keys (a graph passes its bucket as max_kv_len): lengths of 1, 3,
+    33 and 70 keys over splits of whole tiles, some splits empty, with the bound loose, tight or too small."""
+    run_decode([70, 1, 3, 33], 1, 2, 4, 64, 16, torch.bfloat16, splits, SMALL_DECODE, max_kv_len=max_kv_len,
+               split_per_seq=True)
+    run_decode([70, 1, 3, 33], 3, 1, 4, 64, 16, torch.float16, splits, SMALL_DECODE, max_kv_len=max_kv_len,
+               split_per_seq=True)
+    run_decode([130, 7], 1, 2, 2, 64, 16, FP8, splits, SMALL_DECODE, max_kv_len=max_kv_len, split_per_seq=True)
 
 
 @cpu
@@ -356,6 +368,8 @@ def test_decode_prefetch_and_max_kv_len_gpu(prefetch, max_kv_len):
     for dtype in (torch.bfloat16, FP8):
         run_decode([9000, 1, 3, 300, 4097], 1, 8, 4, 128, 16, dtype, None, config, max_kv_len=max_kv_len)
     run_decode([5000, 17], 4, 8, 4, 128, 32, torch.bfloat16, 7, config, max_kv_len=max_kv_len, head_major=True)
+    run_decode([9000, 1, 3, 300, 4097], 1, 8, 4, 128, 16, torch.bfloat16, 2, config, max_kv_len=max_kv_len,
+               split_per_seq=True)
 
 
 @gpu

@@ -141,7 +141,8 @@ class OpBuilder:
             splits = choose_num_splits(batch, kvh, bucket, sm_count(self.dev))
             self.counters.take(batch * kvh)  # allocated before any graph capture
         return lambda: self.be.decode_attention(qt, kc, vc, bt, kvl, max_kv_len=bucket, out=out,
-                                                num_splits=splits, counters=self.counters, **scales)
+                                                num_splits=splits, counters=self.counters,
+                                                split_per_seq=True, **scales)
 
     def attn_decode_ragged(self, key: dict, batch: int, context: int) -> Callable[[], None]:
         return self.attn_decode(key, batch, context, spread=float(key["spread"]))

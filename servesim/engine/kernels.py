@@ -35,7 +35,7 @@ def _prefill_ref(q, k_cache, v_cache, block_tables, cu_seqlens_q, kv_lens, max_q
 
 
 def _decode_ref(q, k_cache, v_cache, block_tables, kv_lens, max_kv_len=None, out=None, num_splits=None, counters=None,
-                **scales):
+                split_per_seq=False, **scales):
     out.view(q.shape)[:] = dec.decode_attention_ref(q, k_cache, v_cache, block_tables, kv_lens, **scales).to(out.dtype)
     return out
 

@@ -94,6 +94,7 @@ class AttentionMeta:
     decode_num_q: int = 1
     decode_max_kv_len: int = 0
     decode_num_splits: int | None = None
+    decode_split_per_seq: bool = False  # splits cut each sequence's length (graphs: max_kv_len is a bucket)
     decode_counters: SplitCounters | None = None  # the runner's split-merge counters (else zeroed per launch)
 
     @property
@@ -174,5 +175,5 @@ class LlamaModel:
             od = o[tp:].view(qd.shape)
             be.decode_attention(qd, k_cache, v_cache, meta.decode_block_tables, meta.decode_kv_lens,
                                 max_kv_len=meta.decode_max_kv_len, out=od, num_splits=meta.decode_num_splits,
-                                counters=meta.decode_counters, **scales)
+                                counters=meta.decode_counters, split_per_seq=meta.decode_split_per_seq, **scales)
         return o

@@ -365,7 +365,8 @@ class ModelRunner:
         sms = sm_count(self.device)
         return AttentionMeta(num_prefill_tokens=0, decode_kv_lens=s["kvl"][:b], decode_block_tables=s["bt"][:b],
                              decode_num_q=q, decode_max_kv_len=c,
-                             decode_num_splits=choose_num_splits(b, heads, c, sms), decode_counters=self._counters)
+                             decode_num_splits=choose_num_splits(b, heads, c, sms), decode_split_per_seq=True,
+                             decode_counters=self._counters)
 
     def _capture(self, b: int, c: int, q: int):
         """Capture the decode step of ``b`` sequences whose longest context is at most ``c``."""

@@ -11,7 +11,10 @@ When ``batch * num_kv_heads`` cannot fill the GPU, the longest context (``max_kv
 ``num_splits`` ranges of equal length (a multiple of ``BLOCK_N``; shorter sequences leave their later splits
 empty), so a program knows its key range before it reads ``kv_lens``: its first page ids are requested
 together with the length, and its first tiles' K/V rows are prefetched into L2 as soon as the ids arrive
-(``PREFETCH``), one page-id round trip ahead of the pipelined loop's own copies. Each split writes its
+(``PREFETCH``), one page-id round trip ahead of the pipelined loop's own copies. With ``split_per_seq`` each
+sequence's own length is cut into ``num_splits`` ranges instead (the range waits for ``kv_lens``): a CUDA graph
+captured for a context bucket passes the bucket as ``max_kv_len``, and cutting the bucket would leave a sequence
+of just over half of it in one split, doubling the step's critical path at mid batch sizes. Each split writes its
 normalised partial output and log-sum-exp, then bumps a per-(sequence, KV head) counter; the split that
 arrives last merges all of them in split order (deterministic) and resets the counter, so
 decode is one launch.
@@ -121,14 +124,17 @@ def _decode_kernel(
     NUM_Q: tl.constexpr, GROUP: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr,
     BLOCK_N: tl.constexpr, BLOCK_SIZE: tl.constexpr, FP8: tl.constexpr, SPLIT: tl.constexpr,
     MERGE_ROWS: tl.constexpr, MERGE_CHUNK: tl.constexpr, ALIGNED: tl.constexpr, UPCAST: tl.constexpr,
-    PREFETCH: tl.constexpr,
+    PREFETCH: tl.constexpr, SEQ_SPLIT: tl.constexpr,
 ):
     b = tl.program_id(0)
     kvh = tl.program_id(1)
     s = tl.program_id(2)
     # The split's key range comes from the launch (split_len: keys per split for the longest context), so
-    # the page ids of its first tiles are requested together with kv_len instead of one round trip later.
+    # the page ids of its first tiles are requested together with kv_len instead of one round trip later;
+    # SEQ_SPLIT trades that round trip for ranges cut from the sequence's own length.
     kv_len = tl.load(kv_len_ptr + b)
+    if SEQ_SPLIT:  # this sequence's keys in num_splits ranges of whole tiles
+        split_len = tl.cdiv(tl.cdiv(kv_len, num_splits), BLOCK_N) * BLOCK_N
     lo = s * split_len
     bt_row = bt_ptr + b.to(tl.int64) * stride_bt
     k_base = k_ptr + kvh * stride_kh
@@ -205,7 +211,7 @@ def decode_attention(
     k_scale: torch.Tensor | None = None, v_scale: torch.Tensor | None = None,
     num_splits: int | None = None, out: torch.Tensor | None = None,
     workspace: tuple[torch.Tensor, ...] | None = None, config: dict | None = None,
-    counters: SplitCounters | None = None,
+    counters: SplitCounters | None = None, split_per_seq: bool = False,
 ) -> torch.Tensor:
     """Attention of 1 (or 1+k) new tokens per sequence over the paged cache; returns a tensor like ``q``.
 
@@ -214,6 +220,8 @@ def decode_attention(
     ``q``) and ``workspace`` (float32 partial outputs ``[batch, n, num_q_heads, num_splits, head_dim]`` and
     log-sum-exps ``[batch, n, num_q_heads, num_splits]``) may be preallocated; ``counters`` (the caller's
     :class:`~servesim.kernels.counters.SplitCounters`) saves the zeroing of fresh split counters.
+    ``split_per_seq`` cuts each sequence's own keys into the splits rather than ``max_kv_len`` (for a graph
+    whose ``max_kv_len`` is a bucket's upper bound).
     """
     _, block_size, num_kv_heads, head_dim = check_cache(k_cache, v_cache)
     fp8 = check_scales(k_cache, k_scale, v_scale)
@@ -276,7 +284,7 @@ def decode_attention(
         NUM_Q=num_q, GROUP=group, HEAD_DIM=head_dim, BLOCK_M=max(16, triton.next_power_of_2(num_q * group)),
         BLOCK_SIZE=block_size, FP8=fp8, SPLIT=split, MERGE_ROWS=triton.next_power_of_2(num_q * group),
         MERGE_CHUNK=max(1, min(triton.next_power_of_2(num_splits), 128 // triton.next_power_of_2(num_q * group))),
-        ALIGNED=aligned_kv, UPCAST=interpreting(), PREFETCH=prefetch, **cfg,
+        ALIGNED=aligned_kv, UPCAST=interpreting(), PREFETCH=prefetch, SEQ_SPLIT=split_per_seq and split, **cfg,
     )
     return out.view(q.shape)
 
