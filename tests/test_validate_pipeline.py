@@ -103,3 +103,26 @@ def test_replay_speculates_in_the_controlled_mode_with_random_weights(setup, cap
     spec = doc["meta"]["engine"]["speculation"]
     assert spec["k"] == 2 and spec["mode"] == "controlled" and "alpha 0.5" in spec["note"]
     assert doc["completed"] == 16
+
+
+def test_suite_cases_name_the_gpus_they_need_and_skip_on_smaller_machines(tmp_path, monkeypatch):
+    """A case marked ``gpus: 2`` (its engine at TP 2) is skipped, not failed, where the machine has fewer GPUs;
+    a case asking for fewer GPUs than its TP is a one-line error naming the field."""
+    from servesim.errors import InputError
+    from servesim.validate import run
+    from servesim.validate.run import EngineOptions, load_suite, run_suite
+
+    suite = tmp_path / "suite.yaml"
+    suite.write_text("base: {model: Llama-3.1-70B, gpu: H200}\n"
+                     "cases:\n  - {name: tp2, gpus: 2, scenario: {tp: 2, trace: azure-conv, num_requests: 5}}\n")
+    assert load_suite(suite)[1][0]["gpus"] == 2
+    monkeypatch.setattr(run, "_gpus", lambda device: 1)  # a one-GPU CUDA machine
+    skipped = []
+    rows = run_suite(suite, tmp_path / "out", EngineOptions(device="cuda"),
+                     on_skip=lambda name, why: skipped.append((name, why)))
+    assert rows == [] and skipped == [("tp2", "needs 2 GPUs; this machine has 1")]
+    assert not (tmp_path / "out" / "tp2").exists()
+    suite.write_text(suite.read_text().replace("gpus: 2", "gpus: 1"))
+    with pytest.raises(InputError, match=r"cases\[0\].gpus") as e:
+        load_suite(suite)
+    assert "at least tp x pp = 2" in str(e.value)

@@ -41,7 +41,8 @@ def replay_cmd(
         "default with random weights)", rich_help_panel=_ENGINE),
     **fields,
 ) -> None:
-    """Replay the workload on the engine: the simulator's scheduler drives real forward passes."""
+    """Replay the workload on the engine: the simulator's scheduler drives real forward passes (at --tp N, one
+    process per rank, the scheduler on rank 0)."""
     base = _scenario(config, fields)
     if not time_scale > 0:
         raise ConfigError(f"must be > 0, got {time_scale}", field="time_scale")
@@ -65,10 +66,13 @@ def replay_cmd(
         block_size=base.block_size, gpu_memory_utilization=base.gpu_memory_utilization,
         max_model_len=plan.max_model_len, max_num_batched_tokens=plan.max_num_batched_tokens,
         max_num_seqs=base.max_num_seqs, num_gpu_blocks=base.num_gpu_blocks, device=device,
-        cuda_graphs=cuda_graphs, seed=base.seed, **spec_fields(base, opts)))
-    engine_deployment(base, engine)  # refuses what one engine cannot replay before the run
-    with progress_bar("replaying", "requests", console) as update:
-        run = replay(base, engine, time_scale=time_scale, on_progress=update)
+        cuda_graphs=cuda_graphs, seed=base.seed, tp=base.tp, **spec_fields(base, opts)))
+    try:
+        engine_deployment(base, engine)  # refuses what one engine cannot replay before the run
+        with progress_bar("replaying", "requests", console) as update:
+            run = replay(base, engine, time_scale=time_scale, on_progress=update)
+    finally:
+        engine.close()  # tensor parallelism: the other ranks' processes
     result = run.result
     notes = _outcome(result)
     if output_dir:
@@ -79,8 +83,9 @@ def replay_cmd(
         _warn(notes)
         return
     mem = engine.memory
-    console.print(f"{base.model} on the engine ({device}, {engine.model.backend.name} kernels; weights {base.quant}, "
-                  f"KV {base.kv_dtype}): {mem.num_blocks:,} KV blocks ({mem.planned_by}); "
+    tp = f", TP {base.tp} ({'NCCL' if device == 'cuda' else 'gloo'})" if base.tp > 1 else ""
+    console.print(f"{base.model} on the engine ({device}, {engine.model.backend.name} kernels{tp}; "
+                  f"weights {base.quant}, KV {base.kv_dtype}): {mem.num_blocks:,} KV blocks ({mem.planned_by}); "
                   f"{len(run.iterations):,} iterations, {int(run.iterations.graph.sum()):,} as CUDA graphs",
                   highlight=False, soft_wrap=True)
     render_summary(result.summary, console, title=f"{base.model}: engine replay")

@@ -69,7 +69,8 @@ def validate_cmd(
     opts = EngineOptions(device=device, weights=weights)
     if suite is not None:
         rows = run_suite(suite, out_dir, opts, only=[c.strip() for c in cases.split(",")] if cases else None,
-                         on_case=lambda name: console.print(f"case {name}", highlight=False))
+                         on_case=lambda name: console.print(f"case {name}", highlight=False),
+                         on_skip=lambda name, why: console.print(f"case {name} skipped: {why}", highlight=False))
         from servesim.validate.suite import write_suite_table
 
         table = write_suite_table(rows, out_dir)

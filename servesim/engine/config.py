@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 from servesim.errors import ConfigError, InputError
@@ -49,6 +49,29 @@ class EngineModelConfig:
     @property
     def kv_size(self) -> int:
         return self.num_kv_heads * self.head_dim
+
+    def check_tp(self, tp: int) -> None:
+        """Raise a ConfigError (field ``tp``) unless ``tp`` ranks can split this model's heads and MLP."""
+        if tp < 1:
+            raise ConfigError(f"must be at least 1, got {tp}", field="tp")
+        kv = self.num_kv_heads
+        problems = [f"{self.num_heads} attention heads" if self.num_heads % tp else "",
+                    f"{kv} KV heads (neither divides the other)" if kv % tp and tp % kv else "",
+                    f"an MLP of {self.intermediate_size}" if self.intermediate_size % tp else ""]
+        problems = [p for p in problems if p]
+        if problems:
+            raise ConfigError(f"TP {tp} cannot split {self.name}'s {' and '.join(problems)} evenly", field="tp")
+
+    def per_rank(self, tp: int) -> EngineModelConfig:
+        """What one of ``tp`` ranks holds: its query heads, its KV heads (one, replicated, where ``tp`` exceeds
+        them), its share of the MLP; the hidden size and the vocabulary whole (the LM head's vocabulary-parallel
+        rows are gathered before sampling)."""
+        if tp == 1:
+            return self
+        self.check_tp(tp)
+        return replace(self, num_heads=self.num_heads // tp, num_kv_heads=max(self.num_kv_heads // tp, 1),
+                       intermediate_size=self.intermediate_size // tp,
+                       rope_scaling=dict(self.rope_scaling) if self.rope_scaling else None)
 
     @classmethod
     def from_spec(cls, spec: ModelSpec, **overrides) -> EngineModelConfig:

@@ -5,11 +5,16 @@ KV capacity follows vLLM's budget: ``total × gpu_memory_utilization`` minus the
 activation memory of a forward pass of ``max_num_batched_tokens`` tokens, and the memory outside
 PyTorch's allocator (CUDA context, cuBLAS workspaces); what is left is cut into blocks. The count is
 reported so the simulator can be given the same number (validation does).
+
+Tensor parallelism (``tp`` > 1): :func:`build_engine` starts one process per rank (``servesim.engine.tp``); each
+builds its shard with :func:`build_rank`, the ranks agree on the smallest KV block count any of them can hold,
+and the returned engine is rank 0's, whose runner sends every step to the others. ``Engine.close`` stops them.
 """
 
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
@@ -19,7 +24,14 @@ from servesim.engine.config import EngineModelConfig
 from servesim.engine.kernels import BACKENDS
 from servesim.engine.model import AttentionMeta, KVCache, LlamaModel
 from servesim.engine.runner import ModelRunner, kv_block_bytes
-from servesim.engine.weights import QUANTIZERS, WEIGHT_FORMATS, build_weights, load_state_dict, random_state_dict
+from servesim.engine.weights import (
+    QUANTIZERS,
+    WEIGHT_FORMATS,
+    Shard,
+    build_weights,
+    load_state_dict,
+    random_state_dict,
+)
 from servesim.errors import ConfigError
 
 GIB = 2**30
@@ -55,8 +67,16 @@ class EngineConfig:
     spec_mode: str = "greedy"  # greedy | controlled (acceptance drawn with spec_alpha; labelled in outputs)
     spec_alpha: float = 0.7
     spec_alpha_concentration: float | None = None
+    tp: int = 1  # tensor-parallel ranks, one process (and one GPU) each
 
     def __post_init__(self) -> None:
+        if self.tp < 1:
+            raise ConfigError(f"must be at least 1, got {self.tp}", field="tp")
+        if self.tp > 1 and self.spec_k:
+            raise ConfigError("speculative decoding runs at TP 1", field="tp")
+        if self.tp > 1 and self.quantizer == "awq" and self.weight_format != "bf16":
+            raise ConfigError("AWQ calibrates on the whole model: quantize with --quantizer rtn at TP > 1",
+                              field="quantizer")
         if self.weight_format not in WEIGHT_FORMATS:
             raise ConfigError(f"the engine runs weight formats {', '.join(WEIGHT_FORMATS)}, not "
                               f"{self.weight_format!r}", field="quant")
@@ -91,18 +111,25 @@ class Engine:
     runner: ModelRunner
     memory: MemoryReport
     timings_s: dict = field(default_factory=dict)
+    shutdown: Callable[[], None] | None = None  # tensor parallelism: stops the other ranks
 
     @property
     def num_blocks(self) -> int:
         return self.runner.cache.num_blocks
+
+    def close(self) -> None:
+        """Stop the other ranks of a tensor-parallel engine (nothing at TP 1); idempotent."""
+        if self.shutdown is not None:
+            stop, self.shutdown = self.shutdown, None
+            stop()
 
 
 def _dtype(cfg: EngineConfig) -> torch.dtype:
     return torch.bfloat16 if cfg.device == "cuda" else torch.float32
 
 
-def build_engine(cfg: EngineConfig, mc: EngineModelConfig | None = None) -> Engine:
-    """Load or draw the weights, plan and allocate the KV cache, capture decode graphs."""
+def resolve_model(cfg: EngineConfig, mc: EngineModelConfig | None = None) -> EngineModelConfig:
+    """The whole model ``cfg`` runs, checked against the config (context, device, TP split)."""
     mc = mc or EngineModelConfig.resolve(cfg.model)
     if cfg.num_layers is not None:
         mc = EngineModelConfig(**{**mc.to_json(), "num_layers": cfg.num_layers})
@@ -112,29 +139,51 @@ def build_engine(cfg: EngineConfig, mc: EngineModelConfig | None = None) -> Engi
     if cfg.device == "cuda" and not torch.cuda.is_available():
         raise ConfigError("no CUDA device: run the engine with device 'cpu' (torch reference kernels)",
                           field="device")
-    dev = torch.device(cfg.device)
+    if cfg.device == "cuda" and cfg.tp > torch.cuda.device_count():
+        raise ConfigError(f"TP {cfg.tp} needs {cfg.tp} GPUs; this machine has {torch.cuda.device_count()}",
+                          field="tp")
+    mc.check_tp(cfg.tp)
+    return mc
+
+
+def build_engine(cfg: EngineConfig, mc: EngineModelConfig | None = None) -> Engine:
+    """Load or draw the weights, plan and allocate the KV cache, capture decode graphs (at TP > 1: on every
+    rank, each in its own process; the engine returned is rank 0's)."""
+    mc = resolve_model(cfg, mc)
+    if cfg.tp > 1:
+        from servesim.engine.tp import launch
+
+        return launch(cfg, mc)
+    return build_rank(cfg, mc)
+
+
+def build_rank(cfg: EngineConfig, mc: EngineModelConfig, comm=None) -> Engine:
+    """The engine of one rank: the whole model at TP 1, or this rank's shard (``comm``: its process group)."""
+    dev = torch.device("cuda", torch.cuda.current_device()) if cfg.device == "cuda" else torch.device(cfg.device)
+    shard = Shard(mc, comm.rank, comm.world) if comm is not None else None
+    local = mc.per_rank(cfg.tp)
     timings = {}
     t0 = time.perf_counter()
     dtype = _dtype(cfg)
     try:
         if cfg.weights:
-            sd = load_state_dict(cfg.weights, mc, dtype, dev)
+            sd = load_state_dict(cfg.weights, mc, dtype, dev, shard)
         else:
-            sd = random_state_dict(mc, cfg.seed, dtype, dev)
+            sd = random_state_dict(mc, cfg.seed, dtype, dev, shard)
         awq = cfg.quantizer == "awq" and cfg.weight_format != "bf16"
         calib = _awq_calibration(mc, sd, cfg, dev) if awq else None
-        weights = build_weights(mc, sd, cfg.weight_format, calib)
+        weights = build_weights(local, sd, cfg.weight_format, calib, tied_head=shard.vocab_rows if shard else None)
     except torch.cuda.OutOfMemoryError:
-        need = _weight_estimate(mc, cfg.weight_format)
+        need = _weight_estimate(mc, cfg.weight_format) / cfg.tp  # a rank's share (embeddings are whole: more)
         raise ConfigError(f"out of GPU memory loading {mc.name} in {cfg.weight_format} (about {need / GIB:.1f} GiB "
                           f"of weights; the GPU has {torch.cuda.get_device_properties(dev).total_memory / GIB:.1f} "
                           "GiB): use w4a16 or a smaller model", field="model") from None
     timings["weights_s"] = time.perf_counter() - t0
     backend = BACKENDS["triton" if dev.type == "cuda" else "torch"]
-    model = LlamaModel(mc, weights, backend, max_positions=cfg.max_model_len)
+    model = LlamaModel(local, weights, backend, max_positions=cfg.max_model_len, comm=comm)
     draft = _draft_model(cfg, mc, backend, dtype, dev) if cfg.spec_k else None
     t0 = time.perf_counter()
-    cache, memory = _plan_and_allocate(cfg, mc, model, dev, draft)
+    cache, memory = _plan_and_allocate(cfg, local, model, dev, draft, comm)
     timings["kv_plan_s"] = time.perf_counter() - t0
     if dev.type == "cuda":
         t0 = time.perf_counter()
@@ -228,7 +277,9 @@ def _profile_forward(model: LlamaModel, mc: EngineModelConfig, cfg: EngineConfig
 
 
 def _plan_and_allocate(cfg: EngineConfig, mc: EngineModelConfig, model: LlamaModel, dev,
-                       draft: LlamaModel | None = None) -> tuple[KVCache, MemoryReport]:
+                       draft: LlamaModel | None = None, comm=None) -> tuple[KVCache, MemoryReport]:
+    """The KV cache ``mc`` (one rank's heads under TP) gets; under TP every rank takes the smallest block count
+    any rank can hold, so the scheduler's block ids are valid on all of them."""
     elem = torch.tensor([], dtype=KV_DTYPES[cfg.kv_dtype]).element_size()
     block_bytes = kv_block_bytes(mc.num_layers, cfg.block_size, mc.num_kv_heads, mc.head_dim, elem)
     weights = model.w.nbytes()
@@ -259,6 +310,8 @@ def _plan_and_allocate(cfg: EngineConfig, mc: EngineModelConfig, model: LlamaMod
     budget = (total * cfg.gpu_memory_utilization - torch.cuda.memory_allocated() - peak - non_torch
               - GRAPH_RESERVE_BYTES)
     planned = int(budget // block_bytes)
+    if comm is not None:
+        planned = comm.min_int(planned)
     blocks = cfg.num_gpu_blocks or planned
     if cfg.num_gpu_blocks and cfg.num_gpu_blocks > planned:
         raise ConfigError(f"num_gpu_blocks {cfg.num_gpu_blocks} needs {cfg.num_gpu_blocks * block_bytes / GIB:.1f} "

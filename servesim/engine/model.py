@@ -15,6 +15,11 @@ Per layer::
 Only the rows that are sampled (the last token of a prefill chunk that completes its prompt, every decode
 token) go through the final norm and the LM head. Linear layers are bf16 ``F.linear`` (cuBLAS) or the
 project's W8A16/W4A16 ``QuantLinear``; the elementwise and attention kernels come from a :class:`Backend`.
+
+Under tensor parallelism (``comm``, one process per rank) the config is the rank's (:meth:`EngineModelConfig.
+per_rank`: its heads and MLP share), the QKV and gate/up GEMMs are column-parallel and O and down row-parallel,
+so ``o @ Wo`` and ``x @ Wdown`` are partial sums: each is all-reduced before the add-norm that follows. The KV
+cache holds the rank's KV heads. The LM head is vocabulary-parallel; its logits are all-gathered.
 """
 
 from __future__ import annotations
@@ -128,8 +133,9 @@ class KVCache:
 class LlamaModel:
     """The decoder; ``forward`` is a pure function of its tensors, so it can be captured in a CUDA graph."""
 
-    def __init__(self, cfg: EngineModelConfig, weights: Weights, backend: Backend, max_positions: int) -> None:
-        self.cfg, self.w, self.backend = cfg, weights, backend
+    def __init__(self, cfg: EngineModelConfig, weights: Weights, backend: Backend, max_positions: int,
+                 comm=None) -> None:
+        self.cfg, self.w, self.backend, self.comm = cfg, weights, backend, comm
         dev = weights.embed.device
         self.cos, self.sin = ew.rope_tables(cfg.head_dim, max_positions, cfg.rope_theta, cfg.rope_scaling, dev)
         self.dtype = weights.embed.dtype
@@ -156,11 +162,18 @@ class LlamaModel:
             be.write_kv(k, v, cache.k[i], cache.v[i], slot_mapping, **cache.scales)
             o = self._attention(q, cache.k[i], cache.v[i], meta, cache.scales)
             x = layer.o(o.view(t, cfg.q_size))
+            if self.comm is not None:
+                self.comm.all_reduce(x)
             be.rms_norm(x, layer.post_norm, cfg.rms_norm_eps, residual=residual, out=h)
             x = layer.down(be.silu_mul(layer.gate_up(h)))
+            if self.comm is not None:
+                self.comm.all_reduce(x)
         xs, rs = x.index_select(0, sample_idx), residual.index_select(0, sample_idx)
         hs = be.rms_norm(xs, self.w.norm, cfg.rms_norm_eps, residual=rs)
-        return self.w.lm_head(hs)
+        logits = self.w.lm_head(hs)
+        if self.comm is not None:  # vocabulary-parallel: every rank's rows, then the padding off
+            logits = self.comm.all_gather_cols(logits)[:, : cfg.vocab_size]
+        return logits
 
     def _attention(self, q, k_cache, v_cache, meta: AttentionMeta, scales: dict) -> torch.Tensor:
         be, tp = self.backend, meta.num_prefill_tokens

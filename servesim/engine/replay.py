@@ -74,8 +74,12 @@ def engine_deployment(scenario: Scenario, engine: Engine) -> Deployment:
     """The scenario's deployment with the engine's actual KV block count (or the scenario's ``num_gpu_blocks``,
     when it asks for fewer: the scheduler then uses part of the engine's cache)."""
     dep = build_deployment(scenario)
-    if dep.replicas != 1 or dep.tp != 1 or dep.pp != 1:
-        raise ConfigError("the engine replays one replica on one GPU (replicas = tp = pp = 1)", field="replicas")
+    if dep.replicas != 1 or dep.pp != 1:
+        raise ConfigError("the engine replays one replica without pipeline stages (replicas = pp = 1)",
+                          field="replicas")
+    if dep.tp != engine.config.tp:
+        raise ConfigError(f"the scenario runs TP {dep.tp}; the engine was built for TP {engine.config.tp}",
+                          field="tp")
     asked = scenario.num_gpu_blocks
     if asked is not None and asked > engine.num_blocks:
         raise ConfigError(f"num_gpu_blocks {asked:,} is more than the engine's {engine.num_blocks:,} KV blocks",
@@ -156,7 +160,7 @@ def replay(scenario: Scenario, engine: Engine, workload: Workload | None = None,
     meta = {"engine": {"device": engine.config.device, "memory": engine.memory.to_json(),
                        "timings_s": engine.timings_s, "time_scale": time_scale,
                        "weights": engine.config.weights or "random", "quantizer": engine.config.quantizer,
-                       "backend": engine.model.backend.name,
+                       "backend": engine.model.backend.name, "tp": engine.config.tp,
                        "speculation": None if not spec else {
                            "k": runner.spec.k, "draft": engine.config.draft_model, "mode": runner.spec.mode,
                            "note": ("acceptance drawn from the simulator's model (alpha "

@@ -14,7 +14,8 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass, replace
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import torch
@@ -47,6 +48,39 @@ class StepStats:
     swap_out_blocks: int = 0
 
 
+@dataclass
+class SwapPlan:
+    """One step's block copies, in this order: ``out`` to the CPU, ``into`` back into new blocks (a block freed
+    by a swap-out may receive a swapped-in request's data, but only after its old contents left); ``drop``: CPU
+    copies no longer needed. Keyed by request id."""
+
+    out: list[tuple[int, list[int]]] = field(default_factory=list)
+    into: list[tuple[int, list[int]]] = field(default_factory=list)
+    drop: list[int] = field(default_factory=list)
+
+
+@dataclass
+class StepPlan:
+    """Everything one step runs, on the host: the swaps, the packed token inputs, the attention metadata and
+    whether a captured decode graph replays it. Under tensor parallelism rank 0 builds it from the scheduler's
+    ``Batch`` and every rank executes the same plan (``servesim.engine.tp`` sends it)."""
+
+    swaps: SwapPlan
+    ids: np.ndarray  # int64 [T]
+    pos: np.ndarray  # int32 [T]
+    slots: np.ndarray  # int64 [T]
+    sample: np.ndarray  # int64 [S]: the rows that reach the LM head
+    n_pre: int  # prefill tokens (packed first)
+    prefill_cu: np.ndarray  # int32 [P+1]
+    prefill_kvl: np.ndarray  # int32 [P]
+    prefill_table: np.ndarray  # int32 [P, max_blocks]
+    prefill_max_q: int
+    decode_ctx: np.ndarray  # int32 [D]
+    decode_table: np.ndarray  # int32 [D, max_blocks]
+    decode_q: int
+    graph: tuple[int, int, int] | None  # (batch, context bucket, query) of the decode graph, or eager
+
+
 class ModelRunner:
     """Runs batches of one replica on ``model``; ``run(batch)`` returns the tokens each decode emits."""
 
@@ -60,7 +94,10 @@ class ModelRunner:
         self.seed, self.temperature = seed, temperature
         self.tokens: dict[int, list[int]] = {}
         self._blocks: dict[int, list[int]] = {}  # block ids each running request held after its last step
-        self._swapped: dict[int, tuple[Request, list[torch.Tensor]]] = {}
+        self._swapped: dict[int, tuple[Request, int]] = {}  # request id -> (request, blocks saved on the CPU)
+        self._saved: dict[int, list[torch.Tensor]] = {}  # request id -> its KV blocks' CPU copies
+        self._drops: list[int] = []  # released while swapped: their copies go with the next plan
+        self.publish: Callable[[StepPlan], None] | None = None  # tensor parallelism: send each plan to the ranks
         self.drafts: dict[int, list[int]] = {}  # request id -> draft tokens to verify this step
         self._rows: dict[int, list] = {}  # request id -> [block-table row, entries filled]
         self.spec = None  # a SpecDecoder when the engine speculates (set by build_engine)
@@ -99,42 +136,51 @@ class ModelRunner:
         self.tokens.pop(r.request_id, None)
         self._blocks.pop(r.request_id, None)
         self._rows.pop(r.request_id, None)
-        self._swapped.pop(r.request_id, None)
+        if self._swapped.pop(r.request_id, None) is not None:
+            self._drops.append(r.request_id)
         self.drafts.pop(r.request_id, None)
         if self.spec is not None:
             self.spec.release(r)
 
     # -- swaps ------------------------------------------------------------------------------
-    def _swaps(self, batch: Batch) -> None:
-        """Copy swapped-out requests' blocks to the CPU, then swapped-in ones into their new blocks.
-
-        Out before in: a block freed by a swap-out this step may receive a swapped-in request's data, but
-        only after its old contents left. The scheduler may swap a request in and out again (or in and then
-        preempt it by recompute) within one ``schedule``; its data then never left the CPU copy.
-        """
-        tensors, out_blocks, in_blocks = self._cache_tensors(), 0, 0
+    def _swap_plan(self, batch: Batch) -> SwapPlan:
+        """The copies this step needs: swapped-out requests' blocks to the CPU, then swapped-in ones into their
+        new blocks. The scheduler may swap a request in and out again (or in and then preempt it by recompute)
+        within one ``schedule``; its data then never left the CPU copy."""
+        plan, self._drops = SwapPlan(drop=self._drops), []
         for r in batch.preempted:  # their blocks were freed: their table rows start again when they come back
             self._rows.pop(r.request_id, None)
         for r in batch.preempted:
             if r.state == State.SWAPPED and r.request_id not in self._swapped:
-                ids = self._blocks.get(r.request_id, [])[: r.swapped_blocks]
-                idx = torch.tensor(ids, dtype=torch.long, device=self.device)
-                self._swapped[r.request_id] = (r, [t.index_select(0, idx).cpu() for t in tensors])
-                out_blocks += len(ids)
-        for rid, (r, saved) in list(self._swapped.items()):
+                ids = list(self._blocks.get(r.request_id, [])[: r.swapped_blocks])
+                self._swapped[r.request_id] = (r, len(ids))
+                plan.out.append((r.request_id, ids))
+        for rid, (r, n) in list(self._swapped.items()):
             if r.state == State.SWAPPED:
                 continue
             del self._swapped[rid]
             if r.state != State.RUNNING:  # preempted by recompute right after coming back: nothing to restore
+                plan.drop.append(rid)
                 continue
-            n = saved[0].shape[0]
-            idx = torch.tensor(r.block_ids[:n], dtype=torch.long, device=self.device)
-            for t, s in zip(tensors, saved, strict=True):
-                t.index_copy_(0, idx, s.to(self.device))
+            plan.into.append((rid, list(r.block_ids[:n])))
             self._blocks[rid] = list(r.block_ids[:n])  # where its data lives now, should it leave again
             self._rows.pop(rid, None)
-            in_blocks += n
-        self.stats.swap_in_blocks, self.stats.swap_out_blocks = in_blocks, out_blocks
+        return plan
+
+    def _apply_swaps(self, plan: SwapPlan) -> None:
+        tensors = self._cache_tensors()
+        for rid, ids in plan.out:
+            idx = torch.tensor(ids, dtype=torch.long, device=self.device)
+            self._saved[rid] = [t.index_select(0, idx).cpu() for t in tensors]
+        for rid, ids in plan.into:
+            saved = self._saved.pop(rid)
+            idx = torch.tensor(ids, dtype=torch.long, device=self.device)
+            for t, s in zip(tensors, saved, strict=True):
+                t.index_copy_(0, idx, s.to(self.device))
+        for rid in plan.drop:
+            self._saved.pop(rid, None)
+        self.stats.swap_in_blocks = sum(len(ids) for _, ids in plan.into)
+        self.stats.swap_out_blocks = sum(len(ids) for _, ids in plan.out)
 
     def _cache_tensors(self) -> list[torch.Tensor]:
         """Every KV tensor a swap moves: the target's and, with speculation, the draft's (same block ids)."""
@@ -210,61 +256,92 @@ class ModelRunner:
         """The last emitted token and the ``q - 1`` drafts proposed after it (set by the speculative decoder)."""
         return [toks[ctx - q], *self.drafts[r.request_id]]
 
+    def _plan(self, batch: Batch, swaps: SwapPlan) -> StepPlan:
+        ids, pos, slots, sample, cu, kvl, dctx, n_pre = self._inputs(batch)
+        pre, nd = [ch.request for ch in batch.prefill], len(batch.decode)
+        graph = self._graph_key(batch, dctx) if self.cuda and hasattr(self, "_static") else None
+        return StepPlan(swaps, ids, pos, slots, sample, n_pre, cu, kvl, self._table(pre, len(pre)),
+                        max((ch.tokens for ch in batch.prefill), default=0), dctx, self._table(batch.decode, nd),
+                        batch.decode_query, graph)
+
     # -- run --------------------------------------------------------------------------------
     def run(self, batch: Batch) -> np.ndarray:
         """Run one iteration; returns each decode's emitted token count (all 1 without speculation)."""
         t0 = time.perf_counter()
-        self._swaps(batch)
+        swaps = self._swap_plan(batch)
         nd, q = len(batch.decode), batch.decode_query
         if self.spec is not None:
+            self._apply_swaps(swaps)
             return self._run_spec(batch, t0)
-        ids, pos, slots, sample, cu, kvl, dctx, n_pre = self._inputs(batch)
-        self._check(ids, pos, slots, batch)
-        key = self._graph_key(batch, dctx) if self.cuda and hasattr(self, "_static") else None
+        plan = self._plan(batch, swaps)
+        self._check(plan.ids, plan.pos, plan.slots, batch)
+        if self.publish is not None:
+            self.publish(plan)
+        self._apply_swaps(swaps)
+        staged = self._stage(plan)
+        host = time.perf_counter() - t0
         if self.cuda:
             start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        if key is not None:
-            self._load_static(key[0], ids, pos, slots, dctx, batch.decode)
-            host = time.perf_counter() - t0
             start.record()
-            graph, out = self.graphs[key] if key in self.graphs else self._capture(*key)
-            graph.replay()
+        out, graph = self._launch(plan, staged)
+        sampled = out[: nd * q] if graph else self._sample(out)
+        if self.cuda:
             end.record()
-            sampled = out[: nd * q]
-        else:
-            meta, tensors = self._eager_inputs(batch, ids, pos, slots, sample, cu, kvl, dctx, n_pre)
-            host = time.perf_counter() - t0
-            if self.cuda:
-                start.record()
-            logits = self.model.forward(*tensors[:3], meta, self.cache, tensors[3])
-            sampled = self._sample(logits)
-            if self.cuda:
-                end.record()
         tokens = sampled.tolist()  # synchronises (unless nothing was sampled: a chunk that completes no prompt)
-        self._finish_stats(t0, host, start if self.cuda else None, end if self.cuda else None, key is not None)
+        self._finish_stats(t0, host, start if self.cuda else None, end if self.cuda else None, graph)
         self._emit(batch, tokens)
         return np.ones(nd, np.int64)
+
+    def execute(self, plan: StepPlan) -> torch.Tensor:
+        """Run a plan another rank built (tensor parallelism): its swaps and forward pass; the logits (eager) or
+        the sampled tokens (a graph replay)."""
+        self._apply_swaps(plan.swaps)
+        return self._launch(plan, self._stage(plan))[0]
+
+    def logits(self, batch: Batch) -> torch.Tensor:
+        """The logits of ``batch``'s sampled rows, as an eager step computes them (its swaps included), without
+        sampling or advancing any request (tests compare models with it)."""
+        plan = self._plan(batch, self._swap_plan(batch))
+        plan.graph = None
+        if self.publish is not None:
+            self.publish(plan)
+        self._apply_swaps(plan.swaps)
+        return self._launch(plan, self._stage(plan))[0]
+
+    def _stage(self, plan: StepPlan):
+        """The host side of the device work: the graph's static inputs loaded, or the eager step's tensors."""
+        if plan.graph is not None:
+            self._load_static(plan)
+            return None
+        return self._eager_tensors(plan)
+
+    def _launch(self, plan: StepPlan, staged) -> tuple[torch.Tensor, bool]:
+        """The device work: (sampled tokens, True) from a graph replay, or (logits, False) from an eager pass."""
+        if plan.graph is not None:
+            graph, out = self.graphs[plan.graph] if plan.graph in self.graphs else self._capture(*plan.graph)
+            graph.replay()
+            return out, True
+        meta, tensors = staged
+        return self.model.forward(*tensors[:3], meta, self.cache, tensors[3]), False
 
     def _check(self, ids, pos, slots, batch: Batch) -> None:
         if not len(ids) == len(pos) == len(slots) == batch.num_tokens:
             raise RuntimeError(f"inputs of {len(ids)} tokens for a batch of {batch.num_tokens}: a request's token ids "
                                "are out of step with its progress")
 
-    def _eager_inputs(self, batch: Batch, ids, pos, slots, sample, cu, kvl, dctx, n_pre):
+    def _eager_tensors(self, plan: StepPlan):
         dev = self.device
-        nd, q = len(batch.decode), batch.decode_query
-        meta = AttentionMeta(num_prefill_tokens=n_pre, decode_counters=self._counters)
-        if batch.prefill:
-            meta.prefill_cu_seqlens = torch.from_numpy(cu).to(dev)
-            meta.prefill_kv_lens = torch.from_numpy(kvl).to(dev)
-            meta.prefill_block_tables = torch.from_numpy(
-                self._table([ch.request for ch in batch.prefill], len(batch.prefill))).to(dev)
-            meta.prefill_max_q_len = max(ch.tokens for ch in batch.prefill)
-        if nd:
-            meta.decode_kv_lens = torch.from_numpy(dctx).to(dev)
-            meta.decode_block_tables = torch.from_numpy(self._table(batch.decode, nd)).to(dev)
-            meta.decode_num_q, meta.decode_max_kv_len = q, int(dctx.max())
-        return meta, [torch.from_numpy(a).to(dev) for a in (ids, pos, slots, sample)]
+        meta = AttentionMeta(num_prefill_tokens=plan.n_pre, decode_counters=self._counters)
+        if len(plan.prefill_kvl):
+            meta.prefill_cu_seqlens = torch.from_numpy(plan.prefill_cu).to(dev)
+            meta.prefill_kv_lens = torch.from_numpy(plan.prefill_kvl).to(dev)
+            meta.prefill_block_tables = torch.from_numpy(plan.prefill_table).to(dev)
+            meta.prefill_max_q_len = plan.prefill_max_q
+        if len(plan.decode_ctx):
+            meta.decode_kv_lens = torch.from_numpy(plan.decode_ctx).to(dev)
+            meta.decode_block_tables = torch.from_numpy(plan.decode_table).to(dev)
+            meta.decode_num_q, meta.decode_max_kv_len = plan.decode_q, int(plan.decode_ctx.max())
+        return meta, [torch.from_numpy(a).to(dev) for a in (plan.ids, plan.pos, plan.slots, plan.sample)]
 
     def _finish_stats(self, t0: float, host: float, start, end, graph: bool) -> None:
         if self.cuda:
@@ -289,14 +366,14 @@ class ModelRunner:
             start.record()
         pre = [ch.request for ch in batch.prefill]
         if batch.prefill:
-            ids, pos, slots, sample, cu, kvl, dctx, n_pre = self._inputs(replace(batch, decode=[]))
-            meta, tensors = self._eager_inputs(replace(batch, decode=[]), ids, pos, slots, sample, cu, kvl, dctx, n_pre)
-            spec.prefill(*tensors[:3], meta, n_pre)
+            plan = self._plan(replace(batch, decode=[]), SwapPlan())
+            meta, tensors = self._eager_tensors(plan)
+            spec.prefill(*tensors[:3], meta, plan.n_pre)
         self.drafts = spec.propose(self, batch, pre) if nd else {}
         t1 = time.perf_counter()
-        ids, pos, slots, sample, cu, kvl, dctx, n_pre = self._inputs(batch)
-        self._check(ids, pos, slots, batch)
-        meta, tensors = self._eager_inputs(batch, ids, pos, slots, sample, cu, kvl, dctx, n_pre)
+        plan = self._plan(batch, SwapPlan())
+        self._check(plan.ids, plan.pos, plan.slots, batch)
+        meta, tensors = self._eager_tensors(plan)
         host = host_a + (time.perf_counter() - t1)
         logits = self.model.forward(*tensors[:3], meta, self.cache, tensors[3])
         sampled = self._sample(logits)
@@ -351,14 +428,14 @@ class ModelRunner:
                 "bt": torch.zeros((rows, self.max_blocks), dtype=torch.int32, device=dev),
                 "sample": torch.arange(rows, dtype=torch.int64, device=dev)}
 
-    def _load_static(self, b: int, ids, pos, slots, dctx, reqs: list[Request]) -> None:
-        s, n = self._static, len(ids)
-        pad = b - n
-        s["ids"][:b].copy_(torch.from_numpy(np.pad(ids, (0, pad))), non_blocking=True)
-        s["slots"][:b].copy_(torch.from_numpy(np.pad(slots, (0, pad), constant_values=-1)), non_blocking=True)
-        s["pos"][:b].copy_(torch.from_numpy(np.pad(pos, (0, pad))), non_blocking=True)
-        s["kvl"][:b].copy_(torch.from_numpy(np.pad(dctx, (0, pad), constant_values=1)), non_blocking=True)
-        s["bt"][:b].copy_(torch.from_numpy(self._table(reqs, b)), non_blocking=True)
+    def _load_static(self, plan: StepPlan) -> None:
+        s, b = self._static, plan.graph[0]
+        pad = b - len(plan.ids)
+        s["ids"][:b].copy_(torch.from_numpy(np.pad(plan.ids, (0, pad))), non_blocking=True)
+        s["slots"][:b].copy_(torch.from_numpy(np.pad(plan.slots, (0, pad), constant_values=-1)), non_blocking=True)
+        s["pos"][:b].copy_(torch.from_numpy(np.pad(plan.pos, (0, pad))), non_blocking=True)
+        s["kvl"][:b].copy_(torch.from_numpy(np.pad(plan.decode_ctx, (0, pad), constant_values=1)), non_blocking=True)
+        s["bt"][:b].copy_(torch.from_numpy(np.pad(plan.decode_table, ((0, pad), (0, 0)))), non_blocking=True)
 
     def _graph_meta(self, b: int, c: int, q: int) -> AttentionMeta:
         s, heads = self._static, self.model.cfg.num_kv_heads

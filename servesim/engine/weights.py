@@ -1,12 +1,20 @@
 """Model weights: random for any config (shape-faithful timing without downloads), or a local HuggingFace
 safetensors directory; linear layers fused (q/k/v, gate/up) and optionally quantized (W8A16, W4A16 by RTN or
 AWQ) with the project's quantizers. Tensors use HuggingFace's names until :func:`build_weights` fuses them,
-so the correctness tests load the very same state dict into ``transformers``."""
+so the correctness tests load the very same state dict into ``transformers``.
+
+Under tensor parallelism each rank holds a :class:`Shard` of every tensor: the rows of its query heads, KV
+heads and MLP share in the column-parallel q/k/v and gate/up projections, the matching columns of the
+row-parallel O and down projections, its block of the LM head's vocabulary rows (zero rows pad the last block);
+embeddings and norms whole. Random weights are drawn tensor by tensor exactly as at TP 1 and cut, so the ranks
+together hold the TP-1 model of the same seed; safetensors are read slice by slice (a rank never loads the
+whole model)."""
 
 from __future__ import annotations
 
 import json
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -39,9 +47,60 @@ def hf_names(cfg: EngineModelConfig) -> dict[str, tuple[int, ...]]:
     return names
 
 
+@dataclass(frozen=True)
+class Shard:
+    """Rank ``rank`` of ``tp``: which rows or columns of each HF tensor of ``cfg`` (the whole model) it holds."""
+
+    cfg: EngineModelConfig
+    rank: int
+    tp: int
+
+    def index(self, name: str) -> tuple[int, int, int, int] | None:
+        """(dim, start, stop, length after padding) of ``name``'s slice on this rank; None: held whole."""
+        c, r, tp = self.cfg, self.rank, self.tp
+        part = name.split(".", 3)[-1] if name.startswith("model.layers.") else name
+        hd = c.head_dim
+        if part.startswith(("self_attn.q_proj.", "self_attn.o_proj.")):
+            n = c.num_heads // tp * hd
+            return (1 if "o_proj" in part else 0, r * n, (r + 1) * n, n)
+        if part.startswith(("self_attn.k_proj.", "self_attn.v_proj.")):
+            heads = max(c.num_kv_heads // tp, 1)
+            first = r * c.num_kv_heads // tp if c.num_kv_heads < tp else r * heads  # replicated below tp heads
+            return (0, first * hd, (first + heads) * hd, heads * hd)
+        if part.startswith(("mlp.gate_proj.", "mlp.up_proj.", "mlp.down_proj.")):
+            n = c.intermediate_size // tp
+            return (1 if "down_proj" in part else 0, r * n, (r + 1) * n, n)
+        if name == "lm_head.weight":
+            n = -(-c.vocab_size // tp)
+            return (0, min(r * n, c.vocab_size), min((r + 1) * n, c.vocab_size), n)
+        return None
+
+    def cut(self, name: str, t: torch.Tensor) -> torch.Tensor:
+        """This rank's part of the whole tensor ``t`` (a copy, so the whole tensor can be freed)."""
+        idx = self.index(name)
+        if idx is None:
+            return t
+        dim, a, b, _ = idx
+        return self.pad(name, t.narrow(dim, a, b - a)).clone(memory_format=torch.contiguous_format)
+
+    def pad(self, name: str, part: torch.Tensor) -> torch.Tensor:
+        """``part`` with the zero rows that fill the last block of the vocabulary."""
+        dim, a, b, n = self.index(name)
+        if b - a == n:
+            return part
+        shape = list(part.shape)
+        shape[dim] = n - (b - a)
+        return torch.cat([part, part.new_zeros(shape)], dim)
+
+    def vocab_rows(self, embed: torch.Tensor) -> torch.Tensor:
+        """The LM head of tied embeddings: this rank's block of the embedding's rows."""
+        return self.cut("lm_head.weight", embed)
+
+
 def random_state_dict(cfg: EngineModelConfig, seed: int = 0, dtype: torch.dtype = torch.bfloat16,
-                      device: str | torch.device = "cpu") -> dict[str, torch.Tensor]:
-    """Random weights in HF naming: N(0, 0.02) matrices and biases, norm weights near 1."""
+                      device: str | torch.device = "cpu", shard: Shard | None = None) -> dict[str, torch.Tensor]:
+    """Random weights in HF naming: N(0, 0.02) matrices and biases, norm weights near 1 (``shard``: this rank's
+    parts of the same draws)."""
     gen = torch.Generator(device=device).manual_seed(seed)
     out = {}
     for name, shape in hf_names(cfg).items():
@@ -49,31 +108,40 @@ def random_state_dict(cfg: EngineModelConfig, seed: int = 0, dtype: torch.dtype 
             t = 1.0 + 0.1 * torch.randn(shape, generator=gen, device=device, dtype=torch.float32)
         else:
             t = INIT_STD * torch.randn(shape, generator=gen, device=device, dtype=torch.float32)
-        out[name] = t.to(dtype)
+        out[name] = (shard.cut(name, t) if shard else t).to(dtype)
     return out
 
 
 def load_state_dict(path: str | Path, cfg: EngineModelConfig, dtype: torch.dtype = torch.bfloat16,
-                    device: str | torch.device = "cpu") -> dict[str, torch.Tensor]:
-    """The tensors of a local HF model directory's ``*.safetensors`` files, checked against ``cfg``."""
-    from safetensors.torch import load_file
+                    device: str | torch.device = "cpu", shard: Shard | None = None) -> dict[str, torch.Tensor]:
+    """The tensors of a local HF model directory's ``*.safetensors`` files, checked against ``cfg`` (``shard``:
+    only this rank's slices are read)."""
+    from safetensors import safe_open
 
     root = Path(path)
     files = sorted(root.glob("*.safetensors"))
     if not files:
         raise InputError("no *.safetensors files", file=str(root))
-    sd: dict[str, torch.Tensor] = {}
-    for f in files:
-        sd.update(load_file(str(f), device=str(device)))
     want = hf_names(cfg)
-    if cfg.tied_embeddings:
-        sd.pop("lm_head.weight", None)
-    for name, shape in want.items():
-        if name not in sd:
-            raise InputError("missing tensor", file=str(root), field=name)
-        if tuple(sd[name].shape) != shape:
-            raise InputError(f"shape {tuple(sd[name].shape)}, expected {shape}", file=str(root), field=name)
-    return {name: sd[name].to(dtype) for name in want}
+    out: dict[str, torch.Tensor] = {}
+    for f in files:
+        with safe_open(str(f), framework="pt") as h:
+            for name in [n for n in h.keys() if n in want and n not in out]:  # noqa: SIM118
+                sl = h.get_slice(name)
+                got = tuple(sl.get_shape())
+                if got != want[name]:
+                    raise InputError(f"shape {got}, expected {want[name]}", file=str(root), field=name)
+                idx = shard.index(name) if shard else None
+                if idx is None:
+                    t = sl[:]
+                else:
+                    dim, lo, hi, _ = idx
+                    t = shard.pad(name, sl[lo:hi] if dim == 0 else sl[:, lo:hi])
+                out[name] = t.to(device=device, dtype=dtype)
+    missing = [n for n in want if n not in out]
+    if missing:
+        raise InputError("missing tensor", file=str(root), field=missing[0])
+    return {name: out[name] for name in want}
 
 
 def save_state_dict(sd: dict[str, torch.Tensor], cfg: EngineModelConfig, path: str | Path) -> None:
@@ -102,11 +170,13 @@ def _quantized(weight: torch.Tensor, bias: torch.Tensor | None, fmt: str, x_cali
 
 
 def build_weights(cfg: EngineModelConfig, sd: dict[str, torch.Tensor], weight_format: str = "bf16",
-                  calib: Callable[[int, str], torch.Tensor | None] | None = None) -> Weights:
+                  calib: Callable[[int, str], torch.Tensor | None] | None = None,
+                  tied_head: Callable[[torch.Tensor], torch.Tensor] | None = None) -> Weights:
     """Fuse q/k/v and gate/up and quantize the linear layers (LM head and embeddings stay in ``sd``'s dtype).
 
     ``calib(layer, name)`` returns the calibration activations feeding linear ``name`` (qkv, o, gate_up, down)
     of a layer for AWQ, or None for round-to-nearest. Consumes ``sd`` (tensors are dropped as they are fused).
+    ``tied_head(embed)``: the LM head of tied embeddings (under TP, :meth:`Shard.vocab_rows`; else the embedding).
     """
     if weight_format not in WEIGHT_FORMATS:
         raise ValueError(f"weight_format must be one of {WEIGHT_FORMATS}, got {weight_format!r}")
@@ -132,5 +202,5 @@ def build_weights(cfg: EngineModelConfig, sd: dict[str, torch.Tensor], weight_fo
         ))
         del qkv, gate_up
     embed = sd.pop("model.embed_tokens.weight")
-    head = embed if cfg.tied_embeddings else sd.pop("lm_head.weight")
+    head = (tied_head(embed) if tied_head else embed) if cfg.tied_embeddings else sd.pop("lm_head.weight")
     return Weights(embed=embed, layers=layers, norm=sd.pop("model.norm.weight"), lm_head=Linear(head))

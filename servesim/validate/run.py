@@ -58,7 +58,7 @@ def engine_config(s: Scenario, opts: EngineOptions):
         # planned from memory: a case asking for fewer blocks uses part of the cache (engine_deployment), so cases
         # that differ only in their pool share one engine
         num_gpu_blocks=None if opts.device == "cuda" else s.num_gpu_blocks, device=opts.device,
-        cuda_graphs=opts.cuda_graphs, seed=s.seed, **spec_fields(s, opts))
+        cuda_graphs=opts.cuda_graphs, seed=s.seed, tp=s.tp, **spec_fields(s, opts))
 
 
 def validate_engine(s: Scenario, opts: EngineOptions, time_scale: float = 1.0, title: str | None = None,
@@ -70,9 +70,14 @@ def validate_engine(s: Scenario, opts: EngineOptions, time_scale: float = 1.0, t
     from servesim.sim.simulator import simulate
 
     started = time.perf_counter()
+    own = engine is None
     engine = engine or build_engine(engine_config(s, opts))
     w = scaled_workload(s, time_scale)
-    measured = replay(s, engine, w, on_progress=on_progress)
+    try:
+        measured = replay(s, engine, w, on_progress=on_progress)
+    finally:
+        if own:
+            engine.close()
     sim_s = s.model_copy(update={"num_gpu_blocks": s.num_gpu_blocks or engine.num_blocks})
     predicted = simulate(sim_s, w)
     dep = build_deployment(sim_s)
@@ -81,8 +86,10 @@ def validate_engine(s: Scenario, opts: EngineOptions, time_scale: float = 1.0, t
     case = {"scenario": s.model_dump(mode="json"), "workload": w.name, "requests": len(w),
             "time_scale": time_scale, "profile_id": predicted.meta["profile_id"],
             "cost_extrapolated": ", ".join(predicted.meta.get("cost_extrapolated", [])) or "none",
-            "engine": f"{opts.device}, {engine.model.backend.name} kernels, {engine.num_blocks:,} KV blocks "
-                      f"({engine.memory.planned_by}), weights {opts.weights or 'random'}",
+            "engine": f"{opts.device}, {engine.model.backend.name} kernels"
+                      + (f", TP {engine.config.tp}" if engine.config.tp > 1 else "")
+                      + f", {engine.num_blocks:,} KV blocks ({engine.memory.planned_by}), "
+                        f"weights {opts.weights or 'random'}",
             "wall_s": round(time.perf_counter() - started, 1)}
     report = Report(title=title or f"{s.model} {s.quant} on the engine vs servesim", case=case, metrics=rows,
                     requests=compare.per_request(predicted.requests, measured.result.requests), iterations=it,
@@ -135,14 +142,20 @@ def load_suite(path: str | Path) -> tuple[dict, list[dict]]:
             scenario = make_scenario(fields, source=str(p))
         except InputError as exc:
             raise InputError(f"case {c['name']}: {exc}") from None
+        gpus = c.get("gpus", 1)
+        need = scenario.tp * scenario.pp
+        if not isinstance(gpus, int) or gpus < need:
+            raise InputError(f"case {c['name']}: gpus must be an integer of at least tp x pp = {need}, got {gpus!r}",
+                             file=str(p), field=f"cases[{i}].gpus")
         cases.append({"name": str(c["name"]), "scenario": scenario, "time_scale": float(c.get("time_scale", 1.0)),
-                      "why": str(c.get("why", ""))})
+                      "why": str(c.get("why", "")), "gpus": gpus})
     return doc, cases
 
 
 def run_suite(path: str | Path, out_dir: str | Path, opts: EngineOptions, only: list[str] | None = None,
-              on_case=None) -> list[dict]:
-    """Run each case not already reported under ``out_dir/<name>/`` and write the suite table."""
+              on_case=None, on_skip=None) -> list[dict]:
+    """Run each case not already reported under ``out_dir/<name>/`` and write the suite table. On CUDA a case
+    that needs more GPUs (its ``gpus``) than the machine has is skipped (``on_skip(name, why)``), not failed."""
     import json
 
     from servesim.engine.engine import build_engine
@@ -151,23 +164,46 @@ def run_suite(path: str | Path, out_dir: str | Path, opts: EngineOptions, only: 
     out = Path(out_dir)
     rows = []
     engines: dict = {}  # one engine per configuration, reused by the cases that share it
-    for c in cases:
-        if only and c["name"] not in only:
-            continue
-        case_dir = out / c["name"]
-        if not (case_dir / "report.json").exists():
-            if on_case:
-                on_case(c["name"])
-            cfg = engine_config(c["scenario"], opts)
-            if cfg not in engines:
-                engines.clear()  # one model in GPU memory at a time
-                engines[cfg] = build_engine(cfg)
-            report, runs = validate_engine(c["scenario"], opts, c["time_scale"],
-                                           title=f"{c['name']}: {c['why']}", engine=engines[cfg])
-            raw = runs["iterations"]  # the engine's own log: every batch's shape, so a later model can re-price it
-            write_report(report, case_dir, extra={"engine_iterations.parquet": lambda p, raw=raw: raw.to_parquet(
-                p, index=False)})
-        doc = json.loads((case_dir / "report.json").read_text())
-        rows.append({"case": c["name"], "why": c["why"], **doc["summary"],
-                     **{f"{m['key']}_error": m["error"] for m in doc["metrics"]}})
+    try:
+        for c in cases:
+            if only and c["name"] not in only:
+                continue
+            case_dir = out / c["name"]
+            if not (case_dir / "report.json").exists():
+                have = _gpus(opts.device)
+                if have is not None and c["gpus"] > have:
+                    if on_skip:
+                        on_skip(c["name"], f"needs {c['gpus']} GPUs; this machine has {have}")
+                    continue
+                if on_case:
+                    on_case(c["name"])
+                cfg = engine_config(c["scenario"], opts)
+                if cfg not in engines:
+                    _close_all(engines)  # one model in GPU memory at a time
+                    engines[cfg] = build_engine(cfg)
+                report, runs = validate_engine(c["scenario"], opts, c["time_scale"],
+                                               title=f"{c['name']}: {c['why']}", engine=engines[cfg])
+                raw = runs["iterations"]  # the engine's own log: every batch's shape, for re-pricing later
+                write_report(report, case_dir, extra={"engine_iterations.parquet": lambda p, raw=raw: raw.to_parquet(
+                    p, index=False)})
+            doc = json.loads((case_dir / "report.json").read_text())
+            rows.append({"case": c["name"], "why": c["why"], **doc["summary"],
+                         **{f"{m['key']}_error": m["error"] for m in doc["metrics"]}})
+    finally:
+        _close_all(engines)
     return rows
+
+
+def _close_all(engines: dict) -> None:
+    for e in engines.values():
+        e.close()
+    engines.clear()
+
+
+def _gpus(device: str) -> int | None:
+    """GPUs on this machine when the engine runs on CUDA (None on the CPU backend: no GPU is needed)."""
+    if device != "cuda":
+        return None
+    import torch
+
+    return torch.cuda.device_count()
