@@ -24,6 +24,7 @@ ACT = 2  # bf16 activations
 KIND = {"gemm": "gemm", "attn_prefill": "attn_prefill", "attn_decode": "attn_decode",
         "attn_decode_ragged": "attn_decode", "sampling": "sampler", "spec_verify": "sampler",
         "rms_norm": "norm", "rotary": "rope", "silu_mul": "act"}  # the prior's kernel kinds; else elementwise
+RING = {"allreduce": lambda tp: 2 * (tp - 1) / tp, "allgather": lambda tp: (tp - 1) / tp}  # bytes sent per byte
 ROW_KINDS = ("norm", "rope", "act", "elementwise")  # one thread block per token: the row term applies
 
 
@@ -60,7 +61,11 @@ def flops_bytes(op: str, key: dict, point: tuple[float, ...]) -> tuple[float, fl
 
 
 def roofline_s(gpu: GPU, op: str, key: dict, point: tuple[float, ...], prior: GPUPrior | None = None) -> float:
-    """The roofline prior's seconds for one call of ``op`` at ``key`` and grid ``point`` on ``gpu``."""
+    """The roofline prior's seconds for one call of ``op`` at ``key`` and grid ``point`` on ``gpu`` (collectives:
+    its NCCL line over the ring bytes, the engine issuing them through NCCL)."""
+    if op in RING:
+        tp = key["tp"]
+        return float((prior or prior_for(gpu)).collective_s(RING[op](tp) * point[0], gpu, "nccl"))
     flops, nbytes, dtype = flops_bytes(op, key, point)
     kind = gemm_kind(key["format"]) if op == "gemm" else KIND.get(op, "elementwise")
     row = nbytes / point[0] if kind in ROW_KINDS and point[0] else 0.0

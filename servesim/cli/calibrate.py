@@ -1,5 +1,6 @@
 """``servesim calibrate``: time the engine's operators on this machine's GPU and write a profile;
-``servesim calibrate report FILE``: the profile against the roofline (markdown, JSON, plotly HTML)."""
+``servesim calibrate report FILE``: the profile against the roofline (markdown, JSON, plotly HTML);
+``servesim calibrate allreduce --profile FILE --tp 2,4``: add tensor-parallel collectives timed on N GPUs."""
 
 from __future__ import annotations
 
@@ -26,6 +27,13 @@ def _csv(text: str, field: str) -> tuple[str, ...]:
     if not items:
         raise ConfigError("give at least one value", field=field)
     return items
+
+
+def _ints(text: str, field: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(x) for x in _csv(text, field))
+    except ValueError:
+        raise ConfigError(f"{field} must be integers, got {text!r}", field=field) from None
 
 
 @cal.callback()
@@ -55,10 +63,7 @@ def calibrate_cmd(
                           "path", field="device")
     if device not in ("cuda", "cpu"):
         raise ConfigError(f"device must be cuda or cpu, got {device!r}", field="device")
-    try:
-        tps = tuple(int(x) for x in _csv(tp, "tp"))
-    except ValueError:
-        raise ConfigError(f"tp must be integers, got {tp!r}", field="tp") from None
+    tps = _ints(tp, "tp")
     from servesim.calibrate.run import calibrate
     from servesim.cli.progress import progress_bar
     from servesim.cli.render import make_console
@@ -136,3 +141,64 @@ def refit_cmd(profile: Path = _PROFILE, steps: Optional[Path] = _STEPS) -> None:
     typer.echo(f"{profile}: longest-context weight {new.decode_max_weight:.2f}; " + ", ".join(
         f"{k}: median {v['median_abs']:.1%}, p90 {v['p90_abs']:.1%}" for k, v in new.fit.ops.items()
         if k.startswith("attn_decode_ragged")))
+
+
+_AR_PROFILE = typer.Option(..., "--profile", help="the profile to add the collectives to (a profile JSON)")
+_AR_OUT = typer.Option(None, "--out", help="where to write (default: --profile, in place)")
+
+
+@cal.command("allreduce")
+def allreduce_cmd(
+    profile: Path = _AR_PROFILE,
+    tp: str = typer.Option("2,4", "--tp", help="comma-separated TP degrees (GPUs at once) to time"),
+    models: str = typer.Option("Llama-3.1-8B,Llama-3.1-70B", "--models",
+                               help="models whose TP steps' message sizes to time"),
+    out: Optional[Path] = _AR_OUT,  # noqa: UP045
+    device: str = typer.Option("cuda", "--device", help="cuda (NCCL, one process per GPU), or cpu (gloo: checks "
+                               "the pipeline; its times mean nothing for GPUs)"),
+) -> None:
+    """Time the all-reduces and the logits all-gather of a tensor-parallel step over the message sizes it sends,
+    one process per GPU, and store them in the profile (version 2); the calibrated cost model then prices TP
+    collectives from them instead of the roofline's link figures."""
+    if device not in ("cuda", "cpu"):
+        raise ConfigError(f"device must be cuda or cpu, got {device!r}", field="device")
+    tps = _ints(tp, "tp")
+    if any(t < 2 for t in tps):
+        raise ConfigError(f"collectives need TP of at least 2, got {tp}", field="tp")
+    from servesim.hwmodels.profile import load_profile, save_profile
+
+    prof = load_profile(profile)
+    target = out or profile
+    from servesim.sim.outputs import check_writable
+
+    check_writable(target.parent if str(target.parent) else Path("."))
+    try:
+        import torch
+    except ImportError:
+        raise ConfigError("calibration needs torch: pip install 'servesim[gpu]'", field="device") from None
+    if device == "cuda":
+        if not torch.cuda.is_available():
+            raise ConfigError("no CUDA device here: time collectives on a multi-GPU machine, or --device cpu to "
+                              "check the pipeline", field="device")
+        from servesim.calibrate.run import catalog_gpu
+
+        here = catalog_gpu(torch.cuda.get_device_name())
+        if here != prof.gpu:
+            raise ConfigError(f"{profile} was measured on {prof.gpu}; this machine's GPUs are {here}",
+                              field="profile")
+    from servesim.calibrate.collectives import calibrate_collectives
+    from servesim.cli.progress import progress_bar
+    from servesim.cli.render import make_console
+
+    command = f"servesim calibrate allreduce --tp {tp} --models {models}" + (
+        f" --device {device}" if device != "cuda" else "")
+    with progress_bar("timing collectives", "sizes", make_console(stderr=True)) as update:
+        new = calibrate_collectives(prof, tps, device, list(_csv(models, "models")), command, on_progress=update)
+    save_profile(new, target)
+    lines = []
+    for t in new.tables:
+        if t.op in ("allreduce", "allgather") and t.key["tp"] in tps:
+            (b0, *_, b1), (s0, *_, s1) = t.grid[0], t.median_s
+            lines.append(f"{t.op} TP {t.key['tp']}: {s0 * 1e6:.1f} us at {b0 / 1024:.0f} KiB, {s1 * 1e6:.1f} us at "
+                         f"{b1 / 2**20:.1f} MiB")
+    typer.echo(f"wrote {target} ({new.profile_id}; {new.collective_provenance.nccl}): " + "; ".join(lines))

@@ -14,6 +14,11 @@ token ops are the four GEMMs, two fused add-norms, rotary, KV write and SiLU-mul
 ``T`` tokens of the step; the overhead is the engine's host time per step, measured separately for CUDA-graph
 decode steps and eager steps; the gap is what a whole step measured on the engine adds over its operators timed
 alone (fitted per kernel at calibration).
+
+Under tensor parallelism the token ops add the layer's two all-reduces of ``T x hidden`` bf16 activations and
+the head adds the all-gather of the sampled rows' logits, each from the profile's measured table for that TP
+degree (``allreduce``/``allgather`` over message bytes) or, where the profile has none, from the roofline
+prior's link figures for the all-reduce mode asked for (flagged ``allreduce(roofline)``, ``allgather(roofline)``).
 """
 
 from __future__ import annotations
@@ -25,9 +30,10 @@ import numpy as np
 
 from servesim.hwmodels.cost import StepTime
 from servesim.hwmodels.models import get_weight_format, kv_dtype_bytes
-from servesim.hwmodels.ops import ACT_BYTES, BatchShape
+from servesim.hwmodels.ops import ACT_BYTES, LOGIT_BYTES, BatchShape
 from servesim.hwmodels.placement import Placement
 from servesim.hwmodels.precision import parse_quant
+from servesim.hwmodels.prior import prior_for
 from servesim.hwmodels.profile import OpTable, Profile
 
 TOKEN_OPS = ("qkv", "o", "gate_up", "down", "rms_norm", "rotary", "kv_write", "silu_mul")
@@ -124,8 +130,9 @@ def _log_distance(key: dict, want: dict, names: tuple[str, ...]) -> float:
 class CalibratedCostModel:
     """Step time of one replica at ``placement`` from a measured ``profile`` (same interface as ``CostModel``)."""
 
-    def __init__(self, placement: Placement, profile: Profile, overhead_s: float | None = None) -> None:
-        self.placement, self.profile = placement, profile
+    def __init__(self, placement: Placement, profile: Profile, overhead_s: float | None = None,
+                 allreduce: str = "custom") -> None:
+        self.placement, self.profile, self.allreduce = placement, profile, allreduce
         m, tp = placement.model, placement.tp
         self.model, self.gpu, self.tp, self.pp = m, placement.gpu, tp, placement.pp
         self.layers = math.ceil(m.num_layers / placement.pp)
@@ -235,6 +242,12 @@ class CalibratedCostModel:
                 float(key[k]) for k in ks))
             parts[op] = [scale * _lerp(list(t.grid[0]), list(t.median_s), x) for x in xs]
         parts["rms_norm"] = [2 * v for v in parts["rms_norm"]]  # two add-norms per layer
+        self._ar_tokens_max = math.inf  # tokens past which the all-reduce leaves its measured grid
+        if self.tp > 1:  # after O and after down
+            msg = self.model.hidden_size * ACT_BYTES
+            curve, top = self._collective("allreduce", [x * msg for x in xs], 2 * (self.tp - 1) / self.tp)
+            parts["allreduce"] = [2 * v for v in curve]
+            self._ar_tokens_max = top / msg
         self._token_parts = parts
         if len(xs) < 2:
             raise ProfileMismatch(f"profile {self.profile.profile_id} has GEMM grids of one point")
@@ -254,12 +267,29 @@ class CalibratedCostModel:
         scale = 1.0 if t.key["vocab"] == self.model.vocab_size else self.model.vocab_size / t.key["vocab"]
         smp = [scale * _lerp(list(t.grid[0]), list(t.median_s), x) for x in xs]
         norm = [norm_scale * _lerp(list(norm_t.grid[0]), list(norm_t.median_s), x) for x in xs]
-        self._head_parts = {"lm_head": lm, "sampling": smp, "final_norm": norm}
+        parts = {"lm_head": lm, "sampling": smp, "final_norm": norm}
+        if self.tp > 1:  # the vocabulary-parallel logits, gathered
+            v = self.model.vocab_size
+            parts["logits_gather"] = self._collective("allgather", [x * v * ACT_BYTES for x in xs],
+                                                      (self.tp - 1) / self.tp, LOGIT_BYTES / ACT_BYTES)[0]
         if len(xs) < 2:
             raise ProfileMismatch(f"profile {self.profile.profile_id} has a sampling grid of one point")
-        self._head_parts = {k: _extend(xs, v)[1] for k, v in self._head_parts.items()}
-        self._hx, self._hy = _extend(xs, [a + b + c for a, b, c in zip(lm, smp, norm, strict=True)])
+        self._head_parts = {k: _extend(xs, v)[1] for k, v in parts.items()}
+        self._hx, self._hy = _extend(xs, [sum(p[j] for p in parts.values()) for j in range(len(xs))])
         self._hx_last = len(self._hx) - 2
+
+    def _collective(self, op: str, sizes: list[float], ring: float, roofline_bytes: float = 1.0
+                    ) -> tuple[list[float], float]:
+        """One call of collective ``op`` at each message size (bytes): the profile's table for this TP degree,
+        or the roofline prior's line over the ring bytes (``ring`` x size, ``roofline_bytes`` x for the
+        roofline's own element size); and the largest size measured (inf: the roofline holds everywhere)."""
+        t = self.profile.table(op, tp=self.tp)
+        if t is not None:
+            xs, ys = _extend(list(t.grid[0]), list(t.median_s))
+            return [_lerp(xs, ys, b) for b in sizes], t.grid[0][-1]
+        self.extrapolated.add(f"{op}(roofline)")
+        prior = prior_for(self.gpu)
+        return [float(prior.collective_s(ring * roofline_bytes * b, self.gpu, self.allreduce)) for b in sizes], math.inf
 
     # -- pricing -------------------------------------------------------------------------------------------
     @staticmethod
@@ -310,8 +340,8 @@ class CalibratedCostModel:
         pt, dq = shape.prefill_tokens, shape.decode_query_tokens
         n = pt + dq
         tx, ty = self._tx, self._ty
-        if n > self._tx_max:
-            self.extrapolated.add("tokens(grid)")
+        if n > self._tx_max or n > self._ar_tokens_max:
+            self.extrapolated.add("tokens(grid)" if n > self._tx_max else "allreduce(grid)")
         j = bisect_right(tx, n) - 1
         j = 0 if j < 0 else (self._tx_last if j > self._tx_last else j)
         t = ty[j] + (ty[j + 1] - ty[j]) * (n - tx[j]) / (tx[j + 1] - tx[j])
@@ -432,7 +462,7 @@ class CalibratedCostModel:
         overhead = self._overhead_s(shape, graph)
         total = self.step_time_s(shape)
         bound = {k: "measured" for k in op_s}
-        flags = self.extrapolated | {x for x in seen if x.endswith("(shape)")}
+        flags = self.extrapolated | {x for x in seen if x.endswith(("(shape)", "(roofline)"))}
         self.extrapolated = seen | flags
         return StepTime(op_s, bound, overhead, total, extrapolated=tuple(sorted(flags)))
 

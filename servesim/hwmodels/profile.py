@@ -22,7 +22,13 @@ attn_decode_ragged  the same and spread                            batch, mean c
 sampling            vocab                                          rows
 spec_verify         vocab                                          batch, k
 step_overhead       mode (graph | eager), format                   seqs (host time per step)
+allreduce           tp, dtype                                      bytes (the message on each rank)
+allgather           tp, dtype                                      bytes (the gathered result)
 ==================  =============================================  ==============================
+
+The collectives (version 2) are timed on ``tp`` GPUs at once (``servesim calibrate allreduce``), often on
+another day than the operators; ``collective_provenance`` says where and when. Version 1 files (no collective
+tables) still load: their TP collectives are priced by the roofline's link figures.
 """
 
 from __future__ import annotations
@@ -37,13 +43,14 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from servesim.errors import InputError
 
 SCHEMA = "servesim-profile"
-VERSION = 1
+VERSION = 2  # written; 2 added the collective tables
+READS = (1, 2)  # versions this servesim loads
 OPS = ("gemm", "rms_norm", "rotary", "kv_write", "silu_mul", "attn_prefill", "attn_decode", "attn_decode_ragged",
-       "sampling", "spec_verify", "step_overhead")
+       "sampling", "spec_verify", "step_overhead", "allreduce", "allgather")
 AXES = {"gemm": ("m",), "rms_norm": ("tokens",), "rotary": ("tokens",), "kv_write": ("tokens",),
         "silu_mul": ("tokens",), "attn_prefill": ("tokens", "context"), "attn_decode": ("batch", "context"),
         "attn_decode_ragged": ("batch", "context"), "sampling": ("rows",), "spec_verify": ("batch", "k"),
-        "step_overhead": ("seqs",)}
+        "step_overhead": ("seqs",), "allreduce": ("bytes",), "allgather": ("bytes",)}
 
 
 class _Strict(BaseModel):
@@ -96,6 +103,7 @@ class Provenance(_Strict):
     git_commit: str
     condition: str = "in-step"  # servesim.kernels.timing.stream_ms; reference: cold_ms
     wall_s: float = 0.0
+    nccl: str = ""  # collectives: the NCCL version (gloo on a CPU)
 
 
 class StepFit(_Strict):
@@ -134,6 +142,7 @@ class Profile(_Strict):
     # tables: the kernel's time follows its longest sequences)
     decode_max_weight: float = 0.0
     fit: FitReport = FitReport()
+    collective_provenance: Provenance | None = None  # where the allreduce/allgather tables were measured
 
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 
@@ -161,15 +170,28 @@ def load_profile(path: str | Path) -> Profile:
         raise InputError(f"not valid JSON: {exc.msg} at line {exc.lineno}", file=str(p)) from None
     if not isinstance(raw, dict) or raw.get("schema") != SCHEMA:
         raise InputError(f"not a servesim profile (schema must be {SCHEMA!r})", file=str(p), field="schema")
-    if raw.get("version") != VERSION:
-        raise InputError(f"profile version {raw.get('version')!r}; this servesim reads version {VERSION} "
-                         "(re-run servesim calibrate)", file=str(p), field="version")
+    if raw.get("version") not in READS:
+        raise InputError(f"profile version {raw.get('version')!r}; this servesim reads versions "
+                         f"{', '.join(map(str, READS))} (re-run servesim calibrate)", file=str(p), field="version")
+    if raw["version"] < 2 and any(t.get("op") in ("allreduce", "allgather") for t in raw.get("tables") or ()
+                                  if isinstance(t, dict)):
+        raise InputError("collective tables need profile version 2", file=str(p), field="version")
     try:
         return Profile.model_validate(raw)
     except ValidationError as exc:
         err = exc.errors()[0]
         loc = ".".join(str(x) for x in err["loc"])
         raise InputError(err["msg"], file=str(p), field=loc) from None
+
+
+def with_collectives(profile: Profile, tables: list[OpTable], provenance: Provenance) -> Profile:
+    """``profile`` (any version) with ``tables`` of collectives replacing those of the same op and TP degree, as
+    a version-2 profile whose id says it carries them."""
+    keys = {(t.op, t.key.get("tp")) for t in tables}
+    kept = tuple(t for t in profile.tables if (t.op, t.key.get("tp")) not in keys)
+    pid = profile.profile_id if profile.profile_id.endswith("+collectives") else profile.profile_id + "+collectives"
+    return profile.model_copy(update={"version": VERSION, "tables": kept + tuple(tables),
+                                      "collective_provenance": provenance, "profile_id": pid})
 
 
 def save_profile(profile: Profile, path: str | Path) -> None:

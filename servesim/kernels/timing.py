@@ -43,8 +43,8 @@ def _read_flush() -> None:
     torch.amax(_flush_buffer(), dim=0, out=_STATE["sink"])
 
 
-def _graph(body: Callable[[], None]) -> torch.cuda.CUDAGraph:
-    """Warm ``body`` up on a side stream (as capture requires), then capture it."""
+def capture(body: Callable[[], None]) -> torch.cuda.CUDAGraph:
+    """Warm ``body`` up on a side stream (as capture requires), capture it, replay it once."""
     side = torch.cuda.Stream()
     side.wait_stream(torch.cuda.current_stream())
     with torch.cuda.stream(side):
@@ -70,7 +70,7 @@ def cold_ms(fn: Callable[[], object], reps: int = 50, flush: str | None = "dirty
     if not torch.cuda.is_available():
         return _wall_ms(fn)
     fn()
-    graph = _graph(fn)
+    graph = capture(fn)
     buf = _flush_buffer()
     events = [(torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)) for _ in range(reps)]
     for start, end in events:
@@ -115,7 +115,7 @@ def stream_samples_ms(fn: Callable[[], object], reps: int = 15, copies: int | No
             _read_flush()
 
     _flush_buffer()
-    graphs = (_graph(with_fn), _graph(flush_only))
+    graphs = (capture(with_fn), capture(flush_only))
     samples = []
     for _ in range(reps):
         pair = []

@@ -99,8 +99,8 @@ def cost_model(
     placement: Placement, profile: str | None, allreduce: str = "custom", overhead_s: float | None = None
 ) -> tuple[StepCostModel, tuple[str, ...]]:
     """The calibrated cost model over ``profile`` (a file, or by default the one shipped for the GPU), or the
-    roofline (``profile='roofline'``, or no shipped profile) with the all-reduce assumption ``allreduce``; and
-    warnings a user should see. ``overhead_s``: a fixed host time per step instead of the model's own."""
+    roofline (``profile='roofline'``, or no shipped profile), with the all-reduce assumption ``allreduce`` (the
+    calibrated model's too, for collectives its profile did not measure); and warnings a user should see. ``overhead_s``: a fixed host time per step instead of the model's own."""
     def roofline() -> CostModel:
         if overhead_s is None:
             return CostModel(placement, allreduce=allreduce)
@@ -114,7 +114,7 @@ def cost_model(
     path = str(path)
     prof = _profile(path, os.path.getmtime(path) if os.path.exists(path) else 0.0)
     try:
-        model = CalibratedCostModel(placement, prof, overhead_s=overhead_s)
+        model = CalibratedCostModel(placement, prof, overhead_s=overhead_s, allreduce=allreduce)
     except ProfileMismatch as exc:
         if profile:
             raise ConfigError(f"{exc}", field="profile") from None
