@@ -193,3 +193,17 @@ def test_compare_tables_fit_80_columns(capsys):
     assert code == 0, err
     assert max(map(len, out.splitlines())) <= 80
     assert re.search(r"^\d[\d,]*–\d[\d,]* ", out, re.M)  # size bins as 95–490
+
+
+def test_num_requests_beyond_the_trace_is_refused_unless_repeated(capsys):
+    """`--num-requests` past the trace's rows is one line and exit 2; `--repeat` repeats the trace, and the
+    workload's name says so (never a silent `[:N]` of fewer rows)."""
+    code, out, err = run(capsys, "simulate", "--trace", "burstgpt", "--num-requests", "500")
+    assert code == 2 and len(err.splitlines()) == 1 and not out
+    assert "500 requests asked of burstgpt, which has 383" in err and "--repeat" in err
+    code, out, err = run(capsys, "simulate", "--trace", "burstgpt", "--num-requests", "500", "--repeat", "--json")
+    assert code == 0
+    workload = json.loads(out)["meta"]["workload"]
+    assert workload["requests"] == 500 and workload["name"] == "burstgpt[500 repeating 383]"
+    code, out, _ = run(capsys, "simulate", "--trace", "burstgpt", "--num-requests", "300", "--json")
+    assert code == 0 and json.loads(out)["meta"]["workload"]["name"] == "burstgpt[:300]"

@@ -145,7 +145,9 @@ def test_decode_memory_is_held_from_the_transfer_start():
     s = Scenario(prefill_replicas=1, decode_replicas=1, kv_link_gbps=1.0, kv_link_efficiency=1.0,
                  kv_link_latency_us=0)
     w = requests_at([0.0, 0.05], 1000, 400)
-    w.requests.loc[0, ["input_tokens", "output_tokens"]] = (100, 2000)
+    t = w.table.copy()
+    t["input_tokens"][0], t["output_tokens"][0] = 100, 2000
+    w = replace(w, table=t)
     both = run_constant(s, w, prefill_s=0.01, decode_s=0.001, fast_forward=False)
     alone = run_constant(s, requests_at([0.0], 100, 2000), prefill_s=0.01, decode_s=0.001, fast_forward=False)
     r = both[2]
@@ -169,7 +171,9 @@ def test_decode_memory_is_held_from_the_transfer_start():
 
 def test_requests_that_cannot_fit_are_refused_by_the_pool_that_cannot_hold_them():
     w = requests_at([0.0, 0.0, 0.0], 1000, 20)
-    w.requests.loc[1, "input_tokens"] = 40_000  # longer than max_model_len
+    t = w.table.copy()
+    t["input_tokens"][1] = 40_000  # longer than max_model_len
+    w = replace(w, table=t)
     s = Scenario(prefill_replicas=1, decode_replicas=1, max_model_len=8192, decode_max_num_seqs=4)
     res = simulate(s, w)
     req = res.requests.set_index("request_id")

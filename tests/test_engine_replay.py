@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -99,7 +101,9 @@ def test_prefix_caching_hits_and_matches(model_path):
 
 def test_request_longer_than_the_context_is_rejected_with_reason(model_path):
     w = workload(n=4)
-    w.requests.loc[2, "input_tokens"] = 300
+    t = w.table.copy()
+    t["input_tokens"][2] = 300
+    w = replace(w, table=t)
     s, eng = engine_for(model_path)
     req = replay(s, eng, w).result.requests
     assert req.rejected_reason.iloc[2] != "" and (req.rejected_reason.drop(2) == "").all()

@@ -39,3 +39,55 @@ def test_core_imports_without_torch_or_triton():
 def test_blocker_works():
     proc = _run("import torch")
     assert proc.returncode != 0 and "blocked by the import-rule test" in proc.stderr
+
+
+HEAVY = ("numpy", "pandas", "pyarrow", "simpy", "pydantic", "plotly", "scipy", "torch", "triton")
+
+
+def _imported_by(code: str) -> set[str]:
+    """Top-level packages among ``HEAVY`` that ``code`` (run in a fresh interpreter) leaves imported."""
+    proc = subprocess.run([sys.executable, "-c", textwrap.dedent(code) + textwrap.dedent(f"""
+        import sys
+        print(sorted({{m.split(".")[0] for m in sys.modules}} & set({HEAVY!r})))
+    """)], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    return set(eval(proc.stdout.strip().splitlines()[-1]))
+
+
+def test_help_imports_nothing_heavy():
+    """`servesim --help` lists the commands without importing them: no numpy, pandas, pyarrow, simpy, pydantic."""
+    assert _imported_by("""
+        import contextlib, io
+        from servesim.cli.main import main
+        with contextlib.redirect_stdout(io.StringIO()), contextlib.suppress(SystemExit):
+            main(["--help"])
+    """) == set()
+
+
+def test_commands_table_matches_the_modules():
+    """Each entry of the lazy command table names the module that registers the command, and its help line is
+    the start of the command's own help."""
+    from servesim.cli.app import COMMANDS, app, load_command
+    from servesim.cli.main import _register
+
+    _register()
+    registered = {info.name for info in app.registered_commands + app.registered_groups}
+    registered |= {info.callback.__name__.replace("_", "-") for info in app.registered_commands if not info.name}
+    assert set(COMMANDS) == registered
+    for name, (_, short) in COMMANDS.items():
+        cmd = load_command(name)
+        text = " ".join((cmd.short_help or cmd.help or "").split())
+        assert text.startswith(short), (name, text)
+
+
+def test_simulate_imports_no_pandas_until_a_file_is_written():
+    """A `servesim simulate` that writes nothing never imports pandas or pyarrow (a 100-request run starts in a
+    fraction of a second); one that writes its tables does."""
+    run = """
+        import contextlib, io, sys
+        from servesim.cli.main import main
+        with contextlib.redirect_stdout(io.StringIO()), contextlib.suppress(SystemExit):
+            main(["simulate", "--num-requests", "100"{extra}])
+    """
+    assert _imported_by(run.format(extra="")) & {"pandas", "pyarrow", "scipy", "plotly", "torch"} == set()
+    assert _imported_by(run.format(extra=', "--json"')) & {"pandas", "pyarrow"} == set()

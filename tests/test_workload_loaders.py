@@ -193,3 +193,22 @@ def test_generic_round_trip(tmp_path: Path, suffix: str) -> None:
     back = load_trace(path)
     assert back.block_tokens == 512
     pd.testing.assert_frame_equal(back.requests, src)
+
+
+def test_builtin_traces_read_as_pandas_reads_them() -> None:
+    """The loader reads CSV without pandas; every built-in trace comes out as pandas' reading gave it (Azure's
+    wall-clock stamps to the same float seconds as ``to_datetime(...).dt.total_seconds()``)."""
+    import pandas as pd
+
+    from servesim.sim.workload import BUILTIN_TRACES, builtin_path, load_trace
+
+    for name, b in BUILTIN_TRACES.items():
+        w = load_trace(name)
+        assert len(w.requests) == len(w) and list(w.requests.columns) == w.table.columns
+        if b.fmt != "azure":
+            continue
+        raw = pd.read_csv(builtin_path(name), dtype=str)
+        stamps = pd.to_datetime(raw["TIMESTAMP"].str.replace(r"(\.\d{6})\d+", r"\1", regex=True), format="ISO8601")
+        seconds = (stamps - stamps.iloc[0]).dt.total_seconds().to_numpy()
+        assert w.table["arrival_s"].tobytes() == seconds.tobytes()
+        assert np.array_equal(w.table["input_tokens"], raw["ContextTokens"].astype(np.int64).to_numpy())

@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 
 from servesim.errors import ConfigError
-from servesim.sim.workload import Workload, cap_lengths, head, load_trace, scale_rate, window
+from servesim.sim.workload import Workload, cap_lengths, head, load_trace, repeat, scale_rate, window
 
 
 @cache
@@ -102,3 +102,18 @@ def test_head_takes_the_first_requests() -> None:
     assert len(w) == 10 and w.requests.equals(conv().requests.iloc[:10])
     with pytest.raises(ConfigError):
         head(conv(), 0)
+
+
+def test_repeat_tiles_rows_and_continues_arrivals() -> None:
+    w = load_trace("burstgpt")
+    n0 = len(w)
+    r = repeat(w, 2 * n0 + 5)
+    assert len(r) == 2 * n0 + 5 and r.name == f"burstgpt[{2 * n0 + 5} repeating {n0}]"
+    t0, t = w.table["arrival_s"], r.table["arrival_s"]
+    period = (t0[-1] - t0[0]) * n0 / (n0 - 1)  # the span plus one mean gap: the rate stays the trace's
+    assert np.array_equal(t[:n0], t0) and np.allclose(t[n0:2 * n0], t0 + period)
+    assert (np.diff(t) >= 0).all() and t[n0] > t[n0 - 1]
+    for col in ("input_tokens", "output_tokens"):
+        assert np.array_equal(r.table[col], np.tile(w.table[col], 3)[: 2 * n0 + 5])
+    lengths_only = repeat(load_trace("arxiv-summarization"), 30_000)
+    assert np.isnan(lengths_only.table["arrival_s"]).all() and len(lengths_only) == 30_000

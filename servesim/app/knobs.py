@@ -170,6 +170,16 @@ def _arrival(k: Knobs, key: str, has_times: bool, default_rate: float) -> None:
         k.fields["cv"] = sb.number_input("Inter-arrival CV", 0.05, 20.0, DEFAULTS["cv"], key=f"{key}.cv")
 
 
+def _rows(trace: str, fmt: str | None) -> int:
+    from servesim.errors import InputError
+    from servesim.sim.deployment import trace_rows
+
+    try:
+        return trace_rows(trace, fmt)
+    except InputError:  # the run reports a trace it cannot read
+        return 10_000_000
+
+
 def workload(k: Knobs, key: str, *, window_s: float | None = WINDOW_S, num_requests: int | None = None,
              arrivals: bool = True) -> None:
     """Built-in trace, uploaded trace, or synthetic lengths; the window or request count; arrivals."""
@@ -222,7 +232,8 @@ def workload(k: Knobs, key: str, *, window_s: float | None = WINDOW_S, num_reque
         k.fields["duration_s"] = cols[1].number_input("Window length (s)", 1.0, 1e7, window_s,
                                                       key=f"{key}.duration")
     elif source != "synthetic":
-        k.fields["num_requests"] = sb.number_input("Requests (first N)", 1, 10_000_000, num_requests or 500,
+        rows = _rows(k.fields["trace"], k.fields.get("trace_format"))  # at most the trace's own requests
+        k.fields["num_requests"] = sb.number_input("Requests (first N)", 1, rows, min(num_requests or 500, rows),
                                                    key=f"{key}.num_requests.{has_times}")
     if arrivals:
         _arrival(k, key, has_times, default_rate=5.0)

@@ -11,14 +11,18 @@ from servesim.errors import InputError
 
 
 def _register() -> None:
-    # Subcommand modules register themselves on `app`; import order is the --help order.
-    from servesim.cli import calibrate, dashboard, hw, plan, replay, simulate, traces, validate  # noqa: F401
+    """Import every command's module (each registers itself on `app`); a run imports only the one it invokes."""
+    import importlib
+
+    from servesim.cli.app import COMMANDS
+
+    for module, _ in COMMANDS.values():
+        importlib.import_module(module)
 
 
 def main(argv: list[str] | None = None) -> None:
     """Run the CLI; bad input becomes one line on stderr and exit code 2."""
     try:
-        _register()
         code = typer.main.get_command(app).main(args=argv, prog_name="servesim", standalone_mode=False)
     except InputError as exc:
         typer.echo(f"error: {exc}", err=True)

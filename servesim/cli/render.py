@@ -8,12 +8,15 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
+from typing import TYPE_CHECKING
 
 import numpy as np
-import pandas as pd
 from rich import box
 from rich.console import Console, RenderableType
 from rich.table import Table
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 MISSING = "—"
 

@@ -127,20 +127,27 @@ def _plural(n: int, word: str) -> str:
 
 def _rejections(requests) -> tuple[int, str, int]:
     """(rejected, the most common reason, how many share its kind); reasons differ only in their numbers."""
-    reasons = requests.loc[requests.rejected_reason.fillna("") != "", "rejected_reason"].astype(str)
-    if reasons.empty:
+    import re
+    from collections import Counter
+
+    from servesim.sim.table import Table
+
+    reasons = [x for x in Table.of(requests)["rejected_reason"].tolist() if isinstance(x, str) and x]
+    if not reasons:
         return 0, "", 0
-    kinds = reasons.str.replace(r"\d[\d,.]*", "N", regex=True)
-    main = kinds.mode().iloc[0]
-    return len(reasons), reasons[kinds == main].iloc[0], int((kinds == main).sum())
+    kinds = [re.sub(r"\d[\d,.]*", "N", r) for r in reasons]
+    counts = Counter(kinds)
+    top = max(counts.values())
+    main = min(k for k, c in counts.items() if c == top)  # ties: the first in sorted order, as pandas' mode
+    return len(reasons), reasons[kinds.index(main)], top
 
 
 def _outcome(result, label: str = "") -> list[str]:
     """Refuse a run whose every request was rejected (InputError: exit 2, nothing written); return the warnings
     a user should see: partial rejection, saturation, the deployment's own."""
     where = f"{label}: " if label else ""
-    n = len(result.requests)
-    rejected, reason, alike = _rejections(result.requests)
+    n = len(result.request_table)
+    rejected, reason, alike = _rejections(result.request_table)
     if n and rejected == n:
         raise InputError(f"{where}all {_plural(n, 'request')} rejected; main reason ({alike:,} of them): {reason}")
     notes = [f"{where}{w}" for w in result.meta.get("warnings", ())]

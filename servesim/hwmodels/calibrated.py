@@ -168,6 +168,7 @@ class CalibratedCostModel:
         self._xb_last = len(self._decode.b) - 2
         self._w_max = profile.decode_max_weight
         self._columns: dict[int, list[float]] = {}
+        self._arrays: dict[int, tuple[np.ndarray, ...]] = {}
         spec = profile.table("spec_verify", vocab=m.vocab_size)
         self._spec = _Grid2(spec) if spec else None
         self._overhead = {}
@@ -367,6 +368,15 @@ class CalibratedCostModel:
             col = self._columns[ds] = self._decode.column(ds)
         return col
 
+    def _decode_arrays(self, ds: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """The context grid, the decode column at batch ``ds``, and their segment differences, as arrays (for
+        ``decode_run_s``; memoised with the column)."""
+        arrays = self._arrays.get(ds)
+        if arrays is None:
+            xs, ys = np.asarray(self._decode.b), np.asarray(self._decode_column(ds))
+            arrays = self._arrays[ds] = (xs, ys, ys[1:] - ys[:-1], xs[1:] - xs[:-1])
+        return arrays
+
     def _decode_s(self, shape: BatchShape) -> float:
         ds = shape.decode_seqs
         c = shape.decode_ctx_tokens / ds
@@ -412,24 +422,22 @@ class CalibratedCostModel:
         if ds == 0 or shape.prefill_tokens:
             raise ValueError("decode_run_s takes a pure-decode shape (decode_seqs > 0, no prefill)")
         k = self._kernels_s(shape)
-        xs = np.asarray(self._decode.b)
-        ys = np.asarray(self._decode_column(ds))
+        xs, ys, dy, dx = self._decode_arrays(ds)
         steps = np.arange(n, dtype=np.float64)
-        c = (shape.decode_ctx_tokens + ds * steps) / ds
+        kv = shape.decode_ctx_tokens + ds * steps  # KV tokens read by each step
+        c = kv / ds
         if shape.decode_ctx_max and self._w_max:
             c = c + self._w_max * ((shape.decode_ctx_max + steps) - c)
         if c[-1] > self._decode.b_max:
             self.extrapolated.add("attn_decode(context)")
-        if len(xs) == 1:
-            v = np.full(n, ys[0])
-        else:
-            j = np.clip(np.searchsorted(xs, c, side="right") - 1, 0, len(xs) - 2)
-            v = ys[j] + (ys[j + 1] - ys[j]) * (c - xs[j]) / (xs[j + 1] - xs[j])
+        # the segment of each context on the extended grid (its first node is 0: never below), then
+        # step_time_s's interpolation on arrays: ys[j] + (ys[j+1] - ys[j]) * (c - xs[j]) / (xs[j+1] - xs[j])
+        j = np.minimum(np.maximum(np.searchsorted(xs, c, side="right") - 1, 0), self._xb_last)
+        v = ys[j] + dy[j] * (c - xs[j]) / dx[j]
         k = k + v * self.layers
         graph = self._graph(shape)
         if self._host is not None and self._fixed_overhead is None:  # host time grows with the KV tokens too
             b0, b1, b2 = self._host[0 if graph else 1]
-            kv = shape.decode_ctx_tokens + ds * np.arange(n, dtype=np.float64)
             over = (b0 + b1 * ds) + b2 * kv
         else:
             over = self._overhead_s(shape, graph)

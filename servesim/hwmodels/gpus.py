@@ -147,8 +147,9 @@ def read_yaml(path: str | Path):
     """The YAML document in ``path``; InputError naming the file if it cannot be read or parsed."""
     import yaml
 
+    loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # libyaml's parser when PyYAML has it: the same document
     try:
-        return yaml.safe_load(Path(path).read_text())
+        return yaml.load(Path(path).read_text(), Loader=loader)
     except OSError as exc:
         raise InputError(f"cannot read: {exc.strerror}", file=str(path)) from None
     except yaml.YAMLError as exc:

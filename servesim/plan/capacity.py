@@ -27,6 +27,7 @@ from servesim.plan.execute import Runner
 from servesim.plan.grid import Grid
 from servesim.plan.search import Limits, RateSearch
 from servesim.sim.config import Scenario
+from servesim.sim.deployment import trace_rows
 
 DEFAULT_GPUS = ("H100-SXM", "H200", "A100-80GB-SXM")
 DEFAULT_QUANTS = ("bf16", "w8a16", "w4a16")
@@ -80,11 +81,20 @@ def _precheck(c: Candidate, budget: float | None) -> None:
         c.reject("budget", f"one replica costs ${one:.2f}/h, over the budget ${budget:.2f}/h")
 
 
+def _default_requests(trace: str, fmt: str | None) -> int:
+    """``DEFAULT_REQUESTS``, or every request of a shorter trace."""
+    try:
+        return min(DEFAULT_REQUESTS, trace_rows(str(trace), fmt))
+    except (InputError, ConfigError):  # the scenario's own validation reports it, naming the field
+        return DEFAULT_REQUESTS
+
+
 def _verify_scenario(s: Scenario, replicas: int, target: float) -> Scenario:
     """The whole deployment at the target rate, with ``replicas`` times the requests of one probe."""
     update: dict = {"replicas": replicas, "rate": target}
-    if s.num_requests is not None:
-        update["num_requests"] = s.num_requests * replicas
+    if s.num_requests is not None:  # as many as the trace holds, never more (the trace is not repeated)
+        update["num_requests"] = min(s.num_requests * replicas,
+                                     trace_rows(s.trace, s.trace_format, s.start_s, s.duration_s))
     if s.duration_s is not None:
         update["duration_s"] = s.duration_s * replicas
     return s.model_copy(update=update)
@@ -157,7 +167,7 @@ def plan(model: str, rate: float, slo: str | Mapping[str, float] | Limits, *, wo
     if grid.base.get("replicas", 1) != 1:
         raise InputError("the planner chooses the replicas itself", field="base.replicas")
     if grid.base.get("num_requests") is None and grid.base.get("duration_s") is None:
-        grid.base["num_requests"] = DEFAULT_REQUESTS
+        grid.base["num_requests"] = _default_requests(workload, grid.base.get("trace_format"))
     points = grid.points()
     varying = list(dict.fromkeys(["gpu", "quant", "tp", *(f for f in dict.fromkeys(k for p in points for k in p)
                                                         if len({repr(p.get(f)) for p in points}) > 1)]))

@@ -164,7 +164,9 @@ class Scenario(BaseModel):
     cv: float = Field(2.0, gt=0, description="gamma arrivals: coefficient of variation of inter-arrivals")
     users: int = Field(16, ge=1, description="closed loop: concurrent users")
     think_time_s: float = Field(0.0, ge=0, description="closed loop: pause between a reply and the next request, s")
-    num_requests: int | None = Field(None, ge=1, description="use only the first N requests")
+    num_requests: int | None = Field(None, ge=1, description="use only the first N requests (at most the trace's "
+                                     "rows, unless repeat)")
+    repeat: bool = Field(False, description="num_requests beyond the trace's rows repeats the trace end to end")
     start_s: float | None = Field(None, ge=0, description="window of the trace: start, s")
     duration_s: float | None = Field(None, gt=0, description="window of the trace: length, s")
     max_context_tokens: int | None = Field(None, ge=2, description="cap prompt+output lengths, tokens")
@@ -331,7 +333,7 @@ FIELD_GROUPS: dict[str, tuple[str, ...]] = {
         "kv_link_latency_us", "kv_link_efficiency", "kv_overlap",
     ),
     "Workload": ("trace", "trace_format", "arrival", "rate", "cv", "users", "think_time_s", "num_requests",
-                 "start_s", "duration_s", "max_context_tokens"),
+                 "repeat", "start_s", "duration_s", "max_context_tokens"),
     "Speculative decoding": ("spec_k", "spec_alpha", "spec_alpha_concentration", "draft_model"),
     "SLOs": ("slo_ttft_ms", "slo_tpot_ms", "slo_e2el_ms", "slo_mode"),
     "Run": ("seed", "fast_forward", "record_token_times"),

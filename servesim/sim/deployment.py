@@ -100,7 +100,8 @@ def cost_model(
 ) -> tuple[StepCostModel, tuple[str, ...]]:
     """The calibrated cost model over ``profile`` (a file, or by default the one shipped for the GPU), or the
     roofline (``profile='roofline'``, or no shipped profile), with the all-reduce assumption ``allreduce`` (the
-    calibrated model's too, for collectives its profile did not measure); and warnings a user should see. ``overhead_s``: a fixed host time per step instead of the model's own."""
+    calibrated model's too, for collectives its profile did not measure); and warnings a user should see.
+    ``overhead_s``: a fixed host time per step instead of the model's own."""
     def roofline() -> CostModel:
         if overhead_s is None:
             return CostModel(placement, allreduce=allreduce)
@@ -191,16 +192,34 @@ def _slot_blocks(s: Scenario, plan: ReplicaPlan, available: int) -> int:
     return need
 
 
+def _windowed(trace: str, fmt: str | None, start_s: float | None, duration_s: float | None) -> wl.Workload:
+    w = wl.load_trace(trace, fmt)
+    if start_s is not None or duration_s is not None:
+        if not w.has_arrivals:
+            raise ConfigError(f"trace {trace} has no arrival times to window", field="duration_s")
+        start = (start_s or 0.0) + float(w.table["arrival_s"][0])
+        w = wl.window(w, start, start + duration_s)
+    return w
+
+
+@functools.lru_cache(maxsize=16)
+def trace_rows(trace: str, fmt: str | None = None, start_s: float | None = None,
+               duration_s: float | None = None) -> int:
+    """Requests a trace holds (in its window): the most ``num_requests`` may ask for without ``repeat``."""
+    return len(_windowed(trace, fmt, start_s, duration_s))
+
+
 def build_workload(s: Scenario) -> wl.Workload:
     """The scenario's workload: a trace (windowed, scaled, capped) or synthetic arrivals over it."""
-    w = wl.load_trace(s.trace, s.trace_format)
+    w = _windowed(s.trace, s.trace_format, s.start_s, s.duration_s)
     rng = np.random.default_rng([s.seed, 1])
-    if s.start_s is not None or s.duration_s is not None:
-        if not w.has_arrivals:
-            raise ConfigError(f"trace {s.trace} has no arrival times to window", field="duration_s")
-        start = (s.start_s or 0.0) + float(w.requests["arrival_s"].iloc[0])
-        w = wl.window(w, start, start + s.duration_s)
-    if s.num_requests is not None:
+    if s.num_requests is not None and s.num_requests > len(w):
+        if not s.repeat:
+            raise ConfigError(
+                f"{s.num_requests:,} requests asked of {w.name}, which has {len(w):,}: ask for at most {len(w):,}, "
+                f"or add --repeat to repeat the trace", field="num_requests")
+        w = wl.repeat(w, s.num_requests)
+    elif s.num_requests is not None:
         w = wl.head(w, s.num_requests)
     if s.max_context_tokens is not None:
         w = wl.cap_lengths(w, s.max_context_tokens)

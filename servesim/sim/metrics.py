@@ -6,18 +6,25 @@ and E2E over completed requests; TPOT = (e2el − ttft)/(generated − 1) over t
 token; population std; numpy's default (linear) percentiles; throughputs over ``duration``.
 ITL comes as a weighted sample (a decode step's duration once per sequence that produced a token in
 it), so its statistics are those of the expanded sample, computed without expanding it.
+
+Every table argument is a pandas DataFrame or a :class:`~servesim.sim.table.Table`; the summary is numpy
+alone, so pandas is imported only where a DataFrame is returned (``request_latencies``, ``slowdown_by_size``).
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
-import pandas as pd
 
 from servesim.errors import ConfigError, InputError
+from servesim.sim.table import Table
+
+if TYPE_CHECKING:
+    import pandas as pd
+
 
 REQUEST_COLUMNS = {
     "request_id": "int64", "replica": "int64", "arrival_s": "float64",
@@ -112,51 +119,66 @@ class SLO:
         return {"ttft_ms": self.ttft_ms, "tpot_ms": self.tpot_ms, "e2el_ms": self.e2el_ms, "mode": self.mode}
 
 
-def check_columns(df: pd.DataFrame, required, what: str) -> None:
+def check_columns(df: pd.DataFrame | Table, required, what: str) -> None:
     """Raise InputError naming the first required column that ``df`` lacks."""
     for column in required:
         if column not in df.columns:
             raise InputError(f"{what} table lacks a required column", column=column)
 
 
-def completed_mask(requests: pd.DataFrame) -> np.ndarray:
+def _floats(t: Table, column: str) -> np.ndarray:
+    return np.asarray(t[column], dtype=np.float64)
+
+
+def _rejected(t: Table) -> np.ndarray:
+    """Requests with a rejection reason (a non-empty string)."""
+    reasons = t["rejected_reason"]
+    if reasons.dtype.kind in "US":
+        return reasons != ""
+    return np.fromiter((isinstance(x, str) and x != "" for x in reasons.tolist()), bool, len(reasons))
+
+
+def completed_mask(requests: pd.DataFrame | Table) -> np.ndarray:
     """Requests that were served to the end (not rejected, with a finish time)."""
-    served = requests["rejected_reason"].fillna("").astype(str).to_numpy() == ""
-    return served & requests["finish_s"].notna().to_numpy()
+    t = Table.of(requests)
+    return ~_rejected(t) & ~np.isnan(_floats(t, "finish_s"))
 
 
-def request_latencies(requests: pd.DataFrame) -> pd.DataFrame:
+def _latencies(t: Table) -> dict[str, np.ndarray]:
+    arrival = _floats(t, "arrival_s")
+    ttft = _floats(t, "first_token_s") - arrival
+    e2el = _floats(t, "finish_s") - arrival
+    gen = _floats(t, "generated_tokens")
+    with np.errstate(divide="ignore", invalid="ignore"):
+        tpot = np.where(gen > 1, (e2el - ttft) / (gen - 1), np.nan)
+        ideal = _floats(t, "ideal_e2el_s") if "ideal_e2el_s" in t else np.full(len(t), np.nan)
+        slowdown = np.where(ideal > 0, e2el / ideal, np.nan)
+    queueing = _floats(t, "first_scheduled_s") - arrival
+    return {"ttft_s": ttft, "e2el_s": e2el, "tpot_s": tpot, "queueing_s": queueing, "slowdown": slowdown}
+
+
+def request_latencies(requests: pd.DataFrame | Table) -> pd.DataFrame:
     """Per-request ``ttft_s``, ``e2el_s``, ``tpot_s`` (NaN below two tokens), ``queueing_s``, ``slowdown``.
 
     ``slowdown`` = E2E / ``ideal_e2el_s``; NaN where that column is absent (only slowdown needs it).
     """
-    arrival = requests["arrival_s"].to_numpy(dtype=np.float64)
-    ttft = requests["first_token_s"].to_numpy(dtype=np.float64) - arrival
-    e2el = requests["finish_s"].to_numpy(dtype=np.float64) - arrival
-    gen = requests["generated_tokens"].to_numpy(dtype=np.float64)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        tpot = np.where(gen > 1, (e2el - ttft) / (gen - 1), np.nan)
-        ideal = (requests["ideal_e2el_s"].to_numpy(dtype=np.float64) if "ideal_e2el_s" in requests
-                 else np.full(len(requests), np.nan))
-        slowdown = np.where(ideal > 0, e2el / ideal, np.nan)
-    queueing = requests["first_scheduled_s"].to_numpy(dtype=np.float64) - arrival
-    return pd.DataFrame(
-        {"ttft_s": ttft, "e2el_s": e2el, "tpot_s": tpot, "queueing_s": queueing, "slowdown": slowdown},
-        index=requests.index,
-    )
+    import pandas as pd
+
+    return pd.DataFrame(_latencies(Table.of(requests)), index=getattr(requests, "index", None))
 
 
 def _rate(count: float, duration_s: float) -> float:
     return float(count / duration_s) if duration_s > 0 else math.nan
 
 
-def slo_metrics(lat: pd.DataFrame, done: np.ndarray, slo: SLO, duration_s: float) -> dict[str, object]:
-    """Goodput (req/s meeting the SLO) and attainment (fraction of all arrived requests)."""
-    ms = {m: lat[f"{m}_s"].to_numpy() * 1000.0 for m in SLO_METRICS}
+def slo_metrics(lat, done: np.ndarray, slo: SLO, duration_s: float) -> dict[str, object]:
+    """Goodput (req/s meeting the SLO) and attainment (fraction of all arrived requests); ``lat`` holds the
+    columns of :func:`request_latencies`."""
+    ms = {m: np.asarray(lat[f"{m}_s"], dtype=np.float64) * 1000.0 for m in SLO_METRICS}
     ms["tpot"] = np.nan_to_num(ms["tpot"], nan=0.0)  # one-token requests pass TPOT, as in vLLM
     passes = {m: done & (ms[m] <= limit) for m, limit in slo.limits_ms().items()}
     good = np.logical_and.reduce(list(passes.values()))
-    arrived = len(lat)
+    arrived = len(done)
     out: dict[str, object] = {
         "slo": slo.as_dict(),
         "request_goodput": _rate(good.sum(), duration_s),
@@ -170,7 +192,7 @@ def slo_metrics(lat: pd.DataFrame, done: np.ndarray, slo: SLO, duration_s: float
 
 
 def summarize(
-    requests: pd.DataFrame,
+    requests: pd.DataFrame | Table,
     itl_s: np.ndarray,
     itl_weights: np.ndarray | None,
     duration_s: float,
@@ -185,21 +207,23 @@ def summarize(
     (and any left unfinished) count as SLO failures in ``slo_attainment``.
     """
     check_columns(requests, (c for c in REQUEST_COLUMNS if c != "ideal_e2el_s"), "requests")
+    t = Table.of(requests)
     itl_s = np.asarray(itl_s, dtype=np.float64)
     if itl_weights is not None and len(itl_weights) != len(itl_s):
         raise ValueError(f"itl_weights has {len(itl_weights)} entries for {len(itl_s)} ITL values")
-    lat = request_latencies(requests)
-    done = completed_mask(requests)
-    rejected = requests["rejected_reason"].fillna("").astype(str).to_numpy() != ""
-    gen = requests["generated_tokens"].to_numpy()[done]
-    inp = requests["input_tokens"].to_numpy()[done]
+    lat = _latencies(t)
+    rejected = _rejected(t)
+    done = ~rejected & ~np.isnan(_floats(t, "finish_s"))
+    generated = np.asarray(t["generated_tokens"])
+    gen = generated[done]
+    inp = np.asarray(t["input_tokens"])[done]
     output_tokens = int(gen.sum())
 
     out: dict[str, object] = {}
     for name in ("ttft", "e2el"):
-        out.update(latency_stats(name, lat[f"{name}_s"].to_numpy()[done]))
-    multi_token = done & (requests["generated_tokens"].to_numpy() > 1)
-    out.update(latency_stats("tpot", lat["tpot_s"].to_numpy()[multi_token]))
+        out.update(latency_stats(name, lat[f"{name}_s"][done]))
+    multi_token = done & (generated > 1)
+    out.update(latency_stats("tpot", lat["tpot_s"][multi_token]))
     out.update(latency_stats("itl", itl_s, itl_weights))
     out.update(
         completed=int(done.sum()),
@@ -212,11 +236,11 @@ def summarize(
         total_token_throughput=_rate(output_tokens + inp.sum(), duration_s),
     )
 
-    scheduled = requests["first_scheduled_s"].notna().to_numpy()
-    queueing_ms = lat["queueing_s"].to_numpy()[scheduled] * 1000.0
-    preemptions = requests["num_preemptions"].to_numpy()
-    cached = requests["cached_tokens"].to_numpy()[scheduled].sum()
-    prompt = requests["input_tokens"].to_numpy()[scheduled].sum()
+    scheduled = ~np.isnan(_floats(t, "first_scheduled_s"))
+    queueing_ms = lat["queueing_s"][scheduled] * 1000.0
+    preemptions = np.asarray(t["num_preemptions"])
+    cached = np.asarray(t["cached_tokens"])[scheduled].sum()
+    prompt = np.asarray(t["input_tokens"])[scheduled].sum()
     out.update(
         mean_queueing_delay_ms=float(queueing_ms.mean()) if len(queueing_ms) else math.nan,
         p99_queueing_delay_ms=float(np.percentile(queueing_ms, 99)) if len(queueing_ms) else math.nan,
@@ -233,26 +257,27 @@ def summarize(
     return out
 
 
-def summarize_timeline(timeline: pd.DataFrame) -> dict[str, float]:
+def summarize_timeline(timeline: pd.DataFrame | Table) -> dict[str, float]:
     """Time-weighted aggregates of the iteration timeline, over the time replicas were busy.
 
     Row values are per iteration; a row with ``steps`` > 1 stands for that many identical iterations.
     """
     check_columns(timeline, TIMELINE_COLUMNS, "timeline")
-    dt = (timeline["end_s"] - timeline["start_s"]).to_numpy(dtype=np.float64)
+    timeline = Table.of(timeline)
+    dt = _floats(timeline, "end_s") - _floats(timeline, "start_s")
     busy = float(dt.sum())
-    kv_total = timeline["kv_blocks_total"].to_numpy(dtype=np.float64)
+    kv_total = _floats(timeline, "kv_blocks_total")
     with np.errstate(divide="ignore", invalid="ignore"):
-        kv_util = timeline["kv_blocks_used"].to_numpy(dtype=np.float64) / kv_total
+        kv_util = _floats(timeline, "kv_blocks_used") / kv_total
 
     def time_mean(x: np.ndarray) -> float:
         return float(np.dot(x, dt) / busy) if busy > 0 else math.nan
 
-    waiting = timeline["num_waiting"].to_numpy(dtype=np.float64)
+    waiting = _floats(timeline, "num_waiting")
     return {
-        "iterations": int(timeline["steps"].sum()),
+        "iterations": int(np.asarray(timeline["steps"]).sum()),
         "busy_time_s": busy,
-        "mean_batch_size": time_mean(timeline["batch_size"].to_numpy(dtype=np.float64)),
+        "mean_batch_size": time_mean(_floats(timeline, "batch_size")),
         "mean_kv_utilization": time_mean(kv_util),
         "max_kv_utilization": float(np.nanmax(kv_util)) if len(kv_util) else math.nan,
         "mean_num_waiting": time_mean(waiting),
@@ -264,25 +289,41 @@ SATURATION_SERVED_FRACTION = 0.95  # served below this fraction of the offered r
 SATURATION_QUEUE_BUSY = 0.9  # ... with requests waiting through this fraction of the second half of the arrivals
 
 
-def _waiting_at(timeline: pd.DataFrame, t: float) -> int:
+def _waiting_at(timeline: Table, t: float) -> int:
     """Requests waiting over all replicas at time ``t``: each replica's count after its last step ending by t."""
-    done = timeline[timeline["end_s"] <= t]
-    if done.empty:
-        return 0
-    return int(done.groupby("replica")["num_waiting"].last().sum())
+    replica, waiting = np.asarray(timeline["replica"]), np.asarray(timeline["num_waiting"])
+    done = np.nonzero(_floats(timeline, "end_s") <= t)[0]
+    total = 0
+    for r in np.unique(replica[done]).tolist():
+        total += int(waiting[done[replica[done] == r][-1]])
+    return total
 
 
-def _queue_busy(timeline: pd.DataFrame, start_s: float, end_s: float) -> float:
+def _kahan_sum(values: list[float]) -> float:
+    """Compensated sum, in the order given (pandas' groupby sum: the same bits as the summaries it gave)."""
+    total = comp = 0.0
+    for v in values:
+        y = v - comp
+        s = total + y
+        comp = s - total - y
+        total = s
+    return total
+
+
+def _queue_busy(timeline: Table, start_s: float, end_s: float) -> float:
     """The largest fraction, over replicas, of [start_s, end_s] during which requests were waiting."""
-    rows = timeline[(timeline["end_s"] > start_s) & (timeline["start_s"] < end_s)]
-    if rows.empty or not end_s > start_s:
+    start, end = _floats(timeline, "start_s"), _floats(timeline, "end_s")
+    rows = (end > start_s) & (start < end_s)
+    if not rows.any() or not end_s > start_s:
         return 0.0
-    dt = np.minimum(rows["end_s"].to_numpy(), end_s) - np.maximum(rows["start_s"].to_numpy(), start_s)
-    waited = pd.Series(dt * (rows["num_waiting"].to_numpy() > 0)).groupby(rows["replica"].to_numpy()).sum()
-    return float(waited.max() / (end_s - start_s))
+    dt = np.minimum(end[rows], end_s) - np.maximum(start[rows], start_s)
+    waited = dt * (np.asarray(timeline["num_waiting"])[rows] > 0)
+    replica = np.asarray(timeline["replica"])[rows]
+    best = max(_kahan_sum(waited[replica == r].tolist()) for r in np.unique(replica).tolist())
+    return float(best / (end_s - start_s))
 
 
-def saturation(requests: pd.DataFrame, timeline: pd.DataFrame, duration_s: float) -> dict[str, object]:
+def saturation(requests: pd.DataFrame | Table, timeline: pd.DataFrame | Table, duration_s: float) -> dict[str, object]:
     """Did the deployment keep up? ``saturated`` when it served under 95% of the offered rate (completions over
     ``duration_s`` against arrivals over their span) *and* requests were waiting through at least 90% of the
     second half of the arrivals on some replica: a queue that never drained, whose latencies grow with the run's
@@ -292,7 +333,8 @@ def saturation(requests: pd.DataFrame, timeline: pd.DataFrame, duration_s: float
     Returns ``saturated``, ``offered_rate`` and ``served_rate`` (requests/s), ``queue_busy_fraction`` and the
     waiting queue half-way through the arrivals and at the last one.
     """
-    arrival = requests["arrival_s"].to_numpy(dtype=np.float64)
+    requests, timeline = Table.of(requests), Table.of(timeline)
+    arrival = _floats(requests, "arrival_s")
     out: dict[str, object] = {"saturated": False, "offered_rate": math.nan, "served_rate": math.nan,
                               "queue_busy_fraction": 0.0, "waiting_at_half_arrivals": 0, "waiting_at_last_arrival": 0}
     if len(arrival) < 2 or not arrival.max() > arrival.min():
@@ -332,21 +374,24 @@ def slowdown_by_size(
         raise InputError(f"must be one of {sorted(SIZE_MEASURES)}, got {by!r}", field="by")
     if not isinstance(bins, int) or bins < 1:
         raise InputError(f"must be an integer >= 1, got {bins!r}", field="bins")
+    import pandas as pd
+
     check_columns(requests, REQUEST_COLUMNS, "requests")
-    size = SIZE_MEASURES[by](requests).to_numpy(dtype=np.float64)
+    requests = Table.of(requests)
+    size = np.asarray(SIZE_MEASURES[by](requests), dtype=np.float64)
     if len(size) == 0:
         return pd.DataFrame(columns=SLOWDOWN_COLUMNS)
     codes, edges = pd.qcut(size, q=bins, labels=False, retbins=True, duplicates="drop")
     if len(edges) < 2:  # every request the same size: one bin
         codes, edges = np.zeros(len(size)), np.array([size[0], size[0]])
-    lat = request_latencies(requests)
-    done = completed_mask(requests)
-    rejected = requests["rejected_reason"].fillna("").astype(str).to_numpy() != ""
+    lat = _latencies(requests)
+    rejected = _rejected(requests)
+    done = ~rejected & ~np.isnan(_floats(requests, "finish_s"))
     rows = []
     for i in range(len(edges) - 1):
         in_bin = codes == i
         sel = in_bin & done
-        slow = lat["slowdown"].to_numpy()[sel]
+        slow = lat["slowdown"][sel]
         slow = slow[~np.isnan(slow)]
         rows.append({
             "bin": i,
@@ -357,7 +402,7 @@ def slowdown_by_size(
             "mean_slowdown": float(slow.mean()) if len(slow) else math.nan,
             "p50_slowdown": float(np.percentile(slow, 50)) if len(slow) else math.nan,
             "p99_slowdown": float(np.percentile(slow, 99)) if len(slow) else math.nan,
-            "mean_ttft_ms": float(lat["ttft_s"].to_numpy()[sel].mean() * 1000) if sel.any() else math.nan,
-            "mean_e2el_ms": float(lat["e2el_s"].to_numpy()[sel].mean() * 1000) if sel.any() else math.nan,
+            "mean_ttft_ms": float(lat["ttft_s"][sel].mean() * 1000) if sel.any() else math.nan,
+            "mean_e2el_ms": float(lat["e2el_s"][sel].mean() * 1000) if sel.any() else math.nan,
         })
     return pd.DataFrame(rows, columns=SLOWDOWN_COLUMNS)

@@ -19,14 +19,18 @@ import json
 import math
 import os
 import shutil
+import sys
 import tempfile
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import pandas as pd
 
 from servesim.errors import InputError
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 OUTPUT_FILES = ("requests.parquet", "timeline.parquet", "summary.json", "run.json", "trace.json")
 # Metadata that differs between identical runs; kept out of summary.json so it stays byte-identical.
@@ -47,7 +51,8 @@ def to_json_value(x: object) -> object:
         return int(x)
     if isinstance(x, (float, np.floating)):
         return float(x) if math.isfinite(x) else None
-    if x is pd.NA:
+    pd_ = sys.modules.get("pandas")  # a pandas NA can only come from a loaded pandas
+    if pd_ is not None and x is pd_.NA:
         return None
     if isinstance(x, Path):
         return str(x)
@@ -204,6 +209,8 @@ def _publish(tmp: Path, out: Path, owned: tuple[str, ...]) -> None:
 
 def read_outputs(out_dir: str | os.PathLike[str]) -> dict[str, object]:
     """Load a run's ``requests``, ``timeline`` (DataFrames) and ``summary`` (dict) back."""
+    import pandas as pd
+
     out = Path(out_dir)
     for name in ("requests.parquet", "timeline.parquet", "summary.json"):
         if not (out / name).is_file():

@@ -9,9 +9,9 @@ from __future__ import annotations
 from array import array
 
 import numpy as np
-import pandas as pd
 
 from servesim.sim.request import Request
+from servesim.sim.table import Table
 
 _REQUEST_COLUMNS = {
     "request_id": "q",
@@ -73,18 +73,28 @@ class RequestRecorder:
         if self._token_times is not None:
             self._token_times.append(list(r.token_times_s or ()))
 
-    def frame(self) -> pd.DataFrame:
+    def table(self) -> Table:
         """The requests table, sorted by request id."""
-        df = pd.DataFrame({name: np.frombuffer(col, dtype=col.typecode) if len(col) else
-                           np.zeros(0, np.int64 if col.typecode == "q" else np.float64)
-                           for name, col in self._cols.items()})
-        reasons = np.full(len(df), "", dtype=object)
+        cols = {name: np.frombuffer(col, dtype=col.typecode).copy() if len(col) else
+                np.zeros(0, np.int64 if col.typecode == "q" else np.float64) for name, col in self._cols.items()}
+        n = len(self)
+        reasons = np.full(n, "", dtype=object)
         for row, why in self._rejected.items():
             reasons[row] = why
-        df["rejected_reason"] = reasons
+        cols["rejected_reason"] = reasons
         if self._token_times is not None:
-            df["token_times_s"] = pd.Series(self._token_times, dtype=object)
-        return df.sort_values("request_id", kind="stable").reset_index(drop=True)
+            times = np.empty(n, dtype=object)
+            for i, t in enumerate(self._token_times):
+                times[i] = t
+            cols["token_times_s"] = times
+        order = np.argsort(cols["request_id"], kind="stable")
+        if not (order == np.arange(n)).all():
+            cols = {name: col[order] for name, col in cols.items()}
+        return Table(cols, rows=n)
+
+    def frame(self):
+        """The requests table as a pandas DataFrame."""
+        return self.table().frame()
 
 
 class TimelineRecorder:
@@ -98,6 +108,10 @@ class TimelineRecorder:
         for append, value in zip(self._appenders, row):
             append(value)
 
-    def frame(self) -> pd.DataFrame:
-        return pd.DataFrame({name: np.array(col, dtype=np.int64 if col.typecode == "i" else np.float64)
-                             for name, col in self._cols.items()})
+    def table(self) -> Table:
+        return Table({name: np.array(col, dtype=np.int64 if col.typecode == "i" else np.float64)
+                      for name, col in self._cols.items()}, rows=len(self._cols["replica"]))
+
+    def frame(self):
+        """The timeline as a pandas DataFrame."""
+        return self.table().frame()

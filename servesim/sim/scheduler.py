@@ -194,8 +194,8 @@ class Scheduler:
 
     def _make_batch(self, prefill: list[PrefillChunk], n: int, preempted: list[Request], swap_in: int) -> Batch:
         """The batch of this step: ``prefill`` chunks and the first ``n`` decoding slots."""
-        q = self._q
-        ctx = self.slots.contexts(n, q)
+        q, slots = self._q, self.slots
+        ctx = slots.contexts(n, q)
         p_tok = p_pairs = p_ctx = completes = 0
         for ch in prefill:
             t, b = ch.tokens, ch.context_before
@@ -210,8 +210,8 @@ class Scheduler:
             prefill_ctx_tokens=p_ctx,
             decode_seqs=n,
             decode_query_tokens=n * q,
-            decode_ctx_tokens=int(ctx.sum()),
-            decode_ctx_max=int(ctx.max()) if n else 0,
+            decode_ctx_tokens=slots.context_sum(n, q),
+            decode_ctx_max=slots.context_max(n, q) if n else 0,
             sampled_tokens=completes + n * q,
         )
         swap_out = sum(r.swapped_blocks for r in preempted if r.state == State.SWAPPED)
@@ -219,13 +219,24 @@ class Scheduler:
 
     def _grow_decodes(self, preempted: list[Request]) -> bool:
         """Give every decoding request blocks for this step's tokens, preempting if they run out."""
-        while self.slots:
-            need = self.slots.block_need(len(self.slots), self._q)
-            total = int(need.sum())
-            if total <= self.kv.num_free:
-                if total:
-                    self._give_blocks(need, total)
-                return True
+        slots, q = self.slots, self._q
+        while slots:
+            n = len(slots)
+            if q <= slots.block_size:  # at most one block each: only the slots at a block boundary
+                idx = slots.short(n, q)
+                total = len(idx)
+                if total <= self.kv.num_free:
+                    if total:
+                        self.kv.grow_many([slots.reqs[i] for i in idx.tolist()], [1] * total, total)
+                        slots.grant(idx)
+                    return True
+            else:
+                need = slots.block_need(n, q)
+                total = int(need.sum())
+                if total <= self.kv.num_free:
+                    if total:
+                        self._give_blocks(need, total)
+                    return True
             self._preempt(self._victim(), preempted)
         return False
 
@@ -234,7 +245,7 @@ class Scheduler:
         idx = need.nonzero()[0]
         reqs = self.slots.reqs
         self.kv.grow_many([reqs[i] for i in idx.tolist()], need[idx].tolist(), total)
-        self.slots.nblk[: len(need)] += need
+        self.slots.grant(idx, need[idx])
 
     def _continue_prefills(self, prefill: list[PrefillChunk], budget: int, preempted: list[Request]) -> int:
         """Next chunks of running partial prefills, in admission order, within the budget.
@@ -385,12 +396,20 @@ class Scheduler:
             self.itl_weights.append(1)
         old = n - len(fresh)
         prev = self._last_decode_end_s
-        for t in ends:
+        if steps > 1:  # one gap per step: steps 2.. are every request's; step 1 is the old ones' only
+            gaps = np.diff(np.concatenate(((prev,), ends)))
+            self.itl_s.frombytes((gaps if old else gaps[1:]).tobytes())
             if old:
-                self.itl_s.append(t - prev)
                 self.itl_weights.append(old)
-            prev, old = t, n
-        self._fresh = [r for r in self._fresh if r not in fresh]
+            self.itl_weights.extend(array("q", (n,)) * (steps - 1))
+            prev = float(ends[-1])
+        else:
+            if old:
+                self.itl_s.append(now - prev)
+                self.itl_weights.append(old)
+            prev = now
+        if fresh:
+            self._fresh = [r for r in self._fresh if r not in fresh]
         self._last_decode_end_s = prev
         before = self.slots.gen[:n].copy() if self.config.record_token_times else None
         done = self.slots.advance(n, steps if accepted is None else accepted, clip=accepted is not None)

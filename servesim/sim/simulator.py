@@ -39,10 +39,30 @@ from servesim.sim.result import Result, finish_run
 from servesim.sim.router import ROUTERS
 from servesim.sim.scheduler import Scheduler
 from servesim.sim.spec import PerRequestAcceptance
+from servesim.sim.table import Table
 from servesim.sim.workload import Workload
 
 if TYPE_CHECKING:
     import pandas as pd
+
+
+def run_ends(cost, shape: BatchShape, t: float, steps: int, horizon: float, first: int = 16) -> np.ndarray:
+    """End times of up to ``steps`` identical decode steps of ``shape`` from ``t``: running sums from ``t`` (the
+    additions of stepping one by one), priced in chunks of growing size (``first``, then 4x) until one ends at or
+    after ``horizon``, so a run that an arrival cuts short is not priced to its end. Chunk ``k`` prices the shape
+    ``k`` steps on (contexts longer by ``k`` each), the same values as one call over the whole run."""
+    parts, done, size, start = [], 0, first, t
+    while done < steps:
+        m = min(size, steps - done)
+        s = shape if not done else replace(
+            shape, decode_ctx_tokens=shape.decode_ctx_tokens + shape.decode_seqs * done,
+            decode_ctx_max=shape.decode_ctx_max + done if shape.decode_ctx_max else 0)
+        ends = np.cumsum(np.concatenate(((start,), cost.decode_run_s(s, m))))[1:]
+        parts.append(ends)
+        done, size, start = done + m, size * 4, ends[-1]
+        if start >= horizon:
+            break
+    return parts[0] if len(parts) == 1 else np.concatenate(parts)
 
 
 class ReplicaProcess:
@@ -94,10 +114,10 @@ class ReplicaProcess:
             accepted = sim.accepted(batch.decode) if sim.spec_k and batch.decode else None
             steps = sched.identical_steps(batch) if sim.fast_forward and not pipelined else 1
             if steps > 1:
-                # Step ends as running sums from t (the order of additions of stepping one by one);
-                # keep the steps that start before the next arrival anywhere.
-                ends = np.cumsum(np.concatenate(((t,), dep.cost.decode_run_s(batch.shape, steps))))[1:]
-                steps = 1 + int(np.searchsorted(ends[: steps - 1], sim.next_arrival_s(), side="left"))
+                # Keep the steps that start before the next arrival anywhere.
+                horizon = sim.next_arrival_s()
+                ends = run_ends(dep.cost, batch.shape, t, steps, horizon)
+                steps = 1 + int(np.searchsorted(ends[: steps - 1], horizon, side="left"))
             if steps > 1:
                 sched.extend(batch, steps)
                 ends = ends[:steps]
@@ -194,14 +214,14 @@ class Simulation:
         self.spec_k = dep.scheduler.spec_k
         self._alphas: dict[int, float] = {}
         self._on_progress = on_progress
-        df = workload.requests
+        df = workload.table
         self._n = len(df)
-        self._arrival = df["arrival_s"].to_numpy(np.float64)
-        self._inp = df["input_tokens"].to_numpy(np.int64)
-        self._out = df["output_tokens"].to_numpy(np.int64)
-        self._hash = df["hash_ids"].tolist() if "hash_ids" in df.columns else None
-        self._prio = df["priority"].to_numpy(np.int64) if "priority" in df.columns else None
-        self._deadline = df["deadline_s"].to_numpy(np.float64) if "deadline_s" in df.columns else None
+        self._arrival = np.asarray(df["arrival_s"], np.float64)
+        self._inp = np.asarray(df["input_tokens"], np.int64)
+        self._out = np.asarray(df["output_tokens"], np.int64)
+        self._hash = df["hash_ids"].tolist() if "hash_ids" in df else None
+        self._prio = np.asarray(df["priority"], np.int64) if "priority" in df else None
+        self._deadline = np.asarray(df["deadline_s"], np.float64) if "deadline_s" in df else None
         self._block_tokens = workload.block_tokens or 0
         self._closed = workload.closed_loop
         if self._closed is not None and dep.replicas * dep.pp > 1:
@@ -299,9 +319,9 @@ class Simulation:
         return model.sample(self.rng, len(decode))
 
     # -- results ------------------------------------------------------------------------------
-    def request_table(self) -> pd.DataFrame:
+    def request_table(self) -> Table | pd.DataFrame:
         """The per-request table (``finish_run`` adds each request's E2E latency alone on an idle replica)."""
-        return self.requests.frame()
+        return self.requests.table()
 
     def pool_summary(self, requests: pd.DataFrame, timeline: pd.DataFrame, duration_s: float) -> dict:
         """Summary entries beyond the fleet's (P/D: one per pool)."""
@@ -346,7 +366,8 @@ def simulate(scenario: Scenario, workload: Workload | None = None, *,
 
     sim = make(dep, w, seed=scenario.seed, fast_forward=scenario.fast_forward, on_progress=tick)
     sim.run()
-    result = finish_run(scenario, dep, w, sim.request_table(), sim.timeline.frame(), sim.itl_s, sim.itl_weights,
+    result = finish_run(scenario, dep, w, sim.request_table(), sim.timeline.table(), sim.itl_s, sim.itl_weights,
                         sim.first_arrival_s, sim.last_finish_s, started)
-    result.summary.update(sim.pool_summary(result.requests, result.timeline, result.summary["duration"]))
+    if scenario.disaggregated:  # per-pool entries (the base simulation has none: its tables stay pandas-free)
+        result.summary.update(sim.pool_summary(result.requests, result.timeline, result.summary["duration"]))
     return result

@@ -5,7 +5,7 @@
 - `load_trace("azure-conv")` or `load_trace("my.csv", fmt="generic")`: built-in or file traces
   (formats in `FORMATS`, built-ins in `BUILTIN_TRACES`; `traces/`);
 - `synthesize(n, arrival, lengths, rng)`: seeded synthetic workloads (`synthetic.py`);
-- transforms that return a new `Workload` (`transforms.py`): `scale_rate`, `window`, `cap_lengths`, `head`,
+- transforms that return a new `Workload` (`transforms.py`): `scale_rate`, `window`, `cap_lengths`, `head`, `repeat`,
   and `with_arrivals` (give a length-only trace arrival times).
 
 The `Workload` table and its three kinds (open loop, length-only, closed loop) are described in `core.py`;
@@ -33,12 +33,12 @@ from servesim.sim.workload.synthetic import (
     with_arrivals,
 )
 from servesim.sim.workload.traces import BUILTIN_TRACES, BuiltinTrace, builtin_path, load_trace
-from servesim.sim.workload.transforms import cap_lengths, head, scale_rate, window
+from servesim.sim.workload.transforms import cap_lengths, head, repeat, scale_rate, window
 
 __all__ = [
     "ARRIVALS", "BUILTIN_TRACES", "FORMATS", "LENGTHS", "ArrivalProcess", "BuiltinTrace", "ClosedLoop",
     "Constant", "Empirical", "Fixed", "Gamma", "LengthDistribution", "Lengths", "LogNormal", "Poisson",
     "TokenDistribution", "TraceFormat", "Uniform", "Workload", "Zipf", "builtin_path", "cap_lengths",
-    "detect_format", "file_format", "head", "load_file", "load_trace", "scale_rate", "synthesize", "window",
+    "detect_format", "file_format", "head", "load_file", "load_trace", "repeat", "scale_rate", "synthesize", "window",
     "with_arrivals", "workload_stats",
 ]

@@ -22,13 +22,16 @@ Three kinds of workload, told apart by `arrival_s` and `closed_loop`:
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import pandas as pd
 
 from servesim.errors import ConfigError
+from servesim.sim.table import Table
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 REQUIRED_COLUMNS = ("arrival_s", "input_tokens", "output_tokens")
 OPTIONAL_COLUMNS = ("hash_ids", "priority", "deadline_s")
@@ -49,38 +52,61 @@ class ClosedLoop:
             raise ConfigError(f"ClosedLoop think_time_s must be >= 0, got {self.think_time_s}")
 
 
-@dataclass(frozen=True, eq=False)
+@dataclass(frozen=True, eq=False, init=False)
 class Workload:
     """A table of requests plus where it came from. Build one with `load_trace`, `synthesize` or
-    a transform; treat `requests` as read-only (transforms return new workloads)."""
+    a transform; treat its table as read-only (transforms return new workloads).
+
+    `table` holds the columns (numpy arrays: what the simulator reads); `requests` is the same table as a
+    pandas DataFrame, built on first use. Construct with either (`requests=` a DataFrame or `table=`)."""
 
     name: str
-    requests: pd.DataFrame
+    table: Table
     block_tokens: int | None = None  # tokens per `hash_ids` block; None when there are no hash_ids
     source: str = ""  # file path, "builtin:NAME" or "synthetic:..." for run metadata
     notes: tuple[str, ...] = ()  # what loading changed, e.g. failed rows dropped
     closed_loop: ClosedLoop | None = None
+    _frame: Any = field(default=None, init=False, repr=False, compare=False)
 
-    def __post_init__(self) -> None:
-        df = self.requests
-        missing = [c for c in REQUIRED_COLUMNS if c not in df.columns]
+    def __init__(self, name: str, requests: pd.DataFrame | Table | None = None, block_tokens: int | None = None,
+                 source: str = "", notes: tuple[str, ...] = (), closed_loop: ClosedLoop | None = None, *,
+                 table: Table | None = None) -> None:
+        if (requests is None) == (table is None):
+            raise ValueError("give a workload's requests (a DataFrame) or its table, not both")
+        t = Table.of(requests if table is None else table)  # a DataFrame's columns are copied: the table is its own
+        for k, v in (("name", name), ("table", t), ("block_tokens", block_tokens), ("source", source),
+                     ("notes", tuple(notes)), ("closed_loop", closed_loop), ("_frame", None)):
+            object.__setattr__(self, k, v)
+        self._check()
+
+    def _check(self) -> None:
+        t = self.table
+        missing = [c for c in REQUIRED_COLUMNS if c not in t]
         if missing:
             raise ValueError(f"workload {self.name!r} lacks columns {missing}")
-        unknown = [c for c in df.columns if c not in REQUIRED_COLUMNS + OPTIONAL_COLUMNS]
+        unknown = [c for c in t.columns if c not in REQUIRED_COLUMNS + OPTIONAL_COLUMNS]
         if unknown:
             raise ValueError(f"workload {self.name!r} has unknown columns {unknown}")
-        if ("hash_ids" in df.columns) != (self.block_tokens is not None):
+        if ("hash_ids" in t) != (self.block_tokens is not None):
             raise ValueError("block_tokens must be set exactly when hash_ids is present")
-        if self.closed_loop is not None and not df["arrival_s"].isna().all():
+        if self.closed_loop is not None and not np.isnan(np.asarray(t["arrival_s"], np.float64)).all():
             raise ValueError("a closed-loop workload has no arrival times (arrival_s must be NaN)")
 
+    @property
+    def requests(self) -> pd.DataFrame:
+        """The requests as a pandas DataFrame (built once, on first use; imports pandas)."""
+        if self._frame is None:
+            object.__setattr__(self, "_frame", self.table.frame())
+        return self._frame
+
     def __len__(self) -> int:
-        return len(self.requests)
+        return len(self.table)
 
     @property
     def has_arrivals(self) -> bool:
         """True when every request has an arrival time (an open-loop trace or generator)."""
-        return len(self.requests) > 0 and not bool(self.requests["arrival_s"].isna().any())
+        t = self.table
+        return len(t) > 0 and not bool(np.isnan(np.asarray(t["arrival_s"], np.float64)).any())
 
     def stats(self) -> dict[str, Any]:
         """Summary statistics: see `workload_stats`."""
@@ -115,7 +141,7 @@ def _arrival_stats(t: np.ndarray) -> dict[str, Any]:
     return out
 
 
-def _hash_stats(hash_ids: pd.Series) -> dict[str, Any]:
+def _hash_stats(hash_ids) -> dict[str, Any]:
     """Prefix-block reuse: the share of blocks whose id appeared in an earlier request (or earlier in
     the same one), i.e. what an infinite prefix cache could skip."""
     flat = np.fromiter((h for ids in hash_ids for h in ids), dtype=np.int64)
@@ -133,16 +159,16 @@ def workload_stats(w: Workload) -> dict[str, Any]:
     `rate_per_s` ((n-1)/span), `iat_cv` (inter-arrival coefficient of variation), `burstiness`
     ((cv-1)/(cv+1)), `per_minute_min`/`max`; `input_tokens`/`output_tokens` as mean/p50/p90/p99/min/max;
     with hash_ids `hash_blocks_mean` and `hash_block_reuse`; `closed_loop` users/think time; `notes`."""
-    df = w.requests
+    df = w.table
     out: dict[str, Any] = {"name": w.name, "source": w.source, "requests": len(df)}
     if len(df) == 0:
         return out
     if w.has_arrivals:
-        out.update(_arrival_stats(df["arrival_s"].to_numpy()))
+        out.update(_arrival_stats(np.asarray(df["arrival_s"], np.float64)))
     else:
         out.update({"span_s": None, "rate_per_s": None, "iat_cv": None, "burstiness": None})
-    out["input_tokens"] = _percentiles(df["input_tokens"].to_numpy())
-    out["output_tokens"] = _percentiles(df["output_tokens"].to_numpy())
+    out["input_tokens"] = _percentiles(np.asarray(df["input_tokens"]))
+    out["output_tokens"] = _percentiles(np.asarray(df["output_tokens"]))
     if "hash_ids" in df.columns:
         out["block_tokens"] = w.block_tokens
         out.update(_hash_stats(df["hash_ids"]))

@@ -10,6 +10,7 @@ line follows in brackets) and the column.
 
 from __future__ import annotations
 
+import csv
 import json
 import re
 from dataclasses import dataclass
@@ -17,9 +18,9 @@ from io import StringIO
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 
 from servesim.errors import InputError
+from servesim.sim.table import Table
 from servesim.sim.workload.core import Workload
 
 
@@ -78,16 +79,24 @@ FORMATS: dict[str, TraceFormat] = {
 
 @dataclass(frozen=True)
 class _Table:
-    """Raw cells of a trace file, before any conversion."""
+    """Raw cells of a trace file, before any conversion: a list per column (CSV: strings; JSONL: JSON values,
+    None where a row lacks the key)."""
 
     path: str
-    frame: pd.DataFrame
+    cells: dict[str, list]
     lines: np.ndarray  # 1-based file line of each data row
+    json: bool = False
+
+    @property
+    def columns(self) -> list[str]:
+        return list(self.cells)
+
+    def __len__(self) -> int:
+        return len(self.lines)
 
     def cell(self, i: int, column: str) -> object:
         """The raw value at data row index `i`, as a plain Python object (for messages)."""
-        v = self.frame[column].iloc[i]
-        return v.item() if isinstance(v, np.generic) else v
+        return self.cells[column][i]
 
     def error(self, i: int, column: str, problem: str) -> InputError:
         """An error at data row index `i` (0-based) of `column`."""
@@ -95,21 +104,29 @@ class _Table:
 
 
 def _read_csv(path: str, text: str) -> _Table:
-    try:
-        frame = pd.read_csv(StringIO(text), dtype=str, keep_default_na=False, skip_blank_lines=False)
-    except pd.errors.ParserError as exc:
-        m = re.search(r"line (\d+)", str(exc))
-        line = int(m.group(1)) if m else None
-        detail = str(exc).strip().splitlines()[-1].split("C error: ")[-1]
-        raise InputError(f"malformed CSV: {detail}", file=path, row=line - 1 if line else None) from None
-    frame.columns = [str(c).strip() for c in frame.columns]
-    frame = frame.fillna("")
+    reader = csv.reader(StringIO(text))
+    header = next(reader, [])
+    names = [c.strip() for c in header]
+    width = len(names)
+    rows = list(reader)
+    if '"' in text:  # quoted cells may span lines: take each row's line from the reader
+        reader = csv.reader(StringIO(text))
+        next(reader, None)
+        lines = [reader.line_num for _ in reader]
+    else:
+        lines = list(range(2, len(rows) + 2))
+    if any(len(r) != width for r in rows):
+        for i, rec in enumerate(rows):
+            if len(rec) > width:
+                raise InputError(f"malformed CSV: Expected {width} fields in line {lines[i]}, saw {len(rec)}",
+                                 file=path, row=lines[i] - 1)
+        rows = [r + [""] * (width - len(r)) for r in rows]  # short rows and blank lines: empty cells
     # A trailing blank line is harmless; keep inner ones so rows map to file lines exactly.
-    blank = (frame == "").all(axis=1).to_numpy()
-    n = len(frame)
-    while n and blank[n - 1]:
+    n = len(rows)
+    while n and not any(rows[n - 1]):
         n -= 1
-    return _Table(path, frame.iloc[:n].reset_index(drop=True), np.arange(n) + 2)
+    cols = list(zip(*rows[:n])) if n else [()] * width
+    return _Table(path, {name: list(col) for name, col in zip(names, cols)}, np.array(lines[:n], dtype=np.int64))
 
 
 def _read_jsonl(path: str, text: str) -> _Table:
@@ -127,7 +144,9 @@ def _read_jsonl(path: str, text: str) -> _Table:
                              file=path, row=len(records) + 1)
         records.append(obj)
         lines.append(line_no)
-    return _Table(path, pd.DataFrame.from_records(records), np.array(lines, dtype=np.int64))
+    names = list(dict.fromkeys(k for r in records for k in r))  # every key, in order of first appearance
+    cells = {name: [r.get(name) for r in records] for name in names}
+    return _Table(path, cells, np.array(lines, dtype=np.int64), json=True)
 
 
 def _require_file(path: Path) -> None:
@@ -179,18 +198,34 @@ def _describe(value: object) -> str:
     return f"not a number: {value!r}"
 
 
+_NUMBER = re.compile(r"\s*[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?\s*|\s*[+-]?(nan|inf|infinity)\s*", re.IGNORECASE)
+
+
+def _number(v: object) -> float:
+    """One cell as a number; NaN when it is not one (a bool, a list, an empty or non-numeric string)."""
+    if isinstance(v, bool) or v is None:
+        return np.nan
+    if isinstance(v, (int, float)):
+        return float(v)
+    if isinstance(v, str) and _NUMBER.fullmatch(v):
+        return float(v)
+    return np.nan
+
+
 def _numbers(t: _Table, column: str) -> np.ndarray:
     """`column` as float64; the first cell that is empty, NaN, infinite or not a number is an error."""
-    raw = t.frame[column]
-    try:
-        values = pd.to_numeric(raw, errors="coerce").to_numpy(dtype=np.float64, na_value=np.nan)
-    except (TypeError, ValueError):  # a list or dict in a JSON cell
-        values = np.array([v if isinstance(v, (int, float)) else np.nan for v in raw], dtype=np.float64)
+    raw = t.cells[column]
+    values = None
+    if not t.json:  # strings: numpy parses a column of plain numbers in one go
+        try:
+            values = np.array(raw, dtype=np.float64)
+        except ValueError:
+            values = None
+        if values is not None and any("_" in v for v in raw):
+            values = None  # numpy reads 1_000 as a number; a trace should not
+    if values is None:
+        values = np.array([_number(v) for v in raw], dtype=np.float64)
     bad = ~np.isfinite(values)
-    if pd.api.types.is_bool_dtype(raw):  # JSON true/false are not token counts
-        bad[:] = True
-    elif raw.dtype == object:
-        bad |= raw.map(lambda v: isinstance(v, bool)).to_numpy(dtype=bool)
     if bad.any():
         i = int(np.argmax(bad))
         raise t.error(i, column, _describe(t.cell(i, column)))
@@ -215,15 +250,18 @@ def _arrivals(t: _Table, f: TraceFormat) -> np.ndarray:
     """Arrival times in seconds: relative to the first row for wall-clock formats, as given otherwise."""
     col = f.time_column
     if f.time_unit == "datetime":
-        raw = t.frame[col].astype(str).str.strip()
-        # Azure writes 7 fractional digits (100 ns ticks); older pandas accept at most 6.
-        stamps = pd.to_datetime(raw.str.replace(r"(\.\d{6})\d+", r"\1", regex=True), format="ISO8601",
-                                errors="coerce")
-        bad = stamps.isna().to_numpy()
-        if bad.any():
-            i = int(np.argmax(bad))
-            raise t.error(i, col, f"not a timestamp: {raw.iloc[i]!r}")
-        seconds = (stamps - stamps.iloc[0]).dt.total_seconds().to_numpy(dtype=np.float64)
+        raw = [str(v).strip() for v in t.cells[col]]
+        text = [_microseconds(v) for v in raw]
+        try:
+            stamps = np.array(text, dtype="datetime64[us]")
+            ok = not np.isnat(stamps).any() and not {"now", "today"} & set(text)  # numpy's own words
+        except ValueError:
+            ok = False
+        if not ok:
+            i = next(i for i, v in enumerate(text) if not _timestamp(v))
+            raise t.error(i, col, f"not a timestamp: {raw[i]!r}")
+        whole, micro = np.divmod((stamps - stamps[0]).astype(np.int64), 1_000_000)
+        seconds = whole + micro / 1e6  # seconds and their fraction apart, as pandas' total_seconds
     else:
         seconds = _numbers(t, col) / (1000.0 if f.time_unit == "ms" else 1.0)
         neg = seconds < 0
@@ -238,13 +276,33 @@ def _arrivals(t: _Table, f: TraceFormat) -> np.ndarray:
     return seconds
 
 
+def _microseconds(stamp: str) -> str:
+    """``stamp`` with at most six fractional digits (Azure writes seven: 100 ns ticks; microseconds are kept)."""
+    dot = stamp.rfind(".")
+    return stamp[:dot + 7] if dot > 0 and len(stamp) > dot + 7 and stamp[dot + 1:].isdigit() else stamp
+
+
+_ISO = re.compile(r"\d{4}-\d\d-\d\d([T ]\d\d(:\d\d(:\d\d(\.\d+)?)?)?)?")
+
+
+def _timestamp(text: str) -> bool:
+    """Whether ``text`` is an ISO 8601 date-time numpy reads (no time zone)."""
+    if not _ISO.fullmatch(text):
+        return False
+    try:
+        np.datetime64(text, "us")
+    except ValueError:
+        return False
+    return True
+
+
 _HASH_SPLIT = re.compile(r"[;\s,]+")
 
 
 def _hash_ids(t: _Table, column: str) -> list[tuple[int, ...]]:
     """Prefix-block hashes: JSON lists of ints, or CSV cells of space- or ;-separated ints."""
     out = []
-    for i, cell in enumerate(t.frame[column]):
+    for i, cell in enumerate(t.cells[column]):
         if isinstance(cell, str):
             try:
                 ids = tuple(int(tok) for tok in _HASH_SPLIT.split(cell.strip().strip("[]")) if tok)
@@ -261,7 +319,7 @@ def _hash_ids(t: _Table, column: str) -> list[tuple[int, ...]]:
 
 
 def _check_columns(t: _Table, f: TraceFormat) -> None:
-    columns = list(t.frame.columns)
+    columns = t.columns
     for col in f.required:
         if col not in columns:
             raise InputError(f"missing column (format '{f.name}' needs {', '.join(f.required)})",
@@ -277,44 +335,44 @@ def parse_table(t: _Table, f: TraceFormat, name: str, source: str,
                 block_tokens: int | None = None) -> Workload:
     """Convert raw cells to a validated `Workload` in format `f`."""
     _check_columns(t, f)
-    if len(t.frame) == 0:
+    if len(t) == 0:
         raise InputError("empty trace: no data rows", file=t.path)
     cols: dict[str, object] = {}
-    if f.time_column in t.frame.columns:
+    if f.time_column in t.cells:
         cols["arrival_s"] = _arrivals(t, f)
     else:
-        cols["arrival_s"] = np.full(len(t.frame), np.nan)
+        cols["arrival_s"] = np.full(len(t), np.nan)
     inp = _numbers(t, f.input_column)
     out = _numbers(t, f.output_column)
     failed = (inp == 0) | (out == 0) if f.drop_failed else None
     cols["input_tokens"] = _whole(t, f.input_column, inp, skip=failed)
     cols["output_tokens"] = _whole(t, f.output_column, out, skip=failed)
-    has_hash = f.hash_column is not None and f.hash_column in t.frame.columns
+    has_hash = f.hash_column is not None and f.hash_column in t.cells
     if has_hash:
         cols["hash_ids"] = _hash_ids(t, f.hash_column)
-    if f.priority_column in t.frame.columns:
+    if f.priority_column in t.cells:
         cols["priority"] = _whole(t, f.priority_column, _numbers(t, f.priority_column), positive=False)
-    if f.deadline_column in t.frame.columns:
+    if f.deadline_column in t.cells:
         deadline = _numbers(t, f.deadline_column)
         if (deadline <= 0).any():
             i = int(np.argmax(deadline <= 0))
             raise t.error(i, f.deadline_column, f"deadline must be > 0 s, got {deadline[i]!r}")
         cols["deadline_s"] = deadline
-    df = pd.DataFrame(cols)
+    table = Table(cols)
     notes: tuple[str, ...] = ()
     if failed is not None and failed.any():
-        df = df[~failed].reset_index(drop=True)
+        table = table.take(~failed)
         notes = (f"dropped {int(failed.sum())} failed rows with zero request or response tokens",)
-        if len(df) == 0:
+        if len(table) == 0:
             raise InputError("empty trace: every row is a failed request", file=t.path)
     block = (block_tokens or f.block_tokens) if has_hash else None
-    return Workload(name=name, requests=df, block_tokens=block, source=source, notes=notes)
+    return Workload(name=name, table=table, block_tokens=block, source=source, notes=notes)
 
 
 def file_format(path: str | Path) -> str:
     """The format name detected for `path` from its first line alone (header or first JSON object)."""
     t = read_table_head(Path(path))
-    return detect_format(list(t.frame.columns), t.path).name
+    return detect_format(t.columns, t.path).name
 
 
 def read_table_head(path: Path) -> _Table:
@@ -334,5 +392,5 @@ def load_file(path: str | Path, fmt: str | None = None, *, name: str | None = No
     if fmt is not None and fmt not in FORMATS:
         raise InputError(f"unknown format {fmt!r}; known formats: {', '.join(FORMATS)}", field="format")
     t = read_table(path)
-    f = FORMATS[fmt] if fmt is not None else detect_format(list(t.frame.columns), t.path)
+    f = FORMATS[fmt] if fmt is not None else detect_format(t.columns, t.path)
     return parse_table(t, f, name or path.stem, source or str(path), block_tokens)

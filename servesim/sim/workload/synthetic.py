@@ -13,9 +13,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-import pandas as pd
 
 from servesim.errors import ConfigError
+from servesim.sim.table import Table
 from servesim.sim.workload.core import ClosedLoop, Workload
 from servesim.sim.workload.traces import load_trace
 
@@ -206,8 +206,8 @@ class Empirical:
         if isinstance(w, str):
             w = load_trace(w)
         pick = rng.integers(0, len(w), size=n)
-        df = w.requests
-        return df["input_tokens"].to_numpy()[pick], df["output_tokens"].to_numpy()[pick]
+        t = w.table
+        return np.asarray(t["input_tokens"])[pick], np.asarray(t["output_tokens"])[pick]
 
 
 LengthDistribution = Lengths | Empirical
@@ -228,8 +228,8 @@ def synthesize(n: int, arrival: ArrivalProcess, lengths: LengthDistribution, rng
     closed = arrival if isinstance(arrival, ClosedLoop) else None
     times = np.full(n, np.nan) if closed else arrival.arrivals(n, rng)
     inp, out = lengths.sample(n, rng)
-    df = pd.DataFrame({"arrival_s": times, "input_tokens": inp, "output_tokens": out})
-    return Workload(name=name, requests=df, source=f"synthetic:{arrival!r} x {_label(lengths)}",
+    table = Table({"arrival_s": times, "input_tokens": inp, "output_tokens": out})
+    return Workload(name=name, table=table, source=f"synthetic:{arrival!r} x {_label(lengths)}",
                     closed_loop=closed)
 
 
@@ -237,7 +237,7 @@ def with_arrivals(w: Workload, arrival: ArrivalProcess, rng: np.random.Generator
     """`w` (length-only or not) with new arrival times from `arrival`; rows keep their order. A
     `ClosedLoop` makes it a closed-loop workload."""
     closed = arrival if isinstance(arrival, ClosedLoop) else None
-    df = w.requests.copy()
-    df["arrival_s"] = np.full(len(df), np.nan) if closed else arrival.arrivals(len(df), rng)
-    return Workload(name=w.name, requests=df, block_tokens=w.block_tokens,
+    table = w.table.copy()
+    table["arrival_s"] = np.full(len(table), np.nan) if closed else arrival.arrivals(len(table), rng)
+    return Workload(name=w.name, table=table, block_tokens=w.block_tokens,
                     source=f"{w.source} + {arrival!r}", notes=w.notes, closed_loop=closed)
