@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
+import os
 import platform
 import resource
 import subprocess
@@ -29,7 +30,8 @@ from servesim.sim.config import Scenario
 from servesim.sim.deployment import build_deployment
 from servesim.sim.simulator import Simulation
 
-SCENARIO = Scenario(trace="arxiv-summarization", arrival="poisson")
+# The deployment (the workload is synthesized below): the roofline H100-SXM of the 2026-11-27 results.
+SCENARIO = Scenario(trace="arxiv-summarization", arrival="poisson", rate=1.0, gpu="H100-SXM")
 
 
 def _workload(n: int, rate: float, seed: int = 0) -> wl.Workload:
@@ -55,12 +57,13 @@ def one_run(n: int, rate: float) -> dict:
     sim.run()
     cpu, wall = time.process_time() - cpu0, time.perf_counter() - wall0
     rss1 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    rows = len(sim.timeline.frame())
+    rows = len(sim.timeline.table())
     return {
         "requests": n, "rate_req_per_s": rate, "cpu_s": cpu, "wall_s": wall,
         "req_per_cpu_s": n / cpu, "timeline_rows": rows, "us_per_row": cpu / rows * 1e6,
         "simulated_span_s": sim.last_finish_s - sim.first_arrival_s,
         "peak_rss_mib": rss1 / 1024, "rss_growth_bytes_per_request": (rss1 - rss0) * 1024 / n,
+        "load_1min": os.getloadavg()[0],
     }
 
 
@@ -85,7 +88,8 @@ def main() -> None:
         rows.append(r)
         print(f"{n:>9,} requests: {r['req_per_cpu_s']:>7,.0f} req/CPU-s ({r['cpu_s']:.1f} s CPU, "
               f"{r['wall_s']:.1f} s wall), {r['us_per_row']:.1f} µs/iteration row, peak RSS "
-              f"{r['peak_rss_mib']:.0f} MiB ({r['rss_growth_bytes_per_request']:.0f} B/request)")
+              f"{r['peak_rss_mib']:.0f} MiB ({r['rss_growth_bytes_per_request']:.0f} B/request), "
+              f"load {r['load_1min']:.2f}")
     if args.out:
         cpuinfo = Path("/proc/cpuinfo").read_text().splitlines()
         cpu = next((ln.split(":", 1)[1].strip() for ln in cpuinfo if ln.startswith("model name")), "?")
@@ -98,11 +102,12 @@ def main() -> None:
                  f"Command: `{meta['command']}`", "",
                  f"Llama-3.1-8B / H100-SXM, TP1, chunked prefill, Poisson arrivals, arXiv-summarization lengths; "
                  f"measured capacity {cap:.2f} req/s, run at {args.load:.0%} ({rate:.2f} req/s).", "",
-                 "| requests | req / CPU-s | CPU s | wall s | µs / iteration row | peak RSS MiB | RSS B / request |",
-                 "|---:|---:|---:|---:|---:|---:|---:|"]
+                 "| requests | req / CPU-s | CPU s | wall s | µs / iteration row | peak RSS MiB | RSS B / request | "
+                 "load (1 min) |",
+                 "|---:|---:|---:|---:|---:|---:|---:|---:|"]
         lines += [f"| {r['requests']:,} | {r['req_per_cpu_s']:,.0f} | {r['cpu_s']:.1f} | {r['wall_s']:.1f} | "
-                  f"{r['us_per_row']:.1f} | {r['peak_rss_mib']:.0f} | {r['rss_growth_bytes_per_request']:.0f} |"
-                  for r in rows]
+                  f"{r['us_per_row']:.1f} | {r['peak_rss_mib']:.0f} | {r['rss_growth_bytes_per_request']:.0f} | "
+                  f"{r['load_1min']:.2f} |" for r in rows]
         args.out.with_suffix(".md").write_text("\n".join(lines) + "\n")
 
 
