@@ -2,6 +2,7 @@
 
     python3 bench/quant_gemm.py --out bench/results            # configs from quant_gemm_configs.py
     python3 bench/quant_gemm.py --tune --out bench/results     # sweep candidates per M bucket first
+    python3 bench/quant_gemm.py --w8a8 --tune --out bench/results   # W8A8 (bench/quant_gemm_w8a8.py) instead
 
 One process, one GPU. Every operation is timed twice (``servesim/kernels/timing.py``): by the issues' reference method
 (one CUDA-graph replay after zeroing 256 MB: dirty L2 plus the isolated-launch floor, as
@@ -227,9 +228,18 @@ def main() -> None:
     ap.add_argument("--workers", type=int, default=12, help="processes compiling candidates in parallel")
     ap.add_argument("--quick", action="store_true", help="one shape (28672x8192), M in 1, 16, 256: a smoke run")
     ap.add_argument("--buckets", default=",".join(TUNE_MS), help="M buckets --tune sweeps (comma-separated)")
+    ap.add_argument("--w8a8", action="store_true", help="benchmark W8A8 against torch._int_mm, cuBLAS bf16 and FP8 "
+                    "torch._scaled_mm instead (bench/quant_gemm_w8a8.py)")
+    ap.add_argument("--smoke", action="store_true", help="with --w8a8: tiny shapes on the CPU interpreter, no files")
     args = ap.parse_args()
+    global SHAPES, MS
+    if args.w8a8:
+        from bench.quant_gemm_w8a8 import main_w8a8
+
+        quick = args.quick
+        main_w8a8(args, [(28672, 8192)] if quick else SHAPES, [1, 16, 256] if quick else MS, TUNE_SHAPES)
+        return
     if args.quick:
-        global SHAPES, MS
         SHAPES, MS = [(28672, 8192)], [1, 16, 256]
     torch.manual_seed(0)
     card = timing.card()

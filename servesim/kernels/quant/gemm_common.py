@@ -118,6 +118,18 @@ def _pick_word(J: tl.constexpr, E: tl.constexpr, w0, w1):
 
 
 @triton.jit
+def _tile(pid, M, N, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, GROUP_M: tl.constexpr):
+    """(row tile, column tile, column tiles) of program ``pid`` in grouped order: GROUP_M row tiles side by side
+    share the weight tiles they stream through L2."""
+    grid_m = tl.cdiv(M, BLOCK_M)
+    grid_n = tl.cdiv(N, BLOCK_N)
+    width = GROUP_M * grid_n
+    first_m = (pid // width) * GROUP_M
+    rows = tl.minimum(grid_m - first_m, GROUP_M)
+    return first_m + (pid % width) % rows, (pid % width) // rows, grid_n
+
+
+@triton.jit
 def _finish(acc, y_ptr, ws_ptr, lock_ptr, offs_m, offs_n, M, N, stride_ym, tile, pid_k, SPLIT_K):
     """Store acc [BM, BN] to y, or (split-K) publish a partial and let the last split reduce."""
     mask = (offs_m[:, None] < M) & (offs_n[None, :] < N)

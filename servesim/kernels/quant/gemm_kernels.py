@@ -17,6 +17,7 @@ from .gemm_common import (  # noqa: F401  (Triton resolves these as globals)
     _pos_scale,
     _split_sz,
     _sz_words,
+    _tile,
     _w_block,
     _x_block,
     _zero_code,
@@ -306,16 +307,8 @@ def _wq_gemm_kernel(
     POST: tl.constexpr = DEQ == 1 or DEQ == 2  # the group scale multiplies the dot's result
     JOINED: tl.constexpr = JOIN and (not POST or J_PER_GROUP == E)
     DTYPE: tl.constexpr = x_ptr.dtype.element_ty
-    # grouped tile order: GROUP_M row-tiles share the W tiles they stream through L2
-    pid = tl.program_id(0)
+    pid_m, pid_n, grid_n = _tile(tl.program_id(0), M, N, BLOCK_M, BLOCK_N, GROUP_M)
     pid_k = tl.program_id(1)
-    grid_m = tl.cdiv(M, BLOCK_M)
-    grid_n = tl.cdiv(N, BLOCK_N)
-    width = GROUP_M * grid_n
-    first_m = (pid // width) * GROUP_M
-    rows = tl.minimum(grid_m - first_m, GROUP_M)
-    pid_m = first_m + (pid % width) % rows
-    pid_n = (pid % width) // rows
 
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
