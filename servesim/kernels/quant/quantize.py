@@ -85,13 +85,23 @@ def quantize_int4_groupwise(
     if k % group_size:
         raise ValueError(f"in_features {k} is not a multiple of group_size {group_size}")
     wg = w.float().reshape(n, k // group_size, group_size)
-    lo = wg.amin(dim=2).clamp_max(0.0)  # keep 0 representable (exact zero weights stay exact)
-    hi = wg.amax(dim=2).clamp_min(0.0)
-    scales = _round_up_to_dtype(((hi - lo) / 15.0).clamp_min(1e-8), scale_dtype)
-    s32 = scales.float()
-    zeros = torch.round(-lo / s32).clamp_(0, 15)
-    q = (torch.round(wg / s32[..., None]) + zeros[..., None]).clamp_(0, 15)
+    scales, zeros = int4_group_params(wg, scale_dtype)
+    q = quantize_int4_with(wg, scales.float()[..., None], zeros[..., None])
     return q.reshape(n, k).to(torch.uint8), scales, zeros.to(scale_dtype)
+
+
+def int4_group_params(wg: torch.Tensor, scale_dtype: torch.dtype = torch.bfloat16) -> tuple[torch.Tensor, torch.Tensor]:
+    """Min-max (scale, integer zero) over the last axis of ``wg``: the scale rounded up to ``scale_dtype`` (so no
+    code clips), the zero an fp32 integer in [0, 15]; 0 stays representable (exact zero weights stay exact)."""
+    lo = wg.amin(dim=-1).clamp_max(0.0)
+    hi = wg.amax(dim=-1).clamp_min(0.0)
+    scales = _round_up_to_dtype(((hi - lo) / 15.0).clamp_min(1e-8), scale_dtype)
+    return scales, torch.round(-lo / scales.float()).clamp_(0, 15)
+
+
+def quantize_int4_with(w: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor) -> torch.Tensor:
+    """int4 codes (fp32, in [0, 15]) of ``w`` on a given grid: ``round(w / scale) + zero``, clamped."""
+    return (torch.round(w / scale) + zero).clamp_(0, 15)
 
 
 def dequantize_int4_groupwise(
