@@ -24,6 +24,7 @@ import triton
 
 from servesim.kernels import timing
 from servesim.kernels.counters import SplitCounters
+from servesim.kernels.quant import fp8 as F8
 from servesim.kernels.quant import quantize as Q
 from servesim.kernels.quant import w8a8 as W
 from servesim.kernels.quant.configs import bucket
@@ -31,7 +32,6 @@ from servesim.kernels.quant.configs import bucket
 METHODS = {"": timing.cold_ms, "_stream": timing.stream_ms}
 TUNE_MS = {"1": [1], "16": [4, 16], "64": [32, 64], "256": [128, 256], "large": [1024]}
 INT_MM_MIN_M = 17
-FP8_MAX = 448.0
 
 
 def w8a8_candidates(bkt: str) -> list[dict]:
@@ -54,16 +54,7 @@ def w8a8_candidates(bkt: str) -> list[dict]:
 
 def quantize_weight(w: torch.Tensor):
     """(int8 codes [N, K], fp32 scales [N]) and the FP8 pair (e4m3 [N, K], fp32 scales [N])."""
-    q8, s8 = Q.quantize_int8_per_channel(w)
-    s_f8 = w.float().abs().amax(1).clamp_min(1e-12) / FP8_MAX
-    return (q8, s8), ((w.float() / s_f8[:, None]).to(torch.float8_e4m3fn), s_f8)
-
-
-def fp8_linear(x: torch.Tensor, w8: torch.Tensor, s_w: torch.Tensor) -> torch.Tensor:
-    """Per-token e4m3 quantization of x, then ``torch._scaled_mm`` with row-wise scales, bf16 out."""
-    s_x = x.float().abs().amax(1, keepdim=True).clamp_min(1e-12) / FP8_MAX
-    xq = (x.float() / s_x).to(torch.float8_e4m3fn)
-    return torch._scaled_mm(xq, w8.t(), scale_a=s_x, scale_b=s_w[None, :], out_dtype=torch.bfloat16)
+    return Q.quantize_int8_per_channel(w), F8.quantize_fp8_per_channel(w)
 
 
 def int_mm_scaled(q_x, s_x, q_w, s_w):
@@ -128,7 +119,7 @@ def rows_for(weights, ms, device) -> list[dict]:
                                                                                           None, cfg, c),
                    "act_quant": lambda x=x: W.act_quant(x),
                    "int_mm": lambda q=q, s=s, w=q8, sw=s8: int_mm_scaled(q, s, w, sw),
-                   "fp8": lambda x=x, w=f8, sw=sf8: fp8_linear(x, w, sw)}
+                   "fp8": lambda x=x, w=f8, sw=sf8: F8.fp8_linear(x, w, sw)}
             r = dict(N=n, K=k, M=m, config=json.dumps(cfg), int_mm_padded=m < INT_MM_MIN_M)
             for name, fn in ops.items():
                 for sfx, timer in METHODS.items():

@@ -105,7 +105,28 @@ def test_graph_decode_step_matches_the_eager_step(small_model_path):
     assert (got == logits.argmax(dim=-1)).float().mean() >= 0.5
 
 
-@pytest.mark.parametrize("fmt,kv", [("w8a16", "bf16"), ("w4a16", "bf16"), ("bf16", "fp8")])
+# Relative logit error against the bf16 model at the small shape: the CPU tests' bounds (tests/test_engine_quant.py)
+@pytest.mark.parametrize("fmt,tol", [("w8a8", 0.05), ("fp8", 0.15), ("w4a16,attn=bf16", 0.35)])
+def test_activation_quantizing_and_mixed_formats_stay_close_to_bf16(fmt, tol):
+    from servesim.kernels.quant import Fp8Linear, W8A8Linear
+
+    mc = tiny_config(**SHAPES["small"])
+    sd = random_state_dict(mc, seed=3, dtype=torch.bfloat16, device="cuda")
+    base = LlamaModel(mc, build_weights(mc, dict(sd), "bf16"), BACKENDS["triton"], 512)
+    quant = LlamaModel(mc, build_weights(mc, dict(sd), fmt), BACKENDS["triton"], 512)
+    kind = {"w8a8": W8A8Linear, "fp8": Fp8Linear}.get(fmt)
+    assert kind is None or isinstance(quant.w.layers[0].qkv, kind)
+    a = Seq(torch.randint(0, mc.vocab_size, (21,), device="cuda"), [3, 7])
+    b = Seq(torch.randint(0, mc.vocab_size, (19,), device="cuda"), [5, 1])
+    x = schedule_three_steps(base, cache_for(mc, dtype=torch.bfloat16, device="cuda"), a, b)
+    y = schedule_three_steps(quant, cache_for(mc, dtype=torch.bfloat16, device="cuda"), a, b)
+    for key in x:
+        err = ((x[key].float() - y[key].float()).norm() / x[key].float().norm()).item()
+        assert 0 < err < tol, (key, err)
+
+
+@pytest.mark.parametrize("fmt,kv", [("w8a16", "bf16"), ("w4a16", "bf16"), ("bf16", "fp8"), ("w8a8", "bf16"),
+                                    ("fp8", "bf16"), ("w4a16,first:1=bf16", "bf16")])
 def test_formats_replay_completes(small_model_path, fmt, kv):
     res, _ = _replay(small_model_path, graphs=True, fmt=fmt, kv=kv)
     assert res.result.summary["completed"] == 24

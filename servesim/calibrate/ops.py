@@ -51,7 +51,7 @@ class OpBuilder:
             else:
                 from servesim.engine.weights import _quantized
 
-                self._linears[key] = _quantized(w, None, fmt, None)
+                self._linears[key] = _quantized(w, None, fmt)
             if len(self._linears) > 8:  # keep the last few weights alive, not every shape's
                 self._linears.pop(next(iter(self._linears)))
         return self._linears[key]

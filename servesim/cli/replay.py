@@ -28,7 +28,8 @@ def replay_cmd(
     weights: Optional[str] = typer.Option(  # noqa: UP045
         None, "--weights", metavar="DIR", help="local HuggingFace safetensors directory (default: random weights)",
         rich_help_panel=_ENGINE),
-    quantizer: str = typer.Option("rtn", "--quantizer", help="rtn | awq", rich_help_panel=_ENGINE),
+    quantizer: str = typer.Option("rtn", "--quantizer", help="rtn | awq (int4) | gptq (int4, int8)",
+                                  rich_help_panel=_ENGINE),
     time_scale: float = typer.Option(1.0, "--time-scale", metavar="X",
                                      help="arrivals X times faster than the trace's", rich_help_panel=_ENGINE),
     cuda_graphs: bool = typer.Option(True, "--cuda-graphs/--no-cuda-graphs", help="CUDA graphs for decode steps",

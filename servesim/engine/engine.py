@@ -26,13 +26,15 @@ from servesim.engine.model import AttentionMeta, KVCache, LlamaModel
 from servesim.engine.runner import ModelRunner, kv_block_bytes
 from servesim.engine.weights import (
     QUANTIZERS,
-    WEIGHT_FORMATS,
     Shard,
     build_weights,
+    engine_spec,
     load_state_dict,
+    needs_calibration,
     random_state_dict,
 )
 from servesim.errors import ConfigError
+from servesim.hwmodels.precision import parse_quant
 
 GIB = 2**30
 KV_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp8": torch.float8_e4m3fn}
@@ -74,12 +76,10 @@ class EngineConfig:
             raise ConfigError(f"must be at least 1, got {self.tp}", field="tp")
         if self.tp > 1 and self.spec_k:
             raise ConfigError("speculative decoding runs at TP 1", field="tp")
-        if self.tp > 1 and self.quantizer == "awq" and self.weight_format != "bf16":
-            raise ConfigError("AWQ calibrates on the whole model: quantize with --quantizer rtn at TP > 1",
-                              field="quantizer")
-        if self.weight_format not in WEIGHT_FORMATS:
-            raise ConfigError(f"the engine runs weight formats {', '.join(WEIGHT_FORMATS)}, not "
-                              f"{self.weight_format!r}", field="quant")
+        if self.tp > 1 and self.quantizer in ("awq", "gptq") and self.weight_format != "bf16":
+            raise ConfigError(f"{self.quantizer.upper()} calibrates on the whole model: quantize with --quantizer rtn "
+                              "at TP > 1", field="quantizer")
+        engine_spec(self.weight_format)
         if self.kv_dtype not in KV_DTYPES:
             raise ConfigError(f"the engine runs KV dtypes {', '.join(KV_DTYPES)}, not {self.kv_dtype!r}",
                               field="kv_dtype")
@@ -170,9 +170,9 @@ def build_rank(cfg: EngineConfig, mc: EngineModelConfig, comm=None) -> Engine:
             sd = load_state_dict(cfg.weights, mc, dtype, dev, shard)
         else:
             sd = random_state_dict(mc, cfg.seed, dtype, dev, shard)
-        awq = cfg.quantizer == "awq" and cfg.weight_format != "bf16"
-        calib = _awq_calibration(mc, sd, cfg, dev) if awq else None
-        weights = build_weights(local, sd, cfg.weight_format, calib, tied_head=shard.vocab_rows if shard else None)
+        calib = _calibration(mc, sd, cfg, dev) if needs_calibration(mc, cfg.weight_format, cfg.quantizer) else None
+        weights = build_weights(local, sd, cfg.weight_format, calib, cfg.quantizer,
+                                tied_head=shard.vocab_rows if shard else None)
     except torch.cuda.OutOfMemoryError:
         need = _weight_estimate(mc, cfg.weight_format) / cfg.tp  # a rank's share (embeddings are whole: more)
         raise ConfigError(f"out of GPU memory loading {mc.name} in {cfg.weight_format} (about {need / GIB:.1f} GiB "
@@ -241,7 +241,9 @@ def _warmup(model: LlamaModel, cache: KVCache, cfg: EngineConfig) -> None:
 
 
 def _weight_estimate(mc: EngineModelConfig, fmt: str) -> float:
-    per = {"bf16": 2.0, "w8a16": 1.0, "w4a16": 0.56}[fmt]
+    """Bytes of the weights, about (a mixed spec counted at its widest format)."""
+    per = max({"bf16": 2.0, "w8a16": 1.0, "w4a16": 0.56, "w8a8": 1.0, "fp8": 1.0}[f]
+              for f in parse_quant(fmt).formats())
     linear = mc.num_layers * mc.hidden_size * (mc.q_size + 2 * mc.kv_size + mc.q_size + 3 * mc.intermediate_size)
     return linear * per + mc.vocab_size * mc.hidden_size * 2 * (1 if mc.tied_embeddings else 2)
 
@@ -334,8 +336,8 @@ def _plan_and_allocate(cfg: EngineConfig, mc: EngineModelConfig, model: LlamaMod
     return cache, report
 
 
-def _awq_calibration(mc: EngineModelConfig, sd: dict, cfg: EngineConfig, dev):
-    """AWQ needs each linear layer's input activations: run the unquantized model on calibration tokens."""
+def _calibration(mc: EngineModelConfig, sd: dict, cfg: EngineConfig, dev):
+    """AWQ and GPTQ need each linear layer's input activations: run the unquantized model on calibration tokens."""
     from servesim.engine.calibration_inputs import linear_inputs
 
     return linear_inputs(mc, sd, cfg, dev)

@@ -13,8 +13,10 @@ Per layer::
     x = silu_mul(h @ Wgate_up) @ Wdown
 
 Only the rows that are sampled (the last token of a prefill chunk that completes its prompt, every decode
-token) go through the final norm and the LM head. Linear layers are bf16 ``F.linear`` (cuBLAS) or the
-project's W8A16/W4A16 ``QuantLinear``; the elementwise and attention kernels come from a :class:`Backend`.
+token) go through the final norm and the LM head. Linear layers are bf16 ``F.linear`` (cuBLAS), the project's
+W8A16/W4A16 ``QuantLinear`` or ``W8A8Linear``, or ``Fp8Linear`` (``torch._scaled_mm``); on the CPU their references
+(:class:`Linear` over the dequantized weight, :class:`ActQuantLinear` where the input is quantized too). The
+elementwise and attention kernels come from a :class:`Backend`.
 
 Under tensor parallelism (``comm``, one process per rank) the config is the rank's (:meth:`EngineModelConfig.
 per_rank`: its heads and MLP share), the QKV and gate/up GEMMs are column-parallel and O and down row-parallel,
@@ -24,6 +26,7 @@ cache holds the rank's KV heads. The LM head is vocabulary-parallel; its logits 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
@@ -49,10 +52,22 @@ class Linear:
         return self.weight.numel() * self.weight.element_size() + (0 if self.bias is None else 2 * self.bias.numel())
 
 
+class ActQuantLinear(Linear):
+    """The CPU reference of a linear that quantizes its input on every call (W8A8, FP8): ``act`` maps x to the
+    values the low-precision GEMM sees (quantized per token and back), then ``F.linear`` by the dequantized weight."""
+
+    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None, act: Callable[[torch.Tensor], torch.Tensor]):
+        super().__init__(weight, bias)
+        self.act = act
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        return F.linear(self.act(x).to(x.dtype), self.weight, self.bias)
+
+
 @dataclass
 class Layer:
     input_norm: torch.Tensor
-    qkv: object  # Linear or QuantLinear
+    qkv: object  # Linear, ActQuantLinear, QuantLinear, W8A8Linear or Fp8Linear
     o: object
     post_norm: torch.Tensor
     gate_up: object

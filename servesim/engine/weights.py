@@ -1,6 +1,7 @@
 """Model weights: random for any config (shape-faithful timing without downloads), or a local HuggingFace
-safetensors directory; linear layers fused (q/k/v, gate/up) and optionally quantized (W8A16, W4A16 by RTN or
-AWQ) with the project's quantizers. Tensors use HuggingFace's names until :func:`build_weights` fuses them,
+safetensors directory; linear layers fused (q/k/v, gate/up) and optionally quantized with the project's quantizers
+(W8A16, W4A16, W8A8 by RTN, AWQ for int4, GPTQ; FP8 by per-channel scaling), one format or mixed precision per
+layer group. Tensors use HuggingFace's names until :func:`build_weights` fuses them,
 so the correctness tests load the very same state dict into ``transformers``.
 
 Under tensor parallelism each rank holds a :class:`Shard` of every tensor: the rows of its query heads, KV
@@ -20,11 +21,12 @@ from pathlib import Path
 import torch
 
 from servesim.engine.config import EngineModelConfig
-from servesim.engine.model import Layer, Linear, Weights
-from servesim.errors import InputError
+from servesim.engine.model import ActQuantLinear, Layer, Linear, Weights
+from servesim.errors import ConfigError, InputError
+from servesim.hwmodels.precision import QuantSpec, parse_quant
 
-WEIGHT_FORMATS = ("bf16", "w8a16", "w4a16")
-QUANTIZERS = ("rtn", "awq")
+WEIGHT_FORMATS = ("bf16", "w8a16", "w4a16", "w8a8", "fp8")  # any spec over these (hwmodels.precision)
+QUANTIZERS = ("rtn", "awq", "gptq")
 INIT_STD = 0.02
 
 
@@ -154,32 +156,94 @@ def save_state_dict(sd: dict[str, torch.Tensor], cfg: EngineModelConfig, path: s
     (root / "config.json").write_text(json.dumps(cfg.hf_config_dict(), indent=1))
 
 
-def _quantized(weight: torch.Tensor, bias: torch.Tensor | None, fmt: str, x_calib: torch.Tensor | None):
-    """The linear layer in ``fmt``. Off CUDA a quantized layer runs its reference: the dequantized weight."""
+def _quantized(weight: torch.Tensor, bias: torch.Tensor | None, fmt: str, quantizer: str = "rtn",
+               x_calib: torch.Tensor | None = None):
+    """The linear layer in ``fmt`` by ``quantizer`` (AWQ: int4 only; GPTQ: int4 and int8; the others RTN), on
+    ``x_calib`` (its input activations) where the quantizer uses them. Off CUDA a quantized layer runs its
+    reference: the dequantized weight (and, for W8A8 and FP8, the input quantized per token and back)."""
     if fmt == "bf16":
         return Linear(weight, bias)
-    from servesim.kernels.quant import QuantLinear
+    from servesim.kernels.quant import Fp8Linear, QuantLinear, W8A8Linear
+    from servesim.kernels.quant import fp8 as F8
+    from servesim.kernels.quant import quantize as Q
+    from servesim.kernels.quant import w8a8 as W8
 
-    q = QuantLinear.from_float(weight, "int8" if fmt == "w8a16" else "int4", bias=bias, x_calib=x_calib)
-    if weight.device.type != "cuda":
-        scaled = q.dequantized_weight()
-        if q.input_scale is not None:
-            scaled = scaled / q.input_scale[None, :]
-        return Linear(scaled.to(weight.dtype), bias)
-    return q
+    gptq = quantizer == "gptq" and fmt != "fp8"
+    if gptq and x_calib is None:
+        raise ValueError("GPTQ needs calibration inputs")
+    if fmt == "fp8":
+        q = Fp8Linear.from_float(weight, bias)
+    elif fmt in ("w8a16", "w8a8"):
+        codes, scale = _gptq(weight, x_calib, 8) if gptq else Q.quantize_int8_per_channel(weight)
+        q = (W8A8Linear(codes, scale, bias) if fmt == "w8a8" else
+             QuantLinear(weight.shape[1], weight.shape[0], "int8", Q.pack_int8(codes), scale, None, bias))
+    elif gptq:
+        codes, scales, zeros = _gptq(weight, x_calib, 4)
+        q = QuantLinear(weight.shape[1], weight.shape[0], "int4", Q.pack_int4(codes),
+                        Q.pack_scales_zeros(scales, zeros), GPTQ_GROUP, bias)
+    else:
+        q = QuantLinear.from_float(weight, "int4", bias=bias, x_calib=x_calib if quantizer == "awq" else None)
+    if weight.device.type == "cuda":
+        return q
+    scaled = q.dequantized_weight()
+    if getattr(q, "input_scale", None) is not None:
+        scaled = scaled / q.input_scale[None, :]
+    if fmt in ("w8a8", "fp8"):
+        act = W8.fake_quant_per_token if fmt == "w8a8" else F8.fake_quant_fp8_per_token
+        return ActQuantLinear(scaled.to(weight.dtype), bias, act)
+    return Linear(scaled.to(weight.dtype), bias)
+
+
+GPTQ_GROUP = 128
+
+
+def _gptq(weight: torch.Tensor, x_calib: torch.Tensor, bits: int):
+    from servesim.kernels.quant.gptq import gptq_quantize, hessian
+
+    return gptq_quantize(weight.float(), hessian(x_calib.to(weight.device)), bits, GPTQ_GROUP)
+
+
+def engine_spec(weight_format: str) -> QuantSpec:
+    """The parsed spec (``hwmodels.precision``: one format, or mixed precision per layer group); ConfigError naming
+    ``quant`` for a bad spec or a format the engine does not run."""
+    spec = parse_quant(weight_format)
+    bad = [f for f in spec.formats() if f not in WEIGHT_FORMATS]
+    if bad:
+        raise ConfigError(f"the engine runs weight formats {', '.join(WEIGHT_FORMATS)} (and specs over them), "
+                          f"not {', '.join(bad)}", field="quant")
+    return spec
+
+
+def linear_formats(cfg: EngineModelConfig, weight_format: str) -> list[dict[str, str]]:
+    """The format of each linear (qkv, o, gate_up, down) of every layer under a spec (:func:`engine_spec`; a layer
+    range the model does not have is a ConfigError too)."""
+    spec = engine_spec(weight_format)
+    spec.check_layers(cfg.num_layers)
+    return [spec.layer_formats(li, cfg.num_layers) for li in range(cfg.num_layers)]
+
+
+def needs_calibration(cfg: EngineModelConfig, weight_format: str, quantizer: str) -> bool:
+    """Whether ``quantizer`` uses the linears' input activations for any linear of the spec."""
+    used = {f for layer in linear_formats(cfg, weight_format) for f in layer.values()}
+    if quantizer == "awq":
+        return "w4a16" in used
+    return quantizer == "gptq" and bool(used - {"bf16", "fp8"})
 
 
 def build_weights(cfg: EngineModelConfig, sd: dict[str, torch.Tensor], weight_format: str = "bf16",
-                  calib: Callable[[int, str], torch.Tensor | None] | None = None,
+                  calib: Callable[[int, str], torch.Tensor | None] | None = None, quantizer: str = "rtn",
                   tied_head: Callable[[torch.Tensor], torch.Tensor] | None = None) -> Weights:
     """Fuse q/k/v and gate/up and quantize the linear layers (LM head and embeddings stay in ``sd``'s dtype).
 
-    ``calib(layer, name)`` returns the calibration activations feeding linear ``name`` (qkv, o, gate_up, down)
-    of a layer for AWQ, or None for round-to-nearest. Consumes ``sd`` (tensors are dropped as they are fused).
-    ``tied_head(embed)``: the LM head of tied embeddings (under TP, :meth:`Shard.vocab_rows`; else the embedding).
+    ``weight_format`` is a spec (``hwmodels.precision``): one format, or mixed precision per layer group.
+    ``quantizer`` is rtn, awq or gptq; ``calib(layer, name)`` returns the calibration activations feeding linear
+    ``name`` (qkv, o, gate_up, down) of a layer, which AWQ and GPTQ need. Consumes ``sd`` (tensors are dropped
+    as they are fused). ``tied_head(embed)``: the LM head of tied embeddings (under TP, :meth:`Shard.vocab_rows`;
+    else the embedding).
     """
-    if weight_format not in WEIGHT_FORMATS:
-        raise ValueError(f"weight_format must be one of {WEIGHT_FORMATS}, got {weight_format!r}")
+    if quantizer not in QUANTIZERS:
+        raise ValueError(f"quantizer must be one of {', '.join(QUANTIZERS)}, got {quantizer!r}")
+    formats = linear_formats(cfg, weight_format)
     layers = []
     for li in range(cfg.num_layers):
         p = f"model.layers.{li}."
@@ -191,14 +255,19 @@ def build_weights(cfg: EngineModelConfig, sd: dict[str, torch.Tensor], weight_fo
             bias = torch.cat([take("self_attn.q_proj.bias"), take("self_attn.k_proj.bias"),
                               take("self_attn.v_proj.bias")])
         gate_up = torch.cat([take("mlp.gate_proj.weight"), take("mlp.up_proj.weight")])
-        x = (lambda name, li=li: calib(li, name)) if calib else (lambda name: None)
+        fmt = formats[li]
+
+        def lin(name, w, b=None, li=li, fmt=fmt):
+            x = calib(li, name) if calib is not None and fmt[name] != "bf16" else None
+            return _quantized(w, b, fmt[name], quantizer, x)
+
         layers.append(Layer(
             input_norm=take("input_layernorm.weight"),
-            qkv=_quantized(qkv, bias, weight_format, x("qkv")),
-            o=_quantized(take("self_attn.o_proj.weight"), None, weight_format, x("o")),
+            qkv=lin("qkv", qkv, bias),
+            o=lin("o", take("self_attn.o_proj.weight")),
             post_norm=take("post_attention_layernorm.weight"),
-            gate_up=_quantized(gate_up, None, weight_format, x("gate_up")),
-            down=_quantized(take("mlp.down_proj.weight"), None, weight_format, x("down")),
+            gate_up=lin("gate_up", gate_up),
+            down=lin("down", take("mlp.down_proj.weight")),
         ))
         del qkv, gate_up
     embed = sd.pop("model.embed_tokens.weight")

@@ -1,13 +1,16 @@
-"""``QuantLinear``: a drop-in ``nn.Linear`` replacement running the W4A16 / W8A16 Triton kernels."""
+"""Drop-in ``nn.Linear`` replacements: ``QuantLinear`` (the W4A16 / W8A16 Triton kernels), ``W8A8Linear`` (the W8A8
+Triton kernels) and ``Fp8Linear`` (``torch._scaled_mm``)."""
 
 from __future__ import annotations
 
 import torch
 
 from ..counters import SplitCounters
+from . import fp8 as F8
 from . import quantize as Q
 from .configs import config_for
 from .gemm import quant_matmul
+from .w8a8 import w8a8_matmul
 
 WEIGHT_DTYPES = ("int4", "int8")
 
@@ -110,3 +113,54 @@ def _check(k, n, weight_dtype, packed, scales, group_size, bias, input_scale) ->
         raise ValueError(f"bias has shape {tuple(bias.shape)}, expected ({n},)")
     if input_scale is not None and tuple(input_scale.shape) != (k,):
         raise ValueError(f"input_scale has shape {tuple(input_scale.shape)}, expected ({k},)")
+
+
+class W8A8Linear(torch.nn.Module):
+    """``y = W8A8(x) (+ bias)``: int8 weights per output channel, activations quantized per token on every call
+    (``w8a8.act_quant`` + ``w8a8.int8_scaled_mm``, the launch config by M from ``w8a8.config_for``)."""
+
+    def __init__(self, q_w: torch.Tensor, s_w: torch.Tensor, bias: torch.Tensor | None = None):
+        super().__init__()
+        n, k = q_w.shape
+        if q_w.dtype != torch.int8 or s_w.dtype != torch.float32 or tuple(s_w.shape) != (n,):
+            raise ValueError(f"W8A8 weights are int8 [N, K] codes and fp32 [N] scales, got {q_w.dtype} "
+                             f"{tuple(q_w.shape)} and {s_w.dtype} {tuple(s_w.shape)}")
+        self.in_features, self.out_features = k, n
+        self.register_buffer("q_w", q_w.contiguous())
+        self.register_buffer("s_w", s_w)
+        self.register_buffer("bias", bias)
+        self.counters: SplitCounters | None = None
+
+    @classmethod
+    def from_float(cls, weight: torch.Tensor, bias: torch.Tensor | None = None) -> W8A8Linear:
+        return cls(*Q.quantize_int8_per_channel(weight), bias)
+
+    def dequantized_weight(self) -> torch.Tensor:
+        return Q.dequantize_int8_per_channel(self.q_w, self.s_w)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.counters is None or self.counters.device != x.device:
+            self.counters = SplitCounters(x.device)
+        return w8a8_matmul(x, self.q_w, self.s_w, self.bias, counters=self.counters)
+
+
+class Fp8Linear(torch.nn.Module):
+    """``y = FP8(x) (+ bias)``: e4m3 weights per output channel, activations to e4m3 per token, through
+    ``torch._scaled_mm`` (``fp8.fp8_linear``; a GPU with FP8 tensor cores)."""
+
+    def __init__(self, q_w: torch.Tensor, s_w: torch.Tensor, bias: torch.Tensor | None = None):
+        super().__init__()
+        self.out_features, self.in_features = q_w.shape
+        self.register_buffer("q_w", q_w.contiguous())
+        self.register_buffer("s_w", s_w)
+        self.register_buffer("bias", bias)
+
+    @classmethod
+    def from_float(cls, weight: torch.Tensor, bias: torch.Tensor | None = None) -> Fp8Linear:
+        return cls(*F8.quantize_fp8_per_channel(weight), bias)
+
+    def dequantized_weight(self) -> torch.Tensor:
+        return F8.dequantize_fp8(self.q_w, self.s_w)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F8.fp8_linear(x, self.q_w, self.s_w, self.bias)
