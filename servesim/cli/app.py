@@ -39,6 +39,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "models": ("servesim.cli.hw", "Model presets and HuggingFace config.json files"),
     "gpus": ("servesim.cli.hw", "GPU catalog (datasheet peaks, $/hour)"),
     "traces": ("servesim.cli.traces", "Built-in and file traces"),
+    "train": ("servesim.cli.train", "Train a byte-level Llama and save it for the engine"),
 }
 
 
