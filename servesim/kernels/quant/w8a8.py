@@ -47,8 +47,9 @@ def _act_quant_kernel(x_ptr, q_ptr, s_ptr, K, stride_xm, stride_qm, BLOCK_K: tl.
         x = tl.load(x_row + k0 + offs, mask=k0 + offs < K, other=0.0).to(tl.float32)
         amax = tl.maximum(amax, tl.abs(x))
     m = tl.max(amax, axis=0)
-    inv = tl.where(m > 0, tl.math.div_rn(_QMAX, tl.maximum(m, 1e-30)), 0.0)
-    tl.store(s_ptr + row, tl.math.div_rn(m, _QMAX))
+    qmax = m * 0.0 + _QMAX  # a tensor operand: div_rn of older Triton versions takes no constexpr
+    inv = tl.where(m > 0, tl.math.div_rn(qmax, tl.maximum(m, 1e-30)), 0.0)
+    tl.store(s_ptr + row, tl.math.div_rn(m, qmax))
     for k0 in range(0, K, BLOCK_K):
         mask = k0 + offs < K
         x = tl.load(x_row + k0 + offs, mask=mask, other=0.0).to(tl.float32)
