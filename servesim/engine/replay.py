@@ -160,7 +160,8 @@ def replay(scenario: Scenario, engine: Engine, workload: Workload | None = None,
     meta = {"engine": {"device": engine.config.device, "memory": engine.memory.to_json(),
                        "timings_s": engine.timings_s, "time_scale": time_scale,
                        "weights": engine.config.weights or "random", "weight_format": engine.config.weight_format,
-                       "quantizer": engine.config.quantizer, "backend": engine.model.backend.name, "tp": engine.config.tp,
+                       "quantizer": engine.config.quantizer, "backend": engine.model.backend.name,
+                       "tp": engine.config.tp,
                        "speculation": None if not spec else {
                            "k": runner.spec.k, "draft": engine.config.draft_model, "mode": runner.spec.mode,
                            "note": ("acceptance drawn from the simulator's model (alpha "
