@@ -43,6 +43,8 @@ def test_profile_round_trip(profile, tmp_path):
     (lambda d: d["tables"][0].update(median_s=[-1.0] * len(d["tables"][0]["median_s"])), "tables.0"),
     (lambda d: d["tables"][0].update(grid=[[4, 2, 1]]), "tables.0"),
     (lambda d: d.pop("provenance"), "provenance"),
+    (lambda d: d["tables"][0].update(held_out_points=[[3.0]], held_out_s=[]), "tables.0"),
+    (lambda d: d["tables"][0].update(held_out_points=[[3.0, 4.0]], held_out_s=[1e-5]), "tables.0"),
 ])
 def test_malformed_profiles_are_one_line_errors_naming_the_field(profile, tmp_path, mutate, field):
     d = json.loads(json.dumps(profile.model_dump(mode="json", by_alias=True)))
@@ -171,3 +173,60 @@ def test_extrapolation_is_proportional_and_positive_even_after_a_falling_segment
     assert _lerp(xs, ys, 64.0) == pytest.approx(7e-6) and _lerp(xs, ys, 0.5) == pytest.approx(5e-6)
     assert _lerp(xs, ys, 640.0) == pytest.approx(7e-5, rel=1e-9)  # 10x the last point's axis: 10x its time
     assert all(_lerp(xs, ys, x) > 0 for x in (0, 100, 1e4, 1e7))
+
+
+def test_off_grid_points_lie_between_grid_values():
+    from servesim.calibrate.grid import Table, build_grid, off_grid_points
+
+    tables = build_grid(["Llama-3.1-8B"], ("bf16",), ("bf16",), (1,))
+    for t in tables:
+        pts = off_grid_points(t)
+        if t.op == "attn_decode_ragged":
+            assert pts == []
+            continue
+        assert pts, t
+        for p in pts:
+            for v, g in zip(p, t.grid, strict=True):
+                assert g[0] < v < g[-1] and v not in g
+        if len(t.grid) == 1:  # every other interval: about half of them
+            assert len(t.grid[0]) // 2 - 2 <= len(pts) <= len(t.grid[0]) // 2 + 1
+        else:  # a checkerboard of the cells (less those of an interval with no integer inside, e.g. 1-2)
+            cells = (len(t.grid[0]) - 1) * (len(t.grid[1]) - 1)
+            assert cells // 2 - len(t.grid[1]) <= len(pts) <= cells // 2 + 1
+        assert t.cost_points == t.points + len(pts)
+    gemm = Table("gemm", (("format", "bf16"), ("k", 4096), ("n", 4096)), ("m",), ((1, 2, 4, 8, 16),))
+    assert set(off_grid_points(gemm)) <= {(3,), (6,), (11,)}
+
+
+def _table(op, grid, f, held):
+    import itertools
+
+    from servesim.hwmodels.profile import OpTable
+    pts = list(itertools.product(*grid))
+    med = tuple(f(*p) for p in pts)
+    return OpTable(op=op, key={"hidden": 4096} if op == "rms_norm" else {"kv_dtype": "bf16", "q_heads": 32,
+                                                                         "kv_heads": 8, "head_dim": 128},
+                   axes=("tokens",) if op == "rms_norm" else ("batch", "context"), grid=grid, median_s=med,
+                   p20_s=med, p80_s=med, held_out_points=tuple(held), held_out_s=tuple(f(*p) for p in held))
+
+
+def test_held_out_error_is_zero_where_the_interpolation_is_exact_and_the_step_where_it_is_not():
+    from servesim.calibrate.fit import held_out_errors, held_out_method
+
+    grid = ((1.0, 2.0, 4.0, 8.0, 16.0),)
+    linear = _table("rms_norm", grid, lambda m: 2e-6 + 1e-7 * m, [(3.0,), (11.0,)])
+    errs = held_out_errors([linear])
+    assert errs["rms_norm"]["median_abs"] == pytest.approx(0.0, abs=1e-12) and errs["rms_norm"]["points"] == 2
+    step = _table("rms_norm", grid, lambda m: 1e-5 if m <= 8 else 2e-5, [(11.0,)])  # jumps at 8 < 11 <= 16
+    # measured 2e-5 at 11; priced between (8, 1e-5) and (16, 2e-5): 1e-5 + 1e-5 * 3/8
+    assert held_out_errors([step])["rms_norm"]["median_abs"] == pytest.approx(1 - 1.375 / 2)
+    grid2 = ((1.0, 4.0, 16.0), (64.0, 256.0, 1024.0))
+    exact = _table("attn_decode", grid2, lambda b, c: 1e-6 * b * c + 1e-8 * c, [(2.0, 128.0), (8.0, 512.0)])
+    assert held_out_errors([exact])["attn_decode"]["median_abs"] == pytest.approx(0.0, abs=1e-12)  # bilinear
+    # b^2 is not: at b = 2 (between 1 and 4) the table reads 1 + (16 - 1) / 3 = 6 against 4 measured
+    curved = _table("attn_decode", grid2, lambda b, c: 1e-6 * b * b, [(2.0, 128.0)])
+    assert held_out_errors([curved])["attn_decode"]["median_abs"] == pytest.approx(0.5)
+    assert held_out_method([linear, step]) == "off-grid"
+    bare = linear.model_copy(update={"held_out_points": (), "held_out_s": ()})
+    assert held_out_method([linear, bare]) == "leave-one-out"
+    assert held_out_errors([bare])["rms_norm"]["points"] == 3  # interior points from their neighbours

@@ -10,11 +10,32 @@ import numpy as np
 from servesim.hwmodels.profile import OpTable, Profile
 
 
+def held_out_method(tables: list[OpTable] | tuple[OpTable, ...]) -> str:
+    """``off-grid`` when every table that can hold them carries held-out points, else ``leave-one-out``."""
+    timed = [t for t in tables if t.op not in ("step_overhead", "attn_decode_ragged", "allreduce", "allgather")]
+    return "off-grid" if timed and all(t.held_out_points for t in timed) else "leave-one-out"
+
+
+def interpolated(t: OpTable, point: tuple[float, ...]) -> float:
+    """What the calibrated cost model reads off table ``t`` at ``point`` (its interpolation over the grid)."""
+    from servesim.hwmodels.calibrated import _extend, _Grid2, _lerp
+
+    if len(t.grid) == 1:
+        return _lerp(*_extend(list(t.grid[0]), list(t.median_s)), point[0])
+    return _Grid2(t)(*point)
+
+
 def held_out_errors(tables: list[OpTable]) -> dict[str, dict[str, float]]:
-    """Each interior point of each axis predicted by linear interpolation of its two neighbours."""
+    """The interpolation's error per operator kind: at the off-grid points a table carries (priced from its
+    whole grid, as the simulator prices them), or, for a table without them, at each interior point of each
+    axis predicted from its two neighbours (a gap twice the grid's, so a pessimistic figure)."""
     errs: dict[str, list[float]] = {}
     for t in tables:
         if t.op in ("step_overhead", "attn_decode_ragged"):
+            continue
+        if t.held_out_points:
+            errs.setdefault(t.op, []).extend(abs(interpolated(t, p) / m - 1)
+                                             for p, m in zip(t.held_out_points, t.held_out_s, strict=True))
             continue
         lines = [list(zip(t.grid[0], t.median_s))] if len(t.grid) == 1 else _lines_2d(t)
         for line in lines:

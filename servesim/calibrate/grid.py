@@ -8,6 +8,7 @@ first, then every other grid point) until the estimated time fits the budget.
 from __future__ import annotations
 
 import math
+import zlib
 from dataclasses import dataclass, replace
 
 from servesim.errors import ConfigError
@@ -45,6 +46,11 @@ class Table:
     @property
     def points(self) -> int:
         return math.prod(len(g) for g in self.grid)
+
+    @property
+    def cost_points(self) -> int:
+        """Points timed: the grid's and the held-out ones between them."""
+        return self.points + len(off_grid_points(self))
 
 
 def _t(op, axes, grid, tp=1, **key) -> Table:
@@ -109,6 +115,30 @@ def build_grid(models: list[str], formats=FORMATS, kv_dtypes=KV_DTYPES, tps=TP_D
     return list(seen.values())
 
 
+HELD_OUT_OPS = ("gemm", "rms_norm", "rotary", "silu_mul", "kv_write", "attn_prefill", "attn_decode", "sampling",
+                "spec_verify")
+
+
+def _between(a: float, b: float) -> int | None:
+    """The integer at the geometric middle of ``a < b`` (the arithmetic one from 0); None when it is an end."""
+    m = round(math.sqrt(a * b)) if a > 0 else round(b / 2)
+    return m if a < m < b else None
+
+
+def off_grid_points(t: Table) -> list[tuple[int, ...]]:
+    """Points between ``t``'s grid values, timed to judge the interpolation where the simulator uses it: the
+    middle of every other interval of a 1-D grid (which ones alternates between tables), the centres of a
+    2-D grid's cells in a checkerboard. Half the intervals keep the cost near a third of the grid's."""
+    if t.op not in HELD_OUT_OPS:
+        return []
+    mids = [[_between(a, b) for a, b in zip(g, g[1:])] for g in t.grid]
+    if len(t.grid) == 1:
+        first = zlib.crc32(repr(t.key).encode()) % 2
+        return [(m,) for i, m in enumerate(mids[0]) if i % 2 == first and m is not None]
+    return [(a, b) for i, a in enumerate(mids[0]) for j, b in enumerate(mids[1])
+            if (i + j) % 2 == 0 and a is not None and b is not None]
+
+
 def trim(tables: list[Table], budget_s: float, seconds_per_point: float) -> tuple[list[Table], list[str]]:
     """Tables that fit ``budget_s`` at ``seconds_per_point``: TP shapes dropped from the largest degree down,
     then every other grid point of the largest tables. Returns the tables and notes of what was dropped."""
@@ -116,7 +146,7 @@ def trim(tables: list[Table], budget_s: float, seconds_per_point: float) -> tupl
     keep = sorted(tables, key=lambda t: t.tp)
 
     def cost(ts):
-        return sum(t.points for t in ts) * seconds_per_point
+        return sum(t.cost_points for t in ts) * seconds_per_point
 
     while cost(keep) > budget_s and keep and keep[-1].tp > 1:
         tp = keep[-1].tp

@@ -115,7 +115,9 @@ def markdown(profile: Profile, rows: list[dict]) -> str:
     for s in summary_by_op(rows):
         lines.append(f"| {s['op']} | {s['points']} | {s['roofline_median_error']:+.1%} | "
                      f"{s['roofline_p90_abs_error']:.1%} |")
-    lines += ["", "## Fit quality (held out)", "", "| operator | points | median abs error | p90 abs error |",
+    how = ("points between the grid's, timed and priced from the whole grid" if profile.fit.method == "off-grid"
+           else "each interior grid point from its two neighbours")
+    lines += ["", f"## Fit quality (held out: {how})", "", "| operator | points | median abs error | p90 abs error |",
               "|---|---:|---:|---:|"]
     for op, s in profile.fit.ops.items():
         lines.append(f"| {op} | {s['points']:.0f} | {s['median_abs']:.2%} | {s['p90_abs']:.2%} |")

@@ -28,8 +28,8 @@ import numpy as np
 import pandas as pd
 import torch
 
-from servesim.calibrate.fit import _summary, held_out_errors, refit
-from servesim.calibrate.grid import Table, build_grid, trim
+from servesim.calibrate.fit import _summary, held_out_errors, held_out_method, refit
+from servesim.calibrate.grid import Table, build_grid, off_grid_points, trim
 from servesim.calibrate.ops import OpBuilder
 from servesim.hwmodels.calibrated import KERNELS_PER_LAYER, CalibratedCostModel
 from servesim.hwmodels.gpus import get_gpu
@@ -90,8 +90,16 @@ def measure_table(t: Table, builder: OpBuilder, on_point: Callable[[], None] | N
         del fn
         if on_point:
             on_point()
+    held_pts, held_s = off_grid_points(t), []
+    for point in held_pts:
+        fn = builder.build(t.op, t.keyd, point)
+        held_s.append(time_point(fn, builder.cuda, reference=False)[0])
+        del fn
+        if on_point:
+            on_point()
     return OpTable(op=t.op, key=t.keyd, axes=t.axes, grid=t.grid, median_s=tuple(med), p20_s=tuple(p20),
-                   p80_s=tuple(p80), reference_s=tuple(ref) if builder.cuda else None)
+                   p80_s=tuple(p80), reference_s=tuple(ref) if builder.cuda else None,
+                   held_out_points=tuple(tuple(float(v) for v in p) for p in held_pts), held_out_s=tuple(held_s))
 
 
 # -- whole steps -----------------------------------------------------------------------------------------------
@@ -286,7 +294,7 @@ def calibrate(models: list[str], formats: tuple[str, ...], kv_dtypes: tuple[str,
     step_cost_s = 40.0 * len(formats) if cuda else 5.0 * len(formats)
     if budget_min is not None:
         tables, notes = trim(tables, budget_min * 60 - step_cost_s, SECONDS_PER_POINT if cuda else 0.02)
-    total = sum(t.points for t in tables) + len(formats)
+    total = sum(t.cost_points for t in tables) + len(formats)
     done = 0
 
     def tick() -> None:
@@ -314,5 +322,6 @@ def calibrate(models: list[str], formats: tuple[str, ...], kv_dtypes: tuple[str,
     pid = f"{'' if cuda else 'cpu-'}{gpu_name.lower()}-{date}-{prov.git_commit}"  # a CPU timing says so
     profile = Profile(version=VERSION, profile_id=pid, gpu=gpu_name,
                       provenance=prov.model_copy(update={"wall_s": wall}), tables=tuple(measured + overheads),
-                      steps=steps, fit=FitReport(ops=held_out_errors(measured), steps=step_errors))
+                      steps=steps, fit=FitReport(method=held_out_method(measured), ops=held_out_errors(measured),
+                                    steps=step_errors))
     return Calibration(refit(profile), notes, logs)

@@ -90,10 +90,10 @@ def calibrate_cmd(
         console.print(f"note: {note}", highlight=False)
     fit = prof.fit
     worst = max((s["median_abs"] for s in fit.ops.values() if s["points"]), default=float("nan"))
-    typer.echo(f"wrote {path}: {len(prof.tables)} tables, {sum(len(t.median_s) for t in prof.tables):,} points in "
-               f"{prof.provenance.wall_s:.0f} s on {prof.provenance.gpu_name}; held-out operator error (worst "
-               f"family median) {worst:.1%}; " + ", ".join(f"steps {f} {s['median_abs']:.1%}"
-                                                           for f, s in fit.steps.items()))
+    typer.echo(f"wrote {path}: {len(prof.tables)} tables, {sum(len(t.median_s) for t in prof.tables):,} points "
+               f"(+{sum(len(t.held_out_s) for t in prof.tables):,} held out) in {prof.provenance.wall_s:.0f} s on "
+               f"{prof.provenance.gpu_name}; held-out operator error ({fit.method}, worst family median) {worst:.1%}; "
+               + ", ".join(f"steps {f} {s['median_abs']:.1%}" for f, s in fit.steps.items()))
 
 
 @cal.command("report")

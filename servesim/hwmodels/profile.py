@@ -68,6 +68,9 @@ class OpTable(_Strict):
     p20_s: tuple[float, ...]
     p80_s: tuple[float, ...]
     reference_s: tuple[float | None, ...] | None = None  # the reference timing method, where measured
+    # points between the grid's, timed but never interpolated from: what the fit quality is judged on
+    held_out_points: tuple[tuple[float, ...], ...] = ()
+    held_out_s: tuple[float, ...] = ()
 
     @model_validator(mode="after")
     def _shape(self) -> OpTable:
@@ -85,6 +88,12 @@ class OpTable(_Strict):
                 raise ValueError(f"{name} has {len(values)} values for a grid of {n} points")
             if any(v is not None and not (v > 0 and math.isfinite(v)) for v in values):
                 raise ValueError(f"{name} must hold positive finite seconds")
+        if len(self.held_out_points) != len(self.held_out_s):
+            raise ValueError(f"{len(self.held_out_points)} held-out points but {len(self.held_out_s)} times")
+        if any(len(pt) != len(self.axes) for pt in self.held_out_points):
+            raise ValueError(f"held-out points need one value per axis ({len(self.axes)})")
+        if any(not (v > 0 and math.isfinite(v)) for v in self.held_out_s):
+            raise ValueError("held_out_s must hold positive finite seconds")
         return self
 
     def key_str(self) -> str:
@@ -123,9 +132,13 @@ class StepFit(_Strict):
 
 
 class FitReport(_Strict):
-    """Held-out error of the interpolation (each interior grid point predicted from the others) and of whole
-    engine steps predicted from the operator sum, as fractions: median and p90 of |predicted/measured - 1|."""
+    """Held-out error of the interpolation and of whole engine steps predicted from the operator sum, as
+    fractions: median and p90 of |predicted/measured - 1|. ``method`` says which points were held out:
+    ``off-grid`` (points between the grid's, timed for this and priced from the whole grid, as the simulator
+    prices them) or ``leave-one-out`` (each interior grid point from its two neighbours, a gap twice the
+    grid's: profiles measured before off-grid points existed)."""
 
+    method: Literal["off-grid", "leave-one-out"] = "leave-one-out"
     ops: dict[str, dict[str, float]] = Field(default_factory=dict)  # op -> {median_abs, p90_abs, points}
     steps: dict[str, dict[str, float]] = Field(default_factory=dict)  # weight format -> {median_abs, ...}
 
