@@ -112,3 +112,27 @@ def test_decode_slot_aggregates_follow_every_change():
             ctx = slots.contexts(k, 3)
             assert slots.context_sum(k, 3) == int(ctx.sum()) and slots.context_max(k, 3) == int(ctx.max())
             assert slots.steps_to_first_finish(k) == int((slots.out[:k] - slots.gen[:k]).min())
+
+
+@pytest.mark.parametrize("trace", ["azure-conv", "azure-code", "mooncake-conv", "arxiv-summarization", "sharegpt",
+                                   "burstgpt"])
+def test_head_of_a_builtin_trace_reads_only_its_lines_and_equals_the_whole_parse(trace):
+    from servesim.sim import workload as wl
+
+    whole = wl.load_trace(trace)
+    for n in (1, 7, 250, len(whole) - 1, len(whole), len(whole) + 3):
+        part = wl.load_trace(trace, rows=n)
+        assert len(part) >= min(n, len(whole))
+        assert len(part) == len(whole) or len(part) == n  # fewer lines than the trace's are read
+        a, b = wl.head(whole, min(n, len(whole))), wl.head(part, min(n, len(whole)))
+        assert (a.name, a.source, a.block_tokens, a.notes) == (b.name, b.source, b.block_tokens, b.notes)
+        assert a.table.columns == b.table.columns
+        for col in a.table.columns:
+            x, y = a.table[col], b.table[col]
+            assert x.dtype == y.dtype, col
+            if x.dtype == object:  # hash ids: a tuple per row
+                assert x.tolist() == y.tolist(), col
+            else:
+                np.testing.assert_array_equal(x, y, err_msg=col)
+    if trace != "burstgpt":  # drops failed rows: read whole, for the notes' count
+        assert len(wl.load_trace(trace, rows=5)) == 5

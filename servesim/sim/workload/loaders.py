@@ -157,8 +157,18 @@ def _require_file(path: Path) -> None:
         raise InputError("not a file", file=str(path))
 
 
-def read_table(path: Path) -> _Table:
-    """Read `path` as raw cells (CSV or JSONL, told by the first character)."""
+def _first_lines(text: str, n: int, quotes: bool) -> str | None:
+    """The first ``n`` lines of ``text`` when each is one record (no blank line, no CR, and no quote where
+    ``quotes`` may span lines: CSV), else None."""
+    head = text.split("\n", n)[:n]
+    if any(not line.strip() or "\r" in line or (quotes and '"' in line) for line in head):
+        return None
+    return "\n".join(head) + "\n"
+
+
+def read_table(path: Path, rows: int | None = None) -> _Table:
+    """Read `path` as raw cells (CSV or JSONL, told by the first character). ``rows``: read at least the first
+    ``rows`` data rows, and only those when they are plain lines (each a record; fewer when the file has fewer)."""
     name = str(path)
     _require_file(path)
     try:
@@ -167,7 +177,11 @@ def read_table(path: Path) -> _Table:
         raise InputError("not a text file (expected CSV or JSON Lines)", file=name) from None
     if not text.strip():
         raise InputError("empty file", file=name)
-    if text.lstrip().startswith("{"):
+    jsonl = text.lstrip().startswith("{")
+    if rows is not None and not text[:1].isspace():
+        head = _first_lines(text, rows + (0 if jsonl else 1), quotes=not jsonl)  # CSV: the header and the rows
+        text = head if head is not None else text
+    if jsonl:
         return _read_jsonl(name, text)
     return _read_csv(name, text)
 
@@ -386,11 +400,15 @@ def read_table_head(path: Path) -> _Table:
 
 
 def load_file(path: str | Path, fmt: str | None = None, *, name: str | None = None, source: str | None = None,
-              block_tokens: int | None = None) -> Workload:
-    """Load one trace file; `fmt` (a key of `FORMATS`) overrides detection from the header."""
+              block_tokens: int | None = None, rows: int | None = None) -> Workload:
+    """Load one trace file; `fmt` (a key of `FORMATS`) overrides detection from the header. ``rows``: only the
+    first ``rows`` requests are needed: the workload holds at least those (all the file's when it has fewer; the
+    whole file when the format drops failed rows, whose count the notes give), the rows beyond are not read."""
     path = Path(path)
     if fmt is not None and fmt not in FORMATS:
         raise InputError(f"unknown format {fmt!r}; known formats: {', '.join(FORMATS)}", field="format")
-    t = read_table(path)
+    if rows is not None and (fmt is None or FORMATS[fmt].drop_failed):
+        rows = None  # the format must be known ahead, and keep every row
+    t = read_table(path, rows)
     f = FORMATS[fmt] if fmt is not None else detect_format(t.columns, t.path)
     return parse_table(t, f, name or path.stem, source or str(path), block_tokens)

@@ -52,13 +52,16 @@ def builtin_path(name: str) -> Path:
     return Path(str(resources.files("servesim.sim.workload.traces") / BUILTIN_TRACES[name].file))
 
 
-def load_trace(spec: str | Path, fmt: str | None = None, *, block_tokens: int | None = None) -> Workload:
+def load_trace(spec: str | Path, fmt: str | None = None, *, block_tokens: int | None = None,
+               rows: int | None = None) -> Workload:
     """Load a built-in trace by name (see `BUILTIN_TRACES`) or a trace file by path. `fmt` (a key of
     `FORMATS`) overrides detection from the header; `block_tokens` sets the hash-block size of a
-    generic trace with hash_ids (default 512). Bad input raises `InputError`."""
+    generic trace with hash_ids (default 512). Bad input raises `InputError`. ``rows`` (built-in traces,
+    which are known to be valid): only the first ``rows`` requests are wanted, so only those lines are parsed
+    (the workload holds at least them, all the trace's when it has fewer)."""
     if isinstance(spec, str) and spec in BUILTIN_TRACES:
         b = BUILTIN_TRACES[spec]
-        return load_file(builtin_path(spec), fmt or b.fmt, name=spec, source=f"builtin:{spec}")
+        return load_file(builtin_path(spec), fmt or b.fmt, name=spec, source=f"builtin:{spec}", rows=rows)
     path = Path(spec)
     if not path.exists():
         raise InputError(f"no such file (built-in traces: {', '.join(BUILTIN_TRACES)})", file=str(spec))
