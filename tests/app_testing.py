@@ -7,7 +7,9 @@ import json
 from pathlib import Path
 
 import numpy as np
-from streamlit.testing.v1 import AppTest
+import pytest
+
+AppTest = pytest.importorskip("streamlit.testing.v1", reason="the dashboard's tests need streamlit").AppTest
 
 APP = Path(__file__).resolve().parent.parent / "servesim" / "app"
 SMALL_WINDOW_S = 60.0  # What-if page tests simulate the first minute of the trace (about 190 requests)
