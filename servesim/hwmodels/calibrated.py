@@ -169,6 +169,7 @@ class CalibratedCostModel:
         self._w_max = profile.decode_max_weight
         self._columns: dict[int, list[float]] = {}
         self._arrays: dict[int, tuple[np.ndarray, ...]] = {}
+        self._steps = np.arange(256, dtype=np.float64)  # 0, 1, 2, ...: the step offsets of a run (grown as needed)
         spec = profile.table("spec_verify", vocab=m.vocab_size)
         self._spec = _Grid2(spec) if spec else None
         self._overhead = {}
@@ -423,17 +424,27 @@ class CalibratedCostModel:
             raise ValueError("decode_run_s takes a pure-decode shape (decode_seqs > 0, no prefill)")
         k = self._kernels_s(shape)
         xs, ys, dy, dx = self._decode_arrays(ds)
-        steps = np.arange(n, dtype=np.float64)
+        if n > len(self._steps):
+            self._steps = np.arange(max(n, 2 * len(self._steps)), dtype=np.float64)
+        steps = self._steps[:n]
         kv = shape.decode_ctx_tokens + ds * steps  # KV tokens read by each step
         c = kv / ds
         if shape.decode_ctx_max and self._w_max:
             c = c + self._w_max * ((shape.decode_ctx_max + steps) - c)
-        if c[-1] > self._decode.b_max:
+        last = c[-1]
+        if last > self._decode.b_max:
             self.extrapolated.add("attn_decode(context)")
         # the segment of each context on the extended grid (its first node is 0: never below), then
-        # step_time_s's interpolation on arrays: ys[j] + (ys[j+1] - ys[j]) * (c - xs[j]) / (xs[j+1] - xs[j])
-        j = np.minimum(np.maximum(np.searchsorted(xs, c, side="right") - 1, 0), self._xb_last)
-        v = ys[j] + dy[j] * (c - xs[j]) / dx[j]
+        # step_time_s's interpolation on arrays: ys[j] + (ys[j+1] - ys[j]) * (c - xs[j]) / (xs[j+1] - xs[j]).
+        # Contexts grow by one token a step: a run mostly stays in one segment, whose values are scalars then.
+        xb, top = self._decode.b, self._xb_last
+        j0, j1 = bisect_right(xb, c[0]) - 1, bisect_right(xb, last) - 1
+        j0, j1 = (top if j0 > top else (0 if j0 < 0 else j0)), (top if j1 > top else (0 if j1 < 0 else j1))
+        if j0 == j1:
+            v = ys[j0] + dy[j0] * (c - xs[j0]) / dx[j0]
+        else:
+            j = np.minimum(np.maximum(xs.searchsorted(c, side="right") - 1, 0), top)
+            v = ys[j] + dy[j] * (c - xs[j]) / dx[j]
         k = k + v * self.layers
         graph = self._graph(shape)
         if self._host is not None and self._fixed_overhead is None:  # host time grows with the KV tokens too

@@ -1,8 +1,8 @@
 """Decoding requests in numpy slot arrays, so a decode step costs a few vector operations.
 
-Slot ``i`` holds one decoding request's counters (tokens computed, tokens generated, output
-length, KV blocks held and the tokens they hold). The arrays are authoritative while a request
-decodes; its ``Request`` fields are written back when it leaves (finish, preemption) or on
+Slot ``i`` holds one decoding request's counters (tokens computed, tokens generated, output length, and the
+room its KV blocks have left: the tokens they hold beyond those computed). The arrays are authoritative while
+a request decodes; its ``Request`` fields are written back when it leaves (finish, preemption) or on
 ``sync()``. Leaving moves the last slot into the hole, so slots ``[0, n)`` are always the decoding
 requests.
 
@@ -28,7 +28,7 @@ class DecodeSlots:
         self.comp = np.zeros(capacity, np.int64)  # num_computed
         self.gen = np.zeros(capacity, np.int64)  # generated
         self.out = np.zeros(capacity, np.int64)  # output_tokens
-        self.cap = np.zeros(capacity, np.int64)  # KV tokens the blocks held hold (blocks * block_size)
+        self.room = np.zeros(capacity, np.int64)  # blocks * block_size - num_computed: KV tokens that still fit
         self._sum = 0  # Σ comp over the slots
         self._max: int | None = 0  # max comp (None: unknown)
         self._left: int | None = None  # min (out - gen) (None: unknown)
@@ -45,8 +45,8 @@ class DecodeSlots:
     def join(self, r: Request) -> None:
         i = len(self.reqs)
         self.reqs.append(r)
-        self.comp[i], self.gen[i], self.out[i], self.cap[i] = (
-            r.num_computed, r.generated, r.output_tokens, len(r.block_ids) * self.block_size)
+        self.comp[i], self.gen[i], self.out[i], self.room[i] = (
+            r.num_computed, r.generated, r.output_tokens, len(r.block_ids) * self.block_size - r.num_computed)
         self._sum += r.num_computed
         if self._max is not None and r.num_computed > self._max:
             self._max = r.num_computed
@@ -65,7 +65,7 @@ class DecodeSlots:
             self._left = None
         if i != last:
             self.reqs[i] = self.reqs[last]
-            for a in (self.comp, self.gen, self.out, self.cap):
+            for a in (self.comp, self.gen, self.out, self.room):
                 a[i] = a[last]
         self.reqs.pop()
         if not self.reqs:
@@ -78,18 +78,19 @@ class DecodeSlots:
 
     # -- what a step asks ---------------------------------------------------------------------------------
     def block_need(self, n: int, tokens: int) -> np.ndarray:
-        """Blocks each of the first ``n`` slots lacks to hold ``tokens`` more KV tokens."""
+        """Blocks each of the first ``n`` slots lacks to hold ``tokens`` more KV tokens (negative: blocks to spare):
+        ``ceil((comp + tokens) / bs) - blocks``, which is ``(tokens - room + bs - 1) // bs``."""
         bs = self.block_size
-        return (self.comp[:n] + (tokens + bs - 1)) // bs - self.cap[:n] // bs
+        return ((tokens + bs - 1) - self.room[:n]) // bs
 
     def short(self, n: int, tokens: int) -> np.ndarray:
         """Indices of the first ``n`` slots whose blocks cannot hold ``tokens`` more KV tokens; with ``tokens``
         at most a block, each of them lacks exactly one block (``block_need`` is 1 there, 0 elsewhere)."""
-        return np.flatnonzero(self.comp[:n] + tokens > self.cap[:n])
+        return (self.room[:n] < tokens).nonzero()[0]
 
     def grant(self, idx: np.ndarray, blocks: np.ndarray | int = 1) -> None:
         """Slots ``idx`` received ``blocks`` more KV blocks each."""
-        self.cap[idx] += blocks * self.block_size
+        self.room[idx] += blocks * self.block_size
 
     def contexts(self, n: int, q: int) -> np.ndarray:
         """Context length (KV tokens attended) of the first ``n`` slots in a step of ``q`` tokens."""
@@ -124,6 +125,7 @@ class DecodeSlots:
         """
         whole = n == len(self.reqs)
         self.comp[:n] += adv
+        self.room[:n] -= adv
         gen, out = self.gen[:n], self.out[:n]
         gen += adv
         if isinstance(adv, (int, np.integer)) and not clip:

@@ -69,6 +69,7 @@ class Scheduler:
         self.itl_weights = array("q")
         self.num_preemptions = 0
         self.reserved_blocks = 0  # Σ reservation() of the running requests (reserving admissions)
+        self._run_need: tuple[int, np.ndarray] = (0, np.zeros(0, np.int64))  # identical_steps' blocks for its run
 
     # -- queries ----------------------------------------------------------------------------
     @property
@@ -243,9 +244,9 @@ class Scheduler:
     def _give_blocks(self, need: np.ndarray, total: int) -> None:
         """Append ``need[i]`` blocks to decoding slot ``i`` (``total`` = their sum, known to fit)."""
         idx = need.nonzero()[0]
-        reqs = self.slots.reqs
-        self.kv.grow_many([reqs[i] for i in idx.tolist()], need[idx].tolist(), total)
-        self.slots.grant(idx, need[idx])
+        reqs, blocks = self.slots.reqs, need[idx]
+        self.kv.grow_many([reqs[i] for i in idx.tolist()], blocks.tolist(), total)
+        self.slots.grant(idx, blocks)
 
     def _continue_prefills(self, prefill: list[PrefillChunk], budget: int, preempted: list[Request]) -> int:
         """Next chunks of running partial prefills, in admission order, within the budget.
@@ -397,8 +398,9 @@ class Scheduler:
         old = n - len(fresh)
         prev = self._last_decode_end_s
         if steps > 1:  # one gap per step: steps 2.. are every request's; step 1 is the old ones' only
-            gaps = np.diff(np.concatenate(((prev,), ends)))
-            self.itl_s.frombytes((gaps if old else gaps[1:]).tobytes())
+            if old:
+                self.itl_s.append(ends[0] - prev)
+            self.itl_s.frombytes((ends[1:] - ends[:-1]).tobytes())
             if old:
                 self.itl_weights.append(old)
             self.itl_weights.extend(array("q", (n,)) * (steps - 1))
@@ -457,8 +459,11 @@ class Scheduler:
         def fits(m: int) -> bool:  # blocks for steps 2..m beyond what step 1 already holds
             return int(self.slots.block_need(n, m).sum()) <= free
 
-        if fits(m_max):  # the common case: the pool has room for the whole run
+        need = self.slots.block_need(n, m_max)
+        if int(need.sum()) <= free:  # the common case: the pool has room for the whole run
+            self._run_need = (m_max, need)  # extend's, if the run is not cut short
             return m_max
+        self._run_need = (0, need)
         lo, hi = 1, m_max - 1
         while lo < hi:
             mid = (lo + hi + 1) // 2
@@ -466,10 +471,13 @@ class Scheduler:
         return lo
 
     def extend(self, batch: Batch, steps: int) -> None:
-        """Turn a one-step pure-decode ``batch`` into ``steps`` identical steps (KV included)."""
+        """Turn a one-step pure-decode ``batch`` into ``steps`` identical steps (KV included); ``identical_steps``
+        asked of this batch just before."""
         if steps <= 1:
             return
-        need = self.slots.block_need(len(batch.decode), steps)
+        m, need = self._run_need
+        if m != steps:
+            need = self.slots.block_need(len(batch.decode), steps)
         total = int(need.sum())
         if total:
             self._give_blocks(need, total)

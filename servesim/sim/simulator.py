@@ -57,7 +57,9 @@ def run_ends(cost, shape: BatchShape, t: float, steps: int, horizon: float, firs
         s = shape if not done else replace(
             shape, decode_ctx_tokens=shape.decode_ctx_tokens + shape.decode_seqs * done,
             decode_ctx_max=shape.decode_ctx_max + done if shape.decode_ctx_max else 0)
-        ends = np.cumsum(np.concatenate(((start,), cost.decode_run_s(s, m))))[1:]
+        ends = cost.decode_run_s(s, m)  # a fresh array: summed in place, start + d0, + d1, ... as one by one
+        ends[0] += start
+        ends.cumsum(out=ends)
         parts.append(ends)
         done, size, start = done + m, size * 4, ends[-1]
         if start >= horizon:
