@@ -107,3 +107,25 @@ def test_request_longer_than_the_context_is_rejected_with_reason(model_path):
     s, eng = engine_for(model_path)
     req = replay(s, eng, w).result.requests
     assert req.rejected_reason.iloc[2] != "" and (req.rejected_reason.drop(2) == "").all()
+
+
+def test_warm_up_leaves_nothing_behind_but_compiled_kernels(model_path):
+    """A warm-up replay (first requests, short outputs, faster arrivals) before the measured one: the measured
+    run then emits the tokens of a run on a fresh engine, and a CPU engine skips it unless forced."""
+    from servesim.engine.replay import warm_up
+
+    w = workload(n=10, span_s=0.05, seed=5, prompt=(20, 60), output=(5, 20), hashes=True)
+    runs = {}
+    for name in ("fresh", "warmed"):
+        s, eng = engine_for(model_path, prefix_caching=True)
+        if name == "warmed":
+            assert warm_up(s, eng, w) == 0.0  # the CPU backend compiles nothing
+            assert warm_up(s, eng, w, n=6, force=True) > 0.0
+        kept = {}
+        release = eng.runner.release
+        eng.runner.release = lambda r, release=release, kept=kept, tokens=eng.runner.tokens: (
+            kept.__setitem__(r.request_id, list(tokens[r.request_id])), release(r))
+        res = replay(s, eng, w)
+        check_complete(res, w)
+        runs[name] = (kept, int(res.result.requests.cached_tokens.sum()))
+    assert runs["warmed"] == runs["fresh"]  # same tokens, and no prefix cached by the warm-up

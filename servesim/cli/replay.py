@@ -52,7 +52,7 @@ def replay_cmd(
     from servesim.cli.progress import progress_bar
     from servesim.cli.render import render_summary
     from servesim.engine.engine import EngineConfig, build_engine
-    from servesim.engine.replay import engine_deployment, replay
+    from servesim.engine.replay import engine_deployment, replay, warm_up
     from servesim.sim.deployment import plan_replica
     from servesim.sim.outputs import dumps_json, summary_document, write_outputs
 
@@ -70,6 +70,7 @@ def replay_cmd(
         cuda_graphs=cuda_graphs, seed=base.seed, tp=base.tp, **spec_fields(base, opts)))
     try:
         engine_deployment(base, engine)  # refuses what one engine cannot replay before the run
+        warm_up(base, engine)  # compiles the kernel variants the trace meets before its clock starts
         with progress_bar("replaying", "requests", console) as update:
             run = replay(base, engine, time_scale=time_scale, on_progress=update)
     finally:

@@ -66,7 +66,7 @@ def validate_engine(s: Scenario, opts: EngineOptions, time_scale: float = 1.0, t
     """Engine replay vs simulation of ``s``; returns the report and both runs (for their files). ``engine`` (built
     for ``engine_config(s, opts)``) is reused when given: a replay leaves no state behind but stale KV contents."""
     from servesim.engine.engine import build_engine
-    from servesim.engine.replay import replay
+    from servesim.engine.replay import replay, warm_up
     from servesim.sim.simulator import simulate
 
     started = time.perf_counter()
@@ -74,6 +74,7 @@ def validate_engine(s: Scenario, opts: EngineOptions, time_scale: float = 1.0, t
     engine = engine or build_engine(engine_config(s, opts))
     w = scaled_workload(s, time_scale)
     try:
+        warm_s = warm_up(s, engine, w)
         measured = replay(s, engine, w, on_progress=on_progress)
     finally:
         if own:
@@ -90,7 +91,7 @@ def validate_engine(s: Scenario, opts: EngineOptions, time_scale: float = 1.0, t
                       + (f", TP {engine.config.tp}" if engine.config.tp > 1 else "")
                       + f", {engine.num_blocks:,} KV blocks ({engine.memory.planned_by}), "
                         f"weights {opts.weights or 'random'}",
-            "wall_s": round(time.perf_counter() - started, 1)}
+            "warm_up_s": round(warm_s, 1), "wall_s": round(time.perf_counter() - started, 1)}
     report = Report(title=title or f"{s.model} {s.quant} on the engine vs servesim", case=case, metrics=rows,
                     requests=compare.per_request(predicted.requests, measured.result.requests), iterations=it,
                     bins=compare.binned(it), summary=compare.summary_errors(rows, it))
