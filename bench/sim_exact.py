@@ -64,9 +64,15 @@ def _digest(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()[:16]
 
 
+def _cell(v: object) -> object:
+    if isinstance(v, (list, tuple)):
+        return [_cell(x) for x in v]
+    return float(v) if isinstance(v, np.floating) else v  # a token time as a float or a numpy float: one value
+
+
 def _column_bytes(col: np.ndarray) -> bytes:
     if col.dtype == object:  # reasons, token times: their repr is exact for floats
-        return repr(col.tolist()).encode()
+        return repr([_cell(v) for v in col.tolist()]).encode()
     return np.ascontiguousarray(col).tobytes()
 
 

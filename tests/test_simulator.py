@@ -195,3 +195,48 @@ def test_pipeline_one_request_crosses_every_stage():
     assert r.first_token_s - r.arrival_s == pytest.approx(2 * stage, rel=1e-9)
     decode = [dep.cost.step_time_s(decode_shape(1, 800 + j)) + dep.cost.pp_transfer_s(1) for j in (1, 2)]
     assert r.finish_s - r.arrival_s == pytest.approx(2 * stage + 2 * sum(decode), rel=1e-9)
+
+
+@pytest.mark.parametrize(
+    "extra",
+    [
+        {},  # the H200's calibrated profile
+        {"gpu": "H100-SXM", "record_token_times": True},  # the roofline prior
+        {"num_gpu_blocks": 900, "policy": "sjf", "record_token_times": True},  # runs cut short by the KV pool
+        {"prefix_caching": True, "replicas": 2, "router": "least_kv"},
+    ],
+)
+def test_chunked_prefill_runs_fast_forward_exactly(extra, monkeypatch):
+    """Long prompts in small chunks between sparse arrivals: runs of full-budget chunks (with the decodes beside
+    them) advance at once, and every timestamp, the ITL sample and the whole timeline are what stepping one by
+    one gives."""
+    from servesim.sim.scheduler import Scheduler
+
+    runs = []
+    extend = Scheduler.extend_chunks
+    monkeypatch.setattr(Scheduler, "extend_chunks", lambda self, b, n: runs.append(n) or extend(self, b, n))
+    rng = np.random.default_rng(4)
+    w = wl.synthesize(80, wl.Poisson(1.5), wl.Lengths(wl.Fixed(3000), wl.Fixed(60)), rng)
+    w.table["input_tokens"] = rng.integers(200, 6000, len(w))  # chunks of 256 tokens: 1 to 23 a prompt
+    s = Scenario(max_num_batched_tokens=256, **extra)
+
+    def run(chunk_runs: bool, fast_forward: bool = True):
+        sim = Simulation(build_deployment(s), w, seed=0, fast_forward=fast_forward)
+        sim.chunk_runs = chunk_runs and fast_forward
+        sim.run()
+        return sim
+
+    a, b, c = run(True), run(False), run(False, fast_forward=False)
+    assert len(runs) > 20 and sum(runs) > 3 * len(runs) / 2
+    ta, tb, tc = (x.requests.table() for x in (a, b, c))
+    for col in ("first_scheduled_s", "first_token_s", "finish_s", "num_preemptions", "generated_tokens",
+                "cached_tokens"):
+        np.testing.assert_array_equal(ta[col], tc[col], err_msg=col)
+    if s.record_token_times:
+        assert [list(map(float, x)) for x in ta["token_times_s"]] == [list(map(float, x)) for x in tc["token_times_s"]]
+    np.testing.assert_array_equal(np.sort(a.itl_s), np.sort(c.itl_s))
+    np.testing.assert_array_equal(a.itl_s, b.itl_s)
+    assert a.itl_weights.sum() == c.itl_weights.sum()
+    la, lb = a.timeline.table(), b.timeline.table()  # chunk steps keep one row each, as without their runs
+    for col in la:
+        np.testing.assert_array_equal(la[col], lb[col], err_msg=col)

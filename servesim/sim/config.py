@@ -184,7 +184,8 @@ class Scenario(BaseModel):
     slo_mode: Literal["joint", "per-metric"] = Field("joint", description="goodput needs all limits, or report each")
     # Run.
     seed: int = Field(0, description="seed of every random draw")
-    fast_forward: bool = Field(True, description="advance runs of identical decode steps at once")
+    fast_forward: bool = Field(True, description="advance runs of identical decode steps (and of full-budget "
+                               "prefill chunks) at once")
     record_token_times: bool = Field(False, description="keep every token's timestamp (memory grows)")
 
     @model_validator(mode="before")

@@ -182,6 +182,7 @@ class PDSimulation(Simulation):
     def __init__(self, pd: PDDeployment, workload: Workload, **kw) -> None:
         self.pd = pd
         super().__init__(pd.decode, workload, **kw)
+        self.chunk_runs = False  # a prefill engine's step ends bound every engine's horizon: runs of decode steps only
         if self._closed is not None:  # a finish issues an arrival mid-run: no engine knows its next one ahead
             self.fast_forward = False
         self.prefill_router = ROUTERS[pd.prefill.router]()

@@ -484,6 +484,79 @@ class Scheduler:
         batch.steps = steps
 
 
+    def chunk_steps(self, batch: Batch) -> int:
+        """How many steps like ``batch`` could run before anything changes, when it is every decode and one
+        chunk of the first partial prefill that takes the whole token budget and does not finish its prompt
+        (chunked batching): each next step is then the same decodes one token on and the next chunk of the same
+        size, and nothing else can join (no budget is left to admit). Counts the steps up to and including
+        the first decode's finish and the last chunk that still leaves tokens to prefill, for which the KV pool
+        has room (decode blocks and the chunks' blocks), so that running them at once is exactly what stepping
+        one by one does. 1 when the batch is of any other kind."""
+        if (len(batch.prefill) != 1 or self.config.batching != "chunked" or self._q != 1 or self.swapped
+                or batch.preempted or batch.swap_in_blocks or batch.swap_out_blocks):
+            return 1
+        ch = batch.prefill[0]
+        r, c, n = ch.request, ch.tokens, len(batch.decode)
+        if (n != len(self.slots) or self.prefilling[0] is not r or ch.completes
+                or c != self.config.max_num_batched_tokens - n):
+            return 1
+        m_max = (r.known_tokens - ch.context_before - 1) // c  # chunks of c that leave tokens to prefill
+        if n:
+            m_max = min(m_max, self.slots.steps_to_first_finish(n))
+        if m_max <= 1:
+            return 1
+        free, kv, held = self.kv.num_free, self.kv, len(r.block_ids)
+
+        def fits(m: int) -> bool:  # blocks for steps 2..m beyond what step 1 already holds
+            need = kv.blocks_for(ch.context_before + c * m) - held
+            return need + (int(self.slots.block_need(n, m).sum()) if n else 0) <= free
+
+        if fits(m_max):
+            return m_max
+        lo, hi = 1, m_max - 1
+        while lo < hi:
+            mid = (lo + hi + 1) // 2
+            lo, hi = (mid, hi) if fits(mid) else (lo, mid - 1)
+        return lo
+
+    @staticmethod
+    def chunk_shape(batch: Batch, i: int) -> BatchShape:
+        """The shape of step ``i`` (0: ``batch`` itself) of a run that ``chunk_steps`` allows: decode contexts
+        ``i`` tokens longer, the chunk ``i`` chunks further into its prompt (as ``_make_batch`` would form it)."""
+        s, ch = batch.shape, batch.prefill[0]
+        t, b, n = ch.tokens, ch.context_before + ch.tokens * i, s.decode_seqs
+        return BatchShape(
+            prefill_seqs=1, prefill_tokens=t, prefill_attn_pairs=t * b + t * (t + 1) // 2, prefill_ctx_tokens=b + t,
+            decode_seqs=n, decode_query_tokens=n, decode_ctx_tokens=s.decode_ctx_tokens + n * i,
+            decode_ctx_max=s.decode_ctx_max + i if n else 0, sampled_tokens=n,
+        )
+
+    def extend_chunks(self, batch: Batch, steps: int) -> list[int]:
+        """Turn ``batch`` into ``steps`` steps of the run ``chunk_steps`` allowed (asked just before): the decodes'
+        blocks for every step, the prompt's for every chunk, one chunk of ``steps`` chunks' tokens. Returns the
+        KV blocks in use once each step has its blocks (what the pool holds at the end of each step but the last,
+        whose finishes free theirs), as stepping one by one would take them."""
+        n, ch, kv = len(batch.decode), batch.prefill[0], self.kv
+        r, used = ch.request, kv.num_used
+        held = len(r.block_ids)
+        # step i (1-based) holds the decodes' blocks for i tokens and the prompt's for i chunks
+        dec = [0] * steps
+        if n:
+            i = np.arange(1, steps + 1)[:, None]
+            grants = ((i + (self.slots.block_size - 1)) - self.slots.room[:n]) // self.slots.block_size
+            dec = np.maximum(grants, 0).sum(axis=1).tolist()
+        pre = [kv.blocks_for(ch.context_before + ch.tokens * i) - held for i in range(1, steps + 1)]
+        if n:
+            need = self.slots.block_need(n, steps)
+            total = int(need.sum())
+            if total:
+                self._give_blocks(need, total)
+        kv.grow(r, pre[-1])
+        batch.prefill[0] = PrefillChunk(r, ch.tokens * steps, ch.context_before)
+        batch.steps = steps
+        return [used + d + p for d, p in zip(dec, pre)]
+
+
 # Batching modes: how a step is formed. One place to add a mode (Scenario validates against it).
 BATCHING: dict[str, Callable[[Scheduler, list[PrefillChunk], list[Request]], Batch]] = {
     "static": Scheduler._form_static,

@@ -9,8 +9,11 @@ An idle replica sleeps on an event that the next arrival routed to it triggers (
 Between two arrivals, a pure-decode batch repeats identically until a request finishes or the
 KV pool runs dry, so the replica advances such a run in one go: the scheduler says how many
 steps are identical, the cost model prices them in one vector call, and every timestamp comes
-out exactly as if stepped one by one (tests compare both ways). A replica keeps its own clock
-``t`` as the running sum of step times, the same sum in both ways; SimPy orders the events.
+out exactly as if stepped one by one (tests compare both ways). A run of full-budget chunks of one
+prompt beside the same decodes is predictable too (``Scheduler.chunk_steps``): each step is priced on its
+own shape and waited for on SimPy's clock with its own timeline row, without being scheduled again. A
+replica keeps its own clock ``t`` as the running sum of step times, the same sum in both ways; SimPy orders
+the events.
 
 With pipeline parallelism a replica runs ``pp`` virtual engines (each its own scheduler and a
 ``1/pp`` share of the KV blocks, as vLLM does) whose batches pass through ``pp`` stage resources
@@ -128,6 +131,12 @@ class ReplicaProcess:
                 ends = None
                 dt = sim.step_s(batch, dep)
                 end = t + dt
+                shape = batch.shape  # a run of chunks: no chunk finishes a prompt (sampled tokens are the decodes')
+                if (sim.chunk_runs and shape.sampled_tokens == shape.decode_query_tokens and batch.prefill
+                        and not pipelined):
+                    ends = self._chunk_run(batch, end)
+                    if ends is not None:
+                        end = float(ends[-1])
             if pipelined:
                 self.step_span = (t, t)
                 for stage in self.replica.stages:
@@ -138,16 +147,45 @@ class ReplicaProcess:
                 self.step_span = (t, end)
             else:
                 self.step_span = (t, end)
-                yield env.timeout(end - t)
+                if batch.steps > 1 and batch.prefill:  # a chunked-prefill run: each step on SimPy's clock and the
+                    s, row = t, (self.replica.index, batch.size, batch.shape.prefill_tokens,  # timeline, as one by one
+                                 batch.shape.decode_query_tokens, sched.num_running, sched.num_waiting)
+                    for e, used in zip(ends.tolist(), self._chunk_used[:-1]):
+                        yield env.timeout(e - s)
+                        sim.timeline.add(row[0], s, e, 1, *row[1:], used, sched.kv.num_blocks)
+                        s = e
+                    t = s  # the last step's row below
+                    yield env.timeout(end - s)
+                else:
+                    yield env.timeout(end - t)
             sched.complete(batch, end, accepted, ends)
             self.t = end
             kv = sched.kv
+            steps = 1 if batch.prefill else batch.steps
             sim.timeline.add(
-                self.replica.index, t, end, batch.steps, batch.size, batch.shape.prefill_tokens,
-                batch.shape.decode_query_tokens * batch.steps, sched.num_running, sched.num_waiting,
+                self.replica.index, t, end, steps, batch.size, batch.shape.prefill_tokens,
+                batch.shape.decode_query_tokens * steps, sched.num_running, sched.num_waiting,
                 kv.num_used, kv.num_blocks,
             )
             self.replica.collect(sched)
+
+    def _chunk_run(self, batch: Batch, end: float) -> np.ndarray | None:
+        """End times of the run of chunked-prefill steps that ``batch`` (ending at ``end``) begins, when the
+        scheduler allows more than one and the next starts before the next arrival anywhere (None otherwise):
+        each step priced on its own shape and added to the clock as stepping one by one adds it."""
+        sched = self.sched
+        m = sched.chunk_steps(batch)
+        if m <= 1:
+            return None
+        horizon = self.sim.next_arrival_s()
+        if end >= horizon:
+            return None
+        cost, ends = self.replica.dep.cost, [end]
+        while len(ends) < m and end < horizon:  # keep the steps that start before the next arrival
+            end = end + cost.step_time_s(sched.chunk_shape(batch, len(ends)))
+            ends.append(end)
+        self._chunk_used = sched.extend_chunks(batch, len(ends))
+        return np.array(ends)
 
 
 class Replica:
@@ -214,6 +252,7 @@ class Simulation:
         self.router = ROUTERS[dep.router]()
         self.replicas = self._make_replicas()
         self.spec_k = dep.scheduler.spec_k
+        self.chunk_runs = fast_forward  # fast-forward runs of chunked-prefill steps too (P/D: off)
         self._alphas: dict[int, float] = {}
         self._on_progress = on_progress
         df = workload.table
@@ -229,7 +268,7 @@ class Simulation:
         if self._closed is not None and dep.replicas * dep.pp > 1:
             # A finish on one engine issues an arrival that may go to another, mid-run: the other
             # engines cannot know their next arrival ahead, so they step one by one.
-            self.fast_forward = False
+            self.fast_forward = self.chunk_runs = False
         self._issued = 0
         self._pending: list[float] = []  # closed loop: times of scheduled submissions
         self.first_arrival_s = math.inf
