@@ -51,7 +51,7 @@ def _axes(specs: list[str]) -> dict[str, list]:
 def _console() -> Console:
     # Through a pipe, wide plain text instead of a table squeezed into 80 columns.
     console = Console()
-    return console if console.is_terminal else Console(width=200, no_color=True, highlight=False)
+    return console if console.is_terminal else Console(width=260, no_color=True, highlight=False)
 
 
 def _progress(label: str, unit: str, console: Console):
@@ -120,6 +120,19 @@ def plan_cmd(
     gpus: Optional[str] = typer.Option(None, "--gpus", help="candidate GPUs (default: H100-SXM,H200,A100-80GB-SXM)"),  # noqa: UP045
     quant: Optional[str] = typer.Option(None, "--quant", help="weight formats (default: bf16,w8a16,w4a16)"),  # noqa: UP045
     tp: Optional[str] = typer.Option(None, "--tp", help="tensor-parallel degrees (default: 1,2,4,8)"),  # noqa: UP045
+    ep: Optional[str] = typer.Option(None, "--ep", help="MoE: expert-parallel degrees, or auto (every one the model "  # noqa: UP045
+                                     "and each tp take; default 1)"),
+    pd: str = typer.Option("off", "--pd", help="prefill/decode units too: P:D ratios (2:1,1:3), auto (the best "
+                           "ratio per pool configuration, walked), or off"),
+    prefill_tp: Optional[str] = typer.Option(None, "--prefill-tp", help="P/D: prefill-pool TP degrees (default: "  # noqa: UP045
+                                             "--tp, paired with the decode pool's)"),
+    decode_tp: Optional[str] = typer.Option(None, "--decode-tp", help="P/D: decode-pool TP degrees (default: --tp)"),  # noqa: UP045
+    prefill_gpus: Optional[str] = typer.Option(None, "--prefill-gpus", help="P/D: prefill-pool GPUs (default: "  # noqa: UP045
+                                               "--gpus, the same as the decode pool's)"),
+    decode_gpus: Optional[str] = typer.Option(None, "--decode-gpus", help="P/D: decode-pool GPUs (default: --gpus)"),  # noqa: UP045
+    kv_link: Optional[str] = typer.Option(None, "--kv-link", help="P/D: KV links to try: nvlink, pcie, ib, roce "  # noqa: UP045
+                                          "(default: ib)"),
+    pd_max_gpus: int = typer.Option(8, "--pd-max-gpus", help="P/D auto: most GPUs in one prefill:decode unit"),
     axis: list[str] = typer.Option([], "--axis", help="more candidates: FIELD=V1,V2 (any Scenario field; repeat)"),  # noqa: B008
     budget: Optional[float] = typer.Option(None, "--budget", help="most $/hour to spend"),  # noqa: UP045
     config: Optional[Path] = _BASE,  # noqa: UP045
@@ -136,6 +149,7 @@ def plan_cmd(
     replica sustains (searched), the replicas and $/hour for RATE, margins, why the others fail, and the
     Pareto frontiers (pareto.html)."""
     from servesim.plan import DEFAULT_GPUS, DEFAULT_QUANTS, DEFAULT_TPS, plan
+    from servesim.plan.candidates import PD_AUTO, PD_OFF
     from servesim.sim.config import load_scenario
     from servesim.sim.outputs import check_writable
 
@@ -146,11 +160,16 @@ def plan_cmd(
         base.update(num_requests=num_requests, duration_s=None, start_s=None)
     out = check_writable(output_dir or Path(f"plan-{Path(model).stem}-{rate:g}rps"))
     console = _console()
+    eps = ep if ep is not None and ep.strip().lower() == PD_AUTO else _list(ep, "ep", int)
     with _progress("plan", "probes", Console(stderr=True)) as update:
         result = plan(model, rate, slo, workload=workload, gpus=_list(gpus, "gpus") or DEFAULT_GPUS,
                       quants=_list(quant, "quant") or DEFAULT_QUANTS, tps=_list(tp, "tp", int) or DEFAULT_TPS,
-                      axes=_axes(axis), base=base, budget_usd_per_hour=budget, rel_tol=rel_tol, verify=verify,
-                      jobs=jobs, dask=dask, cache_dir=cache_dir or out / "cache", on_progress=update)
+                      eps=eps, pd=pd or PD_OFF, prefill_tps=_list(prefill_tp, "prefill_tp", int),
+                      decode_tps=_list(decode_tp, "decode_tp", int), prefill_gpus=_list(prefill_gpus, "prefill_gpus"),
+                      decode_gpus=_list(decode_gpus, "decode_gpus"), kv_links=_list(kv_link, "kv_link"),
+                      pd_max_gpus=pd_max_gpus, axes=_axes(axis), base=base, budget_usd_per_hour=budget,
+                      rel_tol=rel_tol, verify=verify, jobs=jobs, dask=dask, cache_dir=cache_dir or out / "cache",
+                      on_progress=update)
     result.write(out)
     _render_plan(result, console, model, workload, top)
     console.print(f"wrote {out} (configs.csv, probes.csv, pareto.html)", highlight=False)
@@ -164,14 +183,21 @@ def _render_plan(result, console: Console, model: str, workload: str, top: int) 
                   f"{len(cfg)} configurations, {len(result.probes)} probes in {result.wall_s:.1f} s on "
                   f"{result.workers} workers; cost model: {profiles}", highlight=False)
     margins = [f"margin_{k}" for k in result.limits.limits_ms]
+    pools = "pd" in cfg and (cfg["pd"].fillna("") != "").any()
+    pool_cols = ["prefill_busy_fraction_at_capacity", "decode_busy_fraction_at_capacity",
+                 "p99_kv_transfer_ms_at_capacity"] if pools else []
     t = Table("configuration", "replicas", "GPUs", "$/hour", "req/s per replica", "headroom", "limited by",
               "verified", *(m.removeprefix("margin_") + " margin" for m in margins),
-              title="cheapest configurations", box=None)
+              *(("prefill busy", "decode busy", "KV p99 ms") if pools else ()),
+              title="cheapest configurations" + (" (a P:D unit counts as one replica)" if pools else ""), box=None)
+    t.columns[0].no_wrap = True
     for _, r in ok.iterrows():
         t.add_row(r["label"], str(int(r["replicas"])), str(int(r["gpus_total"])), f"{r['usd_per_hour']:.2f}",
                   f"{r['capacity_rps']:.3g}", f"{r['headroom']:.0%}", str(r["limited_by"]),
                   "yes" if str(r.get("verified")) == "True" else "no",
-                  *("-" if m not in r or r[m] != r[m] else f"{r[m]:.0%}" for m in margins))
+                  *("-" if m not in r or r[m] != r[m] else f"{r[m]:.0%}" for m in margins),
+                  *("-" if c not in r or r[c] != r[c] else f"{r[c]:.0%}" if "busy" in c else f"{r[c]:.3g}"
+                    for c in pool_cols))
     console.print(t)
     rejected = result.rejected()
     if len(rejected):

@@ -21,10 +21,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pandas as pd
+from pandas import DataFrame
 
 from servesim.errors import ConfigError, InputError
+from servesim.plan.candidates import DEFAULT_PD_MAX_GPUS, PD_OFF, Space, label
 from servesim.plan.execute import Runner
 from servesim.plan.grid import Grid
+from servesim.plan.run import POOL_COLUMNS
 from servesim.plan.search import Limits, RateSearch
 from servesim.sim.config import Scenario
 from servesim.sim.deployment import trace_rows
@@ -50,17 +53,10 @@ class Candidate:
     reason: str = ""
     probes: list[dict] = field(default_factory=list)
     result: dict = field(default_factory=dict)
+    point: dict = field(default_factory=dict)  # the Scenario fields it was built from
 
     def reject(self, kind: str, reason: str) -> None:
         self.status, self.reject_kind, self.reason = "rejected", kind, reason
-
-
-def _label(values: Mapping[str, object], varying: Sequence[str]) -> str:
-    parts = []
-    for f in varying:
-        v = values.get(f)
-        parts.append(str(v) if f in ("gpu", "quant") else f"tp{v}" if f == "tp" else f"{f}={v}")
-    return " ".join(parts)
 
 
 def _precheck(c: Candidate, budget: float | None) -> None:
@@ -92,9 +88,11 @@ def _default_requests(trace: str, fmt: str | None) -> int:
 def _verify_scenario(s: Scenario, replicas: int, target: float) -> Scenario:
     """The whole deployment at the target rate, with ``replicas`` times the requests of one probe."""
     update: dict = {"replicas": replicas, "rate": target}
-    if s.num_requests is not None:  # as many as the trace holds, never more (the trace is not repeated)
-        update["num_requests"] = min(s.num_requests * replicas,
-                                     trace_rows(s.trace, s.trace_format, s.start_s, s.duration_s))
+    if s.num_requests is not None:  # as many as the trace holds, never more unless it repeats
+        update["num_requests"] = s.num_requests * replicas
+        if not s.repeat:
+            update["num_requests"] = min(update["num_requests"],
+                                         trace_rows(s.trace, s.trace_format, s.start_s, s.duration_s))
     if s.duration_s is not None:
         update["duration_s"] = s.duration_s * replicas
     return s.model_copy(update=update)
@@ -141,7 +139,11 @@ class PlanResult:
 
 def plan(model: str, rate: float, slo: str | Mapping[str, float] | Limits, *, workload: str = "azure-conv",
          gpus: Sequence[str] = DEFAULT_GPUS, quants: Sequence[str] = DEFAULT_QUANTS,
-         tps: Sequence[int] = DEFAULT_TPS, axes: Mapping[str, list] | None = None,
+         tps: Sequence[int] = DEFAULT_TPS, eps: str | Sequence[int] | None = None,
+         pd: str | Sequence | None = None, prefill_tps: Sequence[int] | None = None,
+         decode_tps: Sequence[int] | None = None, prefill_gpus: Sequence[str] | None = None,
+         decode_gpus: Sequence[str] | None = None, kv_links: Sequence[str] | None = None,
+         pd_max_gpus: int = DEFAULT_PD_MAX_GPUS, axes: Mapping[str, list] | None = None,
          base: Mapping | str | None = None, budget_usd_per_hour: float | None = None,
          rel_tol: float = 0.02, start_rps: float = 1.0, verify: int = 3, jobs: int | None = None,
          dask: object | None = None, cache_dir: str | os.PathLike[str] | None = None,
@@ -149,8 +151,12 @@ def plan(model: str, rate: float, slo: str | Mapping[str, float] | Limits, *, wo
     """Find the cheapest configurations serving ``rate`` requests/s of ``workload`` with ``model`` under ``slo``.
 
     ``slo``: ``"ttft_p99_ms=500,tpot_p99_ms=50"``, a mapping of such keys, or :class:`Limits`. Candidates are
-    every combination of ``gpus`` × ``quants`` × ``tps`` × ``axes`` (more Scenario fields, as in a grid) on
-    ``base`` (Scenario fields or a scenario YAML; without a window, the first ``DEFAULT_REQUESTS`` requests).
+    every combination of ``gpus`` × ``quants`` × ``tps`` (× ``eps``, the expert-parallel degrees of an MoE
+    model: a list or ``"auto"``) × ``axes`` (more Scenario fields, as in a grid) on ``base`` (Scenario fields
+    or a scenario YAML; without a window, the first ``DEFAULT_REQUESTS`` requests). ``pd``: ``"off"``,
+    P:D ratios (``"2:1,1:3"``) or ``"auto"`` adds prefill/decode units (servesim.plan.candidates), their pools
+    on ``prefill_gpus``/``decode_gpus`` at ``prefill_tps``/``decode_tps`` (default: the colocated ones,
+    paired), over each of ``kv_links``; ``"auto"`` walks the ratio within ``pd_max_gpus`` GPUs per unit.
     ``verify``: how many of the cheapest to check as whole deployments. Runs on ``jobs`` local processes or
     the Dask cluster ``dask``; probes are cached in ``cache_dir``, so an interrupted plan resumes.
     """
@@ -158,43 +164,81 @@ def plan(model: str, rate: float, slo: str | Mapping[str, float] | Limits, *, wo
     if not (isinstance(rate, (int, float)) and 0 < rate < math.inf):
         raise InputError(f"must be a positive number of requests/s, got {rate!r}", field="rate")
     limits = slo if isinstance(slo, Limits) else Limits.parse(slo)
-    grid_axes = {"gpu": list(gpus), "quant": list(quants), "tp": list(tps), **(axes or {})}
-    for f in SEARCH_OWNS:
-        if f in grid_axes:
+    space = Space(model, gpus, quants, tps, eps, pd, prefill_tps, decode_tps, prefill_gpus, decode_gpus,
+                  kv_links, pd_max_gpus)
+    axes = dict(axes or {})
+    for f in axes:
+        if f in SEARCH_OWNS:
             raise InputError("the planner chooses this itself; it cannot be an axis", field=f"axes.{f}")
-    grid = Grid(base, grid_axes)
+        if f in space.owned:
+            raise InputError(f"set by the planner's {space.owned[f]}; it cannot be an axis too", field=f"axes.{f}")
+    grid = Grid(base, axes)
     grid.base.update(model=model, trace=workload, rate=float(rate))  # probes change the rate
     if grid.base.get("replicas", 1) != 1:
         raise InputError("the planner chooses the replicas itself", field="base.replicas")
+    if space.pd != PD_OFF:
+        for f in ("prefill_replicas", "decode_replicas"):
+            if grid.base.get(f):
+                raise InputError("the planner's pd option chooses the P:D ratios itself", field=f"base.{f}")
     if grid.base.get("num_requests") is None and grid.base.get("duration_s") is None:
         grid.base["num_requests"] = _default_requests(workload, grid.base.get("trace_format"))
-    points = grid.points()
-    varying = list(dict.fromkeys(["gpu", "quant", "tp", *(f for f in dict.fromkeys(k for p in points for k in p)
-                                                        if len({repr(p.get(f)) for p in points}) > 1)]))
-    cands = [Candidate(i, s, _label(p, varying)) for i, (s, p) in enumerate(zip(grid.scenarios(), points))]
-    for c in cands:
+    extra = grid.points()
+    varying = [f for f in dict.fromkeys(k for p in extra for k in p) if len({repr(p.get(f)) for p in extra}) > 1]
+    cands: list[Candidate] = []
+
+    def add(point: dict) -> Candidate:
+        c = Candidate(len(cands), grid.validate(point, space.owned), label(point, varying), point=point)
+        cands.append(c)
         _precheck(c, budget_usd_per_hour)
         if c.status == "searching":
             c.search = RateSearch(start_rps=start_rps, rel_tol=rel_tol)
+        return c
+
+    for point in space.points(extra):
+        add(point)
+    walk = space.walk(extra, lambda point: add(point).index)
+
+    def conclude(c: Candidate) -> None:
+        _conclude(c, rate, limits, budget_usd_per_hour)
+
+    def grow() -> None:
+        if walk is not None:
+            for group, point in walk.next(lambda i: _value(cands[i]), space.pp(grid.base)):
+                walk.start(group, (point["prefill_replicas"], point["decode_replicas"]), add(point).index)
 
     with Runner(jobs, dask, cache_dir) as runner:
-        _search_all(cands, limits, runner, on_progress)
-        for c in cands:
-            if c.status == "searching":
-                _conclude(c, rate, limits, budget_usd_per_hour)
+        _search_all(cands, limits, runner, on_progress, conclude, grow)
         verifications = _verify_cheapest(cands, rate, limits, verify, runner, budget_usd_per_hour)
         workers = runner.workers
-    configs = _configs_table(cands, varying)
-    probes = pd.DataFrame([p for c in cands for p in c.probes])
-    return PlanResult(float(rate), limits, configs, probes, pd.DataFrame(verifications),
+    configs = _configs_table(cands, varying, space)
+    probes = DataFrame([p for c in cands for p in c.probes])  # (``pd`` is the P:D option here)
+    return PlanResult(float(rate), limits, configs, probes, DataFrame(verifications),
                       time.perf_counter() - started, workers)
 
 
+def _value(c: Candidate) -> float | None:
+    """Capacity per $/h of one replica (one P/D unit): what ``--pd auto`` walks up; None while searching."""
+    if c.status == "searching":
+        return None
+    if "capacity_rps" not in c.result:
+        return -math.inf
+    return c.result["capacity_rps"] / (c.result["gpus_per_replica"] * c.result["usd_per_hour_per_gpu"])
+
+
 def _search_all(cands: list[Candidate], limits: Limits, runner: Runner,
-                on_progress: Callable[[int, int], None] | None) -> None:
-    """Rounds of probes: every searching candidate proposes its next rates, all run at once."""
+                on_progress: Callable[[int, int], None] | None, conclude: Callable[[Candidate], None],
+                grow: Callable[[], None]) -> None:
+    """Rounds of probes: every searching candidate proposes its next rates, all run at once; a candidate
+    whose search ended is concluded, and ``grow`` may add candidates (``--pd auto``'s next ratios)."""
     done = 0
-    while active := [c for c in cands if c.status == "searching" and not c.search.done]:
+    while True:
+        for c in cands:
+            if c.status == "searching" and c.search.done:
+                conclude(c)
+        grow()
+        active = [c for c in cands if c.status == "searching" and not c.search.done]
+        if not active:
+            break
         m = max(1, min(4, runner.workers // len(active)))
         batch = [(c, r) for c in active for r in c.search.next_rates(m)]
         remaining = sum(c.search.estimate_remaining(m) for c in active)
@@ -243,7 +287,7 @@ def _conclude(c: Candidate, target: float, limits: Limits, budget: float | None)
         cost_extrapolated=at_lo["cost_extrapolated"], warnings=at_lo["warnings"],
         output_tokens_per_s_per_gpu=at_lo["output_tokens_per_s_per_gpu"],
         output_tokens_per_s_per_user=at_lo["output_tokens_per_s_per_user"],
-        **{f"{k}_at_capacity": at_lo[k] for k in limits.limits_ms},
+        **{f"{k}_at_capacity": at_lo[k] for k in (*limits.limits_ms, *POOL_COLUMNS) if k in at_lo},
     )
     c.status = "ok"
     if budget is not None and usd > budget:
@@ -289,21 +333,22 @@ def _verify_cheapest(cands: list[Candidate], target: float, limits: Limits, n: i
                                    f"{'; '.join(fails)}) cost ${usd:.2f}/h, over the budget ${budget:.2f}/h")
 
 
-def _configs_table(cands: list[Candidate], varying: Sequence[str]) -> pd.DataFrame:
+def _configs_table(cands: list[Candidate], varying: Sequence[str], space: Space) -> pd.DataFrame:
     rows = []
+    any_pd = any(c.scenario.disaggregated for c in cands)
     for c in cands:
         if c.status == "ok":
             c.result.setdefault("verified", False)
         s = c.scenario
-        fields = dict.fromkeys(("gpu", "quant", "tp", "pp", "kv_dtype", *varying))
-        rows.append({"label": c.label, **{f: getattr(s, f) for f in fields}, "status": c.status,
-                     "reject_kind": c.reject_kind, "reason": c.reason, "probes": len(c.probes), **c.result,
-                     "config_hash": s.config_hash()})
+        rows.append({"label": c.label, **space.columns(s, any_pd), **{f: getattr(s, f) for f in varying},
+                     "status": c.status, "reject_kind": c.reject_kind, "reason": c.reason, "probes": len(c.probes),
+                     **c.result, "config_hash": s.config_hash()})
     df = pd.DataFrame(rows)
     for col in ("usd_per_hour", "capacity_rps", "verified"):
         if col not in df:
             df[col] = pd.NA
-    for col in ("replicas", "gpus_total", "gpus_per_replica", "kv_blocks_per_replica"):
+    for col in ("replicas", "gpus_total", "gpus_per_replica", "kv_blocks_per_replica", "ep", "prefill_tp",
+                "decode_tp", "prefill_ep", "decode_ep"):
         if col in df:
             df[col] = df[col].astype("Int64")  # counts stay integers beside the rejected rows' blanks
     order = df.assign(_ok=df["status"] != "ok").sort_values(["_ok", "usd_per_hour", "capacity_rps"],

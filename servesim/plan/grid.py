@@ -99,6 +99,7 @@ class Grid:
         self.source = source
         self.base = _base(base, source)
         self.axes = _axes(axes, source)
+        self._seen: set = set()  # workloads built (check_workload)
 
     @classmethod
     def from_dict(cls, raw: object, source: str | None = None) -> Grid:
@@ -144,15 +145,19 @@ class Grid:
     def scenarios(self) -> list[Scenario]:
         """Every point as a validated Scenario, and its workload built once, so a typo stops the sweep before
         anything runs."""
-        out, seen = [], set()
-        for values in self.points():
-            try:
-                s = make_scenario(values)
-                check_workload(s, seen)
-            except ConfigError as exc:
-                raise InputError(exc.problem, file=self.source, field=self._where(exc.field)) from None
-            out.append(s)
-        return out
+        return [self.validate(values) for values in self.points()]
+
+    def validate(self, values: Mapping, owners: Mapping[str, str] | None = None) -> Scenario:
+        """One point as a Scenario (each distinct workload built once); an error names the axis or base field,
+        or for a field in ``owners`` the name given there (the planner's option that set it)."""
+        try:
+            s = make_scenario(dict(values))
+            check_workload(s, self._seen)
+        except ConfigError as exc:
+            head = (exc.field or "").split(".")[0]
+            where = owners[head] if owners and head in owners else self._where(exc.field)
+            raise InputError(exc.problem, file=self.source, field=where) from None
+        return s
 
 
 def check_workload(s: Scenario, seen: set) -> None:

@@ -15,6 +15,8 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pandas as pd
 
+from servesim.plan.run import POOL_COLUMNS
+
 if TYPE_CHECKING:
     from servesim.plan.capacity import PlanResult
 
@@ -84,8 +86,9 @@ def plan_html(result: PlanResult) -> str:
                  "output tokens/s per user (1 / mean TPOT)", "output tokens/s per GPU")
     f2 = _figure(cf, "usd_per_hour", "latency_ms", f"Cost to serve {result.target_rps:g} req/s vs latency",
                  "$/hour (replicas x GPUs x price; log scale)", latency_key, log_x=True)
-    cols = [c for c in ("label", "replicas", "gpus_total", "usd_per_hour", "capacity_rps", "headroom", "verified",
-                        *(f"margin_{k}" for k in result.limits.limits_ms), "profile_id") if c in result.configs]
+    cols = [c for c in ("label", "pd", "ep", "replicas", "gpus_total", "usd_per_hour", "capacity_rps", "headroom",
+                        "verified", *(f"margin_{k}" for k in result.limits.limits_ms),
+                        *(f"{k}_at_capacity" for k in POOL_COLUMNS), "profile_id") if c in result.configs]
     table = result.cheapest(10)[cols].to_html(index=False, float_format=lambda v: f"{v:.4g}", border=0)
     rejected = result.rejected()[["label", "reject_kind", "reason"]].to_html(index=False, border=0)
     title = f"servesim plan: {result.target_rps:g} req/s under {result.limits.label()}"

@@ -2,9 +2,9 @@
 
 A row holds every Scenario field, what the run used (``profile_id``: which cost model, so a table says
 which figures are calibrated and which roofline; KV blocks; GPUs and their price) and the summary's
-scalar metrics under their vLLM keys. A configuration that cannot run (the model does not fit, TP does
-not divide the heads) is a row too, ``status = "infeasible"`` with the planner's reason; a crash is
-``status = "error"`` (not cached, so a rerun retries it).
+scalar metrics under their vLLM keys (under P/D each pool's too, ``POOL_COLUMNS``). A configuration that
+cannot run (the model does not fit, TP does not divide the heads) is a row too, ``status = "infeasible"``
+with the planner's reason; a crash is ``status = "error"`` (not cached, so a rerun retries it).
 """
 
 from __future__ import annotations
@@ -19,6 +19,10 @@ from servesim.sim.config import FIELD_GROUPS, Scenario
 
 # The fields build_workload reads (the "Workload" group, plus the seed of synthetic arrivals).
 WORKLOAD_FIELDS = (*FIELD_GROUPS["Workload"], "seed")
+# Under P/D, each pool's figures and the KV transfers' (the summary's nested ``pd``) as flat row columns.
+POOL_FIGURES = ("gpus", "busy_fraction", "mean_batch_size", "max_kv_utilization", "kv_blocks_per_replica")
+TRANSFER_FIGURES = ("mean_kv_transfer_ms", "p99_kv_transfer_ms", "mean_kv_wait_ms", "p99_kv_wait_ms")
+POOL_COLUMNS = (*(f"{pool}_{k}" for pool in ("prefill", "decode") for k in POOL_FIGURES), *TRANSFER_FIGURES)
 _MEMO: OrderedDict[tuple, object] = OrderedDict()
 _MEMO_SIZE = 16
 _MEMO_LOCK = threading.Lock()  # Dask workers may run several threads in one process
@@ -60,6 +64,13 @@ def scalar_summary(summary: dict) -> dict:
     return {k: v for k, v in summary.items() if isinstance(v, (int, float, str, bool)) or v is None}
 
 
+def pool_columns(pools: dict) -> dict:
+    """The summary's ``pd`` entry (servesim.sim.disagg) as the flat POOL_COLUMNS of a row."""
+    out = {f"{pool}_{k}": pools[pool][k] for pool in ("prefill", "decode") for k in POOL_FIGURES}
+    out.update({k: pools["kv_transfer"][k] for k in TRANSFER_FIGURES})
+    return out
+
+
 def _base_row(s: Scenario) -> dict:
     return {**s.model_dump(mode="json"), "config_hash": s.config_hash()}
 
@@ -94,6 +105,8 @@ def evaluate(s: Scenario) -> tuple[dict, float, float]:
     if clash:
         raise RuntimeError(f"summary keys clash with row columns: {sorted(clash)}")
     row.update(scalar_summary(summary))
+    if "pd" in summary:
+        row.update(pool_columns(summary["pd"]))
     tpot = float(summary["mean_tpot_ms"])
     row["output_tokens_per_s_per_gpu"] = float(summary["output_throughput"]) / meta["gpus_total"]
     row["output_tokens_per_s_per_user"] = 1000.0 / tpot if tpot > 0 else float("nan")
