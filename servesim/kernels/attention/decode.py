@@ -113,8 +113,10 @@ def _prefetch_rows(k_base, v_base, pages, lo, hi, stride_kb, stride_ks, HEAD_DIM
         "=r,l,r", [ptrs, ok], dtype=tl.int32, is_pure=False, pack=1)
 
 
-# num_splits and split_len only feed arithmetic: one compile serves every split count
-@triton.jit(do_not_specialize=["num_splits", "split_len", "max_blocks"])
+# num_splits, split_len and the block-table width (stride_bt) only feed arithmetic: one compile serves every
+# split count and table width (eager steps cut tables to their longest context: a width of 1, a multiple of 16
+# or neither would otherwise each compile mid-run)
+@triton.jit(do_not_specialize=["num_splits", "split_len", "max_blocks", "stride_bt"])
 def _decode_kernel(
     q_ptr, k_ptr, v_ptr, o_ptr, part_ptr, lse_ptr, lock_ptr, kv_len_ptr, bt_ptr, k_scale_ptr, v_scale_ptr,
     qk_scale, num_splits, split_len, max_blocks,

@@ -127,7 +127,7 @@ def _prefill_tiles(acc, l_i, m_i, q, k_base, v_base, bt_row_ptr, kv_start, kv_le
     return acc, l_i, m_i
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["stride_bt"])  # the block-table width varies by step: one compile serves all
 def _prefill_kernel(
     q_ptr, k_ptr, v_ptr, o_ptr, cu_q_ptr, kv_ptr, bt_ptr, k_scale_ptr, v_scale_ptr,
     sm_scale,
