@@ -126,3 +126,34 @@ def test_suite_cases_name_the_gpus_they_need_and_skip_on_smaller_machines(tmp_pa
     with pytest.raises(InputError, match=r"cases\[0\].gpus") as e:
         load_suite(suite)
     assert "at least tp x pp = 2" in str(e.value)
+
+
+MULTI_GPU_CASES = {"llama70b-tp2-azure-conv-bf16-70pct": 2, "llama70b-tp4-azure-conv-bf16-70pct": 4}
+
+
+@pytest.mark.parametrize("have", [0, 1])
+def test_the_suite_parses_and_its_multi_gpu_cases_skip_on_a_small_machine(tmp_path, monkeypatch, have):
+    """validation/suite.yaml as shipped: every case a valid scenario; the Llama-3.1-70B cases at TP 2 and 4 say
+    so in ``gpus``, stay within a few hundred requests, and are skipped (nothing written) where CUDA sees fewer
+    GPUs (none, or one)."""
+    from pathlib import Path
+
+    from servesim.validate import run
+    from servesim.validate.run import EngineOptions, load_suite, run_suite
+
+    suite = Path(__file__).resolve().parents[1] / "validation" / "suite.yaml"
+    _, cases = load_suite(suite)
+    by_name = {c["name"]: c for c in cases}
+    assert len(by_name) == len(cases)
+    for name, gpus in MULTI_GPU_CASES.items():
+        s = by_name[name]["scenario"]
+        assert by_name[name]["gpus"] == gpus == s.tp and s.model == "Llama-3.1-70B" and s.trace == "azure-conv"
+        assert s.num_requests <= 300
+    assert all(c["gpus"] == 1 for c in cases if c["name"] not in MULTI_GPU_CASES)
+    monkeypatch.setattr(run, "_gpus", lambda device: have)
+    skipped = []
+    rows = run_suite(suite, tmp_path / "out", EngineOptions(device="cuda"), only=list(MULTI_GPU_CASES),
+                     on_skip=lambda name, why: skipped.append((name, why)))
+    assert rows == [] and [n for n, _ in skipped] == list(MULTI_GPU_CASES)
+    assert skipped[0][1] == f"needs 2 GPUs; this machine has {have}"
+    assert not (tmp_path / "out").exists()
