@@ -182,3 +182,17 @@ def test_ep_candidates_equal_servesim_simulate_of_the_same_config(capsys, tmp_pa
     assert sim["meta"]["usd_per_hour_per_gpu"] * sim["meta"]["gpus_total"] == pytest.approx(at.usd_per_hour)
     assert row.usd_per_hour == pytest.approx(row.replicas * 2 * sim["meta"]["usd_per_hour_per_gpu"])
     assert row.p99_ttft_ms_at_capacity == pytest.approx(sim["p99_ttft_ms"], rel=1e-12)
+
+
+def test_pd_plans_need_a_limit_that_sees_the_decode_pool_and_warn_of_burst_windows():
+    from servesim.plan.capacity import _burst_warning
+    from servesim.sim.config import Scenario
+
+    with pytest.raises(InputError) as exc:
+        plan("Llama-3.1-8B", 5.0, "ttft_p99_ms=500", gpus=["H100-SXM"], quants=["bf16"], tps=[1], pd="1:1")
+    assert exc.value.field == "slo" and "add a tpot, itl or e2el limit" in exc.value.problem
+    unit = {"prefill_replicas": 2, "decode_replicas": 2, "max_num_seqs": 64}
+    assert _burst_warning(Scenario(**unit, num_requests=256)) == ""  # twice the decode pool's 2 x 64 seats
+    assert "255 requests per probe against 128 decode seats per unit" in _burst_warning(
+        Scenario(**unit, num_requests=255))
+    assert _burst_warning(Scenario(num_requests=10)) == ""  # colocated: TTFT sees the queue

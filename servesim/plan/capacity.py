@@ -182,6 +182,10 @@ def plan(model: str, rate: float, slo: str | Mapping[str, float] | Limits, *, wo
                 raise InputError("the planner's pd option chooses the P:D ratios itself", field=f"base.{f}")
     if grid.base.get("num_requests") is None and grid.base.get("duration_s") is None:
         grid.base["num_requests"] = _default_requests(workload, grid.base.get("trace_format"))
+    if (space.pd != PD_OFF or grid.base.get("prefill_replicas")) and not any(
+            m in k for k in limits.limits_ms for m in ("tpot", "itl", "e2el")):
+        raise InputError("under P/D a request waiting for a decode replica has its first token already, so "
+                         "TTFT does not see the decode pool's backlog: add a tpot, itl or e2el limit", field="slo")
     extra = grid.points()
     varying = [f for f in dict.fromkeys(k for p in extra for k in p) if len({repr(p.get(f)) for p in extra}) > 1]
     cands: list[Candidate] = []
@@ -290,8 +294,22 @@ def _conclude(c: Candidate, target: float, limits: Limits, budget: float | None)
         **{f"{k}_at_capacity": at_lo[k] for k in (*limits.limits_ms, *POOL_COLUMNS) if k in at_lo},
     )
     c.status = "ok"
+    window = _burst_warning(c.scenario)
+    if window:
+        c.result["warnings"] = "; ".join(filter(None, (c.result["warnings"], window)))
     if budget is not None and usd > budget:
         c.reject("budget", f"{replicas} replicas cost ${usd:.2f}/h, over the budget ${budget:.2f}/h")
+
+
+def _burst_warning(s: Scenario) -> str:
+    """Under P/D, a probe window the decode pool can seat at once measures a burst, not a steady state."""
+    if not s.disaggregated or s.num_requests is None:
+        return ""
+    seats = (s.decode_max_num_seqs or s.max_num_seqs) * s.decode_replicas
+    if s.num_requests >= 2 * seats:
+        return ""
+    return (f"{s.num_requests} requests per probe against {seats} decode seats per unit: the capacity may be a "
+            f"burst's; probe with at least {2 * seats} requests")
 
 
 def _cost(c: Candidate) -> tuple[float, float]:
