@@ -80,3 +80,13 @@ def test_a_budget_below_every_candidate_rejects_them_all():
     assert "No configuration serves the target" in at.warning[0].value
     rejected = at.dataframe[-1].value
     assert set(rejected.loc[~rejected.label.str.contains("bf16"), "reject_kind"]) == {"budget"}
+
+
+@pytest.mark.parametrize("field,value,words", [("pd", "2-1", "field 'pd'"), ("ep", "2", "field 'ep'")])
+def test_pd_and_ep_reach_the_planner_which_refuses_bad_ones_before_running(field, value, words):
+    at = ok(page("capacity").run())
+    at.text_input(key=f"capacity.{field}").set_value(value)  # Llama-3.1-8B: no experts for ep 2
+    ok(at.run())
+    at.button(key="capacity.go").click()
+    at = ok(at.run())
+    assert words in at.error[0].value and not at.metric

@@ -15,8 +15,9 @@ from servesim.plan import DEFAULT_GPUS, plan
 from servesim.plan.pareto import cost_frontier, throughput_frontier
 
 KEY = "capacity"
-SHOWN = ("label", "replicas", "gpus_total", "usd_per_hour", "usd_per_million_output_tokens", "capacity_rps",
-         "headroom", "limited_by", "verified", "profile_id")
+SHOWN = ("label", "pd", "ep", "replicas", "gpus_total", "usd_per_hour", "usd_per_million_output_tokens", "capacity_rps",
+         "headroom", "limited_by", "verified", "prefill_busy_fraction_at_capacity", "decode_busy_fraction_at_capacity",
+         "p99_kv_transfer_ms_at_capacity", "profile_id")
 
 st.header("Capacity")
 sb = st.sidebar
@@ -33,6 +34,11 @@ sb.subheader("Candidates")
 gpus = sb.multiselect("GPUs", list(GPUS), list(DEFAULT_GPUS), key=f"{KEY}.gpus")
 quants = sb.multiselect("Weight formats", knobs.WEIGHT_FORMATS, ["bf16", "w4a16"], key=f"{KEY}.quants")
 tps = sb.multiselect("TP", knobs.TP_CHOICES, [1, 2], key=f"{KEY}.tps")
+cols = sb.columns(2)
+pd_ratios = cols[0].text_input("P:D units", "off", key=f"{KEY}.pd",
+                               help="prefill/decode units beside colocated replicas: ratios (2:1,1:3), auto, or off")
+eps = cols[1].text_input("EP (MoE)", "1", key=f"{KEY}.ep", help="expert-parallel degrees (1,2,4) or auto")
+kv_link = sb.selectbox("KV link (P:D)", ("ib", "nvlink", "roce", "pcie"), key=f"{KEY}.kv_link")
 sb.subheader("Workload")
 knobs.workload(k, KEY, window_s=None, num_requests=400, arrivals=False)
 sb.subheader("Search")
@@ -53,6 +59,11 @@ limits = {name: v for name, v in slo.items() if v is not None}
 base = {f: v for f, v in k.fields.items() if f not in ("model", "trace") and v is not None}
 question = dict(model=k.fields["model"], rate=target, slo=limits, workload=k.fields["trace"], gpus=gpus,
                 quants=quants, tps=tps, base=base, budget_usd_per_hour=budget, verify=int(verify))
+if pd_ratios.strip().lower() not in ("", "off"):
+    question.update(pd=pd_ratios, kv_links=[kv_link])
+if eps.strip() not in ("", "1"):
+    question["eps"] = "auto" if eps.strip().lower() == "auto" else [int(e) if e.strip().isdigit() else e.strip()
+                                                                    for e in eps.split(",") if e.strip()]
 qkey = json.dumps(question, sort_keys=True, default=str)
 n = len(gpus) * len(quants) * len(tps)
 st.caption(f"{n} candidate configurations of {Path(k.fields['model']).name} for {target:g} req/s of "
