@@ -97,20 +97,32 @@ class RequestRecorder:
         return self.table().frame()
 
 
+_TIMES = [name for name, code in TIMELINE_COLUMNS.items() if code == "d"]  # start_s, end_s
+_COUNTS = [name for name, code in TIMELINE_COLUMNS.items() if code == "i"]  # replica, then steps ... kv_blocks_total
+
+
 class TimelineRecorder:
-    """One row per iteration (or per fast-forwarded run of identical decode iterations)."""
+    """One row per iteration (or per fast-forwarded run of identical decode iterations): the times in one
+    array, the counts in another, row after row (three calls a row, not eleven)."""
 
     def __init__(self) -> None:
-        self._cols = {name: array(code) for name, code in TIMELINE_COLUMNS.items()}
-        self._appenders = [col.append for col in self._cols.values()]
+        self._times = array("d")
+        self._counts = array("i")
 
-    def add(self, *row: float) -> None:
-        for append, value in zip(self._appenders, row):
-            append(value)
+    def add(self, replica: int, start_s: float, end_s: float, *counts: int) -> None:
+        """A row: the replica, the start and end, then the counts in ``TIMELINE_COLUMNS`` order."""
+        self._times.append(start_s)
+        self._times.append(end_s)
+        self._counts.append(replica)
+        self._counts.extend(counts)
 
     def table(self) -> Table:
-        return Table({name: np.array(col, dtype=np.int64 if col.typecode == "i" else np.float64)
-                      for name, col in self._cols.items()}, rows=len(self._cols["replica"]))
+        n = len(self._times) // 2
+        times = np.frombuffer(self._times, np.float64).reshape(n, 2) if n else np.zeros((0, 2))
+        counts = np.frombuffer(self._counts, np.int32).reshape(n, len(_COUNTS)) if n else np.zeros((0, len(_COUNTS)))
+        cols = {name: counts[:, _COUNTS.index(name)].astype(np.int64) if name in _COUNTS
+                else times[:, _TIMES.index(name)].copy() for name in TIMELINE_COLUMNS}
+        return Table(cols, rows=n)
 
     def frame(self):
         """The timeline as a pandas DataFrame."""

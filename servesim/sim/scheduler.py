@@ -44,6 +44,8 @@ from servesim.sim.scheduler_config import ADMISSION, PREEMPTION, SchedulerConfig
 
 __all__ = ["ADMISSION", "BATCHING", "PREEMPTION", "Scheduler", "SchedulerConfig"]
 
+_add = np.add.reduce  # a 1-D array's sum without ndarray.sum's Python wrapper (the hot path's block counts)
+
 class Scheduler:
     """Waiting queue + running set + KV blocks of one replica."""
 
@@ -460,7 +462,7 @@ class Scheduler:
             return int(self.slots.block_need(n, m).sum()) <= free
 
         need = self.slots.block_need(n, m_max)
-        if int(need.sum()) <= free:  # the common case: the pool has room for the whole run
+        if int(_add(need)) <= free:  # the common case: the pool has room for the whole run
             self._run_need = (m_max, need)  # extend's, if the run is not cut short
             return m_max
         self._run_need = (0, need)
@@ -478,7 +480,7 @@ class Scheduler:
         m, need = self._run_need
         if m != steps:
             need = self.slots.block_need(len(batch.decode), steps)
-        total = int(need.sum())
+        total = int(_add(need))
         if total:
             self._give_blocks(need, total)
         batch.steps = steps
