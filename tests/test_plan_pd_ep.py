@@ -57,6 +57,26 @@ def test_disaggregation_wins_under_a_strict_tpot_slo(tmp_path):
     assert math.isnan(colo.decode_busy_fraction_at_capacity)
 
 
+def test_a_pd_probe_equals_servesim_simulate_of_the_same_unit(capsys, tmp_path):
+    trace = fixed_trace(tmp_path, 512, 64)
+    r = plan("Llama-2-13B", 20.0, "ttft_p90_ms=400,tpot_p90_ms=40", workload=trace, gpus=["A100-80GB-SXM"],
+             quants=["bf16"], tps=[1], pd="2:1", kv_links=["nvlink"], base={**DISTSERVE, "num_requests": 300},
+             rel_tol=0.25, verify=0, jobs=1)
+    at = r.probes[r.probes.label.str.contains("2P1D")].iloc[-1]
+    code, stdout, err = run(capsys, "simulate", "--model", "Llama-2-13B", "--gpu", "A100-80GB-SXM", "--pd", "2:1",
+                            "--kv-link", "nvlink", "--trace", trace, "--arrival", "poisson", "--rate",
+                            repr(float(at.rate)), "--repeat", "--batching", "continuous", "--max-num-batched-tokens",
+                            "4096", "--max-model-len", "4096", "--num-requests", "300", "--json")
+    assert code in (0, None), err
+    sim = json.loads(stdout)
+    assert sim["meta"]["config_hash"] == at.config_hash
+    for key in ("p90_ttft_ms", "p90_tpot_ms", "output_throughput"):
+        assert sim[key] == pytest.approx(at[key], rel=1e-12), key
+    assert sim["pd"]["prefill"]["busy_fraction"] == pytest.approx(at.prefill_busy_fraction, rel=1e-12)
+    assert sim["pd"]["kv_transfer"]["p99_kv_transfer_ms"] == pytest.approx(at.p99_kv_transfer_ms, rel=1e-12)
+    assert sim["meta"]["usd_per_hour_per_gpu"] * sim["meta"]["gpus_total"] == pytest.approx(at.usd_per_hour)
+
+
 def test_colocated_wins_where_one_gpu_serves_the_rate(tmp_path):
     # The same setup at 3 req/s: a P/D unit still serves more per GPU, but the smallest unit has two GPUs
     # and one colocated GPU already holds the SLOs, so colocated is the cheapest.
@@ -130,6 +150,14 @@ def test_pd_labels_and_points_pair_or_cross_the_pools():
             parse_pd(bad)
         assert exc.value.field == "pd"
     assert parse_pd("2:1, 1:3,2:1") == [(2, 1), (1, 3)] and parse_pd(None) == "off"
+
+
+def test_pd_units_of_an_moe_model_pair_each_pools_ep_with_its_tp():
+    s = Space("Mixtral-8x7B", ["H100-SXM"], ["bf16"], [2], eps="auto", pd="1:1", prefill_tps=[4])
+    units = [label(p) for p in s.points([{}]) if p.get("prefill_replicas")]
+    # prefill tp4 takes ep 1, 2 and 4, decode tp2 ep 1 and 2
+    assert units == [f"H100-SXM bf16 1P1D tp4/tp2 {ep}ib" for ep in
+                     ("", "ep1/ep2 ", "ep2/ep1 ", "ep2 ", "ep4/ep1 ", "ep4/ep2 ")]
 
 
 def test_ep_degrees_reuse_the_parallelism_check():

@@ -276,8 +276,9 @@ class Space:
         if self.with_ep:
             self.owned.update(ep="ep", prefill_ep="ep", decode_ep="ep")
         if self.pd != PD_OFF:
-            self.owned.update({f: "pd" for f in ("prefill_replicas", "decode_replicas", "prefill_gpu", "decode_gpu",
-                                                 "prefill_tp", "decode_tp", "kv_link")})
+            self.owned.update({f: "pd" for f in ("prefill_replicas", "decode_replicas")}, kv_link="kv_link",
+                              prefill_gpu="prefill_gpus", decode_gpu="decode_gpus", prefill_tp="prefill_tp",
+                              decode_tp="decode_tp")
 
     def pp(self, base: dict) -> int:
         return int(base.get("pp") or 1)
