@@ -106,7 +106,7 @@ def test_decode_slot_aggregates_follow_every_change():
             for i in idx.tolist():
                 blocks[slots.reqs[i].request_id] += 1
         n = len(slots)
-        assert (slots.room[:n] + slots.comp[:n]).tolist() == [16 * blocks[r.request_id] for r in slots.reqs]
+        assert (slots.comp[:n] - slots.over[:n]).tolist() == [16 * blocks[r.request_id] for r in slots.reqs]
         if n:
             k = int(rng.integers(1, n + 1))
             ctx = slots.contexts(k, 3)

@@ -169,7 +169,6 @@ class CalibratedCostModel:
         self._w_max = profile.decode_max_weight
         self._columns: dict[int, list[float]] = {}
         self._arrays: dict[int, tuple[np.ndarray, ...]] = {}
-        self._steps = np.arange(256, dtype=np.float64)  # 0, 1, 2, ...: the step offsets of a run (grown as needed)
         spec = profile.table("spec_verify", vocab=m.vocab_size)
         self._spec = _Grid2(spec) if spec else None
         self._overhead = {}
@@ -424,13 +423,11 @@ class CalibratedCostModel:
             raise ValueError("decode_run_s takes a pure-decode shape (decode_seqs > 0, no prefill)")
         k = self._kernels_s(shape)
         xs, ys, dy, dx = self._decode_arrays(ds)
-        if n > len(self._steps):
-            self._steps = np.arange(max(n, 2 * len(self._steps)), dtype=np.float64)
-        steps = self._steps[:n]
-        kv = shape.decode_ctx_tokens + ds * steps  # KV tokens read by each step
+        ctx, mx = shape.decode_ctx_tokens, shape.decode_ctx_max
+        kv = np.arange(ctx, ctx + ds * n, ds, dtype=np.float64)  # KV tokens read by each step (exact: integers)
         c = kv / ds
-        if shape.decode_ctx_max and self._w_max:
-            c = c + self._w_max * ((shape.decode_ctx_max + steps) - c)
+        if mx and self._w_max:
+            c = c + self._w_max * (np.arange(mx, mx + n, dtype=np.float64) - c)
         last = c[-1]
         if last > self._decode.b_max:
             self.extrapolated.add("attn_decode(context)")

@@ -1,10 +1,11 @@
 """Decoding requests in numpy slot arrays, so a decode step costs a few vector operations.
 
-Slot ``i`` holds one decoding request's counters (tokens computed, tokens generated, output length, and the
-room its KV blocks have left: the tokens they hold beyond those computed). The arrays are authoritative while
-a request decodes; its ``Request`` fields are written back when it leaves (finish, preemption) or on
-``sync()``. Leaving moves the last slot into the hole, so slots ``[0, n)`` are always the decoding
-requests.
+Slot ``i`` holds one decoding request's counters (tokens computed, tokens generated, output length, and
+``over = computed - blocks * block_size``: minus the KV tokens its blocks still have room for). The three
+counters that every step advances are rows of one array, so a step adds its tokens in one operation. The
+arrays are authoritative while a request decodes; its ``Request`` fields are written back when it leaves
+(finish, preemption) or on ``sync()``. Leaving moves the last slot into the hole, so slots ``[0, n)`` are
+always the decoding requests.
 
 What every step asks of all the slots is kept as it changes rather than recomputed: the sum of the
 contexts (exact: integers), their maximum and the fewest tokens any slot has left to generate
@@ -25,10 +26,9 @@ class DecodeSlots:
     def __init__(self, capacity: int, block_size: int) -> None:
         self.block_size = block_size
         self.reqs: list[Request] = []
-        self.comp = np.zeros(capacity, np.int64)  # num_computed
-        self.gen = np.zeros(capacity, np.int64)  # generated
+        self._adv = np.zeros((3, capacity), np.int64)  # the rows a step advances:
+        self.comp, self.gen, self.over = self._adv  # num_computed, generated, num_computed - blocks * block_size
         self.out = np.zeros(capacity, np.int64)  # output_tokens
-        self.room = np.zeros(capacity, np.int64)  # blocks * block_size - num_computed: KV tokens that still fit
         self._sum = 0  # Σ comp over the slots
         self._max: int | None = 0  # max comp (None: unknown)
         self._left: int | None = None  # min (out - gen) (None: unknown)
@@ -45,8 +45,8 @@ class DecodeSlots:
     def join(self, r: Request) -> None:
         i = len(self.reqs)
         self.reqs.append(r)
-        self.comp[i], self.gen[i], self.out[i], self.room[i] = (
-            r.num_computed, r.generated, r.output_tokens, len(r.block_ids) * self.block_size - r.num_computed)
+        self.comp[i], self.gen[i], self.out[i], self.over[i] = (
+            r.num_computed, r.generated, r.output_tokens, r.num_computed - len(r.block_ids) * self.block_size)
         self._sum += r.num_computed
         if self._max is not None and r.num_computed > self._max:
             self._max = r.num_computed
@@ -65,8 +65,8 @@ class DecodeSlots:
             self._left = None
         if i != last:
             self.reqs[i] = self.reqs[last]
-            for a in (self.comp, self.gen, self.out, self.room):
-                a[i] = a[last]
+            self._adv[:, i] = self._adv[:, last]
+            self.out[i] = self.out[last]
         self.reqs.pop()
         if not self.reqs:
             self._max = 0
@@ -79,18 +79,18 @@ class DecodeSlots:
     # -- what a step asks ---------------------------------------------------------------------------------
     def block_need(self, n: int, tokens: int) -> np.ndarray:
         """Blocks each of the first ``n`` slots lacks to hold ``tokens`` more KV tokens (negative: blocks to spare):
-        ``ceil((comp + tokens) / bs) - blocks``, which is ``(tokens - room + bs - 1) // bs``."""
+        ``ceil((comp + tokens) / bs) - blocks``, which is ``(tokens + over + bs - 1) // bs``."""
         bs = self.block_size
-        return ((tokens + bs - 1) - self.room[:n]) // bs
+        return ((tokens + bs - 1) + self.over[:n]) // bs
 
     def short(self, n: int, tokens: int) -> np.ndarray:
         """Indices of the first ``n`` slots whose blocks cannot hold ``tokens`` more KV tokens; with ``tokens``
         at most a block, each of them lacks exactly one block (``block_need`` is 1 there, 0 elsewhere)."""
-        return (self.room[:n] < tokens).nonzero()[0]
+        return (self.over[:n] > -tokens).nonzero()[0]
 
     def grant(self, idx: np.ndarray, blocks: np.ndarray | int = 1) -> None:
         """Slots ``idx`` received ``blocks`` more KV blocks each."""
-        self.room[idx] += blocks * self.block_size
+        self.over[idx] -= blocks * self.block_size
 
     def contexts(self, n: int, q: int) -> np.ndarray:
         """Context length (KV tokens attended) of the first ``n`` slots in a step of ``q`` tokens."""
@@ -124,10 +124,8 @@ class DecodeSlots:
         overshoot). Returns the indices of the slots that finished, highest first.
         """
         whole = n == len(self.reqs)
-        self.comp[:n] += adv
-        self.room[:n] -= adv
+        self._adv[:, :n] += adv  # computed, generated and over, one operation
         gen, out = self.gen[:n], self.out[:n]
-        gen += adv
         if isinstance(adv, (int, np.integer)) and not clip:
             self._sum += n * adv
             if whole:

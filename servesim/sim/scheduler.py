@@ -545,7 +545,7 @@ class Scheduler:
         dec = [0] * steps
         if n:
             i = np.arange(1, steps + 1)[:, None]
-            grants = ((i + (self.slots.block_size - 1)) - self.slots.room[:n]) // self.slots.block_size
+            grants = ((i + (self.slots.block_size - 1)) + self.slots.over[:n]) // self.slots.block_size
             dec = np.maximum(grants, 0).sum(axis=1).tolist()
         pre = [kv.blocks_for(ch.context_before + ch.tokens * i) - held for i in range(1, steps + 1)]
         if n:

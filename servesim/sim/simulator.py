@@ -81,6 +81,7 @@ class ReplicaProcess:
         self.t = 0.0
         self.step_span = (0.0, 0.0)  # the current (or last) step's start and end; end = start while unknown
         self.stalled = False  # work it cannot start until blocks held elsewhere are freed (P/D)
+        self._dt_s = 0.0  # mean step of the last decode run priced (how many steps the next may need)
 
     def submit(self, r: Request) -> None:
         self.inbox.append(r)
@@ -121,8 +122,12 @@ class ReplicaProcess:
             if steps > 1:
                 # Keep the steps that start before the next arrival anywhere.
                 horizon = sim.next_arrival_s()
-                ends = run_ends(dep.cost, batch.shape, t, steps, horizon)
-                steps = 1 + int(np.searchsorted(ends[: steps - 1], horizon, side="left"))
+                # the first chunk: the steps the last run's step time says reach the horizon, and a margin
+                first = steps if horizon == math.inf else (
+                    int((horizon - t) / self._dt_s * 1.25) + 4 if self._dt_s > 0 else 16)
+                ends = run_ends(dep.cost, batch.shape, t, steps, horizon, first=first)
+                self._dt_s = (float(ends[-1]) - t) / len(ends)
+                steps = 1 + int(ends[: steps - 1].searchsorted(horizon, side="left"))
             if steps > 1:
                 sched.extend(batch, steps)
                 ends = ends[:steps]
