@@ -88,10 +88,12 @@ def _w8a8_gemm_kernel(
         k_ok = (k < K)[None, :]
         a = tl.load(a_rows + k[None, :], mask=m_mask[:, None] & k_ok, other=0)
         w = tl.load(w_rows + k[None, :], mask=n_mask[:, None] & k_ok, other=0)
+        # out_dtype int32: tl.dot's default (float32) must match the accumulator, or Triton 3.6 refuses to
+        # compile on a GPU (seen on the H200; the interpreter accepts it)
         if SWAP:  # noqa: SIM108 (Triton's JIT resolves this at compile time)
-            acc = tl.dot(w, tl.trans(a), acc)
+            acc = tl.dot(w, tl.trans(a), acc, out_dtype=tl.int32)
         else:
-            acc = tl.dot(a, tl.trans(w), acc)
+            acc = tl.dot(a, tl.trans(w), acc, out_dtype=tl.int32)
     if SWAP:
         acc = tl.trans(acc)
     sa = tl.load(sa_ptr + offs_m, mask=m_mask, other=0.0)
