@@ -157,3 +157,30 @@ def test_the_suite_parses_and_its_multi_gpu_cases_skip_on_a_small_machine(tmp_pa
     assert rows == [] and [n for n, _ in skipped] == list(MULTI_GPU_CASES)
     assert skipped[0][1] == f"needs 2 GPUs; this machine has {have}"
     assert not (tmp_path / "out").exists()
+
+
+def test_reprice_remakes_the_prediction_and_keeps_the_measured_run(setup, tmp_path):
+    """A suite case run on the CPU engine, then `validate --reprice`: with the same cost model every error is the
+    one reported; with another (the roofline) the measured values stay and the predictions move."""
+    root, model, trace, profile = setup
+    suite = tmp_path / "suite.yaml"
+    suite.write_text(f"base: {{model: '{model}', gpu: H100-SXM, max_model_len: 512, max_num_seqs: 8, "
+                     f"profile: '{profile}'}}\ncases:\n  - {{name: c1, why: tiny, scenario: {{trace: '{trace}'}}}}\n")
+    out = tmp_path / "out"
+    assert cli("validate", "--suite", str(suite), "--out-dir", str(out), "--device", "cpu") == 0
+    doc = json.loads((out / "c1" / "report.json").read_text())
+    assert doc["case"]["num_gpu_blocks"] > 0
+    same, other = tmp_path / "same", tmp_path / "roofline"
+    assert cli("validate", "--reprice", str(same), "--out-dir", str(out)) == 0
+    again = json.loads((same / "c1" / "report.json").read_text())
+    assert [m["error"] for m in again["metrics"]] == pytest.approx([m["error"] for m in doc["metrics"]], nan_ok=True)
+    assert again["summary"] == pytest.approx(doc["summary"], nan_ok=True)
+    assert "re-made on the CPU" in again["notes"][-1] and (same / "summary.md").exists()
+    assert cli("validate", "--reprice", str(other), "--out-dir", str(out), "--profile", "roofline") == 0
+    moved = json.loads((other / "c1" / "report.json").read_text())
+    assert moved["case"]["profile_id"] == "roofline" and moved["case"]["repriced_from"] == doc["case"]["profile_id"]
+    assert [m["measured"] for m in moved["metrics"]] == [m["measured"] for m in doc["metrics"]]
+    assert [m["predicted"] for m in moved["metrics"]] != [m["predicted"] for m in doc["metrics"]]
+    meas = [c for c in pd.read_parquet(out / "c1" / "requests.parquet").columns if c.endswith("_meas")]
+    assert pd.read_parquet(other / "c1" / "requests.parquet")[meas].equals(
+        pd.read_parquet(out / "c1" / "requests.parquet")[meas])

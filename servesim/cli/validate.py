@@ -17,6 +17,9 @@ _V = "Validation"
 _TOOL = typer.Option(None, "--tool", help="vllm | guidellm | aiperf (default: detected)", rich_help_panel="Validation")
 _SUITE = typer.Option(None, "--suite", metavar="FILE", rich_help_panel="Validation",
                       help="run every case of a suite file (resumes: reported cases are skipped)")
+_REPRICE = typer.Option(None, "--reprice", metavar="DIR", rich_help_panel="Validation",
+                        help="predict the reports under --out-dir again on the CPU with today's cost model (or "
+                             "--profile), measured runs unchanged; write them and the suite table into DIR and exit")
 _OUT = typer.Option(Path("validation-report"), "--out-dir", metavar="DIR", help="where the report goes",
                     rich_help_panel=_V)
 
@@ -43,6 +46,7 @@ def validate_cmd(
                                           help="local safetensors directory (default: random weights)"),
     rerender: bool = typer.Option(False, "--rerender", rich_help_panel=_V,
                                   help="redraw the pages of the reports under --out-dir from their data and exit"),
+    reprice: Optional[Path] = _REPRICE,  # noqa: UP045
     **fields,
 ) -> None:
     """Replay on the engine and simulate the same workload; report predicted vs measured latency percentiles,
@@ -65,6 +69,22 @@ def validate_cmd(
         for d in dirs:
             redraw(d)
         typer.echo(f"redrew {len(dirs)} reports under {out_dir}")
+        return
+    if reprice is not None:
+        from servesim.validate.run import reprice as reprice_case
+        from servesim.validate.suite import suite_row, write_suite_table
+
+        dirs = sorted(p.parent for p in Path(out_dir).glob("*/report.json"))
+        if not dirs:
+            raise ConfigError(f"no case reports (*/report.json) under {out_dir}", field="out_dir")
+        check_writable(reprice)
+        rows = []
+        for d in dirs:
+            console.print(f"case {d.name}", highlight=False)
+            report = reprice_case(d, fields.get("profile"))
+            write_report(report, reprice / d.name)
+            rows.append(suite_row(d.name, report.title.split(": ", 1)[-1], report.to_json()))
+        typer.echo(write_suite_table(rows, reprice))
         return
     opts = EngineOptions(device=device, weights=weights)
     if suite is not None:

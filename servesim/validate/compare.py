@@ -46,19 +46,20 @@ def metric_rows(pred: dict, meas: dict) -> list[dict]:
     return rows
 
 
+def latencies(df: pd.DataFrame) -> pd.DataFrame:
+    """A run's served requests: arrival, TTFT, E2E (seconds), output tokens and TPOT."""
+    ok = df[df.rejected_reason.fillna("") == ""]
+    out = pd.DataFrame({"request_id": ok.request_id, "arrival_s": ok.arrival_s,
+                        "ttft_s": ok.first_token_s - ok.arrival_s, "e2el_s": ok.finish_s - ok.arrival_s,
+                        "output_tokens": ok.output_tokens})
+    many = out.output_tokens > 1
+    out["tpot_s"] = np.where(many, (out.e2el_s - out.ttft_s) / (out.output_tokens - 1).clip(lower=1), np.nan)
+    return out
+
+
 def per_request(pred: pd.DataFrame, meas: pd.DataFrame) -> pd.DataFrame:
     """Both runs' served requests side by side (by request id): TTFT, E2E and TPOT in seconds."""
-
-    def lat(df: pd.DataFrame) -> pd.DataFrame:
-        ok = df[df.rejected_reason.fillna("") == ""]
-        out = pd.DataFrame({"request_id": ok.request_id, "arrival_s": ok.arrival_s,
-                            "ttft_s": ok.first_token_s - ok.arrival_s, "e2el_s": ok.finish_s - ok.arrival_s,
-                            "output_tokens": ok.output_tokens})
-        many = out.output_tokens > 1
-        out["tpot_s"] = np.where(many, (out.e2el_s - out.ttft_s) / (out.output_tokens - 1).clip(lower=1), np.nan)
-        return out
-
-    return lat(pred).merge(lat(meas), on="request_id", suffixes=("_pred", "_meas"))
+    return latencies(pred).merge(latencies(meas), on="request_id", suffixes=("_pred", "_meas"))
 
 
 def iteration_table(iterations: pd.DataFrame, cost, swap_s_per_block: float = 0.0) -> pd.DataFrame:

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import yaml
 
-from servesim.errors import InputError
+from servesim.errors import ConfigError, InputError
 from servesim.sim.config import Scenario, make_scenario
 from servesim.sim.deployment import build_deployment, build_workload
 from servesim.sim.workload import Workload, scale_rate
@@ -91,7 +91,8 @@ def validate_engine(s: Scenario, opts: EngineOptions, time_scale: float = 1.0, t
                       + (f", TP {engine.config.tp}" if engine.config.tp > 1 else "")
                       + f", {engine.num_blocks:,} KV blocks ({engine.memory.planned_by}), "
                         f"weights {opts.weights or 'random'}",
-            "warm_up_s": round(warm_s, 1), "wall_s": round(time.perf_counter() - started, 1)}
+            "num_gpu_blocks": sim_s.num_gpu_blocks, "warm_up_s": round(warm_s, 1),
+            "wall_s": round(time.perf_counter() - started, 1)}
     report = Report(title=title or f"{s.model} {s.quant} on the engine vs servesim", case=case, metrics=rows,
                     requests=compare.per_request(predicted.requests, measured.result.requests), iterations=it,
                     bins=compare.binned(it), summary=compare.summary_errors(rows, it))
@@ -160,6 +161,7 @@ def run_suite(path: str | Path, out_dir: str | Path, opts: EngineOptions, only: 
     import json
 
     from servesim.engine.engine import build_engine
+    from servesim.validate.suite import suite_row
 
     _, cases = load_suite(path)
     out = Path(out_dir)
@@ -187,9 +189,7 @@ def run_suite(path: str | Path, out_dir: str | Path, opts: EngineOptions, only: 
                 raw = runs["iterations"]  # the engine's own log: every batch's shape, for re-pricing later
                 write_report(report, case_dir, extra={"engine_iterations.parquet": lambda p, raw=raw: raw.to_parquet(
                     p, index=False)})
-            doc = json.loads((case_dir / "report.json").read_text())
-            rows.append({"case": c["name"], "why": c["why"], **doc["summary"],
-                         **{f"{m['key']}_error": m["error"] for m in doc["metrics"]}})
+            rows.append(suite_row(c["name"], c["why"], json.loads((case_dir / "report.json").read_text())))
     finally:
         _close_all(engines)
     return rows
@@ -208,3 +208,50 @@ def _gpus(device: str) -> int | None:
     import torch
 
     return torch.cuda.device_count()
+
+
+def reprice(case_dir: str | Path, profile: str | None = None) -> Report:
+    """A case's report with the prediction made again on the CPU by today's cost model (or ``profile``): the
+    measured side (its metrics, per-request latencies and the engine's own iteration log) is the stored run;
+    the simulation, the per-request and iteration views are redone. What a cost-model change does to the
+    suite, without a GPU."""
+    import re
+
+    import pandas as pd
+
+    from servesim.sim.simulator import simulate
+    from servesim.validate.report import load_report
+
+    d = Path(case_dir)
+    old = load_report(d)
+    raw_path = d / "engine_iterations.parquet"
+    if not raw_path.exists():
+        raise ConfigError(f"{raw_path} is missing: the case was run before suites kept the engine's log",
+                          field="reprice")
+    fields = dict(old.case["scenario"])
+    if profile is not None:
+        fields["profile"] = profile
+    s = make_scenario(fields)
+    blocks = old.case.get("num_gpu_blocks")
+    if blocks is None:  # reports before num_gpu_blocks was stored name it in the engine line
+        found = re.search(r"([\d,]+) KV blocks", old.case.get("engine", ""))
+        if not found:
+            raise ConfigError(f"{d / 'report.json'}: no engine KV block count", field="case.num_gpu_blocks")
+        blocks = int(found.group(1).replace(",", ""))
+    w = scaled_workload(s, old.case["time_scale"])
+    sim_s = s.model_copy(update={"num_gpu_blocks": s.num_gpu_blocks or blocks})
+    predicted = simulate(sim_s, w)
+    dep = build_deployment(sim_s)
+    it = compare.iteration_table(pd.read_parquet(raw_path), dep.cost, dep.swap_s_per_block)
+    rows = compare.metric_rows(predicted.summary, {m["key"]: m["measured"] for m in old.metrics})
+    meas = old.requests[["request_id"] + [c for c in old.requests.columns if c.endswith("_meas")]]
+    pred = compare.latencies(predicted.requests)
+    pred.columns = ["request_id"] + [f"{c}_pred" for c in pred.columns[1:]]
+    case = {**old.case, "profile_id": predicted.meta["profile_id"],
+            "cost_extrapolated": ", ".join(predicted.meta.get("cost_extrapolated", [])) or "none",
+            "num_gpu_blocks": blocks, "repriced_from": old.case.get("repriced_from", old.case["profile_id"])}
+    note = (f"prediction re-made on the CPU with {case['profile_id']} (servesim validate --reprice); the measured "
+            f"run is the stored one, first predicted with {case['repriced_from']}")
+    return Report(title=old.title, case=case, metrics=rows, requests=pred.merge(meas, on="request_id"),
+                  iterations=it, bins=compare.binned(it), summary=compare.summary_errors(rows, it),
+                  notes=[n for n in old.notes if "re-made on the CPU" not in n] + [note])

@@ -18,6 +18,11 @@ COLUMNS = (("p50 TTFT", "median_ttft_ms_error"), ("p99 TTFT", "p99_ttft_ms_error
            ("iter p90", "iteration_p90_abs_error"))
 
 
+def suite_row(name: str, why: str, doc: dict) -> dict:
+    """A case's row of the suite table from its report's JSON: its summary and each metric's signed error."""
+    return {"case": name, "why": why, **doc["summary"], **{f"{m['key']}_error": m["error"] for m in doc["metrics"]}}
+
+
 def _cell(v, signed: bool = True) -> str:
     if v is None or (isinstance(v, float) and not math.isfinite(v)):
         return "—"
