@@ -143,7 +143,7 @@ def fit_steps(model: str, fmt: str, partial: Profile, device: str, n_requests: i
               max_model_len: int = 4096) -> tuple[StepFit, list[OpTable], dict[str, float], pd.DataFrame]:
     """Serve a synthetic trace on the engine in ``fmt`` and fit the whole-step terms of the profile."""
     from servesim.engine.engine import EngineConfig, build_engine
-    from servesim.engine.replay import replay
+    from servesim.engine.replay import replay, warm_up
     from servesim.sim.config import make_scenario
 
     cuda = device == "cuda"
@@ -155,7 +155,9 @@ def fit_steps(model: str, fmt: str, partial: Profile, device: str, n_requests: i
     scenario = make_scenario({"model": model, "gpu": gpu_name if gpu_name != "cpu" else "H100-SXM", "quant": fmt,
                               "max_model_len": max_model_len, "max_num_batched_tokens": 2048, "max_num_seqs": 128})
     lengths = {} if cuda else {"prompt_mean": 40, "output_mean": 12}  # the CPU reference path is slow
-    it = replay(scenario, eng, synthetic_workload(n_requests, 0, max_model_len, **lengths)).iterations
+    work = synthetic_workload(n_requests, 0, max_model_len, **lengths)
+    warm_up(scenario, eng, work)  # kernel variants compiled before the fitted run, as validation replays them
+    it = replay(scenario, eng, work).iterations
     it = it.iloc[3:]  # the first iterations include allocator and cache warm-up
     placement = Placement(get_model(model), get_gpu(gpu_name) if gpu_name != "cpu" else get_gpu("H100-SXM"),
                           weight_format=fmt)
