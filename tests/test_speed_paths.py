@@ -136,3 +136,20 @@ def test_head_of_a_builtin_trace_reads_only_its_lines_and_equals_the_whole_parse
                 np.testing.assert_array_equal(x, y, err_msg=col)
     if trace != "burstgpt":  # drops failed rows: read whole, for the notes' count
         assert len(wl.load_trace(trace, rows=5)) == 5
+
+
+def test_percentile_is_numpys_to_the_bit():
+    """The summary's percentiles (one partition at the order statistics needed) equal np.percentile's, ties,
+    a single value, q = 0 and 100 and scalar q included."""
+    from servesim.sim.metrics import percentile
+
+    rng = np.random.default_rng(0)
+    for trial in range(400):
+        n = int(rng.integers(1, 3000))
+        v = rng.lognormal(0, 2, n) if trial % 3 else rng.integers(0, 5, n).astype(float)
+        qs = np.array([50, 90, 95, 99, 0, 100, float(rng.uniform(0, 100))])
+        np.testing.assert_array_equal(percentile(v, qs), np.percentile(v, qs))
+        for q in (99, 50.0, 0, 100):
+            x, y = percentile(v, q), np.percentile(v, q)
+            assert x == y and type(x) is type(y)
+    assert np.isnan(percentile(np.array([1.0, np.nan]), 50))
