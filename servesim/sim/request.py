@@ -101,10 +101,11 @@ class Batch:
     """What one iteration runs on one replica: prefill chunks and decoding requests.
 
     ``decode`` holds the decoding requests in slot order and ``decode_ctx`` their context length
-    after this step (KV tokens attended); each computes ``decode_query`` tokens (1, or 1 + k with
-    speculative decoding). ``steps`` > 1 means that many iterations advanced at once (simulator
-    fast-forward): identical pure-decode iterations, or a run of full-budget prefill chunks of one request
-    (its one ``PrefillChunk`` then holds every chunk's tokens); contexts and ``shape`` refer to the first.
+    after this step (KV tokens attended; empty from a scheduler with ``decode_contexts`` off: the
+    simulator's); each computes ``decode_query`` tokens (1, or 1 + k with speculative decoding).
+    ``steps`` > 1 means that many iterations advanced at once (simulator fast-forward): identical
+    pure-decode iterations, or a run of full-budget prefill chunks of one request (its one
+    ``PrefillChunk`` then holds every chunk's tokens); contexts and ``shape`` refer to the first.
     """
 
     prefill: list[PrefillChunk]

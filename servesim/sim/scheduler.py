@@ -44,6 +44,7 @@ from servesim.sim.scheduler_config import ADMISSION, PREEMPTION, SchedulerConfig
 
 __all__ = ["ADMISSION", "BATCHING", "PREEMPTION", "Scheduler", "SchedulerConfig"]
 
+_NO_CONTEXTS = np.zeros(0, np.int64)
 _add = np.add.reduce  # a 1-D array's sum without ndarray.sum's Python wrapper (the hot path's block counts)
 
 class Scheduler:
@@ -72,6 +73,9 @@ class Scheduler:
         self.num_preemptions = 0
         self.reserved_blocks = 0  # Σ reservation() of the running requests (reserving admissions)
         self._run_need: tuple[int, np.ndarray] = (0, np.zeros(0, np.int64))  # identical_steps' blocks for its run
+        # Batch.decode_ctx, each decode's context: the engine's attention needs it, a simulator (which prices
+        # the shape's sums) may turn it off, and its batches then carry an empty array
+        self.decode_contexts = True
 
     # -- queries ----------------------------------------------------------------------------
     @property
@@ -198,7 +202,7 @@ class Scheduler:
     def _make_batch(self, prefill: list[PrefillChunk], n: int, preempted: list[Request], swap_in: int) -> Batch:
         """The batch of this step: ``prefill`` chunks and the first ``n`` decoding slots."""
         q, slots = self._q, self.slots
-        ctx = slots.contexts(n, q)
+        ctx = slots.contexts(n, q) if self.decode_contexts else _NO_CONTEXTS
         p_tok = p_pairs = p_ctx = completes = 0
         for ch in prefill:
             t, b = ch.tokens, ch.context_before
@@ -217,7 +221,7 @@ class Scheduler:
             decode_ctx_max=slots.context_max(n, q) if n else 0,
             sampled_tokens=completes + n * q,
         )
-        swap_out = sum(r.swapped_blocks for r in preempted if r.state == State.SWAPPED)
+        swap_out = sum(r.swapped_blocks for r in preempted if r.state == State.SWAPPED) if preempted else 0
         return Batch(prefill, self.slots.reqs[:n], ctx, q, shape, 1, swap_in, swap_out, preempted)
 
     def _grow_decodes(self, preempted: list[Request]) -> bool:
@@ -274,6 +278,8 @@ class Scheduler:
 
     def _swap_in(self) -> int:
         """Bring swapped requests back (before any new admission), in policy order."""
+        if not self.swapped:
+            return 0
         moved = 0
         self.swapped.sort(key=lambda r: (self._key(r), r.arrival_s, r.request_id))
         while self.swapped and self.num_running < self.config.max_num_seqs:

@@ -211,6 +211,8 @@ class Replica:
             )
             for v in range(dep.pp)
         ]
+        for e in self.engines:  # the cost model prices a batch by its shape: no per-decode context array
+            e.sched.decode_contexts = False
 
     def _kv(self, blocks: int) -> KVBlockManager:
         dep = self.dep
