@@ -228,5 +228,5 @@ def test_held_out_error_is_zero_where_the_interpolation_is_exact_and_the_step_wh
     assert held_out_errors([curved])["attn_decode"]["median_abs"] == pytest.approx(0.5)
     assert held_out_method([linear, step]) == "off-grid"
     bare = linear.model_copy(update={"held_out_points": (), "held_out_s": ()})
-    assert held_out_method([linear, bare]) == "leave-one-out"
+    assert held_out_method([linear, bare]) == "off-grid" and held_out_method([bare]) == "leave-one-out"
     assert held_out_errors([bare])["rms_norm"]["points"] == 3  # interior points from their neighbours

@@ -40,8 +40,16 @@ def setup(tmp_path_factory):
 def test_calibrate_writes_a_loadable_profile_with_fit_quality(setup):
     from servesim.hwmodels.profile import load_profile
 
+    from servesim.calibrate.run import held_out_step_errors
+
     prof = load_profile(setup[3])
     assert prof.provenance.condition == "cpu-wall" and prof.fit.ops and "bf16" in prof.fit.steps
+    assert prof.fit.method == "off-grid" and all(t.held_out_s for t in prof.tables if t.op == "gemm")
+    # the whole-step errors reported are those of the profile as written (after the refit's terms)
+    steps = pd.read_parquet(setup[3].with_suffix(".steps.parquet"))
+    again = held_out_step_errors(prof, steps, setup[1])
+    assert again.keys() == prof.fit.steps.keys()
+    assert all(again[f] == pytest.approx(prof.fit.steps[f]) for f in again)
     assert {t.op for t in prof.tables} >= {"gemm", "attn_prefill", "attn_decode", "rms_norm", "step_overhead"}
 
 

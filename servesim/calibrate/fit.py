@@ -11,9 +11,10 @@ from servesim.hwmodels.profile import OpTable, Profile
 
 
 def held_out_method(tables: list[OpTable] | tuple[OpTable, ...]) -> str:
-    """``off-grid`` when every table that can hold them carries held-out points, else ``leave-one-out``."""
-    timed = [t for t in tables if t.op not in ("step_overhead", "attn_decode_ragged", "allreduce", "allgather")]
-    return "off-grid" if timed and all(t.held_out_points for t in timed) else "leave-one-out"
+    """``off-grid`` when the tables carry held-out points (calibrations since they exist; a grid with no integer
+    between its values, e.g. a k axis of 1 and 2, has none and keeps the neighbours' estimate), else
+    ``leave-one-out``."""
+    return "off-grid" if any(t.held_out_points for t in tables) else "leave-one-out"
 
 
 def interpolated(t: OpTable, point: tuple[float, ...]) -> float:

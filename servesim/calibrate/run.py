@@ -235,6 +235,22 @@ def refit_steps(profile: Profile, steps: pd.DataFrame) -> Profile:
     return profile.model_copy(update={"steps": fits})
 
 
+def held_out_step_errors(profile: Profile, steps: pd.DataFrame, model: str) -> dict[str, dict[str, float]]:
+    """Whole-step fit quality per format on the held-out half (odd rows) of the iterations calibration fitted
+    on, priced by ``profile`` as it is now (after a refit)."""
+    out = {}
+    gpu = get_gpu(profile.gpu if profile.gpu != "cpu" else "H100-SXM")  # a CPU profile: as fit_steps prices it
+    for fmt, it in steps.groupby("format", sort=False):
+        it = it.reset_index(drop=True)
+        cost = CalibratedCostModel(Placement(get_model(model), gpu, weight_format=fmt), profile)
+        held = (np.arange(len(it)) % 2) == 1
+        pred = np.array([cost.step_time_s(_shape(r)) for r in it[held].itertuples()])
+        graph = it.graph.to_numpy(bool)[held]
+        out[fmt] = {**_summary(list(np.abs(pred / it.step_s.to_numpy()[held] - 1))),
+                    "graph_steps": int(graph.sum()), "eager_steps": int((~graph).sum())}
+    return out
+
+
 def _eager_floor(eng, decode: bool) -> float:
     """Device span of the smallest eager step (a one-token prefill, with one decoding sequence beside it when
     ``decode``): what launching an eager step costs at least."""
@@ -326,4 +342,8 @@ def calibrate(models: list[str], formats: tuple[str, ...], kv_dtypes: tuple[str,
                       provenance=prov.model_copy(update={"wall_s": wall}), tables=tuple(measured + overheads),
                       steps=steps, fit=FitReport(method=held_out_method(measured), ops=held_out_errors(measured),
                                     steps=step_errors))
-    return Calibration(refit(profile), notes, logs)
+    profile = refit(profile)  # the whole-step errors of the model as shipped: after the refit's terms
+    its = pd.concat([log.assign(format=fmt) for fmt, log in logs.items()], ignore_index=True)
+    profile = profile.model_copy(update={"fit": profile.fit.model_copy(update={
+        "steps": held_out_step_errors(profile, its, models[0])})})
+    return Calibration(profile, notes, logs)

@@ -119,7 +119,7 @@ def report_cmd(
 
 
 _STEPS = typer.Option(None, "--steps", help="the engine iterations calibration fitted on (<profile>.steps.parquet): "
-                      "refit the host terms too (needs scipy)")
+                      "refit the host terms and re-judge whole steps too (needs scipy and torch)")
 
 
 @cal.command("refit")
@@ -133,9 +133,14 @@ def refit_cmd(profile: Path = _PROFILE, steps: Optional[Path] = _STEPS) -> None:
     if steps is not None:
         import pandas as pd
 
-        from servesim.calibrate.run import refit_steps
+        from servesim.calibrate.run import held_out_step_errors, refit_steps
 
-        new = refit_steps(new, pd.read_parquet(steps))
+        its = pd.read_parquet(steps)
+        new = refit_steps(new, its)
+        model = new.provenance.command.split("--models", 1)[-1].split()[0].split(",")[0] if (
+            "--models" in new.provenance.command) else "Llama-3.1-8B"
+        new = new.model_copy(update={"fit": new.fit.model_copy(update={
+            "steps": held_out_step_errors(new, its, model)})})  # the whole steps as the refit profile prices them
     if not new.profile_id.endswith("-refit"):  # another fit of the same measurements: say so in every run's id
         new = new.model_copy(update={"profile_id": new.profile_id + "-refit"})
     save_profile(new, profile)
