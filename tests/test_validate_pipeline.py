@@ -38,9 +38,8 @@ def setup(tmp_path_factory):
 
 
 def test_calibrate_writes_a_loadable_profile_with_fit_quality(setup):
-    from servesim.hwmodels.profile import load_profile
-
     from servesim.calibrate.run import held_out_step_errors
+    from servesim.hwmodels.profile import load_profile
 
     prof = load_profile(setup[3])
     assert prof.provenance.condition == "cpu-wall" and prof.fit.ops and "bf16" in prof.fit.steps
