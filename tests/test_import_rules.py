@@ -91,3 +91,55 @@ def test_simulate_imports_no_pandas_until_a_file_is_written():
     """
     assert _imported_by(run.format(extra="")) & {"pandas", "pyarrow", "scipy", "plotly", "torch"} == set()
     assert _imported_by(run.format(extra=', "--json"')) & {"pandas", "pyarrow"} == set()
+
+
+def _module_imports() -> dict[str, set[str]]:
+    """servesim module -> the servesim modules it imports at module level (not inside functions)."""
+    import ast
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1] / "servesim"
+    mods = {".".join(p.relative_to(root.parent).with_suffix("").parts).removesuffix(".__init__"): p
+            for p in root.rglob("*.py")}
+    graph = {}
+    for name, path in mods.items():
+        pkg = name if path.name == "__init__.py" else name.rsplit(".", 1)[0]
+        out = set()
+        for node in ast.parse(path.read_text()).body:  # module level only: lazy imports are the design's tool
+            if isinstance(node, ast.If | ast.Try):  # `if TYPE_CHECKING:` blocks are not run
+                continue
+            if isinstance(node, ast.Import):
+                out |= {a.name for a in node.names}
+            elif isinstance(node, ast.ImportFrom):
+                base = node.module or ""
+                if node.level:
+                    base = ".".join(pkg.split(".")[: len(pkg.split(".")) - node.level + 1] + ([base] if base else []))
+                subs = {f"{base}.{a.name}" for a in node.names}
+                # `from pkg import module` needs the module; `from pkg import name` needs pkg's __init__
+                out |= (subs & mods.keys()) | ({base} if subs - mods.keys() else set())
+        graph[name] = {m for m in out if m in mods and m != name}
+    return graph
+
+
+def test_no_import_circles_between_modules():
+    """No two modules import each other, directly or through others, at module level (issue 12 broke the four
+    circles cli <-> main, models <-> hf_config, scheduler <-> scheduler_config, workload <-> its synthetic
+    generators); a package's __init__ re-exporting its own modules is the one allowed loop."""
+    graph = _module_imports()
+
+    def reach(start: str) -> set[str]:
+        seen, todo = set(), [start]
+        while todo:
+            for nxt in graph.get(todo.pop(), ()):
+                if nxt not in seen:
+                    seen.add(nxt)
+                    todo.append(nxt)
+        return seen
+
+    circles = []
+    for a in graph:
+        for b in graph[a]:
+            if a in reach(b) and not (b.startswith(a + ".") or a.startswith(b + ".")):
+                circles.append((a, b))
+    assert not circles, circles
+    assert len(graph) > 100  # the walk found the package

@@ -142,3 +142,34 @@ def test_inner_spec_configs_only_assert():
         SpecConfig(draft_model="d", spec_k=0, spec_alpha=0.5)
     with pytest.raises(AssertionError):
         PerRequestAcceptance(spec_k=2, spec_alpha=1.0, spec_alpha_concentration=1.0)
+
+
+def test_iteration_view_prices_the_draft_as_the_simulator_does():
+    """A verification step of the engine's log priced by validation's iteration view: the target's step plus
+    the draft's k proposal steps (draft_step_s, what the simulator adds), shown as the ``draft`` term."""
+    import pandas as pd
+
+    from servesim.hwmodels.ops import BatchShape
+    from servesim.sim.config import make_scenario
+    from servesim.sim.deployment import build_deployment
+    from servesim.sim.spec import draft_step_s
+    from servesim.validate.compare import iteration_table
+
+    dep = build_deployment(make_scenario({"spec_k": 3, "gpu": "H100-SXM", "profile": "roofline"}))
+    n, k = 12, 3
+    row = dict(iteration=0, end_s=0.05, step_s=0.05, gpu_s=0.045, graph=False, prefill_seqs=0, prefill_tokens=0,
+               prefill_attn_pairs=0.0, prefill_ctx_tokens=0, decode_seqs=n, decode_query_tokens=n * (k + 1),
+               decode_ctx_tokens=n * 900, decode_ctx_max=1500, sampled_tokens=n * (k + 1), swap_in_blocks=0,
+               swap_out_blocks=0)
+    it = iteration_table(pd.DataFrame([row]), dep.cost, dep.swap_s_per_block, dep.draft_cost, k)
+    shape = BatchShape(decode_seqs=n, decode_query_tokens=n * (k + 1), decode_ctx_tokens=n * 900,
+                       sampled_tokens=n * (k + 1), decode_ctx_max=1500)
+    first = BatchShape(decode_seqs=n, decode_query_tokens=n, decode_ctx_tokens=n * 900, sampled_tokens=n,
+                       decode_ctx_max=1500)
+    rest = BatchShape(decode_seqs=n, decode_query_tokens=n, decode_ctx_tokens=n * 900, sampled_tokens=n)
+    want = dep.draft_cost.step_time_s(first) + (k - 1) * dep.draft_cost.step_time_s(rest)
+    assert draft_step_s(dep.draft_cost, shape, k) == want > 0
+    assert it.op_draft[0] == want
+    assert it.predicted_s[0] == dep.cost.step_time(shape).total_s + want
+    without = iteration_table(pd.DataFrame([row]), dep.cost, dep.swap_s_per_block)
+    assert "op_draft" not in without and without.predicted_s[0] == it.predicted_s[0] - want

@@ -41,7 +41,7 @@ from servesim.sim.request import Batch, Request
 from servesim.sim.result import Result, finish_run
 from servesim.sim.router import ROUTERS
 from servesim.sim.scheduler import Scheduler
-from servesim.sim.spec import PerRequestAcceptance
+from servesim.sim.spec import PerRequestAcceptance, draft_step_s
 from servesim.sim.table import Table
 from servesim.sim.workload import Workload
 
@@ -346,14 +346,8 @@ class Simulation:
         """One step's time on ``dep`` (default: the simulation's): target model, draft proposals, KV swaps."""
         dep = self.dep if dep is None else dep
         dt = dep.cost.step_time_s(batch.shape)
-        if self.spec_k and batch.decode:
-            s, n = batch.shape, len(batch.decode)
-            first = replace(s, decode_query_tokens=n, sampled_tokens=s.sampled_tokens - n * self.spec_k)
-            rest = BatchShape(decode_seqs=n, decode_query_tokens=n, decode_ctx_tokens=s.decode_ctx_tokens,
-                              sampled_tokens=n)
-            dt += dep.draft_cost.step_time_s(first) + (self.spec_k - 1) * dep.draft_cost.step_time_s(rest)
-        elif self.spec_k and batch.prefill:
-            dt += dep.draft_cost.step_time_s(batch.shape)
+        if self.spec_k:
+            dt += draft_step_s(dep.draft_cost, batch.shape, self.spec_k)
         if batch.swap_in_blocks or batch.swap_out_blocks:
             dt += (batch.swap_in_blocks + batch.swap_out_blocks) * dep.swap_s_per_block
         return dt

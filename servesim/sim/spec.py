@@ -14,10 +14,12 @@ The fields carry the names of the ``Scenario`` fields they come from (``spec_k``
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Protocol, runtime_checkable
 
 import numpy as np
+
+from servesim.hwmodels.ops import BatchShape
 
 
 def expected_accepted_tokens(alpha: float, k: int) -> float:
@@ -150,3 +152,16 @@ class SpecConfig:
         if self.spec_alpha_concentration is None:
             return IIDAcceptance(spec_alpha=self.spec_alpha, spec_k=self.spec_k)
         return PerRequestAcceptance(self.spec_k, self.spec_alpha, self.spec_alpha_concentration)
+
+
+def draft_step_s(draft_cost, shape: BatchShape, spec_k: int) -> float:
+    """The draft model's share of a speculative step of ``shape`` (the target's verification shape): ``spec_k``
+    proposal steps beside a decode, the first also carrying the step's prefill chunk and its catch-up rows,
+    the others one token a sequence; a step without decodes runs the draft over its prefill chunk."""
+    n = shape.decode_seqs
+    if n:
+        first = replace(shape, decode_query_tokens=n, sampled_tokens=shape.sampled_tokens - n * spec_k)
+        rest = BatchShape(decode_seqs=n, decode_query_tokens=n, decode_ctx_tokens=shape.decode_ctx_tokens,
+                          sampled_tokens=n)
+        return draft_cost.step_time_s(first) + (spec_k - 1) * draft_cost.step_time_s(rest)
+    return draft_cost.step_time_s(shape) if shape.prefill_tokens else 0.0

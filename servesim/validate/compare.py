@@ -62,11 +62,13 @@ def per_request(pred: pd.DataFrame, meas: pd.DataFrame) -> pd.DataFrame:
     return latencies(pred).merge(latencies(meas), on="request_id", suffixes=("_pred", "_meas"))
 
 
-def iteration_table(iterations: pd.DataFrame, cost, swap_s_per_block: float = 0.0) -> pd.DataFrame:
-    """Every measured iteration priced by ``cost`` (``step_time(shape)``, plus the swap copies as the simulator
-    prices them): predicted and measured seconds, the signed error, the bins, the predicted seconds of each
-    operator."""
+def iteration_table(iterations: pd.DataFrame, cost, swap_s_per_block: float = 0.0, draft_cost=None,
+                    spec_k: int = 0) -> pd.DataFrame:
+    """Every measured iteration priced by ``cost`` (``step_time(shape)``, plus the swap copies and, speculating,
+    the draft's proposal steps as the simulator prices them): predicted and measured seconds, the signed error,
+    the bins, the predicted seconds of each operator (the draft's as ``draft``)."""
     from servesim.hwmodels.ops import BatchShape
+    from servesim.sim.spec import draft_step_s
 
     rows, ops = [], []
     for r in iterations.itertuples():
@@ -77,8 +79,12 @@ def iteration_table(iterations: pd.DataFrame, cost, swap_s_per_block: float = 0.
                            decode_ctx_max=int(getattr(r, "decode_ctx_max", 0)))
         st = cost.step_time(shape)
         pred = st.total_s + (r.swap_in_blocks + r.swap_out_blocks) * swap_s_per_block
+        op_s = dict(st.op_s)
+        if spec_k and draft_cost is not None:
+            op_s["draft"] = draft_step_s(draft_cost, shape, spec_k)
+            pred += op_s["draft"]
         rows.append((pred, st.overhead_s))
-        ops.append(st.op_s)
+        ops.append(op_s)
     out = iterations[["iteration", "end_s", "step_s", "gpu_s", "graph", "prefill_tokens", "decode_seqs",
                       "decode_ctx_tokens", "sampled_tokens"]].copy()
     out["predicted_s"] = [p for p, _ in rows]

@@ -82,7 +82,8 @@ def validate_engine(s: Scenario, opts: EngineOptions, time_scale: float = 1.0, t
     sim_s = s.model_copy(update={"num_gpu_blocks": s.num_gpu_blocks or engine.num_blocks})
     predicted = simulate(sim_s, w)
     dep = build_deployment(sim_s)
-    it = compare.iteration_table(measured.iterations, dep.cost, dep.swap_s_per_block)
+    it = compare.iteration_table(measured.iterations, dep.cost, dep.swap_s_per_block, dep.draft_cost,
+                                 dep.scheduler.spec_k)
     rows = compare.metric_rows(predicted.summary, measured.result.summary)
     case = {"scenario": s.model_dump(mode="json"), "workload": w.name, "requests": len(w),
             "time_scale": time_scale, "profile_id": predicted.meta["profile_id"],
@@ -242,7 +243,8 @@ def reprice(case_dir: str | Path, profile: str | None = None) -> Report:
     sim_s = s.model_copy(update={"num_gpu_blocks": s.num_gpu_blocks or blocks})
     predicted = simulate(sim_s, w)
     dep = build_deployment(sim_s)
-    it = compare.iteration_table(pd.read_parquet(raw_path), dep.cost, dep.swap_s_per_block)
+    it = compare.iteration_table(pd.read_parquet(raw_path), dep.cost, dep.swap_s_per_block, dep.draft_cost,
+                                 dep.scheduler.spec_k)
     rows = compare.metric_rows(predicted.summary, {m["key"]: m["measured"] for m in old.metrics})
     meas = old.requests[["request_id"] + [c for c in old.requests.columns if c.endswith("_meas")]]
     pred = compare.latencies(predicted.requests)
