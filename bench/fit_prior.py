@@ -29,6 +29,7 @@ import json
 import math
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -40,7 +41,7 @@ from servesim.hwmodels import public_tables as pt
 from servesim.hwmodels.gpus import get_gpu
 from servesim.hwmodels.models import MODELS, get_weight_format
 from servesim.hwmodels.ops import ACT_BYTES, decode_shape, features, layer_ops, prefill_shape
-from servesim.hwmodels.prior import KINDS, PRIOR_FILE, GPUPrior, KernelPrior, LinkPrior
+from servesim.hwmodels.prior import DEFAULT_FAMILY, KINDS, PRIOR_FILE, GPUPrior, KernelPrior, LinkPrior, load_prior
 
 REPO = Path(__file__).resolve().parents[1]
 FAMILIES = {"ampere": "A100-80GB-SXM", "ampere-gddr": "A40", "hopper": "H100-SXM"}
@@ -77,21 +78,30 @@ def _solve(resid, x0, bounds=None):
 def _kernel_from(x, kind: str) -> KernelPrior:
     if kind == "gemm":
         return KernelPrior(math.exp(x[0]), math.exp(x[1]), math.exp(x[2]), float(_sig(x[3])))
-    return KernelPrior(math.exp(x[0]), 1.0, math.exp(x[1]), 1.0, math.exp(x[2]) * 1e9)
+    # elementwise: floor, HBM efficiency, row bandwidth, L2 speedup (>= 1) and the share of L2 (0-2) it covers
+    return KernelPrior(math.exp(x[0]), 1.0, math.exp(x[1]), 1.0, math.exp(x[2]) * 1e9,
+                       1.0 + math.exp(x[3]), 2.0 * float(_sig(x[4])))
+
+
+def _without_idle_l2(k: KernelPrior) -> KernelPrior:
+    """A fitted L2 term that saves under 2% is none (its share is then arbitrary): drop it."""
+    return replace(k, l2_speedup=1.0, l2_fraction=0.0) if k.l2_speedup < 1.02 or k.l2_fraction < 0.01 else k
 
 
 def fit_kernel(rows: pd.DataFrame, kind: str) -> KernelPrior:
     """Fit one kind's prior to ``rows`` (any mix of GPUs: efficiencies are fractions of each GPU's peaks)."""
     peaks = np.array([get_gpu(g).peak_flops_per_s("fp16") for g in rows.gpu])
     bws = np.array([get_gpu(g).hbm_bytes_per_s for g in rows.gpu])
+    l2 = np.array([get_gpu(g).l2_bytes for g in rows.gpu], float)
     f, b, r, t = (rows[c].to_numpy(float) for c in ("flops", "bytes", "row_bytes", "measured_s"))
     w = _weights(pt.band_of(rows.tokens.to_numpy(float)), rows.gpu.to_numpy())
 
     def resid(x):
-        return w * np.log(_kernel_from(x, kind).time_s(f, b, peaks, bws, r) / t)
+        return w * np.log(_kernel_from(x, kind).time_s(f, b, peaks, bws, r, l2) / t)
 
-    x0 = np.log([4e-6, 0.75, 0.85]).tolist() + [0.0] if kind == "gemm" else np.log([2e-6, 0.5, 10.0]).tolist()
-    return _kernel_from(_solve(resid, x0), kind)
+    if kind == "gemm":
+        return _kernel_from(_solve(resid, np.log([4e-6, 0.75, 0.85]).tolist() + [0.0]), kind)
+    return _without_idle_l2(_kernel_from(_solve(resid, np.log([2e-6, 0.5, 10.0, 0.5]).tolist() + [-1.0]), kind))
 
 
 def fit_link(size_bytes: np.ndarray, measured_s: np.ndarray, link_bytes_per_s: np.ndarray) -> LinkPrior:
@@ -259,8 +269,10 @@ def _ordered(df: pd.DataFrame) -> pd.DataFrame:
 def before_after(before: pd.DataFrame, after: pd.DataFrame) -> pd.DataFrame:
     keys = ["gpu", "family", "band"]
     m = before.merge(after, on=keys + ["n"], suffixes=(" before", " after"))
-    cols = keys + ["n", "median before", "p90_abs before", "median after", "median_abs after", "p90_abs after"]
+    cols = keys + ["n", "median before", "median_abs before", "p90_abs before", "median after", "median_abs after",
+                   "p90_abs after"]
     out = _ordered(m)[cols].rename(columns={"median before": "before median", "p90_abs before": "before p90|e|",
+                                  "median_abs before": "before |e| median",
                                   "median after": "after median", "median_abs after": "after |e| median",
                                   "p90_abs after": "after p90|e|"})
     return out.reset_index(drop=True)
@@ -277,6 +289,8 @@ def _kernel_yaml(k: KernelPrior, kind: str, source: str) -> dict:
         out |= {"eff_compute": _r(k.eff_compute), "eff_memory": _r(k.eff_memory), "sharpness": round(k.sharpness, 3)}
     else:
         out |= {"eff_memory": _r(k.eff_memory), "row_gbps": _r(k.row_bytes_per_s / 1e9)}
+        if k.l2_speedup != 1.0:
+            out |= {"l2_speedup": _r(k.l2_speedup), "l2_fraction": _r(k.l2_fraction)}
     return out | {"source": source}
 
 
@@ -344,7 +358,11 @@ def main() -> int:
                                                               "or <repo>/../shared)")
     ap.add_argument("--write", action="store_true", help="rewrite servesim/hwmodels/catalog/prior.yaml")
     ap.add_argument("--out", type=Path, default=REPO / "bench" / "results")
+    ap.add_argument("--previous", type=Path, default=PRIOR_FILE,
+                    help="a prior file to report beside this fit (default: the shipped one, read before --write)")
     args = ap.parse_args()
+    previous = load_prior(args.previous)
+    prev_date = previous[DEFAULT_FAMILY].provenance.get("fitted", "?")
     shared = args.shared or pt.shared_dir()
     root = pt.vidur_dir(shared) if shared else None
     if root is None:
@@ -365,6 +383,9 @@ def main() -> int:
     ar_after = allreduce_table(ar, pt.predict_allreduce(ar, prior_of, "nccl"))
     ar_before = allreduce_table(ar, legacy_allreduce(ar))
     ratios = one_token_ratios(compute, pt.predict_compute(compute, prior_of), legacy)
+    prev_of = lambda g: previous.get(g.family, previous[DEFAULT_FAMILY])  # noqa: E731  (prior_for's lookup)
+    prev = compute_table(compute, pt.predict_compute(compute, prev_of))
+    ar_prev = allreduce_table(ar, pt.predict_allreduce(ar, prev_of, "nccl"))
 
     # Held out (1): Llama-3-8B on the A100, ampere refitted on Llama-2-7B only.
     l2 = compute[compute.model == "Llama-2-7b-hf"]
@@ -401,6 +422,9 @@ def main() -> int:
         ("Operator kernels: before (roofline with the old efficiencies) and after (the prior), in-sample",
          before_after(before, after)),
         ("NCCL all-reduce (one node, TP 2/4/8), before and after", before_after(ar_before, ar_after)),
+        (f"Operator kernels: the previous prior ({args.previous.name}, fitted {prev_date}) as 'before', this fit "
+         "as 'after', in-sample", before_after(prev, after)),
+        (f"NCCL all-reduce: the previous prior (fitted {prev_date}) and this fit", before_after(ar_prev, ar_after)),
         ("Held out: Llama-3-8B on A100-80GB-SXM, ampere refitted on Llama-2-7B only",
          before_after(held_model_before, held_model)),
         ("Held out: each GPU predicted by the default prior fitted without its family",

@@ -159,3 +159,43 @@ def test_catalog_floors_are_physical():
         for kind in ("gemm", "attn_decode"):
             assert 1e-6 < p.kernel(kind).floor_s < 10e-6, (fam, kind)
         assert p.kernel("norm").row_bytes_per_s < math.inf
+
+
+def test_l2_term_closed_form():
+    """Elementwise kernels: the L2-resident part of the working set (l2_fraction of the GPU's L2) streams
+    l2_speedup times faster; beyond it, HBM; no L2 known, no term."""
+    from servesim.hwmodels.prior import KernelPrior
+
+    bw, l2 = 2e12, 40 * 2**20
+    k = KernelPrior(0.0, eff_memory=0.5, l2_speedup=2.0, l2_fraction=0.5)
+    cap = 20 * 2**20
+    assert k.memory_s(10 * 2**20, bw, l2) == pytest.approx(10 * 2**20 / (bw * 0.5) / 2, rel=1e-12)
+    assert k.memory_s(100 * 2**20, bw, l2) == pytest.approx((100 * 2**20 - cap) / (bw * 0.5) + cap / bw, rel=1e-12)
+    assert k.memory_s(cap, bw, l2) == pytest.approx(cap / bw, rel=1e-12)  # continuous where the set outgrows L2
+    assert k.memory_s(10 * 2**20, bw, 0) == 10 * 2**20 / (bw * 0.5)
+    assert k.memory_s(10 * 2**20, bw, l2, fraction=0.25) == pytest.approx(  # a quarter of the layers: a quarter
+        (10 * 2**20 - cap / 4) / (bw * 0.5) + cap / 4 / bw, rel=1e-12)  # of each launch's bytes in the average
+    sizes = np.geomspace(1e3, 1e9, 50)
+    t = k.time_s(0.0, sizes, 1e15, bw, 0.0, l2)
+    assert np.all(np.diff(t) > 0) and np.all(t <= sizes / (bw * 0.5))
+
+
+def test_shipped_l2_terms_are_elementwise_and_physical():
+    from servesim.hwmodels.prior import L2_KINDS
+
+    for fam, p in priors().items():
+        for kind, k in p.kernels.items():
+            if kind not in L2_KINDS:
+                assert k.l2_speedup == 1.0 and k.l2_fraction == 0.0, (fam, kind)
+            else:
+                assert 1.0 <= k.l2_speedup < 4 and 0.0 <= k.l2_fraction <= 2, (fam, kind)
+    assert get_gpu("H100-SXM").l2_bytes == 50 * 2**20 and get_gpu("A40").l2_bytes == 6 * 2**20
+
+
+def test_l2_fields_only_on_elementwise_kinds(tmp_path):
+    good = PRIOR_FILE.read_text()
+    bad = good.replace("      gemm:\n        floor_us:", "      gemm:\n        l2_speedup: 1.5\n        floor_us:", 1)
+    with pytest.raises(InputError, match=r"kernels\.gemm\.l2_speedup"):
+        load_prior(_write(tmp_path, bad))
+    with pytest.raises(InputError, match=r"l2_speedup"):
+        load_prior(_write(tmp_path, good.replace("l2_speedup: 1.", "l2_speedup: 0.", 1)))

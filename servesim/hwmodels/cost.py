@@ -26,7 +26,7 @@ from servesim.errors import ConfigError
 from servesim.hwmodels.moe import expert_load
 from servesim.hwmodels.ops import ACT_BYTES, BatchShape, OpForm, features, head_ops, layer_ops
 from servesim.hwmodels.placement import Placement
-from servesim.hwmodels.prior import ALLREDUCE_MODES, GPUPrior, op_time_s, prior_for
+from servesim.hwmodels.prior import ALLREDUCE_MODES, L2_KINDS, GPUPrior, op_time_s, prior_for
 
 DEFAULT_OVERHEAD_S = 1.0e-3
 _TOKEN = {"new_tokens", "touched_experts"}  # features of the operators that run whenever a step has tokens
@@ -114,9 +114,10 @@ class CostModel:
     def _ops(self) -> list[tuple[OpForm, int]]:
         return [(op, self.stage_layers) for op in self.layer_ops] + [(op, 1) for op in self.head_ops]
 
-    def _kernels(self, op: OpForm, reps: int) -> list[tuple[dict, dict, float, float, float, float]]:
+    def _kernels(self, op: OpForm, reps: int) -> list[tuple[dict, dict, float, float, float, float, tuple]]:
         """Each kernel of ``op`` as (compute s per feature, memory s per feature, constant memory s, row s,
-        floor s, sharpness), all times ``reps``."""
+        floor s, sharpness, L2 term), all times ``reps``; the L2 term (the memory s its L2-resident bytes take
+        at HBM speed, the share of that time L2 saves) is (0, 0) without one."""
         gpu, out = self.gpu, []
         parts = op.parts or ((op.kind, op.bytes.get("new_tokens", 0.0)),)
         total = sum(b for _, b in parts)
@@ -127,8 +128,14 @@ class CostModel:
             rc = reps * share / (peak * k.eff_compute)
             rm = reps * share / (gpu.hbm_bytes_per_s * k.eff_memory)
             row = reps * part_bytes / k.row_bytes_per_s
+            l2 = (0.0, 0.0)
+            if k.l2_speedup != 1.0 and gpu.l2_bytes:
+                if kind not in L2_KINDS:
+                    raise AssertionError(f"the hot path prices an L2 term for {', '.join(L2_KINDS)} only, not {kind}")
+                cap = float(k.l2_hit_bytes(math.inf, gpu.l2_bytes, op.fraction))
+                l2 = (reps * cap / (gpu.hbm_bytes_per_s * k.eff_memory), 1.0 - 1.0 / k.l2_speedup)
             out.append(({f: v * rc for f, v in op.flops.items()}, {f: v * rm for f, v in op.bytes.items()},
-                        op.const_bytes * rm, row, reps * k.floor_s * op.fraction, k.sharpness))
+                        op.const_bytes * rm, row, reps * k.floor_s * op.fraction, k.sharpness, l2))
         return out
 
     def _comm(self, op: OpForm, reps: int, feature: str) -> tuple[float, float, float, float]:
@@ -157,25 +164,25 @@ class CostModel:
                 continue
             kernels = self._kernels(op, reps)
             if fs <= {"new_tokens"} and bs <= _TOKEN and (fs or bs):
-                for f, b, const, row, floor, c in kernels:
+                for f, b, const, row, floor, c, l2 in kernels:
                     floor_tok += floor
                     if op.parts or op.kind == "elementwise":  # memory-only kernels: max(bytes term, row term)
-                        key = (b["new_tokens"], row)
+                        key = (b["new_tokens"], row, *l2)
                         rows[key] = rows.get(key, 0) + 1  # identical kernels (the two norms) folded as one
                     else:
                         gemms.append((f.get("new_tokens", 0.0), const, b.get("new_tokens", 0.0),
                                       b.get("touched_experts", 0.0), c))
             elif fs <= {"sampled_tokens"} and bs <= {"sampled_tokens"}:
-                for f, b, const, _, floor, c in kernels:
+                for f, b, const, _, floor, c, _ in kernels:
                     floor_smp += floor
                     head.append((f.get("sampled_tokens", 0.0), const, b.get("sampled_tokens", 0.0), c))
             elif (len(kernels) == 1 and op.name.split("@")[0] == "kv_up"
                   and fs | bs <= {"prefill_ctx_tokens", "decode_query_tokens"}):
-                (f, b, const, _, floor, c), = kernels  # MLA: the latent's up-projection (context, then query)
+                (f, b, const, _, floor, c, _), = kernels  # MLA: the latent's up-projection (context, then query)
                 kv_ups.append((f.get("prefill_ctx_tokens", 0.0), f.get("decode_query_tokens", 0.0), const,
                                b.get("prefill_ctx_tokens", 0.0), b.get("decode_query_tokens", 0.0), c, floor))
             elif len(kernels) == 1 and op.name in ("attn_prefill", "attn_decode", "spec_verify"):
-                (f, b, _, _, floor, c), = kernels
+                (f, b, _, _, floor, c, _), = kernels
                 if op.name == "attn_prefill" and fs <= {"prefill_attn_pairs"} and bs <= {
                         "prefill_tokens", "prefill_ctx_tokens"}:
                     self._ap = (f.get("prefill_attn_pairs", 0.0), b.get("prefill_tokens", 0.0),
@@ -194,7 +201,7 @@ class CostModel:
             raise AssertionError("ops.py lost an attention or verification operator the hot path reads")
         self._kv_ups = tuple(kv_ups)  # one per weight format of a mixed-precision MLA model
         self._gemms = tuple(gemms)
-        self._rows = tuple((k * bm, k * row) for (bm, row), k in rows.items())
+        self._rows = tuple((k * bm, k * row, k * cap, g) for (bm, row, cap, g), k in rows.items())
         self._comm_tok, self._comm_smp, self._head = tuple(comm_tok), tuple(comm_smp), tuple(head)
         self._const_tok, self._floor_smp = self.overhead_s + floor_tok, floor_smp
         # Touched experts: a closed form when the busiest group's experts are equally popular (uniform routing).
@@ -260,8 +267,10 @@ class CostModel:
         for fc, const, bm, be, c in self._gemms:
             a, m = fc * n, const + bm * n + be * touched
             t += a + m - c * a * m / (a + m)
-        for bm, row in self._rows:
+        for bm, row, cap, g in self._rows:
             m = bm * n
+            if g:  # the L2-resident part of the working set streams faster
+                m -= (m if m < cap else cap) * g
             t += m if m > row else row
         for lc, kc, ln, kn in self._comm_tok:
             x, y = lc + kc * n, ln + kn * n

@@ -40,6 +40,7 @@ class GPU:
     source: str
     aliases: tuple[str, ...] = ()
     family: str = ""  # the roofline prior's GPU family (hwmodels/prior.py); "" = its pooled default
+    l2_bytes: int = 0  # last-level on-chip cache (datasheet / whitepaper); 0 = not stated (the prior gives no L2 term)
 
     def peak_flops_per_s(self, dtype: str) -> float:
         """Dense peak FLOP/s for ``dtype``; fp8 and int8 fall back to bf16 on GPUs without such tensor cores."""
@@ -89,7 +90,7 @@ _YAML_FIELDS = {
     "usd_per_hour": ("usd_per_hour", 1),
 }
 _REQUIRED = (*_YAML_FIELDS, "tflops", "source")
-_OPTIONAL = ("aliases", "family")
+_OPTIONAL = ("aliases", "family", "l2_mib")
 
 
 def _number(value, file: str, field: str) -> float:
@@ -139,8 +140,9 @@ def gpu_from_dict(name: str, raw: dict, file: str = "<dict>") -> GPU:
     if not vals["memory_bytes"] or not vals["hbm_bytes_per_s"] or not float(tflops["bf16"] or 0):
         raise InputError("memory, bandwidth and bf16 TFLOP/s must be > 0", file=file, field=name)
     peaks = {k: _number(v, file, f"{name}.tflops.{k}") for k, v in tflops.items()}
+    l2 = int(round(_number(raw["l2_mib"], file, f"{name}.l2_mib") * 2**20)) if "l2_mib" in raw else 0
     return GPU(name=name, tflops=peaks, source=str(raw["source"]).strip(), aliases=tuple(a.strip() for a in aliases),
-               family=str(raw.get("family") or "").strip(), **vals)
+               family=str(raw.get("family") or "").strip(), l2_bytes=l2, **vals)
 
 
 def read_yaml(path: str | Path):

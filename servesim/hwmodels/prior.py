@@ -3,8 +3,9 @@
 For a GPU without a calibrated profile this is all servesim knows, so its shape follows what public
 per-operator measurements show (docs/roofline-prior.md has the data, the fit and its errors):
 
-    t = floor + soft(flops / (peak · eff_compute),  max(bytes / (bw · eff_memory),  row_bytes / row_bw))
+    t = floor + soft(flops / (peak · eff_compute),  max(mem(bytes),  row_bytes / row_bw))
     soft(a, m) = a + m − c·a·m / (a + m),   0 ≤ c ≤ 1  (``sharpness``)
+    mem(b) = (b − hit) / (bw · eff_memory) + hit / (bw · eff_memory · l2_speedup),   hit = min(b, l2_fraction · L2)
 
 * ``floor`` -- the kernel's fixed cost (launch ramp, tail, a reduction's last wave): 2-7 µs measured, which is
   why small tensor-parallel shards and small batches run slower than their bytes say.
@@ -15,6 +16,11 @@ per-operator measurements show (docs/roofline-prior.md has the data, the fit and
   (p ≈ 1.1-1.5) at the price of one division, and ``soft(0, m) = m`` exactly.
 * ``row_bytes / row_bw`` -- kernels that give each token one thread block (RMSNorm, SiLU·mul, RoPE) cannot
   run faster than one block streams one token's row, whatever the batch: a floor that grows with the row.
+* ``mem`` -- the elementwise kinds' working set is the activations the kernel before just wrote: the part of it
+  that fits in L2 (``l2_fraction`` of the GPU's ``l2_bytes``) streams ``l2_speedup`` times faster than HBM. The
+  public tables show it as a step in time per byte where the working set outgrows L2 (RMSNorm on the H100: 26 µs
+  at 2048 tokens, 32 MB; 66 µs at 4096). GEMMs, attention and the sampler have no such term (their weights and
+  KV cycle through L2 once a step in serving, whatever a one-layer benchmark loop shows): ``l2_speedup = 1``.
 
 Parameters are per operator kind (:data:`KINDS`) and GPU family, in ``catalog/prior.yaml`` with their
 provenance; ``bench/fit_prior.py`` refits them. Kinds nobody has measured yet (:data:`BORROWED_KINDS`: the
@@ -80,17 +86,35 @@ class KernelPrior:
     eff_memory: float = 1.0
     sharpness: float = 1.0
     row_bytes_per_s: float = math.inf  # one thread block's bandwidth over one token's row (elementwise kinds)
+    l2_speedup: float = 1.0  # bandwidth over the L2-resident part of the working set, x HBM's (elementwise kinds)
+    l2_fraction: float = 0.0  # share of the GPU's L2 that working set can hold
     source: str = ""
 
-    def terms(self, flops, nbytes, peak_flops_per_s: float, hbm_bytes_per_s: float, row_bytes=0.0):
+    def l2_hit_bytes(self, nbytes, l2_bytes: float, fraction: float = 1.0):
+        """Bytes of a launch moving ``nbytes`` served from L2: ``min(nbytes, l2_fraction · l2_bytes)``, for an
+        operator run in ``fraction`` of the layers (its bytes are the average layer's: that share of one
+        launch's)."""
+        return np.minimum(nbytes, self.l2_fraction * l2_bytes * fraction)
+
+    def memory_s(self, nbytes, hbm_bytes_per_s: float, l2_bytes: float = 0.0, fraction: float = 1.0):
+        """The bytes term: HBM time, less what the L2-resident part of the working set saves."""
+        m = nbytes / (hbm_bytes_per_s * self.eff_memory)
+        if self.l2_speedup == 1.0 or (np.ndim(l2_bytes) == 0 and not l2_bytes):
+            return m
+        hit = self.l2_hit_bytes(nbytes, l2_bytes, fraction)
+        return m - hit / (hbm_bytes_per_s * self.eff_memory) * (1.0 - 1.0 / self.l2_speedup)
+
+    def terms(self, flops, nbytes, peak_flops_per_s: float, hbm_bytes_per_s: float, row_bytes=0.0,
+              l2_bytes: float = 0.0, fraction: float = 1.0):
         """(compute s, memory s, row s): the bytes term and the one-block-per-token term apart."""
         a = flops / (peak_flops_per_s * self.eff_compute)
-        m = nbytes / (hbm_bytes_per_s * self.eff_memory)
+        m = self.memory_s(nbytes, hbm_bytes_per_s, l2_bytes, fraction)
         return a, m, row_bytes / self.row_bytes_per_s
 
-    def time_s(self, flops, nbytes, peak_flops_per_s: float, hbm_bytes_per_s: float, row_bytes=0.0):
-        """Seconds of one launch (floats or numpy arrays)."""
-        a, m, r = self.terms(flops, nbytes, peak_flops_per_s, hbm_bytes_per_s, row_bytes)
+    def time_s(self, flops, nbytes, peak_flops_per_s: float, hbm_bytes_per_s: float, row_bytes=0.0,
+               l2_bytes: float = 0.0):
+        """Seconds of one launch (floats or numpy arrays) on a GPU with ``l2_bytes`` of L2."""
+        a, m, r = self.terms(flops, nbytes, peak_flops_per_s, hbm_bytes_per_s, row_bytes, l2_bytes)
         return self.floor_s + soft(a, np.maximum(m, r), self.sharpness)
 
 
@@ -127,7 +151,7 @@ class GPUPrior:
         """Seconds of one kernel of ``kind`` doing ``flops`` and moving ``nbytes`` on ``gpu`` (sampler kinds
         compute in fp32)."""
         peak = gpu.peak_flops_per_s("fp32" if kind == "sampler" else dtype)
-        return self.kernel(kind).time_s(flops, nbytes, peak, gpu.hbm_bytes_per_s, row_bytes)
+        return self.kernel(kind).time_s(flops, nbytes, peak, gpu.hbm_bytes_per_s, row_bytes, gpu.l2_bytes)
 
     def collective_s(self, nbytes, gpu: GPU, mode: str = "custom"):
         """Seconds of one collective call moving ``nbytes`` per GPU (ring bytes) in ``mode``."""
@@ -156,7 +180,8 @@ def op_time_s(
         share = part_bytes / total if total else 1.0 / len(parts)
         k = prior.kernel(kind)
         peak = gpu.peak_flops_per_s("fp32" if kind == "sampler" else op.compute_dtype)
-        a, m, r = k.terms(flops * share, nbytes * share, peak, gpu.hbm_bytes_per_s, part_bytes)
+        a, m, r = k.terms(flops * share, nbytes * share, peak, gpu.hbm_bytes_per_s, part_bytes, gpu.l2_bytes,
+                          op.fraction)
         floor = k.floor_s * op.fraction  # an operator of some of the layers launches in those layers only
         t += floor + soft(a, m if m > r else r, k.sharpness)
         comp += a
@@ -166,7 +191,11 @@ def op_time_s(
 
 
 # ---- the catalog file -----------------------------------------------------------------------------------------
-_KERNEL_FIELDS = {"floor_us": 1e-6, "eff_compute": 1.0, "eff_memory": 1.0, "sharpness": 1.0, "row_gbps": 1e9}
+_KERNEL_FIELDS = {"floor_us": 1e-6, "eff_compute": 1.0, "eff_memory": 1.0, "sharpness": 1.0, "row_gbps": 1e9,
+                  "l2_speedup": 1.0, "l2_fraction": 1.0}
+# Kinds whose working set is the activations just written (the L2 term's premise; the cost model's hot path
+# prices the L2 term for these alone).
+L2_KINDS = ("norm", "act", "rope", "add", "elementwise", "act_quant")
 
 
 def _num(raw, file: str, where: str, lo: float = 0.0, hi: float = math.inf) -> float:
@@ -188,15 +217,20 @@ def _kernel(raw, file: str, where: str) -> KernelPrior:
                          field=f"{where}.{unknown[0]}")
     if "floor_us" not in raw:
         raise InputError("missing", file=file, field=f"{where}.floor_us")
+    kind = where.rsplit(".", 1)[-1]
+    if kind not in L2_KINDS and ("l2_speedup" in raw or "l2_fraction" in raw):
+        raise InputError(f"an L2 term is for the elementwise kinds only ({', '.join(L2_KINDS)})", file=file,
+                         field=f"{where}.{'l2_speedup' if 'l2_speedup' in raw else 'l2_fraction'}")
     kw = {}
     for name, scale in _KERNEL_FIELDS.items():
         if name in raw:
-            lo = 1e-3 if name.startswith(("eff", "row")) else 0.0
-            hi = 1.0 if name == "sharpness" else math.inf
+            lo = 1e-3 if name.startswith(("eff", "row")) else 1.0 if name == "l2_speedup" else 0.0
+            hi = 1.0 if name == "sharpness" else 4.0 if name == "l2_fraction" else math.inf
             kw[name] = _num(raw[name], file, f"{where}.{name}", lo, hi) * scale
     return KernelPrior(
         floor_s=kw["floor_us"], eff_compute=kw.get("eff_compute", 1.0), eff_memory=kw.get("eff_memory", 1.0),
         sharpness=kw.get("sharpness", 1.0), row_bytes_per_s=kw.get("row_gbps", math.inf),
+        l2_speedup=kw.get("l2_speedup", 1.0), l2_fraction=kw.get("l2_fraction", 0.0),
         source=str(raw.get("source", "")),
     )
 
