@@ -63,13 +63,15 @@ def test_decode_layer_sum_within_five_percent(compute):
 def test_elementwise_kernels_within_the_fitted_errors(compute):
     e = compute[compute.kind != "gemm"]
     t = _table(e)
-    assert (t.median_abs <= 0.33).all(), t  # worst: the residual add on the A40 at M <= 128 (1-2 µs kernels)
-    assert (t["median"].abs() <= 0.20).all(), t
-    # SiLU-mul and RoPE, the ones the issue names, are unbiased to within 10% in every band
-    sr = t[t.family.isin(["act", "rope"])]
-    assert (sr["median"].abs() <= 0.10).all(), sr
+    # worst: 1-7 µs kernels at M <= 128, timed to 1 µs (the residual add on the H100: 19.6%)
+    assert (t.median_abs <= 0.21).all(), t
+    assert (t["median"].abs() <= 0.08).all(), t  # unbiased in every band
     big = t[t.band != "M<=128"]
-    assert (big.median_abs <= 0.17).all(), big
+    assert (big.median_abs <= 0.085).all(), big  # target 8%: met except RoPE on the A100 at M > 1024 (8.1%)
+    assert (big.p90_abs <= 0.22).all(), big  # target 15%
+    # the L2 term: RMSNorm and the residual add were 10-16% off at M > 128 without it
+    na = big[big.family.isin(["norm", "add"])]
+    assert (na.median_abs <= 0.075).all(), na
 
 
 def test_nccl_allreduce_within_fifteen_percent():
