@@ -76,8 +76,9 @@ def _solve(resid, x0, bounds=None):
 
 
 def _kernel_from(x, kind: str) -> KernelPrior:
-    if kind == "gemm":
-        return KernelPrior(math.exp(x[0]), math.exp(x[1]), math.exp(x[2]), float(_sig(x[3])))
+    if kind == "gemm":  # floor, efficiencies, sharpness and (with a fifth parameter) the wave exponent
+        beta = float(_sig(x[4])) if len(x) > 4 else 0.0
+        return KernelPrior(math.exp(x[0]), math.exp(x[1]), math.exp(x[2]), float(_sig(x[3])), wave_exponent=beta)
     # elementwise: floor, HBM efficiency, row bandwidth, L2 speedup (>= 1) and the share of L2 (0-2) it covers
     return KernelPrior(math.exp(x[0]), 1.0, math.exp(x[1]), 1.0, math.exp(x[2]) * 1e9,
                        1.0 + math.exp(x[3]), 2.0 * float(_sig(x[4])))
@@ -95,12 +96,18 @@ def fit_kernel(rows: pd.DataFrame, kind: str) -> KernelPrior:
     l2 = np.array([get_gpu(g).l2_bytes for g in rows.gpu], float)
     f, b, r, t = (rows[c].to_numpy(float) for c in ("flops", "bytes", "row_bytes", "measured_s"))
     w = _weights(pt.band_of(rows.tokens.to_numpy(float)), rows.gpu.to_numpy())
+    width = rows.out_width.to_numpy(float) if "out_width" in rows else None  # GEMMs of known N: a wave term
+    sms = np.array([get_gpu(g).sm_count for g in rows.gpu], float)
+    m_rows = rows.tokens.to_numpy(float)
 
     def resid(x):
-        return w * np.log(_kernel_from(x, kind).time_s(f, b, peaks, bws, r, l2) / t)
+        k = _kernel_from(x, kind)
+        wave = 1.0 if width is None else k.wave_factor(m_rows, width, sms)
+        return w * np.log(k.time_s(f, b, peaks, bws, r, l2, wave) / t)
 
     if kind == "gemm":
-        return _kernel_from(_solve(resid, np.log([4e-6, 0.75, 0.85]).tolist() + [0.0]), kind)
+        x0 = np.log([4e-6, 0.75, 0.85]).tolist() + [0.0] + ([] if width is None else [-1.0])
+        return _kernel_from(_solve(resid, x0), kind)
     return _without_idle_l2(_kernel_from(_solve(resid, np.log([2e-6, 0.5, 10.0, 0.5]).tolist() + [-1.0]), kind))
 
 
@@ -287,6 +294,8 @@ def _kernel_yaml(k: KernelPrior, kind: str, source: str) -> dict:
     out = {"floor_us": _r(k.floor_s * 1e6)}
     if kind in ("gemm", *QUANT_KINDS, "attn_prefill", "attn_decode", "sampler"):
         out |= {"eff_compute": _r(k.eff_compute), "eff_memory": _r(k.eff_memory), "sharpness": round(k.sharpness, 3)}
+        if k.wave_exponent:
+            out |= {"wave_exponent": round(k.wave_exponent, 3), "tile_m": k.tile_m, "tile_n": k.tile_n}
     else:
         out |= {"eff_memory": _r(k.eff_memory), "row_gbps": _r(k.row_bytes_per_s / 1e9)}
         if k.l2_speedup != 1.0:

@@ -199,3 +199,68 @@ def test_l2_fields_only_on_elementwise_kinds(tmp_path):
         load_prior(_write(tmp_path, bad))
     with pytest.raises(InputError, match=r"l2_speedup"):
         load_prior(_write(tmp_path, good.replace("l2_speedup: 1.", "l2_speedup: 0.", 1)))
+
+
+def test_wave_factor_closed_form():
+    """A GEMM's tiles run in waves of SM-count tiles: wave = waves·SMs·tm·tn/(M·N), to the power β."""
+    from servesim.hwmodels.prior import KernelPrior
+
+    k = KernelPrior(0.0, wave_exponent=1.0)  # 128 x 128 tiles
+    n, sms = 4096, 132  # 32 column tiles
+    assert k.wave_factor(128, n, sms) == pytest.approx(132 * 128 * 128 / (128 * 4096))  # 32 tiles: one wave
+    assert k.wave_factor(528, n, sms) == pytest.approx(2 * 132 * 128 * 128 / (528 * 4096))  # 160 tiles: two
+    assert k.wave_factor(4224, n, sms) == pytest.approx(1.0)  # 33 x 32 = 1056 tiles: eight full waves
+    m = np.arange(1, 9000, dtype=float)
+    q = k.wave_factor(m, n, sms)
+    assert np.all(q >= 1 - 1e-12) and np.all(np.diff(q * m) >= -1e-9)  # the work done never shrinks with M
+    np.testing.assert_allclose(q[::97], [k.wave_factor(x, n, sms) for x in m[::97]], rtol=1e-12)
+    np.testing.assert_allclose(k.wave_factor(m, np.full_like(m, n), np.full_like(m, sms)), q, rtol=1e-12)
+    assert np.all(k.wave_factor(m, np.zeros_like(m), np.full_like(m, sms)) == 1.0)  # width unknown: no term
+    half = KernelPrior(0.0, wave_exponent=0.5)
+    assert half.wave_factor(528, n, sms) == pytest.approx(k.wave_factor(528, n, sms) ** 0.5)
+    assert KernelPrior(0.0).wave_factor(528, n, sms) == 1.0 and k.wave_factor(528, 0, sms) == 1.0
+
+
+def test_gemm_ops_get_the_wave_term_through_every_path():
+    """op_time_s (the breakdown), kernel_s with the GEMM's shape, and the cost model's hot path agree, at tile
+    boundaries too; MoE experts and MLA's fused query path have no known N and get none."""
+    from dataclasses import replace
+
+    from servesim.hwmodels.cost import CostModel
+    from servesim.hwmodels.ops import BatchShape
+    from servesim.hwmodels.placement import Placement
+
+    gpu = get_gpu("H100-SXM")
+    base = prior_for(gpu)
+    p = replace(base, kernels={**base.kernels, "gemm": replace(base.kernel("gemm"), wave_exponent=0.4)})
+    model = MODELS["Llama-3.1-8B"]
+    o = next(op for op in layer_ops(model) if op.name == "o")
+    assert o.out_width == model.hidden_size and o.in_width == model.q_size
+    for m in (1, 127, 128, 129, 528, 4096):
+        flops, nbytes = o.evaluate({"new_tokens": m, "touched_experts": 0.0})
+        t, _ = op_time_s(o, flops, nbytes, gpu, p)
+        assert t == pytest.approx(p.kernel_s("gemm", flops, nbytes, gpu, "bf16", 0.0, m, o.out_width), rel=1e-12)
+        assert t > op_time_s(o, flops, nbytes, gpu, base)[0]  # never below a full wave's work
+    cm = CostModel(Placement(model, gpu, 2, 1, "bf16", "bf16"), prior=p)
+    for m in (1, 128, 256, 1024, 1056, 4096):
+        shape = BatchShape(prefill_seqs=1, prefill_tokens=m, prefill_attn_pairs=m * (m + 1) / 2,
+                           prefill_ctx_tokens=m, sampled_tokens=1)
+        assert cm.step_time_s(shape) == pytest.approx(cm.step_time(shape).total_s, rel=1e-12)
+    moe = [op for op in layer_ops(MODELS["Mixtral-8x7B"]) if op.name in ("gate_up", "down")]
+    assert moe and all(op.out_width == 0 for op in moe)
+    mla = next(op for op in layer_ops(MODELS["DeepSeek-V2-Lite"]) if op.name == "qkv")
+    assert mla.out_width == 0
+
+
+def test_wave_fields_only_on_gemm_kinds(tmp_path):
+    good = PRIOR_FILE.read_text()
+
+    def with_field(kind: str, line: str) -> str:
+        return good.replace(f"      {kind}:\n        floor_us:", f"      {kind}:\n        {line}\n        floor_us:", 1)
+
+    bad = with_field("norm", "wave_exponent: 0.3")
+    with pytest.raises(InputError, match=r"kernels\.norm\.wave_exponent"):
+        load_prior(_write(tmp_path, bad))
+    bad = with_field("gemm", "wave_exponent: 1.5")
+    with pytest.raises(InputError, match=r"kernels\.gemm\.wave_exponent"):
+        load_prior(_write(tmp_path, bad))

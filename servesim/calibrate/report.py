@@ -69,7 +69,8 @@ def roofline_s(gpu: GPU, op: str, key: dict, point: tuple[float, ...], prior: GP
     flops, nbytes, dtype = flops_bytes(op, key, point)
     kind = gemm_kind(key["format"]) if op == "gemm" else KIND.get(op, "elementwise")
     row = nbytes / point[0] if kind in ROW_KINDS and point[0] else 0.0
-    return float((prior or prior_for(gpu)).kernel_s(kind, flops, nbytes, gpu, dtype, row))
+    shape = (point[0], float(key["n"])) if op == "gemm" else (None, 0.0)  # a GEMM's M and N: its wave term
+    return float((prior or prior_for(gpu)).kernel_s(kind, flops, nbytes, gpu, dtype, row, *shape))
 
 
 def _points(t: OpTable) -> list[tuple[float, ...]]:

@@ -55,6 +55,11 @@ class StepCostModel(Protocol):
     def pp_transfer_s(self, tokens: int) -> float: ...
 
 
+def _wave(n: float, beta: float, tile_m: float, col_tiles: float, sms: float, scale: float) -> float:
+    """``KernelPrior.wave_factor`` in floats: (waves · SMs · tm · tn / (M · N))^β for M = ``n`` rows."""
+    return (math.ceil(math.ceil(n / tile_m) * col_tiles / sms) * scale / n) ** beta
+
+
 class CostModel:
     """Roofline step time of one replica at ``placement`` (model, GPU, TP, PP, weight format, KV dtype), with
     the GPU family's prior (or ``prior``) and the all-reduce assumption ``allreduce`` (custom | nccl)."""
@@ -114,10 +119,11 @@ class CostModel:
     def _ops(self) -> list[tuple[OpForm, int]]:
         return [(op, self.stage_layers) for op in self.layer_ops] + [(op, 1) for op in self.head_ops]
 
-    def _kernels(self, op: OpForm, reps: int) -> list[tuple[dict, dict, float, float, float, float, tuple]]:
+    def _kernels(self, op: OpForm, reps: int) -> list[tuple[dict, dict, float, float, float, float, tuple, tuple]]:
         """Each kernel of ``op`` as (compute s per feature, memory s per feature, constant memory s, row s,
-        floor s, sharpness, L2 term), all times ``reps``; the L2 term (the memory s its L2-resident bytes take
-        at HBM speed, the share of that time L2 saves) is (0, 0) without one."""
+        floor s, sharpness, L2 term, wave term), all times ``reps``; the L2 term (the memory s its L2-resident
+        bytes take at HBM speed, the share of that time L2 saves) is (0, 0) without one; the wave term
+        (β, tile rows, column tiles, SMs, SMs·tm·tn/N: ``_wave``'s constants) is () without one."""
         gpu, out = self.gpu, []
         parts = op.parts or ((op.kind, op.bytes.get("new_tokens", 0.0)),)
         total = sum(b for _, b in parts)
@@ -134,8 +140,13 @@ class CostModel:
                     raise AssertionError(f"the hot path prices an L2 term for {', '.join(L2_KINDS)} only, not {kind}")
                 cap = float(k.l2_hit_bytes(math.inf, gpu.l2_bytes, op.fraction))
                 l2 = (reps * cap / (gpu.hbm_bytes_per_s * k.eff_memory), 1.0 - 1.0 / k.l2_speedup)
+            wave = ()
+            if op.out_width and op.in_width and k.wave_exponent and gpu.sm_count:
+                n = op.out_width
+                wave = (k.wave_exponent, float(k.tile_m), float(math.ceil(n / k.tile_n)), float(gpu.sm_count),
+                        gpu.sm_count * k.tile_m * k.tile_n / n)
             out.append(({f: v * rc for f, v in op.flops.items()}, {f: v * rm for f, v in op.bytes.items()},
-                        op.const_bytes * rm, row, reps * k.floor_s * op.fraction, k.sharpness, l2))
+                        op.const_bytes * rm, row, reps * k.floor_s * op.fraction, k.sharpness, l2, wave))
         return out
 
     def _comm(self, op: OpForm, reps: int, feature: str) -> tuple[float, float, float, float]:
@@ -164,25 +175,29 @@ class CostModel:
                 continue
             kernels = self._kernels(op, reps)
             if fs <= {"new_tokens"} and bs <= _TOKEN and (fs or bs):
-                for f, b, const, row, floor, c, l2 in kernels:
+                for f, b, const, row, floor, c, l2, wave in kernels:
                     floor_tok += floor
                     if op.parts or op.kind == "elementwise":  # memory-only kernels: max(bytes term, row term)
                         key = (b["new_tokens"], row, *l2)
                         rows[key] = rows.get(key, 0) + 1  # identical kernels (the two norms) folded as one
                     else:
                         gemms.append((f.get("new_tokens", 0.0), const, b.get("new_tokens", 0.0),
-                                      b.get("touched_experts", 0.0), c))
+                                      b.get("touched_experts", 0.0), c, wave))
             elif fs <= {"sampled_tokens"} and bs <= {"sampled_tokens"}:
-                for f, b, const, _, floor, c, _ in kernels:
+                for f, b, const, _, floor, c, _, wave in kernels:
                     floor_smp += floor
-                    head.append((f.get("sampled_tokens", 0.0), const, b.get("sampled_tokens", 0.0), c))
+                    head.append((f.get("sampled_tokens", 0.0), const, b.get("sampled_tokens", 0.0), c, wave))
             elif (len(kernels) == 1 and op.name.split("@")[0] == "kv_up"
                   and fs | bs <= {"prefill_ctx_tokens", "decode_query_tokens"}):
-                (f, b, const, _, floor, c, _), = kernels  # MLA: the latent's up-projection (context, then query)
+                (f, b, const, _, floor, c, _, wave), = kernels  # MLA: the latent's up-projection (context, then query)
+                if wave:
+                    raise unread
                 kv_ups.append((f.get("prefill_ctx_tokens", 0.0), f.get("decode_query_tokens", 0.0), const,
                                b.get("prefill_ctx_tokens", 0.0), b.get("decode_query_tokens", 0.0), c, floor))
             elif len(kernels) == 1 and op.name in ("attn_prefill", "attn_decode", "spec_verify"):
-                (f, b, _, _, floor, c, _), = kernels
+                (f, b, _, _, floor, c, _, wave), = kernels
+                if wave:
+                    raise unread
                 if op.name == "attn_prefill" and fs <= {"prefill_attn_pairs"} and bs <= {
                         "prefill_tokens", "prefill_ctx_tokens"}:
                     self._ap = (f.get("prefill_attn_pairs", 0.0), b.get("prefill_tokens", 0.0),
@@ -264,8 +279,10 @@ class CostModel:
             touched = self._moe_e * (1.0 - self._moe_q**n)
         else:
             touched = self.expert_load.touched(n)
-        for fc, const, bm, be, c in self._gemms:
+        for fc, const, bm, be, c, wave in self._gemms:
             a, m = fc * n, const + bm * n + be * touched
+            if wave:
+                a *= _wave(n, *wave)
             t += a + m - c * a * m / (a + m)
         for bm, row, cap, g in self._rows:
             m = bm * n
@@ -282,8 +299,10 @@ class CostModel:
     def _sampled_s(self, s: int) -> float:
         """The LM head, the sampler and the logits gather for ``s`` sampled rows, remembered per ``s``."""
         t = self._floor_smp
-        for fc, const, bm, c in self._head:
+        for fc, const, bm, c, wave in self._head:
             a, m = fc * s, const + bm * s
+            if wave:
+                a *= _wave(s, *wave)
             t += a + m - c * a * m / (a + m)
         for lc, kc, ln, kn in self._comm_smp:
             x, y = lc + kc * s, ln + kn * s

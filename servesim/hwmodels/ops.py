@@ -126,6 +126,7 @@ class OpForm:
     calls: float = 0  # per layer: fractional in the average layer of a model with dense and MoE layers
     parts: tuple[tuple[str, float], ...] = ()
     in_width: float = 0.0  # GEMMs: input elements per token (what a per-token activation quantizer reads)
+    out_width: float = 0.0  # one dense GEMM: its N on this GPU (the prior's wave term); 0 = not one GEMM of known N
     fraction: float = 1.0  # share of the layers that run it (the average layer of a mixed model): scales floors
 
     def evaluate(self, feats: dict[str, float]) -> tuple[float, float]:
@@ -194,6 +195,7 @@ def _gemm(
         weight_bytes,
         dtype,
         in_width=k * copies,
+        out_width=float(n) if copies == 1.0 else 0.0,  # experts: rows per expert vary, no wave term
     )
 
 
@@ -333,7 +335,7 @@ def _mlp_ops(
     for name, kk, nn, wf in (("gate_up", h, 2 * i, wg), ("down", i, h, wd)):
         op = _linear(name, kk, nn, wf, copies=copies, weights=False)
         # Only the experts some token was routed to are read.
-        ops.append(replace(op, bytes={**op.bytes, "touched_experts": wf.matrix_bytes(kk, nn)}))
+        ops.append(replace(op, bytes={**op.bytes, "touched_experts": wf.matrix_bytes(kk, nn)}, out_width=0.0))
     act = copies * i
     if model.shared_expert_intermediate_size:
         s = model.shared_expert_intermediate_size // tp
@@ -437,6 +439,8 @@ def head_ops(model: ModelSpec, tp: int = 1) -> list[OpForm]:
             {"sampled_tokens": 2.0 * h * vp},
             {"sampled_tokens": (h + vp) * ACT_BYTES},
             2.0 * h * vp,
+            in_width=h,
+            out_width=vp,
         )
     ]  # kept in bf16 in every weight format
     if tp > 1:  # gather the vocab-parallel logits

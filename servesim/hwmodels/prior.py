@@ -3,7 +3,7 @@
 For a GPU without a calibrated profile this is all servesim knows, so its shape follows what public
 per-operator measurements show (docs/roofline-prior.md has the data, the fit and its errors):
 
-    t = floor + soft(flops / (peak · eff_compute),  max(mem(bytes),  row_bytes / row_bw))
+    t = floor + soft(flops / (peak · eff_compute) · wave^β,  max(mem(bytes),  row_bytes / row_bw))
     soft(a, m) = a + m − c·a·m / (a + m),   0 ≤ c ≤ 1  (``sharpness``)
     mem(b) = (b − hit) / (bw · eff_memory) + hit / (bw · eff_memory · l2_speedup),   hit = min(b, l2_fraction · L2)
 
@@ -14,6 +14,13 @@ per-operator measurements show (docs/roofline-prior.md has the data, the fit and
   and wave quantization, cuBLAS changing kernels). ``c = 0`` is the sum, ``c = 1`` is within 1.5× of the
   max at the crossover and tends to it away from it; the fitted c (0.2-0.8 for GEMMs) is a p-norm's shape
   (p ≈ 1.1-1.5) at the price of one division, and ``soft(0, m) = m`` exactly.
+* ``wave^β`` -- a GEMM's tiles run in waves: ``ceil(ceil(M/tm)·ceil(N/tn) / SMs)`` waves of ``SMs`` tiles of
+  ``tm × tn`` outputs each, so ``wave = waves · SMs · tm · tn / (M · N) ≥ 1`` is the work the GPU does over the
+  work asked for (padding of the last row and column of tiles, the idle SMs of the last wave). It is what makes
+  measured GEMM times step-shaped in M. cuBLAS changes tiles and splits K by shape, so one fixed 128 × 128 tile
+  explains only part of the steps: the fitted exponent β (0 = no quantization, 1 = all of it; 0.2-0.4 fitted)
+  takes that share. Only where the GEMM's width N is known (``OpForm.out_width``; not MoE experts, whose tokens
+  per expert vary, nor MLA's fused query path).
 * ``row_bytes / row_bw`` -- kernels that give each token one thread block (RMSNorm, SiLU·mul, RoPE) cannot
   run faster than one block streams one token's row, whatever the batch: a floor that grows with the row.
 * ``mem`` -- the elementwise kinds' working set is the activations the kernel before just wrote: the part of it
@@ -88,7 +95,27 @@ class KernelPrior:
     row_bytes_per_s: float = math.inf  # one thread block's bandwidth over one token's row (elementwise kinds)
     l2_speedup: float = 1.0  # bandwidth over the L2-resident part of the working set, x HBM's (elementwise kinds)
     l2_fraction: float = 0.0  # share of the GPU's L2 that working set can hold
+    wave_exponent: float = 0.0  # β: the share of the tile/wave quantization of the compute term (GEMM kinds)
+    tile_m: int = 128
+    tile_n: int = 128
     source: str = ""
+
+    def wave_factor(self, tokens, out_width: float, sms: int):
+        """``wave^β`` of a GEMM of ``tokens`` rows and ``out_width`` columns on ``sms`` SMs (1 where β = 0 or the
+        width or SM count is unknown); floats or numpy arrays of tokens."""
+        if not self.wave_exponent:
+            return 1.0
+        if np.ndim(out_width) == 0 and np.ndim(sms) == 0:
+            if not out_width or not sms:
+                return 1.0
+            m = np.maximum(tokens, 1e-9)
+            tiles = np.ceil(m / self.tile_m) * math.ceil(out_width / self.tile_n)
+            return (np.ceil(tiles / sms) * (sms * self.tile_m * self.tile_n / out_width) / m) ** self.wave_exponent
+        known = (np.asarray(out_width) > 0) & (np.asarray(sms) > 0)  # arrays (a fit over many shapes and GPUs)
+        n, s, m = np.where(known, out_width, 1.0), np.where(known, sms, 1.0), np.maximum(tokens, 1e-9)
+        tiles = np.ceil(m / self.tile_m) * np.ceil(n / self.tile_n)
+        q = np.ceil(tiles / s) * (s * self.tile_m * self.tile_n / n) / m
+        return np.where(known, q**self.wave_exponent, 1.0)
 
     def l2_hit_bytes(self, nbytes, l2_bytes: float, fraction: float = 1.0):
         """Bytes of a launch moving ``nbytes`` served from L2: ``min(nbytes, l2_fraction · l2_bytes)``, for an
@@ -112,10 +139,11 @@ class KernelPrior:
         return a, m, row_bytes / self.row_bytes_per_s
 
     def time_s(self, flops, nbytes, peak_flops_per_s: float, hbm_bytes_per_s: float, row_bytes=0.0,
-               l2_bytes: float = 0.0):
-        """Seconds of one launch (floats or numpy arrays) on a GPU with ``l2_bytes`` of L2."""
+               l2_bytes: float = 0.0, wave=1.0):
+        """Seconds of one launch (floats or numpy arrays) on a GPU with ``l2_bytes`` of L2; ``wave`` is
+        :meth:`wave_factor` of a GEMM's shape."""
         a, m, r = self.terms(flops, nbytes, peak_flops_per_s, hbm_bytes_per_s, row_bytes, l2_bytes)
-        return self.floor_s + soft(a, np.maximum(m, r), self.sharpness)
+        return self.floor_s + soft(a * wave, np.maximum(m, r), self.sharpness)
 
 
 @dataclass(frozen=True, slots=True)
@@ -147,11 +175,14 @@ class GPUPrior:
             raise KeyError(f"the prior has no operator kind '{kind}'; known: {', '.join(self.kernels)}")
         return self.kernels[kind]
 
-    def kernel_s(self, kind: str, flops, nbytes, gpu: GPU, dtype: str = "bf16", row_bytes=0.0):
+    def kernel_s(self, kind: str, flops, nbytes, gpu: GPU, dtype: str = "bf16", row_bytes=0.0, tokens=None,
+                 out_width: float = 0.0):
         """Seconds of one kernel of ``kind`` doing ``flops`` and moving ``nbytes`` on ``gpu`` (sampler kinds
-        compute in fp32)."""
+        compute in fp32); a GEMM given its ``tokens`` (M) and ``out_width`` (N) gets its wave term."""
         peak = gpu.peak_flops_per_s("fp32" if kind == "sampler" else dtype)
-        return self.kernel(kind).time_s(flops, nbytes, peak, gpu.hbm_bytes_per_s, row_bytes, gpu.l2_bytes)
+        k = self.kernel(kind)
+        wave = 1.0 if tokens is None else k.wave_factor(tokens, out_width, gpu.sm_count)
+        return k.time_s(flops, nbytes, peak, gpu.hbm_bytes_per_s, row_bytes, gpu.l2_bytes, wave)
 
     def collective_s(self, nbytes, gpu: GPU, mode: str = "custom"):
         """Seconds of one collective call moving ``nbytes`` per GPU (ring bytes) in ``mode``."""
@@ -182,6 +213,9 @@ def op_time_s(
         peak = gpu.peak_flops_per_s("fp32" if kind == "sampler" else op.compute_dtype)
         a, m, r = k.terms(flops * share, nbytes * share, peak, gpu.hbm_bytes_per_s, part_bytes, gpu.l2_bytes,
                           op.fraction)
+        if op.out_width and k.wave_exponent and op.in_width:  # one GEMM of known width: its M (a whole number of
+            m_rows = round(flops / (2.0 * op.in_width * op.out_width), 6)  # tokens) from its FLOPs
+            a *= float(k.wave_factor(m_rows, op.out_width, gpu.sm_count))
         floor = k.floor_s * op.fraction  # an operator of some of the layers launches in those layers only
         t += floor + soft(a, m if m > r else r, k.sharpness)
         comp += a
@@ -192,7 +226,9 @@ def op_time_s(
 
 # ---- the catalog file -----------------------------------------------------------------------------------------
 _KERNEL_FIELDS = {"floor_us": 1e-6, "eff_compute": 1.0, "eff_memory": 1.0, "sharpness": 1.0, "row_gbps": 1e9,
-                  "l2_speedup": 1.0, "l2_fraction": 1.0}
+                  "l2_speedup": 1.0, "l2_fraction": 1.0, "wave_exponent": 1.0, "tile_m": 1.0, "tile_n": 1.0}
+# Kinds with a wave term (one tiled GEMM a launch).
+WAVE_KINDS = ("gemm", "gemm_w8a16", "gemm_w4a16", "gemm_w8a8", "gemm_fp8")
 # Kinds whose working set is the activations just written (the L2 term's premise; the cost model's hot path
 # prices the L2 term for these alone).
 L2_KINDS = ("norm", "act", "rope", "add", "elementwise", "act_quant")
@@ -221,16 +257,22 @@ def _kernel(raw, file: str, where: str) -> KernelPrior:
     if kind not in L2_KINDS and ("l2_speedup" in raw or "l2_fraction" in raw):
         raise InputError(f"an L2 term is for the elementwise kinds only ({', '.join(L2_KINDS)})", file=file,
                          field=f"{where}.{'l2_speedup' if 'l2_speedup' in raw else 'l2_fraction'}")
+    wave = [f for f in ("wave_exponent", "tile_m", "tile_n") if f in raw]
+    if kind not in WAVE_KINDS and wave:
+        raise InputError(f"a wave term is for the GEMM kinds only ({', '.join(WAVE_KINDS)})", file=file,
+                         field=f"{where}.{wave[0]}")
     kw = {}
     for name, scale in _KERNEL_FIELDS.items():
         if name in raw:
-            lo = 1e-3 if name.startswith(("eff", "row")) else 1.0 if name == "l2_speedup" else 0.0
-            hi = 1.0 if name == "sharpness" else 4.0 if name == "l2_fraction" else math.inf
+            lo = 1e-3 if name.startswith(("eff", "row")) else 1.0 if name in ("l2_speedup", "tile_m", "tile_n") else 0.0
+            hi = 1.0 if name in ("sharpness", "wave_exponent") else 4.0 if name == "l2_fraction" else math.inf
             kw[name] = _num(raw[name], file, f"{where}.{name}", lo, hi) * scale
     return KernelPrior(
         floor_s=kw["floor_us"], eff_compute=kw.get("eff_compute", 1.0), eff_memory=kw.get("eff_memory", 1.0),
         sharpness=kw.get("sharpness", 1.0), row_bytes_per_s=kw.get("row_gbps", math.inf),
         l2_speedup=kw.get("l2_speedup", 1.0), l2_fraction=kw.get("l2_fraction", 0.0),
+        wave_exponent=kw.get("wave_exponent", 0.0), tile_m=int(kw.get("tile_m", 128)),
+        tile_n=int(kw.get("tile_n", 128)),
         source=str(raw.get("source", "")),
     )
 

@@ -75,7 +75,8 @@ def _model(row: pd.Series, name: str) -> ModelSpec:
 
 def compute_rows(root: Path) -> pd.DataFrame:
     """One row per (table, token count, TP, op): gpu, model, tp, tokens, op, kind, family, flops, bytes,
-    row_bytes (one token's bytes: the one-block-per-token term), measured_s (median of Vidur's runs)."""
+    row_bytes (one token's bytes: the one-block-per-token term), out_width (a GEMM's N: its wave term; 0 for the
+    elementwise kernels), measured_s (median of Vidur's runs)."""
     frames = []
     for path in sorted((root / "compute").glob("*.csv")):
         prefix, model_name = path.name.split("_", 1)
@@ -104,14 +105,15 @@ def compute_rows(root: Path) -> pd.DataFrame:
                     g = gemms[family]
                     flops = sum(c * feats[k] for k, c in g.flops.items())
                     nbytes = g.const_bytes + sum(c * feats[k] for k, c in g.bytes.items())
-                    row = np.zeros_like(m)
+                    row, width = np.zeros_like(m), g.out_width
                 else:
                     flops, nbytes, row = np.zeros_like(m), per_token[op] * m, np.full_like(m, per_token[op])
+                    width = 0.0
                 measured = part[f"time_stats.{op}.median"].to_numpy(float) * 1e-3
                 frames.append(pd.DataFrame({
                     "gpu": VIDUR_GPUS[prefix], "model": model_name, "tp": tp, "tokens": m.astype(int), "op": op,
                     "kind": kind, "family": family, "flops": flops, "bytes": nbytes, "row_bytes": row,
-                    "measured_s": measured,
+                    "out_width": width, "measured_s": measured,
                 }))
     if not frames:
         raise InputError("no compute tables (*.csv)", file=str(root / "compute"))
@@ -145,9 +147,13 @@ def predict_compute(rows: pd.DataFrame, prior_of) -> np.ndarray:
     for (gpu_name, kind), idx in rows.groupby(["gpu", "kind"]).groups.items():
         gpu = get_gpu(gpu_name)
         r = rows.loc[idx]
-        out[rows.index.get_indexer(idx)] = prior_of(gpu).kernel_s(
-            kind, r.flops.to_numpy(), r.bytes.to_numpy(), gpu, "fp16", r.row_bytes.to_numpy()
-        )
+        widths = r.out_width.to_numpy()
+        for width in np.unique(widths):  # the wave term takes one GEMM width a call
+            sel = widths == width
+            out[rows.index.get_indexer(idx[sel])] = prior_of(gpu).kernel_s(
+                kind, r.flops.to_numpy()[sel], r.bytes.to_numpy()[sel], gpu, "fp16", r.row_bytes.to_numpy()[sel],
+                r.tokens.to_numpy(float)[sel], float(width),
+            )
     return out
 
 
