@@ -43,41 +43,44 @@ TIMELINE_COLUMNS = {  # counts in 32 bits: a timeline row costs 52 bytes, not 88
 }
 
 
+_REQUEST_INTS = [name for name, code in _REQUEST_COLUMNS.items() if code == "q"]
+_REQUEST_TIMES = [name for name, code in _REQUEST_COLUMNS.items() if code == "d"]
+
+
 class RequestRecorder:
-    """Columns of finished and rejected requests."""
+    """Columns of finished and rejected requests: the counts of each in one array, its times in another, request
+    after request (``_REQUEST_COLUMNS`` order within each)."""
 
     def __init__(self, keep_token_times: bool = False) -> None:
-        self._cols = {name: array(code) for name, code in _REQUEST_COLUMNS.items()}
+        self._ints = array("q")
+        self._times = array("d")
         self._rejected: dict[int, str] = {}  # row -> reason (rare)
         self._token_times: list[list[float]] | None = [] if keep_token_times else None
 
     def __len__(self) -> int:
-        return len(self._cols["request_id"])
+        return len(self._ints) // len(_REQUEST_INTS)
 
     def add(self, r: Request) -> None:
-        c = self._cols
         if r.rejected_reason:
             self._rejected[len(self)] = r.rejected_reason
-        c["request_id"].append(r.request_id)
-        c["replica"].append(r.replica)
-        c["arrival_s"].append(r.arrival_s)
-        c["input_tokens"].append(r.prompt_tokens)
-        c["output_tokens"].append(r.output_tokens)
-        c["generated_tokens"].append(r.generated)
-        c["cached_tokens"].append(r.cached_tokens)
-        c["first_scheduled_s"].append(r.first_scheduled_s)
-        c["first_token_s"].append(r.first_token_s if not r.rejected_reason else np.nan)
-        c["finish_s"].append(r.finish_s if not r.rejected_reason else np.nan)
-        c["num_preemptions"].append(r.num_preemptions)
-        c["priority"].append(r.priority)
+            first, finish = np.nan, np.nan
+        else:
+            first, finish = r.first_token_s, r.finish_s
+        self._ints.extend((r.request_id, r.replica, r.prompt_tokens, r.output_tokens, r.generated, r.cached_tokens,
+                           r.num_preemptions, r.priority))
+        self._times.extend((r.arrival_s, r.first_scheduled_s, first, finish))
         if self._token_times is not None:
             self._token_times.append(list(r.token_times_s or ()))
 
     def table(self) -> Table:
         """The requests table, sorted by request id."""
-        cols = {name: np.frombuffer(col, dtype=col.typecode).copy() if len(col) else
-                np.zeros(0, np.int64 if col.typecode == "q" else np.float64) for name, col in self._cols.items()}
         n = len(self)
+        ints = np.frombuffer(self._ints, np.int64).reshape(n, len(_REQUEST_INTS)) if n else \
+            np.zeros((0, len(_REQUEST_INTS)), np.int64)
+        times = np.frombuffer(self._times, np.float64).reshape(n, len(_REQUEST_TIMES)) if n else \
+            np.zeros((0, len(_REQUEST_TIMES)))
+        cols = {name: ints[:, _REQUEST_INTS.index(name)].copy() if name in _REQUEST_INTS
+                else times[:, _REQUEST_TIMES.index(name)].copy() for name in _REQUEST_COLUMNS}
         reasons = np.full(n, "", dtype=object)
         for row, why in self._rejected.items():
             reasons[row] = why
