@@ -7,8 +7,8 @@ scheduler (128 sequences, 4,096 tokens a step) and chunked prefill against Sarat
 
 Vidur 0.0.26 is installed beside the project, never in it, with the kit in ``shared/peers/vidur/`` (its README):
 
-    python3 -m venv /work/vidur-venv && /work/vidur-venv/bin/pip install vidur==0.0.26
-    /work/vidur-venv/bin/python shared/peers/vidur/build_fake_hf_cache.py /work/vidur-cache
+    python3 -m venv /tmp/vidur-venv && /tmp/vidur-venv/bin/pip install vidur==0.0.26
+    /tmp/vidur-venv/bin/python shared/peers/vidur/build_fake_hf_cache.py /tmp/vidur-cache
     python bench/vs_vidur.py --out bench/results/vs_vidur-cpu-DATE   # --vidur-venv, --vidur-cache: where they are
 
 Without Vidur it says what is missing and exits 0. Each round runs every pair, servesim and Vidur one after the
@@ -108,8 +108,8 @@ def main() -> None:
     ap.add_argument("--qps", type=float, default=3.0, help="Poisson arrival rate, requests/s")
     ap.add_argument("--rounds", default="3", help="rounds, one number or one per size (e.g. 3,2)")
     ap.add_argument("--pairs", help="only these SIZE:SCHEDULER pairs, e.g. 5000:vllm,5000:sarathi,50000:vllm")
-    ap.add_argument("--vidur-venv", type=Path, default=Path(os.environ.get("VIDUR_VENV", "/work/vidur-venv")))
-    ap.add_argument("--vidur-cache", type=Path, default=Path(os.environ.get("VIDUR_CACHE", "/work/vidur-cache")))
+    ap.add_argument("--vidur-venv", type=Path, default=Path(os.environ.get("VIDUR_VENV", "/tmp/vidur-venv")))
+    ap.add_argument("--vidur-cache", type=Path, default=Path(os.environ.get("VIDUR_CACHE", "/tmp/vidur-cache")))
     ap.add_argument("--kit", type=Path, default=shared / "peers" / "vidur")
     ap.add_argument("--out", type=Path, help="write Markdown + JSON here (path without suffix)")
     args = ap.parse_args()
@@ -117,6 +117,8 @@ def main() -> None:
     if missing:
         print(f"vs_vidur: Vidur is not set up, nothing measured: {missing}")
         return
+    # servesim's modules byte-compiled, as an installed package is (bench/cli_speed.py says why)
+    subprocess.run([sys.executable, "-m", "compileall", "-q", str(ROOT / "servesim")], check=True)
     sizes = [int(x) for x in args.sizes.split(",")]
     scheds = [s.strip() for s in args.schedulers.split(",")]
     tmp = Path(tempfile.mkdtemp(prefix="vs_vidur."))
