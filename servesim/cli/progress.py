@@ -6,14 +6,6 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 from rich.console import Console
-from rich.progress import (
-    BarColumn,
-    MofNCompleteColumn,
-    Progress,
-    TextColumn,
-    TimeElapsedColumn,
-    TimeRemainingColumn,
-)
 
 
 @contextmanager
@@ -24,6 +16,14 @@ def progress_bar(label: str, unit: str, console: Console | None = None) -> Itera
     if not console.is_terminal:
         yield None
         return
+    from rich.progress import (  # here: a piped or redirected run does not load it
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
     with Progress(TextColumn(label), BarColumn(), MofNCompleteColumn(), TextColumn(unit), TimeElapsedColumn(),
                   TextColumn("left"), TimeRemainingColumn(), console=console, transient=True) as bar:
         task = bar.add_task(label, total=None)
