@@ -6,6 +6,16 @@ Every package may import this module (it imports nothing of ours).
 
 from __future__ import annotations
 
+import re
+
+# What str.splitlines() splits on: a message keeps its one line whatever the file's names and values hold.
+_LINE_BREAKS = re.compile("[\n\r\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029]")
+
+
+def one_line(text: str) -> str:
+    """``text`` with every line break escaped (``\\n``), as it is when quoted from a file."""
+    return _LINE_BREAKS.sub(lambda m: repr(m.group())[1:-1], text)
+
 
 class InputError(ValueError):
     """Bad input from the user: a file, a row, a column or a config field."""
@@ -30,7 +40,7 @@ class InputError(ValueError):
             where.append(f"column '{column}'")
         if field is not None:
             where.append(f"field '{field}'")
-        super().__init__(f"{', '.join(where)}: {problem}" if where else problem)
+        super().__init__(one_line(f"{', '.join(where)}: {problem}" if where else problem))
 
 
 class ConfigError(InputError):

@@ -9,8 +9,6 @@ metric as vLLM does, and against the tool's own definition where it does not.
 
 from __future__ import annotations
 
-import contextlib
-import copy
 import json
 import math
 import shutil
@@ -20,8 +18,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
 
 from servesim.errors import InputError
 from servesim.sim.config import Scenario
@@ -402,78 +398,7 @@ def test_malformed_files(tmp_path):
         load_external(tmp_path / "a.jsonl")
 
 
-# hypothesis: mutated and truncated fixtures give a valid run or one InputError, never another exception
-
-JUNK = st.one_of(st.none(), st.booleans(), st.integers(-2**70, 2**70), st.floats(allow_nan=True),
-                 st.text(max_size=5), st.just([]), st.just({}), st.lists(st.floats(-1e3, 1e3), max_size=3))
-
-
-def _paths(obj, prefix=()):
-    yield prefix
-    if isinstance(obj, dict):
-        for k, v in obj.items():
-            yield from _paths(v, (*prefix, k))
-    elif isinstance(obj, list):
-        for i, v in enumerate(obj[:4]):
-            yield from _paths(v, (*prefix, i))
-
-
-def _mutate(doc, path, how, junk):
-    doc = copy.deepcopy(doc)
-    if not path:
-        return junk
-    parent = doc
-    for key in path[:-1]:
-        parent = parent[key]
-    if how == "delete":
-        del parent[path[-1]]
-    else:
-        parent[path[-1]] = junk
-    return doc
-
-
-def _load_or_input_error(path: Path, tool) -> None:
-    try:
-        runs = load_external_all(path, tool)
-    except InputError as exc:
-        assert str(exc) and "\n" not in str(exc)
-        return
-    for run in runs:
-        check_contract(run)
-        with contextlib.suppress(InputError):
-            external_workload(run)
-
-
-@pytest.fixture(scope="module")
-def fuzz_dir(tmp_path_factory):
-    return tmp_path_factory.mktemp("fuzz")
-
-
-@pytest.mark.parametrize("source", [VLLM, VLLM_LEGACY, GUIDELLM, GUIDELLM_03, AIPERF, AIPERF_AGG],
-                         ids=lambda p: p.name)
-@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(data=st.data())
-def test_fuzzed_files_give_a_run_or_an_input_error(source, fuzz_dir, data):
-    jsonl = source.suffix == ".jsonl"
-    doc = [json.loads(line) for line in source.read_text().splitlines()] if jsonl else raw(source)
-    paths = list(_paths(doc))
-    path = paths[data.draw(st.integers(0, len(paths) - 1), label="path")]
-    how = data.draw(st.sampled_from(["delete", "replace"]) if path else st.just("replace"), label="how")
-    doc = _mutate(doc, path, how, data.draw(JUNK, label="junk"))
-    folder = fuzz_dir / source.parent.name
-    folder.mkdir(exist_ok=True)
-    if source.parent.name == "aiperf":  # the sibling file, pristine, so every example is self-contained
-        sibling = AIPERF_AGG if jsonl else AIPERF
-        shutil.copy(sibling, folder / sibling.name)
-        target = folder / source.name
-    else:
-        target = folder / "r.json"
-    text = "".join(json.dumps(rec) + "\n" for rec in doc) if jsonl and isinstance(doc, list) else json.dumps(doc)
-    if data.draw(st.booleans(), label="truncate"):
-        text = text[:data.draw(st.integers(0, len(text)), label="at")]
-    target.write_text(text)
-    tool = data.draw(st.sampled_from([None, source.parent.name]), label="tool")
-    _load_or_input_error(target, tool)
+# Fuzzing these loaders (mutated, truncated and noisy files): tests/test_fuzz_parsers.py.
 
 
 def test_loading_needs_no_torch():

@@ -14,6 +14,7 @@ any of them, so configurations, hashes and result files carry the canonical name
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -97,10 +98,12 @@ def _number(value, file: str, field: str) -> float:
     # PyYAML reads "3.35e12" (no dot before e, no sign) as a string; accept it as a number.
     try:
         out = float(value)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         raise InputError(f"expected a number, got {value!r}", file=file, field=field) from None
     if not out >= 0:
         raise InputError(f"must be >= 0, got {value!r}", file=file, field=field)
+    if not math.isfinite(out):
+        raise InputError(f"must be finite, got {value!r}", file=file, field=field)
     return out
 
 
@@ -108,7 +111,7 @@ def gpu_from_dict(name: str, raw: dict, file: str = "<dict>") -> GPU:
     """A validated :class:`GPU` from one YAML entry (fields of ``catalog/gpus.yaml``, in human units)."""
     if not isinstance(raw, dict):
         raise InputError("expected a mapping of GPU fields", file=file, field=name)
-    unknown = sorted(set(raw) - set(_REQUIRED) - set(_OPTIONAL))
+    unknown = sorted(map(str, set(raw) - set(_REQUIRED) - set(_OPTIONAL)))
     if unknown:
         raise InputError(
             f"unknown field; expected {', '.join(_REQUIRED + _OPTIONAL)}", file=file, field=f"{name}.{unknown[0]}"
@@ -136,26 +139,42 @@ def gpu_from_dict(name: str, raw: dict, file: str = "<dict>") -> GPU:
     vals = {}
     for key, (attr, scale) in _YAML_FIELDS.items():
         value = _number(raw[key], file, f"{name}.{key}") * scale
+        if not math.isfinite(value):
+            raise InputError(f"too large, got {raw[key]!r}", file=file, field=f"{name}.{key}")
         vals[attr] = int(round(value)) if attr in ("memory_bytes", "sm_count") else value
-    if not vals["memory_bytes"] or not vals["hbm_bytes_per_s"] or not float(tflops["bf16"] or 0):
-        raise InputError("memory, bandwidth and bf16 TFLOP/s must be > 0", file=file, field=name)
     peaks = {k: _number(v, file, f"{name}.tflops.{k}") for k, v in tflops.items()}
     l2 = int(round(_number(raw["l2_mib"], file, f"{name}.l2_mib") * 2**20)) if "l2_mib" in raw else 0
+    if not vals["memory_bytes"] or not vals["hbm_bytes_per_s"] or not peaks["bf16"]:
+        raise InputError("memory, bandwidth and bf16 TFLOP/s must be > 0", file=file, field=name)
     return GPU(name=name, tflops=peaks, source=str(raw["source"]).strip(), aliases=tuple(a.strip() for a in aliases),
                family=str(raw.get("family") or "").strip(), l2_bytes=l2, **vals)
 
 
 def read_yaml(path: str | Path):
-    """The YAML document in ``path``; InputError naming the file if it cannot be read or parsed."""
+    """The YAML document in ``path`` (safe loading); InputError naming the file if it cannot be read (missing, not
+    UTF-8) or parsed (bad YAML, nested too deeply, a date no calendar has)."""
     import yaml
 
     loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # libyaml's parser when PyYAML has it: the same document
     try:
-        return yaml.load(Path(path).read_text(), Loader=loader)
+        return yaml.load(Path(path).read_text(encoding="utf-8"), Loader=loader)
     except OSError as exc:
         raise InputError(f"cannot read: {exc.strerror}", file=str(path)) from None
+    except UnicodeDecodeError:
+        raise InputError("not a text file (not UTF-8)", file=str(path)) from None
+    except RecursionError:
+        raise InputError("not valid YAML: nested too deeply", file=str(path)) from None
     except yaml.YAMLError as exc:
+        raise InputError(f"not valid YAML: {yaml_problem(exc)}", file=str(path)) from None
+    except ValueError as exc:  # a scalar YAML reads as a timestamp (2023-13-45) but no calendar has
         raise InputError(f"not valid YAML: {exc}", file=str(path)) from None
+
+
+def yaml_problem(exc: Exception) -> str:
+    """A YAML error as one short phrase: what is wrong and its line (``found undefined alias 'x' at line 3``)."""
+    mark = getattr(exc, "problem_mark", None)
+    problem = getattr(exc, "problem", None) or type(exc).__name__
+    return f"{problem} at line {mark.line + 1}" if mark is not None else str(problem)
 
 
 def load_gpus_yaml(path: str | Path) -> dict[str, GPU]:

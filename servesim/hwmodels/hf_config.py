@@ -22,13 +22,20 @@ _QKV_BIAS_TYPES = {"qwen2", "qwen2_moe"}  # these architectures always have q/k/
 _ENCODER_TYPES = {"bert", "roberta", "deberta", "deberta-v2", "distilbert", "electra", "xlm-roberta", "albert"}
 
 
+def _architectures(d: dict, file: str) -> list[str]:
+    archs = d.get("architectures") or []
+    if not isinstance(archs, list) or not all(isinstance(a, str) for a in archs):
+        raise InputError(f"expected a list of class names, got {archs!r}", file=file, field="architectures")
+    return archs
+
+
 def _check_decoder_only(top: dict, cfg: dict, file: str) -> None:
     """Refuse what is not a decoder-only causal LM: servesim models autoregressive serving of such models."""
     if top.get("is_encoder_decoder") or cfg.get("is_encoder_decoder"):
-        arch = ", ".join(top.get("architectures") or []) or str(top.get("model_type", "?"))
+        arch = ", ".join(_architectures(top, file)) or str(top.get("model_type", "?"))
         raise InputError(f"{arch} is an encoder-decoder model; servesim takes decoder-only causal LMs",
                          file=file, field="is_encoder_decoder")
-    archs = top.get("architectures") or cfg.get("architectures") or []
+    archs = _architectures(top, file) or _architectures(cfg, file)
     if archs and not any(str(a).endswith(("ForCausalLM", "ForConditionalGeneration", "LMHeadModel")) for a in archs):
         raise InputError(f"{', '.join(map(str, archs))} is not a decoder-only causal LM; servesim takes "
                          "architectures such as LlamaForCausalLM", file=file, field="architectures")
@@ -37,12 +44,19 @@ def _check_decoder_only(top: dict, cfg: dict, file: str) -> None:
                          file=file, field="model_type")
 
 
+MAX_SIZE = 2**31  # any width, count or length of a real model is far below it
+MAX_LAYERS = 100_000
+
+
 def _int(cfg: dict, keys: tuple[str, ...], file: str, default: int | None = None) -> int:
     for key in keys:
         if cfg.get(key) is not None:
             value = cfg[key]
             if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
                 raise InputError(f"expected a positive integer, got {value!r}", file=file, field=key)
+            limit = MAX_LAYERS if key in ("num_hidden_layers", "n_layer") else MAX_SIZE
+            if value > limit:
+                raise InputError(f"{value:,} is too large (at most {limit:,})", file=file, field=key)
             return value
     if default is None:
         raise InputError("missing", file=file, field=keys[0])
@@ -56,6 +70,8 @@ def _count(cfg: dict, key: str, file: str) -> int:
         return 0
     if isinstance(value, bool) or not isinstance(value, int) or value < 0:
         raise InputError(f"expected a non-negative integer, got {value!r}", file=file, field=key)
+    if value > MAX_SIZE:
+        raise InputError(f"{value:,} is too large (at most {MAX_SIZE:,})", file=file, field=key)
     return value
 
 
@@ -92,11 +108,16 @@ def read_hf_config(path: str | Path) -> dict:
     masked LM is refused with its architecture named)."""
     file = str(path)
     try:
-        top = json.loads(Path(path).read_text())
+        top = json.loads(Path(path).read_text(encoding="utf-8"))
     except OSError as exc:
         raise InputError(f"cannot read: {exc.strerror}", file=file) from None
+    except UnicodeDecodeError:
+        raise InputError("not a text file (not UTF-8)", file=file) from None
     except json.JSONDecodeError as exc:
         raise InputError(f"not valid JSON: {exc.msg} at line {exc.lineno}", file=file) from None
+    except (ValueError, RecursionError) as exc:  # an integer of over 4,300 digits; nesting past the stack
+        what = "nested too deeply" if isinstance(exc, RecursionError) else str(exc).split(";")[0]
+        raise InputError(f"not valid JSON: {what}", file=file) from None
     if not isinstance(top, dict):
         raise InputError("expected a JSON object", file=file)
     cfg = top.get("text_config") or top

@@ -181,13 +181,17 @@ def load_profile(path: str | Path) -> Profile:
         raise InputError(f"cannot read: {exc}", file=str(p)) from None
     except json.JSONDecodeError as exc:
         raise InputError(f"not valid JSON: {exc.msg} at line {exc.lineno}", file=str(p)) from None
+    except (ValueError, RecursionError) as exc:  # an integer of over 4,300 digits; nesting past the stack
+        what = "nested too deeply" if isinstance(exc, RecursionError) else str(exc).split(";")[0]
+        raise InputError(f"not valid JSON: {what}", file=str(p)) from None
     if not isinstance(raw, dict) or raw.get("schema") != SCHEMA:
         raise InputError(f"not a servesim profile (schema must be {SCHEMA!r})", file=str(p), field="schema")
     if raw.get("version") not in READS:
         raise InputError(f"profile version {raw.get('version')!r}; this servesim reads versions "
                          f"{', '.join(map(str, READS))} (re-run servesim calibrate)", file=str(p), field="version")
-    if raw["version"] < 2 and any(t.get("op") in ("allreduce", "allgather") for t in raw.get("tables") or ()
-                                  if isinstance(t, dict)):
+    tables = raw.get("tables")
+    if raw["version"] < 2 and isinstance(tables, list) and any(
+            isinstance(t, dict) and t.get("op") in ("allreduce", "allgather") for t in tables):
         raise InputError("collective tables need profile version 2", file=str(p), field="version")
     try:
         return Profile.model_validate(raw)
@@ -211,8 +215,12 @@ def save_profile(profile: Profile, path: str | Path) -> None:
     """Write ``profile`` as JSON atomically (a temporary sibling, then a rename)."""
     p = Path(path)
     tmp = p.with_name(p.name + ".tmp")
-    tmp.write_text(json.dumps(profile.model_dump(mode="json", by_alias=True), indent=1))
-    tmp.replace(p)
+    try:
+        tmp.write_text(json.dumps(profile.model_dump(mode="json", by_alias=True), indent=1))
+        tmp.replace(p)
+    except BaseException:  # a full disk, Ctrl-C: the previous profile stays, and no temporary file
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def shipped_profiles() -> dict[str, Path]:

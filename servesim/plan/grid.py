@@ -25,9 +25,8 @@ import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-import yaml
-
 from servesim.errors import ConfigError, InputError
+from servesim.hwmodels.gpus import read_yaml
 from servesim.sim.config import Scenario, make_scenario
 
 FIELDS = frozenset(Scenario.model_fields)
@@ -55,10 +54,7 @@ def _base(raw: object, source: str | None) -> dict:
             p = Path(source).parent / p
         if not p.is_file():
             raise InputError(f"no such scenario file '{p}'", file=source, field="base")
-        try:
-            raw = yaml.safe_load(p.read_text()) or {}
-        except yaml.YAMLError as exc:
-            raise InputError(f"not valid YAML ({exc.__class__.__name__})", file=str(p)) from None
+        raw = read_yaml(p) or {}
         source = str(p)
     base = _norm(raw, source, "base")
     _check_fields(base, source, "base")
@@ -116,13 +112,7 @@ class Grid:
         p = Path(path)
         if not p.is_file():
             raise InputError("no such grid file", file=str(p))
-        try:
-            raw = yaml.safe_load(p.read_text())
-        except yaml.YAMLError as exc:
-            mark = getattr(exc, "problem_mark", None)
-            where = f" at line {mark.line + 1}" if mark is not None else ""
-            raise InputError(f"not valid YAML{where} ({exc.__class__.__name__})", file=str(p)) from None
-        return cls.from_dict(raw or {}, source=str(p))
+        return cls.from_dict(read_yaml(p) or {}, source=str(p))
 
     def __len__(self) -> int:
         n = 1

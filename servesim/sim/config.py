@@ -18,11 +18,10 @@ import json
 from pathlib import Path
 from typing import Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
 from servesim.errors import ConfigError, InputError, unknown_name
-from servesim.hwmodels.gpus import get_gpu, load_gpus_yaml
+from servesim.hwmodels.gpus import get_gpu, load_gpus_yaml, read_yaml
 from servesim.hwmodels.links import LINKS
 from servesim.hwmodels.models import KV_DTYPE_BYTES, WEIGHT_FORMATS, ModelSpec, get_model
 from servesim.hwmodels.precision import parse_quant
@@ -55,6 +54,14 @@ _OPTIONAL_REGISTRIES = {"prefill_router": "router", "decode_router": "router"}
 
 CHOICE_FIELDS = tuple(_REGISTRIES)
 
+# Bounds past which a count means nothing (and numpy's int64 arithmetic would overflow on it).
+MAX_COUNT = 2**40
+MAX_REQUESTS = 100_000_000  # the simulator keeps ~100 bytes a request: 10 GB at this bound
+_COUNTS = ("tp", "pp", "replicas", "block_size", "num_gpu_blocks", "ep", "max_num_seqs", "max_num_batched_tokens",
+           "max_model_len", "prefill_replicas", "decode_replicas", "prefill_tp", "decode_tp", "prefill_ep", "decode_ep",
+           "prefill_max_num_seqs", "decode_max_num_seqs", "prefill_max_num_batched_tokens",
+           "decode_max_num_batched_tokens", "users", "max_context_tokens", "seed")
+
 
 def choices(field: str) -> tuple[str, ...]:
     """The valid values of Scenario field ``field`` (one with a registry of variants)."""
@@ -76,7 +83,7 @@ _WHAT = {"quant": "weight format", "kv_dtype": "KV dtype", "batching": "batching
 class Scenario(BaseModel):
     """A deployment, a scheduler, a router and a workload; units in the field names."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
     preset: str | None = Field(None, description="engine personality: its settings fill the fields not given")
     # Deployment.
@@ -164,8 +171,8 @@ class Scenario(BaseModel):
     cv: float = Field(2.0, gt=0, description="gamma arrivals: coefficient of variation of inter-arrivals")
     users: int = Field(16, ge=1, description="closed loop: concurrent users")
     think_time_s: float = Field(0.0, ge=0, description="closed loop: pause between a reply and the next request, s")
-    num_requests: int | None = Field(None, ge=1, description="use only the first N requests (at most the trace's "
-                                     "rows, unless repeat)")
+    num_requests: int | None = Field(None, ge=1, le=MAX_REQUESTS, description="use only the first N requests (at "
+                                     "most the trace's rows, unless repeat)")
     repeat: bool = Field(False, description="num_requests beyond the trace's rows repeats the trace end to end")
     start_s: float | None = Field(None, ge=0, description="window of the trace: start, s")
     duration_s: float | None = Field(None, gt=0, description="window of the trace: length, s")
@@ -183,7 +190,7 @@ class Scenario(BaseModel):
     slo_e2el_ms: float | None = Field(None, gt=0, description="end-to-end latency limit, ms")
     slo_mode: Literal["joint", "per-metric"] = Field("joint", description="goodput needs all limits, or report each")
     # Run.
-    seed: int = Field(0, description="seed of every random draw")
+    seed: int = Field(0, ge=0, description="seed of every random draw")
     fast_forward: bool = Field(True, description="advance runs of identical decode steps (and of full-budget "
                                "prefill chunks) at once")
     record_token_times: bool = Field(False, description="keep every token's timestamp (memory grows)")
@@ -206,6 +213,13 @@ class Scenario(BaseModel):
         except InputError:
             gpu = None  # the gpu field's own check reports it
         return {**preset.fields(gpu), **values, "preset": preset.name}
+
+    @field_validator(*_COUNTS)
+    @classmethod
+    def _bounded(cls, value: int | None) -> int | None:
+        if value is not None and value > MAX_COUNT:
+            raise ValueError(f"{value:,} is too large (at most {MAX_COUNT:,})")
+        return value
 
     @field_validator("quant")
     @classmethod
@@ -378,10 +392,7 @@ def read_scenario_values(path: str | Path) -> dict:
     p = Path(path)
     if not p.is_file():
         raise InputError("no such scenario file", file=str(p))
-    try:
-        values = yaml.safe_load(p.read_text()) or {}
-    except yaml.YAMLError as exc:
-        raise InputError(f"not valid YAML ({exc.__class__.__name__})", file=str(p)) from None
+    values = read_yaml(p) or {}
     if not isinstance(values, dict):
         raise InputError("a scenario file must be a mapping of field: value", file=str(p))
-    return {k.replace("-", "_"): v for k, v in values.items()}
+    return {str(k).replace("-", "_"): v for k, v in values.items()}

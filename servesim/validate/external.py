@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 
 from servesim.errors import InputError, unknown_name
+from servesim.hwmodels.gpus import read_yaml
 from servesim.sim.metrics import latency_stats
 from servesim.sim.workload.core import ClosedLoop, Workload
 from servesim.validate.external_formats import aiperf, guidellm, vllm
@@ -58,12 +59,7 @@ def _resolve(path: str | Path) -> Path:
 def _read(p: Path) -> Any:
     """The parsed document: YAML for .yaml/.yml, a list of records for JSON Lines, else one JSON value."""
     if p.suffix.lower() in (".yaml", ".yml"):
-        import yaml
-
-        try:
-            return yaml.safe_load(p.read_text(encoding="utf-8"))
-        except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
-            raise InputError(f"not a readable YAML file: {str(exc).splitlines()[0]}", file=str(p)) from None
+        return read_yaml(p)
     if p.suffix.lower() == ".jsonl":
         return read_jsonl(p)
     try:

@@ -135,9 +135,12 @@ def _arrival_stats(t: np.ndarray) -> dict[str, Any]:
     out["iat_cv"] = cv  # 1 for Poisson, 0 for constant, >1 bursty
     # Goh-Barabasi burstiness (cv-1)/(cv+1): -1 periodic, 0 Poisson, -> 1 very bursty.
     out["burstiness"] = (cv - 1) / (cv + 1) if cv is not None else None
-    per_minute = np.bincount(((t - t[0]) // 60).astype(np.int64))
-    out["per_minute_min"] = int(per_minute.min())
-    out["per_minute_max"] = int(per_minute.max())
+    # Requests per minute, counted over the minutes that have any (a span of years is as cheap as one of minutes);
+    # the quietest minute has none when some minute of the span is empty.
+    minutes = (t - t[0]) // 60
+    seen, counts = np.unique(minutes, return_counts=True)
+    out["per_minute_min"] = int(counts.min()) if len(seen) == minutes[-1] + 1 else 0
+    out["per_minute_max"] = int(counts.max())
     return out
 
 

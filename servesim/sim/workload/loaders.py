@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 import re
 from dataclasses import dataclass
 from io import StringIO
@@ -105,10 +106,14 @@ class _Table:
 
 def _read_csv(path: str, text: str) -> _Table:
     reader = csv.reader(StringIO(text))
-    header = next(reader, [])
-    names = [c.strip() for c in header]
-    width = len(names)
-    rows = list(reader)
+    try:
+        header = next(reader, [])
+        names = [c.strip() for c in header]
+        width = len(names)
+        rows = list(reader)
+    except csv.Error as exc:  # a NUL byte, a cell past the csv module's field limit
+        raise InputError(f"malformed CSV: {exc} (line {reader.line_num})", file=path,
+                         row=max(reader.line_num - 1, 1)) from None
     if '"' in text:  # quoted cells may span lines: take each row's line from the reader
         reader = csv.reader(StringIO(text))
         next(reader, None)
@@ -139,6 +144,9 @@ def _read_jsonl(path: str, text: str) -> _Table:
         except json.JSONDecodeError as exc:
             raise InputError(f"not valid JSON: {exc.msg} (line {line_no})", file=path,
                              row=len(records) + 1) from None
+        except (ValueError, RecursionError) as exc:  # an integer of over 4,300 digits; nesting past the stack
+            what = "nested too deeply" if isinstance(exc, RecursionError) else str(exc).split(";")[0]
+            raise InputError(f"not valid JSON: {what} (line {line_no})", file=path, row=len(records) + 1) from None
         if not isinstance(obj, dict):
             raise InputError(f"expected a JSON object, got {type(obj).__name__} (line {line_no})",
                              file=path, row=len(records) + 1)
@@ -207,6 +215,8 @@ def _describe(value: object) -> str:
     try:
         if np.isinf(float(value)):  # type: ignore[arg-type]
             return f"not a finite number: {value!r}"
+    except OverflowError:
+        return f"not a finite number: {value!r}"
     except (TypeError, ValueError):
         pass
     return f"not a number: {value!r}"
@@ -219,8 +229,10 @@ def _number(v: object) -> float:
     """One cell as a number; NaN when it is not one (a bool, a list, an empty or non-numeric string)."""
     if isinstance(v, bool) or v is None:
         return np.nan
-    if isinstance(v, (int, float)):
-        return float(v)
+    if isinstance(v, int):
+        return float(v) if abs(v) < 2**1023 else (math.inf if v > 0 else -math.inf)  # past float range: not finite
+    if isinstance(v, float):
+        return v
     if isinstance(v, str) and _NUMBER.fullmatch(v):
         return float(v)
     return np.nan
@@ -246,12 +258,17 @@ def _numbers(t: _Table, column: str) -> np.ndarray:
     return values
 
 
+MAX_WHOLE = 2**40  # far past any context or priority, and safe in int64 arithmetic
+
+
 def _whole(t: _Table, column: str, values: np.ndarray, skip: np.ndarray | None = None,
            positive: bool = True) -> np.ndarray:
-    """`values` as int64; a fractional (or, with `positive`, zero or negative) value is an error."""
+    """`values` as int64; a fractional, too large (or, with `positive`, zero or negative) value is an error."""
     frac = values != np.floor(values)
     nonpos = values <= 0 if positive else np.zeros(len(values), dtype=bool)
-    for bad, what in ((frac, "not a whole number"), (nonpos, "must be a positive token count")):
+    huge = np.abs(values) > MAX_WHOLE
+    for bad, what in ((frac, "not a whole number"), (nonpos, "must be a positive token count"),
+                      (huge, f"too large (at most {MAX_WHOLE:,})")):
         if skip is not None:
             bad = bad & ~skip
         if bad.any():
@@ -272,7 +289,7 @@ def _arrivals(t: _Table, f: TraceFormat) -> np.ndarray:
         except ValueError:
             ok = False
         if not ok:
-            i = next(i for i, v in enumerate(text) if not _timestamp(v))
+            i = next((i for i, v in enumerate(text) if not _timestamp(v)), 0)
             raise t.error(i, col, f"not a timestamp: {raw[i]!r}")
         whole, micro = np.divmod((stamps - stamps[0]).astype(np.int64), 1_000_000)
         seconds = whole + micro / 1e6  # seconds and their fraction apart, as pandas' total_seconds
@@ -328,6 +345,8 @@ def _hash_ids(t: _Table, column: str) -> list[tuple[int, ...]]:
             ids = ()
         else:
             raise t.error(i, column, f"not a list of integers: {cell!r}")
+        if any(not -(2**63) <= h < 2**63 for h in ids):
+            raise t.error(i, column, f"a hash id beyond 64 bits: {cell!r}")
         out.append(ids)
     return out
 
