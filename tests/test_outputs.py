@@ -217,3 +217,26 @@ def test_render_comparison_and_slowdown(run):
     console, buf = plain_console()
     render_slowdown({"a": tables["fcfs"], "b": slowdown_by_size(requests, "input_tokens", 1)}, console)
     assert buf.getvalue().count("slowdown by request size:") == 2  # different bins: separate tables
+
+
+def test_run_folders_are_replaced_as_one_set(tmp_path, run):
+    """compare's run folders (and validate's predicted/ and measured/) move with the rest of their set: a failure in
+    the last folder leaves the first one as it was; a success replaces each folder whole."""
+    from servesim.sim.outputs import folder, run_writers, write_files
+
+    requests, timeline, summary, meta = run
+    out = write_files(tmp_path / "cmp", {"fcfs": folder(run_writers(*run)), "sjf": folder(run_writers(*run))})
+    (out / "fcfs" / "stale.txt").write_text("from before")
+    before = {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()}
+
+    def broken(path):
+        raise OSError("disk full")
+
+    newer = run_writers(requests.iloc[:2], timeline, {**summary, "completed": 2}, meta)
+    with pytest.raises(OSError, match="disk full"):
+        write_files(out, {"fcfs": folder(newer), "sjf": folder({**newer, "summary.json": broken})})
+    assert {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
+    write_files(out, {"fcfs": folder(newer), "sjf": folder(newer)})
+    assert sorted(p.name for p in (out / "fcfs").iterdir()) == ["requests.parquet", "run.json", "summary.json",
+                                                                "timeline.parquet"]  # replaced whole
+    assert len(pd.read_parquet(out / "sjf" / "requests.parquet")) == 2 and leftovers(tmp_path) == []

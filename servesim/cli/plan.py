@@ -3,6 +3,7 @@ that serves a rate under SLOs (the work is in servesim.plan; tables and progress
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 from typing import Optional
 
@@ -60,6 +61,19 @@ def _progress(label: str, unit: str, console: Console):
     return progress_bar(label, unit, console)
 
 
+@contextlib.contextmanager
+def _resumable(cache: Path):
+    """An interrupt (Ctrl-C, SIGTERM) carries how to resume: the scenarios finished so far are in ``cache``."""
+    try:
+        yield
+    except KeyboardInterrupt as exc:
+        from servesim.plan.cache import ResultCache
+
+        exc.resume = (f"{len(ResultCache(cache))} finished scenarios are cached in {cache}: run the same command "
+                      "again to resume")
+        raise
+
+
 def _cell(v: object, digits: int = 4) -> str:
     from servesim.cli.render import fmt
 
@@ -89,9 +103,10 @@ def sweep_cmd(
     scenarios = g.scenarios()  # every error before anything runs or is written
     out = check_writable(output_dir or Path(f"sweep-{grid.stem}"))
     console = _console()
-    with _progress("sweep", "scenarios", Console(stderr=True)) as update:
-        result = sweep(scenarios, jobs=jobs, dask=dask, cache_dir=cache_dir or out / "cache", on_progress=update)
-    result.write(out)
+    cache = cache_dir or out / "cache"
+    with _resumable(cache), _progress("sweep", "scenarios", Console(stderr=True)) as update:
+        result = sweep(scenarios, jobs=jobs, dask=dask, cache_dir=cache, on_progress=update)
+        result.write(out)
     df = result.table
     varying = [f for name, points in g.axes for f in dict.fromkeys(k for p in points for k in p)]
     shown = [c for c in ("p99_ttft_ms", "p99_tpot_ms", "output_throughput", "usd_per_hour", "profile_id")
@@ -161,16 +176,16 @@ def plan_cmd(
     out = check_writable(output_dir or Path(f"plan-{Path(model).stem}-{rate:g}rps"))
     console = _console()
     eps = ep if ep is not None and ep.strip().lower() == PD_AUTO else _list(ep, "ep", int)
-    with _progress("plan", "probes", Console(stderr=True)) as update:
+    cache = cache_dir or out / "cache"
+    with _resumable(cache), _progress("plan", "probes", Console(stderr=True)) as update:
         result = plan(model, rate, slo, workload=workload, gpus=_list(gpus, "gpus") or DEFAULT_GPUS,
                       quants=_list(quant, "quant") or DEFAULT_QUANTS, tps=_list(tp, "tp", int) or DEFAULT_TPS,
                       eps=eps, pd=pd or PD_OFF, prefill_tps=_list(prefill_tp, "prefill_tp", int),
                       decode_tps=_list(decode_tp, "decode_tp", int), prefill_gpus=_list(prefill_gpus, "prefill_gpus"),
                       decode_gpus=_list(decode_gpus, "decode_gpus"), kv_links=_list(kv_link, "kv_link"),
                       pd_max_gpus=pd_max_gpus, axes=_axes(axis), base=base, budget_usd_per_hour=budget,
-                      rel_tol=rel_tol, verify=verify, jobs=jobs, dask=dask, cache_dir=cache_dir or out / "cache",
-                      on_progress=update)
-    result.write(out)
+                      rel_tol=rel_tol, verify=verify, jobs=jobs, dask=dask, cache_dir=cache, on_progress=update)
+        result.write(out)
     _render_plan(result, console, model, workload, top)
     console.print(f"wrote {out} (configs.csv, probes.csv, pareto.html)", highlight=False)
 

@@ -301,6 +301,51 @@ def compare_cmd(
         _compare(base, _policies(policies), loads, output_dir, as_json, slowdown_by)
 
 
+class _Resume:
+    """The runs of an unfinished ``compare --output-dir DIR``, each written whole as it finishes into the hidden
+    sibling ``.DIR.resume/<scenario key>/``, so a rerun after an interrupt simulates only the runs it lacks; removed
+    once the set is written (or the compare fails for another reason)."""
+
+    def __init__(self, out_dir: Path) -> None:
+        self.root = out_dir.parent / f".{out_dir.name}.resume"
+
+    def _dir(self, scenario: Scenario) -> Path:
+        from servesim.plan.cache import scenario_key
+
+        return self.root / scenario_key(scenario)
+
+    def get(self, scenario: Scenario):
+        """The finished run of ``scenario``, read back, or None."""
+        import json
+
+        from servesim.sim.outputs import read_outputs
+        from servesim.sim.result import Result
+
+        d = self._dir(scenario)
+        if not (d / "run.json").is_file():
+            return None
+        try:
+            back = read_outputs(d)
+            meta = json.loads((d / "run.json").read_text(encoding="utf-8"))
+        except (InputError, OSError, ValueError):
+            return None
+        summary = {k: v for k, v in back["summary"].items() if k != "meta"}
+        return Result(scenario, back["requests"], back["timeline"], None, None, summary, meta)
+
+    def put(self, scenario: Scenario, result) -> None:
+        from servesim.sim.outputs import write_outputs
+
+        write_outputs(self._dir(scenario), result.requests, result.timeline, result.summary, result.meta, record=False)
+
+    def count(self) -> int:
+        return sum(1 for d in self.root.iterdir() if (d / "run.json").is_file()) if self.root.is_dir() else 0
+
+    def clear(self) -> None:
+        import shutil
+
+        shutil.rmtree(self.root, ignore_errors=True)
+
+
 def _run_name(variant: str, rate: float | None) -> str:
     """The folder of one compare run: ``fcfs``, or ``fcfs_rate10`` at 10 requests/s."""
     return variant if rate is None else f"{variant}_rate{rate:g}"
@@ -312,7 +357,7 @@ def _compare(base: Scenario, variants: dict[str, dict], rates: list[float] | Non
     override) with each variant's fields at each rate, and show them side by side."""
     from servesim.cli.render import render_comparison, render_slowdown
     from servesim.sim.metrics import SIZE_MEASURES, slowdown_by_size
-    from servesim.sim.outputs import dumps_json, write_outputs
+    from servesim.sim.outputs import dumps_json, folder, run_writers, write_files
 
     if slowdown_by not in SIZE_MEASURES:
         raise ConfigError(f"must be one of {', '.join(SIZE_MEASURES)}, got {slowdown_by!r}", field="slowdown_by")
@@ -336,14 +381,33 @@ def _compare(base: Scenario, variants: dict[str, dict], rates: list[float] | Non
         check_writable(output_dir)
     console = make_console()
     results, notes = {}, []
-    for (rate, policy), scenario in runs.items():
-        label = policy if rate is None else f"{policy} @ {rate:g}/s"
-        results[rate, policy] = result = _run(scenario, console)
-        notes += _outcome(result, label)  # an all-rejected run stops here, before anything is written
-    slowdowns = {key: slowdown_by_size(r.requests, by=slowdown_by) for key, r in results.items()}
-    if output_dir:
-        for (rate, policy), r in results.items():
-            write_outputs(Path(output_dir) / _run_name(policy, rate), r.requests, r.timeline, r.summary, r.meta)
+    resume = _Resume(Path(output_dir)) if output_dir else None
+    try:
+        for (rate, policy), scenario in runs.items():
+            label = policy if rate is None else f"{policy} @ {rate:g}/s"
+            result = resume.get(scenario) if resume else None
+            if result is None:
+                result = _run(scenario, console)
+                if resume:
+                    resume.put(scenario, result)
+            results[rate, policy] = result
+            notes += _outcome(result, label)  # an all-rejected run stops here, before anything is written
+        slowdowns = {key: slowdown_by_size(r.requests, by=slowdown_by) for key, r in results.items()}
+        if output_dir:  # the run folders as one set: all of this compare's, or the previous ones untouched
+            write_files(output_dir, {_run_name(policy, rate): folder(run_writers(r.requests, r.timeline, r.summary,
+                                                                                 r.meta))
+                                     for (rate, policy), r in results.items()})
+    except KeyboardInterrupt as exc:
+        if resume:
+            exc.resume = (f"{resume.count()} finished runs are kept in {resume.root}: run the same command again "
+                          "to resume")
+        raise
+    except BaseException:
+        if resume:
+            resume.clear()
+        raise
+    if resume:
+        resume.clear()
     if as_json:
         docs = {(p if rate is None else f"{p} @ {rate:g}/s"): {
             "summary": r.summary, "slowdown": slowdowns[rate, p].to_dict(orient="records")}

@@ -104,12 +104,12 @@ def validate_cmd(
         base = _scenario(config, fields)
         with progress_bar("replaying", "requests", console) as update:
             report, runs = validate_engine(base, opts, time_scale, on_progress=update)
-        from servesim.sim.outputs import write_outputs
+        from servesim.sim.outputs import folder, run_writers
 
         pred, meas = runs["predicted"], runs["measured"]
-        write_report(report, out_dir, extra={})
-        write_outputs(out_dir / "predicted", pred.requests, pred.timeline, pred.summary, pred.meta)
-        write_outputs(out_dir / "measured", meas.requests, meas.timeline, meas.summary, meas.meta,
-                      extra={"iterations.parquet": lambda p: runs["iterations"].to_parquet(p, index=False)})
+        iterations = {"iterations.parquet": lambda p: runs["iterations"].to_parquet(p, index=False)}
+        write_report(report, out_dir, extra={  # the report and both runs as one set
+            "predicted": folder(run_writers(pred.requests, pred.timeline, pred.summary, pred.meta)),
+            "measured": folder(run_writers(meas.requests, meas.timeline, meas.summary, meas.meta, extra=iterations))})
     typer.echo(markdown(report))
     typer.echo(f"wrote {out_dir}/report.md, report.json, report.html")

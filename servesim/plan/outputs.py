@@ -3,14 +3,12 @@
 from __future__ import annotations
 
 import os
-import shutil
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 
 import pandas as pd
 
-from servesim.errors import InputError
+from servesim.sim.outputs import write_files
 
 
 def publish(out_dir: str | os.PathLike[str], tables: Mapping[str, pd.DataFrame],
@@ -18,21 +16,13 @@ def publish(out_dir: str | os.PathLike[str], tables: Mapping[str, pd.DataFrame],
     """Write ``tables`` as ``<name>.csv`` and ``<name>.parquet`` and ``texts`` as files into ``out_dir``.
 
     Everything is written into a temporary directory first and moved into place only when all of it is
-    written, so a failure leaves the previous files as they were.
+    written (Ctrl-C and SIGTERM held back meanwhile), so a failure or an interrupt leaves the previous files as
+    they were; the result cache in ``out_dir/cache`` is not touched.
     """
-    out = Path(out_dir)
-    if out.exists() and not out.is_dir():
-        raise InputError("exists and is not a directory", field="output_dir", file=str(out))
-    out.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".write.", suffix=".tmp", dir=out))
-    try:
-        for name, df in tables.items():
-            df.to_csv(tmp / f"{name}.csv", index=False)
-            df.to_parquet(tmp / f"{name}.parquet", index=False)
-        for name, text in (texts or {}).items():
-            (tmp / name).write_text(text, encoding="utf-8")
-        for p in sorted(tmp.iterdir()):
-            os.replace(p, out / p.name)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return out
+    writers = {}
+    for name, df in tables.items():
+        writers[f"{name}.csv"] = lambda p, df=df: df.to_csv(p, index=False)
+        writers[f"{name}.parquet"] = lambda p, df=df: df.to_parquet(p, index=False)
+    for name, text in (texts or {}).items():
+        writers[name] = lambda p, text=text: p.write_text(text, encoding="utf-8")
+    return write_files(out_dir, writers)

@@ -9,18 +9,23 @@ The simulator and the engine write the same files, so one reader and one compari
 - ``run.json``          the full metadata, wall-clock time included
 - ``trace.json``        on request: Chrome trace events (chrome://tracing, ui.perfetto.dev)
 
-A failed write leaves nothing behind: everything goes to a temporary sibling directory first and is
-moved into place only once every file is complete.
+A failed or interrupted write leaves nothing behind: everything goes to a temporary sibling directory first
+and is moved into place only once every file is complete, with Ctrl-C and SIGTERM held back while the files
+move (a few renames), so a run's files are replaced as a set: the complete previous ones or the complete new
+ones, never a mix. :func:`published` lists what this process has put in place (for the interrupt message).
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
 import shutil
+import signal
 import sys
 import tempfile
+import threading
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -142,8 +147,18 @@ def check_writable(out_dir: str | os.PathLike[str]) -> Path:
     return out
 
 
-def write_outputs(
-    out_dir: str | os.PathLike[str],
+def write_outputs(out_dir: str | os.PathLike[str], *run: object, record: bool = True, **files: object) -> Path:
+    """Write a run's files into ``out_dir`` (created if needed), all of them or none: ``run`` is ``requests,
+    timeline, summary, meta`` and ``files`` the options of :func:`run_writers` (``chrome_trace=True``, ``extra``).
+
+    In an existing directory, files of ours that this run does not write (a stale ``trace.json``)
+    are removed, so the directory always describes one run. Other files there are left alone.
+    ``extra`` adds files (name -> writer of that path), e.g. the engine's iteration log.
+    """
+    return write_files(out_dir, run_writers(*run, **files), owned=OUTPUT_FILES, record=record)
+
+
+def run_writers(
     requests: pd.DataFrame,
     timeline: pd.DataFrame,
     summary: Mapping[str, object],
@@ -151,13 +166,9 @@ def write_outputs(
     *,
     chrome_trace: bool = False,
     extra: Mapping[str, Callable[[Path], None]] | None = None,
-) -> Path:
-    """Write a run's files into ``out_dir`` (created if needed), all of them or none.
-
-    In an existing directory, files of ours that this run does not write (a stale ``trace.json``)
-    are removed, so the directory always describes one run. Other files there are left alone.
-    ``extra`` adds files (name -> writer of that path), e.g. the engine's iteration log.
-    """
+) -> dict[str, Callable[[Path], None]]:
+    """The writers of one run's files (name -> writer of that path), as :func:`write_outputs` writes them; give
+    them to :func:`folder` to write the run as one directory of a larger set."""
     writers: dict[str, Callable[[Path], None]] = {
         "requests.parquet": lambda p: requests.to_parquet(p, index=False),
         "timeline.parquet": lambda p: timeline.to_parquet(p, index=False),
@@ -167,14 +178,55 @@ def write_outputs(
     if chrome_trace:
         writers["trace.json"] = lambda p: _write_trace(p, timeline)
     writers.update(extra or {})
-    return write_files(out_dir, writers, owned=OUTPUT_FILES)
+    return writers
+
+
+def folder(writers: Mapping[str, Callable[[Path], None]]) -> Callable[[Path], None]:
+    """A writer of a directory holding ``writers``' files: one entry of :func:`write_files` that is a whole run
+    (``compare``'s run folders, ``validate``'s predicted/ and measured/), replaced with the rest of the set."""
+    def write(path: Path) -> None:
+        path.mkdir()
+        for name, w in writers.items():
+            w(path / name)
+    return write
+
+
+_PUBLISHED: list[Path] = []
+
+
+def published() -> list[Path]:
+    """The output directories this process has completed, in order (what an interrupt leaves written)."""
+    return list(_PUBLISHED)
+
+
+@contextlib.contextmanager
+def signals_held() -> Iterator[None]:
+    """Hold SIGINT and SIGTERM back for the duration (in the main thread; elsewhere a no-op): one that arrives
+    meanwhile is raised again, to the handler in place before, as soon as the block ends. (Python-level handlers:
+    a signal mask would not do, since the kernel hands a signal to any thread not masking it, pyarrow's among
+    them.)"""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    pending: list[int] = []
+    previous = {s: signal.signal(s, lambda signum, frame: pending.append(signum))
+                for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler if handler is not None else signal.SIG_DFL)  # None: set outside Python
+        if pending:
+            signal.raise_signal(pending[0])
 
 
 def write_files(out_dir: str | os.PathLike[str], writers: Mapping[str, Callable[[Path], None]],
-                owned: tuple[str, ...] = ()) -> Path:
-    """Write each file (``writers[name](path)``) into ``out_dir``, all of them or none: everything goes to a
-    temporary sibling directory first and moves into place once complete. Names in ``owned`` that this call
-    does not write are removed from an existing ``out_dir``."""
+                owned: tuple[str, ...] = (), *, record: bool = True) -> Path:
+    """Write each file (``writers[name](path)``; a :func:`folder` writes a directory) into ``out_dir``, all of
+    them or none: everything goes to a temporary sibling directory first and moves into place once complete,
+    SIGINT and SIGTERM held back while it moves. Names in ``owned`` that this call does not write are removed
+    from an existing ``out_dir``. ``record`` False keeps it off :func:`published` (an intermediate, not an
+    output)."""
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
         raise InputError("exists and is not a directory", field="output_dir", file=str(out))
@@ -183,7 +235,10 @@ def write_files(out_dir: str | os.PathLike[str], writers: Mapping[str, Callable[
     try:
         for name, write in writers.items():
             write(tmp / name)
-        _publish(tmp, out, owned)
+        with signals_held():
+            _publish(tmp, out, owned)
+            if record:
+                _PUBLISHED.append(out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -191,20 +246,24 @@ def write_files(out_dir: str | os.PathLike[str], writers: Mapping[str, Callable[
 
 
 def _publish(tmp: Path, out: Path, owned: tuple[str, ...]) -> None:
-    """Move the finished files into place: one rename for a new directory, else file by file."""
+    """Move the finished files into place: one rename for a new directory, else entry by entry (a directory
+    replacing one moves the old one into ``tmp`` first, removed with it)."""
     if not out.exists():
         umask = os.umask(0)
         os.umask(umask)
         os.chmod(tmp, 0o777 & ~umask)  # mkdtemp made it private; give it a normal directory's mode
         os.rename(tmp, out)
         return
-    written = {p.name for p in tmp.iterdir()}
+    written = sorted(p.name for p in tmp.iterdir())
     for name in owned:
         if name not in written:
             (out / name).unlink(missing_ok=True)
-    for name in sorted(written):
-        os.replace(tmp / name, out / name)
-    tmp.rmdir()
+    for name in written:
+        target = out / name
+        if target.is_dir() and not target.is_symlink():
+            os.rename(target, tmp / f".old.{name}")
+        os.replace(tmp / name, target)
+    shutil.rmtree(tmp)
 
 
 def read_outputs(out_dir: str | os.PathLike[str]) -> dict[str, object]:

@@ -107,9 +107,14 @@ def html(r: Report) -> str:
 
 
 def write_report(r: Report, out_dir: str | Path, extra: dict | None = None) -> Path:
-    """Write the report's files (and ``extra`` name -> writer ones, e.g. both runs' tables), all or none. The HTML
-    page needs plotly; where it is missing (a bare GPU machine) the page is left out and can be drawn later from
-    the other files (:func:`load_report`, ``servesim validate --rerender DIR``)."""
+    """Write the report's files (and ``extra`` name -> writer ones, e.g. both runs' folders), all or none. The
+    HTML page needs plotly; where it is missing (a bare GPU machine) the page is left out and can be drawn later
+    from the other files (:func:`load_report`, ``servesim validate --rerender DIR``)."""
+    return write_files(out_dir, report_writers(r, extra))
+
+
+def report_writers(r: Report, extra: dict | None = None) -> dict:
+    """The report's files as name -> writer of that path (see :func:`write_report`)."""
     writers = {"report.md": lambda p: p.write_text(markdown(r), encoding="utf-8"),
                "report.json": lambda p: p.write_text(json.dumps(r.to_json(), indent=1), encoding="utf-8"),
                "requests.parquet": lambda p: r.requests.to_parquet(p, index=False)}
@@ -122,7 +127,7 @@ def write_report(r: Report, out_dir: str | Path, extra: dict | None = None) -> P
     if r.iterations is not None:
         writers["iterations.parquet"] = lambda p: r.iterations.to_parquet(p, index=False)
     writers.update(extra or {})
-    return write_files(out_dir, writers)
+    return writers
 
 
 def load_report(case_dir: str | Path) -> Report:
