@@ -4,6 +4,7 @@ other cost models call, and the catalog file's errors."""
 from __future__ import annotations
 
 import math
+import re
 
 import numpy as np
 import pytest
@@ -89,9 +90,12 @@ def test_kernel_api_matches_the_formula():
     flops, nbytes = 2 * 256 * 4096 * 4096, 2 * (256 * 4096 * 2 + 4096 * 4096)
     a, m = flops / (gpu.peak_flops_per_s("bf16") * k.eff_compute), nbytes / (gpu.hbm_bytes_per_s * k.eff_memory)
     want = k.floor_s + a + m - k.sharpness * a * m / (a + m)
-    assert p.kernel_s("gemm", flops, nbytes, gpu) == pytest.approx(want, rel=1e-12)
-    o = next(op for op in layer_ops(MODELS["Llama-3.1-8B"]) if op.name == "o")
+    assert p.kernel_s("gemm", flops, nbytes, gpu) == pytest.approx(want, rel=1e-12)  # no shape: no wave term
+    o = next(op for op in layer_ops(MODELS["Llama-3.1-8B"]) if op.name == "o")  # M = 256, N = 4096
+    aw = a * k.wave_factor(256, 4096, gpu.sm_count)
+    want = k.floor_s + aw + m - k.sharpness * aw * m / (aw + m)
     assert op_time_s(o, flops, nbytes, gpu)[0] == pytest.approx(want, rel=1e-12)
+    assert p.kernel_s("gemm", flops, nbytes, gpu, "bf16", 0.0, 256, 4096) == pytest.approx(want, rel=1e-12)
     # arrays in, arrays out (the calibrated model extrapolates whole grids)
     grid = p.kernel_s("gemm", np.array([flops, 2 * flops]), np.array([nbytes, nbytes]), gpu)
     assert grid.shape == (2,) and grid[1] > grid[0]
@@ -261,6 +265,6 @@ def test_wave_fields_only_on_gemm_kinds(tmp_path):
     bad = with_field("norm", "wave_exponent: 0.3")
     with pytest.raises(InputError, match=r"kernels\.norm\.wave_exponent"):
         load_prior(_write(tmp_path, bad))
-    bad = with_field("gemm", "wave_exponent: 1.5")
+    bad = re.sub(r"wave_exponent: [0-9.]+", "wave_exponent: 1.5", good, count=1)
     with pytest.raises(InputError, match=r"kernels\.gemm\.wave_exponent"):
         load_prior(_write(tmp_path, bad))

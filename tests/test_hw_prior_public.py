@@ -41,10 +41,12 @@ def test_tables_cover_the_shipped_gpus_and_ops(compute):
 def test_gemms_within_the_fitted_errors(compute):
     g = compute[compute.kind == "gemm"].assign(family="gemm")
     t = pt.error_table(g)
-    assert (t.median_abs <= 0.085).all(), t  # issue target 8%: met except H100 128<M<=1024 (8.1%)
-    assert (t["median"].abs() <= 0.02).all(), t  # unbiased in every band
-    assert (t.p90_abs <= 0.22).all(), t  # target 15%: GEMM times jump where cuBLAS changes kernels
-    assert (t[t.band == "M>1024"].p90_abs <= 0.16).all(), t
+    assert (t.median_abs <= 0.081).all(), t  # issue target 8%: met (H100 128<M<=1024: 8.0%)
+    assert (t["median"].abs() <= 0.025).all(), t  # unbiased in every band
+    # target 15%: GEMM times jump where cuBLAS changes kernels (A40 128<M<=1024: 20.5%, H100 17.5%)
+    assert (t.p90_abs <= 0.21).all(), t
+    assert (t[t.band == "M>1024"].p90_abs <= 0.15).all(), t  # the wave term: H100 15.8% -> 14.3%
+    assert (t[(t.gpu == "A100-80GB-SXM")].p90_abs <= 0.155).all(), t
 
 
 def test_decode_layer_sum_within_five_percent(compute):
@@ -52,8 +54,8 @@ def test_decode_layer_sum_within_five_percent(compute):
     layers["band"] = pt.band_of(layers.tokens.to_numpy(float))
     t = pt.error_table(layers)
     assert (t.median_abs <= 0.05).all(), t
-    assert (t["median"].abs() <= 0.02).all(), t
-    assert (t.p90_abs <= 0.13).all(), t
+    assert (t["median"].abs() <= 0.025).all(), t
+    assert (t.p90_abs <= 0.11).all(), t
     # the old roofline was 25-38% fast at M <= 128; the floors take the small-shard gap away
     one = layers[layers.tokens == 1]
     ratio = one.predicted_s / one.measured_s
