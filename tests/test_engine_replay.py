@@ -66,12 +66,25 @@ def test_replay_completes_every_request(model_path, batching):
 @pytest.mark.parametrize("preemption", ["recompute", "swap"])
 @pytest.mark.parametrize("policy", ["fcfs", "sjf"])
 def test_preemption_storm_loses_no_request(model_path, preemption, policy):
-    """A pool of 8 blocks (128 tokens) for 12 requests of up to 100 tokens at once: preemptions, none lost."""
+    """A pool of 8 blocks (128 tokens) for 12 requests of up to 100 tokens at once, and one longer than the
+    context: preemptions, the long one rejected with its reason, none lost."""
+    from tests.test_storm import lost
+
     s, eng = engine_for(model_path, blocks=8, preemption=preemption, policy=policy, swap_space_gib=0.001)
     w = workload(span_s=0.001, prompt=(20, 60), output=(20, 40))
-    res = replay(s, eng, w)
-    check_complete(res, w)
-    assert res.result.requests.num_preemptions.sum() > 0
+    long = pd.DataFrame({"arrival_s": [0.0005], "input_tokens": [250], "output_tokens": [20]})
+    both = Workload(name="storm", requests=pd.concat([w.requests, long]).sort_values("arrival_s", kind="stable")
+                    .reset_index(drop=True), source="test")
+    res = replay(s, eng, both)
+    req = res.result.requests
+    assert len(req) == len(both) and lost(req, len(both)) == 0
+    rejected = req[req.rejected_reason != ""]
+    assert len(rejected) == 1 and "max_model_len 256" in rejected.rejected_reason.iloc[0]
+    served = req[req.rejected_reason == ""]
+    assert (served.generated_tokens == served.output_tokens).all() and (served.finish_s >= served.first_token_s).all()
+    assert res.iterations.sampled_tokens.sum() == served.output_tokens.sum()  # one token per sampled row
+    assert res.iterations.kv_blocks_used.iloc[-1] == 0
+    assert req.num_preemptions.sum() > 0
     if preemption == "swap":
         assert res.iterations.swap_out_blocks.sum() > 0 and res.iterations.swap_in_blocks.sum() > 0
 

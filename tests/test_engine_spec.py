@@ -26,7 +26,7 @@ def models(tmp_path_factory):
     return str(root / "target"), str(root / "draft")
 
 
-def run(models, draft: str | None, blocks=None, mode="greedy", alpha=0.7, n=10, **sc):
+def run(models, draft: str | None, blocks=None, mode="greedy", alpha=0.7, n=10, seed=0, span_s=0.01, **sc):
     target, _ = models
     spec = {"spec_k": K, "draft_model": draft + "/config.json", "spec_alpha": alpha} if draft else {}
     s = make_scenario({"model": target + "/config.json", "max_model_len": 256, "max_num_batched_tokens": 64,
@@ -34,11 +34,11 @@ def run(models, draft: str | None, blocks=None, mode="greedy", alpha=0.7, n=10, 
     eng = build_engine(EngineConfig(model=target + "/config.json", weights=target, device="cpu", max_model_len=256,
                                     max_num_batched_tokens=64, max_num_seqs=8, num_gpu_blocks=blocks, spec_k=K if draft
                                     else 0, draft_model=draft + "/config.json" if draft else None,
-                                    draft_weights=draft, spec_mode=mode, spec_alpha=alpha))
+                                    draft_weights=draft, spec_mode=mode, spec_alpha=alpha, seed=seed))
     kept = {}
     release = eng.runner.release
     eng.runner.release = lambda r: (kept.__setitem__(r.request_id, list(eng.runner.tokens[r.request_id])), release(r))
-    res = replay(s, eng, workload(n=n, span_s=0.01, prompt=(10, 40), output=(8, 30), seed=4))
+    res = replay(s, eng, workload(n=n, span_s=span_s, prompt=(10, 40), output=(8, 30), seed=4))
     return res, {k: v[: len(v)] for k, v in kept.items()}
 
 
@@ -86,3 +86,17 @@ def test_preempted_speculation_keeps_its_tokens(models, preemption):
     tight, t_tight = run(models, models[1], blocks=10, preemption=preemption, swap_space_gib=0.001)
     assert tight.result.requests.num_preemptions.sum() > 0
     assert outputs(tight, t_tight) == outputs(plain, t_plain)
+
+
+def test_controlled_acceptance_same_seed_same_bytes(models):
+    """Every request arrives at 0, so no step waits on the clock and the seed alone decides what is accepted: the
+    same seed gives the same steps and tokens, byte for byte; another seed other ones."""
+    def steps(seed):
+        res, tokens = run(models, models[1], mode="controlled", alpha=0.6, n=6, seed=seed, span_s=0.0)
+        it = res.iterations
+        counts = it[["prefill_tokens", "decode_seqs", "sampled_tokens"]].to_numpy(dtype="int64").tobytes()
+        return counts, repr(sorted(outputs(res, tokens).items())).encode()
+
+    a = steps(5)
+    assert a == steps(5)
+    assert a[0] != steps(6)[0]

@@ -181,12 +181,15 @@ def scenario_bundle(scenario: Scenario, files: Mapping[str, Path]) -> bytes:
 
 
 def zip_dir(directory: Path) -> bytes:
-    """The files of ``directory`` (not its subdirectories) as a zip, by name."""
+    """The files of ``directory`` (not its subdirectories) as a zip, by name, each stamped 1980-01-01 (zip's
+    epoch) rather than its file's time: the same files give the same zip bytes."""
     buf = io.BytesIO()
     with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as z:
         for p in sorted(directory.iterdir()):
             if p.is_file():
-                z.write(p, p.name)
+                info = zipfile.ZipInfo(p.name, date_time=(1980, 1, 1, 0, 0, 0))
+                info.compress_type, info.external_attr = zipfile.ZIP_DEFLATED, 0o644 << 16
+                z.writestr(info, p.read_bytes())
     return buf.getvalue()
 
 
