@@ -491,7 +491,7 @@ def _record(name: str, tally: Counter, wall_s: float, bugs: Counter) -> None:
 
 
 @pytest.mark.parametrize("name", list(PARSERS))
-def test_malformed_input_gives_one_clear_error(name, tmp_path):
+def test_malformed_input_gives_one_clear_error(name, tmp_path, record_property):
     parser = PARSERS[name]
     tally: Counter = Counter()
     bugs: Counter = Counter()
@@ -518,6 +518,8 @@ def test_malformed_input_gives_one_clear_error(name, tmp_path):
     started = time.perf_counter()
     one()
     _record(name, tally, time.perf_counter() - started, bugs)
+    for key in ("loaded", "refused", "unhandled"):  # in the JUnit report too (pytest --junitxml)
+        record_property(key, tally[key])
     assert sum(tally.values()) >= min(EXAMPLES, 50) and not tally["unhandled"], bugs.most_common(5)
 
 

@@ -157,8 +157,9 @@ class Scenario(BaseModel):
         None, description="P/D: how prefilled requests pick a decode replica (default: router)"
     )
     kv_link: str = Field("ib", description="P/D: the link KV caches cross from prefill to decode GPUs")
-    kv_link_gbps: float | None = Field(
-        None, gt=0, description="P/D: link bandwidth per GPU, one direction, GB/s (default: per link and GPU)"
+    kv_link_gbps: float | None = Field(  # inf: a free transfer (what-ifs); NaN fails gt=0
+        None, gt=0, allow_inf_nan=True,
+        description="P/D: link bandwidth per GPU, one direction, GB/s (default: per link and GPU)"
     )
     kv_link_latency_us: float | None = Field(None, ge=0, description="P/D: fixed cost per KV transfer, µs")
     kv_link_efficiency: float | None = Field(None, gt=0, le=1, description="P/D: achieved fraction of the link")
