@@ -423,11 +423,15 @@ class CalibratedCostModel:
             raise ValueError("decode_run_s takes a pure-decode shape (decode_seqs > 0, no prefill)")
         k = self._kernels_s(shape)
         xs, ys, dy, dx = self._decode_arrays(ds)
+        # In place where an operation makes a new array of the same values: a*b = b*a and a+b = b+a exactly.
         ctx, mx = shape.decode_ctx_tokens, shape.decode_ctx_max
         kv = np.arange(ctx, ctx + ds * n, ds, dtype=np.float64)  # KV tokens read by each step (exact: integers)
         c = kv / ds
-        if mx and self._w_max:
-            c = c + self._w_max * (np.arange(mx, mx + n, dtype=np.float64) - c)
+        if mx and self._w_max:  # c + w * ((mx + step) - c)
+            t = np.arange(mx, mx + n, dtype=np.float64)
+            t -= c
+            t *= self._w_max
+            c += t
         last = c[-1]
         if last > self._decode.b_max:
             self.extrapolated.add("attn_decode(context)")
@@ -437,21 +441,31 @@ class CalibratedCostModel:
         xb, top = self._decode.b, self._xb_last
         j0, j1 = bisect_right(xb, c[0]) - 1, bisect_right(xb, last) - 1
         j0, j1 = (top if j0 > top else (0 if j0 < 0 else j0)), (top if j1 > top else (0 if j1 < 0 else j1))
-        if j0 == j1:
-            v = ys[j0] + dy[j0] * (c - xs[j0]) / dx[j0]
+        if j0 == j1:  # ys[j] + dy[j] * (c - xs[j]) / dx[j]
+            v = c - xs[j0]
+            v *= dy[j0]
+            v /= dx[j0]
+            v += ys[j0]
         else:
             j = np.minimum(np.maximum(xs.searchsorted(c, side="right") - 1, 0), top)
             v = ys[j] + dy[j] * (c - xs[j]) / dx[j]
-        k = k + v * self.layers
+        v *= self.layers
+        v += k  # k + attention x layers: the kernels of each step
         graph = self._graph(shape)
         if self._host is not None and self._fixed_overhead is None:  # host time grows with the KV tokens too
             b0, b1, b2 = self._host[0 if graph else 1]
-            over = (b0 + b1 * ds) + b2 * kv
+            kv *= b2
+            kv += b0 + b1 * ds
+            over = kv  # (b0 + b1 ds) + b2 kv
         else:
             over = self._overhead_s(shape, graph)
         if graph:
-            return over + (k + self._graph_gap)
-        return over + np.maximum(k + self._eager_gap, self._floor(shape))
+            v += self._graph_gap
+        else:
+            v += self._eager_gap
+            np.maximum(v, self._floor(shape), out=v)
+        v += over  # over + (kernels + gap), or over + max(kernels + gap, floor)
+        return v
 
     def step_time(self, shape: BatchShape) -> StepTime:
         """Per-operator breakdown (device time; the eager floor's excess and the gaps as their own terms);
