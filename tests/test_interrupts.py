@@ -49,7 +49,7 @@ elif hook == "publishing":
         if not getattr(replace, "told", False):
             replace.told = True
             tell("publishing")
-            time.sleep(1.0)  # the signal arrives here, held back until every file is in place
+            time.sleep(2.0)  # the signal arrives here (a loaded machine may take a while), held back till all moved
         real(src, dst)
     os.replace = replace
 elif hook in ("cached", "kept"):
@@ -57,11 +57,13 @@ elif hook in ("cached", "kept"):
         from servesim.plan.cache import ResultCache as owner
     else:
         from servesim.cli.simulate import _Resume as owner
-    real = owner.put
+    real, calls = owner.put, []
     def put(self, *a, **k):
         real(self, *a, **k)
+        calls.append(1)
         tell(hook)
-        time.sleep(0.5)
+        if len(calls) == int(os.environ["HOOK_AFTER"]):
+            time.sleep(30)  # the signal ends this sleep at once; the wait is only for a parent slow to send it
     owner.put = put
 from servesim.cli.main import main
 main(args)
@@ -74,7 +76,7 @@ SMALL = ["--num-requests", "200", "--arrival", "poisson", "--rate", "20"]
 def interrupt(hook: str, sig: str, *args: str, after: int = 1) -> tuple[int, str]:
     """Run ``servesim ARGS`` with ``hook``; send ``sig`` once the hook has spoken ``after`` times; (exit code,
     stderr)."""
-    env = {**os.environ, "COLUMNS": "200"}
+    env = {**os.environ, "COLUMNS": "200", "HOOK_AFTER": str(after)}
     proc = subprocess.Popen([sys.executable, "-c", CHILD, hook, *args], stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, env=env)
     try:
