@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from math import ceil
 from typing import Protocol
 
 import numpy as np
@@ -281,8 +282,9 @@ class CostModel:
             touched = self.expert_load.touched(n)
         for fc, const, bm, be, c, wave in self._gemms:
             a, m = fc * n, const + bm * n + be * touched
-            if wave:
-                a *= _wave(n, *wave)
+            if wave:  # _wave inlined: this loop runs on every step with a token count not seen before
+                beta, tm, ct, sms, scale = wave
+                a *= (ceil(ceil(n / tm) * ct / sms) * scale / n) ** beta
             t += a + m - c * a * m / (a + m)
         for bm, row, cap, g in self._rows:
             m = bm * n

@@ -108,6 +108,11 @@ class KernelPrior:
         if np.ndim(out_width) == 0 and np.ndim(sms) == 0:
             if not out_width or not sms:
                 return 1.0
+            if isinstance(tokens, (int, float)):  # one shape: floats (the breakdown's path), no numpy scalars
+                m = max(float(tokens), 1e-9)
+                tiles = math.ceil(m / self.tile_m) * math.ceil(out_width / self.tile_n)
+                q = math.ceil(tiles / sms) * (sms * self.tile_m * self.tile_n / out_width) / m
+                return q**self.wave_exponent
             m = np.maximum(tokens, 1e-9)
             tiles = np.ceil(m / self.tile_m) * math.ceil(out_width / self.tile_n)
             return (np.ceil(tiles / sms) * (sms * self.tile_m * self.tile_n / out_width) / m) ** self.wave_exponent
@@ -121,7 +126,10 @@ class KernelPrior:
         """Bytes of a launch moving ``nbytes`` served from L2: ``min(nbytes, l2_fraction · l2_bytes)``, for an
         operator run in ``fraction`` of the layers (its bytes are the average layer's: that share of one
         launch's)."""
-        return np.minimum(nbytes, self.l2_fraction * l2_bytes * fraction)
+        cap = self.l2_fraction * l2_bytes * fraction
+        if isinstance(nbytes, (int, float)) and isinstance(cap, (int, float)):
+            return min(nbytes, cap)
+        return np.minimum(nbytes, cap)
 
     def memory_s(self, nbytes, hbm_bytes_per_s: float, l2_bytes: float = 0.0, fraction: float = 1.0):
         """The bytes term: HBM time, less what the L2-resident part of the working set saves."""
