@@ -324,7 +324,8 @@ class CostModel:
         if ds == 0 or shape.prefill_tokens:
             raise ValueError("decode_run_s takes a pure-decode shape (decode_seqs > 0, no prefill)")
         fd, bq, bc, c, f = self._ad
-        ctx = shape.decode_ctx_tokens + ds * np.arange(n, dtype=np.float64)  # exact: integers below 2**53
+        c0 = shape.decode_ctx_tokens
+        ctx = np.arange(c0, c0 + ds * n, ds, dtype=np.float64)  # c0 + ds * i, exact: integers below 2**53
         a = fd * ctx * dq / ds
         m = bq * dq + bc * ctx
         return self._base_s(shape) + (f + a + m - c * a * m / (a + m))
