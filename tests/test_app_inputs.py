@@ -74,6 +74,8 @@ def test_config_upload_reads_a_decoder_and_names_it():
     (b"\x89PNG\r\n\x1a\n", "config.json: not a text file"),
     (json.dumps({k: v for k, v in LLAMA_CONFIG.items() if k != "vocab_size"}).encode(),
      "config.json, field 'vocab_size': missing"),
+    (b'{"hidden_size": 1' + b"0" * 5000 + b"}", "config.json: not valid JSON: Exceeds the limit"),  # was ValueError
+    (b"[" * 100_000, "config.json: not valid JSON: nested too deeply"),  # was RecursionError
 ])
 def test_bad_configs_name_the_uploaded_file(data, needle):
     with pytest.raises(InputError) as exc:

@@ -27,11 +27,15 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from servesim.cli.simulate import _pd_pools
 from servesim.errors import ConfigError, InputError
 from servesim.hwmodels.gpus import get_gpu, load_gpus_yaml
 from servesim.hwmodels.models import get_model
+from servesim.hwmodels.precision import parse_quant
 from servesim.hwmodels.profile import load_profile
+from servesim.plan.candidates import parse_pd
 from servesim.plan.grid import Grid
+from servesim.plan.search import Limits
 from servesim.sim.config import Scenario, load_scenario
 from servesim.sim.deployment import build_deployment
 from servesim.sim.disagg import build_pd
@@ -433,6 +437,50 @@ def check_external(folder: Path, name: str, data: bytes, tool: str | None) -> No
             _clear(exc)
 
 
+# -- spec strings: --quant, --slo, --pd ---------------------------------------------------------------------------
+
+SPEC_TOKENS = ["w4a16", "w8a16", "bf16", "fp8", "w8a8", "attn", "mlp", "qkv", "o", "first:2", "last:1", "first:0",
+               "first:99999999999999", "ttft_p99_ms", "tpot_p99_ms", "p99_e2el", "queueing_p99_ms", "500", "0", "-1",
+               "1e400", "nan", "inf", "2:6", "1:3", "0:1", "²", "１", "٣", "off", "auto", "=", ",", ":", " ", ""]
+
+
+@st.composite
+def spec_text(draw) -> str:
+    """A spec built the way each flag reads (often valid), or a soup of its tokens."""
+    token = st.sampled_from(SPEC_TOKENS) | _TEXT
+    kind = draw(st.sampled_from(["quant", "slo", "pd", "soup"]))
+    if kind == "quant":
+        fmt = st.sampled_from(["w4a16", "w8a16", "bf16", "fp8", "w8a8", "int4"]) | token
+        group = st.sampled_from(["attn", "mlp", "qkv", "o", "gate_up", "down", "first:1", "first:3", "last:2"]) | token
+        terms = [draw(fmt)] + [f"{draw(group)}={draw(fmt)}" for _ in range(draw(st.integers(0, 3)))]
+    elif kind == "slo":
+        name = st.sampled_from(["ttft_p99_ms", "tpot_p50_ms", "p99_e2el", "itl_p90_ms", "queueing_p99_ms"]) | token
+        value = st.sampled_from(["500", "0.5", "1e3", "0", "-5", "nan", "inf"]) | token
+        terms = [f"{draw(name)}={draw(value)}" for _ in range(draw(st.integers(1, 3)))]
+    elif kind == "pd":
+        count = st.sampled_from(["1", "2", "6", "0", "10"]) | token
+        terms = [f"{draw(count)}:{draw(count)}" for _ in range(draw(st.integers(1, 3)))]
+    else:
+        parts = draw(st.lists(token, max_size=8))
+        return "".join(parts) if draw(st.booleans()) else ",".join(parts)
+    return ",".join(terms)
+
+
+def check_specs(folder: Path, text: str) -> None:
+    """Each spec parser on the same text: a value or one InputError naming the option (these come from flags).
+    Counted as loaded when one of them takes the text, else refused."""
+    refused = []
+    for parse in (parse_quant, Limits.parse, parse_pd, lambda t: _pd_pools(t, {})):
+        try:
+            parse(text)
+        except InputError as exc:
+            _clear(exc)
+            assert exc.field, str(exc)
+            refused.append(exc)
+    if len(refused) == 4:
+        raise refused[0]
+
+
 # -- the parsers -------------------------------------------------------------------------------------------------
 
 @dataclass(frozen=True)
@@ -469,6 +517,7 @@ PARSERS = {p.name: p for p in (
     Parser("calibration profile", document(PROFILE_SEEDS, _json, PROFILE_KEYS), _file("profile.json", load_profile)),
     Parser("external results (vLLM, GuideLLM, AIPerf)", external_input(),
            lambda folder, drawn: check_external(folder, *drawn)),
+    Parser("spec strings (--quant, --slo, --pd)", spec_text(), check_specs),
 )}
 
 
@@ -561,6 +610,14 @@ FOUND = [  # (id, file name, content, check, what the one-line error says); befo
     ("profile-nested-too-deep", "p.json", b"[" * 100_000, "profile", "nested too deeply"),  # RecursionError
     ("grid-not-utf8", "grid.yaml", b"base: \xff\n", "grid", "not UTF-8"),  # UnicodeDecodeError
 ]
+
+
+@pytest.mark.parametrize("text", ["²:1", "2:²", "1:٣x"])
+def test_pd_ratios_in_other_digits_give_one_clear_error(text):
+    # '²'.isdigit() is True but int('²') raises ValueError: --pd printed a traceback.
+    for parse in (parse_pd, lambda t: _pd_pools(t, {})):
+        with pytest.raises(InputError, match="field 'pd'"):
+            parse(text)
 CHECKS = {"trace": lambda p: check_trace(p, None), "scenario": check_scenario, "model": check_model,
           "gpus": check_gpus, "profile": load_profile, "grid": lambda p: Grid.load(p).scenarios()}
 

@@ -94,6 +94,9 @@ def config_upload(name: str, data: bytes) -> tuple[Path, ModelSpec]:
         raise InputError("not a text file (expected a HuggingFace config.json)", file=name) from None
     except json.JSONDecodeError as exc:
         raise InputError(f"not valid JSON: {exc.msg} at line {exc.lineno}", file=name) from None
+    except (ValueError, RecursionError) as exc:  # an integer of over 4,300 digits; nesting past the stack
+        what = "nested too deeply" if isinstance(exc, RecursionError) else str(exc).split(";")[0]
+        raise InputError(f"not valid JSON: {what}", file=name) from None
     if not isinstance(cfg, dict):
         raise InputError("expected a JSON object (a HuggingFace config.json)", file=name)
     path = _store(data, _model_label(name, cfg), "config.json")

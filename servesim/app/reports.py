@@ -53,7 +53,7 @@ def parse_report(name: str, files: dict[str, bytes]) -> ValidationReport:
         raise InputError("a validation report needs its report.json", file=name)
     try:
         doc = json.loads(files["report.json"].decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+    except (UnicodeDecodeError, ValueError, RecursionError) as exc:  # also >4,300-digit integers, deep nesting
         raise InputError(f"not valid JSON ({exc.__class__.__name__})", file="report.json") from None
     tables = {}
     for table in ("requests", "iterations"):

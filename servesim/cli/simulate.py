@@ -82,7 +82,7 @@ def _scenario(config: Path | None, fields: dict, pd: str | None = None) -> Scena
 def _pd_pools(text: str, given: dict) -> dict:
     """``--pd P:D``: the sizes of the prefill and decode pools (prefill_replicas, decode_replicas)."""
     parts = text.split(":")
-    if len(parts) != 2 or not all(p.strip().isdigit() and int(p) > 0 for p in parts):
+    if len(parts) != 2 or not all(p.strip().isascii() and p.strip().isdigit() and int(p) > 0 for p in parts):
         raise ConfigError(f"expected P:D, two positive counts of replicas (e.g. 2:6), got {text!r}", field="pd")
     pools = {"prefill_replicas": int(parts[0]), "decode_replicas": int(parts[1])}
     for name, value in pools.items():

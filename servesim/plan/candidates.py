@@ -28,6 +28,12 @@ DEFAULT_PD_MAX_GPUS = 8  # one node: the GPUs of a P/D unit that --pd auto may u
 Ratio = tuple[int, int]
 
 
+def _count(text: str) -> bool:
+    """A positive count in ASCII digits ('²' is a digit to str.isdigit, not to int)."""
+    t = text.strip()
+    return t.isascii() and t.isdigit() and int(t) > 0
+
+
 def parse_pd(value: str | Sequence[Ratio | str] | None) -> str | list[Ratio]:
     """``"off"``, ``"auto"`` or ratios, from ``"2:1,1:3"``, ``["2:1"]`` or ``[(2, 1)]`` (field ``pd``)."""
     if value is None:
@@ -41,7 +47,7 @@ def parse_pd(value: str | Sequence[Ratio | str] | None) -> str | list[Ratio]:
     for item in value:
         if isinstance(item, str):
             parts = item.strip().split(":")
-            ok = len(parts) == 2 and all(p.strip().isdigit() and int(p) > 0 for p in parts)
+            ok = len(parts) == 2 and all(_count(p) for p in parts)
             if not ok:
                 raise InputError(f"expected off, auto or P:D ratios such as 2:1,1:3, got {item!r}", field="pd")
             item = (int(parts[0]), int(parts[1]))
