@@ -168,6 +168,8 @@ class CalibratedCostModel:
         self._xb_last = len(self._decode.b) - 2
         self._w_max = profile.decode_max_weight
         self._columns: dict[int, list[float]] = {}
+        self._token_memo: dict[int, float] = {}  # token count -> the token table's value (_kernels_s)
+        self._head_memo: dict[int, float] = {}  # sampled rows -> the head table's value
         self._arrays: dict[int, tuple[np.ndarray, ...]] = {}
         spec = profile.table("spec_verify", vocab=m.vocab_size)
         self._spec = _Grid2(spec) if spec else None
@@ -340,20 +342,25 @@ class CalibratedCostModel:
         """Device time of every operator but the decode attention (the one term that grows with context)."""
         pt, dq = shape.prefill_tokens, shape.decode_query_tokens
         n = pt + dq
-        tx, ty = self._tx, self._ty
-        if n > self._tx_max or n > self._ar_tokens_max:
+        if n > self._tx_max or n > self._ar_tokens_max:  # flagged on every call (step_time collects its own)
             self.extrapolated.add("tokens(grid)" if n > self._tx_max else "allreduce(grid)")
-        j = bisect_right(tx, n) - 1
-        j = 0 if j < 0 else (self._tx_last if j > self._tx_last else j)
-        t = ty[j] + (ty[j + 1] - ty[j]) * (n - tx[j]) / (tx[j + 1] - tx[j])
+        t = self._token_memo.get(n)
+        if t is None:  # token counts repeat (a chunk budget, a batch size): each one interpolated once
+            tx, ty = self._tx, self._ty
+            j = bisect_right(tx, n) - 1
+            j = 0 if j < 0 else (self._tx_last if j > self._tx_last else j)
+            t = self._token_memo[n] = ty[j] + (ty[j + 1] - ty[j]) * (n - tx[j]) / (tx[j + 1] - tx[j])
         if pt:
             t += self._prefill_s(shape)
         s = shape.sampled_tokens
         if s:
-            hx, hy = self._hx, self._hy
-            j = bisect_right(hx, s) - 1
-            j = 0 if j < 0 else (self._hx_last if j > self._hx_last else j)
-            t += hy[j] + (hy[j + 1] - hy[j]) * (s - hx[j]) / (hx[j + 1] - hx[j])
+            h = self._head_memo.get(s)
+            if h is None:
+                hx, hy = self._hx, self._hy
+                j = bisect_right(hx, s) - 1
+                j = 0 if j < 0 else (self._hx_last if j > self._hx_last else j)
+                h = self._head_memo[s] = hy[j] + (hy[j + 1] - hy[j]) * (s - hx[j]) / (hx[j + 1] - hx[j])
+            t += h
         ds = shape.decode_seqs
         if ds and dq > ds:
             t += self._spec_s(shape)
