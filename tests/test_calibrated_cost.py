@@ -114,6 +114,7 @@ def test_extrapolation_is_flagged(profile):
     assert not m.extrapolated
     m.step_time_s(prefill_shape(16000))
     assert "tokens(grid)" in m.extrapolated and "tokens(grid)" in m.step_time(prefill_shape(17000)).extrapolated
+    assert "tokens(grid)" in m.step_time(prefill_shape(16000)).extrapolated  # a remembered token count too
     other = CalibratedCostModel(Placement(get_model("Qwen2.5-7B"), H200), profile)  # shapes not in the profile
     assert {"qkv(shape)", "attn_decode(shape)"} <= other.extrapolated
     assert other.step_time(decode_shape(8, 1000)).extrapolated
