@@ -140,8 +140,9 @@ def synthetic_workload(n: int, seed: int, max_len: int, prompt_mean: float = 900
 
 
 def fit_steps(model: str, fmt: str, partial: Profile, device: str, n_requests: int,
-              max_model_len: int = 4096) -> tuple[StepFit, list[OpTable], dict[str, float], pd.DataFrame]:
-    """Serve a synthetic trace on the engine in ``fmt`` and fit the whole-step terms of the profile."""
+              max_model_len: int = 4096) -> tuple[StepFit, list[OpTable], pd.DataFrame]:
+    """Serve a synthetic trace on the engine in ``fmt`` and fit the whole-step terms of the profile; returns the
+    fit, the host-time tables and the iterations (judged by ``held_out_step_errors`` on the final profile)."""
     from servesim.engine.engine import EngineConfig, build_engine
     from servesim.engine.replay import replay, warm_up
     from servesim.sim.config import make_scenario
@@ -189,13 +190,10 @@ def fit_steps(model: str, fmt: str, partial: Profile, device: str, n_requests: i
     full = partial.model_copy(update={"tables": partial.tables + tuple(over), "steps": {fmt: fit}})
     model_full = CalibratedCostModel(placement, full)
     pred = np.array([model_full.step_time_s(s) for s in shapes])
-    err = np.abs(pred / step - 1)[~train]
-    report = {**_summary(list(err)), "graph_steps": int(graph[~train].sum()),
-              "eager_steps": int((~graph[~train]).sum())}
     del eng
     if cuda:
         torch.cuda.empty_cache()
-    return fit, over, report, it.assign(format=fmt, predicted_s=pred, kernels_s=kernels)
+    return fit, over, it.assign(format=fmt, predicted_s=pred, kernels_s=kernels)
 
 
 def _host_fit(seqs: np.ndarray, kv: np.ndarray, host: np.ndarray) -> tuple[float, float, float]:
@@ -329,10 +327,9 @@ def calibrate(models: list[str], formats: tuple[str, ...], kv_dtypes: tuple[str,
     gpu_name = gpu or catalog_gpu(torch.cuda.get_device_name() if cuda else "cpu")
     prov = provenance(command, 0.0, device)
     partial = Profile(version=VERSION, profile_id="partial", gpu=gpu_name, provenance=prov, tables=tuple(measured))
-    steps, overheads, step_errors, logs = {}, [], {}, {}
+    steps, overheads, logs = {}, [], {}
     for fmt in formats:
-        fit, over, err, log = fit_steps(models[0], fmt, partial, device, step_requests)
-        steps[fmt], step_errors[fmt], logs[fmt] = fit, err, log
+        steps[fmt], over, logs[fmt] = fit_steps(models[0], fmt, partial, device, step_requests)
         overheads += over
         tick()
     wall = time.perf_counter() - started
@@ -340,10 +337,9 @@ def calibrate(models: list[str], formats: tuple[str, ...], kv_dtypes: tuple[str,
     pid = f"{'' if cuda else 'cpu-'}{gpu_name.lower()}-{date}-{prov.git_commit}"  # a CPU timing says so
     profile = Profile(version=VERSION, profile_id=pid, gpu=gpu_name,
                       provenance=prov.model_copy(update={"wall_s": wall}), tables=tuple(measured + overheads),
-                      steps=steps, fit=FitReport(method=held_out_method(measured), ops=held_out_errors(measured),
-                                    steps=step_errors))
+                      steps=steps, fit=FitReport(method=held_out_method(measured), ops=held_out_errors(measured)))
     profile = refit(profile)  # the whole-step errors of the model as shipped: after the refit's terms
-    its = pd.concat([log.assign(format=fmt) for fmt, log in logs.items()], ignore_index=True)
+    its = pd.concat(logs.values(), ignore_index=True)
     profile = profile.model_copy(update={"fit": profile.fit.model_copy(update={
         "steps": held_out_step_errors(profile, its, models[0])})})
     return Calibration(profile, notes, logs)

@@ -133,14 +133,15 @@ class ReplicaProcess:
                 ends = ends[:steps]
                 end = float(ends[-1])
             else:
-                ends = None
+                ends = used = None
                 dt = sim.step_s(batch, dep)
                 end = t + dt
                 shape = batch.shape  # a run of chunks: no chunk finishes a prompt (sampled tokens are the decodes')
                 if (sim.chunk_runs and shape.sampled_tokens == shape.decode_query_tokens and batch.prefill
                         and not pipelined):
-                    ends = self._chunk_run(batch, end)
-                    if ends is not None:
+                    run = self._chunk_run(batch, end)
+                    if run is not None:
+                        ends, used = run
                         end = float(ends[-1])
             if pipelined:
                 self.step_span = (t, t)
@@ -155,9 +156,9 @@ class ReplicaProcess:
                 if batch.steps > 1 and batch.prefill:  # a chunked-prefill run: each step on SimPy's clock and the
                     s, row = t, (self.replica.index, batch.size, batch.shape.prefill_tokens,  # timeline, as one by one
                                  batch.shape.decode_query_tokens, sched.num_running, sched.num_waiting)
-                    for e, used in zip(ends.tolist(), self._chunk_used[:-1]):
+                    for e, u in zip(ends.tolist(), used[:-1]):
                         yield env.timeout(e - s)
-                        sim.timeline.add(row[0], s, e, 1, *row[1:], used, sched.kv.num_blocks)
+                        sim.timeline.add(row[0], s, e, 1, *row[1:], u, sched.kv.num_blocks)
                         s = e
                     t = s  # the last step's row below
                     yield env.timeout(end - s)
@@ -174,10 +175,11 @@ class ReplicaProcess:
             )
             self.replica.collect(sched)
 
-    def _chunk_run(self, batch: Batch, end: float) -> np.ndarray | None:
+    def _chunk_run(self, batch: Batch, end: float) -> tuple[np.ndarray, list[int]] | None:
         """End times of the run of chunked-prefill steps that ``batch`` (ending at ``end``) begins, when the
         scheduler allows more than one and the next starts before the next arrival anywhere (None otherwise):
-        each step priced on its own shape and added to the clock as stepping one by one adds it."""
+        each step priced on its own shape and added to the clock as stepping one by one adds it; with the KV
+        blocks in use after each step (``Scheduler.extend_chunks``)."""
         sched = self.sched
         m = sched.chunk_steps(batch)
         if m <= 1:
@@ -189,8 +191,8 @@ class ReplicaProcess:
         while len(ends) < m and end < horizon:  # keep the steps that start before the next arrival
             end = end + cost.step_time_s(sched.chunk_shape(batch, len(ends)))
             ends.append(end)
-        self._chunk_used = sched.extend_chunks(batch, len(ends))
-        return np.array(ends)
+        used = sched.extend_chunks(batch, len(ends))
+        return np.array(ends), used
 
 
 class Replica:

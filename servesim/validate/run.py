@@ -61,13 +61,28 @@ def engine_config(s: Scenario, opts: EngineOptions):
         cuda_graphs=opts.cuda_graphs, seed=s.seed, tp=s.tp, **spec_fields(s, opts))
 
 
+def predict(s: Scenario, w: Workload, num_gpu_blocks: int, iterations):
+    """The simulator's side of a validation: ``w`` simulated with the engine's KV block count (unless the scenario
+    sets fewer), the engine's measured ``iterations`` priced by the same cost model, and the case fields that
+    name the model. Returns ``(predicted result, iteration table, case fields)``."""
+    from servesim.sim.simulator import simulate
+
+    sim_s = s.model_copy(update={"num_gpu_blocks": s.num_gpu_blocks or num_gpu_blocks})
+    predicted = simulate(sim_s, w)
+    dep = build_deployment(sim_s)
+    it = compare.iteration_table(iterations, dep.cost, dep.swap_s_per_block, dep.draft_cost, dep.scheduler.spec_k)
+    fields = {"profile_id": predicted.meta["profile_id"],
+              "cost_extrapolated": ", ".join(predicted.meta.get("cost_extrapolated", [])) or "none",
+              "num_gpu_blocks": sim_s.num_gpu_blocks}
+    return predicted, it, fields
+
+
 def validate_engine(s: Scenario, opts: EngineOptions, time_scale: float = 1.0, title: str | None = None,
                     on_progress=None, engine=None) -> tuple[Report, dict]:
     """Engine replay vs simulation of ``s``; returns the report and both runs (for their files). ``engine`` (built
     for ``engine_config(s, opts)``) is reused when given: a replay leaves no state behind but stale KV contents."""
     from servesim.engine.engine import build_engine
     from servesim.engine.replay import replay, warm_up
-    from servesim.sim.simulator import simulate
 
     started = time.perf_counter()
     own = engine is None
@@ -79,20 +94,16 @@ def validate_engine(s: Scenario, opts: EngineOptions, time_scale: float = 1.0, t
     finally:
         if own:
             engine.close()
-    sim_s = s.model_copy(update={"num_gpu_blocks": s.num_gpu_blocks or engine.num_blocks})
-    predicted = simulate(sim_s, w)
-    dep = build_deployment(sim_s)
-    it = compare.iteration_table(measured.iterations, dep.cost, dep.swap_s_per_block, dep.draft_cost,
-                                 dep.scheduler.spec_k)
+    predicted, it, named = predict(s, w, engine.num_blocks, measured.iterations)
     rows = compare.metric_rows(predicted.summary, measured.result.summary)
     case = {"scenario": s.model_dump(mode="json"), "workload": w.name, "requests": len(w),
-            "time_scale": time_scale, "profile_id": predicted.meta["profile_id"],
-            "cost_extrapolated": ", ".join(predicted.meta.get("cost_extrapolated", [])) or "none",
+            "time_scale": time_scale, "profile_id": named["profile_id"],
+            "cost_extrapolated": named["cost_extrapolated"],
             "engine": f"{opts.device}, {engine.model.backend.name} kernels"
                       + (f", TP {engine.config.tp}" if engine.config.tp > 1 else "")
                       + f", {engine.num_blocks:,} KV blocks ({engine.memory.planned_by}), "
                         f"weights {opts.weights or 'random'}",
-            "num_gpu_blocks": sim_s.num_gpu_blocks, "warm_up_s": round(warm_s, 1),
+            "num_gpu_blocks": named["num_gpu_blocks"], "warm_up_s": round(warm_s, 1),
             "wall_s": round(time.perf_counter() - started, 1)}
     report = Report(title=title or f"{s.model} {s.quant} on the engine vs servesim", case=case, metrics=rows,
                     requests=compare.per_request(predicted.requests, measured.result.requests), iterations=it,
@@ -220,7 +231,6 @@ def reprice(case_dir: str | Path, profile: str | None = None) -> Report:
 
     import pandas as pd
 
-    from servesim.sim.simulator import simulate
     from servesim.validate.report import load_report
 
     d = Path(case_dir)
@@ -239,19 +249,12 @@ def reprice(case_dir: str | Path, profile: str | None = None) -> Report:
         if not found:
             raise ConfigError(f"{d / 'report.json'}: no engine KV block count", field="case.num_gpu_blocks")
         blocks = int(found.group(1).replace(",", ""))
-    w = scaled_workload(s, old.case["time_scale"])
-    sim_s = s.model_copy(update={"num_gpu_blocks": s.num_gpu_blocks or blocks})
-    predicted = simulate(sim_s, w)
-    dep = build_deployment(sim_s)
-    it = compare.iteration_table(pd.read_parquet(raw_path), dep.cost, dep.swap_s_per_block, dep.draft_cost,
-                                 dep.scheduler.spec_k)
+    predicted, it, named = predict(s, scaled_workload(s, old.case["time_scale"]), blocks, pd.read_parquet(raw_path))
     rows = compare.metric_rows(predicted.summary, {m["key"]: m["measured"] for m in old.metrics})
     meas = old.requests[["request_id"] + [c for c in old.requests.columns if c.endswith("_meas")]]
     pred = compare.latencies(predicted.requests)
     pred.columns = ["request_id"] + [f"{c}_pred" for c in pred.columns[1:]]
-    case = {**old.case, "profile_id": predicted.meta["profile_id"],
-            "cost_extrapolated": ", ".join(predicted.meta.get("cost_extrapolated", [])) or "none",
-            "num_gpu_blocks": blocks, "repriced_from": old.case.get("repriced_from", old.case["profile_id"])}
+    case = {**old.case, **named, "repriced_from": old.case.get("repriced_from", old.case["profile_id"])}
     note = (f"prediction re-made on the CPU with {case['profile_id']} (servesim validate --reprice); the measured "
             f"run is the stored one, first predicted with {case['repriced_from']}")
     return Report(title=old.title, case=case, metrics=rows, requests=pred.merge(meas, on="request_id"),
