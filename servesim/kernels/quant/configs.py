@@ -1,15 +1,22 @@
-"""Launch configurations for ``quant_gemm`` per weight width and M bucket, fixed in code.
+"""Launch configurations for ``quant_gemm`` per weight width and M bucket, per GPU.
 
-Chosen by the tuning sweep ``bench/quant_gemm.py --tune`` on an H100 (see ``bench/results``); nothing is
-autotuned at start-up. ``waves``: split K (powers of two) until the grid has at least waves x SM-count
-CTAs; ``fill`` (takes precedence): the largest split with at most fill x SM-count CTAs, any integer, so
-the grid is one resident wave when ``fill`` is the CTAs per SM that registers allow.
+The tables here were chosen by the tuning sweep ``bench/quant_gemm.py --tune`` on an H100 (see ``bench/results``);
+another GPU's from the ``quant_gemm`` section of ``servesim/kernels/configs/<key>.json`` (``tuned.py``), and a GPU
+without one launches with these. Nothing is autotuned at start-up. ``waves``: split K (powers of two) until the
+grid has at least waves x SM-count CTAs; ``fill`` (takes precedence): the largest split with at most fill x
+SM-count CTAs, any integer, so the grid is one resident wave when ``fill`` is the CTAs per SM that registers allow.
 
 ``CONFIGS`` holds one configuration per (bits, M bucket); ``LARGE_W`` overrides some of them for weights
-of at least ``LARGE_W_ELEMS`` elements (N x K). ``config_for(bits, m, n, k)`` picks between them.
+of at least ``LARGE_W_ELEMS`` elements (N x K). ``config_for(bits, m, n, k)`` picks between them, from the
+tables of the process's GPU (``tables()``).
 """
 
 from __future__ import annotations
+
+from typing import NamedTuple
+
+from .. import tuned
+from ..tuned import ACTIVE as _ACTIVE
 
 
 def bucket(m: int) -> str:
@@ -61,13 +68,57 @@ LARGE_W: dict[tuple[int, str], dict] = {
 }
 
 
-def config_for(bits: int, m: int, n: int | None = None, k: int | None = None) -> dict:
-    """The tuned configuration for ``bits``-wide weights, ``m`` activation rows and an ``[n, k]`` weight.
+class Tables(NamedTuple):
+    """One GPU's launch tables."""
 
-    Without ``n`` and ``k`` (or below ``LARGE_W_ELEMS`` weights) it is the M bucket's ``CONFIGS`` entry;
-    at or above, the bucket's ``LARGE_W`` entry where there is one.
+    configs: dict[tuple[int, str], dict]
+    large_w: dict[tuple[int, str], dict]
+    large_w_elems: int
+
+
+def _decode(table: dict[str, dict]) -> dict[tuple[int, str], dict]:
+    """``{"W4/1": cfg}`` (JSON) -> ``{(4, "1"): cfg}``."""
+    out = {}
+    for name, cfg in table.items():
+        bits, bkt = name.removeprefix("W").split("/")
+        out[(int(bits), bkt)] = cfg
+    return out
+
+
+def _encode(table: dict[tuple[int, str], dict]) -> dict[str, dict]:
+    return {f"W{bits}/{bkt}": cfg for (bits, bkt), cfg in table.items()}
+
+
+def _build(found: dict | None) -> Tables:
+    """The code's tables where the GPU has no section; else the section's entries over them (a sweep of some
+    buckets leaves the others as tuned on the H100)."""
+    if found is None:
+        return Tables(CONFIGS, LARGE_W, LARGE_W_ELEMS)
+    return Tables({**CONFIGS, **_decode(found["configs"])}, {**LARGE_W, **_decode(found.get("large_w", {}))},
+                  int(found.get("large_w_elems", LARGE_W_ELEMS)))
+
+
+def tables(device: str | None = None) -> Tables:
+    """The launch tables of ``device`` (a key of ``tuned.py``, e.g. ``"h200"``; default: this process's GPU)."""
+    return tuned.tables("quant_gemm", _build, device)
+
+
+def section(t: Tables) -> dict:
+    """``t`` as the ``quant_gemm`` section of a configs file (what :func:`tables` reads back)."""
+    return {"configs": _encode(t.configs), "large_w": _encode(t.large_w), "large_w_elems": t.large_w_elems}
+
+
+def config_for(bits: int, m: int, n: int | None = None, k: int | None = None, device: str | None = None) -> dict:
+    """The tuned configuration for ``bits``-wide weights, ``m`` activation rows and an ``[n, k]`` weight on
+    ``device`` (a ``tuned.py`` key; default: this process's GPU, the H100 tables off CUDA).
+
+    Without ``n`` and ``k`` (or below the large-weight threshold) it is the M bucket's ``configs`` entry;
+    at or above, the bucket's ``large_w`` entry where there is one.
     """
+    t = None if device else _ACTIVE.get("quant_gemm")
+    if t is None:
+        t = tuned.tables("quant_gemm", _build, device)
     key = (bits, bucket(m))
-    if n is not None and k is not None and n * k >= LARGE_W_ELEMS and key in LARGE_W:
-        return LARGE_W[key]
-    return CONFIGS[key]
+    if n is not None and k is not None and n * k >= t.large_w_elems and key in t.large_w:
+        return t.large_w[key]
+    return t.configs[key]
