@@ -85,16 +85,16 @@ def make_inputs(b: int, k: int, vocab: int, scenario: str, gen: torch.Generator)
 
 def time_case(b, k, vocab, scenario, gen, temperature=1.0, **launch) -> dict:
     args = make_inputs(b, k, vocab, scenario, gen)
-    launch = {"counters": SplitCounters(args[0].device), **launch}  # reused by every timed launch
+    counters = SplitCounters(args[0].device)  # reused by every timed launch
     if temperature == 0:
         args = (*args[:3], None, args[4])
-    acc, _ = verify(*args, temperature, k_max=k, **launch)
+    acc, _ = verify(*args, temperature, k_max=k, counters=counters, **launch)
     want = k if scenario == "accept" else 0
     if not bool((acc == want).all()) and temperature > 0:  # greedy: a bf16 tie may pick another argmax
         raise RuntimeError(f"unexpected acceptance for {scenario} B={b} k={k} V={vocab}")
 
     def fn():
-        return verify(*args, temperature, k_max=k, **launch)
+        return verify(*args, temperature, k_max=k, counters=counters, **launch)
 
     graph_ms = timing.cold_ms(fn)
     stream_ms = timing.stream_ms(fn)

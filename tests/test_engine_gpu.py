@@ -49,7 +49,7 @@ def small_model_path(tmp_path_factory):
     return write_config(tiny_config(**SHAPES["small"], max_position_embeddings=4096), tmp_path_factory.mktemp("m"))
 
 
-def _replay(path, graphs: bool, fmt="bf16", kv="bf16", blocks=None, **sc):
+def _replay(path, graphs: bool, fmt="bf16", kv="bf16", blocks=None, spread_s=0.3, **sc):
     s = make_scenario({"model": path, "max_model_len": 1024, "max_num_batched_tokens": 512, "max_num_seqs": 16,
                        "quant": fmt, "kv_dtype": kv, "num_gpu_blocks": blocks, **sc})
     eng = build_engine(EngineConfig(model=path, weight_format=fmt, kv_dtype=kv, max_model_len=1024,
@@ -59,7 +59,7 @@ def _replay(path, graphs: bool, fmt="bf16", kv="bf16", blocks=None, **sc):
     import pandas as pd
 
     from servesim.sim.workload import Workload
-    df = pd.DataFrame({"arrival_s": np.sort(rng.uniform(0, 0.3, 24)), "input_tokens": rng.integers(10, 300, 24),
+    df = pd.DataFrame({"arrival_s": np.sort(rng.uniform(0, spread_s, 24)), "input_tokens": rng.integers(10, 300, 24),
                        "output_tokens": rng.integers(5, 60, 24)})
     kept = {}
     release = eng.runner.release
@@ -134,6 +134,8 @@ def test_formats_replay_completes(small_model_path, fmt, kv):
 
 @pytest.mark.parametrize("preemption", ["recompute", "swap"])
 def test_preemption_storm_on_gpu(small_model_path, preemption):
-    res, _ = _replay(small_model_path, graphs=True, blocks=40, preemption=preemption)
+    # every request arrives at once: a fast GPU finishes early requests before later ones arrive in a spread
+    # trace, and the storm (preemptions) then depends on timing; a burst forces it
+    res, _ = _replay(small_model_path, graphs=True, blocks=40, spread_s=0.0, preemption=preemption)
     req = res.result.requests
     assert (req.generated_tokens == req.output_tokens).all() and req.num_preemptions.sum() > 0
