@@ -113,7 +113,42 @@ def candidates(bits: int, bkt: str) -> list[dict]:
         (8, "256"): [g(BLOCK_M=128, BLOCK_N=128, num_warps=8, waves=1)],
         (8, "large"): [g(BLOCK_M=128, BLOCK_N=128, num_warps=8, waves=0)],
     }
-    return _with_current(QC.tables().configs[(bits, bkt)], table[(bits, bkt)])
+    return _with_current(QC.tables().configs[(bits, bkt)], table[(bits, bkt)] + H200_ROUND[(bits, bkt)])
+
+
+# Round 1 on the H200 (2026-12-04): its copy rate is 1.4x the H100's, so fixed costs weigh more at M = 1-16 (a
+# shorter split, more CTAs in flight, fewer warps each) and the large-M tiles meet a faster cuBLAS (wider tiles,
+# deeper pipelines). Tried beside the H100 round-3 variants above.
+H200_ROUND = {
+    (4, "1"): [_gemv(BLOCK_N=64, num_warps=2, fill=8, PREFETCH=2), _gemv(BLOCK_N=128, fill=6),
+               _gemv(BLOCK_N=128, num_warps=2, fill=8, PREFETCH=2), _gemv(BLOCK_N=32, num_warps=1, fill=16),
+               _gemv(BLOCK_N=256, num_warps=8, fill=2, PREFETCH=2), _gemv(BLOCK_N=64, num_warps=1, fill=12)],
+    (4, "16"): [_gemm(BLOCK_M=16, BLOCK_N=64, num_warps=4, fill=6, SWAP=True, DEQ=3, num_stages=4),
+                _gemm(BLOCK_M=16, BLOCK_N=32, num_warps=2, fill=8, SWAP=True, DEQ=3, num_stages=4),
+                _gemm(BLOCK_M=16, BLOCK_N=64, num_warps=4, fill=4, SWAP=True, DEQ=3, num_stages=6),
+                _gemm(BLOCK_M=16, BLOCK_N=128, num_warps=4, waves=2, SWAP=True, DEQ=3)],
+    (4, "64"): [_gemm(BLOCK_M=0, BLOCK_N=64, num_warps=4, fill=4, SWAP=True, DEQ=3, num_stages=4),
+                _gemm(BLOCK_M=0, BLOCK_N=128, num_warps=4, waves=2, SWAP=True, DEQ=3, num_stages=4)],
+    (4, "256"): [_gemm(BLOCK_M=128, BLOCK_N=128, num_warps=8, waves=1, SWAP=True, DEQ=3, num_stages=4),
+                 _gemm(BLOCK_M=128, BLOCK_N=64, num_warps=4, waves=2, SWAP=True, DEQ=3, num_stages=4),
+                 _gemm(BLOCK_M=64, BLOCK_N=64, num_warps=4, waves=1, SWAP=True, DEQ=3, num_stages=5)],
+    (4, "large"): [_gemm(BLOCK_M=256, BLOCK_N=128, num_warps=8, waves=0, SWAP=True, DEQ=3, num_stages=4),
+                   _gemm(BLOCK_M=128, BLOCK_N=256, num_warps=8, waves=0, SWAP=True, DEQ=3, num_stages=3),
+                   _gemm(BLOCK_M=256, BLOCK_N=128, num_warps=8, waves=0, SWAP=True, DEQ=3, GROUP_M=16)],
+    (8, "1"): [_gemv(BLOCK_N=32, num_warps=1, fill=12), _gemv(BLOCK_N=32, num_warps=1, fill=16),
+               _gemv(BLOCK_N=64, num_warps=2, fill=8, PREFETCH=2), _gemv(BLOCK_N=128, fill=4, PREFETCH=2),
+               _gemv(BLOCK_N=64, num_warps=2, fill=6)],
+    (8, "16"): [_gemm(BLOCK_M=16, BLOCK_N=64, num_warps=4, fill=6, SWAP=True, num_stages=4),
+                _gemm(BLOCK_M=16, BLOCK_N=32, num_warps=2, fill=8, SWAP=True, num_stages=4),
+                _gemm(BLOCK_M=16, BLOCK_N=128, num_warps=4, waves=2, SWAP=True, DEQ=1, num_stages=4)],
+    (8, "64"): [_gemm(BLOCK_M=0, BLOCK_N=64, num_warps=4, fill=4, SWAP=True, DEQ=1, num_stages=4),
+                _gemm(BLOCK_M=64, BLOCK_N=128, num_warps=4, waves=2, num_stages=4)],
+    (8, "256"): [_gemm(BLOCK_M=128, BLOCK_N=128, num_warps=8, waves=1, num_stages=4),
+                 _gemm(BLOCK_M=128, BLOCK_N=64, num_warps=4, waves=2, num_stages=4)],
+    (8, "large"): [_gemm(BLOCK_M=128, BLOCK_N=256, num_warps=8, waves=0, num_stages=3),
+                   _gemm(BLOCK_M=128, BLOCK_N=256, num_warps=8, waves=0, num_stages=4),
+                   _gemm(BLOCK_M=256, BLOCK_N=128, num_warps=8, waves=0, num_stages=3)],
+}
 
 
 LARGE_SHAPE = (28672, 8192)  # the large-weight overrides (N*K >= LARGE_W_ELEMS) are ranked on this shape
