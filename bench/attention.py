@@ -1,6 +1,6 @@
 """Benchmark the paged attention kernels against PyTorch SDPA (cuDNN and flash backends) on one GPU.
 
-    PYTHONPATH=. python3 bench/attention.py --out bench/results [--tune]
+    PYTHONPATH=. python3 bench/attention.py --out bench/results [--tune [--write-package]]
 
 Prefill: causal, bf16, head_dim 128, 32 query / 8 KV heads (GQA 4), S = 1k..16k with batch 16k/S, TFLOP/s
 counting causal FLOPs as 4 * S^2/2 * heads * head_dim per sequence. Decode: bf16, GQA 4, page 16, one
@@ -11,6 +11,11 @@ Every figure is given twice (``servesim/kernels/timing.py``): plain columns use 
 CUDA-graph replay after zeroing 256 MB: dirty L2 plus the isolated-launch floor), ``_stream`` columns the
 in-step condition (back to back with a 256 MB read in one graph: cold, clean L2). ``--tune`` first sweeps
 tile configs and the split heuristic (ranked in-step), applies the best, and records the sweep.
+
+Without ``--tune`` the kernels launch with this GPU's tables (``servesim/kernels/tuned.py``). ``--tune`` also writes
+the winners to ``<out>/attention_configs-<card>-<date>.json`` (the ``decode_attention`` and ``prefill_attention``
+sections of a configs file); ``--write-package``, or ``python3 -m servesim.kernels.tuned install FILE`` later,
+merges them into ``servesim/kernels/configs/<card>.json`` (the H100's tables are code: ``decode.py``, ``prefill.py``).
 """
 
 from __future__ import annotations
@@ -27,7 +32,7 @@ import torch.nn.functional as F
 import triton
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-from servesim.kernels import timing
+from servesim.kernels import timing, tuned
 from servesim.kernels.attention import decode as dec
 from servesim.kernels.attention import prefill as pre
 from servesim.kernels.attention.kv_cache import allocate_kv_cache, write_kv, write_kv_bytes
@@ -278,7 +283,7 @@ def tune_prefill(log: list) -> None:
                     "geomean": geomean(list(tflops.values()))})
         print(log[-1], flush=True)
         best = max(best, (log[-1]["geomean"], cfg), key=lambda x: x[0])
-    pre.PREFILL_CONFIGS[(D, True)] = best[1]
+    pre.tables()[(D, True)] = best[1]  # this GPU's table: the timed rows launch with it
 
 
 def decode_config(cand: tuple) -> dict:
@@ -318,17 +323,18 @@ def tune_decode(log: list) -> None:
               {str(k): max(v, key=v.get) for k, v in per_shape.items()}, flush=True)
         best = max(best, (geomean(top), cand), key=lambda x: x[0])
     cand = best[1]
-    dec.DECODE_CONFIGS[D] = decode_config(cand)
+    table = dec.tables()  # this GPU's: the timed rows launch with what the sweep leaves in it
+    table.configs[D] = decode_config(cand)
     best = (0.0, None)
     for waves in SPLIT_WAVES_GRID:
         for min_keys in MIN_KEYS_GRID:
-            dec.SPLIT_WAVES, dec.MIN_SPLIT_KEYS = waves, min_keys
+            table.split.update(SPLIT_WAVES=waves, MIN_SPLIT_KEYS=min_keys)
             got = {str(sh): tbps(cand, sh, dec.choose_num_splits(*sh[:1], HKV, sh[1], sms())) for sh in shapes}
             log.append({"kernel": "split", "SPLIT_WAVES": waves, "MIN_SPLIT_KEYS": min_keys, "tbps": got,
                         "geomean": geomean(list(got.values()))})
             print(log[-1], flush=True)
             best = max(best, (log[-1]["geomean"], (waves, min_keys)), key=lambda x: x[0])
-    dec.SPLIT_WAVES, dec.MIN_SPLIT_KEYS = best[1]
+    table.split.update(SPLIT_WAVES=best[1][0], MIN_SPLIT_KEYS=best[1][1])
 
 
 def tune(out: str) -> list:
@@ -345,8 +351,12 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", default="bench/results", help="folder for the .md and .json results")
     ap.add_argument("--tune", action="store_true", help="sweep configs first and use the best")
+    ap.add_argument("--write-package", action="store_true", help="with --tune: install the winners as this GPU's "
+                    "configs (servesim/kernels/configs/<card>.json)")
     ap.add_argument("--smoke", action="store_true", help="tiny shapes on the CPU interpreter (script check)")
     args = ap.parse_args()
+    if args.write_package and not args.tune:
+        ap.error("--write-package installs what --tune chose: pass --tune too")
     if args.smoke:
         global DEV, PREFILL_S, DECODE_SHAPES, PREFILL_CANDIDATES, DECODE_CANDIDATES, PREFILL_TOKENS, EXTRA_SHAPES
         global SPLIT_GRID, SPLIT_WAVES_GRID, MIN_KEYS_GRID
@@ -358,8 +368,9 @@ def main() -> None:
     card = timing.card()
     meta = {"card": card, "date": datetime.date.today().isoformat(), "torch": torch.__version__,
             "triton": triton.__version__, "sms": sms(),
-            "command": "PYTHONPATH=. python3 bench/attention.py" + (" --tune" if args.tune else "")}
-    tuned = tune(args.out) if args.tune else None
+            "command": "PYTHONPATH=. python3 bench/attention.py" + (" --tune" if args.tune else ""),
+            "device_key": tuned.current_key()}
+    sweep = tune(args.out) if args.tune else None
     notes: dict = {}
     prefill, decode, extras = [], [], []
     bench_prefill(prefill, notes)
@@ -374,10 +385,10 @@ def main() -> None:
         r["ours/flash"] = r["ours_tbps"] / r["flash_tbps"]
         r["ours/cudnn stream"] = r["ours_stream_tbps"] / r["cudnn_stream_tbps"]
     bench_decode_extras(extras)
-    configs = {"prefill": {str(k): v for k, v in pre.PREFILL_CONFIGS.items()}, "decode": dec.DECODE_CONFIGS,
-               "split": {"SPLIT_WAVES": dec.SPLIT_WAVES, "MIN_SPLIT_KEYS": dec.MIN_SPLIT_KEYS}}
+    configs = {"prefill": {str(k): v for k, v in pre.tables().items()}, "decode": dec.tables().configs,
+               "split": dec.tables().split}
     result = {"meta": meta, "notes": notes, "configs": configs, "prefill": prefill, "decode": decode,
-              "extras": extras, "tune": tuned}
+              "extras": extras, "tune": sweep}
     stem = os.path.join(args.out, f"attention-{timing.card_slug(card)}-{meta['date']}")
     os.makedirs(args.out, exist_ok=True)
     with open(stem + ".json", "w") as f:
@@ -392,6 +403,18 @@ def main() -> None:
     with open(stem + ".md", "w") as f:
         f.write("\n".join(md))
     print("\n".join(md[10:]))
+    if args.tune:
+        tuned.report_written(write_configs(args.out, meta), args.write_package)
+
+
+def write_configs(out: str, meta: dict) -> str:
+    """This GPU's decode and prefill tables (as the sweep left them) as a configs file of
+    ``servesim/kernels/tuned.py``: ``attention_configs-<card>-<date>.json`` in ``out``."""
+    provenance = {k: meta[k] for k in ("card", "date", "command", "torch", "triton")}
+    doc = tuned.configs_document(meta["card"], "decode_attention", dec.section(dec.tables()), provenance)
+    doc["prefill_attention"] = {**provenance, **pre.section(pre.tables())}
+    path = os.path.join(out, f"attention_configs-{timing.card_slug(meta['card'])}-{meta['date']}.json")
+    return str(tuned.write_document(path, doc))
 
 
 if __name__ == "__main__":

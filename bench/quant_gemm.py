@@ -385,13 +385,7 @@ def main() -> None:
         f.write(report_md(meta, rows, layers, copy_bw, winners))
     print(report_md(meta, rows, layers, copy_bw, winners))
     if args.tune:
-        path = write_configs(args.out, meta, table)
-        print(f"configs file: {path} (install: python3 -m servesim.kernels.tuned install {path})", flush=True)
-        if args.write_package:
-            try:
-                print(f"installed as {tuned.install(path)}", flush=True)
-            except ValueError as e:
-                print(f"not installed: {e}", flush=True)
+        tuned.report_written(write_configs(args.out, meta, table), args.write_package)
 
 
 def bench_shapes(which: str) -> dict[tuple[int, int], list[str]]:

@@ -11,9 +11,13 @@ Two scenarios: ``accept``: drafts = target argmax, q uniform, so every draft is 
 row read once, bonus sampled); ``reject``: first draft = target argmin with q one-hot on it, so every
 sequence is rejected at position 0 (adds the residual pass over one target row and one q row).
 
-First a tuning phase times 5 launch-parameter candidates on the largest shapes and keeps the best for the
-main table. Then diagnostic rows: ``k = 0`` (every row a bonus row, the noise-bound case) and greedy (a plain
-read with max/argmax, the ceiling of a row pass). (Until commit f360453 it also timed a frozen copy of the
+First a tuning phase times the launch-parameter candidates (this GPU's current ones first) on the largest
+shapes and keeps the best for the main table; it writes them to ``<out>/spec_verify_configs-<card>-<date>.json``, the
+``spec_verify`` section of a configs file (``servesim/kernels/tuned.py``), which ``--write-package`` (or ``python3 -m
+servesim.kernels.tuned install FILE`` later) merges into ``servesim/kernels/configs/<card>.json``; the H100's
+parameters are code (``LAUNCH`` in ``servesim/kernels/spec/verify.py``). ``--quick`` runs with this GPU's.
+Then diagnostic rows: ``k = 0`` (every row a bonus row, the noise-bound case) and greedy (a plain read with
+max/argmax, the ceiling of a row pass). (Until commit f360453 it also timed a frozen copy of the
 first-pass kernel as a same-run baseline; today's results file records that comparison.)
 Run: ``python3 bench/spec_verify.py --out bench/results`` (``--quick``: smoke run, no tuning).
 """
@@ -33,9 +37,10 @@ from triton.testing import do_bench
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 
-from servesim.kernels import timing  # noqa: E402
+from servesim.kernels import timing, tuned  # noqa: E402
 from servesim.kernels.counters import SplitCounters  # noqa: E402
 from servesim.kernels.spec import verify, verify_bytes  # noqa: E402
+from servesim.kernels.spec.verify import launch_section, launch_tables  # noqa: E402
 
 BATCHES, DRAFTS, VOCABS = (1, 4, 16, 64, 256), (1, 2, 4, 8), (32000, 128256)
 LLAMA8B_GEMMS = [(4096, 6144), (4096, 4096), (4096, 28672), (14336, 4096)]  # (K, N) per layer, x32
@@ -83,18 +88,19 @@ def make_inputs(b: int, k: int, vocab: int, scenario: str, gen: torch.Generator)
     return logits, cu, tokens, q, seeds
 
 
-def time_case(b, k, vocab, scenario, gen, temperature=1.0, **launch) -> dict:
+def time_case(b, k, vocab, scenario, gen, temperature=1.0, **params) -> dict:
+    """One case timed with launch ``params`` (those not given: this GPU's); the row names every parameter."""
     args = make_inputs(b, k, vocab, scenario, gen)
     counters = SplitCounters(args[0].device)  # reused by every timed launch
     if temperature == 0:
         args = (*args[:3], None, args[4])
-    acc, _ = verify(*args, temperature, k_max=k, counters=counters, **launch)
+    acc, _ = verify(*args, temperature, k_max=k, counters=counters, **params)
     want = k if scenario == "accept" else 0
     if not bool((acc == want).all()) and temperature > 0:  # greedy: a bf16 tie may pick another argmax
         raise RuntimeError(f"unexpected acceptance for {scenario} B={b} k={k} V={vocab}")
 
     def fn():
-        return verify(*args, temperature, k_max=k, counters=counters, **launch)
+        return verify(*args, temperature, k_max=k, counters=counters, **params)
 
     graph_ms = timing.cold_ms(fn)
     stream_ms = timing.stream_ms(fn)
@@ -104,7 +110,7 @@ def time_case(b, k, vocab, scenario, gen, temperature=1.0, **launch) -> dict:
     return {"batch": b, "k": k, "vocab": vocab, "scenario": scenario, "temperature": temperature,
             "graph_us": graph_ms * 1e3, "stream_us": stream_ms * 1e3, "eager_us": eager_ms * 1e3, "bytes": nbytes,
             "read_GBps": nbytes / (graph_ms * 1e-3) / 1e9, "stream_GBps": nbytes / (stream_ms * 1e-3) / 1e9,
-            **launch}
+            **launch_tables(), **params}
 
 
 CANDIDATES = [{"block": b, "num_warps": w, "max_chunk": c}
@@ -114,13 +120,20 @@ TUNE_SHAPES = [(256, 8, 128256, "accept"), (256, 1, 128256, "accept"), (256, 1, 
                (64, 4, 128256, "accept"), (16, 4, 128256, "accept"), (256, 2, 32000, "accept")]
 
 
+def candidates() -> list[dict]:
+    """:data:`CANDIDATES`, this GPU's current launch parameters first."""
+    current = {k: launch_tables()[k] for k in ("block", "num_warps", "max_chunk")}
+    return [current, *(c for c in CANDIDATES if c != current)]
+
+
 def tune(gen) -> tuple[dict, list[dict]]:
     """Time every launch candidate on the shapes that move the most bytes; best = least total time."""
+    cands = candidates()
     rows = [time_case(b, k, vocab, scenario, gen, **cand)
-            for cand in CANDIDATES for b, k, vocab, scenario in TUNE_SHAPES]
+            for cand in cands for b, k, vocab, scenario in TUNE_SHAPES]
     n = len(TUNE_SHAPES)
-    totals = [sum(r["stream_us"] for r in rows[i * n:(i + 1) * n]) for i in range(len(CANDIDATES))]
-    best = CANDIDATES[totals.index(min(totals))]
+    totals = [sum(r["stream_us"] for r in rows[i * n:(i + 1) * n]) for i in range(len(cands))]
+    best = cands[totals.index(min(totals))]
     print(f"tuning: best {best} total {min(totals):.0f} us (worst {max(totals):.0f} us)", flush=True)
     return best, rows
 
@@ -129,16 +142,23 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", type=Path, required=True)
     ap.add_argument("--quick", action="store_true", help="a few shapes only, no tuning (smoke run)")
+    ap.add_argument("--write-package", action="store_true", help="install the tuned launch parameters as this GPU's "
+                    "(servesim/kernels/configs/<card>.json)")
     args = ap.parse_args()
+    if args.write_package and args.quick:
+        ap.error("--quick does not tune: nothing to install")
     gen = torch.Generator(device="cuda").manual_seed(0)
     name = timing.card()
     card = timing.card_slug(name)
     meta = {"card": name, "date": datetime.date.today().isoformat(), "torch": torch.__version__,
-            "triton": triton.__version__, "command": " ".join(["python3"] + sys.argv)}
+            "triton": triton.__version__, "command": " ".join(["python3"] + sys.argv),
+            "device_key": tuned.current_key()}
     copy_bps = timing.copy_bandwidth()
     print(f"{name}: copy bandwidth {copy_bps / 1e9:.0f} GB/s (read+write of 1 GiB)", flush=True)
     launch, sweep_rows = ({}, []) if args.quick else tune(gen)
-    meta["launch"] = launch
+    meta["launch"] = {**launch_tables(), **launch}  # what every row below launched with
+    if launch:
+        tuned.report_written(write_configs(args.out, meta), args.write_package)
     batches, drafts = ((1, 64), (1, 8)) if args.quick else (BATCHES, DRAFTS)
     rows = []
     for vocab in VOCABS:
@@ -165,6 +185,15 @@ def main() -> None:
         r["frac_decode_step_stream"] = r["stream_us"] * 1e-3 / r["decode_step_ms"]
         r["frac_verify_fwd"] = r["graph_us"] * 1e-3 / r["verify_fwd_ms"]
     write(args.out, card, meta, copy_bps, rows, sweep_rows, diag_rows)
+
+
+def write_configs(out: Path, meta: dict) -> Path:
+    """The launch parameters the rows ran with as a configs file of ``servesim/kernels/tuned.py``:
+    ``spec_verify_configs-<card>-<date>.json`` in ``out``."""
+    provenance = {k: meta[k] for k in ("card", "date", "command", "torch", "triton")}
+    doc = tuned.configs_document(meta["card"], "spec_verify", launch_section(meta["launch"]), provenance)
+    return tuned.write_document(out / f"spec_verify_configs-{timing.card_slug(meta['card'])}-{meta['date']}.json",
+                                doc)
 
 
 def diagnostics(quick, gen, launch, copy_bps, diag_rows) -> None:

@@ -160,3 +160,50 @@ def test_the_issue17_targets_read_the_copy_fraction_and_ratios_of_the_engine_row
     assert by_name["W4A16 M=1 28672x4096 >= 70% of copy"].endswith("| 0.50 | **no** | 0.50 | **no** |")
     assert by_name["W8A16 M=1 28672x4096 >= 1.8x cuBLAS"].endswith("| 2.00 | yes | 2.00 | yes |")
     assert "W4A16 M=16 28672x4096 >= 2.5x cuBLAS" in by_name and "W4A16 M=16 4096x4096 >= 2.5x cuBLAS" not in by_name
+
+
+def _meta(card: str = "NVIDIA H200") -> dict:
+    return dict(card=card, date="2026-12-04", command="python3 bench/x.py --tune", torch="2.11", triton="3.6")
+
+
+def test_an_attention_sweeps_configs_file_is_what_decode_and_prefill_launch_with_on_that_gpu(tmp_path, monkeypatch):
+    from servesim.kernels.attention import decode as dec
+    from servesim.kernels.attention import prefill as pre
+
+    bench = _bench("attention")
+    # what a sweep leaves in this GPU's tables (patched copies: the code's stay as they are)
+    monkeypatch.setattr(dec, "tables", lambda device=None: dec.DecodeTables(
+        {**dec.DECODE_CONFIGS, 128: dict(BLOCK_N=128, num_warps=8, num_stages=3, PREFETCH=2)},
+        {"SPLIT_WAVES": 4, "MIN_SPLIT_KEYS": 512}))
+    monkeypatch.setattr(pre, "tables", lambda device=None: {**pre.PREFILL_CONFIGS, (128, True): dict(
+        BLOCK_M=128, BLOCK_N=64, num_warps=8, num_stages=7)})
+    path = bench.write_configs(str(tmp_path), _meta())
+    assert Path(path).name == "attention_configs-h200-2026-12-04.json"
+    monkeypatch.undo()
+    monkeypatch.setattr(tuned, "CONFIG_DIR", tmp_path / "configs")
+    tuned.install(path)
+    t = dec.tables("h200")
+    assert t.configs[128] == dict(BLOCK_N=128, num_warps=8, num_stages=3, PREFETCH=2)
+    assert t.configs[64] == dec.DECODE_CONFIGS[64] and t.split == {"SPLIT_WAVES": 4, "MIN_SPLIT_KEYS": 512}
+    assert pre.tables("h200")[(128, True)] == dict(BLOCK_M=128, BLOCK_N=64, num_warps=8, num_stages=7)
+    assert pre.tables("h200")[(128, False)] == pre.PREFILL_CONFIGS[(128, False)]  # TMA config kept, True intact
+    # the split heuristic follows the GPU's parameters: 4 waves of 132 SMs over 8 programs, >= 512 keys a split
+    assert dec.choose_num_splits(1, 8, 65536, 132, device="h200") == 4 * 132 // 8
+    assert dec.choose_num_splits(1, 8, 65536, 132, device="h100") == 2 * 132 // 8
+    assert dec.choose_num_splits(1, 8, 4096, 132, device="h200") == 4096 // 512
+    assert dec.choose_num_splits(1, 8, 65536, 132) == 2 * 132 // 8  # this process (CPU): the H100's
+    assert dec.tables() == dec.DecodeTables(dec.DECODE_CONFIGS, dec.SPLIT)
+
+
+def test_a_spec_verify_sweeps_launch_parameters_are_read_back_and_verify_defaults_to_the_gpus(tmp_path):
+    from servesim.kernels.spec.verify import LAUNCH, launch_tables
+
+    bench = _bench("spec_verify")
+    meta = {**_meta(), "launch": {**LAUNCH, "block": 2048, "num_warps": 8, "max_chunk": 16384}}
+    path = bench.write_configs(tmp_path, meta)
+    assert path.name == "spec_verify_configs-h200-2026-12-04.json"
+    tuned.install(path)
+    assert launch_tables("h200") == {**LAUNCH, "block": 2048, "num_warps": 8, "max_chunk": 16384}
+    assert launch_tables() is LAUNCH and launch_tables("a100") is LAUNCH
+    assert bench.candidates()[0] == {k: LAUNCH[k] for k in ("block", "num_warps", "max_chunk")}
+    assert len(bench.candidates()) == len(bench.CANDIDATES)  # the H100's parameters are one of the candidates

@@ -29,7 +29,7 @@ from .timing import card_slug
 
 REFERENCE = "h100"  # the device whose tables are the code's
 CONFIG_DIR = Path(__file__).with_name("configs")
-KERNELS = ("quant_gemm", "attention", "spec_verify")  # the sections a device file may hold
+KERNELS = ("quant_gemm", "decode_attention", "prefill_attention", "spec_verify")  # a device file's sections
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -124,12 +124,26 @@ def install(path: str | Path, directory: str | Path | None = None) -> Path:
     if key == REFERENCE:
         raise ValueError(f"the {REFERENCE.upper()} tables are the code's: copy {path}'s configs into the kernel "
                          "modules instead")
+    if key == "cpu":
+        raise ValueError(f"{path} comes from a CPU run (--smoke): the interpreter always launches with the "
+                         f"{REFERENCE.upper()} tables")
     target = Path(directory or CONFIG_DIR) / f"{key}.json"
     merged = json.loads(target.read_text()) if target.exists() else {"device": key}
     merged.update({k: v for k, v in doc.items() if k in KERNELS or k == "card"})
     write_document(target, merged)
     reset()
     return target
+
+
+def report_written(path: str | Path, install_it: bool) -> None:
+    """A ``--tune`` run's last words: where its configs file is, how to install it, and with ``install_it`` the
+    install itself (a refused one is said, not raised: the run's results are already written)."""
+    print(f"configs file: {path} (install: python3 -m servesim.kernels.tuned install {path})", flush=True)
+    if install_it:
+        try:
+            print(f"installed as {install(path)}", flush=True)
+        except ValueError as e:
+            print(f"not installed: {e}", flush=True)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -23,20 +23,25 @@ decode is one launch.
 from __future__ import annotations
 
 import math
+from typing import NamedTuple
 
 import torch
 import triton
 import triton.language as tl
 
+from .. import tuned
 from ..counters import SplitCounters, counters_for, sm_count
+from ..tuned import ACTIVE as _ACTIVE
 from .kv_cache import aligned, check_cache, check_scales, dot, gather_kv_ref, interpreting
 from .prefill import _kv_rows, causal_attention_ref
 
 # Tile config keyed on head_dim: the fastest of `bench/attention.py --tune` on an H100 SXM, ranked in-step
-# (bench/results/attention-h100-*.md lists every candidate). Several configs come within a few percent: decode
-# is bandwidth-bound, so the tile matters less than keeping enough copies in flight. num_stages >= 3 makes the
-# page-id load an async copy a stage ahead of the K/V copies (with 2 it is a synchronous load in the loop);
-# Triton then buffers (num_stages - 1) // 2 K/V tiles. head_dim 64 is an untuned default.
+# (bench/results/attention-h100-*.md lists every candidate). These are the H100's tables; another GPU launches with
+# the `decode_attention` section of its servesim/kernels/configs/<key>.json where it has one (`tables()`, tuned.py).
+# Several configs come within a few percent: decode is bandwidth-bound, so the tile matters less than keeping
+# enough copies in flight. num_stages >= 3 makes the page-id load an async copy a stage ahead of the K/V copies
+# (with 2 it is a synchronous load in the loop); Triton then buffers (num_stages - 1) // 2 K/V tiles. head_dim 64
+# is an untuned default.
 DECODE_CONFIGS = {
     64: dict(BLOCK_N=64, num_warps=4, num_stages=5),
     128: dict(BLOCK_N=64, num_warps=4, num_stages=5, PREFETCH=1),
@@ -45,8 +50,7 @@ FALLBACK_CONFIG = dict(BLOCK_N=32, num_warps=4, num_stages=3)
 # Split heuristic: at most SPLIT_WAVES programs per SM (a further wave adds merge work and no bandwidth), never
 # fewer than MIN_SPLIT_KEYS keys per split (a shorter split spends more on its prologue and on the merge than
 # it saves). Both are the best of the tuning sweep's grid on the H100 (bench/results/attention-h100-*.md).
-SPLIT_WAVES = 2
-MIN_SPLIT_KEYS = 256
+SPLIT = dict(SPLIT_WAVES=2, MIN_SPLIT_KEYS=256)
 MAX_SPLITS = 128
 # Tiles of each split whose K/V rows are prefetched into L2 as soon as the page ids arrive (a config may set
 # "PREFETCH"); 0 turns the prefetch off. One tile hides the page-id round trip; deeper prefetch competes for L2
@@ -200,11 +204,42 @@ def _decode_kernel(
         tl.store(o_ptr + o_off, out.to(o_ptr.dtype.element_ty), mask=row_ok[:, None])
 
 
-def choose_num_splits(batch: int, num_kv_heads: int, max_kv_len: int, num_sms: int) -> int:
-    """Splits per (sequence, KV head): <= SPLIT_WAVES programs per SM, each split >= MIN_SPLIT_KEYS keys."""
+class DecodeTables(NamedTuple):
+    """One GPU's decode launch tables: tile config per head_dim and the split heuristic's parameters."""
+
+    configs: dict[int, dict]
+    split: dict[str, float]
+
+
+def _build(found: dict | None) -> DecodeTables:
+    """The code's tables where the GPU has no section; else the section's entries over them."""
+    if found is None:
+        return DecodeTables(DECODE_CONFIGS, SPLIT)
+    configs = {**DECODE_CONFIGS, **{int(d): cfg for d, cfg in found.get("configs", {}).items()}}
+    return DecodeTables(configs, {**SPLIT, **found.get("split", {})})
+
+
+def tables(device: str | None = None) -> DecodeTables:
+    """The decode launch tables of ``device`` (a ``tuned.py`` key; default: this process's GPU)."""
+    return tuned.tables("decode_attention", _build, device)
+
+
+def section(t: DecodeTables) -> dict:
+    """``t`` as the ``decode_attention`` section of a configs file."""
+    return {"configs": {str(d): cfg for d, cfg in t.configs.items()}, "split": dict(t.split)}
+
+
+def _active() -> DecodeTables:
+    return _ACTIVE.get("decode_attention") or tables()
+
+
+def choose_num_splits(batch: int, num_kv_heads: int, max_kv_len: int, num_sms: int, device: str | None = None) -> int:
+    """Splits per (sequence, KV head): <= SPLIT_WAVES programs per SM, each split >= MIN_SPLIT_KEYS keys (the
+    parameters of ``device``'s tables; default: this process's GPU)."""
+    split = (tables(device) if device else _active()).split
     programs = batch * num_kv_heads
-    want = SPLIT_WAVES * num_sms // programs
-    return max(1, min(want, max_kv_len // MIN_SPLIT_KEYS, MAX_SPLITS))
+    want = int(split["SPLIT_WAVES"] * num_sms) // programs
+    return max(1, min(want, max_kv_len // int(split["MIN_SPLIT_KEYS"]), MAX_SPLITS))
 
 
 def decode_attention(
@@ -246,7 +281,7 @@ def decode_attention(
         max_kv_len = int(kv_lens.max().item()) if batch else 0
     if num_splits is None:
         num_splits = choose_num_splits(batch, num_kv_heads, max_kv_len, sm_count(q.device))
-    cfg = dict(config or DECODE_CONFIGS.get(head_dim, FALLBACK_CONFIG))
+    cfg = dict(config or _active().configs.get(head_dim, FALLBACK_CONFIG))
     prefetch = cfg.pop("PREFETCH", PREFETCH_TILES)
     aligned_kv = aligned(k_cache.stride(0), k_cache.stride(1))
     if interpreting() or not aligned_kv or block_size & (block_size - 1) or cfg["BLOCK_N"] % block_size:

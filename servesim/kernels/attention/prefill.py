@@ -21,12 +21,15 @@ import triton
 import triton.language as tl
 from triton.tools.tensor_descriptor import TensorDescriptor
 
+from .. import tuned
+from ..tuned import ACTIVE as _ACTIVE
 from .kv_cache import aligned, check_cache, check_scales, dot, gather_kv_ref, interpreting
 
 LOG2E = 1.4426950408889634
 
 # Tile configs keyed on (head_dim, paged): the fastest of `bench/attention.py --tune` on an H100 SXM at S = 4k
-# and 8k, ranked in-step (bench/results/attention-h100-*.md); the contiguous path loads K/V through TMA.
+# and 8k, ranked in-step (bench/results/attention-h100-*.md); the contiguous path loads K/V through TMA. These are
+# the H100's; another GPU launches with the `prefill_attention` section of its configs file (`tables()`, tuned.py).
 # head_dim 64 entries are untuned defaults. Paged num_stages: the page-id load is the pipeliner's first stage, so
 # Triton buffers (num_stages + 1) // 2 K/V tiles (7 -> 4, 5 -> 3, 3 -> 2; read from the compiled shared memory).
 PREFILL_CONFIGS = {
@@ -36,6 +39,32 @@ PREFILL_CONFIGS = {
     (128, False): dict(BLOCK_M=64, BLOCK_N=64, num_warps=4, num_stages=3, TMA=True),
 }
 FALLBACK_CONFIG = dict(BLOCK_M=64, BLOCK_N=32, num_warps=4, num_stages=3)
+
+
+def _key(name: str) -> tuple[int, bool]:
+    """``"128/paged"`` (JSON) -> ``(128, True)``."""
+    d, path = name.split("/")
+    if path not in ("paged", "contiguous"):
+        raise ValueError(f"prefill config key {name!r}: expected <head_dim>/paged or <head_dim>/contiguous")
+    return int(d), path == "paged"
+
+
+def _build(found: dict | None) -> dict[tuple[int, bool], dict]:
+    """The code's configs where the GPU has no section; else the section's entries over them."""
+    if found is None:
+        return PREFILL_CONFIGS
+    return {**PREFILL_CONFIGS, **{_key(name): cfg for name, cfg in found.get("configs", {}).items()}}
+
+
+def tables(device: str | None = None) -> dict[tuple[int, bool], dict]:
+    """The prefill tile configs of ``device`` (a ``tuned.py`` key; default: this process's GPU), keyed like
+    ``PREFILL_CONFIGS``."""
+    return tuned.tables("prefill_attention", _build, device)
+
+
+def section(configs: dict[tuple[int, bool], dict]) -> dict:
+    """``configs`` as the ``prefill_attention`` section of a configs file."""
+    return {"configs": {f"{d}/{'paged' if paged else 'contiguous'}": cfg for (d, paged), cfg in configs.items()}}
 
 
 _PTX = tl.constexpr(not interpreting())  # inline PTX compiles for the GPU only
@@ -221,7 +250,7 @@ def _launch(q, k, v, kv_arg, block_tables, cu_seqlens_q, max_q_len, sm_scale, k_
         max_q_len = int((cu_seqlens_q[1:] - cu_seqlens_q[:-1]).max().item())
     if sm_scale is None:
         sm_scale = 1.0 / math.sqrt(head_dim)
-    cfg = dict(config or PREFILL_CONFIGS.get((head_dim, paged), FALLBACK_CONFIG))
+    cfg = dict(config or (_ACTIVE.get("prefill_attention") or tables()).get((head_dim, paged), FALLBACK_CONFIG))
     num_q_heads = q.shape[1]
     if q.shape[0] == 0 or max_q_len == 0:
         return out

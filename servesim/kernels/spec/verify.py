@@ -50,7 +50,9 @@ import torch
 import triton
 import triton.language as tl
 
+from .. import tuned
 from ..counters import SplitCounters, counters_for, sm_count
+from ..tuned import ACTIVE as _ACTIVE
 from . import ref as spec_ref
 from .ref import accept_uniforms, exponentials, noise_bits, philox4x32, verify_bytes, verify_ref
 from .sampling import (  # noqa: F401  (Triton resolves these as globals)
@@ -296,19 +298,44 @@ def _split(vocab: int, rows: int, target: int, block: int, forced: int | None,
     chunk = triton.cdiv(triton.cdiv(vocab, n), block) * block
     return triton.cdiv(vocab, chunk), chunk
 
+# Launch parameters: the fastest of bench/spec_verify.py's tuning phase on an H100 SXM (bench/results/
+# spec_verify-h100-*.md). These are the H100's; another GPU launches with the `spec_verify` section of its
+# servesim/kernels/configs/<key>.json where it has one (`launch_tables()`, tuned.py).
+LAUNCH = dict(block=1024, num_warps=4, programs_per_sm=8, max_chunk=8192)
+
+
+def _build(found: dict | None) -> dict:
+    return LAUNCH if found is None else {**LAUNCH, **found.get("launch", {})}
+
+
+def launch_tables(device: str | None = None) -> dict:
+    """The launch parameters of ``device`` (a ``tuned.py`` key; default: this process's GPU), keyed like ``LAUNCH``."""
+    return tuned.tables("spec_verify", _build, device)
+
+
+def launch_section(launch: dict) -> dict:
+    """``launch`` as the ``spec_verify`` section of a configs file."""
+    return {"launch": {k: launch[k] for k in LAUNCH}}
+
+
 def verify(target_logits: torch.Tensor, cu_rows: torch.Tensor, draft_tokens: torch.Tensor,
            draft_probs: torch.Tensor | None, seeds: torch.Tensor, temperature: float, k_max: int | None = None,
-           *, block: int = 1024, num_warps: int = 4, programs_per_sm: int = 8, max_chunk: int = 8192,
-           splits: tuple[int, int] | None = None, counters: SplitCounters | None = None,
+           *, block: int | None = None, num_warps: int | None = None, programs_per_sm: int | None = None,
+           max_chunk: int | None = None, splits: tuple[int, int] | None = None, counters: SplitCounters | None = None,
            ) -> tuple[torch.Tensor, torch.Tensor]:
     """Verify drafts against target logits (module docstring); returns (accepted [B], emitted [B, K+1]).
 
     Pass ``k_max`` (= max k_i) to avoid a device sync (needed under CUDA-graph capture). ``block``,
     ``num_warps``, ``programs_per_sm``, ``max_chunk`` and ``splits`` (forced chunk counts of the row pass
-    and the residual pass) only change speed, never results (``block`` is raised to at least ``SPAN``); the
-    defaults are the fastest measured on an H100 SXM (bench/results/spec_verify-h100-*.md). ``counters`` (the
+    and the residual pass) only change speed, never results (``block`` is raised to at least ``SPAN``); those
+    not given come from the GPU's launch parameters (:func:`launch_tables`; the H100's: ``LAUNCH``). ``counters`` (the
     caller's :class:`~servesim.kernels.counters.SplitCounters`) saves zeroing fresh merge counters.
     """
+    launch = _ACTIVE.get("spec_verify") or launch_tables()
+    block = launch["block"] if block is None else block
+    num_warps = launch["num_warps"] if num_warps is None else num_warps
+    programs_per_sm = launch["programs_per_sm"] if programs_per_sm is None else programs_per_sm
+    max_chunk = launch["max_chunk"] if max_chunk is None else max_chunk
     if target_logits.dim() != 2 or cu_rows.dim() != 1 or cu_rows.numel() < 1:
         raise ValueError("target_logits must be [T, V] and cu_rows [B+1]")
     if cu_rows.dtype != torch.int32 or seeds.dtype != torch.int64:
