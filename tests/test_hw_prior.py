@@ -268,3 +268,63 @@ def test_wave_fields_only_on_gemm_kinds(tmp_path):
     bad = re.sub(r"wave_exponent: [0-9.]+", "wave_exponent: 1.5", good, count=1)
     with pytest.raises(InputError, match=r"kernels\.gemm\.wave_exponent"):
         load_prior(_write(tmp_path, bad))
+
+
+def test_block_terms_closed_form():
+    """One-block-per-token kernels: the row term runs in waves of blocks_per_sm · SMs tokens, and each block's
+    fixed cost adds tokens · block / SMs to the bytes term; neither without an SM count."""
+    from servesim.hwmodels.prior import KernelPrior
+
+    bw, sms, row = 3e12, 132, 16384.0
+    k = KernelPrior(1e-6, eff_memory=0.5, row_bytes_per_s=8e9, blocks_per_sm=2)
+    one = row / 8e9
+    for m, waves in ((1, 1), (264, 1), (265, 2), (528, 2), (529, 3)):
+        assert k.row_waves(m, sms) == waves
+        assert k.time_s(0.0, row * m * 1e-6, 1e15, bw, row, 0.0, 1.0, m, sms) == pytest.approx(1e-6 + waves * one)
+    m = np.arange(1, 3000, dtype=float)
+    np.testing.assert_array_equal(k.row_waves(m, np.full_like(m, sms)), [k.row_waves(x, sms) for x in m])
+    t = k.time_s(0.0, row * m, 1e15, bw, row, 0.0, 1.0, m, sms)
+    assert np.all(np.diff(t) >= 0) and t[-1] == pytest.approx(1e-6 + row * m[-1] / (bw * 0.5))  # bytes-bound
+    assert k.row_waves(10_000, 0) == 1.0 and KernelPrior(0.0).row_waves(10_000, sms) == 1.0
+    b = KernelPrior(0.0, eff_memory=0.5, block_s=0.2e-6)
+    assert b.time_s(0.0, 1e6, 1e15, bw, 0.0, 0.0, 1.0, 2640, sms) == pytest.approx(1e6 / (bw * 0.5) + 20 * 0.2e-6)
+    assert b.time_s(0.0, 1e6, 1e15, bw) == pytest.approx(1e6 / (bw * 0.5))  # no tokens given: no block term
+
+
+def test_block_terms_agree_through_every_path():
+    """op_time_s (the breakdown), kernel_s and the cost model's hot path agree with the block terms on, at the
+    wave boundaries too (fused norm_act parts, TP shards whose rows shrink)."""
+    from dataclasses import replace
+
+    from servesim.hwmodels.cost import CostModel
+    from servesim.hwmodels.ops import BatchShape
+    from servesim.hwmodels.placement import Placement
+
+    gpu = get_gpu("H100-SXM")
+    base = prior_for(gpu)
+    kinds = {kind: replace(base.kernel(kind), block_s=0.3e-6, blocks_per_sm=2) for kind in ("norm", "act", "rope")}
+    p = replace(base, kernels={**base.kernels, **kinds})
+    model = MODELS["Llama-3.1-8B"]
+    for tp in (1, 4):
+        cm = CostModel(Placement(model, gpu, tp, 1, "bf16", "bf16"), prior=p)
+        plain = CostModel(Placement(model, gpu, tp, 1, "bf16", "bf16"), prior=base)
+        for m in (1, 263, 264, 265, 528, 529, 4096):
+            shape = BatchShape(prefill_seqs=1, prefill_tokens=m, prefill_attn_pairs=m * (m + 1) / 2,
+                               prefill_ctx_tokens=m, sampled_tokens=1)
+            st = cm.step_time(shape)
+            assert cm.step_time_s(shape) == pytest.approx(st.total_s, rel=1e-12)
+            more = st.op_s["norm_act"] - plain.step_time(shape).op_s["norm_act"]
+            assert more > 0 if m >= 528 else more >= 0  # a row-bound launch pays no per-block cost
+    act = kinds["act"]
+    assert p.kernel_s("act", 0.0, 1e6, gpu, "bf16", 1e3, 1000) == pytest.approx(
+        act.time_s(0.0, 1e6, gpu.peak_flops_per_s("bf16"), gpu.hbm_bytes_per_s, 1e3, gpu.l2_bytes, 1.0, 1000,
+                   gpu.sm_count), rel=1e-12)
+
+
+def test_block_fields_only_on_elementwise_kinds(tmp_path):
+    good = PRIOR_FILE.read_text()
+    for field in ("block_us: 0.2", "blocks_per_sm: 2"):
+        bad = good.replace("      gemm:\n        floor_us:", f"      gemm:\n        {field}\n        floor_us:", 1)
+        with pytest.raises(InputError, match=rf"kernels\.gemm\.{field.split(':')[0]}"):
+            load_prior(_write(tmp_path, bad))
+    assert any(k.blocks_per_sm == 2 for k in priors()["hopper"].kernels.values())  # RMSNorm's two blocks per SM

@@ -69,8 +69,14 @@ def test_elementwise_kernels_within_the_fitted_errors(compute):
     assert (t.median_abs <= 0.21).all(), t
     assert (t["median"].abs() <= 0.08).all(), t  # unbiased in every band
     big = t[t.band != "M<=128"]
-    assert (big.median_abs <= 0.085).all(), big  # target 8%: met except RoPE on the A100 at M > 1024 (8.1%)
-    assert (big.p90_abs <= 0.22).all(), big  # target 15%
+    assert (big.median_abs <= 0.075).all(), big  # target 8%: met (worst: the residual add on the A100, 7.1%)
+    assert (big.p90_abs <= 0.20).all(), big  # target 15%: RoPE 16-20% at 128 < M <= 1024
+    # the per-block cost: SiLU·mul, whose row shrinks with TP, was 17-21% p90 at M > 1024 without it
+    act = big[(big.family == "act") & (big.band == "M>1024")]
+    assert (act.p90_abs <= 0.12).all(), act
+    # the block waves: RMSNorm on the H100 steps every 2 x 132 tokens (p90 18% without them)
+    norm = t[(t.family == "norm") & (t.gpu == "H100-SXM") & (t.band != "M>1024")]
+    assert (norm.p90_abs <= 0.07).all(), norm
     # the L2 term: RMSNorm and the residual add were 10-16% off at M > 128 without it
     na = big[big.family.isin(["norm", "add"])]
     assert (na.median_abs <= 0.075).all(), na

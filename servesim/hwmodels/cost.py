@@ -122,9 +122,11 @@ class CostModel:
 
     def _kernels(self, op: OpForm, reps: int) -> list[tuple[dict, dict, float, float, float, float, tuple, tuple]]:
         """Each kernel of ``op`` as (compute s per feature, memory s per feature, constant memory s, row s,
-        floor s, sharpness, L2 term, wave term), all times ``reps``; the L2 term (the memory s its L2-resident
-        bytes take at HBM speed, the share of that time L2 saves) is (0, 0) without one; the wave term
-        (β, tile rows, column tiles, SMs, SMs·tm·tn/N: ``_wave``'s constants) is () without one."""
+        floor s, sharpness, L2 term, wave term, block term), all times ``reps``; the L2 term (the memory s its
+        L2-resident bytes take at HBM speed, the share of that time L2 saves) is (0, 0) without one; the wave term
+        (β, tile rows, column tiles, SMs, SMs·tm·tn/N: ``_wave``'s constants) is () without one; the block term
+        (per-block s per token, tokens per block wave: the row term's waves are ceil(tokens / that), 0 = none)
+        is (0, 0) without one."""
         gpu, out = self.gpu, []
         parts = op.parts or ((op.kind, op.bytes.get("new_tokens", 0.0)),)
         total = sum(b for _, b in parts)
@@ -146,8 +148,13 @@ class CostModel:
                 n = op.out_width
                 wave = (k.wave_exponent, float(k.tile_m), float(math.ceil(n / k.tile_n)), float(gpu.sm_count),
                         gpu.sm_count * k.tile_m * k.tile_n / n)
+            blk = (0.0, 0.0)  # one block a token: the launch's tokens from its bytes, as op_time_s counts them
+            if (k.block_s or k.blocks_per_sm) and part_bytes and gpu.sm_count:
+                per_token = op.bytes.get("new_tokens", 0.0) * share / part_bytes
+                blk = (reps * k.block_s / gpu.sm_count * per_token,
+                       k.blocks_per_sm * gpu.sm_count / per_token if k.blocks_per_sm and per_token else 0.0)
             out.append(({f: v * rc for f, v in op.flops.items()}, {f: v * rm for f, v in op.bytes.items()},
-                        op.const_bytes * rm, row, reps * k.floor_s * op.fraction, k.sharpness, l2, wave))
+                        op.const_bytes * rm, row, reps * k.floor_s * op.fraction, k.sharpness, l2, wave, blk))
         return out
 
     def _comm(self, op: OpForm, reps: int, feature: str) -> tuple[float, float, float, float]:
@@ -176,27 +183,30 @@ class CostModel:
                 continue
             kernels = self._kernels(op, reps)
             if fs <= {"new_tokens"} and bs <= _TOKEN and (fs or bs):
-                for f, b, const, row, floor, c, l2, wave in kernels:
+                for f, b, const, row, floor, c, l2, wave, blk in kernels:
                     floor_tok += floor
                     if op.parts or op.kind == "elementwise":  # memory-only kernels: max(bytes term, row term)
-                        key = (b["new_tokens"], row, *l2)
+                        key = (b["new_tokens"], row, *l2, blk)
                         rows[key] = rows.get(key, 0) + 1  # identical kernels (the two norms) folded as one
                     else:
+                        if any(blk):
+                            raise unread
                         gemms.append((f.get("new_tokens", 0.0), const, b.get("new_tokens", 0.0),
                                       b.get("touched_experts", 0.0), c, wave))
             elif fs <= {"sampled_tokens"} and bs <= {"sampled_tokens"}:
-                for f, b, const, _, floor, c, _, wave in kernels:
+                for f, b, const, _, floor, c, _, wave, _ in kernels:
                     floor_smp += floor
                     head.append((f.get("sampled_tokens", 0.0), const, b.get("sampled_tokens", 0.0), c, wave))
             elif (len(kernels) == 1 and op.name.split("@")[0] == "kv_up"
                   and fs | bs <= {"prefill_ctx_tokens", "decode_query_tokens"}):
-                (f, b, const, _, floor, c, _, wave), = kernels  # MLA: the latent's up-projection (context, then query)
+                # MLA: the latent's up-projection (context, then query)
+                (f, b, const, _, floor, c, _, wave, _), = kernels
                 if wave:
                     raise unread
                 kv_ups.append((f.get("prefill_ctx_tokens", 0.0), f.get("decode_query_tokens", 0.0), const,
                                b.get("prefill_ctx_tokens", 0.0), b.get("decode_query_tokens", 0.0), c, floor))
             elif len(kernels) == 1 and op.name in ("attn_prefill", "attn_decode", "spec_verify"):
-                (f, b, _, _, floor, c, _, wave), = kernels
+                (f, b, _, _, floor, c, _, wave, _), = kernels
                 if wave:
                     raise unread
                 if op.name == "attn_prefill" and fs <= {"prefill_attn_pairs"} and bs <= {
@@ -217,7 +227,8 @@ class CostModel:
             raise AssertionError("ops.py lost an attention or verification operator the hot path reads")
         self._kv_ups = tuple(kv_ups)  # one per weight format of a mixed-precision MLA model
         self._gemms = tuple(gemms)
-        self._rows = tuple((k * bm, k * row, k * cap, g) for (bm, row, cap, g), k in rows.items())
+        self._rows = tuple((k * bm, k * row, k * cap, g, k * blk[0], blk[1])
+                           for (bm, row, cap, g, blk), k in rows.items())
         self._comm_tok, self._comm_smp, self._head = tuple(comm_tok), tuple(comm_smp), tuple(head)
         self._const_tok, self._floor_smp = self.overhead_s + floor_tok, floor_smp
         # Touched experts: a closed form when the busiest group's experts are equally popular (uniform routing).
@@ -286,11 +297,17 @@ class CostModel:
                 beta, tm, ct, sms, scale = wave
                 a *= (ceil(ceil(n / tm) * ct / sms) * scale / n) ** beta
             t += a + m - c * a * m / (a + m)
-        for bm, row, cap, g in self._rows:
+        for bm, row, cap, g, blk, per_wave in self._rows:
             m = bm * n
             if g:  # the L2-resident part of the working set streams faster
                 m -= (m if m < cap else cap) * g
-            t += m if m > row else row
+            if blk:  # the per-block cost of one-block-per-token kernels
+                m += blk * n
+            if per_wave:  # their rows run in waves of resident blocks
+                r = row * max(ceil(n / per_wave - 1e-9), 1)
+                t += m if m > r else r
+            else:
+                t += m if m > row else row
         for lc, kc, ln, kn in self._comm_tok:
             x, y = lc + kc * n, ln + kn * n
             t += x if x < y else y

@@ -3,7 +3,7 @@
 For a GPU without a calibrated profile this is all servesim knows, so its shape follows what public
 per-operator measurements show (docs/roofline-prior.md has the data, the fit and its errors):
 
-    t = floor + soft(flops / (peak · eff_compute) · wave^β,  max(mem(bytes),  row_bytes / row_bw))
+    t = floor + soft(flops / (peak · eff_compute) · wave^β,  max(mem(bytes) + M · block / SMs,  rows(M) · row / row_bw))
     soft(a, m) = a + m − c·a·m / (a + m),   0 ≤ c ≤ 1  (``sharpness``)
     mem(b) = (b − hit) / (bw · eff_memory) + hit / (bw · eff_memory · l2_speedup),   hit = min(b, l2_fraction · L2)
 
@@ -23,6 +23,15 @@ per-operator measurements show (docs/roofline-prior.md has the data, the fit and
   per expert vary, nor MLA's fused query path).
 * ``row_bytes / row_bw`` -- kernels that give each token one thread block (RMSNorm, SiLU·mul, RoPE) cannot
   run faster than one block streams one token's row, whatever the batch: a floor that grows with the row.
+  ``rows(M) = ceil(M / (blocks_per_sm · SMs))`` -- and the blocks run in waves of ``blocks_per_sm`` resident
+  blocks on every SM: RMSNorm on the H100 takes 4 µs up to M = 264 = 2 · 132 tokens, 7 µs up to 528, 9 µs
+  beyond, a staircase no bandwidth follows (its p90 error at 128 < M ≤ 1024 was 18%). ``blocks_per_sm`` is
+  chosen by the fit (1, 2, 4 or 8; 0 = one row whatever M, where no wave fits better).
+* ``M · block / SMs`` -- those one-block-per-token kernels also pay a fixed cost per block (its scheduling, index
+  arithmetic, the reduction's barrier) whatever the row's width, spread over the SMs: a kernel whose row shrinks
+  with tensor parallelism (SiLU·mul at TP 8: 1,376 elements a token) streams its bytes at a lower rate than the
+  same kernel at TP 1, which one bandwidth cannot follow (SiLU·mul was 17-20% fast at TP 8 and 4-8% slow at TP 1
+  for M > 1024 without it). Fitted per kind and kept where it lowers the fit's objective.
 * ``mem`` -- the elementwise kinds' working set is the activations the kernel before just wrote: the part of it
   that fits in L2 (``l2_fraction`` of the GPU's ``l2_bytes``) streams ``l2_speedup`` times faster than HBM. The
   public tables show it as a step in time per byte where the working set outgrows L2 (RMSNorm on the H100: 26 µs
@@ -96,6 +105,8 @@ class KernelPrior:
     l2_speedup: float = 1.0  # bandwidth over the L2-resident part of the working set, x HBM's (elementwise kinds)
     l2_fraction: float = 0.0  # share of the GPU's L2 that working set can hold
     wave_exponent: float = 0.0  # β: the share of the tile/wave quantization of the compute term (GEMM kinds)
+    block_s: float = 0.0  # one thread block's fixed cost on one SM, one block a token (elementwise kinds)
+    blocks_per_sm: int = 0  # resident blocks per SM of those kernels: their row term runs in waves (0: one row)
     tile_m: int = 128
     tile_n: int = 128
     source: str = ""
@@ -139,18 +150,30 @@ class KernelPrior:
         hit = self.l2_hit_bytes(nbytes, l2_bytes, fraction)
         return m - hit / (hbm_bytes_per_s * self.eff_memory) * (1.0 - 1.0 / self.l2_speedup)
 
+    def row_waves(self, tokens, sms: int):
+        """``ceil(tokens / (blocks_per_sm · sms))``: the waves of one-block-per-token kernels (1 where
+        ``blocks_per_sm`` or the SM count is unknown); floats or numpy arrays."""
+        if not self.blocks_per_sm or (np.ndim(sms) == 0 and not sms):
+            return 1.0
+        if isinstance(tokens, (int, float)) and isinstance(sms, (int, float)):
+            return float(max(math.ceil(tokens / (self.blocks_per_sm * sms) - 1e-9), 1))
+        return np.maximum(np.ceil(np.asarray(tokens) / (self.blocks_per_sm * np.asarray(sms)) - 1e-9), 1.0)
+
     def terms(self, flops, nbytes, peak_flops_per_s: float, hbm_bytes_per_s: float, row_bytes=0.0,
-              l2_bytes: float = 0.0, fraction: float = 1.0):
-        """(compute s, memory s, row s): the bytes term and the one-block-per-token term apart."""
+              l2_bytes: float = 0.0, fraction: float = 1.0, tokens=0.0, sms: int = 0):
+        """(compute s, memory s, row s): the bytes term (with the per-block cost of ``tokens`` blocks over
+        ``sms`` SMs) and the one-block-per-token term (in waves of resident blocks) apart."""
         a = flops / (peak_flops_per_s * self.eff_compute)
         m = self.memory_s(nbytes, hbm_bytes_per_s, l2_bytes, fraction)
-        return a, m, row_bytes / self.row_bytes_per_s
+        if self.block_s and (np.ndim(sms) or sms):
+            m = m + tokens / sms * self.block_s
+        return a, m, row_bytes / self.row_bytes_per_s * self.row_waves(tokens, sms)
 
     def time_s(self, flops, nbytes, peak_flops_per_s: float, hbm_bytes_per_s: float, row_bytes=0.0,
-               l2_bytes: float = 0.0, wave=1.0):
-        """Seconds of one launch (floats or numpy arrays) on a GPU with ``l2_bytes`` of L2; ``wave`` is
-        :meth:`wave_factor` of a GEMM's shape."""
-        a, m, r = self.terms(flops, nbytes, peak_flops_per_s, hbm_bytes_per_s, row_bytes, l2_bytes)
+               l2_bytes: float = 0.0, wave=1.0, tokens=0.0, sms: int = 0):
+        """Seconds of one launch (floats or numpy arrays) on a GPU with ``l2_bytes`` of L2 and ``sms`` SMs;
+        ``wave`` is :meth:`wave_factor` of a GEMM's shape, ``tokens`` an elementwise kernel's blocks."""
+        a, m, r = self.terms(flops, nbytes, peak_flops_per_s, hbm_bytes_per_s, row_bytes, l2_bytes, 1.0, tokens, sms)
         return self.floor_s + soft(a * wave, np.maximum(m, r), self.sharpness)
 
 
@@ -186,11 +209,14 @@ class GPUPrior:
     def kernel_s(self, kind: str, flops, nbytes, gpu: GPU, dtype: str = "bf16", row_bytes=0.0, tokens=None,
                  out_width: float = 0.0):
         """Seconds of one kernel of ``kind`` doing ``flops`` and moving ``nbytes`` on ``gpu`` (sampler kinds
-        compute in fp32); a GEMM given its ``tokens`` (M) and ``out_width`` (N) gets its wave term."""
+        compute in fp32); a GEMM given its ``tokens`` (M) and ``out_width`` (N) gets its wave term, an elementwise
+        kernel given its ``tokens`` its per-block term."""
         peak = gpu.peak_flops_per_s("fp32" if kind == "sampler" else dtype)
         k = self.kernel(kind)
         wave = 1.0 if tokens is None else k.wave_factor(tokens, out_width, gpu.sm_count)
-        return k.time_s(flops, nbytes, peak, gpu.hbm_bytes_per_s, row_bytes, gpu.l2_bytes, wave)
+        if tokens is None:
+            return k.time_s(flops, nbytes, peak, gpu.hbm_bytes_per_s, row_bytes, gpu.l2_bytes, wave)
+        return k.time_s(flops, nbytes, peak, gpu.hbm_bytes_per_s, row_bytes, gpu.l2_bytes, wave, tokens, gpu.sm_count)
 
     def collective_s(self, nbytes, gpu: GPU, mode: str = "custom"):
         """Seconds of one collective call moving ``nbytes`` per GPU (ring bytes) in ``mode``."""
@@ -219,8 +245,11 @@ def op_time_s(
         share = part_bytes / total if total else 1.0 / len(parts)
         k = prior.kernel(kind)
         peak = gpu.peak_flops_per_s("fp32" if kind == "sampler" else op.compute_dtype)
+        blocks = 0.0  # one block a token: the launch's tokens from its bytes (the average layer's, as the floor's)
+        if (k.block_s or k.blocks_per_sm) and part_bytes:
+            blocks = round(nbytes * share / part_bytes, 6)
         a, m, r = k.terms(flops * share, nbytes * share, peak, gpu.hbm_bytes_per_s, part_bytes, gpu.l2_bytes,
-                          op.fraction)
+                          op.fraction, blocks, gpu.sm_count)
         if op.out_width and k.wave_exponent and op.in_width:  # one GEMM of known width: its M (a whole number of
             m_rows = round(flops / (2.0 * op.in_width * op.out_width), 6)  # tokens) from its FLOPs
             a *= float(k.wave_factor(m_rows, op.out_width, gpu.sm_count))
@@ -234,11 +263,12 @@ def op_time_s(
 
 # ---- the catalog file -----------------------------------------------------------------------------------------
 _KERNEL_FIELDS = {"floor_us": 1e-6, "eff_compute": 1.0, "eff_memory": 1.0, "sharpness": 1.0, "row_gbps": 1e9,
-                  "l2_speedup": 1.0, "l2_fraction": 1.0, "wave_exponent": 1.0, "tile_m": 1.0, "tile_n": 1.0}
+                  "l2_speedup": 1.0, "l2_fraction": 1.0, "wave_exponent": 1.0, "tile_m": 1.0, "tile_n": 1.0,
+                  "block_us": 1e-6, "blocks_per_sm": 1.0}
 # Kinds with a wave term (one tiled GEMM a launch).
 WAVE_KINDS = ("gemm", "gemm_w8a16", "gemm_w4a16", "gemm_w8a8", "gemm_fp8")
 # Kinds whose working set is the activations just written (the L2 term's premise; the cost model's hot path
-# prices the L2 term for these alone).
+# prices the L2 term for these alone), one thread block a token (the per-block term's).
 L2_KINDS = ("norm", "act", "rope", "add", "elementwise", "act_quant")
 
 
@@ -265,6 +295,10 @@ def _kernel(raw, file: str, where: str) -> KernelPrior:
     if kind not in L2_KINDS and ("l2_speedup" in raw or "l2_fraction" in raw):
         raise InputError(f"an L2 term is for the elementwise kinds only ({', '.join(L2_KINDS)})", file=file,
                          field=f"{where}.{'l2_speedup' if 'l2_speedup' in raw else 'l2_fraction'}")
+    for name in ("block_us", "blocks_per_sm"):
+        if kind not in L2_KINDS and name in raw:
+            raise InputError(f"a per-block term is for the elementwise kinds only ({', '.join(L2_KINDS)})",
+                             file=file, field=f"{where}.{name}")
     wave = [f for f in ("wave_exponent", "tile_m", "tile_n") if f in raw]
     if kind not in WAVE_KINDS and wave:
         raise InputError(f"a wave term is for the GEMM kinds only ({', '.join(WAVE_KINDS)})", file=file,
@@ -280,7 +314,8 @@ def _kernel(raw, file: str, where: str) -> KernelPrior:
         sharpness=kw.get("sharpness", 1.0), row_bytes_per_s=kw.get("row_gbps", math.inf),
         l2_speedup=kw.get("l2_speedup", 1.0), l2_fraction=kw.get("l2_fraction", 0.0),
         wave_exponent=kw.get("wave_exponent", 0.0), tile_m=int(kw.get("tile_m", 128)),
-        tile_n=int(kw.get("tile_n", 128)),
+        tile_n=int(kw.get("tile_n", 128)), block_s=kw.get("block_us", 0.0),
+        blocks_per_sm=int(kw.get("blocks_per_sm", 0)),
         source=str(raw.get("source", "")),
     )
 
