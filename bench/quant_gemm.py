@@ -344,6 +344,10 @@ def main() -> None:
         table.configs.update(winners)
         lw_keys = [key for key in table.large_w if key[1] in bkts]
         table.large_w.update(tune(weights, tune_log, lw_keys, shapes=[LARGE_SHAPE], cands=large_candidates))
+        os.makedirs(args.out, exist_ok=True)
+        with open(os.path.join(args.out, "quant_gemm-tune-partial.json"), "w") as f:  # kept if the rest fails
+            json.dump(dict(tune_log=tune_log, configs={str(k): v for k, v in table.configs.items()},
+                           large_w={str(k): v for k, v in table.large_w.items()}), f, indent=1)
 
     rows = []
     for (n, k), labels in shapes.items():
@@ -418,7 +422,7 @@ def layer_rows(weights, ms, copy_bw) -> list[dict]:
         for m in ms:
             xs = {k: torch.randn(m, k, device="cuda", dtype=torch.bfloat16) for _, _, k in gemms}
             calls = {"cublas": [(lambda x=xs[k], wb=weights[(n, k)][0]: x @ wb.t()) for _, n, k in gemms]}
-            for bits, idx in ((4, 2), (8, 3)):
+            for bits, idx in ((4, 1), (8, 2)):  # weights[(n, k)] = (bf16, w4, w8, tinygemm)
                 launches = [(xs[k], weights[(n, k)][idx], QC.config_for(bits, m, n, k)) for _, n, k in gemms]
                 calls[f"w{bits}"] = [(lambda x=x, wq=wq, b=bits, c=c: run_ours(x, wq, b, c)) for x, wq, c in launches]
             r = dict(model=model, tp=tp, M=m)
