@@ -307,14 +307,14 @@ def main() -> None:
     ap.add_argument("--smoke", action="store_true", help="with --w8a8: tiny shapes on the CPU interpreter, no files")
     args = ap.parse_args()
     global MS
+    if args.write_package and not args.tune:
+        ap.error("--write-package installs what --tune chose: pass --tune too")
     if args.w8a8:
         from bench.quant_gemm_w8a8 import main_w8a8
 
         quick = args.quick
         main_w8a8(args, [(28672, 8192)] if quick else SHAPES, [1, 16, 256] if quick else MS, TUNE_SHAPES)
         return
-    if args.write_package and not args.tune:
-        ap.error("--write-package installs what --tune chose: pass --tune too")
     shapes = bench_shapes(args.shapes)
     if args.quick:
         shapes, MS = {LARGE_SHAPE: shapes.get(LARGE_SHAPE, ["classic"])}, [1, 16, 256]

@@ -2,6 +2,7 @@
 ``torch._int_mm`` with a scale epilogue, cuBLAS bf16 and FP8 ``torch._scaled_mm`` (row-wise scales).
 
     python3 bench/quant_gemm.py --w8a8 --tune --out bench/results    # rank candidates per M bucket, then the table
+    python3 bench/quant_gemm.py --w8a8 --tune --write-package        # ... and install the winners for this GPU
     TRITON_INTERPRET=1 python3 bench/quant_gemm.py --w8a8 --smoke    # CPU interpreter, tiny shapes: a script check
 
 Rows per (N, K, M), every operation timed in-step and by the reference method (``servesim/kernels/timing.py``):
@@ -22,7 +23,7 @@ import os
 import torch
 import triton
 
-from servesim.kernels import timing
+from servesim.kernels import timing, tuned
 from servesim.kernels.counters import SplitCounters
 from servesim.kernels.quant import fp8 as F8
 from servesim.kernels.quant import quantize as Q
@@ -45,7 +46,7 @@ def w8a8_candidates(bkt: str) -> list[dict]:
     large = [{**t, "BLOCK_M": bm, "BLOCK_N": bn, "num_warps": 8, "num_stages": st, "waves": 0}
              for bm, bn in ((128, 256), (128, 128), (256, 128)) for st in (3, 4)]
     table = {"1": small, "16": small, "64": mid, "256": mid + large[:2], "large": large}
-    out = [dict(W.CONFIGS[bkt])]
+    out = [dict(W.tables()[bkt])]  # this GPU's
     for cfg in table[bkt]:
         if json.dumps(cfg, sort_keys=True) not in {json.dumps(c, sort_keys=True) for c in out}:
             out.append(cfg)
@@ -184,18 +185,19 @@ def main_w8a8(args, shapes, ms, tune_shapes) -> None:
     for n, k in dict.fromkeys([*shapes, *tune_shapes]):
         wb = torch.randn(n, k, device=device, dtype=torch.bfloat16) * 0.02
         weights[(n, k)] = (wb, *quantize_weight(wb))
-    log, tuned = [], None
+    log, winners = [], None
     if args.tune:
         buckets = {b: m for b, m in TUNE_MS.items() if not args.smoke or b in ("1", "64")}
         if args.smoke:
             buckets = {b: [2 if b == "1" else 20] for b in buckets}
-        tuned = tune({s: weights[s] for s in tune_shapes}, buckets, device, log, 2 if args.smoke else None)
-        W.CONFIGS.update(tuned)
+        winners = tune({s: weights[s] for s in tune_shapes}, buckets, device, log, 2 if args.smoke else None)
+        W.tables().update(winners)  # this GPU's table: the timed rows launch with the winners
     rows = rows_for({s: weights[s] for s in shapes}, ms, device)
     date = datetime.date.today().isoformat()
     meta = dict(card=card, date=date, torch=torch.__version__, triton=triton.__version__,
                 command="python3 bench/quant_gemm.py " + " ".join(sys.argv[1:]), floor_us=floor,
-                configs={f"W8A8/{b}": c for b, c in W.CONFIGS.items()}, tuned=bool(tuned),
+                configs={f"W8A8/{b}": c for b, c in W.tables().items()}, tuned=bool(winners),
+                device_key=tuned.current_key(),
                 buckets_of_ms={m: bucket(m) for m in ms})
     os.makedirs(args.out, exist_ok=True)
     base = os.path.join(args.out, f"w8a8_gemm-{timing.card_slug(card)}-{date}")
@@ -206,3 +208,14 @@ def main_w8a8(args, shapes, ms, tune_shapes) -> None:
         with open(base + ".md", "w") as f:
             f.write(text)
     print(text)
+    if args.tune and not args.smoke:
+        tuned.report_written(write_configs(args.out, meta), getattr(args, "write_package", False))
+
+
+def write_configs(out: str, meta: dict) -> str:
+    """This GPU's W8A8 configs (as the sweep left them) as a configs file of ``servesim/kernels/tuned.py``:
+    ``w8a8_gemm_configs-<card>-<date>.json`` in ``out``."""
+    provenance = {k: meta[k] for k in ("card", "date", "command", "torch", "triton")}
+    doc = tuned.configs_document(meta["card"], "w8a8_gemm", W.section(W.tables()), provenance)
+    path = os.path.join(out, f"w8a8_gemm_configs-{timing.card_slug(meta['card'])}-{meta['date']}.json")
+    return str(tuned.write_document(path, doc))

@@ -207,3 +207,18 @@ def test_a_spec_verify_sweeps_launch_parameters_are_read_back_and_verify_default
     assert launch_tables() is LAUNCH and launch_tables("a100") is LAUNCH
     assert bench.candidates()[0] == {k: LAUNCH[k] for k in ("block", "num_warps", "max_chunk")}
     assert len(bench.candidates()) == len(bench.CANDIDATES)  # the H100's parameters are one of the candidates
+
+
+def test_a_w8a8_sweeps_configs_file_is_read_back_by_its_config_for(tmp_path, monkeypatch):
+    from servesim.kernels.quant import w8a8 as W
+
+    bench = _bench("quant_gemm_w8a8")
+    tuned_16 = {**W.CONFIGS["16"], "BLOCK_N": 128, "fill": 4}
+    monkeypatch.setattr(W, "tables", lambda device=None: {**W.CONFIGS, "16": tuned_16})
+    path = bench.write_configs(str(tmp_path), _meta())
+    monkeypatch.undo()
+    monkeypatch.setattr(tuned, "CONFIG_DIR", tmp_path / "configs")
+    assert Path(tuned.install(path)).name == "h200.json"
+    assert W.config_for(16, device="h200") == tuned_16 and W.config_for(2, device="h200") == tuned_16
+    assert W.config_for(1, device="h200") == W.CONFIGS["1"]
+    assert W.config_for(16) is W.CONFIGS["16"]  # this process (CPU): the tables in code

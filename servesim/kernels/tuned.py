@@ -1,9 +1,9 @@
 """Launch configurations per GPU: which device's tuned tables a kernel launches with.
 
-Each kernel keeps the tables its ``--tune`` sweep chose on an H100 in code (``quant/configs.py``,
+Each kernel keeps the tables its ``--tune`` sweep chose on an H100 in code (``quant/configs.py``, ``quant/w8a8.py``,
 ``attention/decode.py``, ``attention/prefill.py``, ``spec/verify.py``); they are the reference and the fallback.
 Another GPU's tables live in ``servesim/kernels/configs/<key>.json`` (package data), one section per kernel, each
-written by that kernel's benchmark (``bench/quant_gemm.py --tune``, ``bench/attention.py --tune``,
+written by that kernel's benchmark (``bench/quant_gemm.py [--w8a8] --tune``, ``bench/attention.py --tune``,
 ``bench/spec_verify.py``) with the card, date and command that produced it.
 
 The device key is :func:`~servesim.kernels.timing.card_slug` of the CUDA device name ("NVIDIA H200" -> ``h200``).
@@ -29,7 +29,8 @@ from .timing import card_slug
 
 REFERENCE = "h100"  # the device whose tables are the code's
 CONFIG_DIR = Path(__file__).with_name("configs")
-KERNELS = ("quant_gemm", "decode_attention", "prefill_attention", "spec_verify")  # a device file's sections
+# a device file's sections, one per kernel family
+KERNELS = ("quant_gemm", "w8a8_gemm", "decode_attention", "prefill_attention", "spec_verify")
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")

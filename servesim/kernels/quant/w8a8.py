@@ -25,7 +25,9 @@ import torch
 import triton
 import triton.language as tl
 
+from .. import tuned
 from ..counters import counters_for, sm_count
+from ..tuned import ACTIVE as _ACTIVE
 from .configs import bucket
 from .gemm import _auto_split, _fill_split
 from .gemm_common import _finish, _tile
@@ -108,7 +110,8 @@ def _w8a8_gemm_kernel(
 # ------------------------------------------------------------------------------------------- configs
 # Not tuned on a GPU yet (no device this session): shapes from the W8A16 sweep's winners on an H100
 # (configs.py) with int8's 128-wide K step. SWAP and split K for decode-sized M, big tiles when compute-bound.
-# ``bench/quant_gemm.py --w8a8 --tune`` ranks candidates (w8a8_candidates there) and prints the winners.
+# ``bench/quant_gemm.py --w8a8 --tune`` ranks candidates (w8a8_candidates there) and writes the winners as a configs
+# file (tuned.py); another GPU launches with the `w8a8_gemm` section of its configs file where it has one.
 _T = {"GROUP_M": 8, "BLOCK_K": 128}
 CONFIGS: dict[str, dict] = {
     "1": {**_T, "BLOCK_M": 16, "BLOCK_N": 64, "num_warps": 4, "num_stages": 4, "SWAP": True, "waves": 2},
@@ -119,9 +122,27 @@ CONFIGS: dict[str, dict] = {
 }
 
 
-def config_for(m: int) -> dict:
-    """The launch configuration for ``m`` activation rows."""
-    return CONFIGS[bucket(m)]
+def _build(found: dict | None) -> dict[str, dict]:
+    return CONFIGS if found is None else {**CONFIGS, **found.get("configs", {})}
+
+
+def tables(device: str | None = None) -> dict[str, dict]:
+    """The launch configs by M bucket of ``device`` (a ``tuned.py`` key; default: this process's GPU): ``CONFIGS``
+    on the H100 and on a GPU without a ``w8a8_gemm`` section in its configs file."""
+    return tuned.tables("w8a8_gemm", _build, device)
+
+
+def section(configs: dict[str, dict]) -> dict:
+    """``configs`` as the ``w8a8_gemm`` section of a configs file."""
+    return {"configs": dict(configs)}
+
+
+def config_for(m: int, device: str | None = None) -> dict:
+    """The launch configuration for ``m`` activation rows on ``device`` (default: this process's GPU)."""
+    t = None if device else _ACTIVE.get("w8a8_gemm")
+    if t is None:
+        t = tables(device)
+    return t[bucket(m)]
 
 
 # ------------------------------------------------------------------------------------------ launchers
