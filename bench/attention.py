@@ -371,6 +371,8 @@ def main() -> None:
             "command": "PYTHONPATH=. python3 bench/attention.py" + (" --tune" if args.tune else ""),
             "device_key": tuned.current_key()}
     sweep = tune(args.out) if args.tune else None
+    if args.tune:  # the configs file before the timed rows, so that a failure there loses no tuning
+        tuned.report_written(write_configs(args.out, meta), args.write_package)
     notes: dict = {}
     prefill, decode, extras = [], [], []
     bench_prefill(prefill, notes)
@@ -403,8 +405,6 @@ def main() -> None:
     with open(stem + ".md", "w") as f:
         f.write("\n".join(md))
     print("\n".join(md[10:]))
-    if args.tune:
-        tuned.report_written(write_configs(args.out, meta), args.write_package)
 
 
 def write_configs(out: str, meta: dict) -> str:

@@ -326,6 +326,8 @@ def main() -> None:
     floor = timing.floor_us()
     print(f"floor (1-element kernel): {floor}", flush=True)
 
+    prov = dict(card=card, date=datetime.date.today().isoformat(), torch=torch.__version__,
+                triton=triton.__version__, command="python3 bench/quant_gemm.py " + " ".join(sys.argv[1:]))
     tune_shapes = TUNE_SETS[args.tune_shapes]
     weights = {}
     for n, k in dict.fromkeys([*shapes, *(tune_shapes + [LARGE_SHAPE] if args.tune else [])]):
@@ -348,48 +350,24 @@ def main() -> None:
         with open(os.path.join(args.out, "quant_gemm-tune-partial.json"), "w") as f:  # kept if the rest fails
             json.dump(dict(tune_log=tune_log, configs={str(k): v for k, v in table.configs.items()},
                            large_w={str(k): v for k, v in table.large_w.items()}), f, indent=1)
+        # the configs file before the timed rows, so that a failure there loses no tuning
+        tuned.report_written(write_configs(args.out, dict(prov, tune_shapes=tune_shapes), table), args.write_package)
 
-    rows = []
-    for (n, k), labels in shapes.items():
-        wb, w4, w8, tg = weights[(n, k)]
-        w4_ref = Q.dequantize_w4_packed(*w4, GS, k)
-        for m in MS:
-            x = torch.randn(m, k, device="cuda", dtype=torch.bfloat16)
-            r = dict(N=n, K=k, M=m, ops="; ".join(labels))
-            c4, c8 = QC.config_for(4, m, n, k), QC.config_for(8, m, n, k)
-            ops = {"cublas": lambda x=x, wb=wb: x @ wb.t(),
-                   "w4": lambda x=x, w4=w4, c4=c4: run_ours(x, w4, 4, c4),
-                   "w8": lambda x=x, w8=w8, c8=c8: run_ours(x, w8, 8, c8)}
-            if tg is not None:
-                ops["tinygemm"] = lambda x=x, tg=tg: torch._weight_int4pack_mm(x, tg[0], GS, tg[1])
-            for suffix, timer in METHODS.items():
-                for name, fn in ops.items():
-                    r[f"{name}{suffix}_ms"] = timer(fn)
-            ref4 = x.float() @ w4_ref.t()
-            r["w4_rel_err"] = ((run_ours(x, w4, 4, c4).float() - ref4).norm() / ref4.norm()).item()
-            if tg is not None:
-                y_tg = torch._weight_int4pack_mm(x, tg[0], GS, tg[1]).float()
-                r["tinygemm_rel_err"] = ((y_tg - ref4).norm() / ref4.norm()).item()
-            rows.append(r)
-            print(_row_text(r, copy_bw), flush=True)
+    rows = shape_rows(weights, shapes, MS, copy_bw)
     layers = [] if args.quick or args.shapes == "classic" else layer_rows(weights, MS, copy_bw)
 
-    date = datetime.date.today().isoformat()
     slug = timing.card_slug(card)
-    meta = dict(card=card, date=date, torch=torch.__version__, triton=triton.__version__,
-                command="python3 bench/quant_gemm.py " + " ".join(sys.argv[1:]), copy_bytes_per_s=copy_bw,
+    meta = dict(**prov, copy_bytes_per_s=copy_bw,
                 floor_us=floor, device_key=tuned.current_key(), tune_shapes=tune_shapes if args.tune else None,
                 configs={**{f"W{b}/{bk}": c for (b, bk), c in table.configs.items()},
                          **{f"W{b}/{bk} N*K >= {table.large_w_elems}": c for (b, bk), c in table.large_w.items()}})
     os.makedirs(args.out, exist_ok=True)
-    base = os.path.join(args.out, f"quant_gemm-{slug}-{date}")
+    base = os.path.join(args.out, f"quant_gemm-{slug}-{prov['date']}")
     with open(base + ".json", "w") as f:
         json.dump(dict(meta=meta, rows=rows, layers=layers, tune_log=tune_log), f, indent=1)
     with open(base + ".md", "w") as f:
         f.write(report_md(meta, rows, layers, copy_bw, winners))
     print(report_md(meta, rows, layers, copy_bw, winners))
-    if args.tune:
-        tuned.report_written(write_configs(args.out, meta, table), args.write_package)
 
 
 def bench_shapes(which: str) -> dict[tuple[int, int], list[str]]:
@@ -412,15 +390,45 @@ def write_configs(out: str, meta: dict, table) -> str:
     return str(tuned.write_document(path, doc))
 
 
-def layer_rows(weights, ms, copy_bw) -> list[dict]:
-    """Each engine model's decoder-layer GEMMs (QKV, O, gate+up, down) back to back in one CUDA graph, per M and
-    kernel (cuBLAS bf16, W4A16, W8A16): the launch sequence of an engine step, timed by both methods."""
+def shape_rows(weights, shapes, ms, copy_bw, device="cuda") -> list[dict]:
+    """One row per (shape, M): cuBLAS bf16, W4A16, W8A16 (and tinygemm where there is one) by both methods, and
+    the relative errors. ``weights[(n, k)]`` = (bf16, w4, w8, tinygemm) as :func:`quantize` gives them."""
     rows = []
-    for model, tp in ENGINE_MODELS:
-        gemms = engine_gemms(model, tp)
+    for (n, k), labels in shapes.items():
+        wb, w4, w8, tg = weights[(n, k)]
+        w4_ref = Q.dequantize_w4_packed(*w4, GS, k)
+        for m in ms:
+            x = torch.randn(m, k, device=device, dtype=torch.bfloat16)
+            r = dict(N=n, K=k, M=m, ops="; ".join(labels))
+            c4, c8 = QC.config_for(4, m, n, k), QC.config_for(8, m, n, k)
+            ops = {"cublas": lambda x=x, wb=wb: x @ wb.t(),
+                   "w4": lambda x=x, w4=w4, c4=c4: run_ours(x, w4, 4, c4),
+                   "w8": lambda x=x, w8=w8, c8=c8: run_ours(x, w8, 8, c8)}
+            if tg is not None:
+                ops["tinygemm"] = lambda x=x, tg=tg: torch._weight_int4pack_mm(x, tg[0], GS, tg[1])
+            for suffix, timer in METHODS.items():
+                for name, fn in ops.items():
+                    r[f"{name}{suffix}_ms"] = timer(fn)
+            ref4 = x.float() @ w4_ref.t()
+            r["w4_rel_err"] = ((run_ours(x, w4, 4, c4).float() - ref4).norm() / ref4.norm()).item()
+            if tg is not None:
+                y_tg = torch._weight_int4pack_mm(x, tg[0], GS, tg[1]).float()
+                r["tinygemm_rel_err"] = ((y_tg - ref4).norm() / ref4.norm()).item()
+            rows.append(r)
+            print(_row_text(r, copy_bw), flush=True)
+    return rows
+
+
+def layer_rows(weights, ms, copy_bw, layers=None, device="cuda") -> list[dict]:
+    """Each engine model's decoder-layer GEMMs (QKV, O, gate+up, down) back to back in one CUDA graph, per M and
+    kernel (cuBLAS bf16, W4A16, W8A16): the launch sequence of an engine step, timed by both methods. ``layers``:
+    {(model, tp): [(op, N, K), ...]}, by default :func:`engine_gemms` of :data:`ENGINE_MODELS`."""
+    rows = []
+    layers = layers or {(model, tp): engine_gemms(model, tp) for model, tp in ENGINE_MODELS}
+    for (model, tp), gemms in layers.items():
         w4_bytes = sum(n * k // 2 for _, n, k in gemms)
         for m in ms:
-            xs = {k: torch.randn(m, k, device="cuda", dtype=torch.bfloat16) for _, _, k in gemms}
+            xs = {k: torch.randn(m, k, device=device, dtype=torch.bfloat16) for _, _, k in gemms}
             calls = {"cublas": [(lambda x=xs[k], wb=weights[(n, k)][0]: x @ wb.t()) for _, n, k in gemms]}
             for bits, idx in ((4, 1), (8, 2)):  # weights[(n, k)] = (bf16, w4, w8, tinygemm)
                 launches = [(xs[k], weights[(n, k)][idx], QC.config_for(bits, m, n, k)) for _, n, k in gemms]
