@@ -270,6 +270,17 @@ def one_token_ratios(rows: pd.DataFrame, predicted: np.ndarray, legacy: np.ndarr
 
 
 # ---- what the data allow: error floors no model of these inputs can beat ---------------------------------------
+def monotone_fit(y: np.ndarray) -> np.ndarray:
+    """The non-decreasing sequence nearest ``y`` in the L1 sense (pool-adjacent-violators with block medians):
+    the best any model that never gets faster with more work can do on one series."""
+    blocks: list[list[float]] = []
+    for v in y:
+        blocks.append([float(v)])
+        while len(blocks) > 1 and np.median(blocks[-2]) > np.median(blocks[-1]):
+            blocks[-2:] = [blocks[-2] + blocks[-1]]
+    return np.concatenate([np.full(len(b), np.median(b)) for b in blocks])
+
+
 def _floor_rows(df: pd.DataFrame, err: np.ndarray, what: str) -> pd.DataFrame:
     t = df.assign(abs_err=np.abs(err)).groupby(["gpu", "family", "band"]).abs_err
     return pd.DataFrame({"floor": what, "n": t.size(), "median_abs": t.median(),
@@ -287,7 +298,10 @@ def compute_floors(compute: pd.DataFrame) -> pd.DataFrame:
     - same FLOPs and bytes: GEMM pairs that are one shape transposed (gate_up at TP t and down at TP t/2: N and
       K swapped, equal FLOPs and bytes) against their geometric mean -- what any model of FLOPs and bytes alone
       must show, whatever its efficiencies.
-    - repeated rows: the tables' duplicated (M, TP) rows (timed twice) against their mean."""
+    - repeated rows: the tables' duplicated (M, TP) rows (timed twice) against their mean.
+    - monotone in M: each table's op and TP against the nearest non-decreasing curve in M (log time, L1) -- what
+      a model that never gets faster with more tokens could reach with a free curve per series, the GEMMs'
+      wave term included (it is non-decreasing in M)."""
     df = compute.assign(band=pt.band_of(compute.tokens.to_numpy(float)),
                         family=np.where(compute.kind == "gemm", "gemm", compute.family))
     t = df.measured_s.to_numpy()
@@ -306,6 +320,10 @@ def compute_floors(compute: pd.DataFrame) -> pd.DataFrame:
     dups = df[df.groupby(dup_key).measured_s.transform("size") >= 2]
     mean = dups.groupby(dup_key).measured_s.transform("mean")
     out.append(_floor_rows(dups, (dups.measured_s / mean - 1).to_numpy(), "repeated rows"))
+    series = df.sort_values("tokens", kind="stable")
+    fit = series.groupby(["gpu", "model", "tp", "op"]).measured_s.transform(
+        lambda x: np.exp(monotone_fit(np.log(x.to_numpy()))))
+    out.append(_floor_rows(series, (fit / series.measured_s - 1).to_numpy(), "monotone in M"))
     df = pd.concat(out, ignore_index=True)
     df = df.assign(_o=df.band.map(BAND_ORDER)).sort_values(["floor", "gpu", "family", "_o"], kind="stable")
     return df[["floor", "gpu", "family", "band", "n", "median_abs", "p90_abs"]].reset_index(drop=True)
@@ -313,8 +331,10 @@ def compute_floors(compute: pd.DataFrame) -> pd.DataFrame:
 
 def allreduce_floors(root: Path, ar: pd.DataFrame) -> pd.DataFrame:
     """Floors of the all-reduce tables per GPU and size band: each row is the median of a few runs whose
-    spread (max/min) the raw tables keep; and below 256 KiB, where the bytes term is under a microsecond,
-    the best constant per GPU and TP (any line of latency + bytes/bandwidth is one there)."""
+    spread (max/min) the raw tables keep; the nearest non-decreasing curve in size per GPU and TP (log time, L1:
+    what any model that never gets faster with more bytes could reach, per band); and below 256 KiB, where the
+    bytes term is under a microsecond, the best constant per GPU and TP (any line of latency + bytes/bandwidth
+    is one there)."""
     rows = []
     for system, gpu in pt.VIDUR_SYSTEMS.items():
         raw = pd.read_csv(root / "network" / f"{system}.all_reduce.csv")
@@ -325,6 +345,14 @@ def allreduce_floors(root: Path, ar: pd.DataFrame) -> pd.DataFrame:
             s = spread[bands == band]
             rows.append({"gpu": gpu, "band": band, "what": "max/min of one row's runs", "n": len(s),
                          "median": f"{np.median(s):.2f}x", "p90": f"{np.quantile(s, 0.9):.2f}x"})
+        mine = ar[ar.gpu == gpu].sort_values("size", kind="stable")
+        fit = mine.groupby("tp").measured_s.transform(lambda x: np.exp(monotone_fit(np.log(x.to_numpy()))))
+        mono = np.abs(fit / mine.measured_s - 1).to_numpy()
+        mb = pt.band_of(mine["size"].to_numpy(float), pt.SIZE_BANDS)
+        for band in ("<256KiB", "256KiB-8MiB", ">=8MiB"):
+            e = mono[mb == band]
+            rows.append({"gpu": gpu, "band": band, "what": "error of the nearest size-monotone curve per TP",
+                         "n": len(e), "median": f"{np.median(e):.1%}", "p90": f"{np.quantile(e, 0.9):.1%}"})
         small = ar[(ar.gpu == gpu) & (ar["size"] < 256 * 1024)]
         errs = []
         for _, d in small.groupby("tp"):
