@@ -222,3 +222,66 @@ def test_a_w8a8_sweeps_configs_file_is_read_back_by_its_config_for(tmp_path, mon
     assert W.config_for(16, device="h200") == tuned_16 and W.config_for(2, device="h200") == tuned_16
     assert W.config_for(1, device="h200") == W.CONFIGS["1"]
     assert W.config_for(16) is W.CONFIGS["16"]  # this process (CPU): the tables in code
+
+
+# ------------------------------------------------------------------------------- the shipped files
+SHIPPED = sorted(Path(tuned.__file__).with_name("configs").glob("*.json"))
+# what each launcher reads from a config (a key outside these would be ignored or refused at launch)
+KNOWN_KEYS = {
+    "quant_gemm": {"kernel", "BLOCK_M", "BLOCK_N", "GROUP_M", "JOIN", "num_warps", "num_stages", "waves", "fill",
+                   "split_k", "SWAP", "DEQ", "PREFETCH", "XPF", "EVEN", "DENORM"},
+    "w8a8_gemm": {"BLOCK_M", "BLOCK_N", "BLOCK_K", "GROUP_M", "num_warps", "num_stages", "waves", "fill", "split_k",
+                  "SWAP"},
+    "decode_attention": {"BLOCK_N", "num_warps", "num_stages", "PREFETCH"},
+    "prefill_attention": {"BLOCK_M", "BLOCK_N", "num_warps", "num_stages", "TMA"},
+}
+_H100_QUANT = [*QC.CONFIGS.values(), *QC.LARGE_W.values()]  # run by tests/test_kernels_quant.py already
+SHIPPED_QUANT = [(path.stem, table, name) for path in SHIPPED
+                 for table, entries in json.loads(path.read_text()).get("quant_gemm", {}).items()
+                 if table in ("configs", "large_w")
+                 for name, cfg in entries.items() if cfg not in _H100_QUANT]
+
+
+@pytest.mark.parametrize("path", SHIPPED, ids=lambda p: p.name)
+def test_each_shipped_configs_file_names_its_device_and_only_keys_the_launchers_read(path):
+    doc = json.loads(path.read_text())
+    assert doc["device"] == path.stem != tuned.REFERENCE
+    assert set(doc) - {"device", "card"} <= set(tuned.KERNELS) and set(doc) & set(tuned.KERNELS)
+    for kernel, known in KNOWN_KEYS.items():
+        sec = doc.get(kernel, {})
+        for table in ("configs", "large_w"):
+            for name, cfg in sec.get(table, {}).items():
+                assert set(cfg) <= known, (kernel, name, set(cfg) - known)
+    if "spec_verify" in doc:
+        assert set(doc["spec_verify"]["launch"]) <= {"block", "num_warps", "programs_per_sm", "max_chunk"}
+    if "decode_attention" in doc:
+        assert set(doc["decode_attention"].get("split", {})) <= {"SPLIT_WAVES", "MIN_SPLIT_KEYS"}
+
+
+@pytest.mark.interpret
+@pytest.mark.parametrize(("device", "table", "name"), SHIPPED_QUANT, ids=[f"{d}-{t}-{n}" for d, t, n in SHIPPED_QUANT])
+def test_each_shipped_quant_config_computes_the_product(device, table, name, monkeypatch):
+    """Every W4A16/W8A16 config a GPU's file ships (beyond the H100's), on a small ragged weight: the kernel paths
+    of the big one."""
+    from servesim.kernels.quant import gemm as QG
+    from servesim.kernels.quant import quantize as Q
+
+    monkeypatch.setattr(tuned, "CONFIG_DIR", SHIPPED[0].parent)
+    t = QC.tables(device)
+    bits, bkt = int(name[1]), name.split("/")[1]
+    cfg = (t.large_w if table == "large_w" else t.configs)[(bits, bkt)]
+    m = {"1": 1, "16": 5, "64": 40, "256": 70, "large": 300}[bkt]
+    gen = torch.Generator().manual_seed(21)
+    w = torch.randn(300, 640, generator=gen)
+    if bits == 8:
+        q, scale = Q.quantize_int8_per_channel(w)
+        packed, sz, gs = Q.pack_int8(q), scale, None
+        ref_w = Q.dequantize_w8_packed(packed, sz, 640)
+    else:
+        q, s, z = Q.quantize_int4_groupwise(w, 128)
+        packed, sz, gs = Q.pack_int4(q), Q.pack_scales_zeros(s, z), 128
+        ref_w = Q.dequantize_w4_packed(packed, sz, 128, 640)
+    x = torch.randn(m, 640, generator=gen).to(torch.bfloat16)
+    y = QG.quant_matmul(x, packed, sz, bits, gs, cfg)
+    ref = x.float() @ ref_w.t()
+    assert ((y.float() - ref).norm() / ref.norm()).item() < 1e-2
