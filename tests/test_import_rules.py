@@ -4,6 +4,8 @@ import subprocess
 import sys
 import textwrap
 
+import pytest
+
 BLOCK = textwrap.dedent("""
     import importlib.abc, sys
 
@@ -143,3 +145,17 @@ def test_no_import_circles_between_modules():
                 circles.append((a, b))
     assert not circles, circles
     assert len(graph) > 100  # the walk found the package
+
+
+def test_kernels_and_their_launch_configs_import_without_the_simulators_dependencies():
+    """servesim.kernels (launch configs per GPU included) and the kernel benchmarks' catalog shapes need torch and
+    triton only: a GPU machine's python may lack pydantic, simpy, pandas, scipy."""
+    pytest.importorskip("torch")
+    pytest.importorskip("triton")
+    assert _imported_by("""
+        import servesim.kernels.tuned, servesim.kernels.quant.linear, servesim.kernels.attention, servesim.kernels.spec
+        from servesim.kernels.quant.configs import config_for
+        from servesim.kernels.attention.decode import choose_num_splits
+        from servesim.hwmodels.ops import layer_ops
+        config_for(4, 1, 4096, 4096), choose_num_splits(1, 8, 4096, 132)
+    """) & {"pandas", "pyarrow", "simpy", "pydantic", "plotly", "scipy"} == set()
