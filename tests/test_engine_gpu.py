@@ -139,3 +139,114 @@ def test_preemption_storm_on_gpu(small_model_path, preemption):
     res, _ = _replay(small_model_path, graphs=True, blocks=40, spread_s=0.0, preemption=preemption)
     req = res.result.requests
     assert (req.generated_tokens == req.output_tokens).all() and req.num_preemptions.sum() > 0
+
+
+# -- speculative decoding under CUDA graphs (engine/spec_graph.py) ----------------------------------------------
+SPEC_K = 3
+
+
+@pytest.fixture(scope="module")
+def spec_models(tmp_path_factory):
+    """A small target with saved weights, and two drafts: the target itself (every draft accepted: the catch-up
+    takes two tokens each step) and a smaller random model (mostly rejected: one token)."""
+    from servesim.engine.weights import save_state_dict
+
+    root = tmp_path_factory.mktemp("spec")
+    target = tiny_config(**SHAPES["small"], max_position_embeddings=4096)
+    other = tiny_config(**{**SHAPES["small"], "intermediate_size": 512}, num_layers=1, max_position_embeddings=4096)
+    save_state_dict(random_state_dict(target, seed=21, dtype=torch.bfloat16), target, root / "target")
+    save_state_dict(random_state_dict(other, seed=22, dtype=torch.bfloat16), other, root / "draft")
+    return {"same": str(root / "target"), "other": str(root / "draft"), "target": str(root / "target")}
+
+
+def _spec_replay(models, which: str, graphs: bool, fixed: bool | None = None, mode="greedy"):
+    """Every request at t = 0 (no step waits on the clock: the same steps whatever they take); ``fixed``: the
+    fixed-shape steps without CUDA graphs (run uncaptured)."""
+    import pandas as pd
+
+    from servesim.sim.workload import Workload
+
+    target, draft = models["target"], models[which]
+    sc = {"model": target + "/config.json", "max_model_len": 1024, "max_num_batched_tokens": 512, "max_num_seqs": 16,
+          "num_gpu_blocks": 400, "spec_k": SPEC_K, "draft_model": draft + "/config.json", "spec_alpha": 0.7}
+    eng = build_engine(EngineConfig(model=target + "/config.json", weights=target, max_model_len=1024,
+                                    max_num_batched_tokens=512, max_num_seqs=16, cuda_graphs=graphs,
+                                    num_gpu_blocks=400, spec_k=SPEC_K, draft_model=draft + "/config.json",
+                                    draft_weights=draft, spec_mode=mode))
+    if fixed is not None:
+        eng.runner.static_spec = fixed
+    rng = np.random.default_rng(1)
+    n = 12
+    df = pd.DataFrame({"arrival_s": np.zeros(n), "input_tokens": rng.integers(10, 200, n),
+                       "output_tokens": rng.integers(20, 60, n)})
+    kept = {}
+    release = eng.runner.release
+    eng.runner.release = lambda r: (kept.__setitem__(r.request_id, list(eng.runner.tokens[r.request_id])), release(r))
+    res = replay(make_scenario(sc), eng, Workload(name="t", requests=df, source="test"))
+    req = res.result.requests.set_index("request_id")
+    return res, {rid: t[: int(req.input_tokens[rid] + req.output_tokens[rid])] for rid, t in kept.items()}, eng
+
+
+@pytest.mark.parametrize("which", ["same", "other"])
+def test_spec_graph_replays_its_fixed_shape_step_exactly(spec_models, which):
+    """Speculative decode steps replayed as CUDA graphs emit, bit for bit, the tokens of the same fixed-shape
+    steps launched without capture, with the same acceptance step for step; every pure-decode step replays a
+    graph and every mixed step runs eagerly."""
+    graph, t_graph, _ = _spec_replay(spec_models, which, graphs=True)
+    plain, t_plain, _ = _spec_replay(spec_models, which, graphs=False, fixed=True)
+    assert graph.result.summary["completed"] == 12
+    assert t_graph == t_plain
+    cols = ["prefill_tokens", "decode_seqs", "sampled_tokens"]
+    assert graph.iterations[cols].equals(plain.iterations[cols])
+    it = graph.iterations
+    pure = (it.prefill_tokens == 0) & (it.decode_seqs > 0)
+    assert it.graph[pure].all() and not it.graph[~pure].any() and pure.mean() > 0.5
+    assert not plain.iterations.graph.any()
+    if which == "same":  # the draft is the target: nearly every draft accepted (bf16 near-ties aside)
+        req = graph.result.requests
+        assert (req.generated_tokens.sum() - len(req)) / it.decode_seqs.sum() > 2.5
+
+
+@pytest.mark.parametrize("which", ["same", "other"])
+def test_spec_graph_and_eager_speculation_emit_greedy_tokens(spec_models, which):
+    """Graph and eager speculation both emit the target's greedy tokens: each output token's logit, from one
+    eager pass of the target over the whole sequence, is the row's maximum (within bf16 rounding: the graph's
+    verification cuts attention into other splits than the eager step, so near-ties may fall either way)."""
+    from servesim.engine.model import AttentionMeta
+
+    graph, t_graph, eng = _spec_replay(spec_models, which, graphs=True)
+    eager, t_eager, _ = _spec_replay(spec_models, which, graphs=False)
+    assert graph.iterations.graph.any() and not eager.iterations.graph.any()
+    req = graph.result.requests.set_index("request_id")
+    mc, dev = eng.model.cfg, "cuda"
+    for tokens in (t_graph, t_eager):
+        for rid, toks in tokens.items():
+            p, n = int(req.input_tokens[rid]), len(toks)
+            cache = cache_for(mc, blocks=-(-n // 16), dtype=torch.bfloat16, device=dev)
+            meta = AttentionMeta(num_prefill_tokens=n,
+                                 prefill_cu_seqlens=torch.tensor([0, n], dtype=torch.int32, device=dev),
+                                 prefill_kv_lens=torch.tensor([n], dtype=torch.int32, device=dev),
+                                 prefill_block_tables=torch.arange(-(-n // 16), dtype=torch.int32,
+                                                                   device=dev)[None],
+                                 prefill_max_q_len=n)
+            ids = torch.tensor(toks, device=dev)
+            logits = eng.model.forward(ids, torch.arange(n, dtype=torch.int32, device=dev),
+                                       torch.arange(n, device=dev), meta, cache,
+                                       torch.arange(p - 1, n - 1, device=dev)).float()
+            best = logits.max(dim=-1).values
+            chosen = logits.gather(1, ids[p:, None])[:, 0]
+            assert ((best - chosen) <= 0.02 * best.abs().clamp_min(1.0)).all(), rid
+
+
+def test_controlled_speculation_replays_graphs(spec_models):
+    """The validation suite's mode (acceptance drawn with alpha, real draft and verification passes) under CUDA
+    graphs: the same steps and tokens as the uncaptured fixed-shape steps, every request complete."""
+    graph, t_graph, eng = _spec_replay(spec_models, "other", graphs=True, mode="controlled")
+    plain, t_plain, _ = _spec_replay(spec_models, "other", graphs=False, fixed=True, mode="controlled")
+    assert (graph.result.requests.generated_tokens == graph.result.requests.output_tokens).all()
+    assert t_graph == t_plain
+    it = graph.iterations
+    pure = (it.prefill_tokens == 0) & (it.decode_seqs > 0)
+    assert it.graph[pure].all()
+    assert {k[2] for k in eng.runner.graphs} == {SPEC_K + 1}  # captured at start: speculative graphs only
+    assert eng.timings_s["graph_capture_s"] > 0 and eng.memory.graph_pool_bytes > 0

@@ -38,7 +38,7 @@ from servesim.hwmodels.precision import parse_quant
 
 GIB = 2**30
 KV_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp8": torch.float8_e4m3fn}
-GRAPH_RESERVE_BYTES = 2 * GIB  # CUDA-graph pool and decode workspaces, taken before the KV cache
+GRAPH_RESERVE_BYTES = 2 * GIB  # CUDA-graph pool (plain or speculative decode) and workspaces, before the KV cache
 
 
 @dataclass(frozen=True)
@@ -98,6 +98,7 @@ class MemoryReport:
     num_blocks: int
     kv_cache_bytes: int
     planned_by: str  # "memory" (profiled) or "override"
+    graph_pool_bytes: int = 0  # what capturing the CUDA graphs at start took (inside the graph reserve)
 
     def to_json(self) -> dict:
         return asdict(self)
@@ -201,7 +202,10 @@ def build_rank(cfg: EngineConfig, mc: EngineModelConfig, comm=None) -> Engine:
                                     cfg.spec_alpha_concentration).acceptance_model()
         runner.spec = SpecDecoder(draft, _cache(draft.cfg, cfg, cache.num_blocks, dev), cfg.spec_k, cfg.spec_mode,
                                   acceptance, np.random.default_rng([cfg.seed, 7]))
+    reserved = torch.cuda.memory_reserved(dev) if dev.type == "cuda" else 0
     timings["graph_capture_s"] = runner.capture_all() if cfg.capture_at_start else 0.0
+    if dev.type == "cuda":
+        memory.graph_pool_bytes = torch.cuda.memory_reserved(dev) - reserved
     return Engine(cfg, mc, model, runner, memory, timings)
 
 

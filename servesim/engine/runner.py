@@ -20,6 +20,7 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 import torch
 
+from servesim.engine import spec_graph
 from servesim.engine.model import AttentionMeta, KVCache, LlamaModel
 from servesim.kernels.attention.decode import choose_num_splits
 from servesim.kernels.counters import SplitCounters, sm_count
@@ -43,7 +44,7 @@ class StepStats:
 
     gpu_s: float = 0.0  # forward + sampling on the device (CUDA events; wall time on a CPU)
     host_s: float = 0.0  # building inputs, swaps and launches before the device work
-    graph: bool = False  # replayed a captured decode graph
+    graph: bool = False  # replayed a captured decode graph (plain or speculative)
     swap_in_blocks: int = 0
     swap_out_blocks: int = 0
 
@@ -102,7 +103,11 @@ class ModelRunner:
         self._rows: dict[int, list] = {}  # request id -> [block-table row, entries filled]
         self.spec = None  # a SpecDecoder when the engine speculates (set by build_engine)
         self.cuda = self.device.type == "cuda"
-        self.graphs: dict[tuple[int, int], tuple[torch.cuda.CUDAGraph, torch.Tensor]] = {}
+        self.graphs: dict[tuple[int, int, int], tuple[torch.cuda.CUDAGraph, torch.Tensor]] = {}
+        # speculative steps in fixed shapes (spec_graph.py) where a batch allows: captured with CUDA graphs; set
+        # on without them, the same steps run uncaptured (how the CPU tests check them)
+        self.static_spec = self.cuda and cuda_graphs
+        self._spec_static: dict[int, spec_graph.StaticStep] = {}  # graph batch -> its buffers
         self._graph_batches = tuple(b for b in GRAPH_BATCHES if b <= max_graph_batch)
         self._ctx_buckets = graph_ctx_buckets(max_model_len)
         self._gen = torch.Generator(device=self.device).manual_seed(seed)
@@ -351,16 +356,20 @@ class ModelRunner:
                                swap_in_blocks=self.stats.swap_in_blocks, swap_out_blocks=self.stats.swap_out_blocks)
 
     def _run_spec(self, batch: Batch, t0: float) -> np.ndarray:
-        """A speculative step (eager): the draft over the prefill chunks and its proposals, the target over
-        everything, then acceptance. The device time covers the draft's passes too."""
+        """A speculative step: the draft over the prefill chunks and its proposals, the target over everything,
+        then acceptance. Pure-decode batches within the graph buckets run the fixed-shape step (one CUDA graph),
+        the others eagerly. The device time covers the draft's passes too."""
         spec, nd, q = self.spec, len(batch.decode), batch.decode_query
         if nd and q != spec.k + 1:
             raise RuntimeError(f"a decode step of {q} tokens each; the engine speculates {spec.k} drafts")
+        for r in batch.decode:  # token lists exist before the draft reads them
+            self._ids(r)
+        key = self._spec_key(batch) if self.static_spec else None
+        if key is not None:
+            return self._run_spec_static(batch, key, t0)
         start = end = None
         if self.cuda:
             start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        for r in batch.decode:  # token lists exist before the draft reads them
-            self._ids(r)
         host_a = time.perf_counter() - t0
         if self.cuda:
             start.record()
@@ -384,12 +393,68 @@ class ModelRunner:
         n_done = sum(ch.completes for ch in batch.prefill)
         for i, ch in enumerate([ch for ch in batch.prefill if ch.completes]):
             self._ids(ch.request).append(tokens[i])
-        emitted = spec.accept(list(batch.decode), self.drafts, tokens[n_done:]) if nd else []
+        return self._accept(batch, tokens[n_done:])
+
+    def _accept(self, batch: Batch, target: list[int]) -> np.ndarray:
+        """Acceptance of this step's drafts against the target's tokens at every verification row; each decode's
+        emitted token count."""
+        emitted = self.spec.accept(list(batch.decode), self.drafts, target) if batch.decode else []
         for r, toks in zip(batch.decode, emitted, strict=True):
             self._ids(r).extend(toks)
-        for r in pre + list(batch.decode):
+        for r in [ch.request for ch in batch.prefill] + list(batch.decode):
             self._blocks[r.request_id] = list(r.block_ids)
         return np.array([len(e) for e in emitted], np.int64)
+
+    def _spec_key(self, batch: Batch) -> tuple[int, int, int] | None:
+        """``(batch, context bucket, 1 + k)`` of the fixed-shape step that runs ``batch``, or None (eager): mixed
+        batches, batches or contexts past the buckets, a draft more than two tokens behind (the catch-up pass
+        holds two), and temperature sampling (the graph takes the target's argmax)."""
+        nd = len(batch.decode)
+        if batch.prefill or not nd or self.temperature != 0:
+            return None
+        ctx = np.asarray(batch.decode_ctx[:nd], np.int64)
+        bucket = self._buckets(nd, int(ctx.max()))
+        if bucket is None or self.spec.behind(batch.decode, ctx - batch.decode_query).max() > 2:
+            return None
+        return (*bucket, batch.decode_query)
+
+    def _run_spec_static(self, batch: Batch, key: tuple[int, int, int], t0: float) -> np.ndarray:
+        """The fixed-shape speculative step ``key`` (a CUDA graph replay, or its body run uncaptured)."""
+        spec, reqs = self.spec, list(batch.decode)
+        b, k, nd = key[0], spec.k, len(reqs)
+        ctx = np.asarray(batch.decode_ctx[:nd], np.int64)
+        p0 = ctx - (k + 1)
+        inputs = spec_graph.step_inputs(self._table(reqs, b), ctx, [self.tokens[r.request_id] for r in reqs],
+                                        spec.behind(reqs, p0), k, self.block_size)
+        self._spec_buffers(b).load(inputs)
+        host = time.perf_counter() - t0
+        start = end = None
+        if self.cuda:
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+        out = self._spec_launch(key)
+        if self.cuda:
+            end.record()
+        vals = out.tolist()
+        captured = self.cuda and hasattr(self, "_static")
+        self._finish_stats(t0, host, start, end, captured)
+        self.drafts = {r.request_id: vals[i * k:(i + 1) * k] for i, r in enumerate(reqs)}
+        spec.proposed(reqs, p0)
+        return self._accept(batch, vals[b * k: b * k + nd * (k + 1)])
+
+    def _spec_buffers(self, b: int) -> spec_graph.StaticStep:
+        st = self._spec_static.get(b)
+        if st is None:
+            st = self._spec_static[b] = spec_graph.StaticStep(b, self.spec.k, self.max_blocks, self.device)
+        return st
+
+    def _spec_launch(self, key: tuple[int, int, int]) -> torch.Tensor:
+        b, c, _ = key
+        if not (self.cuda and hasattr(self, "_static")):
+            return spec_graph.step_body(self, self._spec_buffers(b), c)()
+        graph, out = self.graphs[key] if key in self.graphs else self._capture_spec(b, c)
+        graph.replay()
+        return out
 
     def _emit(self, batch: Batch, tokens: list[int]) -> None:
         i = 0
@@ -412,12 +477,18 @@ class ModelRunner:
     # -- CUDA graphs of pure-decode steps ---------------------------------------------------------
     def _graph_key(self, batch: Batch, dctx: np.ndarray) -> tuple[int, int, int] | None:
         nd = len(batch.decode)
-        if batch.prefill or nd == 0 or nd > self._graph_batches[-1] or batch.decode_query != 1:
+        if batch.prefill or nd == 0 or batch.decode_query != 1:
+            return None
+        bucket = self._buckets(nd, int(dctx.max()))
+        return None if bucket is None else (*bucket, 1)
+
+    def _buckets(self, nd: int, longest: int) -> tuple[int, int] | None:
+        """The graph batch and context bucket of ``nd`` decodes whose longest context is ``longest``, or None."""
+        if nd > self._graph_batches[-1]:
             return None
         b = next(x for x in self._graph_batches if x >= nd)
-        longest = int(dctx.max())
         c = next((x for x in self._ctx_buckets if x >= longest), None)
-        return None if c is None else (b, c, 1)
+        return None if c is None else (b, c)
 
     def _static_buffers(self, rows: int) -> dict[str, torch.Tensor]:
         dev = self.device
@@ -456,6 +527,13 @@ class ModelRunner:
                                         s["sample"][:b])
             return torch.argmax(logits, dim=-1)
 
+        return self._capture_body((b, c, q), body)
+
+    def _capture_spec(self, b: int, c: int):
+        """Capture the fixed-shape speculative step of ``b`` sequences in context bucket ``c``."""
+        return self._capture_body((b, c, self.spec.k + 1), spec_graph.step_body(self, self._spec_buffers(b), c))
+
+    def _capture_body(self, key: tuple[int, int, int], body: Callable[[], torch.Tensor]):
         side = torch.cuda.Stream()
         side.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(side):
@@ -466,19 +544,25 @@ class ModelRunner:
         with torch.cuda.graph(graph, pool=pool):
             out = body()
         self._pool = graph.pool()
-        self.graphs[(b, c, q)] = (graph, out)
+        self.graphs[key] = (graph, out)
         return graph, out
 
     def capture_all(self, max_ctx: int | None = None) -> float:
-        """Capture every decode graph up front (largest first, sharing one memory pool); seconds taken."""
+        """Capture every decode graph up front (largest first, sharing one memory pool); seconds taken. With
+        speculation the decode steps are the speculative ones (``1 + k`` tokens each): their graphs instead."""
         if not (self.cuda and hasattr(self, "_static")):
             return 0.0
         t0 = time.perf_counter()
         top = self._ctx_buckets[-1] if max_ctx is None else next(c for c in self._ctx_buckets if c >= max_ctx)
+        q = 1 if self.spec is None else self.spec.k + 1
         for c in [c for c in reversed(self._ctx_buckets) if c <= top]:
             for b in reversed(self._graph_batches):
-                if (b, c, 1) not in self.graphs:
+                if (b, c, q) in self.graphs:
+                    continue
+                if q == 1:
                     self._capture(b, c, 1)
+                elif self.static_spec:
+                    self._capture_spec(b, c)
         torch.cuda.synchronize()
         return time.perf_counter() - t0
 

@@ -6,6 +6,8 @@ sequence room for ``1 + k`` new tokens per step, which both models use), so its 
 target's. Per decoding sequence the draft holds KV for the positions below ``drafted[r]``; a step first brings
 it up to the last emitted token (one token, or two after a step that accepted every draft: the last draft was
 never fed to the draft model), then proposes ``k`` tokens greedily. Prefill chunks run through the draft too.
+Here the passes run eagerly; a pure-decode step runs them and the verification as one CUDA graph instead
+(``spec_graph.py``), with the same bookkeeping (``behind``, ``proposed``, ``accept``).
 
 Acceptance:
 
@@ -110,6 +112,17 @@ class SpecDecoder:
             out[r.request_id] = d
             self.drafted[r.request_id] = p + self.k  # positions p .. p+k-1 now hold draft KV
         return out
+
+    def behind(self, reqs: list[Request], p0: np.ndarray) -> np.ndarray:
+        """Tokens the draft must take in to hold KV up to each sequence's last emitted token (at ``p0``): 1, or 2
+        after a step that accepted every draft."""
+        return np.array([p + 1 - min(self.drafted.get(r.request_id, p), p) for r, p in
+                         zip(reqs, np.asarray(p0).tolist(), strict=True)], np.int64)
+
+    def proposed(self, reqs: list[Request], p0: np.ndarray) -> None:
+        """Record that the draft proposed ``k`` tokens after each ``p0`` (a fixed-shape step did, on the device)."""
+        for r, p in zip(reqs, np.asarray(p0).tolist(), strict=True):
+            self.drafted[r.request_id] = p + self.k  # positions p .. p+k-1 now hold draft KV
 
     # -- acceptance -------------------------------------------------------------------------------------------
     def accept(self, reqs: list[Request], drafts: dict[int, list[int]], target_tokens: list[int]) -> list[list[int]]:
