@@ -146,7 +146,7 @@ def test_inner_spec_configs_only_assert():
 
 def test_iteration_view_prices_the_draft_as_the_simulator_does():
     """A verification step of the engine's log priced by validation's iteration view: the target's step plus
-    the draft's k proposal steps (draft_step_s, what the simulator adds), shown as the ``draft`` term."""
+    the draft's passes (draft_step_s, what the simulator adds), shown as the ``draft`` term."""
     import pandas as pd
 
     from servesim.hwmodels.ops import BatchShape
@@ -157,19 +157,78 @@ def test_iteration_view_prices_the_draft_as_the_simulator_does():
 
     dep = build_deployment(make_scenario({"spec_k": 3, "gpu": "H100-SXM", "profile": "roofline"}))
     n, k = 12, 3
-    row = dict(iteration=0, end_s=0.05, step_s=0.05, gpu_s=0.045, graph=False, prefill_seqs=0, prefill_tokens=0,
+    row = dict(iteration=0, end_s=0.05, step_s=0.05, gpu_s=0.045, graph=True, prefill_seqs=0, prefill_tokens=0,
                prefill_attn_pairs=0.0, prefill_ctx_tokens=0, decode_seqs=n, decode_query_tokens=n * (k + 1),
                decode_ctx_tokens=n * 900, decode_ctx_max=1500, sampled_tokens=n * (k + 1), swap_in_blocks=0,
                swap_out_blocks=0)
     it = iteration_table(pd.DataFrame([row]), dep.cost, dep.swap_s_per_block, dep.draft_cost, k)
     shape = BatchShape(decode_seqs=n, decode_query_tokens=n * (k + 1), decode_ctx_tokens=n * 900,
                        sampled_tokens=n * (k + 1), decode_ctx_max=1500)
-    first = BatchShape(decode_seqs=n, decode_query_tokens=n, decode_ctx_tokens=n * 900, sampled_tokens=n,
-                       decode_ctx_max=1500)
-    rest = BatchShape(decode_seqs=n, decode_query_tokens=n, decode_ctx_tokens=n * 900, sampled_tokens=n)
-    want = dep.draft_cost.step_time_s(first) + (k - 1) * dep.draft_cost.step_time_s(rest)
-    assert draft_step_s(dep.draft_cost, shape, k) == want > 0
-    assert it.op_draft[0] == want
+    want = draft_step_s(dep.draft_cost, shape, k, dep.cost)
+    assert want > 0 and it.op_draft[0] == want
     assert it.predicted_s[0] == dep.cost.step_time(shape).total_s + want
     without = iteration_table(pd.DataFrame([row]), dep.cost, dep.swap_s_per_block)
     assert "op_draft" not in without and without.predicted_s[0] == it.predicted_s[0] - want
+
+
+def _spec_shapes(n: int, k: int, ctx: int = 900, prefill: int = 0):
+    from servesim.hwmodels.ops import BatchShape
+
+    pre = dict(prefill_seqs=1, prefill_tokens=prefill, prefill_attn_pairs=prefill * (prefill + 1) / 2,
+               prefill_ctx_tokens=prefill) if prefill else {}
+    verify = BatchShape(decode_seqs=n, decode_query_tokens=n * (k + 1), decode_ctx_tokens=n * ctx,
+                        sampled_tokens=n * (k + 1) + (1 if prefill else 0), decode_ctx_max=ctx, **pre)
+    one = BatchShape(decode_seqs=n, decode_query_tokens=n, decode_ctx_tokens=n * ctx, sampled_tokens=n,
+                     decode_ctx_max=ctx)
+    return verify, one
+
+
+@pytest.mark.parametrize("profile", [None, "roofline"])
+def test_a_pure_decode_speculative_step_is_priced_as_one_graph(profile):
+    """The engine runs a pure-decode speculative step as one CUDA graph (engine/spec_graph.py): the draft's
+    catch-up pass of two tokens a sequence and k - 1 passes of one, device time only, and the target's
+    verification as a graph step (no eager floor); the host time is paid once."""
+    from dataclasses import replace
+
+    from servesim.sim.deployment import build_deployment
+    from servesim.sim.spec import draft_step_s
+
+    k, n = 3, 12
+    dep = build_deployment(make_scenario({"spec_k": k, "profile": profile} if profile else {"spec_k": k}))
+    verify, one = _spec_shapes(n, k)
+    d = dep.draft_cost
+    two = replace(one, decode_query_tokens=2 * n)
+    assert draft_step_s(d, verify, k, dep.cost) == d.pass_s(two, True) + (k - 1) * d.pass_s(one, True)
+    # a pass is a plain decode step less its host time; the catch-up's second row costs, no verification kernel
+    assert d.pass_s(one, True) == pytest.approx(d.step_time_s(one) - d.step_time(one).overhead_s, rel=1e-9)
+    assert d.pass_s(one, True) < d.pass_s(two, True) < d.step_time_s(two) - d.step_time(two).overhead_s
+    st = dep.cost.step_time(verify)
+    if profile is None:  # calibrated: the verification replays a graph (its gap, no eager floor)
+        assert "eager_floor" not in st.op_s
+        eager = draft_step_s(d, _spec_shapes(n, k, prefill=64)[0], k, dep.cost)
+        assert eager > 3 * draft_step_s(d, verify, k, dep.cost)  # eager passes: each launched from the host
+
+
+def test_a_mixed_speculative_step_runs_the_drafts_passes_eagerly():
+    """With a prefill chunk the engine runs every draft pass eagerly: the chunk, the catch-up and k - 1 passes,
+    each floored by the host launching it, the floor scaled by the draft's launches against the target's."""
+    from servesim.hwmodels.ops import BatchShape
+    from servesim.sim.deployment import build_deployment
+    from servesim.sim.spec import draft_step_s, eager_scale
+
+    k, n = 3, 8
+    dep = build_deployment(make_scenario({"spec_k": k, "draft_model": "Llama-3.2-1B"}))
+    d, target = dep.draft_cost, dep.cost
+    scale = eager_scale(d, target)
+    assert scale == (11 * 16 + 4) / (11 * 32 + 4)  # Llama-3.2-1B's 16 layers against Llama-3.1-8B's 32
+    verify, one = _spec_shapes(n, k, prefill=256)
+    pre = BatchShape(prefill_seqs=1, prefill_tokens=256, prefill_attn_pairs=verify.prefill_attn_pairs,
+                     prefill_ctx_tokens=256, sampled_tokens=1)
+    want = k * d.pass_s(one, False, scale) + d.pass_s(pre, False, scale)
+    assert draft_step_s(d, verify, k, target) == want
+    assert d.pass_s(one, False, scale) >= d._floor(one) * scale > d.pass_s(one, True)
+    assert "eager_floor" in target.step_time(verify).op_s  # the target's pass is eager too
+    # a step of prefill chunks alone runs the draft over them
+    only = BatchShape(prefill_seqs=1, prefill_tokens=256, prefill_attn_pairs=verify.prefill_attn_pairs,
+                      prefill_ctx_tokens=256, sampled_tokens=1)
+    assert draft_step_s(d, only, k, target) == d.pass_s(pre, False, scale)

@@ -24,6 +24,7 @@ from servesim.sim.deployment import Deployment
 from servesim.sim.metrics import completed_mask, request_latencies, slowdown_by_size
 from servesim.sim.outputs import write_outputs
 from servesim.sim.result import Result
+from servesim.sim.spec import draft_step_s
 
 GB = 1e9
 
@@ -128,7 +129,7 @@ def step_breakdown(dep: Deployment, result: Result) -> pd.DataFrame:
                 rows.append({"step": label, "operator": op, "ms": sec * 1e3, "bound": st.bound[op]})
         rows.append({"step": label, "operator": "step overhead", "ms": st.overhead_s * 1e3, "bound": "cpu"})
         if k and dep.draft_cost is not None and shape.decode_seqs:
-            draft = dep.draft_cost.step_time_s(decode_shape(shape.decode_seqs, ctx)) * k
+            draft = draft_step_s(dep.draft_cost, shape, k, dep.cost)
             rows.append({"step": label, "operator": f"draft model ×{k}", "ms": draft * 1e3, "bound": "draft"})
     return pd.DataFrame(rows, columns=["step", "operator", "ms", "bound"])
 

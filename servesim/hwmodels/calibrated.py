@@ -38,7 +38,7 @@ from servesim.hwmodels.profile import OpTable, Profile
 
 TOKEN_OPS = ("qkv", "o", "gate_up", "down", "rms_norm", "rotary", "kv_write", "silu_mul")
 KERNELS_PER_LAYER = 11  # 2 norms, 4 GEMMs, rotary, KV write, attention (prefill and/or decode), SiLU-mul
-GRAPH_MAX_SEQS = 256  # the engine captures decode graphs up to this batch
+GRAPH_MAX_SEQS = 256  # the engine captures decode graphs (plain and speculative) up to this batch
 
 
 class ProfileMismatch(ValueError):
@@ -181,7 +181,7 @@ class CalibratedCostModel:
         self._over_graph = _two_points(ov["graph"] or ov["eager"])
         self._over_eager = _two_points(ov["eager"] or ov["graph"])
         fit = profile.steps.get(fmt) or next(iter(profile.steps.values()), None)
-        kernels = KERNELS_PER_LAYER * self.layers + 4
+        kernels = self.launches = KERNELS_PER_LAYER * self.layers + 4  # kernels a forward pass launches
         self._graph_gap = fit.graph_gap_s * kernels if fit else 0.0
         self._eager_gap = fit.eager_gap_s if fit else 0.0
         self._eager_floor = fit.eager_floor_s if fit else 0.0
@@ -297,9 +297,9 @@ class CalibratedCostModel:
     # -- pricing -------------------------------------------------------------------------------------------
     @staticmethod
     def _graph(shape: BatchShape) -> bool:
-        """Whether the engine runs this step as a captured CUDA graph (pure decode, one token each)."""
-        return (not shape.prefill_tokens and shape.decode_seqs <= GRAPH_MAX_SEQS
-                and shape.decode_query_tokens == shape.decode_seqs)
+        """Whether the engine runs this step as a captured CUDA graph: pure decode (one token each, or a
+        speculative verification of ``1 + k``) up to the largest graph batch."""
+        return not shape.prefill_tokens and shape.decode_seqs <= GRAPH_MAX_SEQS
 
     def _overhead_s(self, shape: BatchShape, graph: bool) -> float:
         """Host time of the step: the fitted linear model when the profile has one, else its tables by sequences."""
@@ -338,8 +338,9 @@ class CalibratedCostModel:
             self.extrapolated.add("spec_verify(grid)")
         return self._spec(ds, k)
 
-    def _kernels_s(self, shape: BatchShape) -> float:
-        """Device time of every operator but the decode attention (the one term that grows with context)."""
+    def _kernels_s(self, shape: BatchShape, verify: bool = True) -> float:
+        """Device time of every operator but the decode attention (the one term that grows with context);
+        ``verify=False``: without the speculative verification (a draft's pass of several tokens a sequence)."""
         pt, dq = shape.prefill_tokens, shape.decode_query_tokens
         n = pt + dq
         if n > self._tx_max or n > self._ar_tokens_max:  # flagged on every call (step_time collects its own)
@@ -362,7 +363,7 @@ class CalibratedCostModel:
                 h = self._head_memo[s] = hy[j] + (hy[j + 1] - hy[j]) * (s - hx[j]) / (hx[j + 1] - hx[j])
             t += h
         ds = shape.decode_seqs
-        if ds and dq > ds:
+        if ds and dq > ds and verify:
             t += self._spec_s(shape)
         return t
 
@@ -407,7 +408,7 @@ class CalibratedCostModel:
         if ds:  # added last, in the order decode_run_s adds it
             k = k + self._decode_s(shape)
         pt = shape.prefill_tokens
-        graph = not pt and ds <= GRAPH_MAX_SEQS and dq == ds
+        graph = not pt and ds <= GRAPH_MAX_SEQS
         host = self._host
         if host is not None and self._fixed_overhead is None:  # inline _overhead_s: the simulator's hot path
             b0, b1, b2 = host[0 if graph else 1]
@@ -419,6 +420,20 @@ class CalibratedCostModel:
         e = k + self._eager_gap
         floor = self._eager_floor_mixed if ds and pt else self._eager_floor
         return over + (e if e > floor else floor)
+
+    def pass_s(self, shape: BatchShape, graph: bool, eager_scale: float = 1.0) -> float:
+        """Device time of one forward pass of a speculative step's draft (no verification kernel; the step's host
+        time is priced once, with the target's pass). Inside the step's CUDA graph: kernels + the per-kernel
+        gap. Eager: max(kernels + gap, floor), the eager gap and floor times ``eager_scale`` (the host launches
+        the pass's kernels one by one; a draft launches fewer per pass than the model they were fitted on)."""
+        k = self._kernels_s(shape, verify=False)
+        if shape.decode_seqs:
+            k = k + self._decode_s(shape)
+        if graph:
+            return k + self._graph_gap
+        e = k + self._eager_gap * eager_scale
+        floor = self._floor(shape) * eager_scale
+        return e if e > floor else floor
 
     def decode_run_s(self, shape: BatchShape, n: int) -> np.ndarray:
         """Durations of ``n`` pure-decode steps with contexts growing by one token per sequence per step,

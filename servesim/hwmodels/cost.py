@@ -54,6 +54,7 @@ class StepCostModel(Protocol):
     def step_time_s(self, shape: BatchShape) -> float: ...
     def decode_run_s(self, shape: BatchShape, n: int) -> np.ndarray: ...
     def pp_transfer_s(self, tokens: int) -> float: ...
+    def pass_s(self, shape: BatchShape, graph: bool, eager_scale: float = 1.0) -> float: ...  # a draft's pass
 
 
 def _wave(n: float, beta: float, tile_m: float, col_tiles: float, sms: float, scale: float) -> float:
@@ -253,8 +254,19 @@ class CostModel:
             t += self._attn_decode_s(ds, shape.decode_query_tokens, shape.decode_ctx_tokens)
         return t
 
-    def _base_s(self, shape: BatchShape) -> float:
-        """Everything of :meth:`step_time_s` but the decode attention (the one term that grows with context)."""
+    def pass_s(self, shape: BatchShape, graph: bool, eager_scale: float = 1.0) -> float:
+        """Device time of one forward pass of a speculative step's draft: its operators without the verification
+        (the step's overhead is priced once, with the target's pass). The roofline has no eager floor, so
+        ``graph`` and ``eager_scale`` (the calibrated model's) change nothing here."""
+        t = self._base_s(shape, verify=False)
+        ds = shape.decode_seqs
+        if ds:
+            t += self._attn_decode_s(ds, shape.decode_query_tokens, shape.decode_ctx_tokens)
+        return t - self.overhead_s
+
+    def _base_s(self, shape: BatchShape, verify: bool = True) -> float:
+        """Everything of :meth:`step_time_s` but the decode attention (the one term that grows with context);
+        ``verify=False``: without the speculative verification."""
         pt, dq = shape.prefill_tokens, shape.decode_query_tokens
         n = pt + dq
         if n == 0:
@@ -271,7 +283,7 @@ class CostModel:
             a, m = fp * shape.prefill_attn_pairs, bt * pt + bc * shape.prefill_ctx_tokens
             t += f + a + m - c * a * m / (a + m)
         ds = shape.decode_seqs
-        if ds and dq > ds:
+        if ds and dq > ds and verify:
             fv, bv, c, f = self._spec
             a, m = fv * (dq - ds), bv * (dq - ds)
             t += f + a + m - c * a * m / (a + m)

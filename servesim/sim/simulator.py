@@ -351,7 +351,7 @@ class Simulation:
         dep = self.dep if dep is None else dep
         dt = dep.cost.step_time_s(batch.shape)
         if self.spec_k:
-            dt += draft_step_s(dep.draft_cost, batch.shape, self.spec_k)
+            dt += draft_step_s(dep.draft_cost, batch.shape, self.spec_k, dep.cost)
         if batch.swap_in_blocks or batch.swap_out_blocks:
             dt += (batch.swap_in_blocks + batch.swap_out_blocks) * dep.swap_s_per_block
         return dt

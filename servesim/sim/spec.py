@@ -19,6 +19,7 @@ from typing import Protocol, runtime_checkable
 
 import numpy as np
 
+from servesim.hwmodels.calibrated import GRAPH_MAX_SEQS
 from servesim.hwmodels.ops import BatchShape
 
 
@@ -154,14 +155,32 @@ class SpecConfig:
         return PerRequestAcceptance(self.spec_k, self.spec_alpha, self.spec_alpha_concentration)
 
 
-def draft_step_s(draft_cost, shape: BatchShape, spec_k: int) -> float:
-    """The draft model's share of a speculative step of ``shape`` (the target's verification shape): ``spec_k``
-    proposal steps beside a decode, the first also carrying the step's prefill chunk and its catch-up rows,
-    the others one token a sequence; a step without decodes runs the draft over its prefill chunk."""
+def draft_step_s(draft_cost, shape: BatchShape, spec_k: int, target_cost=None) -> float:
+    """The draft model's share of a speculative step of ``shape`` (the target's verification shape), as the engine
+    runs it. A pure-decode step is one CUDA graph (``engine/spec_graph.py``): a catch-up pass of 2 tokens a
+    sequence and ``spec_k - 1`` passes of one, their device time alone (the step's host time is the target's).
+    Any other step runs every pass as an eager step of its own: the draft over the prefill chunks (each chunk's
+    last row sampled), the catch-up (one token a sequence: two only after a step that accepted every draft) and
+    the ``spec_k - 1`` passes, their eager floor and gap scaled by the draft's kernel launches per pass against
+    ``target_cost``'s (calibrated models; 1 otherwise). Contexts are the verification's (``spec_k`` tokens
+    more than the draft's passes read at most)."""
     n = shape.decode_seqs
-    if n:
-        first = replace(shape, decode_query_tokens=n, sampled_tokens=shape.sampled_tokens - n * spec_k)
-        rest = BatchShape(decode_seqs=n, decode_query_tokens=n, decode_ctx_tokens=shape.decode_ctx_tokens,
-                          sampled_tokens=n)
-        return draft_cost.step_time_s(first) + (spec_k - 1) * draft_cost.step_time_s(rest)
-    return draft_cost.step_time_s(shape) if shape.prefill_tokens else 0.0
+    one = BatchShape(decode_seqs=n, decode_query_tokens=n, decode_ctx_tokens=shape.decode_ctx_tokens,
+                     sampled_tokens=n, decode_ctx_max=shape.decode_ctx_max)
+    if n and not shape.prefill_tokens and n <= GRAPH_MAX_SEQS:
+        two = replace(one, decode_query_tokens=2 * n)
+        return draft_cost.pass_s(two, True) + (spec_k - 1) * draft_cost.pass_s(one, True)
+    scale = eager_scale(draft_cost, target_cost)
+    t = spec_k * draft_cost.pass_s(one, False, scale) if n else 0.0
+    if shape.prefill_tokens:
+        pre = BatchShape(prefill_seqs=shape.prefill_seqs, prefill_tokens=shape.prefill_tokens,
+                         prefill_attn_pairs=shape.prefill_attn_pairs, prefill_ctx_tokens=shape.prefill_ctx_tokens,
+                         sampled_tokens=shape.prefill_seqs)
+        t += draft_cost.pass_s(pre, False, scale)
+    return t
+
+
+def eager_scale(draft_cost, target_cost) -> float:
+    """Kernel launches of one draft pass over the target's: an eager pass's floor is the host launching it."""
+    a, b = getattr(draft_cost, "launches", 0), getattr(target_cost, "launches", 0)
+    return a / b if a and b else 1.0

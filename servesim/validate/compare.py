@@ -81,7 +81,7 @@ def iteration_table(iterations: pd.DataFrame, cost, swap_s_per_block: float = 0.
         pred = st.total_s + (r.swap_in_blocks + r.swap_out_blocks) * swap_s_per_block
         op_s = dict(st.op_s)
         if spec_k and draft_cost is not None:
-            op_s["draft"] = draft_step_s(draft_cost, shape, spec_k)
+            op_s["draft"] = draft_step_s(draft_cost, shape, spec_k, cost)
             pred += op_s["draft"]
         rows.append((pred, st.overhead_s))
         ops.append(op_s)
