@@ -63,6 +63,10 @@ LEGACY = {"gemm": (0.75, 0.80), "elementwise": (1.0, 0.70), "link_eff": 0.80, "l
 SAMPLER = {"floor_us": 0.0, "eff_compute": 1.0, "eff_memory": 0.70, "sharpness": 1.0,
            "source": "assumed: cost.py's earlier sampler efficiency (no public measurements)"}
 _sig = lambda z: 1.0 / (1.0 + np.exp(-z))  # noqa: E731
+# The output tiles (rows x columns) of the tensor-core GEMM kernels cuBLAS and CUTLASS ship for Ampere and Hopper
+# (their CTA tiles: 64 x 128 for small M, 128 x 128, and the 128 x 256 / 256 x 128 pair for large problems). The
+# wave term takes, per shape, the one with the least padded work discounted by its size (the heuristic's choice).
+GEMM_TILES = ((64, 128), (128, 128), (128, 256), (256, 128))
 
 
 def _weights(bands: np.ndarray, groups: np.ndarray | None = None) -> np.ndarray:
@@ -78,9 +82,11 @@ def _solve(resid, x0, bounds=None, full: bool = False):
 
 
 def _kernel_from(x, kind: str, blocks_per_sm: int = 0) -> KernelPrior:
-    if kind == "gemm":  # floor, efficiencies, sharpness and (with a fifth parameter) the wave exponent
+    if kind == "gemm":  # floor, efficiencies, sharpness and (with more parameters) the wave exponent, tile penalty
         beta = float(_sig(x[4])) if len(x) > 4 else 0.0
-        return KernelPrior(math.exp(x[0]), math.exp(x[1]), math.exp(x[2]), float(_sig(x[3])), wave_exponent=beta)
+        tiles = {"tiles": GEMM_TILES, "tile_penalty": math.exp(x[5])} if len(x) > 5 else {}
+        return KernelPrior(math.exp(x[0]), math.exp(x[1]), math.exp(x[2]), float(_sig(x[3])), wave_exponent=beta,
+                           **tiles)
     # elementwise: floor, HBM efficiency, row bandwidth, L2 speedup (>= 1), the share of L2 (0-2) it covers and
     # (with a sixth parameter) the per-block cost
     return KernelPrior(math.exp(x[0]), 1.0, math.exp(x[1]), 1.0, math.exp(x[2]) * 1e9,
@@ -110,7 +116,7 @@ def fit_kernel(rows: pd.DataFrame, kind: str, block_terms: bool = True) -> Kerne
         return w * np.log(k.time_s(f, b, peaks, bws, r, l2, wave, m_rows, sms) / t)
 
     if kind == "gemm":
-        x0 = np.log([4e-6, 0.75, 0.85]).tolist() + [0.0] + ([] if width is None else [-1.0])
+        x0 = np.log([4e-6, 0.75, 0.85]).tolist() + [0.0] + ([] if width is None else [-1.0, math.log(0.3)])
         return _kernel_from(_solve(resid, x0), kind)
     # Elementwise: the plain fit, then the block terms (the per-block cost; the row term's waves at 1-8 resident
     # blocks per SM), each started from the plain fit and kept only where it lowers the objective by 2% or more
@@ -412,7 +418,8 @@ def _kernel_yaml(k: KernelPrior, kind: str, source: str) -> dict:
     if kind in ("gemm", *QUANT_KINDS, "attn_prefill", "attn_decode", "sampler"):
         out |= {"eff_compute": _r(k.eff_compute), "eff_memory": _r(k.eff_memory), "sharpness": round(k.sharpness, 3)}
         if k.wave_exponent:
-            out |= {"wave_exponent": round(k.wave_exponent, 3), "tile_m": k.tile_m, "tile_n": k.tile_n}
+            out |= {"wave_exponent": round(k.wave_exponent, 3), "tiles": [list(t) for t in k.tiles],
+                    "tile_penalty": _r(k.tile_penalty)}
     else:
         out |= {"eff_memory": _r(k.eff_memory), "row_gbps": _r(k.row_bytes_per_s / 1e9)}
         if k.l2_speedup != 1.0:

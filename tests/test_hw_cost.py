@@ -83,12 +83,13 @@ def test_decode_run_equals_repeated_steps(cfg, mode):
 
 def _gemm_s(prior, flops, nbytes, shape, gpu=H100):
     """One GEMM launch of ``shape`` (M, N) from the prior's closed form: floor + soft(compute · wave^β, memory),
-    wave = the work of whole waves of 128 x 128 tiles over the work asked."""
+    wave = the least, over the candidate tiles, of the work of whole waves of that tile over the work asked, times
+    (the largest tile's area / its area)^γ."""
     k = prior.kernel("gemm")
     rows, cols = shape
-    assert (k.tile_m, k.tile_n) == (128, 128)
-    waves = math.ceil(math.ceil(rows / 128) * math.ceil(cols / 128) / gpu.sm_count)
-    wave = (waves * gpu.sm_count * 128 * 128 / (rows * cols)) ** k.wave_exponent
+    biggest = max(tm * tn for tm, tn in k.tiles)
+    wave = min(math.ceil(math.ceil(rows / tm) * math.ceil(cols / tn) / gpu.sm_count) * gpu.sm_count * tm * tn
+               / (rows * cols) * (biggest / (tm * tn)) ** k.tile_penalty for tm, tn in k.tiles) ** k.wave_exponent
     a, m = flops / (gpu.peak_flops_per_s("bf16") * k.eff_compute), nbytes / (gpu.hbm_bytes_per_s * k.eff_memory)
     return k.floor_s + soft(a * wave, m, k.sharpness), a, m
 

@@ -237,6 +237,7 @@ def test_gemm_ops_get_the_wave_term_through_every_path():
     gpu = get_gpu("H100-SXM")
     base = prior_for(gpu)
     p = replace(base, kernels={**base.kernels, "gemm": replace(base.kernel("gemm"), wave_exponent=0.4)})
+    flat = replace(base, kernels={**base.kernels, "gemm": replace(base.kernel("gemm"), wave_exponent=0.0)})
     model = MODELS["Llama-3.1-8B"]
     o = next(op for op in layer_ops(model) if op.name == "o")
     assert o.out_width == model.hidden_size and o.in_width == model.q_size
@@ -244,7 +245,7 @@ def test_gemm_ops_get_the_wave_term_through_every_path():
         flops, nbytes = o.evaluate({"new_tokens": m, "touched_experts": 0.0})
         t, _ = op_time_s(o, flops, nbytes, gpu, p)
         assert t == pytest.approx(p.kernel_s("gemm", flops, nbytes, gpu, "bf16", 0.0, m, o.out_width), rel=1e-12)
-        assert t > op_time_s(o, flops, nbytes, gpu, base)[0]  # never below a full wave's work
+        assert t > op_time_s(o, flops, nbytes, gpu, flat)[0]  # never below a full wave's work
     cm = CostModel(Placement(model, gpu, 2, 1, "bf16", "bf16"), prior=p)
     for m in (1, 128, 256, 1024, 1056, 4096):
         shape = BatchShape(prefill_seqs=1, prefill_tokens=m, prefill_attn_pairs=m * (m + 1) / 2,
@@ -328,3 +329,41 @@ def test_block_fields_only_on_elementwise_kinds(tmp_path):
         with pytest.raises(InputError, match=rf"kernels\.gemm\.{field.split(':')[0]}"):
             load_prior(_write(tmp_path, bad))
     assert any(k.blocks_per_sm == 2 for k in priors()["hopper"].kernels.values())  # RMSNorm's two blocks per SM
+
+
+def test_wave_factor_takes_the_cheapest_candidate_tile():
+    """With several candidate tiles the wave term is the least padded work over them, a smaller tile paying
+    (largest area / its area)^γ: the heuristic's choice, never below one full wave of the chosen tile."""
+    from servesim.hwmodels.prior import KernelPrior
+
+    tiles = ((64, 128), (128, 128), (128, 256))
+    k = KernelPrior(0.0, wave_exponent=1.0, tiles=tiles, tile_penalty=0.5)
+    n, sms = 5504, 132  # 43 column tiles of 128, 22 of 256
+    # M = 768: 128 x 256 tiles fill exactly one wave (6 x 22 = 132), the best of the three
+    assert k.wave_factor(768, n, sms) == pytest.approx(132 * 128 * 256 / (768 * n))
+    # M = 64: one row of 64 x 128 tiles (43 tiles, one wave) at twice the area penalty of 128 x 256... (4^0.5)
+    q64 = 132 * 64 * 128 / (64 * n) * 2.0
+    q128 = 132 * 128 * 128 / (64 * n) * 2**0.5
+    q256 = 132 * 128 * 256 / (64 * n)
+    assert k.wave_factor(64, n, sms) == pytest.approx(min(q64, q128, q256))
+    m = np.arange(1, 5000, dtype=float)
+    q = k.wave_factor(m, n, sms)
+    np.testing.assert_allclose(q[::53], [k.wave_factor(x, n, sms) for x in m[::53]], rtol=1e-12)
+    np.testing.assert_allclose(k.wave_factor(m, np.full_like(m, n), np.full_like(m, sms)), q, rtol=1e-12)
+    assert np.all(q >= 1 - 1e-12)
+    one = KernelPrior(0.0, wave_exponent=1.0, tiles=((128, 256),))
+    assert np.all(q <= one.wave_factor(m, n, sms) + 1e-12)  # more candidates never cost more
+
+
+def test_tile_fields_in_the_prior_file(tmp_path):
+    good = PRIOR_FILE.read_text()
+    assert priors()["hopper"].kernel("gemm").tiles[0] == (64, 128)
+    bad = good.replace("        tiles:\n", "        tile_m: 128\n        tiles:\n", 1)
+    with pytest.raises(InputError, match=r"kernels\.gemm\.tiles"):
+        load_prior(_write(tmp_path, bad))
+    bad = re.sub(r"        tiles:\n(        - - \d+\n          - \d+\n)+", "        tiles: [64, 128]\n", good, count=1)
+    with pytest.raises(InputError, match=r"kernels\.gemm\.tiles"):
+        load_prior(_write(tmp_path, bad))
+    bad = good.replace("      norm:\n        floor_us:", "      norm:\n        tile_penalty: 0.3\n        floor_us:", 1)
+    with pytest.raises(InputError, match=r"kernels\.norm\.tile_penalty"):
+        load_prior(_write(tmp_path, bad))

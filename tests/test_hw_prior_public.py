@@ -41,12 +41,14 @@ def test_tables_cover_the_shipped_gpus_and_ops(compute):
 def test_gemms_within_the_fitted_errors(compute):
     g = compute[compute.kind == "gemm"].assign(family="gemm")
     t = pt.error_table(g)
-    assert (t.median_abs <= 0.081).all(), t  # issue target 8%: met (H100 128<M<=1024: 8.0%)
+    assert (t.median_abs <= 0.075).all(), t  # issue target 8%: met (A40 128<M<=1024: 7.3%)
     assert (t["median"].abs() <= 0.025).all(), t  # unbiased in every band
-    # target 15%: GEMM times jump where cuBLAS changes kernels (A40 128<M<=1024: 20.5%, H100 17.5%)
-    assert (t.p90_abs <= 0.21).all(), t
-    assert (t[t.band == "M>1024"].p90_abs <= 0.15).all(), t  # the wave term: H100 15.8% -> 14.3%
+    # target 15%: GEMM times jump where cuBLAS changes kernels (A40 128<M<=1024: 20.2%, H100 16.0%); transposed
+    # shapes of equal FLOPs and bytes differ by p90 14-17% there, the floor of any model of FLOPs and bytes
+    assert (t.p90_abs <= 0.205).all(), t
+    assert (t[t.band != "128<M<=1024"].p90_abs <= 0.15).all(), t  # the candidate tiles: M <= 128 met (was 15.3%)
     assert (t[(t.gpu == "A100-80GB-SXM")].p90_abs <= 0.155).all(), t
+    assert (t[(t.gpu == "H100-SXM") & (t.band == "128<M<=1024")].p90_abs <= 0.165).all(), t  # one tile: 17.5%
 
 
 def test_decode_layer_sum_within_five_percent(compute):

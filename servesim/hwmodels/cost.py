@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from math import ceil
+from math import ceil, inf
 from typing import Protocol
 
 import numpy as np
@@ -57,9 +57,17 @@ class StepCostModel(Protocol):
     def pass_s(self, shape: BatchShape, graph: bool, eager_scale: float = 1.0) -> float: ...  # a draft's pass
 
 
-def _wave(n: float, beta: float, tile_m: float, col_tiles: float, sms: float, scale: float) -> float:
-    """``KernelPrior.wave_factor`` in floats: (waves · SMs · tm · tn / (M · N))^β for M = ``n`` rows."""
-    return (math.ceil(math.ceil(n / tile_m) * col_tiles / sms) * scale / n) ** beta
+def _wave(n: int, beta: float, sms: int, tiles: tuple, g: int, memo: dict) -> float:
+    """``KernelPrior.wave_factor`` for ``n`` rows from the folded constants: (the least over the candidate tiles of
+    waves · SMs · tm · tn · penalty, over M · N)^β. The padded work depends on n only through ceil(n / g), g dividing
+    every tile's rows (``tiles``: (tm / g, column tiles, SMs · tm · tn / N · penalty)), so ``memo`` keeps it per
+    ceil(n / g); in whole numbers, as the breakdown's ceilings of exact floats."""
+    r = -(-n // g)
+    q = memo.get(r)
+    if q is None:
+        q = min(-(-(-(-r // k) * ct) // sms) * sc for k, ct, sc in tiles)
+        memo[r] = q
+    return (q / n) ** beta
 
 
 class CostModel:
@@ -125,7 +133,7 @@ class CostModel:
         """Each kernel of ``op`` as (compute s per feature, memory s per feature, constant memory s, row s,
         floor s, sharpness, L2 term, wave term, block term), all times ``reps``; the L2 term (the memory s its
         L2-resident bytes take at HBM speed, the share of that time L2 saves) is (0, 0) without one; the wave term
-        (β, tile rows, column tiles, SMs, SMs·tm·tn/N: ``_wave``'s constants) is () without one; the block term
+        (``_wave``'s constants) is () without one; the block term
         (per-block s per token, tokens per block wave: the row term's waves are ceil(tokens / that), 0 = none)
         is (0, 0) without one."""
         gpu, out = self.gpu, []
@@ -146,9 +154,10 @@ class CostModel:
                 l2 = (reps * cap / (gpu.hbm_bytes_per_s * k.eff_memory), 1.0 - 1.0 / k.l2_speedup)
             wave = ()
             if op.out_width and op.in_width and k.wave_exponent and gpu.sm_count:
-                n = op.out_width
-                wave = (k.wave_exponent, float(k.tile_m), float(math.ceil(n / k.tile_n)), float(gpu.sm_count),
-                        gpu.sm_count * k.tile_m * k.tile_n / n)
+                terms = k.tile_terms(op.out_width, gpu.sm_count)
+                g = math.gcd(*(int(tm) for tm, _, _ in terms))
+                wave = (k.wave_exponent, gpu.sm_count, tuple((int(tm) // g, int(ct), sc) for tm, ct, sc in terms), g,
+                        {})  # the last: the padded work per ceil(n / g), filled as token counts come
             blk = (0.0, 0.0)  # one block a token: the launch's tokens from its bytes, as op_time_s counts them
             if (k.block_s or k.blocks_per_sm) and part_bytes and gpu.sm_count:
                 per_token = op.bytes.get("new_tokens", 0.0) * share / part_bytes
@@ -306,8 +315,17 @@ class CostModel:
         for fc, const, bm, be, c, wave in self._gemms:
             a, m = fc * n, const + bm * n + be * touched
             if wave:  # _wave inlined: this loop runs on every step with a token count not seen before
-                beta, tm, ct, sms, scale = wave
-                a *= (ceil(ceil(n / tm) * ct / sms) * scale / n) ** beta
+                beta, sms, tiles, g, memo = wave
+                r = -(-n // g)  # the padded work depends on n only through ceil(n / g), g | every tile's rows
+                q = memo.get(r)
+                if q is None:
+                    q = inf
+                    for k, ct, sc in tiles:  # ceil(ceil(n / tm) * ct / sms), tm = k * g, in whole numbers
+                        w = -(-(-(-r // k) * ct) // sms) * sc
+                        if w < q:
+                            q = w
+                    memo[r] = q
+                a *= (q / n) ** beta
             t += a + m - c * a * m / (a + m)
         for bm, row, cap, g, blk, per_wave in self._rows:
             m = bm * n

@@ -15,12 +15,13 @@ per-operator measurements show (docs/roofline-prior.md has the data, the fit and
   max at the crossover and tends to it away from it; the fitted c (0.2-0.8 for GEMMs) is a p-norm's shape
   (p ≈ 1.1-1.5) at the price of one division, and ``soft(0, m) = m`` exactly.
 * ``wave^β`` -- a GEMM's tiles run in waves: ``ceil(ceil(M/tm)·ceil(N/tn) / SMs)`` waves of ``SMs`` tiles of
-  ``tm × tn`` outputs each, so ``wave = waves · SMs · tm · tn / (M · N) ≥ 1`` is the work the GPU does over the
-  work asked for (padding of the last row and column of tiles, the idle SMs of the last wave). It is what makes
-  measured GEMM times step-shaped in M. cuBLAS changes tiles and splits K by shape, so one fixed 128 × 128 tile
-  explains only part of the steps: the fitted exponent β (0 = no quantization, 1 = all of it; 0.2-0.4 fitted)
-  takes that share. Only where the GEMM's width N is known (``OpForm.out_width``; not MoE experts, whose tokens
-  per expert vary, nor MLA's fused query path).
+  ``tm × tn`` outputs each, so ``waves · SMs · tm · tn / (M · N) ≥ 1`` is the work the GPU does over the work asked
+  for (padding of the last row and column of tiles, the idle SMs of the last wave). It is what makes measured GEMM
+  times step-shaped in M. cuBLAS picks its tile per shape, so ``wave`` is the least of that ratio over candidate
+  tiles (``tiles``: 64 × 128, 128 × 128, 128 × 256, 256 × 128 as fitted), a smaller tile's times
+  ``(largest area / its area)^γ`` (``tile_penalty``: less reuse of each loaded operand); the fitted exponent β
+  (0 = no quantization, 1 = all of it) takes the share of the steps this explains. Only where the GEMM's width N
+  is known (``OpForm.out_width``; not MoE experts, whose tokens per expert vary, nor MLA's fused query path).
 * ``row_bytes / row_bw`` -- kernels that give each token one thread block (RMSNorm, SiLU·mul, RoPE) cannot
   run faster than one block streams one token's row, whatever the batch: a floor that grows with the row.
   ``rows(M) = ceil(M / (blocks_per_sm · SMs))`` -- and the blocks run in waves of ``blocks_per_sm`` resident
@@ -107,30 +108,39 @@ class KernelPrior:
     wave_exponent: float = 0.0  # β: the share of the tile/wave quantization of the compute term (GEMM kinds)
     block_s: float = 0.0  # one thread block's fixed cost on one SM, one block a token (elementwise kinds)
     blocks_per_sm: int = 0  # resident blocks per SM of those kernels: their row term runs in waves (0: one row)
-    tile_m: int = 128
-    tile_n: int = 128
+    tiles: tuple[tuple[int, int], ...] = ((128, 128),)  # candidate output tiles (rows, columns) of GEMM kinds
+    tile_penalty: float = 0.0  # γ: a tile of area A runs at (A / the largest's)^γ of the largest's efficiency
     source: str = ""
+
+    def tile_terms(self, out_width: float, sms: float) -> tuple[tuple[float, float, float], ...]:
+        """Per candidate tile: (rows, column tiles, SMs · tm · tn / N · its penalty), the constants of
+        :meth:`wave_factor` for one GEMM width on one GPU."""
+        biggest = max(tm * tn for tm, tn in self.tiles)
+        return tuple((float(tm), float(math.ceil(out_width / tn)),
+                      sms * tm * tn / out_width * (biggest / (tm * tn)) ** self.tile_penalty) for tm, tn in self.tiles)
 
     def wave_factor(self, tokens, out_width: float, sms: int):
         """``wave^β`` of a GEMM of ``tokens`` rows and ``out_width`` columns on ``sms`` SMs (1 where β = 0 or the
-        width or SM count is unknown); floats or numpy arrays of tokens."""
+        width or SM count is unknown); floats or numpy arrays of tokens. ``wave`` is the least, over the candidate
+        tiles, of the work whole waves of that tile do over the work asked, times the tile's penalty."""
         if not self.wave_exponent:
             return 1.0
         if np.ndim(out_width) == 0 and np.ndim(sms) == 0:
             if not out_width or not sms:
                 return 1.0
+            terms = self.tile_terms(out_width, sms)
             if isinstance(tokens, (int, float)):  # one shape: floats (the breakdown's path), no numpy scalars
                 m = max(float(tokens), 1e-9)
-                tiles = math.ceil(m / self.tile_m) * math.ceil(out_width / self.tile_n)
-                q = math.ceil(tiles / sms) * (sms * self.tile_m * self.tile_n / out_width) / m
+                q = min(math.ceil(math.ceil(m / tm) * ct / sms) * sc for tm, ct, sc in terms) / m
                 return q**self.wave_exponent
             m = np.maximum(tokens, 1e-9)
-            tiles = np.ceil(m / self.tile_m) * math.ceil(out_width / self.tile_n)
-            return (np.ceil(tiles / sms) * (sms * self.tile_m * self.tile_n / out_width) / m) ** self.wave_exponent
+            q = np.min([np.ceil(np.ceil(m / tm) * ct / sms) * sc for tm, ct, sc in terms], axis=0) / m
+            return q**self.wave_exponent
         known = (np.asarray(out_width) > 0) & (np.asarray(sms) > 0)  # arrays (a fit over many shapes and GPUs)
         n, s, m = np.where(known, out_width, 1.0), np.where(known, sms, 1.0), np.maximum(tokens, 1e-9)
-        tiles = np.ceil(m / self.tile_m) * np.ceil(n / self.tile_n)
-        q = np.ceil(tiles / s) * (s * self.tile_m * self.tile_n / n) / m
+        biggest = max(tm * tn for tm, tn in self.tiles)
+        q = np.min([np.ceil(np.ceil(m / tm) * np.ceil(n / tn) / s) * (s * tm * tn / n)
+                    * (biggest / (tm * tn)) ** self.tile_penalty for tm, tn in self.tiles], axis=0) / m
         return np.where(known, q**self.wave_exponent, 1.0)
 
     def l2_hit_bytes(self, nbytes, l2_bytes: float, fraction: float = 1.0):
@@ -264,6 +274,7 @@ def op_time_s(
 # ---- the catalog file -----------------------------------------------------------------------------------------
 _KERNEL_FIELDS = {"floor_us": 1e-6, "eff_compute": 1.0, "eff_memory": 1.0, "sharpness": 1.0, "row_gbps": 1e9,
                   "l2_speedup": 1.0, "l2_fraction": 1.0, "wave_exponent": 1.0, "tile_m": 1.0, "tile_n": 1.0,
+                  "tile_penalty": 1.0,
                   "block_us": 1e-6, "blocks_per_sm": 1.0}
 # Kinds with a wave term (one tiled GEMM a launch).
 WAVE_KINDS = ("gemm", "gemm_w8a16", "gemm_w4a16", "gemm_w8a8", "gemm_fp8")
@@ -285,7 +296,7 @@ def _num(raw, file: str, where: str, lo: float = 0.0, hi: float = math.inf) -> f
 def _kernel(raw, file: str, where: str) -> KernelPrior:
     if not isinstance(raw, dict):
         raise InputError("expected a mapping of kernel parameters", file=file, field=where)
-    unknown = sorted(set(raw) - set(_KERNEL_FIELDS) - {"source"})
+    unknown = sorted(set(raw) - set(_KERNEL_FIELDS) - {"source", "tiles"})
     if unknown:
         raise InputError(f"unknown field; expected {', '.join(_KERNEL_FIELDS)}, source", file=file,
                          field=f"{where}.{unknown[0]}")
@@ -299,12 +310,24 @@ def _kernel(raw, file: str, where: str) -> KernelPrior:
         if kind not in L2_KINDS and name in raw:
             raise InputError(f"a per-block term is for the elementwise kinds only ({', '.join(L2_KINDS)})",
                              file=file, field=f"{where}.{name}")
-    wave = [f for f in ("wave_exponent", "tile_m", "tile_n") if f in raw]
+    wave = [f for f in ("wave_exponent", "tile_m", "tile_n", "tiles", "tile_penalty") if f in raw]
     if kind not in WAVE_KINDS and wave:
         raise InputError(f"a wave term is for the GEMM kinds only ({', '.join(WAVE_KINDS)})", file=file,
                          field=f"{where}.{wave[0]}")
+    tiles = ((int(_num(raw.get("tile_m", 128), file, f"{where}.tile_m", 1.0)),
+              int(_num(raw.get("tile_n", 128), file, f"{where}.tile_n", 1.0))),)
+    if "tiles" in raw:  # candidate tiles: a list of [rows, columns]
+        if "tile_m" in raw or "tile_n" in raw:
+            raise InputError("give tiles or tile_m/tile_n, not both", file=file, field=f"{where}.tiles")
+        t = raw["tiles"]
+        if not isinstance(t, list) or not t or not all(isinstance(x, list) and len(x) == 2 for x in t):
+            raise InputError("expected a list of [rows, columns] pairs", file=file, field=f"{where}.tiles")
+        tiles = tuple((int(_num(a, file, f"{where}.tiles", 1.0)), int(_num(b, file, f"{where}.tiles", 1.0)))
+                      for a, b in t)
     kw = {}
     for name, scale in _KERNEL_FIELDS.items():
+        if name in ("tile_m", "tile_n"):
+            continue
         if name in raw:
             lo = 1e-3 if name.startswith(("eff", "row")) else 1.0 if name in ("l2_speedup", "tile_m", "tile_n") else 0.0
             hi = 1.0 if name in ("sharpness", "wave_exponent") else 4.0 if name == "l2_fraction" else math.inf
@@ -313,8 +336,8 @@ def _kernel(raw, file: str, where: str) -> KernelPrior:
         floor_s=kw["floor_us"], eff_compute=kw.get("eff_compute", 1.0), eff_memory=kw.get("eff_memory", 1.0),
         sharpness=kw.get("sharpness", 1.0), row_bytes_per_s=kw.get("row_gbps", math.inf),
         l2_speedup=kw.get("l2_speedup", 1.0), l2_fraction=kw.get("l2_fraction", 0.0),
-        wave_exponent=kw.get("wave_exponent", 0.0), tile_m=int(kw.get("tile_m", 128)),
-        tile_n=int(kw.get("tile_n", 128)), block_s=kw.get("block_us", 0.0),
+        wave_exponent=kw.get("wave_exponent", 0.0), tiles=tiles, tile_penalty=kw.get("tile_penalty", 0.0),
+        block_s=kw.get("block_us", 0.0),
         blocks_per_sm=int(kw.get("blocks_per_sm", 0)),
         source=str(raw.get("source", "")),
     )
