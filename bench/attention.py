@@ -325,6 +325,7 @@ def tune_decode(log: list) -> None:
     cand = best[1]
     table = dec.tables()  # this GPU's: the timed rows launch with what the sweep leaves in it
     table.configs[D] = decode_config(cand)
+    tune_wide(log, table, shapes, tbps)
     best = (0.0, None)
     for waves in SPLIT_WAVES_GRID:
         for min_keys in MIN_KEYS_GRID:
@@ -335,6 +336,28 @@ def tune_decode(log: list) -> None:
             print(log[-1], flush=True)
             best = max(best, (log[-1]["geomean"], (waves, min_keys)), key=lambda x: x[0])
     table.split.update(SPLIT_WAVES=best[1][0], MIN_SPLIT_KEYS=best[1][1])
+
+
+WIDE_WAVES = 3  # programs per SM from which the wide-grid config launches (dec.WIDE_CONFIGS)
+
+
+def tune_wide(log: list, table, shapes, tbps) -> None:
+    """The wide-grid config: the candidate with the best geomean TB/s over the shapes whose unsplit grid holds at
+    least WIDE_WAVES programs per SM (the split heuristic leaves them unsplit), kept where it beats the config the
+    sweep chose there; from the timings ``tbps`` already memoised."""
+    wide = [sh for sh in shapes if sh[0] * HKV >= WIDE_WAVES * sms()]
+    if not wide:
+        return
+    scores = {cand: geomean([tbps(cand, sh, 1) for sh in wide]) for cand in DECODE_CANDIDATES}
+    best = max(scores, key=scores.get)
+    chosen = next(c for c in DECODE_CANDIDATES if decode_config(c) == table.configs[D])
+    log.append({"kernel": "decode-wide", "shapes": [str(sh) for sh in wide], "MIN_WAVES": WIDE_WAVES,
+                "geomean": {str(c): v for c, v in scores.items()}, "best": str(best)})
+    print(log[-1], flush=True)
+    if scores[best] > scores[chosen]:
+        table.wide[D] = {**decode_config(best), "MIN_WAVES": WIDE_WAVES}
+    else:
+        table.wide.pop(D, None)
 
 
 def tune(out: str) -> list:
@@ -388,7 +411,7 @@ def main() -> None:
         r["ours/cudnn stream"] = r["ours_stream_tbps"] / r["cudnn_stream_tbps"]
     bench_decode_extras(extras)
     configs = {"prefill": {str(k): v for k, v in pre.tables().items()}, "decode": dec.tables().configs,
-               "split": dec.tables().split}
+               "split": dec.tables().split, "decode_wide": dec.tables().wide}
     result = {"meta": meta, "notes": notes, "configs": configs, "prefill": prefill, "decode": decode,
               "extras": extras, "tune": sweep}
     stem = os.path.join(args.out, f"attention-{timing.card_slug(card)}-{meta['date']}")

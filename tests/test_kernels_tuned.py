@@ -256,6 +256,54 @@ def test_each_shipped_configs_file_names_its_device_and_only_keys_the_launchers_
         assert set(doc["spec_verify"]["launch"]) <= {"block", "num_warps", "programs_per_sm", "max_chunk"}
     if "decode_attention" in doc:
         assert set(doc["decode_attention"].get("split", {})) <= {"SPLIT_WAVES", "MIN_SPLIT_KEYS"}
+        for cfg in doc["decode_attention"].get("wide", {}).values():
+            assert {"MIN_WAVES", "BLOCK_N", "num_warps", "num_stages"} <= set(cfg) <= {
+                "MIN_WAVES", "BLOCK_N", "num_warps", "num_stages", "PREFETCH"}
+
+
+def test_a_wide_decode_grid_launches_with_the_gpus_wide_config_from_its_programs_per_sm(tmp_path, monkeypatch):
+    from servesim.kernels.attention import decode as dec
+
+    wide = dict(BLOCK_N=64, num_warps=4, num_stages=3, PREFETCH=0)
+    doc = tuned.configs_document("NVIDIA H200", "decode_attention", {"wide": {"128": {**wide, "MIN_WAVES": 3}}},
+                                 {"date": "a"})
+    monkeypatch.setattr(tuned, "CONFIG_DIR", tmp_path / "configs")
+    tuned.install(tuned.write_document(tmp_path / "a.json", doc))
+    t = dec.tables("h200")
+    assert dec.section(t)["wide"] == {"128": {**wide, "MIN_WAVES": 3}}
+    assert dec.launch_config(128, 3 * 132, 132, t) == wide  # 3 programs per SM: wide
+    assert dec.launch_config(128, 3 * 132 - 1, 132, t) == dec.DECODE_CONFIGS[128]
+    assert dec.launch_config(64, 10**6, 132, t) == dec.DECODE_CONFIGS[64]  # no wide config for head_dim 64
+    h100 = dec.tables("h100")
+    assert h100.wide == {} and dec.launch_config(128, 10**6, 132, h100) == dec.DECODE_CONFIGS[128]
+    assert "MIN_WAVES" not in dec.launch_config(128, 10**6, 132, t) and "MIN_WAVES" in t.wide[128]  # a copy
+
+
+@pytest.mark.interpret
+def test_the_shipped_wide_decode_configs_compute_attention(monkeypatch):
+    """Each wide config a GPU's file ships, launched by decode_attention's own choice on a grid wide enough for it
+    (the interpreter's SM count), against the torch reference on ragged contexts."""
+    from servesim.kernels.attention import decode as dec
+    from servesim.kernels.counters import INTERPRETER_SMS
+
+    for path in SHIPPED:
+        monkeypatch.setattr(tuned, "CONFIG_DIR", path.parent)
+        t = dec.tables(path.stem)
+        if 128 not in t.wide:
+            continue
+        monkeypatch.setitem(tuned.ACTIVE, "decode_attention", t)
+        gen = torch.Generator().manual_seed(5)
+        batch, kv_heads, bs = int(t.wide[128]["MIN_WAVES"] * INTERPRETER_SMS) // 2 + 1, 2, 16
+        lens = torch.randint(1, 90, (batch,), generator=gen, dtype=torch.int32)
+        blocks = -(-int(lens.max()) // bs)
+        k = torch.randn(batch * blocks, bs, kv_heads, 128, generator=gen).to(torch.bfloat16)
+        v = torch.randn(batch * blocks, bs, kv_heads, 128, generator=gen).to(torch.bfloat16)
+        tables = torch.arange(batch * blocks, dtype=torch.int32).reshape(batch, blocks)
+        q = torch.randn(batch, 2 * kv_heads, 128, generator=gen).to(torch.bfloat16)
+        assert batch * kv_heads >= t.wide[128]["MIN_WAVES"] * INTERPRETER_SMS
+        out = dec.decode_attention(q, k, v, tables, lens, int(lens.max()), num_splits=1)
+        ref = dec.decode_attention_ref(q, k, v, tables, lens)
+        assert (out.float() - ref).abs().max().item() < 2e-2
 
 
 @pytest.mark.interpret

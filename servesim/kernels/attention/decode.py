@@ -51,6 +51,12 @@ FALLBACK_CONFIG = dict(BLOCK_N=32, num_warps=4, num_stages=3)
 # fewer than MIN_SPLIT_KEYS keys per split (a shorter split spends more on its prologue and on the merge than
 # it saves). Both are the best of the tuning sweep's grid on the H100 (bench/results/attention-h100-*.md).
 SPLIT = dict(SPLIT_WAVES=2, MIN_SPLIT_KEYS=256)
+# A second tile config per head_dim for wide grids: it launches when the grid holds at least its "MIN_WAVES"
+# programs per SM. Deep pipelines (num_stages 5) keep one program's copies in flight, which a small grid needs;
+# they also limit the programs an SM holds, which costs a wide grid its tail wave. On the H200 the shallow
+# config wins from 512 programs (3.9 per SM) up and loses at 256 (bench/results/attention-h200-*.md). The
+# H100's sweep had no such split: its tables have none.
+WIDE_CONFIGS: dict[int, dict] = {}
 MAX_SPLITS = 128
 # Tiles of each split whose K/V rows are prefetched into L2 as soon as the page ids arrive (a config may set
 # "PREFETCH"); 0 turns the prefetch off. One tile hides the page-id round trip; deeper prefetch competes for L2
@@ -205,18 +211,21 @@ def _decode_kernel(
 
 
 class DecodeTables(NamedTuple):
-    """One GPU's decode launch tables: tile config per head_dim and the split heuristic's parameters."""
+    """One GPU's decode launch tables: tile config per head_dim, the split heuristic's parameters and the
+    wide-grid configs (per head_dim, with the programs per SM from which they launch)."""
 
     configs: dict[int, dict]
     split: dict[str, float]
+    wide: dict[int, dict] = WIDE_CONFIGS
 
 
 def _build(found: dict | None) -> DecodeTables:
     """The code's tables where the GPU has no section; else the section's entries over them."""
     if found is None:
-        return DecodeTables(DECODE_CONFIGS, SPLIT)
+        return DecodeTables(DECODE_CONFIGS, SPLIT, WIDE_CONFIGS)
     configs = {**DECODE_CONFIGS, **{int(d): cfg for d, cfg in found.get("configs", {}).items()}}
-    return DecodeTables(configs, {**SPLIT, **found.get("split", {})})
+    wide = {**WIDE_CONFIGS, **{int(d): cfg for d, cfg in found.get("wide", {}).items()}}
+    return DecodeTables(configs, {**SPLIT, **found.get("split", {})}, wide)
 
 
 def tables(device: str | None = None) -> DecodeTables:
@@ -226,7 +235,18 @@ def tables(device: str | None = None) -> DecodeTables:
 
 def section(t: DecodeTables) -> dict:
     """``t`` as the ``decode_attention`` section of a configs file."""
-    return {"configs": {str(d): cfg for d, cfg in t.configs.items()}, "split": dict(t.split)}
+    return {"configs": {str(d): cfg for d, cfg in t.configs.items()}, "split": dict(t.split),
+            "wide": {str(d): cfg for d, cfg in t.wide.items()}}
+
+
+def launch_config(head_dim: int, programs: int, num_sms: int, t: DecodeTables | None = None) -> dict:
+    """The tile config a grid of ``programs`` launches with: the head_dim's wide-grid config from its
+    ``MIN_WAVES`` programs per SM, else its config (a copy, without ``MIN_WAVES``)."""
+    t = t or _active()
+    wide = t.wide.get(head_dim)
+    if wide is not None and programs >= wide["MIN_WAVES"] * num_sms:
+        return {k: v for k, v in wide.items() if k != "MIN_WAVES"}
+    return dict(t.configs.get(head_dim, FALLBACK_CONFIG))
 
 
 def _active() -> DecodeTables:
@@ -279,9 +299,10 @@ def decode_attention(
     group = num_q_heads // num_kv_heads
     if max_kv_len is None:
         max_kv_len = int(kv_lens.max().item()) if batch else 0
+    sms = sm_count(q.device)
     if num_splits is None:
-        num_splits = choose_num_splits(batch, num_kv_heads, max_kv_len, sm_count(q.device))
-    cfg = dict(config or _active().configs.get(head_dim, FALLBACK_CONFIG))
+        num_splits = choose_num_splits(batch, num_kv_heads, max_kv_len, sms)
+    cfg = dict(config) if config else launch_config(head_dim, batch * num_kv_heads * num_splits, sms)
     prefetch = cfg.pop("PREFETCH", PREFETCH_TILES)
     aligned_kv = aligned(k_cache.stride(0), k_cache.stride(1))
     if interpreting() or not aligned_kv or block_size & (block_size - 1) or cfg["BLOCK_N"] % block_size:
