@@ -6,6 +6,8 @@ and that they emit the eager path's tokens with the same acceptance."""
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 
@@ -33,7 +35,7 @@ def models(tmp_path_factory):
 
 
 def run(models, draft: str | None, blocks=None, mode="greedy", alpha=0.7, n=10, seed=0, span_s=0.01, static=False,
-        **sc):
+        output=(8, 30), **sc):
     """Replay a short workload; ``static``: speculative steps in the fixed shapes the CUDA graphs capture, run
     uncaptured (``res.static_steps`` counts them)."""
     target, _ = models
@@ -50,7 +52,7 @@ def run(models, draft: str | None, blocks=None, mode="greedy", alpha=0.7, n=10, 
     runner.release = lambda r: (kept.__setitem__(r.request_id, list(runner.tokens[r.request_id])), release(r))
     runner._run_spec_static = lambda batch, key, t0: (static_steps.append(key), fixed(batch, key, t0))[1]
     runner.static_spec = static
-    res = replay(s, eng, workload(n=n, span_s=span_s, prompt=(10, 40), output=(8, 30), seed=4))
+    res = replay(s, eng, workload(n=n, span_s=span_s, prompt=(10, 40), output=output, seed=4))
     res.static_steps = static_steps
     return res, {k: v[: len(v)] for k, v in kept.items()}
 
@@ -211,3 +213,22 @@ def test_fixed_shape_steps_survive_preemption(models, preemption):
     tight, t_tight = run(models, models[1], blocks=10, preemption=preemption, swap_space_gib=0.001, static=True)
     assert tight.result.requests.num_preemptions.sum() > 0 and tight.static_steps
     assert outputs(tight, t_tight) == outputs(plain, t_plain)
+
+
+@pytest.mark.interpret
+def test_fixed_shape_steps_on_the_triton_kernels(models, monkeypatch):
+    """The same under the Triton interpreter (float16): the kernels a GPU runs — decode attention of two and of
+    1 + k tokens a sequence, its splits cut per sequence, KV writes that skip slot -1 — give the eager path's
+    tokens and steps."""
+    import servesim.engine.engine as eng_mod
+    from servesim.engine.kernels import BACKENDS, TRITON
+
+    cache = eng_mod._cache
+    monkeypatch.setitem(BACKENDS, "torch", TRITON)
+    monkeypatch.setattr(eng_mod, "_dtype", lambda cfg: torch.float16)
+    monkeypatch.setattr(eng_mod, "_cache", lambda *a: (c := cache(*a)) and replace(
+        c, k=[t.half() for t in c.k], v=[t.half() for t in c.v]))
+    eager, t_eager = run(models, models[1], n=3, span_s=0.0, output=(6, 10))
+    fixed, t_fixed = run(models, models[1], n=3, span_s=0.0, output=(6, 10), static=True)
+    assert fixed.static_steps and outputs(fixed, t_fixed) == outputs(eager, t_eager)
+    assert fixed.iterations.sampled_tokens.equals(eager.iterations.sampled_tokens)
