@@ -210,8 +210,10 @@ def test_spec_graph_replays_its_fixed_shape_step_exactly(spec_models, which):
 @pytest.mark.parametrize("which", ["same", "other"])
 def test_spec_graph_and_eager_speculation_emit_greedy_tokens(spec_models, which):
     """Graph and eager speculation both emit the target's greedy tokens: each output token's logit, from one
-    eager pass of the target over the whole sequence, is the row's maximum (within bf16 rounding: the graph's
-    verification cuts attention into other splits than the eager step, so near-ties may fall either way)."""
+    eager pass of the target over the whole sequence, is the row's maximum within bf16 rounding (the graph's
+    verification cuts attention into other splits and runs other GEMM row counts than the eager step, and the
+    teacher-forced pass others again, so near-ties may fall either way; a wrong token sits ~1.5 standard
+    deviations of the logits, about 0.7 here, below the maximum)."""
     from servesim.engine.model import AttentionMeta
 
     graph, t_graph, eng = _spec_replay(spec_models, which, graphs=True)
@@ -235,7 +237,7 @@ def test_spec_graph_and_eager_speculation_emit_greedy_tokens(spec_models, which)
                                        torch.arange(p - 1, n - 1, device=dev)).float()
             best = logits.max(dim=-1).values
             chosen = logits.gather(1, ids[p:, None])[:, 0]
-            assert ((best - chosen) <= 0.02 * best.abs().clamp_min(1.0)).all(), rid
+            assert ((best - chosen) <= 0.05 * best.abs().clamp_min(1.0)).all(), rid
 
 
 def test_controlled_speculation_replays_graphs(spec_models):
