@@ -2,4 +2,5 @@
 
 from servesim.cli.main import main
 
-main()
+if __name__ == "__main__":  # a spawned child process (calibrate --steps-in fresh) imports this module too
+    main()

@@ -52,6 +52,29 @@ def test_calibrate_writes_a_loadable_profile_with_fit_quality(setup):
     assert {t.op for t in prof.tables} >= {"gemm", "attn_prefill", "attn_decode", "rms_norm", "step_overhead"}
 
 
+def test_step_terms_fit_the_same_way_in_a_new_process(setup):
+    """``--steps-in fresh`` (the default on CUDA) runs fit_steps in a spawned process: the same fit comes back."""
+    from servesim.calibrate.run import fit_steps_in, step_process
+    from servesim.hwmodels.profile import load_profile
+
+    assert step_process("auto", "cuda") == "fresh" and step_process("auto", "cpu") == "same"
+    assert step_process("same", "cuda") == "same"
+    with pytest.raises(ValueError, match="step process"):
+        step_process("elsewhere", "cpu")
+    prof = load_profile(setup[3])
+    fit, over, it = fit_steps_in("fresh", setup[1], "bf16", prof, "cpu", 8)
+    assert type(fit).__name__ == "StepFit" and fit.eager_floor_s > 0 and {t.op for t in over} == {"step_overhead"}
+    assert len(it) > 3 and {"gpu_s", "kernels_s", "predicted_s", "format"} <= set(it.columns)
+    import multiprocessing as mp
+
+    assert not mp.active_children()
+
+
+def test_calibrate_refuses_an_unknown_step_process(setup, capsys):
+    assert cli("calibrate", "--device", "cpu", "--models", setup[1], "--steps-in", "elsewhere") != 0
+    assert "--steps-in" in capsys.readouterr().err
+
+
 def test_calibration_report_is_complete(setup, tmp_path):
     assert cli("calibrate", "report", str(setup[3]), "--out-dir", str(tmp_path / "r")) == 0
     md = (tmp_path / "r" / "report.md").read_text()

@@ -139,6 +139,37 @@ def synthetic_workload(n: int, seed: int, max_len: int, prompt_mean: float = 900
     return Workload(name="calibration", requests=df, source=f"synthetic:calibration(n={n}, seed={seed})")
 
 
+STEP_PROCESSES = ("auto", "fresh", "same")
+
+
+def step_process(choice: str, device: str) -> str:
+    """Where the engine runs that fits the step terms: ``fresh`` (a new process) or ``same``; ``auto`` is fresh on
+    CUDA, same on the CPU.
+
+    Why fresh on the GPU: served right after the operator timing, in the process that did it, the H200's eager
+    steps measured 5.2 ms over their operator sum (profile h200-2026-12-04-783b3a4); the same synthetic trace served
+    in a new process measured 3.2-3.4 ms, whether the GPU was fresh, had just run 45 s of matmuls or had rested
+    (SM clocks 1965-1980 MHz in all three: bench/results/eager_gap-h200-2026-12-04.md). A serving engine starts in
+    its own process, as the validation replays do."""
+    if choice not in STEP_PROCESSES:
+        raise ValueError(f"step process must be one of {STEP_PROCESSES}, got {choice!r}")
+    if choice == "auto":
+        return "fresh" if device == "cuda" else "same"
+    return choice
+
+
+def fit_steps_in(where: str, model: str, fmt: str, partial: Profile, device: str, n_requests: int):
+    """:func:`fit_steps` here (``same``) or in a new spawned process (``fresh``: nothing of this process's
+    allocations, compiled kernels or Python heap comes with it); the same results either way."""
+    if where == "same":
+        return fit_steps(model, fmt, partial, device, n_requests)
+    import multiprocessing as mp
+    from concurrent.futures import ProcessPoolExecutor
+
+    with ProcessPoolExecutor(1, mp_context=mp.get_context("spawn")) as pool:
+        return pool.submit(fit_steps, model, fmt, partial, device, n_requests).result()
+
+
 def fit_steps(model: str, fmt: str, partial: Profile, device: str, n_requests: int,
               max_model_len: int = 4096) -> tuple[StepFit, list[OpTable], pd.DataFrame]:
     """Serve a synthetic trace on the engine in ``fmt`` and fit the whole-step terms of the profile; returns the
@@ -301,8 +332,11 @@ def catalog_gpu(device_name: str) -> str:
 
 def calibrate(models: list[str], formats: tuple[str, ...], kv_dtypes: tuple[str, ...], tps: tuple[int, ...],
               budget_min: float | None, device: str, command: str, step_requests: int = 160,
-              on_progress: Callable[[int, int], None] | None = None, gpu: str | None = None) -> Calibration:
-    """Run the whole calibration; ``on_progress(done, total)`` after each point (and each engine step fit)."""
+              on_progress: Callable[[int, int], None] | None = None, gpu: str | None = None,
+              steps_in: str = "auto") -> Calibration:
+    """Run the whole calibration; ``on_progress(done, total)`` after each point (and each engine step fit).
+    ``steps_in``: where the step-fitting engine runs (:func:`step_process`)."""
+    where = step_process(steps_in, device)
     started = time.perf_counter()
     cuda = device == "cuda"
     tables = build_grid(models, formats, kv_dtypes, tps, cpu=not cuda)
@@ -328,8 +362,9 @@ def calibrate(models: list[str], formats: tuple[str, ...], kv_dtypes: tuple[str,
     prov = provenance(command, 0.0, device)
     partial = Profile(version=VERSION, profile_id="partial", gpu=gpu_name, provenance=prov, tables=tuple(measured))
     steps, overheads, logs = {}, [], {}
+    notes.append("step terms fitted on an engine in " + ("a new process" if where == "fresh" else "this process"))
     for fmt in formats:
-        steps[fmt], over, logs[fmt] = fit_steps(models[0], fmt, partial, device, step_requests)
+        steps[fmt], over, logs[fmt] = fit_steps_in(where, models[0], fmt, partial, device, step_requests)
         overheads += over
         tick()
     wall = time.perf_counter() - started

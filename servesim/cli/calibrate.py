@@ -49,6 +49,8 @@ def calibrate_cmd(
     device: str = typer.Option("cuda", "--device", help="cuda, or cpu (torch reference path, tiny grid)"),
     gpu: Optional[str] = typer.Option(None, "--gpu", help="catalog GPU name (default: read off the device)"),  # noqa: UP045
     step_requests: int = typer.Option(160, "--step-requests", help="requests of the engine run that fits step terms"),
+    steps_in: str = typer.Option("auto", "--steps-in", help="where that engine runs: fresh (a new process, as a "
+                                 "server starts), same (this one), auto (fresh on CUDA, same on the CPU)"),
 ) -> None:
     """Time GEMMs, attention, elementwise, sampling and verification over a serving grid, fit the whole-step
     terms on an engine run, write the profile and its fit quality."""
@@ -64,6 +66,10 @@ def calibrate_cmd(
     if device not in ("cuda", "cpu"):
         raise ConfigError(f"device must be cuda or cpu, got {device!r}", field="device")
     tps = _ints(tp, "tp")
+    from servesim.calibrate.run import STEP_PROCESSES
+
+    if steps_in not in STEP_PROCESSES:
+        raise ConfigError(f"--steps-in must be one of {', '.join(STEP_PROCESSES)}, got {steps_in!r}", field="steps_in")
     from servesim.calibrate.run import calibrate
     from servesim.cli.progress import progress_bar
     from servesim.cli.render import make_console
@@ -71,14 +77,16 @@ def calibrate_cmd(
 
     console = make_console(stderr=True)
     command = f"servesim calibrate --models {models} --quant {quant} --kv-dtype {kv_dtype} --tp {tp}" + (
-        f" --budget-min {budget_min:g}" if budget_min else "") + (f" --device {device}" if device != "cuda" else "")
+        f" --budget-min {budget_min:g}" if budget_min else "") + (f" --device {device}" if device != "cuda" else "") + (
+        f" --steps-in {steps_in}" if steps_in != "auto" else "")
     if out is not None:
         from servesim.sim.outputs import check_writable
 
         check_writable(out.parent if str(out.parent) else Path("."))
     with progress_bar("calibrating", "points", console) as update:
         result = calibrate(list(_csv(models, "models")), _csv(quant, "quant"), _csv(kv_dtype, "kv_dtype"), tps,
-                           budget_min, device, command, step_requests=step_requests, on_progress=update, gpu=gpu)
+                           budget_min, device, command, step_requests=step_requests, on_progress=update, gpu=gpu,
+                           steps_in=steps_in)
     prof = result.profile
     path = out or Path(f"{prof.gpu.lower()}-{prof.provenance.date}.json")
     save_profile(prof, path)
