@@ -152,6 +152,8 @@ def test_fixed_shape_inputs_place_every_row_and_pad_the_rest():
     static.load(got)
     for name, want in got.items():
         assert static.v[name].tolist() == want.tolist(), name
+        base = static.i64 if static.v[name].dtype == torch.int64 else static.i32
+        assert (static.v[name].data_ptr() - base.data_ptr()) % spec_graph.ALIGN_BYTES == 0, name  # a tensor's own
     assert static.v["csample"].tolist() == [1, 3, 5, 7] and static.v["vsample"].tolist() == list(range(16))
     longer = [list(range(100, 100 + c)) for c in ctx - 1]
     one = spec_graph.step_inputs(table, ctx, longer, np.array([1, 1, 1]), 1, bs)  # k = 1: no draft passes

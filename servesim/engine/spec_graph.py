@@ -19,7 +19,8 @@ passes' kernels one by one from Python, about 350 launches per pass of an 8B mod
 
 Padding rows (``n < b``) write nowhere (slot -1) and attend over the first key(s) of block 0, enough keys for
 every query row, so no row divides by an empty softmax. Inputs travel as two packed host arrays (int64: tokens
-and slots; int32: positions, context lengths, the block table), two copies a step.
+and slots; int32: positions, context lengths, the block table), two copies a step; each field starts on a
+256-byte boundary, as a tensor of its own would, so the kernels see the alignment they are compiled for.
 """
 
 from __future__ import annotations
@@ -87,41 +88,56 @@ def step_inputs(table: np.ndarray, ctx: np.ndarray, tokens: list[list[int]], beh
     }
 
 
-def pack(inputs: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
-    """The step's inputs as one int64 and one int32 array, in the order the device buffers hold them."""
-    return (np.concatenate([inputs[f].ravel() for f in I64]).astype(np.int64, copy=False),
-            np.concatenate([inputs[f].ravel() for f in I32]).astype(np.int32, copy=False))
+ALIGN_BYTES = 256
+
+
+def layout(shapes: dict[str, tuple[int, ...]]) -> tuple[dict[str, int], int, int]:
+    """Each field's element offset in its packed array (a multiple of 256 bytes), and the two arrays' lengths."""
+    offsets, ends = {}, []
+    for names, itemsize in ((I64, 8), (I32, 4)):
+        at, step = 0, ALIGN_BYTES // itemsize
+        for f in names:
+            offsets[f] = at
+            at += -(-int(np.prod(shapes[f])) // step) * step
+        ends.append(at)
+    return offsets, ends[0], ends[1]
 
 
 class StaticStep:
     """The device buffers of the fixed-shape steps of one graph batch ``b`` (shared by its context buckets):
-    the two packed input arrays, views of every field into them, and the constant sample rows."""
+    the two packed input arrays, views of every field into them, the constant sample rows, and the host arrays
+    the inputs are staged in (pinned on a GPU)."""
 
     def __init__(self, b: int, k: int, width: int, device: torch.device) -> None:
         shapes = field_shapes(b, k, width)
         self.b, self.k = b, k
-        empty = {f: np.zeros(shapes[f], np.int64 if f in I64 else np.int32) for f in shapes}
-        # safe contents before the first load (a capture's warm-up runs the step once): no writes, keys enough
-        empty["vslots"][:], empty["cslots"][:], empty["dslots"][:] = -1, -1, -1
-        empty["vkvl"][:], empty["ckvl"][:], empty["dkvl"][:] = k + 1, 2, 1
-        h64, h32 = pack(empty)
-        self.i64 = torch.from_numpy(h64).to(device)
-        self.i32 = torch.from_numpy(h32).to(device)
+        self.offsets, n64, n32 = layout(shapes)
+        pin = device.type == "cuda"
+        self.h64 = torch.zeros(n64, dtype=torch.int64, pin_memory=pin).numpy()
+        self.h32 = torch.zeros(n32, dtype=torch.int32, pin_memory=pin).numpy()
+        self.i64 = torch.zeros(n64, dtype=torch.int64, device=device)
+        self.i32 = torch.zeros(n32, dtype=torch.int32, device=device)
         self.v: dict[str, torch.Tensor] = {}
         for names, buf in ((I64, self.i64), (I32, self.i32)):
-            at = 0
             for f in names:
-                size = int(np.prod(shapes[f]))
-                self.v[f] = buf[at: at + size].view(shapes[f])
-                at += size
+                at = self.offsets[f]
+                self.v[f] = buf[at: at + int(np.prod(shapes[f]))].view(shapes[f])
+        # safe contents before the first load (a capture's warm-up runs the step once): no writes, keys enough
+        for f, value in (("vslots", -1), ("cslots", -1), ("dslots", -1), ("vkvl", k + 1), ("ckvl", 2), ("dkvl", 1)):
+            self.v[f].fill_(value)
         self.v["csample"] = torch.arange(1, 2 * b, 2, device=device)  # the catch-up's row at p0
         self.v["rows"] = torch.arange(b, device=device)
         self.v["vsample"] = torch.arange(b * (k + 1), device=device)
 
     def load(self, inputs: dict[str, np.ndarray]) -> None:
-        h64, h32 = pack(inputs)
-        self.i64.copy_(torch.from_numpy(h64), non_blocking=True)
-        self.i32.copy_(torch.from_numpy(h32), non_blocking=True)
+        """Stage the step's inputs and copy them to the device: two copies, ordered before the replay (the host
+        arrays are written again only after the step's tokens came back)."""
+        for names, host in ((I64, self.h64), (I32, self.h32)):
+            for f in names:
+                a = inputs[f]
+                host[self.offsets[f]: self.offsets[f] + a.size] = a.ravel()
+        self.i64.copy_(torch.from_numpy(self.h64), non_blocking=True)
+        self.i32.copy_(torch.from_numpy(self.h32), non_blocking=True)
 
 
 def step_body(runner, static: StaticStep, c: int) -> Callable[[], torch.Tensor]:
