@@ -34,7 +34,7 @@ from servesim.engine.model import AttentionMeta
 from servesim.kernels.attention.decode import choose_num_splits
 from servesim.kernels.counters import sm_count
 
-# Packed layout, per field: (dtype, rows of a batch of b, columns); "q" is 1 + k, "w" the block-table width.
+# The packed fields, in buffer order: v* the verification's, c* the catch-up's, d* the draft passes' (one row each)
 I64 = ("last", "vslots", "cids", "cslots", "dslots")
 I32 = ("vpos", "vkvl", "bt", "cpos", "ckvl", "dpos", "dkvl")
 
