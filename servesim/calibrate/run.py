@@ -146,11 +146,10 @@ def step_process(choice: str, device: str) -> str:
     """Where the engine runs that fits the step terms: ``fresh`` (a new process) or ``same``; ``auto`` is fresh on
     CUDA, same on the CPU.
 
-    Why fresh on the GPU: served right after the operator timing, in the process that did it, the H200's eager
-    steps measured 5.2 ms over their operator sum (profile h200-2026-12-04-783b3a4); the same synthetic trace served
-    in a new process measured 3.2-3.4 ms, whether the GPU was fresh, had just run 45 s of matmuls or had rested
-    (SM clocks 1965-1980 MHz in all three: bench/results/eager_gap-h200-2026-12-04.md). A serving engine starts in
-    its own process, as the validation replays do."""
+    Fresh on the GPU so the step fit does not depend on what the operator timing left in the process (allocator,
+    compiled kernels, heap), as a server starts in its own process. On the H200 it made no measured difference (the
+    big-chunk eager gap: 4.56 ms in the timing process, 4.66 ms in a new one, priced with the same profile; see
+    docs/calibration.md)."""
     if choice not in STEP_PROCESSES:
         raise ValueError(f"step process must be one of {STEP_PROCESSES}, got {choice!r}")
     if choice == "auto":
