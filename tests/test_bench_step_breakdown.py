@@ -1,0 +1,43 @@
+"""bench/step_breakdown.py on the CPU (tiny model, torch reference path): the chunk's batch is what its shape
+says, the eager step and the attention alone are timed per context, and the report renders (the GPU run, with
+the graph replay and the profile's prices, is the lead's)."""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("torch")
+
+
+@pytest.fixture(scope="module")
+def bench():
+    spec = importlib.util.spec_from_file_location("bench_step_breakdown", Path(__file__).parent.parent / "bench" /
+                                                  "step_breakdown.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_the_batch_holds_one_chunk_at_its_context_and_the_decodes(bench):
+    batch, reqs = bench.build_batch(chunk=48, context=100, decodes=3, decode_ctx=40, block=16)
+    (ch,) = batch.prefill
+    assert (ch.tokens, ch.context_before) == (48, 100) and not ch.completes  # nothing sampled for the chunk
+    assert len(batch.decode) == 3 and list(batch.decode_ctx) == [40, 40, 40]
+    ids = [b for r in reqs for b in r.block_ids]
+    assert len(ids) == len(set(ids)) and len(reqs[0].block_ids) == -(-148 // 16)  # disjoint, enough for the KV
+    s = batch.shape
+    assert (s.prefill_tokens, s.prefill_ctx_tokens, s.decode_ctx_tokens, s.sampled_tokens) == (48, 148, 120, 3)
+    assert s.prefill_attn_pairs == 48 * 100 + 48 * 49 / 2
+
+
+def test_smoke_run_times_every_context_and_renders(bench):
+    args = argparse.Namespace(contexts="0", chunk=0, decodes=0, decode_ctx=0, reps=4, smoke=True, out="")
+    rows, meta = bench.run(args)
+    assert [r["context"] for r in rows] == [0, 64]
+    assert all(r["eager_s"] > 0 and r["attn_s"] > 0 and r["graph_s"] is None for r in rows)
+    text = bench.report(meta, rows)
+    assert text.count("\n| ") == 1 + len(rows) and "| 64 | 32 | 2 |" in text
