@@ -3,10 +3,9 @@ width, the rows carry what the report reads, and the report renders them (the GP
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
 import pytest
+
+from tests.bench_helpers import load_bench
 
 torch = pytest.importorskip("torch")
 pytest.importorskip("triton")
@@ -16,11 +15,7 @@ pytestmark = pytest.mark.interpret
 
 @pytest.fixture(scope="module")
 def bench():
-    spec = importlib.util.spec_from_file_location("bench_quant_gemm", Path(__file__).parent.parent / "bench" /
-                                                  "quant_gemm.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_bench("quant_gemm")
 
 
 def _weights(bench, shapes):

@@ -5,21 +5,17 @@ the graph replay and the profile's prices, is the lead's)."""
 from __future__ import annotations
 
 import argparse
-import importlib.util
-from pathlib import Path
 
 import pytest
+
+from tests.bench_helpers import load_bench
 
 pytest.importorskip("torch")
 
 
 @pytest.fixture(scope="module")
 def bench():
-    spec = importlib.util.spec_from_file_location("bench_step_breakdown", Path(__file__).parent.parent / "bench" /
-                                                  "step_breakdown.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_bench("step_breakdown")
 
 
 def test_the_batch_holds_one_chunk_at_its_context_and_the_decodes(bench):

@@ -182,13 +182,9 @@ def test_cli_refuses_tp_1_and_a_bad_device(profiles, tmp_path, capsys):
 def test_bench_script_writes_bus_bandwidth_per_size_with_the_card_count(tmp_path):
     """bench/allreduce.py's tables from measured-looking collectives (its timing is calibration's, tested above):
     file names carry the card count, busbw follows nccl-tests' convention."""
-    import importlib.util
-    from pathlib import Path
+    from tests.bench_helpers import load_bench
 
-    spec = importlib.util.spec_from_file_location("bench_allreduce", Path(__file__).parent.parent / "bench" /
-                                                  "allreduce.py")
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+    bench = load_bench("allreduce")
     tables = collective_tables(4, line(10e-6, 200e9), line(10e-6, 100e9))
     rows = bench.rows_of(tables, 4, ["Llama-3.1-8B"])
     ar = next(r for r in rows if r["op"] == "allreduce" and r["bytes"] == 64 * HIDDEN_BYTES)

@@ -3,7 +3,6 @@ files a ``--tune`` run writes read back by the launchers."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import logging
 from pathlib import Path
@@ -15,8 +14,7 @@ pytest.importorskip("triton")
 
 from servesim.kernels import tuned  # noqa: E402
 from servesim.kernels.quant import configs as QC  # noqa: E402
-
-BENCH = Path(__file__).parent.parent / "bench"
+from tests.bench_helpers import load_bench  # noqa: E402
 
 
 @pytest.fixture(autouse=True)
@@ -29,10 +27,7 @@ def fresh(tmp_path, monkeypatch):
 
 
 def _bench(name: str):
-    spec = importlib.util.spec_from_file_location(f"bench_{name}", BENCH / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_bench(name)
 
 
 @pytest.mark.parametrize(("name", "key"), [
