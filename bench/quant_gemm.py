@@ -116,13 +116,22 @@ def candidates(bits: int, bkt: str) -> list[dict]:
     return _with_current(QC.tables().configs[(bits, bkt)], table[(bits, bkt)] + H200_ROUND[(bits, bkt)])
 
 
+# Round 2 (for the next H200 sweep): the M = 1 GEMV without split-K, or with a short one, its K loop pipelined by
+# Triton (num_stages, PREFETCH 0) instead of split across CTAs. Round 1's winners split K 16 ways into CTAs of two
+# K blocks each: at 4096x4096 the in-step 8.5 us (23% of copy) is mostly one DRAM round trip per CTA and the
+# serial last-arriver reduction, not streaming. Here each CTA streams its rows' whole K with 8-12 blocks in flight.
+NO_SPLIT_GEMV = [_gemv(BLOCK_N=bn, num_warps=1, PREFETCH=0, XPF=False, num_stages=st, split_k=sk)
+                 for bn, st, sk in ((8, 8, 1), (16, 8, 1), (16, 12, 1), (32, 8, 1), (16, 8, 2), (32, 8, 2))]
+
+
 # Round 1 on the H200 (2026-12-04): its copy rate is 1.4x the H100's, so fixed costs weigh more at M = 1-16 (a
 # shorter split, more CTAs in flight, fewer warps each) and the large-M tiles meet a faster cuBLAS (wider tiles,
 # deeper pipelines). Tried beside the H100 round-3 variants above.
 H200_ROUND = {
     (4, "1"): [_gemv(BLOCK_N=64, num_warps=2, fill=8, PREFETCH=2), _gemv(BLOCK_N=128, fill=6),
                _gemv(BLOCK_N=128, num_warps=2, fill=8, PREFETCH=2), _gemv(BLOCK_N=32, num_warps=1, fill=16),
-               _gemv(BLOCK_N=256, num_warps=8, fill=2, PREFETCH=2), _gemv(BLOCK_N=64, num_warps=1, fill=12)],
+               _gemv(BLOCK_N=256, num_warps=8, fill=2, PREFETCH=2), _gemv(BLOCK_N=64, num_warps=1, fill=12),
+               *NO_SPLIT_GEMV],
     (4, "16"): [_gemm(BLOCK_M=16, BLOCK_N=64, num_warps=4, fill=6, SWAP=True, DEQ=3, num_stages=4),
                 _gemm(BLOCK_M=16, BLOCK_N=32, num_warps=2, fill=8, SWAP=True, DEQ=3, num_stages=4),
                 _gemm(BLOCK_M=16, BLOCK_N=64, num_warps=4, fill=4, SWAP=True, DEQ=3, num_stages=6),
@@ -137,7 +146,7 @@ H200_ROUND = {
                    _gemm(BLOCK_M=256, BLOCK_N=128, num_warps=8, waves=0, SWAP=True, DEQ=3, GROUP_M=16)],
     (8, "1"): [_gemv(BLOCK_N=32, num_warps=1, fill=12), _gemv(BLOCK_N=32, num_warps=1, fill=16),
                _gemv(BLOCK_N=64, num_warps=2, fill=8, PREFETCH=2), _gemv(BLOCK_N=128, fill=4, PREFETCH=2),
-               _gemv(BLOCK_N=64, num_warps=2, fill=6)],
+               _gemv(BLOCK_N=64, num_warps=2, fill=6), *NO_SPLIT_GEMV],
     (8, "16"): [_gemm(BLOCK_M=16, BLOCK_N=64, num_warps=4, fill=6, SWAP=True, num_stages=4),
                 _gemm(BLOCK_M=16, BLOCK_N=32, num_warps=2, fill=8, SWAP=True, num_stages=4),
                 _gemm(BLOCK_M=16, BLOCK_N=128, num_warps=4, waves=2, SWAP=True, DEQ=1, num_stages=4)],
@@ -159,9 +168,9 @@ def large_candidates(bits: int, bkt: str) -> list[dict]:
     g, v = _gemm, _gemv
     table = {
         (4, "1"): [v(BLOCK_N=256, fill=3), v(BLOCK_N=64, num_warps=1, fill=12), v(BLOCK_N=32, num_warps=1, fill=16),
-                   v(BLOCK_N=128, num_warps=2, fill=6), v(BLOCK_N=256, fill=2)],
+                   v(BLOCK_N=128, num_warps=2, fill=6), v(BLOCK_N=256, fill=2), *NO_SPLIT_GEMV],
         (8, "1"): [v(BLOCK_N=64, waves=8, PREFETCH=2, XPF=False, EVEN=False), v(BLOCK_N=64, fill=5, PREFETCH=2),
-                   v(BLOCK_N=128, fill=3), v(BLOCK_N=32, num_warps=1, fill=12)],
+                   v(BLOCK_N=128, fill=3), v(BLOCK_N=32, num_warps=1, fill=12), *NO_SPLIT_GEMV],
         (4, "16"): [g(BLOCK_M=16, BLOCK_N=128, num_warps=4, waves=2, SWAP=True, DEQ=2),
                     g(BLOCK_M=16, BLOCK_N=128, num_warps=4, waves=2, SWAP=True, DEQ=2, num_stages=4),
                     g(BLOCK_M=16, BLOCK_N=128, num_warps=8, fill=3, SWAP=True, DEQ=2, num_stages=4),

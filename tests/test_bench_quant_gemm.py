@@ -54,3 +54,28 @@ def test_a_layers_w8_launch_takes_the_int8_weights(bench, monkeypatch):
     monkeypatch.setattr(bench, "run_ours", lambda x, wq, bits, cfg: seen.append((bits, wq[0].shape[-1])))
     bench.layer_rows(weights, [1], 3e12, layers={("tiny", 1): layer}, device="cpu")
     assert set(seen) == {(4, 16), (8, 32)}  # int32 words per 128-wide K block: 16 for int4, 32 for int8
+
+
+@pytest.mark.parametrize("bits", [4, 8])
+def test_the_unsplit_gemv_candidates_compute_the_product(bench, bits):
+    """Round 2's M = 1 candidates (K pipelined by Triton, split 1 or 2) on a ragged weight, as the sweep checks them
+    before timing."""
+    from servesim.kernels.quant import gemm as QG
+    from servesim.kernels.quant import quantize as Q
+
+    gen = torch.Generator().manual_seed(3)
+    w = torch.randn(72, 640, generator=gen)
+    if bits == 4:
+        q, s, z = Q.quantize_int4_groupwise(w, 128)
+        packed, sz, gs = Q.pack_int4(q), Q.pack_scales_zeros(s, z), 128
+        ref_w = Q.dequantize_w4_packed(packed, sz, 128, 640)
+    else:
+        q, scale = Q.quantize_int8_per_channel(w)
+        packed, sz, gs = Q.pack_int8(q), scale, None
+        ref_w = Q.dequantize_w8_packed(packed, sz, 640)
+    x = torch.randn(1, 640, generator=gen).to(torch.bfloat16)
+    ref = x.float() @ ref_w.t()
+    for cfg in bench.NO_SPLIT_GEMV:
+        assert cfg in bench.candidates(bits, "1")
+        y = QG.quant_matmul(x, packed, sz, bits, gs, cfg)
+        assert ((y.float() - ref).norm() / ref.norm()).item() < 1e-2, cfg
