@@ -97,10 +97,10 @@ def test_step_time_equals_its_breakdown(model):
         assert st.total_s > 0
 
 
-@pytest.mark.parametrize("weight", [0.0, 0.47])
-def test_decode_run_is_bit_exact_with_stepping(profile, weight):
+@pytest.mark.parametrize("weight,pairs", [(0.0, ()), (0.47, ()), (0.4, ((8.0, 0.5), (32.0, 0.33), (128.0, 0.07)))])
+def test_decode_run_is_bit_exact_with_stepping(profile, weight, pairs):
     model = CalibratedCostModel(Placement(get_model("Llama-3.1-8B"), H200),
-                                profile.model_copy(update={"decode_max_weight": weight}))
+                                profile.model_copy(update={"decode_max_weight": weight, "decode_max_weights": pairs}))
     for b, c, n in ((1, 100, 50), (7, 3000, 400), (256, 30000, 40), (300, 500, 20)):  # graph, long, beyond grid
         s = replace(decode_shape(b, c), decode_ctx_max=int(c * 1.7))  # ragged: the longest is 1.7x the mean
         run = model.decode_run_s(s, n)
@@ -163,6 +163,48 @@ def test_ragged_decode_weight_is_recovered_from_ragged_tables(profile):
                                 profile.model_copy(update={"decode_max_weight": w}))
     flat, tilted = decode_shape(32, 2048), replace(decode_shape(32, 2048), decode_ctx_max=3800)
     assert model.step_time_s(tilted) > model.step_time_s(flat)  # the longest sequence costs
+
+
+def test_ragged_decode_weights_per_batch_are_recovered_and_interpolated_in_log_batch(profile):
+    """Ragged tables priced at a different weight per batch (0.5 at 8, 0.3 at 32, 0.1 at 128) give those weights
+    back; between batches the weight is linear in log2(batch), held beyond; the cost model prices a wide ragged
+    batch with its own weight, where the one fitted weight overprices it."""
+    from servesim.calibrate.fit import fit_max_weight, fit_max_weights, refit
+    from servesim.calibrate.grid import ragged_lengths
+    from servesim.hwmodels.calibrated import _Grid2, max_weight_at
+    from servesim.hwmodels.profile import OpTable
+
+    u = profile.table("attn_decode", kv_dtype="bf16")
+    g = _Grid2(u)
+    grid = ((8.0, 32.0, 128.0), (512.0, 2048.0, 8192.0))
+    true = {8.0: 0.5, 32.0: 0.3, 128.0: 0.1}
+    med = []
+    for b in grid[0]:
+        for c in grid[1]:
+            lens = ragged_lengths(int(b), int(c), 0.9)
+            mean = sum(lens) / len(lens)
+            med.append(g(b, mean + true[b] * (max(lens) - mean)))
+    ragged = OpTable(op="attn_decode_ragged", key={**u.key, "spread": "0.9"}, axes=("batch", "context"), grid=grid,
+                     median_s=tuple(med), p20_s=tuple(med), p80_s=tuple(med))
+    pairs, err = fit_max_weights([u, ragged])
+    assert [b for b, _ in pairs] == [8.0, 32.0, 128.0]
+    assert all(w == pytest.approx(true[b], abs=0.011) for b, w in pairs) and err["median_abs"] < 0.01
+    _, one = fit_max_weight([u, ragged])
+    assert one["p90_abs"] > 3 * err["p90_abs"]  # one weight for every batch misprices some of them
+    assert max_weight_at(pairs, 4) == pairs[0][1] and max_weight_at(pairs, 512) == pairs[-1][1]
+    assert max_weight_at(pairs, 16) == pytest.approx((pairs[0][1] + pairs[1][1]) / 2)  # halfway in log2
+    both = profile.model_copy(update={"tables": (*(t for t in profile.tables if t.op != "attn_decode_ragged"), ragged)})
+    fitted = refit(both)
+    assert fitted.decode_max_weights == pairs and any("by batch" in k for k in fitted.fit.ops)
+    per_batch = CalibratedCostModel(Placement(get_model("Llama-3.1-8B"), H200), fitted)
+    single = CalibratedCostModel(Placement(get_model("Llama-3.1-8B"), H200),
+                                 fitted.model_copy(update={"decode_max_weights": ()}))
+    wide = replace(decode_shape(128, 1000), decode_ctx_max=1900)
+    lens = ragged_lengths(128, 1000, 0.9)
+    assert per_batch._decode_s(wide) < single._decode_s(wide)  # 0.1 against the pooled weight
+    assert per_batch._decode_s(wide) == pytest.approx(
+        per_batch.layers * g(128, 1000 + max_weight_at(pairs, 128) * 900), rel=1e-9)
+    assert len(lens) == 128
 
 
 def test_extrapolation_is_proportional_and_positive_even_after_a_falling_segment():

@@ -7,6 +7,7 @@ import math
 
 import numpy as np
 
+from servesim.hwmodels.calibrated import max_weight_at
 from servesim.hwmodels.profile import OpTable, Profile
 
 
@@ -58,9 +59,8 @@ def held_out_errors(tables: list[OpTable]) -> dict[str, dict[str, float]]:
     return out
 
 
-def fit_max_weight(tables: list[OpTable] | tuple[OpTable, ...]) -> tuple[float, dict[str, float] | None]:
-    """The weight w that best prices ragged decode batches at context ``mean + w (longest - mean)`` on the
-    uniform-context table (the median |error| over the ragged points, w in steps of 0.01), and that error."""
+def _ragged_points(tables) -> list[tuple]:
+    """(uniform grid, batch, mean context, longest context, measured s) of every ragged decode point."""
     from servesim.calibrate.grid import ragged_lengths
     from servesim.hwmodels.calibrated import _Grid2
 
@@ -74,12 +74,36 @@ def fit_max_weight(tables: list[OpTable] | tuple[OpTable, ...]) -> tuple[float, 
         for (b, c), m in zip(((b, c) for b in t.grid[0] for c in t.grid[1]), t.median_s, strict=True):
             lens = ragged_lengths(int(b), int(c), float(t.key["spread"]))
             points.append((g, b, sum(lens) / len(lens), max(lens), m))
+    return points
+
+
+def _best_weight(points) -> float:
+    """The w in steps of 0.01 with the least median |error| over ``points``."""
+    return float(min((float(np.median([abs(g(b, mean + w * (mx - mean)) / m - 1) for g, b, mean, mx, m in points])),
+                      w) for w in np.linspace(0.0, 1.0, 101))[1])
+
+
+def fit_max_weight(tables: list[OpTable] | tuple[OpTable, ...]) -> tuple[float, dict[str, float] | None]:
+    """The weight w that best prices ragged decode batches at context ``mean + w (longest - mean)`` on the
+    uniform-context table (the median |error| over the ragged points, w in steps of 0.01), and that error."""
+    points = _ragged_points(tables)
     if not points:
         return 0.0, None
-    best = min((float(np.median([abs(g(b, mean + w * (mx - mean)) / m - 1) for g, b, mean, mx, m in points])), w)
-               for w in np.linspace(0.0, 1.0, 101))
-    w = float(best[1])
+    w = _best_weight(points)
     return w, _summary([abs(g(b, mean + w * (mx - mean)) / m - 1) for g, b, mean, mx, m in points])
+
+
+def fit_max_weights(tables) -> tuple[tuple[tuple[float, float], ...], dict[str, float] | None]:
+    """The weight per batch size of the ragged tables (each batch's points alone, as :func:`fit_max_weight`) and
+    the error of pricing every ragged point with the weight :func:`max_weight_at` gives its batch."""
+    points = _ragged_points(tables)
+    if not points:
+        return (), None
+    pairs = tuple((float(b), _best_weight([p for p in points if p[1] == b])) for b in sorted({p[1] for p in points}))
+    return pairs, _summary([abs(g(b, mean + max_weight_at(pairs, b) * (mx - mean)) / m - 1)
+                            for g, b, mean, mx, m in points])
+
+
 
 
 def _lines_2d(t: OpTable) -> list[list[tuple[float, float]]]:
@@ -99,7 +123,12 @@ def refit(profile: Profile) -> Profile:
     """Recompute what a profile's measured tables alone determine (the longest-context weight of ragged decode
     batches and its error), for a profile measured before that term existed."""
     w, ragged = fit_max_weight(profile.tables)
+    pairs, per_batch = fit_max_weights(profile.tables)
     ops = {k: v for k, v in profile.fit.ops.items() if not k.startswith("attn_decode_ragged(longest")}
     if ragged:
         ops[f"attn_decode_ragged(longest-context weight {w:.2f})"] = ragged
-    return profile.model_copy(update={"decode_max_weight": w, "fit": profile.fit.model_copy(update={"ops": ops})})
+    if per_batch:
+        ops["attn_decode_ragged(longest-context weight by batch " + ", ".join(
+            f"{b:g}: {x:.2f}" for b, x in pairs) + ")"] = per_batch
+    return profile.model_copy(update={"decode_max_weight": w, "decode_max_weights": pairs,
+                                      "fit": profile.fit.model_copy(update={"ops": ops})})

@@ -166,7 +166,9 @@ class CalibratedCostModel:
         if len(self._decode.b) < 2:
             raise ProfileMismatch(f"profile {profile.profile_id} has a decode grid of one context")
         self._xb_last = len(self._decode.b) - 2
-        self._w_max = profile.decode_max_weight
+        self._w_max = profile.decode_max_weight  # the weight of a batch size with no per-batch weights
+        self._w_pairs = profile.decode_max_weights
+        self._w_of: dict[int, float] = {}  # batch size -> its weight (memoised: a run sees few batch sizes)
         self._columns: dict[int, list[float]] = {}
         self._token_memo: dict[int, float] = {}  # token count -> the token table's value (_kernels_s)
         self._head_memo: dict[int, float] = {}  # sampled rows -> the head table's value
@@ -385,12 +387,22 @@ class CalibratedCostModel:
             arrays = self._arrays[ds] = (xs, ys, ys[1:] - ys[:-1], xs[1:] - xs[:-1])
         return arrays
 
+    def _weight(self, ds: int) -> float:
+        """The longest-context weight of a ``ds``-sequence batch (``Profile.decode_max_weights``, else the one)."""
+        w = max_weight_at(self._w_pairs, ds) if self._w_pairs else self._w_max
+        self._w_of[ds] = w
+        return w
+
     def _decode_s(self, shape: BatchShape) -> float:
         ds = shape.decode_seqs
         c = shape.decode_ctx_tokens / ds
         mx = shape.decode_ctx_max
-        if mx and self._w_max:  # ragged: toward the longest context (decode_run_s repeats these operations)
-            c = c + self._w_max * (mx - c)
+        if mx:  # ragged: toward the longest context (decode_run_s repeats these operations)
+            w = self._w_of.get(ds)
+            if w is None:
+                w = self._weight(ds)
+            if w:
+                c = c + w * (mx - c)
         xb = self._decode.b
         col = self._columns.get(ds) or self._decode_column(ds)
         if c > self._decode.b_max:
@@ -449,10 +461,13 @@ class CalibratedCostModel:
         ctx, mx = shape.decode_ctx_tokens, shape.decode_ctx_max
         kv = np.arange(ctx, ctx + ds * n, ds, dtype=np.float64)  # KV tokens read by each step (exact: integers)
         c = kv / ds
-        if mx and self._w_max:  # c + w * ((mx + step) - c)
+        w = self._w_of.get(ds)
+        if w is None:
+            w = self._weight(ds)
+        if mx and w:  # c + w * ((mx + step) - c)
             t = np.arange(mx, mx + n, dtype=np.float64)
             t -= c
-            t *= self._w_max
+            t *= w
             c += t
         last = c[-1]
         if last > self._decode.b_max:
@@ -521,3 +536,13 @@ class CalibratedCostModel:
     def pp_transfer_s(self, tokens: int) -> float:
         """Hidden states to the next pipeline stage over the GPU's link (not calibrated: roofline)."""
         return tokens * self.model.hidden_size * ACT_BYTES / (self.gpu.interconnect_bytes_per_s / 2 * 0.8)
+
+
+def max_weight_at(pairs: tuple[tuple[float, float], ...], batch: float) -> float:
+    """The longest-context weight at ``batch``: linear in log2(batch) between the fitted batches, held beyond."""
+    if batch <= pairs[0][0]:
+        return pairs[0][1]
+    for (b0, w0), (b1, w1) in zip(pairs, pairs[1:], strict=False):
+        if batch <= b1:
+            return w0 + (w1 - w0) * (math.log2(batch) - math.log2(b0)) / (math.log2(b1) - math.log2(b0))
+    return pairs[-1][1]

@@ -154,6 +154,10 @@ class Profile(_Strict):
     # decode attention of a ragged batch is priced at mean + w x (longest - mean) context (fitted on the ragged
     # tables: the kernel's time follows its longest sequences)
     decode_max_weight: float = 0.0
+    # the same weight per batch size (batch, w), from each batch of the ragged tables: a wide batch spreads its
+    # sequences over many programs per SM and follows its longest ones less (H200: w 0.45-0.57 at batch 8, 0.33 at
+    # 32, 0.07-0.22 at 128); linear in log2(batch) between the batches, held beyond them. Empty: the one weight.
+    decode_max_weights: tuple[tuple[float, float], ...] = ()
     fit: FitReport = FitReport()
     collective_provenance: Provenance | None = None  # where the allreduce/allgather tables were measured
 
