@@ -69,6 +69,9 @@ def test_step_terms_fit_the_same_way_in_a_new_process(setup):
     assert type(fit).__name__ == "StepFit" and fit.eager_floor_s > 0 and {t.op for t in over} == {"step_overhead"}
     assert len(it) > 3 and {"gpu_s", "kernels_s", "predicted_s", "format"} <= set(it.columns)
     assert not set(mp.active_children()) - before  # the fit's process is gone
+    rounds = it.attrs["eager_floor_rounds_s"]  # built, warmed up, after the fitted run (alone, beside a decode)
+    assert len(rounds) == 3 and all(a > 0 and b > 0 for a, b in rounds)
+    assert fit.eager_floor_s == sorted(a for a, _ in rounds)[1]  # their median
 
 
 def test_calibrate_refuses_an_unknown_step_process(setup, capsys):

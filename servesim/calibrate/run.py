@@ -181,14 +181,19 @@ def fit_steps(model: str, fmt: str, partial: Profile, device: str, n_requests: i
     eng = build_engine(EngineConfig(model=model, weight_format=fmt, max_model_len=max_model_len,
                                     max_num_batched_tokens=2048, max_num_seqs=128, device=device,
                                     capture_at_start=True))
-    floor, floor_mixed = _eager_floor(eng, decode=False), _eager_floor(eng, decode=True)
+    rounds = [(_eager_floor(eng, decode=False), _eager_floor(eng, decode=True))]
     gpu_name = partial.gpu
     scenario = make_scenario({"model": model, "gpu": gpu_name if gpu_name != "cpu" else "H100-SXM", "quant": fmt,
                               "max_model_len": max_model_len, "max_num_batched_tokens": 2048, "max_num_seqs": 128})
     lengths = {} if cuda else {"prompt_mean": 40, "output_mean": 12}  # the CPU reference path is slow
     work = synthetic_workload(n_requests, 0, max_model_len, **lengths)
     warm_up(scenario, eng, work)  # kernel variants compiled before the fitted run, as validation replays them
+    rounds.append((_eager_floor(eng, decode=False), _eager_floor(eng, decode=True)))
     it = replay(scenario, eng, work).iterations
+    rounds.append((_eager_floor(eng, decode=False), _eager_floor(eng, decode=True)))
+    # the floors are host time (Python launching ~350 kernels) and drift within a run: the median of three rounds
+    # (built, warmed up, after the fitted run), each the median of ten steps
+    floor, floor_mixed = (float(statistics.median(r[i] for r in rounds)) for i in (0, 1))
     it = it.iloc[3:]  # the first iterations include allocator and cache warm-up
     placement = Placement(get_model(model), get_gpu(gpu_name) if gpu_name != "cpu" else get_gpu("H100-SXM"),
                           weight_format=fmt)
@@ -223,7 +228,9 @@ def fit_steps(model: str, fmt: str, partial: Profile, device: str, n_requests: i
     del eng
     if cuda:
         torch.cuda.empty_cache()
-    return fit, over, it.assign(format=fmt, predicted_s=pred, kernels_s=kernels)
+    it = it.assign(format=fmt, predicted_s=pred, kernels_s=kernels)
+    it.attrs["eager_floor_rounds_s"] = [list(r) for r in rounds]
+    return fit, over, it
 
 
 def _host_fit(seqs: np.ndarray, kv: np.ndarray, host: np.ndarray) -> tuple[float, float, float]:
@@ -364,6 +371,10 @@ def calibrate(models: list[str], formats: tuple[str, ...], kv_dtypes: tuple[str,
     notes.append("step terms fitted on an engine in " + ("a new process" if where == "fresh" else "this process"))
     for fmt in formats:
         steps[fmt], over, logs[fmt] = fit_steps_in(where, models[0], fmt, partial, device, step_requests)
+        rounds = logs[fmt].attrs.get("eager_floor_rounds_s")
+        if rounds:
+            notes.append(f"{fmt} eager floors (alone, beside a decode) built / warmed up / after the fit: "
+                         + " / ".join(f"{a * 1e3:.1f}, {b * 1e3:.1f} ms" for a, b in rounds))
         overheads += over
         tick()
     wall = time.perf_counter() - started
