@@ -44,6 +44,8 @@ def test_calibrate_writes_a_loadable_profile_with_fit_quality(setup):
     prof = load_profile(setup[3])
     assert prof.provenance.condition == "cpu-wall" and prof.fit.ops and "bf16" in prof.fit.steps
     assert prof.fit.method == "off-grid" and all(t.held_out_s for t in prof.tables if t.op == "gemm")
+    # the host's launch speed where the operators were timed and where each format's floors were
+    assert prof.provenance.host_launch_us > 0 and all(f.host_launch_us > 0 for f in prof.steps.values())
     # the whole-step errors reported are those of the profile as written (after the refit's terms)
     steps = pd.read_parquet(setup[3].with_suffix(".steps.parquet"))
     again = held_out_step_errors(prof, steps, setup[1])
@@ -106,6 +108,8 @@ def test_validate_on_the_cpu_engine_writes_a_complete_report(setup, tmp_path):
     assert {"mean_ttft_ms", "p99_tpot_ms", "median_e2el_ms", "output_throughput"} <= keys
     assert all(m["measured"] is not None for m in doc["metrics"] if m["metric"] != "itl")
     assert doc["iteration_bins"] and doc["summary"]["iterations"] > 0
+    probes = doc["case"]["host_launch_us"]  # the host's launch speed after the warm-up and after the run
+    assert len(probes) == 2 and all(0 < x < 10_000 for x in probes)
     md = (out / "report.md").read_text()
     assert "predicted vs measured" in md and "Iterations by batch composition" in md
     for side in ("predicted", "measured"):

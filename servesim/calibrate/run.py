@@ -182,6 +182,7 @@ def fit_steps(model: str, fmt: str, partial: Profile, device: str, n_requests: i
                                     max_num_batched_tokens=2048, max_num_seqs=128, device=device,
                                     capture_at_start=True))
     rounds = [(_eager_floor(eng, decode=False), _eager_floor(eng, decode=True))]
+    probes = [timing.host_launch_us(device)]
     gpu_name = partial.gpu
     scenario = make_scenario({"model": model, "gpu": gpu_name if gpu_name != "cpu" else "H100-SXM", "quant": fmt,
                               "max_model_len": max_model_len, "max_num_batched_tokens": 2048, "max_num_seqs": 128})
@@ -191,6 +192,7 @@ def fit_steps(model: str, fmt: str, partial: Profile, device: str, n_requests: i
     rounds.append((_eager_floor(eng, decode=False), _eager_floor(eng, decode=True)))
     it = replay(scenario, eng, work).iterations
     rounds.append((_eager_floor(eng, decode=False), _eager_floor(eng, decode=True)))
+    probes.append(timing.host_launch_us(device))
     # the floors are host time (Python launching ~350 kernels) and drift within a run: the median of three rounds
     # (built, warmed up, after the fitted run), each the median of ten steps
     floor, floor_mixed = (float(statistics.median(r[i] for r in rounds)) for i in (0, 1))
@@ -218,6 +220,7 @@ def fit_steps(model: str, fmt: str, partial: Profile, device: str, n_requests: i
     kv = (it.decode_ctx_tokens + it.prefill_ctx_tokens).to_numpy()
     host = step - gpu
     fit = StepFit(graph_gap_s=graph_gap, eager_gap_s=eager_gap, eager_floor_s=floor, eager_floor_mixed_s=floor_mixed,
+                  host_launch_us=float(statistics.median(probes)),
                   graph_host_s=_host_fit(seqs[g], kv[g], host[g]),
                   eager_host_s=_host_fit(seqs[~graph & train], kv[~graph & train], host[~graph & train]))
     over = [t for t in (_overhead_table(fmt, "graph", seqs[g], host[g]),
@@ -326,7 +329,8 @@ def provenance(command: str, wall_s: float, device: str) -> Provenance:
     return Provenance(gpu_name=name, memory_bytes=mem, driver=driver, cuda=str(torch.version.cuda),
                       torch=torch.__version__,
                       triton=triton.__version__, date=datetime.date.today().isoformat(), command=command,
-                      git_commit=commit, condition="in-step" if device == "cuda" else "cpu-wall", wall_s=wall_s)
+                      git_commit=commit, condition="in-step" if device == "cuda" else "cpu-wall", wall_s=wall_s,
+                      host_launch_us=timing.host_launch_us(device))
 
 
 def catalog_gpu(device_name: str) -> str:

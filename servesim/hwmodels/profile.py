@@ -113,6 +113,7 @@ class Provenance(_Strict):
     condition: str = "in-step"  # servesim.kernels.timing.stream_ms; reference: cold_ms
     wall_s: float = 0.0
     nccl: str = ""  # collectives: the NCCL version (gloo on a CPU)
+    host_launch_us: float | None = None  # servesim.kernels.timing.host_launch_us where the operators were timed
 
 
 class StepFit(_Strict):
@@ -129,6 +130,7 @@ class StepFit(_Strict):
     eager_floor_mixed_s: float = 0.0
     graph_host_s: tuple[float, float, float] = (0.0, 0.0, 0.0)
     eager_host_s: tuple[float, float, float] = (0.0, 0.0, 0.0)
+    host_launch_us: float | None = None  # servesim.kernels.timing.host_launch_us beside the floors (their process)
 
 
 class FitReport(_Strict):

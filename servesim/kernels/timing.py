@@ -136,6 +136,30 @@ def floor_us() -> dict[str, float]:
     return {"cold_us": cold_ms(lambda: one.add_(1.0)) * 1e3, "stream_us": stream_ms(lambda: one.add_(1.0)) * 1e3}
 
 
+def host_launch_us(device: str | torch.device = "cuda", n: int = 2000, rounds: int = 5) -> float:
+    """The host's speed at launching work: wall microseconds per eager launch of a one-element in-place add on
+    ``device`` (median of ``rounds`` rounds of ``n``, each ended by a synchronize).
+
+    An eager engine step is ~350 such launches from Python, and its floor is host time that drifts between runs
+    and machines (the H200's bf16 floor 17.6 ms in one calibration, 11.3 ms in the next); calibration and
+    validation record this probe beside what they measure so host-bound terms can be compared across runs."""
+    x = torch.zeros(1, device=device)
+    cuda = x.device.type == "cuda"
+    for _ in range(100):
+        x.add_(1.0)
+    if cuda:
+        torch.cuda.synchronize()
+    samples = []
+    for _ in range(rounds):
+        t0 = time.perf_counter()
+        for _ in range(n):
+            x.add_(1.0)
+        if cuda:
+            torch.cuda.synchronize()
+        samples.append((time.perf_counter() - t0) / n * 1e6)
+    return float(statistics.median(samples))
+
+
 def copy_bandwidth() -> float:
     """Device-to-device copy of 1 GiB launched eagerly: (bytes read + bytes written) / time, in bytes/s.
 

@@ -83,6 +83,7 @@ def validate_engine(s: Scenario, opts: EngineOptions, time_scale: float = 1.0, t
     for ``engine_config(s, opts)``) is reused when given: a replay leaves no state behind but stale KV contents."""
     from servesim.engine.engine import build_engine
     from servesim.engine.replay import replay, warm_up
+    from servesim.kernels.timing import host_launch_us
 
     started = time.perf_counter()
     own = engine is None
@@ -90,7 +91,9 @@ def validate_engine(s: Scenario, opts: EngineOptions, time_scale: float = 1.0, t
     w = scaled_workload(s, time_scale)
     try:
         warm_s = warm_up(s, engine, w)
+        probes = [host_launch_us(opts.device)]  # the host's launch speed beside the run (calibration records it too)
         measured = replay(s, engine, w, on_progress=on_progress)
+        probes.append(host_launch_us(opts.device))
     finally:
         if own:
             engine.close()
@@ -104,6 +107,7 @@ def validate_engine(s: Scenario, opts: EngineOptions, time_scale: float = 1.0, t
                       + f", {engine.num_blocks:,} KV blocks ({engine.memory.planned_by}), "
                         f"weights {opts.weights or 'random'}",
             "num_gpu_blocks": named["num_gpu_blocks"], "warm_up_s": round(warm_s, 1),
+            "host_launch_us": [round(x, 3) for x in probes],
             "wall_s": round(time.perf_counter() - started, 1)}
     report = Report(title=title or f"{s.model} {s.quant} on the engine vs servesim", case=case, metrics=rows,
                     requests=compare.per_request(predicted.requests, measured.result.requests), iterations=it,
