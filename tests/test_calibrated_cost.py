@@ -273,3 +273,19 @@ def test_held_out_error_is_zero_where_the_interpolation_is_exact_and_the_step_wh
     bare = linear.model_copy(update={"held_out_points": (), "held_out_s": ()})
     assert held_out_method([linear, bare]) == "off-grid" and held_out_method([bare]) == "leave-one-out"
     assert held_out_errors([bare])["rms_norm"]["points"] == 3  # interior points from their neighbours
+
+
+def test_quantized_gemm_tables_are_timed_at_the_first_m_of_each_launch_bucket():
+    """W8A16/W4A16 GEMMs change launch config at the quant kernel's M buckets; the grid times each bucket's first
+    M so interpolation never prices a bucket's rows at the previous one's tile (bf16 keeps the plain grid)."""
+    from servesim.calibrate.grid import GEMM_M, QUANT_BUCKET_EDGES, build_grid
+
+    pytest.importorskip("triton")
+    from servesim.kernels.quant.configs import bucket
+
+    assert all(bucket(m - 1) != bucket(m) for m in QUANT_BUCKET_EDGES)
+    assert {bucket(m) for m in range(2, 2000)} == {bucket(m) for m in (2, *QUANT_BUCKET_EDGES)}  # every edge named
+    tables = [t for t in build_grid(["Llama-3.1-8B"], tps=(1,)) if t.op == "gemm"]
+    for t in tables:
+        fmt = t.keyd["format"]
+        assert set(QUANT_BUCKET_EDGES) <= set(t.grid[0]) if fmt != "bf16" else t.grid[0] == GEMM_M

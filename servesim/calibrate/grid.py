@@ -15,6 +15,10 @@ from servesim.errors import ConfigError
 from servesim.hwmodels.models import ModelSpec, check_parallelism, get_model
 
 GEMM_M = (1, 2, 4, 8, 16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512, 768, 1024, 1536, 2048, 3072, 4096, 6144, 8192)
+# The first M of each of the quantized GEMM's launch-config buckets past M = 1 (servesim.kernels.quant.configs.bucket:
+# 2-16, 17-64, 65-256, larger): its time jumps there (another tile shape, another split), and linear interpolation
+# between 64 and 96 would price M = 65-95 below the larger tile they already pay for. Timed for W8A16/W4A16 only.
+QUANT_BUCKET_EDGES = (17, 65, 257)
 PREFILL_TOKENS = (16, 64, 128, 256, 512, 1024, 2048, 4096, 8192)
 PREFILL_CONTEXT = (0, 512, 2048, 8192, 32768)
 DECODE_BATCH = (1, 2, 4, 8, 16, 32, 64, 128, 256)
@@ -72,8 +76,9 @@ def model_tables(m: ModelSpec, formats, kv_dtypes, tps, cpu: bool = False) -> li
         q, kvh, hd = m.num_heads // tp, max(m.num_kv_heads // tp, 1), m.head_dim
         h, i, v = m.hidden_size, m.intermediate_size // tp, -(-m.vocab_size // tp)
         for fmt in formats:
+            fgrid = mgrid if cpu or fmt == "bf16" else tuple(sorted(set(mgrid) | set(QUANT_BUCKET_EDGES)))
             for n, k in (((q + 2 * kvh) * hd, h), (h, q * hd), (2 * i, h), (h, i)):
-                out.append(_t("gemm", ("m",), (mgrid,), tp, format=fmt, n=n, k=k))
+                out.append(_t("gemm", ("m",), (fgrid,), tp, format=fmt, n=n, k=k))
         out.append(_t("gemm", ("m",), (mgrid,), tp, format="bf16", n=v, k=h))  # LM head
         out.append(_t("rms_norm", ("tokens",), (mgrid,), tp, hidden=h))
         out.append(_t("rotary", ("tokens",), (mgrid,), tp, q_heads=q, kv_heads=kvh, head_dim=hd))
