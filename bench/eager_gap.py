@@ -3,10 +3,11 @@
     python3 bench/eager_gap.py --out bench/results [--requests 100] [--burn-s 60]
 
 Calibration fits the eager-step gap (device time over the operator sum) on an engine run that follows minutes of
-kernel timing in the same process; the validation suite replays on a GPU that has not just been loaded. In the
-shipped H200 profile the gap is 5.2 ms at every decode count, while suite replays of the same shapes show
+kernel timing in the same process; the validation suite replays on a GPU that has not just been loaded. In profile
+h200-2026-12-04-783b3a4 the gap is 5.2 ms at every decode count, while suite replays of the same shapes show
 0-3.5 ms, falling as the decode count grows. This script serves calibration's synthetic trace three times in one
-fresh process, pricing every step with the shipped profile's operator tables (the same sum ``fit_steps`` uses):
+fresh process, pricing every step with the shipped profile's operator tables (the same sum ``fit_steps`` uses).
+(Its H200 run, bench/results/eager_gap-h200-2026-12-04.md, ruled the GPU's state out: 3.23 / 3.36 / 3.25 ms.)
 
 * ``fresh``: right after the engine is built and warmed up;
 * ``after-burn``: after ``--burn-s`` seconds of back-to-back bf16 8192^3 matmuls (the load calibration's kernel
