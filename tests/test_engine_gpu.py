@@ -49,12 +49,12 @@ def small_model_path(tmp_path_factory):
     return write_config(tiny_config(**SHAPES["small"], max_position_embeddings=4096), tmp_path_factory.mktemp("m"))
 
 
-def _replay(path, graphs: bool, fmt="bf16", kv="bf16", blocks=None, spread_s=0.3, **sc):
+def _replay(path, graphs: bool, fmt="bf16", kv="bf16", blocks=None, spread_s=0.3, piecewise=False, **sc):
     s = make_scenario({"model": path, "max_model_len": 1024, "max_num_batched_tokens": 512, "max_num_seqs": 16,
                        "quant": fmt, "kv_dtype": kv, "num_gpu_blocks": blocks, **sc})
     eng = build_engine(EngineConfig(model=path, weight_format=fmt, kv_dtype=kv, max_model_len=1024,
                                     max_num_batched_tokens=512, max_num_seqs=16, cuda_graphs=graphs,
-                                    num_gpu_blocks=blocks or 400))
+                                    num_gpu_blocks=blocks or 400, piecewise_graphs=piecewise))
     rng = np.random.default_rng(0)
     import pandas as pd
 
@@ -65,7 +65,7 @@ def _replay(path, graphs: bool, fmt="bf16", kv="bf16", blocks=None, spread_s=0.3
     release = eng.runner.release
     eng.runner.release = lambda r: (kept.__setitem__(r.request_id, list(eng.runner.tokens[r.request_id])), release(r))
     res = replay(s, eng, Workload(name="t", requests=df, source="test"))
-    return res, kept
+    return (res, kept, eng) if piecewise else (res, kept)
 
 
 def test_graph_decode_step_matches_the_eager_step(small_model_path):
@@ -103,6 +103,40 @@ def test_graph_decode_step_matches_the_eager_step(small_model_path):
     chosen = logits.gather(1, got[:, None])[:, 0]
     assert ((best - chosen) <= 0.02 * best.abs().clamp_min(1.0)).all()
     assert (got == logits.argmax(dim=-1)).float().mean() >= 0.5
+
+
+def test_piecewise_step_matches_the_eager_step(small_model_path):
+    """A mixed step replayed as piecewise graphs (7 tokens padded to 16): the eager step's logits within bf16
+    rounding, the same argmax but at near-ties."""
+    from tests.test_engine_piecewise import mixed_batch, zero_cache
+
+    eng = build_engine(EngineConfig(model=small_model_path, max_model_len=1024, max_num_batched_tokens=512,
+                                    max_num_seqs=16, num_gpu_blocks=400, piecewise_graphs=True))
+    runner = eng.runner
+    zero_cache(eng)
+    assert set(runner.pieces.graphs) == set(runner.pieces.buckets)  # captured at start
+    assert eng.timings_s["graph_capture_s"] > 0 and eng.memory.graph_pool_bytes > 0
+    batch = mixed_batch()
+    eager = runner.logits(batch).float()
+    piece = runner.logits(batch, piecewise=True).float().clone()
+    err = ((piece - eager).norm(dim=-1) / eager.norm(dim=-1)).max().item()
+    assert err < 0.02, err
+    assert (piece.argmax(-1) == eager.argmax(-1)).float().mean() >= 2 / 3
+
+
+def test_piecewise_replay_emits_the_eager_tokens(small_model_path):
+    """A short replay with piecewise graphs: every step with a prefill chunk ran piecewise (the iteration log's
+    column), pure decodes as decode graphs; the first token of each request (a prefill step's) is the eager
+    replay's but at near-ties in bf16."""
+    pw, t_pw, _ = _replay(small_model_path, graphs=True, piecewise=True)
+    eager, t_eager = _replay(small_model_path, graphs=True)
+    assert pw.result.summary["completed"] == 24
+    it, pre = pw.iterations, pw.iterations.prefill_tokens > 0
+    assert it.piecewise[pre].all() and not it.piecewise[~pre].any() and it.graph[~pre].all()
+    assert not eager.iterations.piecewise.any()
+    req = pw.result.requests.set_index("request_id")
+    first = [t_pw[r][p] == t_eager[r][p] for r, p in req.input_tokens.items()]
+    assert np.mean(first) >= 0.9
 
 
 # Relative logit error against the bf16 model at the small shape: the CPU tests' bounds (tests/test_engine_quant.py)

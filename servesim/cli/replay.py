@@ -34,6 +34,9 @@ def replay_cmd(
                                      help="arrivals X times faster than the trace's", rich_help_panel=_ENGINE),
     cuda_graphs: bool = typer.Option(True, "--cuda-graphs/--no-cuda-graphs", help="CUDA graphs for decode steps",
                                      rich_help_panel=_ENGINE),
+    piecewise_graphs: bool = typer.Option(
+        False, "--piecewise-graphs", help="steps with prefill as piecewise CUDA graphs, attention eager (untested "
+        "on a GPU yet)", rich_help_panel=_ENGINE),
     draft_weights: Optional[str] = typer.Option(  # noqa: UP045
         None, "--draft-weights", metavar="DIR", help="the draft model's safetensors (default: random weights)",
         rich_help_panel=_ENGINE),
@@ -61,13 +64,14 @@ def replay_cmd(
     from servesim.validate.run import EngineOptions, spec_fields
 
     opts = EngineOptions(device=device, weights=weights, quantizer=quantizer, cuda_graphs=cuda_graphs,
-                         draft_weights=draft_weights, spec_mode=spec_mode)
+                         piecewise_graphs=piecewise_graphs, draft_weights=draft_weights, spec_mode=spec_mode)
     engine = build_engine(EngineConfig(
         model=base.model, weights=weights, weight_format=base.quant, quantizer=quantizer, kv_dtype=base.kv_dtype,
         block_size=base.block_size, gpu_memory_utilization=base.gpu_memory_utilization,
         max_model_len=plan.max_model_len, max_num_batched_tokens=plan.max_num_batched_tokens,
         max_num_seqs=base.max_num_seqs, num_gpu_blocks=base.num_gpu_blocks, device=device,
-        cuda_graphs=cuda_graphs, seed=base.seed, tp=base.tp, **spec_fields(base, opts)))
+        cuda_graphs=cuda_graphs, piecewise_graphs=piecewise_graphs, seed=base.seed, tp=base.tp,
+        **spec_fields(base, opts)))
     try:
         engine_deployment(base, engine)  # refuses what one engine cannot replay before the run
         warm_up(base, engine)  # compiles the kernel variants the trace meets before its clock starts

@@ -44,6 +44,9 @@ def validate_cmd(
                                rich_help_panel=_V),
     weights: Optional[str] = typer.Option(None, "--weights", metavar="DIR", rich_help_panel=_V,  # noqa: UP045
                                           help="local safetensors directory (default: random weights)"),
+    piecewise_graphs: bool = typer.Option(False, "--piecewise-graphs", rich_help_panel=_V,
+                                          help="engine steps with prefill as piecewise CUDA graphs (untested on a "
+                                               "GPU yet)"),
     rerender: bool = typer.Option(False, "--rerender", rich_help_panel=_V,
                                   help="redraw the pages of the reports under --out-dir from their data and exit"),
     reprice: Optional[Path] = _REPRICE,  # noqa: UP045
@@ -86,7 +89,7 @@ def validate_cmd(
             rows.append(suite_row(d.name, report.title.split(": ", 1)[-1], report.to_json()))
         typer.echo(write_suite_table(rows, reprice))
         return
-    opts = EngineOptions(device=device, weights=weights)
+    opts = EngineOptions(device=device, weights=weights, piecewise_graphs=piecewise_graphs)
     if suite is not None:
         rows = run_suite(suite, out_dir, opts, only=[c.strip() for c in cases.split(",")] if cases else None,
                          on_case=lambda name: console.print(f"case {name}", highlight=False),

@@ -58,6 +58,9 @@ class EngineConfig:
     num_gpu_blocks: int | None = None  # override the memory planner
     device: str = "cuda"
     cuda_graphs: bool = True
+    # steps with prefill as piecewise CUDA graphs, attention eager between them (engine/piecewise.py); off until a
+    # GPU run has checked it
+    piecewise_graphs: bool = False
     seed: int = 0
     temperature: float = 0.0
     num_layers: int | None = None  # truncate the model (tests and quick timing only)
@@ -191,7 +194,8 @@ def build_rank(cfg: EngineConfig, mc: EngineModelConfig, comm=None) -> Engine:
         _warmup(model, cache, cfg)
         timings["warmup_s"] = time.perf_counter() - t0
     runner = ModelRunner(model, cache, cfg.max_model_len, seed=cfg.seed, temperature=cfg.temperature,
-                         cuda_graphs=cfg.cuda_graphs and dev.type == "cuda", max_graph_batch=cfg.max_num_seqs)
+                         cuda_graphs=cfg.cuda_graphs and dev.type == "cuda", max_graph_batch=cfg.max_num_seqs,
+                         piecewise_tokens=cfg.max_num_batched_tokens + cfg.max_num_seqs if cfg.piecewise_graphs else 0)
     if draft is not None:
         from servesim.engine.spec import SpecDecoder
         from servesim.sim.spec import SpecConfig

@@ -158,41 +158,54 @@ class LlamaModel:
     def forward(self, input_ids: torch.Tensor, positions: torch.Tensor, slot_mapping: torch.Tensor,
                 meta: AttentionMeta, cache: KVCache, sample_idx: torch.Tensor) -> torch.Tensor:
         """Logits ``[len(sample_idx), vocab]`` (activation dtype) of the sampled rows of this iteration."""
-        cfg, be = self.cfg, self.backend
-        t = input_ids.shape[0]
         x = F.embedding(input_ids, self.w.embed)
-        residual = None
-        h = torch.empty_like(x)
-        for i, layer in enumerate(self.w.layers):
-            if residual is None:
-                residual = x  # the embedding output; later layers add into it in place
-                be.rms_norm(x, layer.input_norm, cfg.rms_norm_eps, out=h)
-            else:
-                be.rms_norm(x, layer.input_norm, cfg.rms_norm_eps, residual=residual, out=h)
-            qkv = layer.qkv(h)
-            q = qkv[:, : cfg.q_size].view(t, cfg.num_heads, cfg.head_dim)
-            k = qkv[:, cfg.q_size: cfg.q_size + cfg.kv_size].view(t, cfg.num_kv_heads, cfg.head_dim)
-            v = qkv[:, cfg.q_size + cfg.kv_size:].view(t, cfg.num_kv_heads, cfg.head_dim)
-            be.rotary(q, k, positions, self.cos, self.sin)
-            be.write_kv(k, v, cache.k[i], cache.v[i], slot_mapping, **cache.scales)
+        residual, h = x, torch.empty_like(x)  # the embedding output; later layers add into it in place
+        q = self.pre_attention(0, x, residual, h, positions, slot_mapping, cache)
+        for i in range(len(self.w.layers)):
             o = self._attention(q, cache.k[i], cache.v[i], meta, cache.scales)
-            x = layer.o(o.view(t, cfg.q_size))
-            if self.comm is not None:
-                self.comm.all_reduce(x)
-            be.rms_norm(x, layer.post_norm, cfg.rms_norm_eps, residual=residual, out=h)
-            x = layer.down(be.silu_mul(layer.gate_up(h)))
-            if self.comm is not None:
-                self.comm.all_reduce(x)
+            x = self.post_attention(i, o, residual, h)
+            if i + 1 < len(self.w.layers):
+                q = self.pre_attention(i + 1, x, residual, h, positions, slot_mapping, cache)
+        return self.head(x, residual, sample_idx)
+
+    # The parts of ``forward`` between attentions (``engine/piecewise.py`` captures each as a CUDA graph).
+    def pre_attention(self, i: int, x, residual, h, positions, slot_mapping, cache: KVCache) -> torch.Tensor:
+        """Layer ``i``'s input norm (adding ``x`` into ``residual`` past layer 0), QKV, rotary and KV write; q."""
+        cfg, be, layer = self.cfg, self.backend, self.w.layers[i]
+        t = x.shape[0]
+        be.rms_norm(x, layer.input_norm, cfg.rms_norm_eps, residual=residual if i else None, out=h)
+        qkv = layer.qkv(h)
+        q = qkv[:, : cfg.q_size].view(t, cfg.num_heads, cfg.head_dim)
+        k = qkv[:, cfg.q_size: cfg.q_size + cfg.kv_size].view(t, cfg.num_kv_heads, cfg.head_dim)
+        v = qkv[:, cfg.q_size + cfg.kv_size:].view(t, cfg.num_kv_heads, cfg.head_dim)
+        be.rotary(q, k, positions, self.cos, self.sin)
+        be.write_kv(k, v, cache.k[i], cache.v[i], slot_mapping, **cache.scales)
+        return q
+
+    def post_attention(self, i: int, o: torch.Tensor, residual, h) -> torch.Tensor:
+        """Layer ``i``'s O projection, post-attention add-norm and MLP; the layer's output (before its residual)."""
+        cfg, be, layer = self.cfg, self.backend, self.w.layers[i]
+        x = layer.o(o.reshape(o.shape[0], cfg.q_size))
+        if self.comm is not None:
+            self.comm.all_reduce(x)
+        be.rms_norm(x, layer.post_norm, cfg.rms_norm_eps, residual=residual, out=h)
+        x = layer.down(be.silu_mul(layer.gate_up(h)))
+        if self.comm is not None:
+            self.comm.all_reduce(x)
+        return x
+
+    def head(self, x: torch.Tensor, residual: torch.Tensor, sample_idx: torch.Tensor) -> torch.Tensor:
+        """The final add-norm and the LM head of the sampled rows."""
         xs, rs = x.index_select(0, sample_idx), residual.index_select(0, sample_idx)
-        hs = be.rms_norm(xs, self.w.norm, cfg.rms_norm_eps, residual=rs)
+        hs = self.backend.rms_norm(xs, self.w.norm, self.cfg.rms_norm_eps, residual=rs)
         logits = self.w.lm_head(hs)
         if self.comm is not None:  # vocabulary-parallel: every rank's rows, then the padding off
-            logits = self.comm.all_gather_cols(logits)[:, : cfg.vocab_size]
+            logits = self.comm.all_gather_cols(logits)[:, : self.cfg.vocab_size]
         return logits
 
-    def _attention(self, q, k_cache, v_cache, meta: AttentionMeta, scales: dict) -> torch.Tensor:
+    def _attention(self, q, k_cache, v_cache, meta: AttentionMeta, scales: dict, out=None) -> torch.Tensor:
         be, tp = self.backend, meta.num_prefill_tokens
-        o = torch.empty_like(q)
+        o = torch.empty_like(q) if out is None else out
         if tp:
             be.prefill_attention(q[:tp], k_cache, v_cache, meta.prefill_block_tables, meta.prefill_cu_seqlens,
                                  meta.prefill_kv_lens, max_q_len=meta.prefill_max_q_len, out=o[:tp], **scales)

@@ -33,7 +33,7 @@ from servesim.sim.scheduler import Scheduler
 from servesim.sim.workload import Workload
 
 ITERATION_COLUMNS = (
-    "iteration", "start_s", "end_s", "step_s", "gpu_s", "host_s", "schedule_s", "graph",
+    "iteration", "start_s", "end_s", "step_s", "gpu_s", "host_s", "schedule_s", "graph", "piecewise",
     "prefill_seqs", "prefill_tokens", "prefill_attn_pairs", "prefill_ctx_tokens",
     "decode_seqs", "decode_query_tokens", "decode_ctx_tokens", "decode_ctx_max", "sampled_tokens",
     "swap_in_blocks", "swap_out_blocks", "preempted", "num_running", "num_waiting", "kv_blocks_used",
@@ -174,7 +174,7 @@ def replay(scenario: Scenario, engine: Engine, workload: Workload | None = None,
         st, s = runner.stats, batch.shape
         timeline.add(0, now, end, 1, batch.size, s.prefill_tokens, s.decode_query_tokens, sched.num_running,
                      sched.num_waiting, kv.num_used, kv.num_blocks)
-        log.append((it, now, end, step, st.gpu_s, st.host_s, schedule_s, st.graph, s.prefill_seqs,
+        log.append((it, now, end, step, st.gpu_s, st.host_s, schedule_s, st.graph, st.piecewise, s.prefill_seqs,
                     s.prefill_tokens, s.prefill_attn_pairs, s.prefill_ctx_tokens, s.decode_seqs, s.decode_query_tokens,
                     s.decode_ctx_tokens, int(batch.decode_ctx.max()) if len(batch.decode) else 0, s.sampled_tokens,
                     st.swap_in_blocks, st.swap_out_blocks, len(batch.preempted), sched.num_running, sched.num_waiting,

@@ -22,6 +22,7 @@ import torch
 
 from servesim.engine import spec_graph
 from servesim.engine.model import AttentionMeta, KVCache, LlamaModel
+from servesim.engine.piecewise import PiecewiseGraphs, doubling
 from servesim.kernels.attention.decode import choose_num_splits
 from servesim.kernels.counters import SplitCounters, sm_count
 from servesim.sim.request import Batch, Request, State
@@ -31,11 +32,7 @@ GRAPH_BATCHES = (1, 2, 4, 8, 16, 24, 32, 48, 64, 96, 128, 160, 192, 224, 256)
 
 def graph_ctx_buckets(max_model_len: int) -> tuple[int, ...]:
     """Longest-context buckets of the decode graphs: powers of two from 512 up to ``max_model_len``."""
-    out, c = [], 512
-    while c < max_model_len:
-        out.append(c)
-        c *= 2
-    return (*out, max_model_len)
+    return doubling(512, max_model_len)
 
 
 @dataclass
@@ -45,6 +42,7 @@ class StepStats:
     gpu_s: float = 0.0  # forward + sampling on the device (CUDA events; wall time on a CPU)
     host_s: float = 0.0  # building inputs, swaps and launches before the device work
     graph: bool = False  # replayed a captured decode graph (plain or speculative)
+    piecewise: bool = False  # a step with prefill ran as piecewise graphs (or their pieces uncaptured, on a CPU)
     swap_in_blocks: int = 0
     swap_out_blocks: int = 0
 
@@ -80,13 +78,15 @@ class StepPlan:
     decode_table: np.ndarray  # int32 [D, max_blocks]
     decode_q: int
     graph: tuple[int, int, int] | None  # (batch, context bucket, query) of the decode graph, or eager
+    piecewise: int | None = None  # the padded token bucket of a piecewise step (engine/piecewise.py)
 
 
 class ModelRunner:
     """Runs batches of one replica on ``model``; ``run(batch)`` returns the tokens each decode emits."""
 
     def __init__(self, model: LlamaModel, cache: KVCache, max_model_len: int, *, seed: int = 0,
-                 temperature: float = 0.0, cuda_graphs: bool = True, max_graph_batch: int = 256) -> None:
+                 temperature: float = 0.0, cuda_graphs: bool = True, max_graph_batch: int = 256,
+                 piecewise_tokens: int = 0) -> None:
         self.model, self.cache, self.max_model_len = model, cache, max_model_len
         self.device = model.w.embed.device
         self.block_size = cache.block_size
@@ -114,6 +114,10 @@ class ModelRunner:
         self._counters = SplitCounters(self.device)  # decode attention's split-merge counters, this runner's
         if self.cuda and cuda_graphs:
             self._static = self._static_buffers(max(self._graph_batches))
+        # piecewise graphs of steps with prefill up to ``piecewise_tokens`` (0: off); uncaptured without CUDA
+        self.pieces = None
+        if piecewise_tokens and (cuda_graphs or not self.cuda) and model.comm is None:
+            self.pieces = PiecewiseGraphs(model, cache, piecewise_tokens, max_graph_batch)
         self.stats = StepStats()
 
     # -- prompts ----------------------------------------------------------------------------
@@ -267,7 +271,14 @@ class ModelRunner:
         graph = self._graph_key(batch, dctx) if self.cuda and hasattr(self, "_static") else None
         return StepPlan(swaps, ids, pos, slots, sample, n_pre, cu, kvl, self._table(pre, len(pre)),
                         max((ch.tokens for ch in batch.prefill), default=0), dctx, self._table(batch.decode, nd),
-                        batch.decode_query, graph)
+                        batch.decode_query, graph, self._piece_key(batch))
+
+    def _piece_key(self, batch: Batch) -> int | None:
+        """The token bucket of a piecewise step, or None (eager): steps with a prefill chunk, not speculative,
+        whose tokens fit the largest bucket, on a runner built with them (at TP 1)."""
+        if self.pieces is None or not batch.prefill or self.spec is not None or batch.decode_query != 1:
+            return None
+        return self.pieces.bucket(batch.num_tokens)
 
     # -- run --------------------------------------------------------------------------------
     def run(self, batch: Batch) -> np.ndarray:
@@ -293,7 +304,8 @@ class ModelRunner:
         if self.cuda:
             end.record()
         tokens = sampled.tolist()  # synchronises (unless nothing was sampled: a chunk that completes no prompt)
-        self._finish_stats(t0, host, start if self.cuda else None, end if self.cuda else None, graph)
+        self._finish_stats(t0, host, start if self.cuda else None, end if self.cuda else None, graph,
+                           plan.piecewise is not None)
         self._emit(batch, tokens)
         return np.ones(nd, np.int64)
 
@@ -303,11 +315,14 @@ class ModelRunner:
         self._apply_swaps(plan.swaps)
         return self._launch(plan, self._stage(plan))[0]
 
-    def logits(self, batch: Batch) -> torch.Tensor:
+    def logits(self, batch: Batch, piecewise: bool = False) -> torch.Tensor:
         """The logits of ``batch``'s sampled rows, as an eager step computes them (its swaps included), without
-        sampling or advancing any request (tests compare models with it)."""
+        sampling or advancing any request (tests compare models with it); ``piecewise``: as the piecewise step
+        does, where one runs it."""
         plan = self._plan(batch, self._swap_plan(batch))
         plan.graph = None
+        if not piecewise:
+            plan.piecewise = None
         if self.publish is not None:
             self.publish(plan)
         self._apply_swaps(plan.swaps)
@@ -318,6 +333,9 @@ class ModelRunner:
         if plan.graph is not None:
             self._load_static(plan)
             return None
+        if plan.piecewise is not None:
+            self.pieces.load(plan.ids, plan.pos, plan.slots, plan.sample, plan.piecewise)
+            return self._meta(plan)
         return self._eager_tensors(plan)
 
     def _launch(self, plan: StepPlan, staged) -> tuple[torch.Tensor, bool]:
@@ -326,6 +344,10 @@ class ModelRunner:
             graph, out = self.graphs[plan.graph] if plan.graph in self.graphs else self._capture(*plan.graph)
             graph.replay()
             return out, True
+        if plan.piecewise is not None:
+            if self.cuda and plan.piecewise not in self.pieces.graphs:
+                self._pool = self.pieces.capture(plan.piecewise, getattr(self, "_pool", None))
+            return self.pieces.run(plan.piecewise, len(plan.ids), len(plan.sample), staged), False
         meta, tensors = staged
         return self.model.forward(*tensors[:3], meta, self.cache, tensors[3]), False
 
@@ -335,6 +357,10 @@ class ModelRunner:
                                "are out of step with its progress")
 
     def _eager_tensors(self, plan: StepPlan):
+        return self._meta(plan), [torch.from_numpy(a).to(self.device) for a in (plan.ids, plan.pos, plan.slots,
+                                                                                 plan.sample)]
+
+    def _meta(self, plan: StepPlan) -> AttentionMeta:
         dev = self.device
         meta = AttentionMeta(num_prefill_tokens=plan.n_pre, decode_counters=self._counters)
         if len(plan.prefill_kvl):
@@ -346,13 +372,13 @@ class ModelRunner:
             meta.decode_kv_lens = torch.from_numpy(plan.decode_ctx).to(dev)
             meta.decode_block_tables = torch.from_numpy(plan.decode_table).to(dev)
             meta.decode_num_q, meta.decode_max_kv_len = plan.decode_q, int(plan.decode_ctx.max())
-        return meta, [torch.from_numpy(a).to(dev) for a in (plan.ids, plan.pos, plan.slots, plan.sample)]
+        return meta
 
-    def _finish_stats(self, t0: float, host: float, start, end, graph: bool) -> None:
+    def _finish_stats(self, t0: float, host: float, start, end, graph: bool, piecewise: bool = False) -> None:
         if self.cuda:
             end.synchronize()
         gpu = start.elapsed_time(end) * 1e-3 if self.cuda else time.perf_counter() - t0 - host
-        self.stats = StepStats(gpu_s=gpu, host_s=host, graph=graph,
+        self.stats = StepStats(gpu_s=gpu, host_s=host, graph=graph, piecewise=piecewise,
                                swap_in_blocks=self.stats.swap_in_blocks, swap_out_blocks=self.stats.swap_out_blocks)
 
     def _run_spec(self, batch: Batch, t0: float) -> np.ndarray:
@@ -563,8 +589,18 @@ class ModelRunner:
                     self._capture(b, c, 1)
                 elif self.static_spec:
                     self._capture_spec(b, c)
+        self.capture_pieces()
         torch.cuda.synchronize()
         return time.perf_counter() - t0
+
+
+    def capture_pieces(self) -> None:
+        """Capture the piecewise graphs of every token bucket (largest first) into the decode graphs' pool."""
+        if self.pieces is None or not self.cuda:
+            return
+        for t in reversed(self.pieces.buckets):
+            if t not in self.pieces.graphs:
+                self._pool = self.pieces.capture(t, getattr(self, "_pool", None))
 
 
 def kv_block_bytes(num_layers: int, block_size: int, num_kv_heads: int, head_dim: int, elem_bytes: int) -> int:

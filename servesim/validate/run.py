@@ -24,6 +24,7 @@ class EngineOptions:
     weights: str | None = None
     quantizer: str = "rtn"
     cuda_graphs: bool = True
+    piecewise_graphs: bool = False  # steps with prefill as piecewise CUDA graphs (off until checked on a GPU)
     draft_weights: str | None = None
     spec_mode: str | None = None  # default: greedy with real weights, controlled with random ones
 
@@ -58,7 +59,8 @@ def engine_config(s: Scenario, opts: EngineOptions):
         # planned from memory: a case asking for fewer blocks uses part of the cache (engine_deployment), so cases
         # that differ only in their pool share one engine
         num_gpu_blocks=None if opts.device == "cuda" else s.num_gpu_blocks, device=opts.device,
-        cuda_graphs=opts.cuda_graphs, seed=s.seed, tp=s.tp, **spec_fields(s, opts))
+        cuda_graphs=opts.cuda_graphs, piecewise_graphs=opts.piecewise_graphs, seed=s.seed, tp=s.tp,
+        **spec_fields(s, opts))
 
 
 def predict(s: Scenario, w: Workload, num_gpu_blocks: int, iterations):
