@@ -311,6 +311,7 @@ def main() -> None:
     ap.add_argument("--workers", type=int, default=12, help="processes compiling candidates in parallel")
     ap.add_argument("--quick", action="store_true", help="one shape (28672x8192), M in 1, 16, 256: a smoke run")
     ap.add_argument("--buckets", default=",".join(TUNE_MS), help="M buckets --tune sweeps (comma-separated)")
+    ap.add_argument("--ms", default=None, help="M values of the timed rows (comma-separated; default: all)")
     ap.add_argument("--w8a8", action="store_true", help="benchmark W8A8 against torch._int_mm, cuBLAS bf16 and FP8 "
                     "torch._scaled_mm instead (bench/quant_gemm_w8a8.py)")
     ap.add_argument("--smoke", action="store_true", help="with --w8a8: tiny shapes on the CPU interpreter, no files")
@@ -325,6 +326,8 @@ def main() -> None:
         main_w8a8(args, [(28672, 8192)] if quick else SHAPES, [1, 16, 256] if quick else MS, TUNE_SHAPES)
         return
     shapes = bench_shapes(args.shapes)
+    if args.ms:
+        MS = [int(m) for m in args.ms.split(",")]
     if args.quick:
         shapes, MS = {LARGE_SHAPE: shapes.get(LARGE_SHAPE, ["classic"])}, [1, 16, 256]
     torch.manual_seed(0)

@@ -1,14 +1,17 @@
-"""Where an eager mixed step's time goes, by the prefill chunk's context (issues 13 and 16).
+"""Where a mixed step's time goes, eager and as piecewise CUDA graphs, by chunk and context (issues 13, 14, 16).
 
-    python3 bench/step_breakdown.py --out bench/results [--contexts 0,2048,4096,8192,16384] [--chunk 2048]
+    python3 bench/step_breakdown.py --out bench/results [--contexts 0,2048,4096,8192,16384] [--chunks 16,256,2048]
     python3 bench/step_breakdown.py --smoke      # tiny model on the CPU: the script runs, no files
 
 The H200 validation replays' eager mixed steps measure over their priced operator sum by a gap that grows with the
 chunk's context (median -0.1 / +3.3 / +5.1 ms at 1-3k / 3-6k / 6-20k tokens before the chunk), while calibration's
-synthetic trace never puts a chunk past 2k of context. For one chunk of ``--chunk`` tokens at each context beside
+synthetic trace never puts a chunk past 2k of context. For one chunk of each ``--chunks`` size at each context beside
 ``--decodes`` decoding sequences this times, on one engine in one process:
 
 * ``eager``: the step as the engine runs it (``runner.run``: Python launches, device span by CUDA events);
+* ``piecewise``: the same step as piecewise CUDA graphs (``EngineConfig.piecewise_graphs``: the token rows padded
+  to their bucket, L + 1 graphs, attention eager between them), device span and wall time, and how long the first
+  step of its bucket took (the capture);
 * ``graph``: the same forward pass captured in a CUDA graph and replayed (the device time of exactly those kernels,
   without the host's launches);
 * ``attn``: the chunk's paged prefill attention alone at its exact (tokens, context), in-step
@@ -27,6 +30,7 @@ import json
 import os
 import statistics
 import sys
+import time
 
 import numpy as np
 import torch
@@ -58,14 +62,25 @@ def build_batch(chunk: int, context: int, decodes: int, decode_ctx: int, block: 
     return Batch([PrefillChunk(r, chunk, context)], reqs, np.full(decodes, decode_ctx, np.int64), 1, shape), [r, *reqs]
 
 
-def eager_s(eng, batch, reqs, reps: int) -> float:
-    samples = []
-    for _ in range(reps):
-        eng.runner.run(batch)
-        for x in reqs:
-            eng.runner.release(x)
-        samples.append(eng.runner.stats.gpu_s)
-    return float(statistics.median(samples[2:]))
+def step_s(eng, batch, reqs, reps: int, piecewise: bool = False) -> tuple[float, float]:
+    """(device span, wall time) of the step as ``runner.run`` takes it, medians past two warm-up steps: eager, or
+    as piecewise CUDA graphs (the engine built with them; its pieces set aside for the eager timing)."""
+    runner = eng.runner
+    pieces, runner.pieces = runner.pieces, (runner.pieces if piecewise else None)
+    try:
+        gpu, wall = [], []
+        for _ in range(reps):
+            t0 = time.perf_counter()
+            runner.run(batch)
+            wall.append(time.perf_counter() - t0)
+            if piecewise and not runner.stats.piecewise:
+                raise RuntimeError(f"a {batch.num_tokens}-token step did not run as piecewise graphs")
+            for x in reqs:
+                runner.release(x)
+            gpu.append(runner.stats.gpu_s)
+    finally:
+        runner.pieces = pieces
+    return float(statistics.median(gpu[2:])), float(statistics.median(wall[2:]))
 
 
 def graph_s(eng, batch, reps: int) -> float | None:
@@ -74,7 +89,7 @@ def graph_s(eng, batch, reps: int) -> float | None:
     if not runner.cuda:
         return None
     plan = runner._plan(batch, runner._swap_plan(batch))
-    plan.graph = None
+    plan.graph = plan.piecewise = None
     staged = runner._stage(plan)
     side = torch.cuda.Stream()
     side.wait_stream(torch.cuda.current_stream())
@@ -107,7 +122,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", default="bench/results")
     ap.add_argument("--contexts", default="0,2048,4096,8192,16384")
-    ap.add_argument("--chunk", type=int, default=2048)
+    ap.add_argument("--chunks", default="2048", help="prefill chunk sizes (comma-separated)")
     ap.add_argument("--decodes", type=int, default=6)
     ap.add_argument("--decode-ctx", type=int, default=1024, help="context of each decoding sequence")
     ap.add_argument("--reps", type=int, default=8)
@@ -130,7 +145,8 @@ def run(args) -> tuple[list[dict], dict]:
     from servesim.engine.engine import EngineConfig, build_engine
 
     contexts = [int(c) for c in args.contexts.split(",")]
-    chunk, decodes, decode_ctx = args.chunk, args.decodes, args.decode_ctx
+    chunks = [int(c) for c in args.chunks.split(",")]
+    decodes, decode_ctx = args.decodes, args.decode_ctx
     if args.smoke:
         import tempfile
         from pathlib import Path
@@ -139,13 +155,15 @@ def run(args) -> tuple[list[dict], dict]:
 
         model = write_config(tiny_config(hidden_size=128, intermediate_size=256, head_dim=32,
                                          max_position_embeddings=4096), Path(tempfile.mkdtemp()) / "m")
-        contexts, chunk, decodes, decode_ctx = [0, 64], 32, 2, 32
+        contexts, chunks, decodes, decode_ctx = [0, 64], [5, 32], 2, 32
         cfg = EngineConfig(model=model, device="cpu", max_model_len=256, max_num_batched_tokens=64, max_num_seqs=4,
-                           cuda_graphs=False, capture_at_start=False, num_gpu_blocks=64)
+                           cuda_graphs=False, capture_at_start=False, num_gpu_blocks=64, piecewise_graphs=True)
     else:
+        chunk = max(chunks)
         need = -(-(max(contexts) + chunk) // 16) + decodes * -(-decode_ctx // 16) + 16
         cfg = EngineConfig(max_model_len=max(contexts) + chunk + 16, max_num_batched_tokens=chunk + decodes,
-                           max_num_seqs=max(decodes, 1), capture_at_start=False, num_gpu_blocks=need)
+                           max_num_seqs=max(decodes, 1), capture_at_start=False, num_gpu_blocks=need,
+                           piecewise_graphs=True)
     eng = build_engine(cfg)
     mc = eng.model.cfg
     cuda = eng.runner.cuda
@@ -163,10 +181,16 @@ def run(args) -> tuple[list[dict], dict]:
         profile = load_profile(shipped_profiles()["H200"])
         cost = CalibratedCostModel(Placement(get_model(cfg.model), get_gpu("H200"), weight_format="bf16"), profile)
     rows = []
-    for c in contexts:
+    for chunk, c in ((ch, c) for ch in chunks for c in contexts):
         batch, reqs = build_batch(chunk, c, decodes, decode_ctx, cfg.block_size)
-        eager_s(eng, batch, reqs, 3)  # compiles this shape's kernel variants
-        row = {"context": c, "chunk": chunk, "decodes": decodes, "eager_s": eager_s(eng, batch, reqs, args.reps),
+        step_s(eng, batch, reqs, 3)  # compiles this shape's kernel variants
+        t0 = time.perf_counter()
+        step_s(eng, batch, reqs, 3, piecewise=True)  # captures this bucket's pieces (CUDA) the first time
+        warm_pw = time.perf_counter() - t0
+        (e_gpu, e_wall), (p_gpu, p_wall) = (step_s(eng, batch, reqs, args.reps, pw) for pw in (False, True))
+        row = {"context": c, "chunk": chunk, "decodes": decodes, "eager_s": e_gpu, "eager_wall_s": e_wall,
+               "piecewise_s": p_gpu, "piecewise_wall_s": p_wall, "piecewise_bucket": eng.runner.pieces.bucket(
+                   batch.num_tokens), "piecewise_warm_s": warm_pw,
                "graph_s": graph_s(eng, batch, args.reps),
                "attn_s": attention_s(builder, key, chunk, c, mc.num_layers, cuda)}
         if cost is not None:
@@ -177,6 +201,7 @@ def run(args) -> tuple[list[dict], dict]:
         rows.append(row)
         print(json.dumps(row), flush=True)
     meta = {"card": timing.card() if cuda else "cpu", "date": datetime.date.today().isoformat(),
+            "piecewise_buckets": list(eng.runner.pieces.buckets), "piecewise_graphs": len(eng.runner.pieces.graphs),
             "torch": torch.__version__, "command": "python3 bench/step_breakdown.py " + " ".join(sys.argv[1:]),
             "profile": None if cost is None else cost.profile_id,
             "decode_ctx": decode_ctx}
@@ -185,15 +210,19 @@ def run(args) -> tuple[list[dict], dict]:
 
 def report(meta: dict, rows: list[dict]) -> str:
     ms = lambda v: "" if v is None else f"{v * 1e3:.2f}"  # noqa: E731
-    out = [f"# Eager mixed step by chunk context on {meta['card']} ({meta['date']})", "",
+    out = [f"# Mixed steps by chunk and context on {meta['card']} ({meta['date']})", "",
            f"Command: `{meta['command']}`; torch {meta['torch']}; one prefill chunk beside decodes at context "
-           f"{meta['decode_ctx']}; times in ms (device spans).", "",
-           "| context | chunk | decodes | eager | graph of the same pass | eager - graph | priced operator sum | "
+           f"{meta['decode_ctx']}; times in ms (device spans; wall: `runner.run` end to end). Piecewise buckets "
+           f"{meta['piecewise_buckets']}.", "",
+           "| context | chunk | decodes | eager | eager wall | piecewise (bucket) | piecewise wall | "
+           "graph of the same pass | eager - graph | priced operator sum | "
            "graph - priced | attention alone x layers | priced attention |",
-           "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+           "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
         g, p = r["graph_s"], r.get("priced_ops_s")
-        out.append(f"| {r['context']} | {r['chunk']} | {r['decodes']} | {ms(r['eager_s'])} | {ms(g)} | "
+        out.append(f"| {r['context']} | {r['chunk']} | {r['decodes']} | {ms(r['eager_s'])} | "
+                   f"{ms(r['eager_wall_s'])} | {ms(r['piecewise_s'])} ({r['piecewise_bucket']}) | "
+                   f"{ms(r['piecewise_wall_s'])} | {ms(g)} | "
                    f"{ms(None if g is None else r['eager_s'] - g)} | {ms(p)} | "
                    f"{ms(None if g is None or p is None else g - p)} | {ms(r['attn_s'])} | "
                    f"{ms(r.get('priced_attn_s'))} |")

@@ -1,6 +1,6 @@
 """bench/step_breakdown.py on the CPU (tiny model, torch reference path): the chunk's batch is what its shape
-says, the eager step and the attention alone are timed per context, and the report renders (the GPU run, with
-the graph replay and the profile's prices, is the lead's)."""
+says, the eager step, the piecewise step (pieces uncaptured) and the attention alone are timed per chunk and
+context, and the report renders (the GPU run, with the graph replay and the profile's prices, is the lead's)."""
 
 from __future__ import annotations
 
@@ -31,9 +31,12 @@ def test_the_batch_holds_one_chunk_at_its_context_and_the_decodes(bench):
 
 
 def test_smoke_run_times_every_context_and_renders(bench):
-    args = argparse.Namespace(contexts="0", chunk=0, decodes=0, decode_ctx=0, reps=4, smoke=True, out="")
+    args = argparse.Namespace(contexts="0", chunks="0", decodes=0, decode_ctx=0, reps=4, smoke=True, out="")
     rows, meta = bench.run(args)
-    assert [r["context"] for r in rows] == [0, 64]
+    assert [(r["chunk"], r["context"]) for r in rows] == [(5, 0), (5, 64), (32, 0), (32, 64)]
     assert all(r["eager_s"] > 0 and r["attn_s"] > 0 and r["graph_s"] is None for r in rows)
+    assert all(r["piecewise_s"] > 0 and r["piecewise_wall_s"] >= r["piecewise_s"] for r in rows)
+    # 5 prefill + 2 decode tokens pad to the 16-row bucket, 34 to 64 (buckets 16, 32, 64, then 64 + 4)
+    assert [r["piecewise_bucket"] for r in rows] == [16, 16, 64, 64] and meta["piecewise_buckets"][-1] == 68
     text = bench.report(meta, rows)
-    assert text.count("\n| ") == 1 + len(rows) and "| 64 | 32 | 2 |" in text
+    assert text.count("\n| ") == 1 + len(rows) and "| 64 | 32 | 2 |" in text and "(64) |" in text
