@@ -193,6 +193,8 @@ def run(args) -> tuple[list[dict], dict]:
                    batch.num_tokens), "piecewise_warm_s": warm_pw,
                "graph_s": graph_s(eng, batch, args.reps),
                "attn_s": attention_s(builder, key, chunk, c, mc.num_layers, cuda)}
+        for x in reqs:  # the captured pass staged their token ids: the next row's requests start afresh
+            eng.runner.release(x)
         if cost is not None:
             st = cost.step_time(batch.shape)
             row["priced_ops_s"] = float(sum(v for k, v in st.op_s.items() if k not in ("step_gap", "eager_floor")))
