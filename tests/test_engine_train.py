@@ -66,6 +66,15 @@ def test_schedule_warms_up_then_decays_to_a_tenth():
     assert T.lr_at(1.0, 900, cfg) == pytest.approx(1e-4)
 
 
+def test_window_starts_come_in_chunks_as_if_drawn_step_by_step():
+    import numpy as np
+
+    it = T._batch_starts(np.random.default_rng(4), 1000, 3, torch.device("cpu"), chunk=5)
+    got = [next(it).tolist() for _ in range(12)]  # across chunk boundaries
+    ref = np.random.default_rng(4)
+    assert got == [ref.integers(0, 1000, 3).tolist() for _ in range(12)]
+
+
 def test_the_time_budget_ends_the_run_and_restores_the_thread_count(source, tmp_path):
     threads = torch.get_num_threads()
     meta = T.train(T.TrainConfig(out=str(tmp_path / "m"), source=str(source), size="draft", seq_len=16,
@@ -105,6 +114,66 @@ def test_engine_forward_gives_the_trainers_logits(trained):
 
     got = prefill_logits(model, ids, 16, torch.arange(40))
     assert (got - ref).abs().max() / ref.abs().max() < 1e-5
+
+
+@pytest.mark.parametrize("size", list(T.SIZES))
+def test_every_size_saves_a_checkpoint_the_engine_runs_with_the_trainers_logits(size, tmp_path):
+    """The GPU sizes too (untrained, on the CPU): the same state dict, config and forward as the trained draft."""
+    from servesim.engine.calibration_inputs import prefill_logits
+    from servesim.engine.weights import save_state_dict
+
+    tm = T.TrainModel(T.model_config(size, 256), seed=3)
+    save_state_dict(tm.hf_state_dict(), tm.mc, tmp_path)
+    mc = EngineModelConfig.resolve(str(tmp_path))
+    assert mc.hidden_size == T.SIZES[size]["hidden_size"] and mc.num_kv_heads == T.SIZES[size]["num_kv_heads"]
+    ids = torch.randint(0, 256, (24,), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        ref = tm(ids[None])[0]
+    model = LlamaModel(mc, build_weights(mc, dict(load_state_dict(tmp_path, mc, torch.float32))), BACKENDS["torch"],
+                       256)
+    got = prefill_logits(model, ids, 16, torch.arange(24))
+    assert (got - ref).abs().max() / ref.abs().max() < 1e-5
+
+
+def test_the_default_source_is_the_standard_library_this_python_imports():
+    import os
+
+    src = T.default_source()
+    assert src == os.path.dirname(os.__file__) and (T.Path(src) / "os.py").is_file()
+
+
+def test_spec_acceptance_bench_runs_end_to_end(source, trained, tmp_path):
+    """bench/spec_acceptance.py on the CPU: two prompts, two concurrencies; every field written, the speculative
+    tokens are plain greedy decoding's, and the counts hold together."""
+    from tests.bench_helpers import load_bench
+
+    draft = tmp_path / "draft"
+    T.train(T.TrainConfig(out=str(draft), source=str(source), size="draft", seq_len=32, batch_size=4, steps=30,
+                          lr=1e-2, seed=5))
+    out = tmp_path / "results"
+    doc = load_bench("spec_acceptance").main(
+        ["--target", str(trained), "--draft", str(draft), "--k", "3", "--prompts", "2", "--prompt-len", "16",
+         "--output-len", "12", "--concurrency", "1,2", "--out", str(out)])
+    files = sorted(p.name for p in out.iterdir())
+    assert len(files) == 2 and files[0].startswith("spec_acceptance-cpu-") and files[0].endswith(".json")
+    saved = json.loads((out / files[0]).read_text())
+    assert saved == json.loads(json.dumps(doc))
+    assert {"card", "date", "command", "commit", "target", "draft", "k"} <= saved["meta"].keys()
+    assert saved["meta"]["card"] == "cpu" and "--concurrency 1,2" in saved["meta"]["command"]
+    text = (out / files[1]).read_text()
+    assert [r["concurrency"] for r in saved["rows"]] == [1, 2]
+    for r in saved["rows"]:
+        assert r["identical_requests"] == r["requests"] == 2  # fp32 on the CPU: greedy speculation is exact
+        assert r["decode_tokens"] == 2 * 11 and r["last_steps"] == 2 and r["positions"] == 2 * 11
+        assert 1 <= r["tokens_per_step"] <= 4 and 1 <= r["tokens_per_step_not_last"] <= 4
+        assert r["tokens_per_step"] <= r["tokens_per_step_last_uncut"] <= 4
+        assert r["decode_seq_steps"] * r["tokens_per_step"] == pytest.approx(r["decode_tokens"])
+        assert 0 <= r["alpha"] <= 1 and r["predicted"] == pytest.approx((1 - r["alpha"] ** 4) / (1 - r["alpha"]))
+        assert r["ratio"] == pytest.approx(r["tokens_per_step"] / r["predicted"])
+        assert math.isfinite(r["speedup"]) and r["speedup"] > 0
+        assert r["speedup"] == pytest.approx(r["s_per_token_plain"] / r["s_per_token_spec"])
+        assert r["steps_spec"] < r["steps_plain"]
+        assert f"| {r['concurrency']} | {r['alpha']:.3f} | {r['tokens_per_step']:.3f} |" in text
 
 
 def test_quality_scores_the_heldout_windows_by_cross_entropy(trained):

@@ -21,7 +21,7 @@ _SOURCE = typer.Option(None, "--source", metavar="DIR",
 def train_cmd(
     out: Path = _OUT,
     source: Optional[Path] = _SOURCE,  # noqa: UP045
-    size: str = typer.Option("target", "--size", help="target | draft"),
+    size: str = typer.Option("target", "--size", help="target | draft (CPU scale) | target-gpu | draft-gpu"),
     time_budget_s: float = typer.Option(480.0, "--time-budget-s", help="wall-clock budget; the schedule ends with it"),
     steps: int = typer.Option(4000, "--steps", help="at most this many steps"),
     batch_size: int = typer.Option(16, "--batch-size", help="sequences per step"),

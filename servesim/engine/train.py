@@ -37,9 +37,21 @@ SEPARATOR = 0  # the byte between two files
 EXCLUDED_DIRS = {"site-packages", "test", "tests", "idle_test", "__pycache__"}
 
 # Model shapes by role: the target whose quantized formats are measured, and a smaller draft for speculation.
+# "target"/"draft" train in minutes on one CPU thread. The "-gpu" pair is sized for 90 s each on one H200 (bf16
+# autocast): the target's 25.2M weights cost ~6 x 25.2M + attention 12 x 8 layers x 512 x 512 = ~180 MFLOP per
+# byte at seq 512, so at an eager model's ~100-200 TFLOP/s (well under the ~700 peak: small GEMMs, elementwise
+# kernels between them) 90 s sees 50-100M bytes, 4-8 passes over the ~12M training bytes of the standard library:
+# enough to fit it without a long tail of overfitting. The draft has 1/8 of the target's weights (3.2M) and
+# only 2 layers, because a decode step of such small models is bound by its kernel launches, not its FLOPs: a
+# draft token should cost the engine about 2/8 of a target step, and 3 of them (k = 3) less than one. (Estimates;
+# the run's train_meta.json records the steps and bytes it reached.)
 SIZES = {
     "target": dict(hidden_size=128, num_layers=4, num_heads=4, num_kv_heads=2, head_dim=32, intermediate_size=384),
     "draft": dict(hidden_size=64, num_layers=2, num_heads=2, num_kv_heads=1, head_dim=32, intermediate_size=128),
+    "target-gpu": dict(hidden_size=512, num_layers=8, num_heads=8, num_kv_heads=4, head_dim=64,
+                       intermediate_size=1536),
+    "draft-gpu": dict(hidden_size=384, num_layers=2, num_heads=6, num_kv_heads=3, head_dim=64,
+                      intermediate_size=1024),
 }
 
 
@@ -84,9 +96,18 @@ def model_config(size: str = "target", max_position_embeddings: int = 2048) -> E
 
 # ------------------------------------------------------------------------------------------------- data
 def default_source() -> str:
+    """The running Python's standard library: where ``os`` was loaded from (in a virtual environment that is the
+    base installation's, ``sys.base_prefix``), else sysconfig's ``stdlib`` path."""
+    import os
+    import sys
     import sysconfig
 
-    return sysconfig.get_paths()["stdlib"]
+    version = f"python{sys.version_info.major}.{sys.version_info.minor}"
+    for cand in (os.path.dirname(os.__file__), sysconfig.get_paths()["stdlib"],
+                 os.path.join(sys.base_prefix, "lib", version)):
+        if os.path.isfile(os.path.join(cand, "os.py")):
+            return cand
+    raise InputError("cannot find the standard library's sources: pass --source DIR", file=os.__file__)
 
 
 def source_files(root: str | Path) -> list[Path]:
@@ -233,6 +254,16 @@ def lr_at(progress: float, step: int, cfg: TrainConfig) -> float:
     return cfg.lr * warm * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0))))
 
 
+def _batch_starts(rng: np.random.Generator, high: int, batch_size: int, dev: torch.device, chunk: int = 256):
+    """Each step's window starts (``batch_size`` uniform in ``[0, high)``), drawn ``chunk`` steps at a time and
+    moved to ``dev`` in one copy: a host-to-GPU copy from pageable memory waits for the GPU, and one per step
+    would stop the host from queueing the next step while the GPU runs this one. The stream of draws is one
+    ``rng.integers`` call per step, as drawn one by one."""
+    while True:
+        block = torch.from_numpy(np.stack([rng.integers(0, high, batch_size) for _ in range(chunk)])).to(dev)
+        yield from block
+
+
 def bits_per_byte(model: TrainModel, batch: torch.Tensor) -> float:
     """Mean next-byte cross-entropy of ``batch`` ``[B, T + 1]`` in bits."""
     with torch.no_grad():
@@ -266,15 +297,16 @@ def _train(cfg: TrainConfig, on_log: Callable[[dict], None] | None) -> dict:
     decay = [p for n, p in model.named_parameters() if p.dim() == 2]
     rest = [p for n, p in model.named_parameters() if p.dim() < 2]
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay}, {"params": rest, "weight_decay": 0}],
-                            lr=cfg.lr, betas=(0.9, 0.95))
-    rng = np.random.default_rng(cfg.seed)
-    data = torch.from_numpy(corpus.train.astype(np.int64))
+                            lr=cfg.lr, betas=(0.9, 0.95), fused=dev.type == "cuda")
+    starts_iter = _batch_starts(np.random.default_rng(cfg.seed), len(corpus.train) - cfg.seq_len - 1,
+                                cfg.batch_size, dev)
+    data = torch.from_numpy(corpus.train.astype(np.int64)).to(dev)  # on the GPU: no host copy per step
+    offsets = torch.arange(cfg.seq_len + 1, device=dev)
     val = windows(corpus.heldout, cfg.seq_len, 32).to(dev)
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if dev.type == "cuda" else contextlib.nullcontext()
     log, t0, step, progress = [], time.perf_counter(), 0, 0.0
     while progress < 1.0:
-        starts = torch.from_numpy(rng.integers(0, len(data) - cfg.seq_len - 1, cfg.batch_size))
-        batch = data[starts[:, None] + torch.arange(cfg.seq_len + 1)].to(dev)
+        batch = data[next(starts_iter)[:, None] + offsets]
         for group in opt.param_groups:
             group["lr"] = lr_at(progress, step, cfg)
         with autocast:
