@@ -29,7 +29,7 @@ from servesim.hwmodels.placement import Placement
 from servesim.hwmodels.profile import load_profile, shipped_profiles
 
 REPO = Path(__file__).resolve().parents[1]
-NOT_DEVICE = ("step_gap", "eager_floor")  # the calibrated model's whole-step terms beyond its operators
+NOT_DEVICE = ("step_gap", "eager_floor", "piecewise_gap", "piecewise_floor")  # whole-step terms beyond the operators
 
 
 def _grid(profile, op: str, kv: str) -> tuple[tuple[float, ...], tuple[float, ...]]:

@@ -86,10 +86,18 @@ def test_interpolation_is_exact_at_grid_points_and_monotone_between(profile, mod
     assert all(b >= a * (1 - 1e-12) for a, b in zip(tok, tok[1:]))
 
 
-def test_step_time_equals_its_breakdown(model):
+@pytest.mark.parametrize("piecewise", [False, True])
+def test_step_time_equals_its_breakdown(profile, model, piecewise):
+    """Graph, eager and (with the engine's piecewise buckets: tests/test_piecewise_pricing.py) piecewise steps."""
+    from servesim.hwmodels.buckets import PieceBuckets
+
+    if piecewise:
+        model = CalibratedCostModel(Placement(get_model("Llama-3.1-8B"), H200), profile,
+                                    piecewise=PieceBuckets.for_limits(2048, 256))
     shapes = [decode_shape(1, 512), decode_shape(64, 2048), prefill_shape(1000, 300), decode_shape(300, 100),
               replace(decode_shape(16, 900), prefill_seqs=1, prefill_tokens=256, prefill_ctx_tokens=1256,
                       prefill_attn_pairs=256 * 1000 + 256 * 257 / 2, sampled_tokens=17)]
+    assert not piecewise or [model.step_mode(s) for s in shapes].count("piecewise") == 2
     for s in shapes:
         st = model.step_time(s)
         assert st.total_s == model.step_time_s(s)

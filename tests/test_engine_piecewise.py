@@ -135,3 +135,34 @@ def test_which_steps_run_piecewise(model_path):
                        piecewise_tokens=72).pieces is None
     on.runner.spec = object()  # a speculating runner keeps the eager path
     assert on.runner._piece_key(mixed_batch()) is None
+
+
+def test_engine_and_cost_model_share_the_buckets(model_path):
+    """One bucket rule (hwmodels/buckets.py): at every token count to past the largest bucket the engine's bucket is
+    the cost model's, and a step the engine runs piecewise (a chunk beside two decodes, or alone) is one the cost
+    model built from the same scenario prices so, and no other."""
+    from servesim.hwmodels.calibrated import CalibratedCostModel
+    from servesim.hwmodels.gpus import get_gpu
+    from servesim.hwmodels.models import get_model
+    from servesim.hwmodels.placement import Placement
+    from servesim.sim.deployment import piecewise_buckets, plan_replica
+    from tests.profile_helpers import synthetic_profile
+
+    s = make_scenario({"model": model_path, "piecewise_graphs": True, **LIMITS})
+    rule = piecewise_buckets(s, plan_replica(s))[0]
+    on = engine(model_path, True)
+    assert on.runner.pieces.buckets == rule.buckets
+    assert on.runner.pieces.sample_rows(rule.largest) == rule.sample_rows(rule.largest) == LIMITS["max_num_seqs"]
+    cost = CalibratedCostModel(Placement(get_model("Llama-3.1-8B"), get_gpu("H200")), synthetic_profile(),
+                               piecewise=rule)
+    base = mixed_batch()
+    for n in range(1, rule.largest + 2):
+        assert on.runner.pieces.bucket(n) == rule.bucket(n)
+        for decodes in (0, 2):
+            if n <= decodes:
+                continue
+            shape = BatchShape(prefill_seqs=1, prefill_tokens=n - decodes, decode_seqs=decodes,
+                               decode_query_tokens=decodes, decode_ctx_tokens=61 * decodes // 2, sampled_tokens=1)
+            batch = Batch(base.prefill[:1], base.decode[:decodes], base.decode_ctx[:decodes], 1, shape)
+            key = on.runner._piece_key(batch)
+            assert key == (rule.bucket(n) if cost.step_mode(shape) == "piecewise" else None)

@@ -222,3 +222,70 @@ def test_reprice_remakes_the_prediction_and_keeps_the_measured_run(setup, tmp_pa
     meas = [c for c in pd.read_parquet(out / "c1" / "requests.parquet").columns if c.endswith("_meas")]
     assert pd.read_parquet(other / "c1" / "requests.parquet")[meas].equals(
         pd.read_parquet(out / "c1" / "requests.parquet")[meas])
+
+
+def test_piecewise_steps_calibrate_simulate_replay_validate_and_reprice(setup, tmp_path, capsys):
+    """Piecewise graphs end to end on the CPU: the calibration fits their terms on its second engine run; simulate,
+    replay and validate take --piecewise-graphs (the scenario's field); the validation prices each piecewise step
+    as one and says so per mode; --reprice uses the stored run's setting (a run stored before the field: off)."""
+    from servesim.hwmodels.profile import load_profile
+    from servesim.validate.run import load_suite
+
+    root, model, trace, profile = setup
+    prof = load_profile(profile)
+    fit = prof.steps["bf16"]
+    assert fit.piecewise_steps > 0 and fit.piecewise_floor_s > 0 and fit.piecewise_floor_mixed_s > 0
+    assert any(fit.piecewise_host_s) and prof.fit.steps["bf16"]["piecewise_steps"] > 0
+    steps = pd.read_parquet(profile.with_suffix(".steps.parquet"))
+    assert set(steps.run) == {"eager", "piecewise"} and (steps["mode"] == "piecewise").any()
+    import shutil  # `calibrate refit --steps` with the iterations of both runs, and with a log before the runs
+    for cut in (False, True):
+        copy = tmp_path / f"refit{cut}.json"
+        shutil.copy(profile, copy)
+        its = steps.drop(columns=["run", "mode", "piecewise"]) if cut else steps
+        its.to_parquet(tmp_path / "steps.parquet", index=False)
+        assert cli("calibrate", "refit", str(copy), "--steps", str(tmp_path / "steps.parquet")) == 0
+        new = load_profile(copy)
+        assert new.steps["bf16"].piecewise_host_s == pytest.approx(fit.piecewise_host_s)
+        assert new.steps["bf16"].eager_host_s == pytest.approx(fit.eager_host_s, rel=1e-6, abs=1e-12) or cut
+        assert ("piecewise_median_abs" in new.fit.steps["bf16"]) != cut
+    capsys.readouterr()
+    flags = ["--model", model, "--gpu", "H100-SXM", "--trace", str(trace), "--max-model-len", "512",
+             "--max-num-seqs", "8"]
+    assert cli("simulate", *flags, "--profile", str(profile), "--piecewise-graphs", "--json") == 0
+    meta = json.loads(capsys.readouterr().out)["meta"]
+    assert meta["scenario"]["piecewise_graphs"] and "piecewise(fallback)" not in meta["cost_extrapolated"]
+    assert cli("replay", "--device", "cpu", *flags, "--piecewise-graphs", "--output-dir", str(tmp_path / "r")) == 0
+    it = pd.read_parquet(tmp_path / "r" / "iterations.parquet")
+    assert (it.piecewise == (it.prefill_tokens > 0)).all() and it.piecewise.any()
+    out = tmp_path / "v"
+    suite = tmp_path / "suite.yaml"  # --piecewise-graphs over every case of the suite
+    suite.write_text(f"base: {{model: '{model}', gpu: H100-SXM, max_model_len: 512, max_num_seqs: 8, "
+                     f"profile: '{profile}'}}\ncases:\n  - {{name: pw, why: tiny, scenario: {{trace: '{trace}'}}}}\n")
+    assert cli("validate", "--suite", str(suite), "--device", "cpu", "--piecewise-graphs", "--out-dir", str(out)) == 0
+    doc = json.loads((out / "pw" / "report.json").read_text())
+    assert doc["case"]["piecewise_graphs"] and doc["case"]["scenario"]["piecewise_graphs"]
+    modes = {m["mode"]: m for m in doc["iteration_modes"]}
+    assert modes["piecewise"]["iterations"] > 0 and modes["piecewise"]["priced_otherwise"] == 0
+    table = pd.read_parquet(out / "pw" / "iterations.parquet")
+    pw = table["mode"] == "piecewise"
+    assert (table.priced_as[pw] == "piecewise").all() and (table.op_padding[pw] > 0).any()
+    assert "Iterations by step mode" in (out / "pw" / "report.md").read_text()
+    again = tmp_path / "again"
+    assert cli("validate", "--reprice", str(again), "--out-dir", str(out)) == 0
+    redo = json.loads((again / "pw" / "report.json").read_text())
+    assert redo["summary"] == pytest.approx(doc["summary"], nan_ok=True) and redo["case"]["piecewise_graphs"]
+    assert cli("validate", "--reprice", str(again), "--out-dir", str(out), "--piecewise-graphs") != 0
+    stored = json.loads((out / "pw" / "report.json").read_text())  # as a run stored before the field
+    del stored["case"]["scenario"]["piecewise_graphs"], stored["case"]["piecewise_graphs"]
+    (out / "pw" / "report.json").write_text(json.dumps(stored))
+    old = tmp_path / "old"
+    assert cli("validate", "--reprice", str(old), "--out-dir", str(out)) == 0
+    assert not json.loads((old / "pw" / "report.json").read_text())["case"]["piecewise_graphs"]
+    assert "piecewise" not in set(pd.read_parquet(old / "pw" / "iterations.parquet").priced_as)
+    suite = tmp_path / "suite2.yaml"  # a suite sets it in its base or per case; --piecewise-graphs over all
+    suite.write_text(f"base: {{model: '{model}', gpu: H100-SXM, max_model_len: 512, piecewise_graphs: true}}\n"
+                     f"cases:\n  - {{name: a, scenario: {{trace: '{trace}'}}}}\n"
+                     f"  - {{name: b, scenario: {{trace: '{trace}', piecewise_graphs: false}}}}\n")
+    assert [c["scenario"].piecewise_graphs for c in load_suite(suite)[1]] == [True, False]
+    assert [c["scenario"].piecewise_graphs for c in load_suite(suite, {"piecewise_graphs": True})[1]] == [True, True]

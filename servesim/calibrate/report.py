@@ -124,10 +124,18 @@ def markdown(profile: Profile, rows: list[dict]) -> str:
         lines.append(f"| {op} | {s['points']:.0f} | {s['median_abs']:.2%} | {s['p90_abs']:.2%} |")
     for fmt, s in profile.fit.steps.items():
         lines.append(f"| whole steps, {fmt} | {s['points']:.0f} | {s['median_abs']:.2%} | {s['p90_abs']:.2%} |")
+        for mode in ("graph", "eager", "piecewise"):  # per step mode, where the fit report has them
+            if f"{mode}_median_abs" in s:
+                lines.append(f"| whole steps, {fmt}, {mode} | {s[f'{mode}_steps']:.0f} | "
+                             f"{s[f'{mode}_median_abs']:.2%} | {s[f'{mode}_p90_abs']:.2%} |")
     lines += ["", "## Whole-step terms", "",
-              "| format | graph gap per kernel (us) | eager gap (us) | eager floor (ms) |", "|---|---:|---:|---:|"]
+              "| format | graph gap per kernel (us) | eager gap (us) | eager floor (ms) | piecewise gap (us) | "
+              "piecewise floor (ms) |", "|---|---:|---:|---:|---:|---:|"]
     for fmt, f in profile.steps.items():
-        lines.append(f"| {fmt} | {f.graph_gap_s * 1e6:.2f} | {f.eager_gap_s * 1e6:.1f} | {f.eager_floor_s * 1e3:.3f} |")
+        pw = (f"{f.piecewise_gap_s * 1e6:.1f} | {f.piecewise_floor_s * 1e3:.3f}" if f.piecewise_steps
+              else "not measured | not measured")
+        lines.append(f"| {fmt} | {f.graph_gap_s * 1e6:.2f} | {f.eager_gap_s * 1e6:.1f} | {f.eager_floor_s * 1e3:.3f} | "
+                     f"{pw} |")
     return "\n".join(lines) + "\n"
 
 

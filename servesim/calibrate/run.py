@@ -7,7 +7,9 @@ and write a profile.
 2. Whole steps, per weight format: the engine serves a short synthetic trace with chunked prefill; from its
    iteration log, the per-step host overhead (step time minus device time, by CUDA-graph vs eager and number of
    sequences), the per-kernel gap of graph steps and the per-step gap of eager steps over the operator sum, and
-   the eager floor (a one-token eager forward). Fitted on the even iterations, checked on the odd ones.
+   the eager floor (a one-token eager forward). Then (step mode ``piecewise``, on by default) a second engine with
+   piecewise CUDA graphs serves the same trace after its own warm-up: the gap, floors and host time of its
+   piecewise steps. Fitted on the even iterations, checked on the odd ones.
 3. Fit quality: each interior grid point predicted from its neighbours (held out), and the held-out steps.
 
 On a CPU the torch reference path of a small model is timed with wall clocks (CI runs it end to end).
@@ -31,6 +33,7 @@ import torch
 from servesim.calibrate.fit import _summary, held_out_errors, held_out_method, refit
 from servesim.calibrate.grid import Table, build_grid, off_grid_points, trim
 from servesim.calibrate.ops import OpBuilder
+from servesim.hwmodels.buckets import PieceBuckets
 from servesim.hwmodels.calibrated import KERNELS_PER_LAYER, CalibratedCostModel
 from servesim.hwmodels.gpus import get_gpu
 from servesim.hwmodels.models import get_model
@@ -140,6 +143,20 @@ def synthetic_workload(n: int, seed: int, max_len: int, prompt_mean: float = 900
 
 
 STEP_PROCESSES = ("auto", "fresh", "same")
+# the engine runs whole steps are fitted on: "eager" (as it runs by default: decode graphs, eager steps with prefill,
+# fitting the graph and eager terms every profile needs) and "piecewise" (a second engine with piecewise graphs)
+STEP_MODES = ("eager", "piecewise")
+STEP_LIMITS = {"max_num_batched_tokens": 2048, "max_num_seqs": 128}  # the step-fitting engine's scheduler limits
+STEP_BUCKETS = PieceBuckets.for_limits(STEP_LIMITS["max_num_batched_tokens"], STEP_LIMITS["max_num_seqs"])
+
+
+def step_modes(text: str | tuple[str, ...]) -> tuple[str, ...]:
+    """The step modes to fit (``eager`` always among them); ValueError naming the choices otherwise."""
+    modes = tuple(dict.fromkeys(m.strip() for m in (text.split(",") if isinstance(text, str) else text)
+                                if m.strip()))
+    if not modes or any(m not in STEP_MODES for m in modes) or "eager" not in modes:
+        raise ValueError(f"step modes are a list of {', '.join(STEP_MODES)} with eager among them, got {text!r}")
+    return modes
 
 
 def step_process(choice: str, device: str) -> str:
@@ -157,83 +174,135 @@ def step_process(choice: str, device: str) -> str:
     return choice
 
 
-def fit_steps_in(where: str, model: str, fmt: str, partial: Profile, device: str, n_requests: int):
+def fit_steps_in(where: str, model: str, fmt: str, partial: Profile, device: str, n_requests: int,
+                 modes: tuple[str, ...] = STEP_MODES):
     """:func:`fit_steps` here (``same``) or in a new spawned process (``fresh``: nothing of this process's
     allocations, compiled kernels or Python heap comes with it); the same results either way."""
     if where == "same":
-        return fit_steps(model, fmt, partial, device, n_requests)
+        return fit_steps(model, fmt, partial, device, n_requests, modes=modes)
     import multiprocessing as mp
     from concurrent.futures import ProcessPoolExecutor
 
     with ProcessPoolExecutor(1, mp_context=mp.get_context("spawn")) as pool:
-        return pool.submit(fit_steps, model, fmt, partial, device, n_requests).result()
+        return pool.submit(fit_steps, model, fmt, partial, device, n_requests, modes=modes).result()
 
 
-def fit_steps(model: str, fmt: str, partial: Profile, device: str, n_requests: int,
-              max_model_len: int = 4096) -> tuple[StepFit, list[OpTable], pd.DataFrame]:
-    """Serve a synthetic trace on the engine in ``fmt`` and fit the whole-step terms of the profile; returns the
-    fit, the host-time tables and the iterations (judged by ``held_out_step_errors`` on the final profile)."""
+def _serve(model: str, fmt: str, device: str, work, scenario, max_model_len: int, piecewise: bool):
+    """One step-fitting engine run: built, warmed up on ``work``, then serving it; the floors (one-token steps
+    alone and beside a decode) built / warmed up / after the run, the host-launch probes, the iterations past
+    the first three (allocator and cache warm-up)."""
     from servesim.engine.engine import EngineConfig, build_engine
     from servesim.engine.replay import replay, warm_up
-    from servesim.sim.config import make_scenario
 
-    cuda = device == "cuda"
-    eng = build_engine(EngineConfig(model=model, weight_format=fmt, max_model_len=max_model_len,
-                                    max_num_batched_tokens=2048, max_num_seqs=128, device=device,
-                                    capture_at_start=True))
+    eng = build_engine(EngineConfig(model=model, weight_format=fmt, max_model_len=max_model_len, device=device,
+                                    capture_at_start=True, piecewise_graphs=piecewise, **STEP_LIMITS))
     rounds = [(_eager_floor(eng, decode=False), _eager_floor(eng, decode=True))]
     probes = [timing.host_launch_us(device)]
-    gpu_name = partial.gpu
-    scenario = make_scenario({"model": model, "gpu": gpu_name if gpu_name != "cpu" else "H100-SXM", "quant": fmt,
-                              "max_model_len": max_model_len, "max_num_batched_tokens": 2048, "max_num_seqs": 128})
-    lengths = {} if cuda else {"prompt_mean": 40, "output_mean": 12}  # the CPU reference path is slow
-    work = synthetic_workload(n_requests, 0, max_model_len, **lengths)
     warm_up(scenario, eng, work)  # kernel variants compiled before the fitted run, as validation replays them
     rounds.append((_eager_floor(eng, decode=False), _eager_floor(eng, decode=True)))
     it = replay(scenario, eng, work).iterations
     rounds.append((_eager_floor(eng, decode=False), _eager_floor(eng, decode=True)))
     probes.append(timing.host_launch_us(device))
+    eng.close()
+    del eng
+    if device == "cuda":
+        torch.cuda.empty_cache()
+    return rounds, probes, it.iloc[3:].assign(run="piecewise" if piecewise else "eager")
+
+
+def step_masks(it: pd.DataFrame) -> dict[str, np.ndarray]:
+    """The training rows (even, per format) of each step mode: ``graph`` and ``eager`` steps of the eager engine's
+    run, ``piecewise`` steps of the piecewise engine's (logs before the ``run`` column: all the eager run's)."""
+    train = (np.arange(len(it)) % 2) == 0
+    mode = step_mode_column(it)
+    first = it.run.to_numpy() == "eager" if "run" in it else np.ones(len(it), bool)
+    return {"graph": (mode == "graph") & first & train, "eager": (mode == "eager") & first & train,
+            "piecewise": (mode == "piecewise") & train}
+
+
+def step_mode_column(it: pd.DataFrame) -> np.ndarray:
+    """How the engine ran each iteration: graph, piecewise or eager."""
+    graph = it.graph.to_numpy(bool)
+    pw = it.piecewise.to_numpy(bool) if "piecewise" in it else np.zeros(len(it), bool)
+    return np.where(graph, "graph", np.where(pw, "piecewise", "eager"))
+
+
+def fit_steps(model: str, fmt: str, partial: Profile, device: str, n_requests: int,
+              max_model_len: int = 4096, modes: tuple[str, ...] = STEP_MODES
+              ) -> tuple[StepFit, list[OpTable], pd.DataFrame]:
+    """Serve a synthetic trace on the engine in ``fmt`` and fit the whole-step terms of the profile (``modes``:
+    also on a piecewise-graph engine); returns the fit, the host-time tables and the iterations of both runs
+    (judged by ``held_out_step_errors`` on the final profile)."""
+    from servesim.sim.config import make_scenario
+
+    cuda = device == "cuda"
+    gpu_name = partial.gpu
+    scenario = make_scenario({"model": model, "gpu": gpu_name if gpu_name != "cpu" else "H100-SXM", "quant": fmt,
+                              "max_model_len": max_model_len, **STEP_LIMITS})
+    lengths = {} if cuda else {"prompt_mean": 40, "output_mean": 12}  # the CPU reference path is slow
+    work = synthetic_workload(n_requests, 0, max_model_len, **lengths)
+    rounds, probes, it = _serve(model, fmt, device, work, scenario, max_model_len, piecewise=False)
+    pw_rounds: list = []
+    if "piecewise" in modes:
+        pw_rounds, pw_probes, it_pw = _serve(model, fmt, device, work, scenario.model_copy(
+            update={"piecewise_graphs": True}), max_model_len, piecewise=True)
+        probes += pw_probes
+        it = pd.concat([it, it_pw], ignore_index=True)
+    else:
+        it = it.reset_index(drop=True)
     # the floors are host time (Python launching ~350 kernels) and drift within a run: the median of three rounds
     # (built, warmed up, after the fitted run), each the median of ten steps
     floor, floor_mixed = (float(statistics.median(r[i] for r in rounds)) for i in (0, 1))
-    it = it.iloc[3:]  # the first iterations include allocator and cache warm-up
     placement = Placement(get_model(model), get_gpu(gpu_name) if gpu_name != "cpu" else get_gpu("H100-SXM"),
                           weight_format=fmt)
     bare = CalibratedCostModel(placement, partial, overhead_s=0.0)
+    bare_pw = CalibratedCostModel(placement, partial, overhead_s=0.0, piecewise=STEP_BUCKETS)
     shapes = list(map(_shape, it.itertuples()))
-    kernels = np.array([bare._kernels_s(s) + (bare._decode_s(s) if s.decode_seqs else 0.0) for s in shapes])
-    graph = it.graph.to_numpy(bool)
-    train = (np.arange(len(it)) % 2) == 0
+    runs = it.run.to_numpy()
+    kernels = np.array([(bare_pw if r == "piecewise" else bare).operators_s(s) for s, r in zip(shapes, runs)])
+    masks = step_masks(it)
     gpu, step = it.gpu_s.to_numpy(), it.step_s.to_numpy()
     n_kernels = KERNELS_PER_LAYER * bare.layers + 4
-    g = graph & train
+    g = masks["graph"]
     graph_gap = float(np.median(gpu[g] - kernels[g]) / n_kernels) if g.any() else 0.0
     if g.any():  # a gap may be negative (operators timed alone overestimate a graph), never half a step
         graph_gap = max(graph_gap, -0.5 * float(kernels[g].min()) / n_kernels)
     mixed = (it.decode_seqs.to_numpy() > 0) & (it.prefill_tokens.to_numpy() > 0)
-    e_floor = np.where(mixed, floor_mixed, floor)
-    e = ~graph & train & (kernels > 1.5 * e_floor)
-    eager_gap = float(np.median(gpu[e] - kernels[e])) if e.any() else 0.0
-    if e.any():
-        eager_gap = max(eager_gap, -0.5 * float(kernels[e].min()))
+    eager_gap = _step_gap(gpu, kernels, masks["eager"], np.where(mixed, floor_mixed, floor))
     seqs = (it.prefill_seqs + it.decode_seqs).to_numpy()
     kv = (it.decode_ctx_tokens + it.prefill_ctx_tokens).to_numpy()
     host = step - gpu
-    fit = StepFit(graph_gap_s=graph_gap, eager_gap_s=eager_gap, eager_floor_s=floor, eager_floor_mixed_s=floor_mixed,
-                  host_launch_us=float(statistics.median(probes)),
-                  graph_host_s=_host_fit(seqs[g], kv[g], host[g]),
-                  eager_host_s=_host_fit(seqs[~graph & train], kv[~graph & train], host[~graph & train]))
+    e = masks["eager"]
+    terms = dict(graph_gap_s=graph_gap, eager_gap_s=eager_gap, eager_floor_s=floor, eager_floor_mixed_s=floor_mixed,
+                 host_launch_us=float(statistics.median(probes)), graph_host_s=_host_fit(seqs[g], kv[g], host[g]),
+                 eager_host_s=_host_fit(seqs[e], kv[e], host[e]))
+    p = masks["piecewise"]
+    if pw_rounds and p.any():  # the same terms of the piecewise engine's steps with prefill
+        pw_floor, pw_floor_mixed = (float(statistics.median(r[i] for r in pw_rounds)) for i in (0, 1))
+        terms.update(piecewise_gap_s=_step_gap(gpu, kernels, p, np.where(mixed, pw_floor_mixed, pw_floor)),
+                     piecewise_floor_s=pw_floor, piecewise_floor_mixed_s=pw_floor_mixed,
+                     piecewise_host_s=_host_fit(seqs[p], kv[p], host[p]), piecewise_steps=int(p.sum()))
+    fit = StepFit(**terms)
     over = [t for t in (_overhead_table(fmt, "graph", seqs[g], host[g]),
-                        _overhead_table(fmt, "eager", seqs[~graph & train], host[~graph & train])) if t]
+                        _overhead_table(fmt, "eager", seqs[e], host[e])) if t]
     full = partial.model_copy(update={"tables": partial.tables + tuple(over), "steps": {fmt: fit}})
     model_full = CalibratedCostModel(placement, full)
-    pred = np.array([model_full.step_time_s(s) for s in shapes])
-    del eng
-    if cuda:
-        torch.cuda.empty_cache()
-    it = it.assign(format=fmt, predicted_s=pred, kernels_s=kernels)
+    model_pw = CalibratedCostModel(placement, full, piecewise=STEP_BUCKETS)
+    pred = np.array([(model_pw if r == "piecewise" else model_full).step_time_s(s) for s, r in zip(shapes, runs)])
+    it = it.assign(format=fmt, mode=step_mode_column(it), predicted_s=pred, kernels_s=kernels)
     it.attrs["eager_floor_rounds_s"] = [list(r) for r in rounds]
+    if pw_rounds:
+        it.attrs["piecewise_floor_rounds_s"] = [list(r) for r in pw_rounds]
     return fit, over, it
+
+
+def _step_gap(gpu: np.ndarray, kernels: np.ndarray, rows: np.ndarray, floor: np.ndarray) -> float:
+    """Median of a step's device time over its operators' sum, on ``rows`` clear of the floor (operators above 1.5x
+    it); it may be negative (operators timed alone overestimate the step), never below half the smallest sum."""
+    e = rows & (kernels > 1.5 * floor)
+    if not e.any():
+        return 0.0
+    return max(float(np.median(gpu[e] - kernels[e])), -0.5 * float(kernels[e].min()))
 
 
 def _host_fit(seqs: np.ndarray, kv: np.ndarray, host: np.ndarray) -> tuple[float, float, float]:
@@ -258,35 +327,53 @@ def _host_fit(seqs: np.ndarray, kv: np.ndarray, host: np.ndarray) -> tuple[float
 
 def refit_steps(profile: Profile, steps: pd.DataFrame) -> Profile:
     """Refit the host terms of each format from the engine iterations calibration fitted on (the
-    ``.steps.parquet`` written beside the profile), with the same even/odd split."""
+    ``.steps.parquet`` written beside the profile), with the same even/odd split; the piecewise host terms too
+    where the iterations hold a piecewise run."""
     fits = dict(profile.steps)
     for fmt, it in steps.groupby("format", sort=False):
         it = it.reset_index(drop=True)
-        train = (np.arange(len(it)) % 2) == 0
-        graph = it.graph.to_numpy(bool)
+        masks = step_masks(it)
         seqs = (it.prefill_seqs + it.decode_seqs).to_numpy()
         kv = (it.decode_ctx_tokens + it.prefill_ctx_tokens).to_numpy()
         host = (it.step_s - it.gpu_s).to_numpy()
-        g, e = graph & train, ~graph & train
-        fits[fmt] = fits[fmt].model_copy(update={"graph_host_s": _host_fit(seqs[g], kv[g], host[g]),
-                                                 "eager_host_s": _host_fit(seqs[e], kv[e], host[e])})
+        g, e, p = masks["graph"], masks["eager"], masks["piecewise"]
+        update = {"graph_host_s": _host_fit(seqs[g], kv[g], host[g]),
+                  "eager_host_s": _host_fit(seqs[e], kv[e], host[e])}
+        if p.any() and fits[fmt].piecewise_steps:
+            update["piecewise_host_s"] = _host_fit(seqs[p], kv[p], host[p])
+        fits[fmt] = fits[fmt].model_copy(update=update)
     return profile.model_copy(update={"steps": fits})
 
 
 def held_out_step_errors(profile: Profile, steps: pd.DataFrame, model: str) -> dict[str, dict[str, float]]:
     """Whole-step fit quality per format on the held-out half (odd rows) of the iterations calibration fitted
-    on, priced by ``profile`` as it is now (after a refit)."""
+    on, priced by ``profile`` as it is now (after a refit): ``median_abs``, ``p90_abs`` and ``points`` over the
+    eager engine's run (as before piecewise runs existed), the count of each mode's steps, and per mode
+    (``graph_median_abs``, ``eager_p90_abs``, ``piecewise_median_abs``, ...) over the mode's steps of its run."""
     out = {}
     gpu = get_gpu(profile.gpu if profile.gpu != "cpu" else "H100-SXM")  # a CPU profile: as fit_steps prices it
     for fmt, it in steps.groupby("format", sort=False):
         it = it.reset_index(drop=True)
-        cost = CalibratedCostModel(Placement(get_model(model), gpu, weight_format=fmt), profile)
+        place = Placement(get_model(model), gpu, weight_format=fmt)
+        cost, cost_pw = CalibratedCostModel(place, profile), CalibratedCostModel(place, profile, piecewise=STEP_BUCKETS)
         held = (np.arange(len(it)) % 2) == 1
-        pred = np.array([cost.step_time_s(_shape(r)) for r in it[held].itertuples()])
-        graph = it.graph.to_numpy(bool)[held]
-        out[fmt] = {**_summary(list(np.abs(pred / it.step_s.to_numpy()[held] - 1))),
-                    "graph_steps": int(graph.sum()), "eager_steps": int((~graph).sum())}
+        runs = it.run.to_numpy() if "run" in it else np.full(len(it), "eager")
+        mode = step_mode_column(it)
+        pred = np.array([(cost_pw if r == "piecewise" else cost).step_time_s(_shape(row)) if h else np.nan
+                         for row, r, h in zip(it.itertuples(), runs, held)])
+        err = np.abs(pred / it.step_s.to_numpy() - 1)
+        first = held & (runs == "eager")
+        out[fmt] = {**_summary(list(err[first])), **{f"{m}_steps": int((first & (mode == m)).sum())
+                                                     for m in ("graph", "eager")}}
+        for m in STEP_MODES_REPORTED:
+            rows = held & (mode == m) & ((runs == "piecewise") if m == "piecewise" else (runs == "eager"))
+            if rows.any():
+                out[fmt].update({f"{m}_{k}": v for k, v in _summary(list(err[rows])).items() if k != "points"})
+                out[fmt][f"{m}_steps"] = int(rows.sum())
     return out
+
+
+STEP_MODES_REPORTED = ("graph", "eager", "piecewise")
 
 
 def _eager_floor(eng, decode: bool) -> float:
@@ -343,15 +430,17 @@ def catalog_gpu(device_name: str) -> str:
 def calibrate(models: list[str], formats: tuple[str, ...], kv_dtypes: tuple[str, ...], tps: tuple[int, ...],
               budget_min: float | None, device: str, command: str, step_requests: int = 160,
               on_progress: Callable[[int, int], None] | None = None, gpu: str | None = None,
-              steps_in: str = "auto") -> Calibration:
+              steps_in: str = "auto", modes: tuple[str, ...] = STEP_MODES) -> Calibration:
     """Run the whole calibration; ``on_progress(done, total)`` after each point (and each engine step fit).
-    ``steps_in``: where the step-fitting engine runs (:func:`step_process`)."""
+    ``steps_in``: where the step-fitting engine runs (:func:`step_process`); ``modes``: the step modes fitted
+    (:data:`STEP_MODES`)."""
     where = step_process(steps_in, device)
+    modes = step_modes(modes)
     started = time.perf_counter()
     cuda = device == "cuda"
     tables = build_grid(models, formats, kv_dtypes, tps, cpu=not cuda)
     notes = []
-    step_cost_s = 40.0 * len(formats) if cuda else 5.0 * len(formats)
+    step_cost_s = (40.0 if cuda else 5.0) * len(formats) * len(modes)  # one engine run per mode
     if budget_min is not None:
         tables, notes = trim(tables, budget_min * 60 - step_cost_s, SECONDS_PER_POINT if cuda else 0.02)
     total = sum(t.cost_points for t in tables) + len(formats)
@@ -372,13 +461,15 @@ def calibrate(models: list[str], formats: tuple[str, ...], kv_dtypes: tuple[str,
     prov = provenance(command, 0.0, device)
     partial = Profile(version=VERSION, profile_id="partial", gpu=gpu_name, provenance=prov, tables=tuple(measured))
     steps, overheads, logs = {}, [], {}
-    notes.append("step terms fitted on an engine in " + ("a new process" if where == "fresh" else "this process"))
+    notes.append("step terms fitted on an engine in " + ("a new process" if where == "fresh" else "this process")
+                 + f" (step modes: {', '.join(modes)})")
     for fmt in formats:
-        steps[fmt], over, logs[fmt] = fit_steps_in(where, models[0], fmt, partial, device, step_requests)
-        rounds = logs[fmt].attrs.get("eager_floor_rounds_s")
-        if rounds:
-            notes.append(f"{fmt} eager floors (alone, beside a decode) built / warmed up / after the fit: "
-                         + " / ".join(f"{a * 1e3:.1f}, {b * 1e3:.1f} ms" for a, b in rounds))
+        steps[fmt], over, logs[fmt] = fit_steps_in(where, models[0], fmt, partial, device, step_requests, modes)
+        for kind in ("eager", "piecewise"):
+            rounds = logs[fmt].attrs.get(f"{kind}_floor_rounds_s")
+            if rounds:
+                notes.append(f"{fmt} {kind} floors (alone, beside a decode) built / warmed up / after the fit: "
+                             + " / ".join(f"{a * 1e3:.1f}, {b * 1e3:.1f} ms" for a, b in rounds))
         overheads += over
         tick()
     wall = time.perf_counter() - started

@@ -51,6 +51,9 @@ def calibrate_cmd(
     step_requests: int = typer.Option(160, "--step-requests", help="requests of the engine run that fits step terms"),
     steps_in: str = typer.Option("auto", "--steps-in", help="where that engine runs: fresh (a new process, as a "
                                  "server starts), same (this one), auto (fresh on CUDA, same on the CPU)"),
+    step_modes: str = typer.Option("eager,piecewise", "--step-modes", help="engine runs the step terms are fitted "
+                                   "on: eager (the default engine: decode graphs, eager prefill; always) and "
+                                   "piecewise (a second run with piecewise CUDA graphs: the piecewise_* terms)"),
 ) -> None:
     """Time GEMMs, attention, elementwise, sampling and verification over a serving grid, fit the whole-step
     terms on an engine run, write the profile and its fit quality."""
@@ -70,6 +73,12 @@ def calibrate_cmd(
 
     if steps_in not in STEP_PROCESSES:
         raise ConfigError(f"--steps-in must be one of {', '.join(STEP_PROCESSES)}, got {steps_in!r}", field="steps_in")
+    from servesim.calibrate.run import step_modes as parse_modes
+
+    try:
+        modes = parse_modes(step_modes)
+    except ValueError as exc:
+        raise ConfigError(str(exc), field="step_modes") from None
     from servesim.calibrate.run import calibrate
     from servesim.cli.progress import progress_bar
     from servesim.cli.render import make_console
@@ -78,7 +87,8 @@ def calibrate_cmd(
     console = make_console(stderr=True)
     command = f"servesim calibrate --models {models} --quant {quant} --kv-dtype {kv_dtype} --tp {tp}" + (
         f" --budget-min {budget_min:g}" if budget_min else "") + (f" --device {device}" if device != "cuda" else "") + (
-        f" --steps-in {steps_in}" if steps_in != "auto" else "")
+        f" --steps-in {steps_in}" if steps_in != "auto" else "") + (
+        f" --step-modes {','.join(modes)}" if modes != ("eager", "piecewise") else "")
     if out is not None:
         from servesim.sim.outputs import check_writable
 
@@ -86,7 +96,7 @@ def calibrate_cmd(
     with progress_bar("calibrating", "points", console) as update:
         result = calibrate(list(_csv(models, "models")), _csv(quant, "quant"), _csv(kv_dtype, "kv_dtype"), tps,
                            budget_min, device, command, step_requests=step_requests, on_progress=update, gpu=gpu,
-                           steps_in=steps_in)
+                           steps_in=steps_in, modes=modes)
     prof = result.profile
     path = out or Path(f"{prof.gpu.lower()}-{prof.provenance.date}.json")
     save_profile(prof, path)
@@ -102,7 +112,9 @@ def calibrate_cmd(
     typer.echo(f"wrote {path}: {len(prof.tables)} tables, {sum(len(t.median_s) for t in prof.tables):,} points "
                f"(+{sum(len(t.held_out_s) for t in prof.tables):,} held out) in {prof.provenance.wall_s:.0f} s on "
                f"{prof.provenance.gpu_name}; held-out operator error ({fit.method}, worst family median) {worst:.1%}; "
-               + ", ".join(f"steps {f} {s['median_abs']:.1%}" for f, s in fit.steps.items()))
+               + ", ".join(f"steps {f} {s['median_abs']:.1%}" + (f" (piecewise {s['piecewise_median_abs']:.1%})"
+                                                                  if "piecewise_median_abs" in s else "")
+                           for f, s in fit.steps.items()))
 
 
 @cal.command("report")

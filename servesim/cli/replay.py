@@ -34,9 +34,6 @@ def replay_cmd(
                                      help="arrivals X times faster than the trace's", rich_help_panel=_ENGINE),
     cuda_graphs: bool = typer.Option(True, "--cuda-graphs/--no-cuda-graphs", help="CUDA graphs for decode steps",
                                      rich_help_panel=_ENGINE),
-    piecewise_graphs: bool = typer.Option(
-        False, "--piecewise-graphs", help="steps with prefill as piecewise CUDA graphs, attention eager (untested "
-        "on a GPU yet)", rich_help_panel=_ENGINE),
     draft_weights: Optional[str] = typer.Option(  # noqa: UP045
         None, "--draft-weights", metavar="DIR", help="the draft model's safetensors (default: random weights)",
         rich_help_panel=_ENGINE),
@@ -46,7 +43,8 @@ def replay_cmd(
     **fields,
 ) -> None:
     """Replay the workload on the engine: the simulator's scheduler drives real forward passes (at --tp N, one
-    process per rank, the scheduler on rank 0)."""
+    process per rank, the scheduler on rank 0; --piecewise-graphs, the scenario's field: steps with prefill as
+    piecewise CUDA graphs)."""
     base = _scenario(config, fields)
     if not time_scale > 0:
         raise ConfigError(f"must be > 0, got {time_scale}", field="time_scale")
@@ -64,13 +62,13 @@ def replay_cmd(
     from servesim.validate.run import EngineOptions, spec_fields
 
     opts = EngineOptions(device=device, weights=weights, quantizer=quantizer, cuda_graphs=cuda_graphs,
-                         piecewise_graphs=piecewise_graphs, draft_weights=draft_weights, spec_mode=spec_mode)
+                         draft_weights=draft_weights, spec_mode=spec_mode)
     engine = build_engine(EngineConfig(
         model=base.model, weights=weights, weight_format=base.quant, quantizer=quantizer, kv_dtype=base.kv_dtype,
         block_size=base.block_size, gpu_memory_utilization=base.gpu_memory_utilization,
         max_model_len=plan.max_model_len, max_num_batched_tokens=plan.max_num_batched_tokens,
         max_num_seqs=base.max_num_seqs, num_gpu_blocks=base.num_gpu_blocks, device=device,
-        cuda_graphs=cuda_graphs, piecewise_graphs=piecewise_graphs, seed=base.seed, tp=base.tp,
+        cuda_graphs=cuda_graphs, piecewise_graphs=base.piecewise_graphs, seed=base.seed, tp=base.tp,
         **spec_fields(base, opts)))
     try:
         engine_deployment(base, engine)  # refuses what one engine cannot replay before the run

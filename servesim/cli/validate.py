@@ -44,9 +44,6 @@ def validate_cmd(
                                rich_help_panel=_V),
     weights: Optional[str] = typer.Option(None, "--weights", metavar="DIR", rich_help_panel=_V,  # noqa: UP045
                                           help="local safetensors directory (default: random weights)"),
-    piecewise_graphs: bool = typer.Option(False, "--piecewise-graphs", rich_help_panel=_V,
-                                          help="engine steps with prefill as piecewise CUDA graphs (untested on a "
-                                               "GPU yet)"),
     rerender: bool = typer.Option(False, "--rerender", rich_help_panel=_V,
                                   help="redraw the pages of the reports under --out-dir from their data and exit"),
     reprice: Optional[Path] = _REPRICE,  # noqa: UP045
@@ -80,6 +77,9 @@ def validate_cmd(
         dirs = sorted(p.parent for p in Path(out_dir).glob("*/report.json"))
         if not dirs:
             raise ConfigError(f"no case reports (*/report.json) under {out_dir}", field="out_dir")
+        if fields.get("piecewise_graphs") is not None:
+            raise ConfigError("--reprice prices each stored run with its own piecewise_graphs setting (the engine's)",
+                              field="piecewise_graphs")
         check_writable(reprice)
         rows = []
         for d in dirs:
@@ -89,9 +89,12 @@ def validate_cmd(
             rows.append(suite_row(d.name, report.title.split(": ", 1)[-1], report.to_json()))
         typer.echo(write_suite_table(rows, reprice))
         return
-    opts = EngineOptions(device=device, weights=weights, piecewise_graphs=piecewise_graphs)
+    opts = EngineOptions(device=device, weights=weights)
     if suite is not None:
+        # --piecewise-graphs / --no-piecewise-graphs: every case's setting (else the suite file's)
+        over = {} if fields.get("piecewise_graphs") is None else {"piecewise_graphs": fields["piecewise_graphs"]}
         rows = run_suite(suite, out_dir, opts, only=[c.strip() for c in cases.split(",")] if cases else None,
+                         overrides=over,
                          on_case=lambda name: console.print(f"case {name}", highlight=False),
                          on_skip=lambda name, why: console.print(f"case {name} skipped: {why}", highlight=False))
         from servesim.validate.suite import write_suite_table

@@ -34,6 +34,7 @@ from servesim.engine.weights import (
     random_state_dict,
 )
 from servesim.errors import ConfigError
+from servesim.hwmodels.buckets import piecewise_max_tokens
 from servesim.hwmodels.precision import parse_quant
 
 GIB = 2**30
@@ -195,7 +196,8 @@ def build_rank(cfg: EngineConfig, mc: EngineModelConfig, comm=None) -> Engine:
         timings["warmup_s"] = time.perf_counter() - t0
     runner = ModelRunner(model, cache, cfg.max_model_len, seed=cfg.seed, temperature=cfg.temperature,
                          cuda_graphs=cfg.cuda_graphs and dev.type == "cuda", max_graph_batch=cfg.max_num_seqs,
-                         piecewise_tokens=cfg.max_num_batched_tokens + cfg.max_num_seqs if cfg.piecewise_graphs else 0)
+                         piecewise_tokens=piecewise_max_tokens(cfg.max_num_batched_tokens, cfg.max_num_seqs)
+                         if cfg.piecewise_graphs else 0)
     if draft is not None:
         from servesim.engine.spec import SpecDecoder
         from servesim.sim.spec import SpecConfig

@@ -10,8 +10,9 @@ runs eagerly between the pieces over the real rows only (``q[:n]``), with the st
 * piece L: the last layer's O projection and MLP, the final norm and the LM head of ``S`` sample rows (the real
   ones, then row 0 again), ``S = min(T, max_seqs)``: every row a step samples is a sequence's.
 
-Off by default (``EngineConfig.piecewise_graphs``); TP > 1 and speculative steps stay eager. Without CUDA the same
-pieces run uncaptured (the CPU tests compare them with the eager forward).
+The buckets are ``servesim.hwmodels.buckets`` (torch-free), the rule the calibrated cost model prices such steps by.
+Off by default (``EngineConfig.piecewise_graphs``, the scenario's ``piecewise_graphs``); TP > 1 and speculative
+steps stay eager. Without CUDA the same pieces run uncaptured (the CPU tests compare them with the eager forward).
 """
 
 from __future__ import annotations
@@ -22,20 +23,9 @@ import numpy as np
 import torch
 
 from servesim.engine.model import AttentionMeta, KVCache, LlamaModel
+from servesim.hwmodels.buckets import PieceBuckets, doubling, piece_buckets
 
-
-def doubling(start: int, top: int) -> tuple[int, ...]:
-    """``start`` doubled while below ``top``, then ``top``: the graphs' bucket ladders."""
-    out, x = [], start
-    while x < top:
-        out.append(x)
-        x *= 2
-    return (*out, top)
-
-
-def piece_buckets(max_tokens: int) -> tuple[int, ...]:
-    """Padded token counts: powers of two from 16 below ``max_tokens``, then ``max_tokens``."""
-    return doubling(16, max_tokens)
+__all__ = ["PiecewiseGraphs", "doubling", "piece_buckets"]  # the bucket rule lives in hwmodels/buckets.py
 
 
 class PiecewiseGraphs:
@@ -43,8 +33,8 @@ class PiecewiseGraphs:
 
     def __init__(self, model: LlamaModel, cache: KVCache, max_tokens: int, max_seqs: int) -> None:
         self.model, self.cache = model, cache
-        self.buckets = piece_buckets(max_tokens)
-        self.max_seqs = max_seqs
+        self.rule = PieceBuckets(max_tokens, max_seqs)  # shared with the cost model
+        self.buckets, self.max_seqs = self.rule.buckets, max_seqs
         cfg, dev, rows = model.cfg, model.w.embed.device, self.buckets[-1]
         self.cuda = dev.type == "cuda"
         act = dict(dtype=model.dtype, device=dev)
@@ -60,11 +50,11 @@ class PiecewiseGraphs:
         self.graphs: dict[int, list[torch.cuda.CUDAGraph]] = {}
 
     def sample_rows(self, t: int) -> int:
-        return min(t, self.max_seqs)
+        return self.rule.sample_rows(t)
 
     def bucket(self, n: int) -> int | None:
         """The bucket of a step of ``n`` tokens, or None (past the largest: eager)."""
-        return next((t for t in self.buckets if t >= n), None)
+        return self.rule.bucket(n)
 
     def load(self, ids: np.ndarray, pos: np.ndarray, slots: np.ndarray, sample: np.ndarray, t: int) -> None:
         """The step's inputs into the static buffers, padded to bucket ``t``."""

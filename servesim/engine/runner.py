@@ -22,7 +22,8 @@ import torch
 
 from servesim.engine import spec_graph
 from servesim.engine.model import AttentionMeta, KVCache, LlamaModel
-from servesim.engine.piecewise import PiecewiseGraphs, doubling
+from servesim.engine.piecewise import PiecewiseGraphs
+from servesim.hwmodels.buckets import doubling
 from servesim.kernels.attention.decode import choose_num_splits
 from servesim.kernels.counters import SplitCounters, sm_count
 from servesim.sim.request import Batch, Request, State

@@ -15,6 +15,14 @@ token ops are the four GEMMs, two fused add-norms, rotary, KV write and SiLU-mul
 decode steps and eager steps; the gap is what a whole step measured on the engine adds over its operators timed
 alone (fitted per kernel at calibration).
 
+With piecewise CUDA graphs (``piecewise``: the engine's buckets, :mod:`servesim.hwmodels.buckets`) a step with a
+prefill chunk (not speculative, TP 1) of ``n <=`` the largest bucket runs padded to ``T = bucket(n)`` rows: its
+token ops are priced at ``T`` (the excess over ``n`` is the breakdown's ``padding``, with the LM head and final
+norm over ``min(T, max_num_seqs)`` rows instead of the sampled ones), attention at the real rows, and the step
+is ``overhead_pw + max(kernels + padding + gap_pw, floor_pw)`` with the profile's ``piecewise_*`` step terms; a
+profile without them prices it from its other terms (:meth:`CalibratedCostModel._piecewise_terms`), flagged
+``piecewise(fallback)`` the way extrapolation is.
+
 Under tensor parallelism the token ops add the layer's two all-reduces of ``T x hidden`` bf16 activations and
 the head adds the all-gather of the sampled rows' logits, each from the profile's measured table for that TP
 degree (``allreduce``/``allgather`` over message bytes) or, where the profile has none, from the roofline
@@ -28,6 +36,7 @@ from bisect import bisect_right
 
 import numpy as np
 
+from servesim.hwmodels.buckets import PieceBuckets
 from servesim.hwmodels.cost import StepTime
 from servesim.hwmodels.models import get_weight_format, kv_dtype_bytes
 from servesim.hwmodels.ops import ACT_BYTES, LOGIT_BYTES, BatchShape
@@ -131,7 +140,9 @@ class CalibratedCostModel:
     """Step time of one replica at ``placement`` from a measured ``profile`` (same interface as ``CostModel``)."""
 
     def __init__(self, placement: Placement, profile: Profile, overhead_s: float | None = None,
-                 allreduce: str = "custom") -> None:
+                 allreduce: str = "custom", piecewise: PieceBuckets | None = None) -> None:
+        """``piecewise``: the engine's piecewise-graph buckets when it runs steps with prefill so (None: eager;
+        ignored at TP > 1, where the engine runs them eagerly)."""
         self.placement, self.profile, self.allreduce = placement, profile, allreduce
         m, tp = placement.model, placement.tp
         self.model, self.gpu, self.tp, self.pp = m, placement.gpu, tp, placement.pp
@@ -190,10 +201,40 @@ class CalibratedCostModel:
         self._eager_floor_mixed = (fit.eager_floor_mixed_s or fit.eager_floor_s) if fit else 0.0
         linear = fit is not None and any(fit.graph_host_s + fit.eager_host_s)
         self._host = (fit.graph_host_s, fit.eager_host_s) if linear else None
+        self.piecewise = piecewise if tp == 1 else None
+        self._pw_top = self.piecewise.largest if self.piecewise else 0  # steps of up to this many tokens (0: off)
+        self._pw_memo: dict[int, float] = {}  # tokens << 20 + sampled rows -> _piecewise_rows_s
+        self._piecewise_terms(fit)
 
     @property
     def profile_id(self) -> str:
         return self.profile.profile_id
+
+    def _piecewise_terms(self, fit) -> None:
+        """Gap, floors and host time of piecewise steps: the profile's fitted ``piecewise_*`` terms, or, where it
+        has none (``piecewise_steps`` 0), the fallback built from its other terms: the graph gap per kernel for the
+        captured kernels plus the eager gap per launch (the eager step's gap over its launches) for each attention
+        launch (one a layer, two beside decodes); the eager floors scaled by the launches the host makes, ``L + 1``
+        graph replays and the attention launches against the eager step's; the eager host time."""
+        self.piecewise_measured = fit is not None and fit.piecewise_steps > 0
+        layers, launches = self.layers, self.launches
+        if fit is None:
+            self._pw_gap = self._pw_gap_mixed = self._pw_floor = self._pw_floor_mixed = 0.0
+        elif self.piecewise_measured:
+            self._pw_gap = self._pw_gap_mixed = fit.piecewise_gap_s
+            self._pw_floor = fit.piecewise_floor_s
+            self._pw_floor_mixed = fit.piecewise_floor_mixed_s or fit.piecewise_floor_s
+        else:
+            captured, per_launch = launches - layers, fit.eager_gap_s / launches
+            self._pw_gap = fit.graph_gap_s * captured + per_launch * layers
+            self._pw_gap_mixed = fit.graph_gap_s * captured + per_launch * 2 * layers
+            self._pw_floor = self._eager_floor * (2 * layers + 1) / launches
+            self._pw_floor_mixed = self._eager_floor_mixed * (3 * layers + 1) / (launches + layers)
+        measured_host = self.piecewise_measured and any(fit.piecewise_host_s)
+        self._pw_host = fit.piecewise_host_s if measured_host else (self._host[1] if self._host else None)
+        # a step of more tokens than this pads past the token grid (flagged as its operators are)
+        self._pw_grid_n = max((t for t in self.piecewise.buckets if t <= self._tx_max), default=0) if (
+            self.piecewise) else 0
 
     # -- construction ----------------------------------------------------------------------------------------
     def _nearest(self, op: str, want: dict, shape_keys: tuple[str, ...], size) -> tuple[OpTable, float]:
@@ -282,6 +323,9 @@ class CalibratedCostModel:
         self._head_parts = {k: _extend(xs, v)[1] for k, v in parts.items()}
         self._hx, self._hy = _extend(xs, [sum(p[j] for p in parts.values()) for j in range(len(xs))])
         self._hx_last = len(self._hx) - 2
+        # the rows a piecewise step's last graph runs beyond the sampled ones: LM head and final norm, no sampling
+        rows = [v for k, v in self._head_parts.items() if k != "sampling"]
+        self._hy_rows = [sum(v[j] for v in rows) for j in range(len(self._hx))]
 
     def _collective(self, op: str, sizes: list[float], ring: float, roofline_bytes: float = 1.0
                     ) -> tuple[list[float], float]:
@@ -313,6 +357,92 @@ class CalibratedCostModel:
             return (b0 + b1 * seqs) + b2 * (shape.decode_ctx_tokens + shape.prefill_ctx_tokens)
         xs, ys = self._over_graph if graph else self._over_eager
         return _lerp(xs, ys, seqs)
+
+    def step_mode(self, shape: BatchShape) -> str:
+        """How the engine runs this step: ``graph`` (a captured decode graph), ``piecewise`` (padded piecewise
+        graphs, when the model was built with them) or ``eager``."""
+        pt, dq, ds = shape.prefill_tokens, shape.decode_query_tokens, shape.decode_seqs
+        if pt and pt + dq <= self._pw_top and dq == ds:
+            return "piecewise"
+        return "graph" if not pt and ds <= GRAPH_MAX_SEQS else "eager"
+
+    def _padding_s(self, n: int, sampled: int) -> float:
+        """Device time a piecewise step of ``n`` tokens adds over the same operators at its real rows: token ops
+        over its bucket's ``T - n`` padding rows, the LM head and final norm over ``min(T, max_num_seqs)`` rows
+        instead of the ``sampled`` ones."""
+        t = self.piecewise.bucket(n)
+        hx, hy = self._hx, self._hy_rows
+        return (_lerp(self._tx, self._ty, t) - _lerp(self._tx, self._ty, n)
+                + _lerp(hx, hy, self.piecewise.sample_rows(t)) - (_lerp(hx, hy, sampled) if sampled else 0.0))
+
+    def _piecewise_over_s(self, shape: BatchShape) -> float:
+        """Host time of a piecewise step: its fitted linear model (the eager one in the fallback), else the eager
+        step-overhead table."""
+        if self._fixed_overhead is not None:
+            return self._fixed_overhead
+        seqs = shape.prefill_seqs + shape.decode_seqs
+        if self._pw_host is not None:
+            b0, b1, b2 = self._pw_host
+            return (b0 + b1 * seqs) + b2 * (shape.decode_ctx_tokens + shape.prefill_ctx_tokens)
+        return _lerp(*self._over_eager, seqs)
+
+    def _piecewise_gap_floor(self, shape: BatchShape) -> tuple[float, float]:
+        n = shape.prefill_tokens + shape.decode_query_tokens
+        if n > self._pw_grid_n:
+            self.extrapolated.add("tokens(grid)")
+        if not self.piecewise_measured:
+            self.extrapolated.add("piecewise(fallback)")
+        if shape.decode_seqs:
+            return self._pw_gap_mixed, self._pw_floor_mixed
+        return self._pw_gap, self._pw_floor
+
+    def _piecewise_rows_s(self, n: int, sampled: int) -> float:
+        """The token ops at bucket ``T`` of ``n`` tokens, the LM head and final norm at ``min(T, max_num_seqs)``
+        rows and the sampling of the ``sampled`` ones: a piecewise step's kernels but attention (memoised)."""
+        t = self.piecewise.bucket(n)
+        hx = self._hx
+        v = (_lerp(self._tx, self._ty, t) + _lerp(hx, self._hy_rows, self.piecewise.sample_rows(t))
+             + (_lerp(hx, self._head_parts["sampling"], sampled) if sampled else 0.0))
+        self._pw_memo[(n << 20) + sampled] = v
+        return v
+
+    def operators_s(self, shape: BatchShape) -> float:
+        """Device time of the step's operators timed alone, as the engine runs them (a piecewise step's at its
+        padded rows): the step's time without overhead, gaps and floors (what calibration fits those on)."""
+        n = shape.prefill_tokens + shape.decode_query_tokens
+        if n == 0:
+            return 0.0
+        if self.step_mode(shape) == "piecewise":
+            k = self._pw_memo.get((n << 20) + shape.sampled_tokens)
+            k = (self._piecewise_rows_s(n, shape.sampled_tokens) if k is None else k) + self._prefill_s(shape)
+        else:
+            k = self._kernels_s(shape)
+        return k + self._decode_s(shape) if shape.decode_seqs else k
+
+    def _piecewise_s(self, shape: BatchShape, n: int) -> float:
+        """``overhead_pw + max(kernels + gap_pw, floor_pw)`` with the kernels at the padded rows (their excess
+        over the real rows is ``_padding_s``); ``_piecewise_gap_floor`` and ``_piecewise_over_s`` inline (the
+        simulator's hot path)."""
+        s, ds = shape.sampled_tokens, shape.decode_seqs
+        k = self._pw_memo.get((n << 20) + s)  # sampled rows < 2**20 (at most max_num_seqs)
+        if k is None:
+            k = self._piecewise_rows_s(n, s)
+        if n > self._pw_grid_n or not self.piecewise_measured:
+            self._piecewise_gap_floor(shape)  # its flags
+        k += self._prefill_s(shape)
+        if ds:
+            k = k + self._decode_s(shape)
+            gap, floor = self._pw_gap_mixed, self._pw_floor_mixed
+        else:
+            gap, floor = self._pw_gap, self._pw_floor
+        host = self._pw_host
+        if host is not None and self._fixed_overhead is None:
+            b0, b1, b2 = host
+            over = (b0 + b1 * (shape.prefill_seqs + ds)) + b2 * (shape.decode_ctx_tokens + shape.prefill_ctx_tokens)
+        else:
+            over = self._piecewise_over_s(shape)
+        e = k + gap
+        return over + (e if e > floor else floor)
 
     def _floor(self, shape: BatchShape) -> float:
         return self._eager_floor_mixed if shape.decode_seqs and shape.prefill_tokens else self._eager_floor
@@ -412,14 +542,16 @@ class CalibratedCostModel:
         return (col[j] + (col[j + 1] - col[j]) * (c - xb[j]) / (xb[j + 1] - xb[j])) * self.layers
 
     def step_time_s(self, shape: BatchShape) -> float:
-        """``overhead + kernels + gap`` (graph steps) or ``overhead + max(kernels + gap, eager floor)``."""
-        ds, dq = shape.decode_seqs, shape.decode_query_tokens
-        if shape.prefill_tokens + dq == 0:
+        """``overhead + kernels + gap`` (graph steps), ``overhead + max(kernels + gap, eager floor)`` (eager), or
+        ``overhead_pw + max(kernels + padding + gap_pw, floor_pw)`` (piecewise)."""
+        ds, dq, pt = shape.decode_seqs, shape.decode_query_tokens, shape.prefill_tokens
+        if pt + dq == 0:
             return 0.0
+        if pt and pt + dq <= self._pw_top and dq == ds:  # step_mode(shape) == "piecewise", inline (hot path)
+            return self._piecewise_s(shape, pt + dq)
         k = self._kernels_s(shape)
         if ds:  # added last, in the order decode_run_s adds it
             k = k + self._decode_s(shape)
-        pt = shape.prefill_tokens
         graph = not pt and ds <= GRAPH_MAX_SEQS
         host = self._host
         if host is not None and self._fixed_overhead is None:  # inline _overhead_s: the simulator's hot path
@@ -505,7 +637,8 @@ class CalibratedCostModel:
         return v
 
     def step_time(self, shape: BatchShape) -> StepTime:
-        """Per-operator breakdown (device time; the eager floor's excess and the gaps as their own terms);
+        """Per-operator breakdown (device time; the eager floor's excess and the gaps as their own terms; a piecewise
+        step's ``padding``, ``piecewise_gap`` and ``piecewise_floor`` excess);
         ``total_s`` is :meth:`step_time_s` and equals ``overhead_s`` plus the operator sum up to rounding."""
         pt, dq = shape.prefill_tokens, shape.decode_query_tokens
         n = pt + dq
@@ -519,14 +652,21 @@ class CalibratedCostModel:
             op_s[name] = _lerp(self._hx, part, shape.sampled_tokens) if shape.sampled_tokens else 0.0
         ds = shape.decode_seqs
         op_s["spec_verify"] = self._spec_s(shape) if ds and dq > ds else 0.0
-        graph = self._graph(shape)
+        mode = self.step_mode(shape)
         kernels = sum(op_s.values())
-        if graph:
+        if mode == "piecewise":  # the padding rows, then the piecewise step's own terms
+            op_s["padding"] = self._padding_s(n, shape.sampled_tokens)
+            gap, floor = self._piecewise_gap_floor(shape)
+            op_s["piecewise_gap"] = gap
+            op_s["piecewise_floor"] = max(0.0, floor - (kernels + op_s["padding"] + gap))
+            overhead = self._piecewise_over_s(shape)
+        elif mode == "graph":
             op_s["step_gap"] = self._graph_gap
+            overhead = self._overhead_s(shape, True)
         else:
             op_s["step_gap"] = self._eager_gap
             op_s["eager_floor"] = max(0.0, self._floor(shape) - (kernels + self._eager_gap))
-        overhead = self._overhead_s(shape, graph)
+            overhead = self._overhead_s(shape, False)
         total = self.step_time_s(shape)
         bound = {k: "measured" for k in op_s}
         flags = self.extrapolated | {x for x in seen if x.endswith(("(shape)", "(roofline)"))}

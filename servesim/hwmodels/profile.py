@@ -122,7 +122,10 @@ class StepFit(_Strict):
     floors (an eager step never takes less than the host needs to launch it: prefill only, and prefill with
     decodes, which launches both attention kernels), and the host time per step as ``base + per_seq x
     sequences + per_kv_token x KV tokens attended`` for graph and for eager steps (zeros: use the
-    ``step_overhead`` tables)."""
+    ``step_overhead`` tables). The ``piecewise_*`` terms are the same for steps with prefill run as piecewise CUDA
+    graphs (``servesim.engine.piecewise``): a gap per step, floors (one-token steps on the piecewise engine) and host
+    time, fitted on ``piecewise_steps`` iterations; 0 there: not measured (profiles before them, or a calibration
+    with ``--step-modes`` leaving them out), and the cost model prices such steps from the other terms (flagged)."""
 
     graph_gap_s: float = 0.0  # per kernel
     eager_gap_s: float = 0.0  # per step
@@ -131,6 +134,11 @@ class StepFit(_Strict):
     graph_host_s: tuple[float, float, float] = (0.0, 0.0, 0.0)
     eager_host_s: tuple[float, float, float] = (0.0, 0.0, 0.0)
     host_launch_us: float | None = None  # servesim.kernels.timing.host_launch_us beside the floors (their process)
+    piecewise_gap_s: float = 0.0  # per step
+    piecewise_floor_s: float = 0.0
+    piecewise_floor_mixed_s: float = 0.0
+    piecewise_host_s: tuple[float, float, float] = (0.0, 0.0, 0.0)
+    piecewise_steps: int = 0  # piecewise iterations the terms were fitted on (0: not measured)
 
 
 class FitReport(_Strict):

@@ -118,6 +118,9 @@ class Scenario(BaseModel):
     )
     step_overhead_ms: float | None = Field(None, ge=0, description="host time per step, ms (default: the cost "
                                            "model's: 1 ms roofline, the profile's fitted host time)")
+    piecewise_graphs: bool = Field(False, description="steps with a prefill chunk run as piecewise CUDA graphs, "
+                                   "attention eager (TP 1, no speculation): the engine of replay/validate runs them "
+                                   "so and the calibrated cost model prices them so")
     # Scheduler.
     batching: str = Field("chunked", description="batching mode")
     policy: str = Field("fcfs", description="waiting-queue order")
@@ -339,7 +342,7 @@ FIELD_GROUPS: dict[str, tuple[str, ...]] = {
     "Deployment": ("preset", "model", "gpus_file", "gpu", "tp", "pp", "replicas", "quant", "kv_dtype",
                    "gpu_memory_utilization", "memory_fraction_of", "block_size", "num_gpu_blocks", "swap_space_gib",
                    "prefix_caching", "usd_per_gpu_hour", "profile", "allreduce", "ep", "expert_skew",
-                   "step_overhead_ms"),
+                   "step_overhead_ms", "piecewise_graphs"),
     "Scheduler": ("batching", "policy", "max_num_seqs", "max_num_batched_tokens", "max_model_len", "preemption",
                   "admission", "aging", "predictor", "predictor_sigma", "predictor_accuracy", "router"),
     "Prefill/decode disaggregation": (

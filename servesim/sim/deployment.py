@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from servesim.errors import ConfigError
+from servesim.hwmodels.buckets import PieceBuckets
 from servesim.hwmodels.calibrated import CalibratedCostModel, ProfileMismatch
 from servesim.hwmodels.cost import CostModel, StepCostModel
 from servesim.hwmodels.gpus import GPU, get_gpu, load_gpus_yaml
@@ -96,12 +97,14 @@ def _profile(path: str, mtime: float) -> Profile:
 
 
 def cost_model(
-    placement: Placement, profile: str | None, allreduce: str = "custom", overhead_s: float | None = None
+    placement: Placement, profile: str | None, allreduce: str = "custom", overhead_s: float | None = None,
+    piecewise: PieceBuckets | None = None,
 ) -> tuple[StepCostModel, tuple[str, ...]]:
     """The calibrated cost model over ``profile`` (a file, or by default the one shipped for the GPU), or the
     roofline (``profile='roofline'``, or no shipped profile), with the all-reduce assumption ``allreduce`` (the
     calibrated model's too, for collectives its profile did not measure); and warnings a user should see.
-    ``overhead_s``: a fixed host time per step instead of the model's own."""
+    ``overhead_s``: a fixed host time per step instead of the model's own. ``piecewise``: the engine's
+    piecewise-graph buckets, for steps with prefill priced as it runs them (the roofline has no step modes)."""
     def roofline() -> CostModel:
         if overhead_s is None:
             return CostModel(placement, allreduce=allreduce)
@@ -115,7 +118,7 @@ def cost_model(
     path = str(path)
     prof = _profile(path, os.path.getmtime(path) if os.path.exists(path) else 0.0)
     try:
-        model = CalibratedCostModel(placement, prof, overhead_s=overhead_s, allreduce=allreduce)
+        model = CalibratedCostModel(placement, prof, overhead_s=overhead_s, allreduce=allreduce, piecewise=piecewise)
     except ProfileMismatch as exc:
         if profile:
             raise ConfigError(f"{exc}", field="profile") from None
@@ -147,13 +150,14 @@ def build_deployment(s: Scenario) -> Deployment:
         record_token_times=s.record_token_times,
     )
     overhead_s = None if s.step_overhead_ms is None else s.step_overhead_ms / 1000
-    cost, cost_warnings = cost_model(placement, s.profile, s.allreduce, overhead_s)
+    pieces, piece_note = piecewise_buckets(s, plan)
+    cost, cost_warnings = cost_model(placement, s.profile, s.allreduce, overhead_s, pieces)
     num_blocks = s.num_gpu_blocks or memory.kv_blocks
     if s.admission == "slots":
         num_blocks = _slot_blocks(s, plan, num_blocks)
     if num_blocks < s.pp:
         raise ConfigError(f"{num_blocks} KV blocks cannot be shared by {s.pp} pipeline engines", field="num_gpu_blocks")
-    warnings = list(cost_warnings)
+    warnings = list(cost_warnings) + ([piece_note] if piece_note else [])
     if s.num_gpu_blocks is not None and s.num_gpu_blocks > memory.kv_blocks:
         warnings.append(
             f"num_gpu_blocks {s.num_gpu_blocks:,} is more than the {memory.kv_blocks:,} KV blocks of "
@@ -176,6 +180,17 @@ def build_deployment(s: Scenario) -> Deployment:
         draft_cost=draft_cost, acceptance=acceptance,
         slo_e2el_s=None if s.slo_e2el_ms is None else s.slo_e2el_ms / 1000, warnings=tuple(warnings),
     )
+
+
+def piecewise_buckets(s: Scenario, plan: ReplicaPlan) -> tuple[PieceBuckets | None, str | None]:
+    """The engine's piecewise-graph buckets for ``s`` (None: off, or a deployment the engine runs eagerly:
+    TP > 1, speculative decoding), and a note when the setting is on but has no effect."""
+    if not s.piecewise_graphs:
+        return None, None
+    if s.tp > 1 or s.spec_k:
+        why = "TP > 1" if s.tp > 1 else "speculative decoding"
+        return None, f"piecewise_graphs has no effect with {why}: the engine runs steps with prefill eagerly"
+    return PieceBuckets.for_limits(plan.max_num_batched_tokens, s.max_num_seqs), None
 
 
 def _slot_blocks(s: Scenario, plan: ReplicaPlan, available: int) -> int:

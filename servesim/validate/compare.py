@@ -62,11 +62,20 @@ def per_request(pred: pd.DataFrame, meas: pd.DataFrame) -> pd.DataFrame:
     return latencies(pred).merge(latencies(meas), on="request_id", suffixes=("_pred", "_meas"))
 
 
+def step_modes(iterations: pd.DataFrame) -> np.ndarray:
+    """How the engine ran each iteration: ``graph`` (a decode graph), ``piecewise`` or ``eager`` (logs from before
+    the ``piecewise`` column: graph or eager)."""
+    graph = iterations.graph.to_numpy(bool)
+    pw = iterations.piecewise.to_numpy(bool) if "piecewise" in iterations else np.zeros(len(iterations), bool)
+    return np.where(graph, "graph", np.where(pw, "piecewise", "eager"))
+
+
 def iteration_table(iterations: pd.DataFrame, cost, swap_s_per_block: float = 0.0, draft_cost=None,
                     spec_k: int = 0) -> pd.DataFrame:
     """Every measured iteration priced by ``cost`` (``step_time(shape)``, plus the swap copies and, speculating,
     the draft's proposal steps as the simulator prices them): predicted and measured seconds, the signed error,
-    the bins, the predicted seconds of each operator (the draft's as ``draft``)."""
+    the bins, the predicted seconds of each operator (the draft's as ``draft``); ``mode``, how the engine ran it,
+    and ``priced_as``, the mode the cost model priced (where it has modes: the calibrated one)."""
     from servesim.hwmodels.ops import BatchShape
     from servesim.sim.spec import draft_step_s
 
@@ -83,12 +92,14 @@ def iteration_table(iterations: pd.DataFrame, cost, swap_s_per_block: float = 0.
         if spec_k and draft_cost is not None:
             op_s["draft"] = draft_step_s(draft_cost, shape, spec_k, cost)
             pred += op_s["draft"]
-        rows.append((pred, st.overhead_s))
+        rows.append((pred, st.overhead_s, cost.step_mode(shape) if hasattr(cost, "step_mode") else ""))
         ops.append(op_s)
     out = iterations[["iteration", "end_s", "step_s", "gpu_s", "graph", "prefill_tokens", "decode_seqs",
                       "decode_ctx_tokens", "sampled_tokens"]].copy()
-    out["predicted_s"] = [p for p, _ in rows]
-    out["predicted_overhead_s"] = [o for _, o in rows]
+    out["mode"] = step_modes(iterations)
+    out["priced_as"] = [m for _, _, m in rows]
+    out["predicted_s"] = [p for p, _, _ in rows]
+    out["predicted_overhead_s"] = [o for _, o, _ in rows]
     out["error"] = out.predicted_s / out.step_s - 1
     out["mean_context"] = np.where(out.decode_seqs > 0, out.decode_ctx_tokens / out.decode_seqs.clip(lower=1), 0)
     op_frame = pd.DataFrame(ops).fillna(0.0).add_prefix("op_")
@@ -122,6 +133,23 @@ def binned(it: pd.DataFrame) -> pd.DataFrame:
                     "overhead_share": float(g.predicted_overhead_s.sum() / total) if total else math.nan,
                     "top_ops": ", ".join(f"{k[3:]} {v / total:.0%}" for k, v in top.items() if v > 0)})
     return pd.DataFrame(out).sort_values("iterations", ascending=False, ignore_index=True)
+
+
+def by_mode(it: pd.DataFrame) -> pd.DataFrame:
+    """Iteration errors by how the engine ran the step (graph / eager / piecewise): count, median signed and p90
+    |error|, the share of the engine's time, and how many the cost model priced as another mode."""
+    modes = it["mode"] if "mode" in it else pd.Series(np.where(it.graph.astype(bool), "graph", "eager"))
+    total = float(it.step_s.sum())
+    out = []
+    for mode in ("graph", "eager", "piecewise"):
+        g = it[modes.to_numpy() == mode]
+        if not len(g):
+            continue
+        other = int((g.priced_as != mode).sum()) if "priced_as" in g and (g.priced_as != "").all() else 0
+        out.append({"mode": mode, "iterations": len(g), "median_error": float(g.error.median()),
+                    "p90_abs_error": float(g.error.abs().quantile(0.9)),
+                    "time_share": float(g.step_s.sum() / total) if total else math.nan, "priced_otherwise": other})
+    return pd.DataFrame(out)
 
 
 def summary_errors(metric_rows_: list[dict], it: pd.DataFrame | None) -> dict:

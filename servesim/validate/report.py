@@ -24,12 +24,15 @@ class Report:
     bins: pd.DataFrame | None = None  # compare.binned
     summary: dict = field(default_factory=dict)  # compare.summary_errors
     notes: list[str] = field(default_factory=list)
+    modes: pd.DataFrame | None = None  # compare.by_mode: graph / eager / piecewise steps
 
     def to_json(self) -> dict:
         doc = {"title": self.title, "case": self.case, "summary": self.summary, "metrics": self.metrics,
                "notes": self.notes}
         if self.bins is not None:
             doc["iteration_bins"] = self.bins.to_dict(orient="records")
+        if self.modes is not None:
+            doc["iteration_modes"] = self.modes.to_dict(orient="records")
         return to_json_value(doc)
 
 
@@ -39,6 +42,12 @@ def _pct(x) -> str:
 
 def _num(x) -> str:
     return "—" if x is None or (isinstance(x, float) and not math.isfinite(x)) else f"{x:,.2f}"
+
+
+def _table(title: str, header: tuple[str, ...], rule: str, rows) -> list[str]:
+    """A markdown section: ``## title``, the header row, its alignment ``rule``, one line per row of cells."""
+    return ["", f"## {title}", "", "| " + " | ".join(header) + " |", rule] + [
+        "| " + " | ".join(str(c) for c in row) + " |" for row in rows]
 
 
 def markdown(r: Report) -> str:
@@ -54,15 +63,20 @@ def markdown(r: Report) -> str:
     if r.summary:
         lines += ["", "## Summary", ""] + [f"- {k}: {v:.2%}" if isinstance(v, float) and "error" in k else
                                            f"- {k}: {v}" for k, v in r.summary.items()]
+    if r.modes is not None and len(r.modes):
+        lines += _table("Iterations by step mode (how the engine ran them)",
+                        ("mode", "iterations", "median error", "p90 abs error", "share of engine time",
+                         "priced as another mode"), "|---|---:|---:|---:|---:|---:|",
+                        ((m.mode, m.iterations, f"{m.median_error:+.1%}", f"{m.p90_abs_error:.1%}",
+                          f"{m.time_share:.0%}", m.priced_otherwise) for m in r.modes.itertuples()))
     if r.bins is not None and len(r.bins):
-        lines += ["", "## Iterations by batch composition (predicted / measured step time - 1)", "",
-                  "| prefill tokens | decode seqs | mean context | iterations | median error | p90 abs error | "
-                  "mean step ms | overhead share | largest predicted terms |",
-                  "|---|---|---|---:|---:|---:|---:|---:|---|"]
-        for b in r.bins.itertuples():
-            lines.append(f"| {b.prefill_tokens} | {b.decode_seqs} | {b.mean_context} | {b.iterations} | "
-                         f"{b.median_error:+.1%} | {b.p90_abs_error:.1%} | {b.mean_step_ms:.2f} | "
-                         f"{b.overhead_share:.0%} | {b.top_ops} |")
+        lines += _table("Iterations by batch composition (predicted / measured step time - 1)",
+                        ("prefill tokens", "decode seqs", "mean context", "iterations", "median error",
+                         "p90 abs error", "mean step ms", "overhead share", "largest predicted terms"),
+                        "|---|---|---|---:|---:|---:|---:|---:|---|",
+                        ((b.prefill_tokens, b.decode_seqs, b.mean_context, b.iterations, f"{b.median_error:+.1%}",
+                          f"{b.p90_abs_error:.1%}", f"{b.mean_step_ms:.2f}", f"{b.overhead_share:.0%}", b.top_ops)
+                         for b in r.bins.itertuples()))
     if r.notes:
         lines += ["", "## Notes", ""] + [f"- {n}" for n in r.notes]
     return "\n".join(lines) + "\n"
@@ -93,10 +107,13 @@ def html(r: Report) -> str:
         fig.update_yaxes(title_text="ms", row=2, col=c)
     if r.iterations is not None and len(r.iterations):
         it = r.iterations
+        modes = it["mode"].to_numpy() if "mode" in it else np.where(it.graph, "graph", "eager")
+        color = np.select([modes == "graph", modes == "piecewise"], ["#2ca02c", "#9467bd"], "#ff7f0e")
         fig.add_trace(go.Scatter(x=it.step_s * 1e3, y=it.predicted_s * 1e3, mode="markers",
-                                 marker=dict(size=4, color=np.where(it.graph, "#2ca02c", "#ff7f0e")),
-                                 text=[f"prefill {p}, decode {d}" for p, d in zip(it.prefill_tokens, it.decode_seqs)],
-                                 name="iterations (green: graph, orange: eager)"), row=2, col=3)
+                                 marker=dict(size=4, color=color),
+                                 text=[f"{m}: prefill {p}, decode {d}"
+                                       for m, p, d in zip(modes, it.prefill_tokens, it.decode_seqs)],
+                                 name="iterations (green: graph, orange: eager, purple: piecewise)"), row=2, col=3)
         hi = float(max(it.step_s.max(), it.predicted_s.max()) * 1e3)
         fig.add_trace(go.Scatter(x=[0, hi], y=[0, hi], mode="lines", line=dict(dash="dot", color="gray"),
                                  name="predicted = measured"), row=2, col=3)
@@ -136,10 +153,11 @@ def load_report(case_dir: str | Path) -> Report:
     doc = json.loads((d / "report.json").read_text())
     it = d / "iterations.parquet"
     bins = pd.DataFrame(doc["iteration_bins"]) if doc.get("iteration_bins") else None
+    modes = pd.DataFrame(doc["iteration_modes"]) if doc.get("iteration_modes") else None
     return Report(title=doc["title"], case=doc["case"], metrics=doc["metrics"],
                   requests=pd.read_parquet(d / "requests.parquet"),
                   iterations=pd.read_parquet(it) if it.exists() else None, bins=bins, summary=doc["summary"],
-                  notes=doc.get("notes", []))
+                  notes=doc.get("notes", []), modes=modes)
 
 
 def rerender(case_dir: str | Path) -> Path:

@@ -24,7 +24,6 @@ class EngineOptions:
     weights: str | None = None
     quantizer: str = "rtn"
     cuda_graphs: bool = True
-    piecewise_graphs: bool = False  # steps with prefill as piecewise CUDA graphs (off until checked on a GPU)
     draft_weights: str | None = None
     spec_mode: str | None = None  # default: greedy with real weights, controlled with random ones
 
@@ -59,7 +58,8 @@ def engine_config(s: Scenario, opts: EngineOptions):
         # planned from memory: a case asking for fewer blocks uses part of the cache (engine_deployment), so cases
         # that differ only in their pool share one engine
         num_gpu_blocks=None if opts.device == "cuda" else s.num_gpu_blocks, device=opts.device,
-        cuda_graphs=opts.cuda_graphs, piecewise_graphs=opts.piecewise_graphs, seed=s.seed, tp=s.tp,
+        # the scenario's setting: the simulation of the same case prices what the engine runs
+        cuda_graphs=opts.cuda_graphs, piecewise_graphs=s.piecewise_graphs, seed=s.seed, tp=s.tp,
         **spec_fields(s, opts))
 
 
@@ -107,13 +107,15 @@ def validate_engine(s: Scenario, opts: EngineOptions, time_scale: float = 1.0, t
             "engine": f"{opts.device}, {engine.model.backend.name} kernels"
                       + (f", TP {engine.config.tp}" if engine.config.tp > 1 else "")
                       + f", {engine.num_blocks:,} KV blocks ({engine.memory.planned_by}), "
-                        f"weights {opts.weights or 'random'}",
+                        f"weights {opts.weights or 'random'}"
+                      + (", piecewise graphs" if engine.config.piecewise_graphs else ""),
+            "piecewise_graphs": s.piecewise_graphs,
             "num_gpu_blocks": named["num_gpu_blocks"], "warm_up_s": round(warm_s, 1),
             "host_launch_us": [round(x, 3) for x in probes],
             "wall_s": round(time.perf_counter() - started, 1)}
     report = Report(title=title or f"{s.model} {s.quant} on the engine vs servesim", case=case, metrics=rows,
                     requests=compare.per_request(predicted.requests, measured.result.requests), iterations=it,
-                    bins=compare.binned(it), summary=compare.summary_errors(rows, it))
+                    bins=compare.binned(it), summary=compare.summary_errors(rows, it), modes=compare.by_mode(it))
     return report, {"predicted": predicted, "measured": measured.result, "iterations": measured.iterations}
 
 
@@ -141,8 +143,9 @@ def validate_files(path: str, tool: str | None, overrides: dict, title: str | No
 
 
 # -- suites ---------------------------------------------------------------------------------------------------
-def load_suite(path: str | Path) -> tuple[dict, list[dict]]:
-    """A suite file: ``base`` (scenario fields shared by every case) and ``cases`` (name, fields, time_scale)."""
+def load_suite(path: str | Path, overrides: dict | None = None) -> tuple[dict, list[dict]]:
+    """A suite file: ``base`` (scenario fields shared by every case) and ``cases`` (name, fields, time_scale);
+    ``overrides`` (scenario fields) over every case's."""
     p = Path(path)
     try:
         doc = yaml.safe_load(p.read_text())
@@ -157,7 +160,7 @@ def load_suite(path: str | Path) -> tuple[dict, list[dict]]:
     for i, c in enumerate(doc["cases"]):
         if not isinstance(c, dict) or "name" not in c:
             raise InputError("each case needs a name", file=str(p), field=f"cases[{i}]")
-        fields = {**base, **(c.get("scenario") or {})}
+        fields = {**base, **(c.get("scenario") or {}), **(overrides or {})}
         try:
             scenario = make_scenario(fields, source=str(p))
         except InputError as exc:
@@ -173,15 +176,16 @@ def load_suite(path: str | Path) -> tuple[dict, list[dict]]:
 
 
 def run_suite(path: str | Path, out_dir: str | Path, opts: EngineOptions, only: list[str] | None = None,
-              on_case=None, on_skip=None) -> list[dict]:
+              on_case=None, on_skip=None, overrides: dict | None = None) -> list[dict]:
     """Run each case not already reported under ``out_dir/<name>/`` and write the suite table. On CUDA a case
-    that needs more GPUs (its ``gpus``) than the machine has is skipped (``on_skip(name, why)``), not failed."""
+    that needs more GPUs (its ``gpus``) than the machine has is skipped (``on_skip(name, why)``), not failed.
+    ``overrides``: scenario fields over every case's (``--piecewise-graphs``)."""
     import json
 
     from servesim.engine.engine import build_engine
     from servesim.validate.suite import suite_row
 
-    _, cases = load_suite(path)
+    _, cases = load_suite(path, overrides)
     out = Path(out_dir)
     rows = []
     engines: dict = {}  # one engine per configuration, reused by the cases that share it
@@ -260,9 +264,10 @@ def reprice(case_dir: str | Path, profile: str | None = None) -> Report:
     meas = old.requests[["request_id"] + [c for c in old.requests.columns if c.endswith("_meas")]]
     pred = compare.latencies(predicted.requests)
     pred.columns = ["request_id"] + [f"{c}_pred" for c in pred.columns[1:]]
-    case = {**old.case, **named, "repriced_from": old.case.get("repriced_from", old.case["profile_id"])}
+    case = {**old.case, **named, "piecewise_graphs": s.piecewise_graphs,  # stored runs before the field: off
+            "repriced_from": old.case.get("repriced_from", old.case["profile_id"])}
     note = (f"prediction re-made on the CPU with {case['profile_id']} (servesim validate --reprice); the measured "
             f"run is the stored one, first predicted with {case['repriced_from']}")
     return Report(title=old.title, case=case, metrics=rows, requests=pred.merge(meas, on="request_id"),
                   iterations=it, bins=compare.binned(it), summary=compare.summary_errors(rows, it),
-                  notes=[n for n in old.notes if "re-made on the CPU" not in n] + [note])
+                  notes=[n for n in old.notes if "re-made on the CPU" not in n] + [note], modes=compare.by_mode(it))

@@ -1,0 +1,66 @@
+"""The token buckets of the engine's piecewise CUDA graphs, torch-free: the one rule the engine pads steps to
+(``servesim/engine/piecewise.py``) and the calibrated cost model prices them at (``hwmodels/calibrated.py``).
+
+A step with a prefill chunk of ``n`` tokens (with its decodes) runs padded to the smallest bucket ``T >= n``:
+powers of two from 16 below the largest, then the largest, ``max_num_batched_tokens + max_num_seqs`` (a full
+chunk budget beside every running sequence's decode). Past it the step runs eagerly. The LM head of a piecewise
+step runs over ``min(T, max_num_seqs)`` rows: every row a step samples is a sequence's.
+"""
+
+from __future__ import annotations
+
+from bisect import bisect_left
+from dataclasses import dataclass, field
+
+FIRST_BUCKET = 16
+
+
+def doubling(start: int, top: int) -> tuple[int, ...]:
+    """``start`` doubled while below ``top``, then ``top``: the graphs' bucket ladders."""
+    out, x = [], start
+    while x < top:
+        out.append(x)
+        x *= 2
+    return (*out, top)
+
+
+def piece_buckets(max_tokens: int) -> tuple[int, ...]:
+    """Padded token counts: powers of two from 16 below ``max_tokens``, then ``max_tokens``."""
+    return doubling(FIRST_BUCKET, max_tokens)
+
+
+def piecewise_max_tokens(max_num_batched_tokens: int, max_num_seqs: int) -> int:
+    """The largest bucket: a full chunk budget and a decode of every other running sequence."""
+    return max_num_batched_tokens + max_num_seqs
+
+
+@dataclass(frozen=True)
+class PieceBuckets:
+    """The buckets of an engine with ``max_tokens`` as its largest and ``max_seqs`` sequences at most."""
+
+    max_tokens: int
+    max_seqs: int
+    buckets: tuple[int, ...] = field(init=False)
+
+    def __post_init__(self) -> None:
+        if self.max_tokens < 1 or self.max_seqs < 1:
+            raise ValueError(f"piecewise buckets need positive limits, got {self.max_tokens}, {self.max_seqs}")
+        object.__setattr__(self, "buckets", piece_buckets(self.max_tokens))
+
+    @classmethod
+    def for_limits(cls, max_num_batched_tokens: int, max_num_seqs: int) -> PieceBuckets:
+        """The buckets of an engine serving with these scheduler limits."""
+        return cls(piecewise_max_tokens(max_num_batched_tokens, max_num_seqs), max_num_seqs)
+
+    @property
+    def largest(self) -> int:
+        return self.buckets[-1]
+
+    def bucket(self, n: int) -> int | None:
+        """The bucket of a step of ``n`` tokens, or None (past the largest: eager)."""
+        i = bisect_left(self.buckets, n)
+        return self.buckets[i] if i < len(self.buckets) else None
+
+    def sample_rows(self, t: int) -> int:
+        """Rows the LM head of bucket ``t`` runs over."""
+        return min(t, self.max_seqs)
