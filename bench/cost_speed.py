@@ -63,7 +63,7 @@ def main() -> None:
     models += [("calibrated", CalibratedCostModel(Placement(get_model(m), get_gpu("H200"), weight_format=f), h200),
                 f"{m} {f} on H200") for m, f in (("Llama-3.1-8B", "bf16"), ("Llama-3.1-8B", "w4a16"),
                                                  ("Qwen2.5-7B", "bf16"))]
-    pieces = PieceBuckets.for_limits(2048, 128)  # the mixed step of 552 tokens runs padded to 1,024 rows
+    pieces = PieceBuckets.for_limits(2048, 128)  # the mixed step of 552 tokens runs padded to 576 rows
     models += [("calibrated", CalibratedCostModel(Placement(get_model("Llama-3.1-8B"), get_gpu("H200")), h200,
                                                   piecewise=pieces), "Llama-3.1-8B bf16 on H200, piecewise")]
     for kind, cm, label in models:

@@ -119,7 +119,7 @@ def test_piecewise_replay_emits_the_eager_tokens(model_path, preemption):
 
 def test_which_steps_run_piecewise(model_path):
     """Flag off: no pieces at all; a step past the largest bucket, at TP > 1 or on a speculating runner: eager."""
-    assert piece_buckets(72) == (16, 32, 64, 72)
+    assert piece_buckets(72) == (16, 32, 48, 64, 72)
     off = engine(model_path, False)
     assert off.runner.pieces is None
     assert off.runner._plan(mixed_batch(), off.runner._swap_plan(mixed_batch())).piecewise is None

@@ -43,8 +43,11 @@ def chunk(n: int, decodes: int = 0, ctx: int = 0, sampled: int | None = None) ->
 
 
 def test_bucket_rule():
-    assert doubling(16, 100) == (16, 32, 64, 100) and piece_buckets(72) == (16, 32, 64, 72)
-    assert PIECES.buckets == (16, 32, 64, 128, 256, 512, 1024, 2048, 2176) and PIECES.largest == 2048 + 128
+    assert doubling(16, 100) == (16, 32, 64, 100) and piece_buckets(72) == (16, 32, 48, 64, 72)
+    b = PIECES.buckets
+    assert b[:3] == (16, 32, 48) and b[-3:] == (1984, 2048, 2176) and PIECES.largest == 2048 + 128
+    assert len(b) == 65 and {b[i + 1] - b[i] for i in range(31)} == {16}  # 16-row steps to 512
+    assert max((PIECES.bucket(n) - n) / n for n in range(512, 2049)) < 1 / 16  # then under 1/16 padding
     for n in range(1, PIECES.largest + 1):
         t = PIECES.bucket(n)
         assert t >= n and t in PIECES.buckets and not any(n <= b < t for b in PIECES.buckets)
@@ -118,8 +121,8 @@ def test_piecewise_time_is_monotone_in_tokens_and_flat_within_a_bucket(profile, 
     times = np.array([pw.step_time_s(chunk(n, decodes)) for n in range(1, top + 1)])
     assert (np.diff(times) >= -1e-15).all()
     flat = CalibratedCostModel(L8B, profile, overhead_s=0.0, piecewise=PIECES)
-    for t in PIECES.buckets[1:-1]:
-        lo, hi = t // 2 + 1 - decodes, t - decodes  # a bucket's first and last token counts
+    for prev, t in zip(PIECES.buckets, PIECES.buckets[1:-1]):
+        lo, hi = prev + 1 - decodes, t - decodes  # a bucket's first and last token counts
         if lo < 1:
             continue
         a, b = (flat.step_time(chunk(n, decodes)) for n in (lo, hi))

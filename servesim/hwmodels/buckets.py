@@ -2,8 +2,11 @@
 (``servesim/engine/piecewise.py``) and the calibrated cost model prices them at (``hwmodels/calibrated.py``).
 
 A step with a prefill chunk of ``n`` tokens (with its decodes) runs padded to the smallest bucket ``T >= n``:
-powers of two from 16 below the largest, then the largest, ``max_num_batched_tokens + max_num_seqs`` (a full
-chunk budget beside every running sequence's decode). Past it the step runs eagerly. The LM head of a piecewise
+multiples of 16 below 512, then sixteen buckets per octave (steps of 32 to 1,024, of 64 to 2,048, ...), then the
+largest, ``max_num_batched_tokens + max_num_seqs`` (a full chunk budget beside every running sequence's decode).
+Padding is at most 15 rows below 512 and under 1/16 of the step above it: the first H200 runs padded to powers of
+two, and a 1,100-token step ran 2,048 rows, which cost more than the host time the graphs saved. Past the largest
+bucket the step runs eagerly. The LM head of a piecewise
 step runs over ``min(T, max_num_seqs)`` rows: every row a step samples is a sequence's.
 """
 
@@ -25,8 +28,12 @@ def doubling(start: int, top: int) -> tuple[int, ...]:
 
 
 def piece_buckets(max_tokens: int) -> tuple[int, ...]:
-    """Padded token counts: powers of two from 16 below ``max_tokens``, then ``max_tokens``."""
-    return doubling(FIRST_BUCKET, max_tokens)
+    """Padded token counts below ``max_tokens`` (16-row steps to 512, then 16 per octave), then ``max_tokens``."""
+    out, x = [], FIRST_BUCKET
+    while x < max_tokens:
+        out.append(x)
+        x += max(FIRST_BUCKET, 1 << (x.bit_length() - 5))  # 1/16 of the octave x is in, at least 16 rows
+    return (*out, max_tokens)
 
 
 def piecewise_max_tokens(max_num_batched_tokens: int, max_num_seqs: int) -> int:
