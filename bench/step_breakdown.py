@@ -163,7 +163,7 @@ def run(args) -> tuple[list[dict], dict]:
         need = -(-(max(contexts) + chunk) // 16) + decodes * -(-decode_ctx // 16) + 16
         cfg = EngineConfig(max_model_len=max(contexts) + chunk + 16, max_num_batched_tokens=chunk + decodes,
                            max_num_seqs=max(decodes, 1), capture_at_start=False, num_gpu_blocks=need,
-                           piecewise_graphs=True)
+                           piecewise_graphs=True, piecewise_max_tokens=chunk + 2 * decodes)  # past the cap too
     eng = build_engine(cfg)
     mc = eng.model.cfg
     cuda = eng.runner.cuda

@@ -9,7 +9,7 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
-from servesim.hwmodels.buckets import PieceBuckets, doubling, piece_buckets
+from servesim.hwmodels.buckets import PIECEWISE_MAX_TOKENS, PieceBuckets, doubling, piece_buckets, piecewise_max_tokens
 from servesim.hwmodels.calibrated import CalibratedCostModel
 from servesim.hwmodels.gpus import get_gpu
 from servesim.hwmodels.models import get_model
@@ -20,7 +20,7 @@ from tests.profile_helpers import synthetic_profile
 
 H200 = get_gpu("H200")
 L8B = Placement(get_model("Llama-3.1-8B"), H200)
-PIECES = PieceBuckets.for_limits(2048, 128)
+PIECES = PieceBuckets(2048 + 128, 128)  # the uncapped rule of 2,048-token chunks beside 128 sequences
 MEASURED = dict(piecewise_gap_s=4e-4, piecewise_floor_s=2.5e-3, piecewise_floor_mixed_s=3e-3,
                 piecewise_host_s=(5e-4, 5e-6, 1e-9), piecewise_steps=200)
 
@@ -48,6 +48,8 @@ def test_bucket_rule():
     assert b[:3] == (16, 32, 48) and b[-3:] == (1984, 2048, 2176) and PIECES.largest == 2048 + 128
     assert len(b) == 65 and {b[i + 1] - b[i] for i in range(31)} == {16}  # 16-row steps to 512
     assert max((PIECES.bucket(n) - n) / n for n in range(512, 2049)) < 1 / 16  # then under 1/16 padding
+    assert PieceBuckets.for_limits(2048, 128).largest == PIECEWISE_MAX_TOKENS == 768  # longer steps: eager
+    assert PieceBuckets.for_limits(256, 64).largest == 320 and piecewise_max_tokens(2048, 128, cap=4096) == 2176
     for n in range(1, PIECES.largest + 1):
         t = PIECES.bucket(n)
         assert t >= n and t in PIECES.buckets and not any(n <= b < t for b in PIECES.buckets)

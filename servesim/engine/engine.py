@@ -34,7 +34,7 @@ from servesim.engine.weights import (
     random_state_dict,
 )
 from servesim.errors import ConfigError
-from servesim.hwmodels.buckets import piecewise_max_tokens
+from servesim.hwmodels.buckets import PIECEWISE_MAX_TOKENS, piecewise_max_tokens
 from servesim.hwmodels.precision import parse_quant
 
 GIB = 2**30
@@ -59,9 +59,10 @@ class EngineConfig:
     num_gpu_blocks: int | None = None  # override the memory planner
     device: str = "cuda"
     cuda_graphs: bool = True
-    # steps with prefill as piecewise CUDA graphs, attention eager between them (engine/piecewise.py); off until a
-    # GPU run has checked it
+    # steps with prefill as piecewise CUDA graphs, attention eager between them (engine/piecewise.py), for steps of
+    # at most piecewise_max_tokens rows (the bucket rule's cap, hwmodels/buckets.py; the cost model assumes it)
     piecewise_graphs: bool = False
+    piecewise_max_tokens: int = PIECEWISE_MAX_TOKENS
     seed: int = 0
     temperature: float = 0.0
     num_layers: int | None = None  # truncate the model (tests and quick timing only)
@@ -196,7 +197,8 @@ def build_rank(cfg: EngineConfig, mc: EngineModelConfig, comm=None) -> Engine:
         timings["warmup_s"] = time.perf_counter() - t0
     runner = ModelRunner(model, cache, cfg.max_model_len, seed=cfg.seed, temperature=cfg.temperature,
                          cuda_graphs=cfg.cuda_graphs and dev.type == "cuda", max_graph_batch=cfg.max_num_seqs,
-                         piecewise_tokens=piecewise_max_tokens(cfg.max_num_batched_tokens, cfg.max_num_seqs)
+                         piecewise_tokens=piecewise_max_tokens(cfg.max_num_batched_tokens, cfg.max_num_seqs,
+                                                                cfg.piecewise_max_tokens)
                          if cfg.piecewise_graphs else 0)
     if draft is not None:
         from servesim.engine.spec import SpecDecoder

@@ -3,7 +3,8 @@
 
 A step with a prefill chunk of ``n`` tokens (with its decodes) runs padded to the smallest bucket ``T >= n``:
 multiples of 16 below 512, then sixteen buckets per octave (steps of 32 to 1,024, of 64 to 2,048, ...), then the
-largest, ``max_num_batched_tokens + max_num_seqs`` (a full chunk budget beside every running sequence's decode).
+largest, ``max_num_batched_tokens + max_num_seqs`` (a full chunk budget beside every running sequence's decode)
+or :data:`PIECEWISE_MAX_TOKENS`, whichever is smaller.
 Padding is at most 15 rows below 512 and under 1/16 of the step above it: the first H200 runs padded to powers of
 two, and a 1,100-token step ran 2,048 rows, which cost more than the host time the graphs saved. Past the largest
 bucket the step runs eagerly. The LM head of a piecewise
@@ -16,6 +17,12 @@ from bisect import bisect_left
 from dataclasses import dataclass, field
 
 FIRST_BUCKET = 16
+# Steps with more rows than this run eagerly. Measured on the H200 with Llama-3.1-8B (bench/results/
+# step_breakdown-h200-2026-12-04.md, one chunk beside 16 decodes): eager steps are host-bound near 22-24 ms up to
+# ~768 tokens, where piecewise steps take 10-16 ms; at 768 both take 22-25 ms, and past it the GPU hides the eager
+# launches while the pieces still pay their padding and the gaps between graphs (1,024: 26.8 vs 28.7 ms; 1,536:
+# 39.3 vs 43.5 ms).
+PIECEWISE_MAX_TOKENS = 768
 
 
 def doubling(start: int, top: int) -> tuple[int, ...]:
@@ -36,9 +43,9 @@ def piece_buckets(max_tokens: int) -> tuple[int, ...]:
     return (*out, max_tokens)
 
 
-def piecewise_max_tokens(max_num_batched_tokens: int, max_num_seqs: int) -> int:
-    """The largest bucket: a full chunk budget and a decode of every other running sequence."""
-    return max_num_batched_tokens + max_num_seqs
+def piecewise_max_tokens(max_num_batched_tokens: int, max_num_seqs: int, cap: int = PIECEWISE_MAX_TOKENS) -> int:
+    """The largest bucket: a full chunk budget and a decode of every other running sequence, at most ``cap``."""
+    return min(max_num_batched_tokens + max_num_seqs, cap)
 
 
 @dataclass(frozen=True)
