@@ -1,6 +1,6 @@
 """Gluon prefill attention on Hopper (issue 17) against cuDNN SDPA, flash SDPA and our plain-Triton kernel.
 
-    PYTHONPATH=. python3 bench/gluon_attention.py --out bench/results [--candidates 0,3] [--budget-s 110]
+    PYTHONPATH=. python3 bench/gluon_attention.py --out bench/results [--candidates round2|0,3] [--budget-s 110]
     PYTHONPATH=. python3 bench/gluon_attention.py --compile-only       # any machine: compile every candidate for sm_90
 
 Causal, bf16, head_dim 128, 32 query / 8 KV heads, batch 1, S = 4096, 8192, 16384; TFLOP/s count 4 * S^2/2 *
@@ -11,7 +11,8 @@ against the float32 reference at S = 1024 (relative error < 1e-2, max abs < 3e-2
 Candidates run in a child process, one after the other: a compile error is recorded with its first lines; a
 crash (an illegal address poisons the CUDA context) or a hang (a wrong mbarrier phase waits forever; the
 candidate is killed after ``--job-timeout-s``) costs that candidate only, and a fresh child takes the rest. The
-baselines run first in the same child. Writes ``gluon_attention-<card>-<date>.md/.json`` into ``--out``.
+baselines run first in the same child. Writes ``gluon_attention-<card>-<date>.md/.json`` into ``--out``
+(``gluon_attention_round2-...`` for ``--candidates round2``).
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ TIMED_S = [4096, 8192, 16384]
 CHECK_S = 1024
 TOL_REL, TOL_ABS = 1e-2, 3e-2
 BASELINES = ["cudnn", "flash", "triton"]
-CANDIDATES = [  # most promising first, so a budget cut loses the least: 2 consumer warpgroups, then 1
+ROUND1 = [  # most promising first, so a budget cut loses the least: 2 consumer warpgroups, then 1
     dict(variant="ws", BLOCK_M=128, BLOCK_N=128, STAGES=2, num_warps=8, maxnreg=168),
     dict(variant="pipelined", BLOCK_M=128, BLOCK_N=128, STAGES=2, num_warps=8),
     dict(variant="ws", BLOCK_M=128, BLOCK_N=64, STAGES=4, num_warps=8, maxnreg=168),
@@ -47,10 +48,77 @@ CANDIDATES = [  # most promising first, so a budget cut loses the least: 2 consu
     dict(variant="pipelined", BLOCK_M=64, BLOCK_N=64, STAGES=3, num_warps=4),
     dict(variant="ws", BLOCK_M=128, BLOCK_N=64, STAGES=3, num_warps=4),  # 128 rows on one warpgroup: spills
 ]
+# Round 2. Round 1 on the H200: one warpgroup on 64 x 64 tiles, pipelined, 3 stages, was best (1.02 / 0.90 / 0.87x
+# cuDNN at 4k / 8k / 16k) and the only config of 2 programs per SM (112 KiB of shared memory, 141 registers): two
+# programs overlap each other's softmax and MMA. Every config of 1 per SM lost; three spilled. Levers: (1) tile
+# order by KV head (kv1 / kv2): at 16k the K/V of all 8 KV heads (64 MiB) exceeds the 50 MiB L2 once programs
+# at every query block of every head run together; one head's is 8 MiB. (2) Q in registers for QK^T (qreg): at
+# 64 x 64 a wgmma that reads Q and K from shared memory needs as many shared-memory cycles as MMA cycles.
+# (3) the diagonal tile in its own loop (split). (4) 2-4 programs per SM (<= 113 / 75 / 56 KiB; 4 need <= 128
+# registers, ws's 5 warps at 2 per SM <= 200).
+ROUND2 = [
+    dict(variant="pipelined", BLOCK_M=64, BLOCK_N=64, STAGES=3, num_warps=4),  # round 1's best, same run
+    dict(variant="pipelined", BLOCK_M=64, BLOCK_N=64, STAGES=3, num_warps=4, kv_heads_per_pass=1),
+    dict(variant="pipelined", BLOCK_M=64, BLOCK_N=64, STAGES=3, num_warps=4, kv_heads_per_pass=1,
+         q_in_registers=True, maxnreg=240),
+    dict(variant="pipelined", BLOCK_M=64, BLOCK_N=64, STAGES=3, num_warps=4, kv_heads_per_pass=1,
+         q_in_registers=True, split_diag=True, maxnreg=240),
+    dict(variant="pipelined", BLOCK_M=64, BLOCK_N=64, STAGES=3, num_warps=4, q_in_registers=True, maxnreg=240),
+    dict(variant="pipelined", BLOCK_M=64, BLOCK_N=64, STAGES=3, num_warps=4, kv_heads_per_pass=1, split_diag=True),
+    dict(variant="pipelined", BLOCK_M=64, BLOCK_N=64, STAGES=3, num_warps=4, kv_heads_per_pass=2),
+    dict(variant="pipelined", BLOCK_M=64, BLOCK_N=64, STAGES=3, num_warps=4, split_diag=True),
+    dict(variant="ws", BLOCK_M=64, BLOCK_N=64, STAGES=3, num_warps=4, kv_heads_per_pass=1),
+    dict(variant="ws", BLOCK_M=64, BLOCK_N=64, STAGES=3, num_warps=4, kv_heads_per_pass=1, q_in_registers=True,
+         maxnreg=200),
+    dict(variant="ws", BLOCK_M=64, BLOCK_N=64, STAGES=2, num_warps=4, kv_heads_per_pass=1),
+    dict(variant="pipelined", BLOCK_M=64, BLOCK_N=64, STAGES=2, num_warps=4, kv_heads_per_pass=1,
+         q_in_registers=True, maxnreg=240),
+    dict(variant="pipelined", BLOCK_M=64, BLOCK_N=32, STAGES=4, num_warps=4, kv_heads_per_pass=1,
+         q_in_registers=True),
+    dict(variant="pipelined", BLOCK_M=64, BLOCK_N=32, STAGES=3, num_warps=4, kv_heads_per_pass=1,
+         q_in_registers=True),  # 3 per SM
+    dict(variant="pipelined", BLOCK_M=64, BLOCK_N=32, STAGES=2, num_warps=4, kv_heads_per_pass=1, maxnreg=128),
+    dict(variant="ws", BLOCK_M=128, BLOCK_N=128, STAGES=2, num_warps=8, maxnreg=168, kv_heads_per_pass=1),
+]
+ROUNDS = {"round1": ROUND1, "round2": ROUND2}
 
 
 def name(cfg: dict) -> str:
-    return "{variant} {BLOCK_M}x{BLOCK_N} s{STAGES} w{num_warps}".format(**cfg)
+    """``variant MxN sS wW``, then ``kvK`` (tile order) and ``split`` (diagonal loop) where set, ``rR`` (maxnreg)
+    where it differs from the kernel's default."""
+    parts = ["{variant} {BLOCK_M}x{BLOCK_N} s{STAGES} w{num_warps}".format(**cfg)]
+    if cfg.get("kv_heads_per_pass"):
+        parts.append(f"kv{cfg['kv_heads_per_pass']}")
+    if cfg.get("split_diag"):
+        parts.append("split")
+    if cfg.get("q_in_registers"):
+        parts.append("qreg")
+    if cfg.get("maxnreg", 168) != 168:
+        parts.append(f"r{cfg['maxnreg']}")
+    return " ".join(parts)
+
+
+CANDIDATES = list({name(c): c for c in ROUND1 + ROUND2}.values())  # round 1's indices unchanged, then round 2's
+
+
+def select(spec: str) -> list[dict]:
+    """``--candidates``: 'all', a round ('round1', 'round2'), or comma-separated indices into CANDIDATES and
+    names (``name``), in the order given."""
+    if spec == "all":
+        return CANDIDATES
+    if spec in ROUNDS:
+        return ROUNDS[spec]
+    by_name = {name(c): c for c in CANDIDATES}
+    out = []
+    for item in (x.strip() for x in spec.split(",")):
+        if item.isdigit() and int(item) < len(CANDIDATES):
+            out.append(CANDIDATES[int(item)])
+        elif item in by_name:
+            out.append(by_name[item])
+        else:
+            raise SystemExit(f"--candidates: {item!r} is not an index < {len(CANDIDATES)}, a round "
+                             f"({', '.join(ROUNDS)}) or a name: {sorted(by_name)}")
+    return out
 
 
 def first_lines(e: BaseException, n: int = 6) -> str:
@@ -226,8 +294,15 @@ def run_all(jobs: list[dict], job_timeout_s: float, budget_s: float, start_timeo
     return rows
 
 
+def programs_per_sm(cfg: dict, shared_bytes: int, registers: int) -> int:
+    """Programs an H100/H200 SM holds at once: 228 KiB of shared memory (1 KiB reserved per program), 64 Ki
+    registers (allocated per warp in steps of 8 per thread), 64 warps; ``ws`` adds its producer warp."""
+    warps = cfg["num_warps"] + (cfg["variant"] == "ws")
+    return min(228 * 1024 // (shared_bytes + 1024), 65536 // (-(-registers // 8) * 8 * 32 * warps), 64 // warps)
+
+
 def compile_only(cands: list[dict]) -> list[dict]:
-    """Compile every candidate for sm_90 in this process (no GPU needed)."""
+    """Compile every candidate for sm_90 in this process (no GPU needed); ptxas's registers and spills each."""
     from servesim.kernels.attention import gluon_prefill as gp
 
     rows = []
@@ -236,9 +311,10 @@ def compile_only(cands: list[dict]) -> list[dict]:
         try:
             kernel = gp.compile_sm90(cfg)
             ptx = kernel.asm["ptx"]
-            rows.append({"name": name(cfg), "status": "compiled", "compile_s": time.perf_counter() - t0,
-                         "shared_bytes": kernel.metadata.shared, "setmaxnreg": "setmaxnreg" in ptx,
-                         "wgmma": ptx.count("wgmma.mma_async")})
+            rows.append({"name": name(cfg), "status": "compiled", "compile_s": round(time.perf_counter() - t0, 2),
+                         "shared_bytes": kernel.metadata.shared, **gp.ptxas_usage(kernel),
+                         "setmaxnreg": "setmaxnreg" in ptx, "wgmma": ptx.count("wgmma.mma_async")})
+            rows[-1]["per_sm"] = programs_per_sm(cfg, rows[-1]["shared_bytes"], rows[-1]["registers"])
         except Exception as e:  # noqa: BLE001
             rows.append({"name": name(cfg), "status": "compile error", "error": first_lines(e)})
         print(rows[-1], flush=True)
@@ -279,16 +355,24 @@ def report(rows: list[dict], meta: dict) -> str:
         "## Errors", "", *(errors or ["none"]), ""])
 
 
+def result_stem(spec: str, card_slug: str, date: str) -> str:
+    """``gluon_attention-<card>-<date>``; a later round's run is ``gluon_attention_round2-...``, so it does not
+    overwrite round 1's files of the same day."""
+    tag = f"_{spec}" if spec in ROUNDS and spec != "round1" else ""
+    return f"gluon_attention{tag}-{card_slug}-{date}"
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", default="bench/results", help="folder for the .md and .json results")
-    ap.add_argument("--candidates", default="all", help="comma-separated indices into CANDIDATES, or 'all'")
+    ap.add_argument("--candidates", default="all",
+                    help="'all', 'round1', 'round2', or comma-separated indices into CANDIDATES and names")
     ap.add_argument("--compile-only", action="store_true", help="compile the candidates for sm_90 and stop (no GPU)")
     ap.add_argument("--budget-s", type=float, default=100.0, help="start no job after this many seconds")
     ap.add_argument("--job-timeout-s", type=float, default=30.0, help="kill a job (a hang) after this long")
     args = ap.parse_args()
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-    cands = CANDIDATES if args.candidates == "all" else [CANDIDATES[int(i)] for i in args.candidates.split(",")]
+    cands = select(args.candidates)
     if args.compile_only:
         compile_only(cands)
         return
@@ -306,7 +390,7 @@ def main() -> None:
     rows = run_all(jobs, args.job_timeout_s, args.budget_s)
     ratios(rows)
     meta["wall_s"] = round(time.perf_counter() - t0, 1)
-    stem = os.path.join(args.out, f"gluon_attention-{timing.card_slug(meta['card'])}-{meta['date']}")
+    stem = os.path.join(args.out, result_stem(args.candidates, timing.card_slug(meta["card"]), meta["date"]))
     os.makedirs(args.out, exist_ok=True)
     with open(stem + ".json", "w") as f:
         json.dump({"meta": meta, "rows": rows}, f, indent=1, default=str)

@@ -67,3 +67,43 @@ def test_candidates_are_valid_configs(bench):
     for cfg in bench.CANDIDATES:
         gp.check_config(cfg)
     assert len({bench.name(c) for c in bench.CANDIDATES}) == len(bench.CANDIDATES)
+
+
+def test_rounds_and_selection(bench):
+    assert bench.CANDIDATES[:len(bench.ROUND1)] == bench.ROUND1  # round 1's indices still mean what they did
+    names = [bench.name(c) for c in bench.ROUND2]
+    assert len(set(names)) == len(names) and all(c in bench.CANDIDATES for c in bench.ROUND2)
+    assert bench.select("round2") == bench.ROUND2 and bench.select("all") == bench.CANDIDATES
+    assert bench.ROUND2[0] in bench.ROUND1  # round 1's best, re-measured in the same run
+    picked = bench.select("9, pipelined 64x64 s3 w4 kv1 split")
+    assert picked == [bench.ROUND1[9], dict(variant="pipelined", BLOCK_M=64, BLOCK_N=64, STAGES=3, num_warps=4,
+                                            kv_heads_per_pass=1, split_diag=True)]
+    for bad in ("999", "round9", "pipelined 1x1"):
+        with pytest.raises(SystemExit, match="--candidates"):
+            bench.select(bad)
+
+
+def test_names_carry_every_option(bench):
+    cfg = dict(variant="ws", BLOCK_M=64, BLOCK_N=32, STAGES=2, num_warps=4)
+    assert bench.name(cfg) == bench.name({**cfg, "maxnreg": 168}) == "ws 64x32 s2 w4"
+    assert bench.name({**cfg, "kv_heads_per_pass": 2, "split_diag": True, "q_in_registers": True, "maxnreg": 128}) \
+        == "ws 64x32 s2 w4 kv2 split qreg r128"
+
+
+@pytest.mark.parametrize("variant, shared, regs, per_sm", [
+    ("pipelined", 114760, 141, 2),  # round 1's best: shared memory allows 2
+    ("pipelined", 65608, 152, 3),
+    ("pipelined", 49192, 115, 4),
+    ("pipelined", 49192, 168, 3),   # shared memory would allow 4, registers 3
+    ("ws", 115004, 240, 1),         # 5 warps x 240 registers: 1
+    ("ws", 115004, 200, 2),
+])
+def test_programs_per_sm(bench, variant, shared, regs, per_sm):
+    cfg = dict(variant=variant, BLOCK_M=64, BLOCK_N=64, STAGES=3, num_warps=4)
+    assert bench.programs_per_sm(cfg, shared, regs) == per_sm
+
+
+def test_a_later_round_does_not_overwrite_round_one(bench):
+    assert bench.result_stem("all", "h200", "2026-12-04") == "gluon_attention-h200-2026-12-04"
+    assert bench.result_stem("round1", "h200", "2026-12-04") == "gluon_attention-h200-2026-12-04"
+    assert bench.result_stem("round2", "h200", "2026-12-04") == "gluon_attention_round2-h200-2026-12-04"

@@ -27,6 +27,10 @@ GPU_CONFIGS = [  # both variants, one and two consumer warpgroups, both tile wid
     dict(variant="ws", BLOCK_M=64, BLOCK_N=64, STAGES=4, num_warps=4),
     dict(variant="pipelined", BLOCK_M=128, BLOCK_N=64, STAGES=3, num_warps=8),
     dict(variant="pipelined", BLOCK_M=64, BLOCK_N=128, STAGES=2, num_warps=4),
+    # round 2: tile order by KV head, diagonal loop split off, BLOCK_N 32 (two diagonal tiles per block)
+    dict(variant="pipelined", BLOCK_M=64, BLOCK_N=64, STAGES=3, num_warps=4, kv_heads_per_pass=1),
+    dict(variant="pipelined", BLOCK_M=64, BLOCK_N=32, STAGES=3, num_warps=4, kv_heads_per_pass=2, split_diag=True),
+    dict(variant="ws", BLOCK_M=64, BLOCK_N=64, STAGES=2, num_warps=4, kv_heads_per_pass=1, split_diag=True),
 ]
 
 
@@ -57,6 +61,10 @@ def test_flops_formula():
     (dict(num_warps=12), "warpgroups"),
     (dict(BLOCK_N=48), "BLOCK_N"),
     (dict(BLOCK_M=128, BLOCK_N=128, STAGES=4), "shared memory"),
+    (dict(kv_heads_per_pass=-1), "kv_heads_per_pass"),
+    (dict(kv_heads_per_pass="2"), "kv_heads_per_pass"),
+    (dict(kv_heads_per_pass=True), "kv_heads_per_pass"),
+    (dict(split_diag=1), "split_diag"),
 ])
 def test_bad_configs_are_refused(cfg, match):
     with pytest.raises(ValueError, match=match):
@@ -83,6 +91,11 @@ def test_bad_inputs_are_refused_before_launch(bad, match):
         gp.gluon_prefill_attention(q, k, v)
 
 
+def test_tile_order_must_divide_the_kv_heads():
+    with pytest.raises(ValueError, match="does not divide num_kv_heads 8"):
+        gp.gluon_prefill_attention(*_inputs(16), config=dict(kv_heads_per_pass=3))
+
+
 COMPILE = """
 import json
 from servesim.kernels.attention import gluon_prefill as gp
@@ -91,23 +104,42 @@ for cfg in json.loads({cfgs!r}):
     kernel = gp.compile_sm90(cfg)
     ptx = kernel.asm["ptx"]
     out.append(dict(shared=kernel.metadata.shared, setmaxnreg="setmaxnreg" in ptx, wgmma=ptx.count("wgmma.mma_async"),
-                    wait1="wgmma.wait_group.sync.aligned 1" in ptx, cubin=len(kernel.asm["cubin"])))
+                    wait1="wgmma.wait_group.sync.aligned 1" in ptx, cubin=len(kernel.asm["cubin"]),
+                    **gp.ptxas_usage(kernel)))
 print(json.dumps(out))
 """
 
 
-def test_both_variants_compile_for_sm90_without_a_gpu():
-    cfgs = [dict(variant="pipelined", BLOCK_M=64, BLOCK_N=64, STAGES=3, num_warps=4), gp.DEFAULT_CONFIG]
+ROUND1_BEST = dict(variant="pipelined", BLOCK_M=64, BLOCK_N=64, STAGES=3, num_warps=4)
+COMPILED = [ROUND1_BEST, gp.DEFAULT_CONFIG,
+            {**ROUND1_BEST, "kv_heads_per_pass": 1, "split_diag": True},
+            dict(variant="ws", BLOCK_M=64, BLOCK_N=32, STAGES=3, num_warps=4, kv_heads_per_pass=2, split_diag=True)]
+
+
+@pytest.fixture(scope="module")
+def compiled():
+    """COMPILED built for sm_90 in a child process (the interpreter cannot compile Gluon)."""
     env = {**os.environ, "TRITON_INTERPRET": "0"}
-    proc = subprocess.run([sys.executable, "-c", COMPILE.format(cfgs=json.dumps(cfgs))], capture_output=True,
-                          text=True, env=env, timeout=600)
+    proc = subprocess.run([sys.executable, "-c", COMPILE.format(cfgs=json.dumps(COMPILED))], capture_output=True,
+                          text=True, env=env, timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    pipelined, ws = json.loads(proc.stdout.strip().splitlines()[-1])
-    for got, cfg in ((pipelined, cfgs[0]), (ws, cfgs[1])):
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def test_both_variants_compile_for_sm90_without_a_gpu(compiled):
+    for got, cfg in zip(compiled, COMPILED):
         assert got["cubin"] > 0 and got["wgmma"] > 0
         assert got["wait1"]  # PV(j-1) stays in flight while the softmax of tile j runs
         assert gp.smem_bytes(cfg) <= got["shared"] <= min(gp.smem_bytes(cfg) + 256, gp.SMEM_LIMIT_BYTES)
-    assert ws["setmaxnreg"] and not pipelined["setmaxnreg"]  # producer / consumer register split
+        assert got["spill_stores"] == got["spill_loads"] == 0 and 0 < got["registers"] <= 168
+    pipelined, ws, _, ws_split = compiled
+    assert ws["setmaxnreg"] and ws_split["setmaxnreg"] and not pipelined["setmaxnreg"]  # producer / consumer
+
+
+def test_split_diagonal_compiles_a_second_loop(compiled):
+    # full tiles and diagonal tiles each get their own copy of the loop body (its QK^T and PV wgmma)
+    plain, split = compiled[0], compiled[2]
+    assert split["wgmma"] > plain["wgmma"]
 
 
 needs_sm90 = pytest.mark.skipif(not torch.cuda.is_available() or interpreting()
