@@ -163,7 +163,7 @@ def test_act_quant_bytes_agree_with_the_cost_model():
 def test_gpu_w8a8_matches_reference(m, n, k, dtype):
     if not torch.cuda.is_available():
         pytest.skip("needs CUDA")
-    x = torch.randn(m, k, device="cuda").to(dtype)
+    x = torch.randn(m, k, device="cuda", generator=torch.Generator("cuda").manual_seed(m)).to(dtype)
     qw, sw = _weight(n, k, seed=m, device="cuda")
     q, s = W.act_quant(x)
     _check_codes(x, q, s)
@@ -171,5 +171,7 @@ def test_gpu_w8a8_matches_reference(m, n, k, dtype):
     for cfg in [W.config_for(m), *W.tables().values()]:  # this GPU's configs (servesim/kernels/tuned.py)
         y = W.int8_scaled_mm(q, s, qw, sw, torch.float32, None, cfg)
         assert torch.allclose(y, ref, rtol=1e-5, atol=1e-4 * ref.abs().max().item()), cfg
+    # end to end on the kernel's own codes (checked above: they differ from the reference's only at rounding ties,
+    # and a few ties flipped moved fp16 results past TOL on the H200, 2026-12-04, from an unseeded x)
     y = W.w8a8_matmul(x, qw, sw)
-    assert _rel(y, W.w8a8_ref(x, qw, sw)) < TOL[dtype]
+    assert _rel(y, W.int8_scaled_mm_ref(q, s, qw, sw, dtype)) < TOL[dtype]

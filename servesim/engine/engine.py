@@ -208,8 +208,15 @@ def build_rank(cfg: EngineConfig, mc: EngineModelConfig, comm=None) -> Engine:
         if cfg.spec_mode == "controlled":
             acceptance = SpecConfig(cfg.draft_model, cfg.spec_k, cfg.spec_alpha,
                                     cfg.spec_alpha_concentration).acceptance_model()
-        runner.spec = SpecDecoder(draft, _cache(draft.cfg, cfg, cache.num_blocks, dev), cfg.spec_k, cfg.spec_mode,
-                                  acceptance, np.random.default_rng([cfg.seed, 7]))
+        draft_cache = _cache(draft.cfg, cfg, cache.num_blocks, dev)
+        if dev.type == "cuda":  # the draft's own shapes (heads, head_dim): compiled now, not mid-replay
+            t0 = time.perf_counter()
+            _warmup(draft, draft_cache, cfg)
+            timings["warmup_s"] = timings.get("warmup_s", 0.0) + time.perf_counter() - t0
+        runner.spec = SpecDecoder(draft, draft_cache, cfg.spec_k, cfg.spec_mode, acceptance,
+                                  np.random.default_rng([cfg.seed, 7]))
+    if dev.type == "cuda":  # cached blocks out first: capturing empties the cache, which could show as negative
+        torch.cuda.empty_cache()
     reserved = torch.cuda.memory_reserved(dev) if dev.type == "cuda" else 0
     timings["graph_capture_s"] = runner.capture_all() if cfg.capture_at_start else 0.0
     if dev.type == "cuda":
