@@ -37,6 +37,6 @@ def test_smoke_run_times_every_context_and_renders(bench):
     assert all(r["eager_s"] > 0 and r["attn_s"] > 0 and r["graph_s"] is None for r in rows)
     assert all(r["piecewise_s"] > 0 and r["piecewise_wall_s"] >= r["piecewise_s"] for r in rows)
     # 5 prefill + 2 decode tokens pad to the 16-row bucket, 34 to 64 (buckets 16, 32, 64, then 64 + 4)
-    assert [r["piecewise_bucket"] for r in rows] == [16, 16, 64, 64] and meta["piecewise_buckets"][-1] == 68
+    assert [r["piecewise_bucket"] for r in rows] == [16, 16, 48, 48] and meta["piecewise_buckets"][-1] == 68
     text = bench.report(meta, rows)
-    assert text.count("\n| ") == 1 + len(rows) and "| 64 | 32 | 2 |" in text and "(64) |" in text
+    assert text.count("\n| ") == 1 + len(rows) and "| 64 | 32 | 2 |" in text and "(48) |" in text
