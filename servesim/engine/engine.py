@@ -13,6 +13,7 @@ and the returned engine is rank 0's, whose runner sends every step to the others
 
 from __future__ import annotations
 
+import gc
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -193,7 +194,7 @@ def build_rank(cfg: EngineConfig, mc: EngineModelConfig, comm=None) -> Engine:
     timings["kv_plan_s"] = time.perf_counter() - t0
     if dev.type == "cuda":
         t0 = time.perf_counter()
-        _warmup(model, cache, cfg)
+        _warmup(model, cache, cfg, (1, 1 + cfg.spec_k) if cfg.spec_k else (1,))
         timings["warmup_s"] = time.perf_counter() - t0
     runner = ModelRunner(model, cache, cfg.max_model_len, seed=cfg.seed, temperature=cfg.temperature,
                          cuda_graphs=cfg.cuda_graphs and dev.type == "cuda", max_graph_batch=cfg.max_num_seqs,
@@ -221,6 +222,10 @@ def build_rank(cfg: EngineConfig, mc: EngineModelConfig, comm=None) -> Engine:
     timings["graph_capture_s"] = runner.capture_all() if cfg.capture_at_start else 0.0
     if dev.type == "cuda":
         memory.graph_pool_bytes = torch.cuda.memory_reserved(dev) - reserved
+        # what start-up built (weights' wrappers, thousands of captured graphs) out of the collector's scans
+        # for the rest of the process, as vLLM does after capture: a replay's steps then pay no walk over it
+        gc.collect()
+        gc.freeze()
     return Engine(cfg, mc, model, runner, memory, timings)
 
 
@@ -241,21 +246,22 @@ WARM_M = (1, 2, 16, 17, 32, 33, 64, 65, 128, 256, 257, 512, 1024, 2048, 4096, 81
 WARM_SPLITS = (1, 2, 4, 8, 16, 32, 64, 128)
 
 
-def _warmup(model: LlamaModel, cache: KVCache, cfg: EngineConfig) -> None:
+def _warmup(model: LlamaModel, cache: KVCache, cfg: EngineConfig, queries: tuple[int, ...] = (1,)) -> None:
     """Compile the kernel variants eager steps meet (quantized GEMM configs by M bucket, decode attention by split
-    count), so that no replayed iteration pays a Triton compile."""
+    count and by query tokens per sequence), so that no replayed iteration pays a Triton compile."""
     dev, mc = model.w.embed.device, model.cfg
     layer = model.w.layers[0]
     for lin in (layer.qkv, layer.o, layer.gate_up, layer.down):
         if isinstance(lin, torch.nn.Module):
             for m in (m for m in WARM_M if m <= cfg.max_num_batched_tokens):
                 lin(torch.randn(m, lin.in_features, device=dev, dtype=model.dtype))
-    q = torch.randn(1, mc.num_heads, mc.head_dim, device=dev, dtype=model.dtype)
-    bt = torch.zeros((1, 1), dtype=torch.int32, device=dev)
-    kvl = torch.ones(1, dtype=torch.int32, device=dev)
-    for s in WARM_SPLITS:
-        model.backend.decode_attention(q, cache.k[0], cache.v[0], bt, kvl, max_kv_len=s * 256, num_splits=s,
-                                       **cache.scales)
+    for n in queries:  # one query token a sequence; 1 + k in an eager speculative verification
+        bt = torch.zeros((1, -(-n // cfg.block_size)), dtype=torch.int32, device=dev)
+        q = torch.randn(1, *(() if n == 1 else (n,)), mc.num_heads, mc.head_dim, device=dev, dtype=model.dtype)
+        kvl = torch.full((1,), n, dtype=torch.int32, device=dev)
+        for s in WARM_SPLITS:
+            model.backend.decode_attention(q, cache.k[0], cache.v[0], bt, kvl, max_kv_len=s * 256, num_splits=s,
+                                           **cache.scales)
     torch.cuda.synchronize()
 
 
