@@ -208,3 +208,21 @@ def test_the_scenario_setting_reaches_the_cost_model(profile, tmp_path, capsys):
     assert exc.value.code == 0, out.err
     meta = json.loads(out.out)["meta"]
     assert meta["scenario"]["piecewise_graphs"] is True and "piecewise(fallback)" in meta["cost_extrapolated"]
+
+
+def test_calibrations_piecewise_trace_gives_steps_the_buckets_hold():
+    """Calibration's piecewise engine serves its own trace (short prompts one at a time): simulated on the H200
+    profile, far more of its steps with prefill fit the 768-row cap than the eager trace's, in less time."""
+    from servesim.calibrate.run import PIECEWISE_LENGTHS, STEP_LIMITS, synthetic_workload
+    from servesim.sim.config import make_scenario
+    from servesim.sim.simulator import simulate
+
+    sc = make_scenario({"model": "Llama-3.1-8B", "gpu": "H200", "max_model_len": 4096, "piecewise_graphs": True,
+                        **STEP_LIMITS})
+    out = {}
+    for name, w in (("eager", synthetic_workload(160, 0, 4096)),
+                    ("piecewise", synthetic_workload(80, 1, 4096, burst_gap_s=0.05, **PIECEWISE_LENGTHS))):
+        t = simulate(sc, w).timeline
+        p = t[t.prefill_tokens > 0]
+        out[name] = (int((p.prefill_tokens + p.decode_tokens <= PIECEWISE_MAX_TOKENS).sum()), t.end_s.max())
+    assert out["piecewise"][0] >= 3 * out["eager"][0] and out["piecewise"][1] < out["eager"][1]

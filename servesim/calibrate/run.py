@@ -130,18 +130,21 @@ def _overhead_table(fmt: str, mode: str, seqs: np.ndarray, host: np.ndarray) -> 
                    p80_s=tuple(values))
 
 
-def synthetic_workload(n: int, seed: int, max_len: int, prompt_mean: float = 900, output_mean: float = 150):
+def synthetic_workload(n: int, seed: int, max_len: int, prompt_mean: float = 900, output_mean: float = 150,
+                       burst_gap_s: float = 0.002):
     """A load that walks the engine through every batch size: a slow start, then a burst, then a drain."""
     from servesim.sim.workload import Workload
 
     rng = np.random.default_rng(seed)
     prompt = np.clip(rng.lognormal(math.log(prompt_mean), 0.9, n), 8, max_len // 2).astype(np.int64)
     output = np.clip(rng.lognormal(math.log(output_mean), 0.8, n), 4, max_len // 2).astype(np.int64)
-    gaps = np.where(np.arange(n) < n // 5, 0.05, 0.002)
+    gaps = np.where(np.arange(n) < n // 5, 0.05, burst_gap_s)
     df = pd.DataFrame({"arrival_s": np.cumsum(gaps), "input_tokens": prompt, "output_tokens": output})
     return Workload(name="calibration", requests=df, source=f"synthetic:calibration(n={n}, seed={seed})")
 
 
+# prompt and output means of the piecewise run's trace on CUDA (tokens): chunks mostly under the 768-row cap
+PIECEWISE_LENGTHS = {"prompt_mean": 300, "output_mean": 100}
 STEP_PROCESSES = ("auto", "fresh", "same")
 # the engine runs whole steps are fitted on: "eager" (as it runs by default: decode graphs, eager steps with prefill,
 # fitting the graph and eager terms every profile needs) and "piecewise" (a second engine with piecewise graphs)
@@ -241,10 +244,15 @@ def fit_steps(model: str, fmt: str, partial: Profile, device: str, n_requests: i
                               "max_model_len": max_model_len, **STEP_LIMITS})
     lengths = {} if cuda else {"prompt_mean": 40, "output_mean": 12}  # the CPU reference path is slow
     work = synthetic_workload(n_requests, 0, max_model_len, **lengths)
+    # the piecewise engine's own trace: half the requests, short prompts arriving one at a time, so that most steps
+    # with prefill fit the piecewise buckets (the eager trace's burst of long prompts gave 8-14 of them a format
+    # on the H200, 2026-12-04) and the second run costs less
+    work_pw = synthetic_workload(max(n_requests // 2, 8), 1, max_model_len, burst_gap_s=0.05,
+                                 **(PIECEWISE_LENGTHS if cuda else lengths))
     rounds, probes, it = _serve(model, fmt, device, work, scenario, max_model_len, piecewise=False)
     pw_rounds: list = []
     if "piecewise" in modes:
-        pw_rounds, pw_probes, it_pw = _serve(model, fmt, device, work, scenario.model_copy(
+        pw_rounds, pw_probes, it_pw = _serve(model, fmt, device, work_pw, scenario.model_copy(
             update={"piecewise_graphs": True}), max_model_len, piecewise=True)
         probes += pw_probes
         it = pd.concat([it, it_pw], ignore_index=True)
