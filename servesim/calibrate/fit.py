@@ -20,10 +20,10 @@ def held_out_method(tables: list[OpTable] | tuple[OpTable, ...]) -> str:
 
 def interpolated(t: OpTable, point: tuple[float, ...]) -> float:
     """What the calibrated cost model reads off table ``t`` at ``point`` (its interpolation over the grid)."""
-    from servesim.hwmodels.calibrated import _extend, _Grid2, _lerp
+    from servesim.hwmodels.calibrated import _extend, _Grid2, _lerp, table_nodes
 
     if len(t.grid) == 1:
-        return _lerp(*_extend(list(t.grid[0]), list(t.median_s)), point[0])
+        return _lerp(*_extend(*table_nodes(t)), point[0])
     return _Grid2(t)(*point)
 
 
@@ -120,11 +120,16 @@ def _summary(errors: list[float]) -> dict[str, float]:
 
 
 def refit(profile: Profile) -> Profile:
-    """Recompute what a profile's measured tables alone determine (the longest-context weight of ragged decode
-    batches and its error), for a profile measured before that term existed."""
+    """Recompute what a profile's measured tables alone determine (the launch load of our quantized GEMMs, the
+    longest-context weight of ragged decode batches and its error) and the held-out errors of the operators as
+    the cost model now interpolates them, for a profile measured before those existed."""
+    from servesim.calibrate.launch import with_launch_loads
+
+    tables = tuple(with_launch_loads(profile.tables, profile.provenance.gpu_name))
+    profile = profile.model_copy(update={"tables": tables})
     w, ragged = fit_max_weight(profile.tables)
     pairs, per_batch = fit_max_weights(profile.tables)
-    ops = {k: v for k, v in profile.fit.ops.items() if not k.startswith("attn_decode_ragged(longest")}
+    ops = held_out_errors(list(profile.tables)) if profile.fit.ops else {}
     if ragged:
         ops[f"attn_decode_ragged(longest-context weight {w:.2f})"] = ragged
     if per_batch:

@@ -32,6 +32,7 @@ import torch
 
 from servesim.calibrate.fit import _summary, held_out_errors, held_out_method, refit
 from servesim.calibrate.grid import Table, build_grid, off_grid_points, trim
+from servesim.calibrate.launch import with_launch_loads
 from servesim.calibrate.ops import OpBuilder
 from servesim.hwmodels.buckets import PieceBuckets
 from servesim.hwmodels.calibrated import KERNELS_PER_LAYER, CalibratedCostModel
@@ -462,6 +463,7 @@ def calibrate(models: list[str], formats: tuple[str, ...], kv_dtypes: tuple[str,
 
     builder = OpBuilder(device)
     measured = [measure_table(t, builder, tick) for t in tables]
+    measured = with_launch_loads(measured, torch.cuda.get_device_name() if cuda else "cpu")  # where GEMMs step
     del builder
     if cuda:
         torch.cuda.empty_cache()

@@ -145,7 +145,7 @@ _STEPS = typer.Option(None, "--steps", help="the engine iterations calibration f
 @cal.command("refit")
 def refit_cmd(profile: Path = _PROFILE, steps: Optional[Path] = _STEPS) -> None:  # noqa: UP045
     """Recompute a profile's terms that its measurements alone fit (the longest-context weight of ragged decode
-    batches; with --steps, the host time per step), in place."""
+    batches, our quantized GEMMs' launch steps; with --steps, the host time per step), in place."""
     from servesim.calibrate.fit import refit
     from servesim.hwmodels.profile import load_profile, save_profile
 

@@ -73,6 +73,43 @@ def _extend(xs: list[float], ys: list[float]) -> tuple[list[float], list[float]]
     return [*xs, xs[-1] * FAR], [*ys, ys[-1] * FAR]
 
 
+def staircase(xs: list[float], ys: list[float], runs) -> tuple[list[float], list[float]]:
+    """The nodes of a 1-D table whose kernel steps by launch load (``OpTable.launch_load``: (first M, load) runs):
+    in a segment over which the load rises, the segment's rise follows the load's running maximum (flat inside a
+    launch shape, a jump from ``s - 1`` to ``s`` where one starts) instead of M; elsewhere the segment stays linear.
+    Exact at the grid's points and monotone between monotone ones; with no runs, the table itself."""
+    xs, ys = list(xs), list(ys)
+    if not runs:
+        return xs, ys
+    starts = [r[0] for r in runs]
+    nx, ny = [xs[0]], [ys[0]]
+    for x0, x1, y0, y1 in zip(xs, xs[1:], ys, ys[1:]):
+        i = bisect_right(starts, x0) - 1
+        peak = l0 = runs[i][1] if i >= 0 else 0.0
+        rises = []
+        for s, load in runs:
+            if x0 < s <= x1 and load > peak:
+                peak = load
+                rises.append((s, load))
+        prev = l0
+        for s, load in rises:
+            if s - 1 > nx[-1]:  # flat at the previous launch shape's value up to s - 1
+                nx.append(s - 1)
+                ny.append(y0 + (y1 - y0) * (prev - l0) / (peak - l0))
+            nx.append(s)
+            ny.append(y1 if s == x1 else y0 + (y1 - y0) * (load - l0) / (peak - l0))
+            prev = load
+        if nx[-1] != x1:
+            nx.append(x1)
+            ny.append(y1)
+    return nx, ny
+
+
+def table_nodes(table: OpTable) -> tuple[list[float], list[float]]:
+    """A 1-D table's nodes as the cost model interpolates them (its launch steps where it has them)."""
+    return staircase(table.grid[0], table.median_s, table.launch_load)
+
+
 def _lerp(xs: list[float], ys: list[float], x: float) -> float:
     if len(xs) == 1:
         return ys[0]
@@ -258,7 +295,7 @@ class CalibratedCostModel:
             raise ProfileMismatch(f"profile {self.profile.profile_id} has no {fmt} GEMMs")
         exact = [t for t in tables if t.key["n"] == n and t.key["k"] == k]
         t = exact[0] if exact else min(tables, key=lambda t: _log_distance(t.key, {"n": n, "k": k}, ("n", "k")))
-        grid, ys = list(t.grid[0]), list(t.median_s)
+        grid, ys = table_nodes(t) if exact else (list(t.grid[0]), list(t.median_s))  # steps: this shape's only
         out = [_lerp(grid, ys, x) for x in xs]
         if not exact:
             self.extrapolated.add(f"{name}(shape)")
@@ -274,7 +311,7 @@ class CalibratedCostModel:
 
     def _build_token_table(self) -> None:
         """One table over tokens T of every token-proportional operator of all layers, on the GEMM grid."""
-        grids = sorted({x for t in self.profile.tables_of("gemm") for x in t.grid[0]})
+        grids = sorted({x for t in self.profile.tables_of("gemm") for x in table_nodes(t)[0]})  # with launch steps
         if not grids:
             raise ProfileMismatch(f"profile {self.profile.profile_id} has no GEMM tables")
         xs = grids

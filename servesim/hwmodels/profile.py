@@ -71,6 +71,9 @@ class OpTable(_Strict):
     # points between the grid's, timed but never interpolated from: what the fit quality is judged on
     held_out_points: tuple[tuple[float, ...], ...] = ()
     held_out_s: tuple[float, ...] = ()
+    # our quantized GEMMs: the kernel's launch load (waves x rows x K blocks a CTA) over M as (first M, load) runs;
+    # the cost model spreads a segment's rise over its steps (servesim.calibrate.launch). Empty: linear in M.
+    launch_load: tuple[tuple[float, float], ...] = ()
 
     @model_validator(mode="after")
     def _shape(self) -> OpTable:
@@ -94,6 +97,10 @@ class OpTable(_Strict):
             raise ValueError(f"held-out points need one value per axis ({len(self.axes)})")
         if any(not (v > 0 and math.isfinite(v)) for v in self.held_out_s):
             raise ValueError("held_out_s must hold positive finite seconds")
+        if self.launch_load and (len(self.axes) != 1 or any(
+                len(r) != 2 for r in self.launch_load) or any(
+                b[0] <= a[0] for a, b in zip(self.launch_load, self.launch_load[1:]))):
+            raise ValueError("launch_load needs a 1-D table and (first M, load) runs of increasing M")
         return self
 
     def key_str(self) -> str:
