@@ -204,11 +204,12 @@ class Runner:
             return False
 
 
-def child(jobs: list[dict], results) -> None:
-    """Run ``jobs`` in order, sending ("start", i) and ("done", i, row) on the connection ``results``."""
+def child(jobs: list[dict], results, runner_cls=None) -> None:
+    """Run ``jobs`` in order, sending ("start", i) and ("done", i, row) on the connection ``results``.
+    ``runner_cls`` (default :class:`Runner`): an object with ``run(job) -> row`` and ``healthy()``, built here."""
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
     try:
-        runner = Runner()
+        runner = (runner_cls or Runner)()
     except Exception as e:  # noqa: BLE001
         results.send(("fatal", first_lines(e, 20) + "\n" + traceback.format_exc()[-2000:]))
         return
@@ -332,6 +333,18 @@ def commit() -> str:
         return os.environ.get("SERVESIM_COMMIT", "unknown")
 
 
+def run_meta() -> dict:
+    """The result files' header: card, date, commit, command line, versions (imports torch: GPU runs only)."""
+    import torch
+    import triton
+
+    from servesim.kernels import timing
+
+    return {"card": timing.card(), "date": datetime.date.today().isoformat(), "commit": commit(),
+            "command": "PYTHONPATH=. python3 " + " ".join(sys.argv), "torch": torch.__version__,
+            "triton": triton.__version__, "capability": list(torch.cuda.get_device_capability())}
+
+
 def ratios(rows: list[dict]) -> None:
     """Add each timed row's ratio to cuDNN at every S (cuDNN measured in the same run)."""
     cudnn = next((r for r in rows if r["kind"] == "cudnn" and r["status"] == "ok"), None)
@@ -376,15 +389,10 @@ def main() -> None:
     if args.compile_only:
         compile_only(cands)
         return
-    import torch
-    import triton
-
     from servesim.kernels import timing
 
     t0 = time.perf_counter()
-    meta = {"card": timing.card(), "date": datetime.date.today().isoformat(), "commit": commit(),
-            "command": "PYTHONPATH=. python3 " + " ".join(sys.argv), "torch": torch.__version__,
-            "triton": triton.__version__, "capability": list(torch.cuda.get_device_capability())}
+    meta = run_meta()
     jobs = [{"name": b, "kind": b} for b in BASELINES] + [{"name": name(c), "kind": "gluon", "config": c}
                                                            for c in cands]
     rows = run_all(jobs, args.job_timeout_s, args.budget_s)
