@@ -284,7 +284,7 @@ def fit_steps(model: str, fmt: str, partial: Profile, device: str, n_requests: i
     e = masks["eager"]
     terms = dict(graph_gap_s=graph_gap, eager_gap_s=eager_gap, eager_floor_s=floor, eager_floor_mixed_s=floor_mixed,
                  host_launch_us=float(statistics.median(probes)), graph_host_s=_host_fit(seqs[g], kv[g], host[g]),
-                 eager_host_s=_host_fit(seqs[e], kv[e], host[e]))
+                 eager_host_s=_host_fit(seqs[e], kv[e], host[e]), schedule_s=schedule_fit(it))
     p = masks["piecewise"]
     if pw_rounds and p.any():  # the same terms of the piecewise engine's steps with prefill
         pw_floor, pw_floor_mixed = (float(statistics.median(r[i] for r in pw_rounds)) for i in (0, 1))
@@ -334,6 +334,14 @@ def _host_fit(seqs: np.ndarray, kv: np.ndarray, host: np.ndarray) -> tuple[float
     return float(coef[0]), float(coef[1]), float(coef[2])
 
 
+def schedule_fit(it: pd.DataFrame) -> tuple[float, float, float]:
+    """The scheduler's time per step over all of ``it`` as ``base + per running + per waiting request`` (the
+    host-speed reference of :mod:`servesim.validate.hostspeed`); zeros for logs without ``schedule_s``."""
+    if "schedule_s" not in it or not len(it):
+        return (0.0, 0.0, 0.0)
+    return _host_fit(it.num_running.to_numpy(), it.num_waiting.to_numpy(), it.schedule_s.to_numpy(np.float64))
+
+
 def refit_steps(profile: Profile, steps: pd.DataFrame) -> Profile:
     """Refit the host terms of each format from the engine iterations calibration fitted on (the
     ``.steps.parquet`` written beside the profile), with the same even/odd split; the piecewise host terms too
@@ -347,7 +355,7 @@ def refit_steps(profile: Profile, steps: pd.DataFrame) -> Profile:
         host = (it.step_s - it.gpu_s).to_numpy()
         g, e, p = masks["graph"], masks["eager"], masks["piecewise"]
         update = {"graph_host_s": _host_fit(seqs[g], kv[g], host[g]),
-                  "eager_host_s": _host_fit(seqs[e], kv[e], host[e])}
+                  "eager_host_s": _host_fit(seqs[e], kv[e], host[e]), "schedule_s": schedule_fit(it)}
         if p.any() and fits[fmt].piecewise_steps:
             update["piecewise_host_s"] = _host_fit(seqs[p], kv[p], host[p])
         fits[fmt] = fits[fmt].model_copy(update=update)

@@ -20,6 +20,10 @@ _SUITE = typer.Option(None, "--suite", metavar="FILE", rich_help_panel="Validati
 _REPRICE = typer.Option(None, "--reprice", metavar="DIR", rich_help_panel="Validation",
                         help="predict the reports under --out-dir again on the CPU with today's cost model (or "
                              "--profile), measured runs unchanged; write them and the suite table into DIR and exit")
+_HOST = typer.Option(True, "--host-norm/--no-host-norm", rich_help_panel="Validation",
+                     help="price at the measured run's host speed: the profile's host-time terms (overheads, eager "
+                          "and piecewise floors) scaled by the run's scheduler time against calibration's; the "
+                          "errors at the scenario's own host_speed are reported beside (engine runs and --reprice)")
 _OUT = typer.Option(Path("validation-report"), "--out-dir", metavar="DIR", help="where the report goes",
                     rich_help_panel=_V)
 
@@ -47,6 +51,7 @@ def validate_cmd(
     rerender: bool = typer.Option(False, "--rerender", rich_help_panel=_V,
                                   help="redraw the pages of the reports under --out-dir from their data and exit"),
     reprice: Optional[Path] = _REPRICE,  # noqa: UP045
+    host_norm: bool = _HOST,
     **fields,
 ) -> None:
     """Replay on the engine and simulate the same workload; report predicted vs measured latency percentiles,
@@ -84,7 +89,7 @@ def validate_cmd(
         rows = []
         for d in dirs:
             console.print(f"case {d.name}", highlight=False)
-            report = reprice_case(d, fields.get("profile"))
+            report = reprice_case(d, fields.get("profile"), host_norm)
             write_report(report, reprice / d.name)
             rows.append(suite_row(d.name, report.title.split(": ", 1)[-1], report.to_json()))
         typer.echo(write_suite_table(rows, reprice))
@@ -94,7 +99,7 @@ def validate_cmd(
         # --piecewise-graphs / --no-piecewise-graphs: every case's setting (else the suite file's)
         over = {} if fields.get("piecewise_graphs") is None else {"piecewise_graphs": fields["piecewise_graphs"]}
         rows = run_suite(suite, out_dir, opts, only=[c.strip() for c in cases.split(",")] if cases else None,
-                         overrides=over,
+                         overrides=over, host_norm=host_norm,
                          on_case=lambda name: console.print(f"case {name}", highlight=False),
                          on_skip=lambda name, why: console.print(f"case {name} skipped: {why}", highlight=False))
         from servesim.validate.suite import write_suite_table
@@ -109,7 +114,7 @@ def validate_cmd(
     else:
         base = _scenario(config, fields)
         with progress_bar("replaying", "requests", console) as update:
-            report, runs = validate_engine(base, opts, time_scale, on_progress=update)
+            report, runs = validate_engine(base, opts, time_scale, on_progress=update, host_norm=host_norm)
         from servesim.sim.outputs import folder, run_writers
 
         pred, meas = runs["predicted"], runs["measured"]

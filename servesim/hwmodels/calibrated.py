@@ -23,6 +23,9 @@ is ``overhead_pw + max(kernels + padding + gap_pw, floor_pw)`` with the profile'
 profile without them prices it from its other terms (:meth:`CalibratedCostModel._piecewise_terms`), flagged
 ``piecewise(fallback)`` the way extrapolation is.
 
+``host_speed`` (default 1.0) multiplies the host-time terms (the overheads and the eager and piecewise floors),
+for a serving host slower or faster than the calibration host; the gaps are device time and stay.
+
 Under tensor parallelism the token ops add the layer's two all-reduces of ``T x hidden`` bf16 activations and
 the head adds the all-gather of the sampled rows' logits, each from the profile's measured table for that TP
 degree (``allreduce``/``allgather`` over message bytes) or, where the profile has none, from the roofline
@@ -169,6 +172,11 @@ def _two_points(table: tuple[list[float], list[float]] | None) -> tuple[list[flo
     return (xs, ys) if len(xs) > 1 else ([xs[0], xs[0] + 1.0], [ys[0], ys[0]])  # host tables: held flat
 
 
+def _scaled(terms: tuple[float, ...], h: float) -> tuple[float, ...]:
+    """Host-time fit coefficients times the host-speed factor ``h`` (the terms themselves at 1.0)."""
+    return terms if h == 1.0 else tuple(v * h for v in terms)
+
+
 def _log_distance(key: dict, want: dict, names: tuple[str, ...]) -> float:
     return sum(abs(math.log(float(key[n]) / float(want[n]))) for n in names)
 
@@ -177,10 +185,17 @@ class CalibratedCostModel:
     """Step time of one replica at ``placement`` from a measured ``profile`` (same interface as ``CostModel``)."""
 
     def __init__(self, placement: Placement, profile: Profile, overhead_s: float | None = None,
-                 allreduce: str = "custom", piecewise: PieceBuckets | None = None) -> None:
+                 allreduce: str = "custom", piecewise: PieceBuckets | None = None, host_speed: float = 1.0) -> None:
         """``piecewise``: the engine's piecewise-graph buckets when it runs steps with prefill so (None: eager;
-        ignored at TP > 1, where the engine runs them eagerly)."""
+        ignored at TP > 1, where the engine runs them eagerly). ``host_speed``: the serving host's time for the
+        same host work relative to the calibration host's (1.0: as calibrated; 1.2: a host 20% slower); it
+        multiplies the host-time terms, the step overheads (fits or tables; not a fixed ``overhead_s``) and the
+        eager and piecewise floors (an eager step's launches), not the gaps (device time). Applied to the terms
+        once here, so the pricing path is unchanged and 1.0 prices bit for bit as without it."""
+        if not (host_speed > 0 and math.isfinite(host_speed)):
+            raise ValueError(f"host_speed must be a positive finite factor, got {host_speed!r}")
         self.placement, self.profile, self.allreduce = placement, profile, allreduce
+        self.host_speed = hs = float(host_speed)
         m, tp = placement.model, placement.tp
         self.model, self.gpu, self.tp, self.pp = m, placement.gpu, tp, placement.pp
         self.layers = math.ceil(m.num_layers / placement.pp)
@@ -226,18 +241,18 @@ class CalibratedCostModel:
         self._overhead = {}
         for mode in ("graph", "eager"):
             t = profile.table("step_overhead", mode=mode, format=fmt) or profile.table("step_overhead", mode=mode)
-            self._overhead[mode] = (list(t.grid[0]), list(t.median_s)) if t else None
+            self._overhead[mode] = (list(t.grid[0]), [v * hs for v in t.median_s]) if t else None
         ov = self._overhead
         self._over_graph = _two_points(ov["graph"] or ov["eager"])
         self._over_eager = _two_points(ov["eager"] or ov["graph"])
-        fit = profile.steps.get(fmt) or next(iter(profile.steps.values()), None)
+        fit = self.step_fit = profile.steps.get(fmt) or next(iter(profile.steps.values()), None)
         kernels = self.launches = KERNELS_PER_LAYER * self.layers + 4  # kernels a forward pass launches
         self._graph_gap = fit.graph_gap_s * kernels if fit else 0.0
         self._eager_gap = fit.eager_gap_s if fit else 0.0
-        self._eager_floor = fit.eager_floor_s if fit else 0.0
-        self._eager_floor_mixed = (fit.eager_floor_mixed_s or fit.eager_floor_s) if fit else 0.0
+        self._eager_floor = fit.eager_floor_s * hs if fit else 0.0
+        self._eager_floor_mixed = (fit.eager_floor_mixed_s or fit.eager_floor_s) * hs if fit else 0.0
         linear = fit is not None and any(fit.graph_host_s + fit.eager_host_s)
-        self._host = (fit.graph_host_s, fit.eager_host_s) if linear else None
+        self._host = (_scaled(fit.graph_host_s, hs), _scaled(fit.eager_host_s, hs)) if linear else None
         self.piecewise = piecewise if tp == 1 else None
         self._pw_top = self.piecewise.largest if self.piecewise else 0  # steps of up to this many tokens (0: off)
         self._pw_memo: dict[int, float] = {}  # tokens << 20 + sampled rows -> _piecewise_rows_s
@@ -259,8 +274,8 @@ class CalibratedCostModel:
             self._pw_gap = self._pw_gap_mixed = self._pw_floor = self._pw_floor_mixed = 0.0
         elif self.piecewise_measured:
             self._pw_gap = self._pw_gap_mixed = fit.piecewise_gap_s
-            self._pw_floor = fit.piecewise_floor_s
-            self._pw_floor_mixed = fit.piecewise_floor_mixed_s or fit.piecewise_floor_s
+            self._pw_floor = fit.piecewise_floor_s * self.host_speed
+            self._pw_floor_mixed = (fit.piecewise_floor_mixed_s or fit.piecewise_floor_s) * self.host_speed
         else:
             captured, per_launch = launches - layers, fit.eager_gap_s / launches
             self._pw_gap = fit.graph_gap_s * captured + per_launch * layers
@@ -268,7 +283,8 @@ class CalibratedCostModel:
             self._pw_floor = self._eager_floor * (2 * layers + 1) / launches
             self._pw_floor_mixed = self._eager_floor_mixed * (3 * layers + 1) / (launches + layers)
         measured_host = self.piecewise_measured and any(fit.piecewise_host_s)
-        self._pw_host = fit.piecewise_host_s if measured_host else (self._host[1] if self._host else None)
+        self._pw_host = _scaled(fit.piecewise_host_s, self.host_speed) if measured_host else (
+            self._host[1] if self._host else None)
         # a step of more tokens than this pads past the token grid (flagged as its operators are)
         self._pw_grid_n = max((t for t in self.piecewise.buckets if t <= self._tx_max), default=0) if (
             self.piecewise) else 0

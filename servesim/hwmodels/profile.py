@@ -132,7 +132,9 @@ class StepFit(_Strict):
     ``step_overhead`` tables). The ``piecewise_*`` terms are the same for steps with prefill run as piecewise CUDA
     graphs (``servesim.engine.piecewise``): a gap per step, floors (one-token steps on the piecewise engine) and host
     time, fitted on ``piecewise_steps`` iterations; 0 there: not measured (profiles before them, or a calibration
-    with ``--step-modes`` leaving them out), and the cost model prices such steps from the other terms (flagged)."""
+    with ``--step-modes`` leaving them out), and the cost model prices such steps from the other terms (flagged).
+    The host-time terms (every ``*_host_s`` and the floors) are what ``CalibratedCostModel(host_speed=...)``
+    scales; the gaps are device time."""
 
     graph_gap_s: float = 0.0  # per kernel
     eager_gap_s: float = 0.0  # per step
@@ -141,6 +143,10 @@ class StepFit(_Strict):
     graph_host_s: tuple[float, float, float] = (0.0, 0.0, 0.0)
     eager_host_s: tuple[float, float, float] = (0.0, 0.0, 0.0)
     host_launch_us: float | None = None  # servesim.kernels.timing.host_launch_us beside the floors (their process)
+    # the pure-Python scheduler's time per step in the fitted runs, base + per running + per waiting request: the
+    # host-speed reference a validation run's own scheduler time is measured against (servesim.validate.hostspeed;
+    # zeros: not recorded)
+    schedule_s: tuple[float, float, float] = (0.0, 0.0, 0.0)
     piecewise_gap_s: float = 0.0  # per step
     piecewise_floor_s: float = 0.0
     piecewise_floor_mixed_s: float = 0.0

@@ -118,6 +118,10 @@ class Scenario(BaseModel):
     )
     step_overhead_ms: float | None = Field(None, ge=0, description="host time per step, ms (default: the cost "
                                            "model's: 1 ms roofline, the profile's fitted host time)")
+    host_speed: float = Field(1.0, gt=0, description="the serving host's launch speed relative to the calibration "
+                              "host's, as a time factor (1.2: host work takes 20% longer): scales the calibrated "
+                              "profile's host-time terms (step overheads, eager and piecewise floors; the roofline "
+                              "ignores it)")
     piecewise_graphs: bool = Field(False, description="steps with a prefill chunk run as piecewise CUDA graphs, "
                                    "attention eager (TP 1, no speculation): the engine of replay/validate runs them "
                                    "so and the calibrated cost model prices them so")
@@ -342,7 +346,7 @@ FIELD_GROUPS: dict[str, tuple[str, ...]] = {
     "Deployment": ("preset", "model", "gpus_file", "gpu", "tp", "pp", "replicas", "quant", "kv_dtype",
                    "gpu_memory_utilization", "memory_fraction_of", "block_size", "num_gpu_blocks", "swap_space_gib",
                    "prefix_caching", "usd_per_gpu_hour", "profile", "allreduce", "ep", "expert_skew",
-                   "step_overhead_ms", "piecewise_graphs"),
+                   "step_overhead_ms", "host_speed", "piecewise_graphs"),
     "Scheduler": ("batching", "policy", "max_num_seqs", "max_num_batched_tokens", "max_model_len", "preemption",
                   "admission", "aging", "predictor", "predictor_sigma", "predictor_accuracy", "router"),
     "Prefill/decode disaggregation": (

@@ -98,13 +98,14 @@ def _profile(path: str, mtime: float) -> Profile:
 
 def cost_model(
     placement: Placement, profile: str | None, allreduce: str = "custom", overhead_s: float | None = None,
-    piecewise: PieceBuckets | None = None,
+    piecewise: PieceBuckets | None = None, host_speed: float = 1.0,
 ) -> tuple[StepCostModel, tuple[str, ...]]:
     """The calibrated cost model over ``profile`` (a file, or by default the one shipped for the GPU), or the
     roofline (``profile='roofline'``, or no shipped profile), with the all-reduce assumption ``allreduce`` (the
     calibrated model's too, for collectives its profile did not measure); and warnings a user should see.
     ``overhead_s``: a fixed host time per step instead of the model's own. ``piecewise``: the engine's
-    piecewise-graph buckets, for steps with prefill priced as it runs them (the roofline has no step modes)."""
+    piecewise-graph buckets, for steps with prefill priced as it runs them (the roofline has no step modes).
+    ``host_speed``: the calibrated model's host-time factor (the roofline ignores it)."""
     def roofline() -> CostModel:
         if overhead_s is None:
             return CostModel(placement, allreduce=allreduce)
@@ -118,7 +119,8 @@ def cost_model(
     path = str(path)
     prof = _profile(path, os.path.getmtime(path) if os.path.exists(path) else 0.0)
     try:
-        model = CalibratedCostModel(placement, prof, overhead_s=overhead_s, allreduce=allreduce, piecewise=piecewise)
+        model = CalibratedCostModel(placement, prof, overhead_s=overhead_s, allreduce=allreduce, piecewise=piecewise,
+                                    host_speed=host_speed)
     except ProfileMismatch as exc:
         if profile:
             raise ConfigError(f"{exc}", field="profile") from None
@@ -151,7 +153,7 @@ def build_deployment(s: Scenario) -> Deployment:
     )
     overhead_s = None if s.step_overhead_ms is None else s.step_overhead_ms / 1000
     pieces, piece_note = piecewise_buckets(s, plan)
-    cost, cost_warnings = cost_model(placement, s.profile, s.allreduce, overhead_s, pieces)
+    cost, cost_warnings = cost_model(placement, s.profile, s.allreduce, overhead_s, pieces, s.host_speed)
     num_blocks = s.num_gpu_blocks or memory.kv_blocks
     if s.admission == "slots":
         num_blocks = _slot_blocks(s, plan, num_blocks)
@@ -168,7 +170,7 @@ def build_deployment(s: Scenario) -> Deployment:
     draft_cost = acceptance = None
     if s.spec_k:
         draft = placement.with_model(get_model(s.draft_model, field="draft_model"))
-        draft_cost, _ = cost_model(draft, s.profile, s.allreduce, overhead_s)
+        draft_cost, _ = cost_model(draft, s.profile, s.allreduce, overhead_s, host_speed=s.host_speed)
         acceptance = SpecConfig(s.draft_model, s.spec_k, s.spec_alpha, s.spec_alpha_concentration).acceptance_model()
     return Deployment(
         model=model, gpu=gpu, tp=s.tp, pp=s.pp, replicas=s.replicas, cost=cost, memory=memory,

@@ -25,6 +25,9 @@ class Report:
     summary: dict = field(default_factory=dict)  # compare.summary_errors
     notes: list[str] = field(default_factory=list)
     modes: pd.DataFrame | None = None  # compare.by_mode: graph / eager / piecewise steps
+    # priced at the run's measured host speed (case.host_speed): the errors at the scenario's own host speed,
+    # {host_speed, metrics, summary, iteration_modes} (run.unnormalised); None: not normalised, or no change
+    unnormalised: dict | None = None
 
     def to_json(self) -> dict:
         doc = {"title": self.title, "case": self.case, "summary": self.summary, "metrics": self.metrics,
@@ -33,6 +36,8 @@ class Report:
             doc["iteration_bins"] = self.bins.to_dict(orient="records")
         if self.modes is not None:
             doc["iteration_modes"] = self.modes.to_dict(orient="records")
+        if self.unnormalised is not None:
+            doc["unnormalised"] = self.unnormalised
         return to_json_value(doc)
 
 
@@ -51,18 +56,33 @@ def _table(title: str, header: tuple[str, ...], rule: str, rows) -> list[str]:
 
 
 def markdown(r: Report) -> str:
+    from servesim.validate.hostspeed import describe
+
     lines = [f"# {r.title}", ""]
     for k, v in r.case.items():
         if not isinstance(v, dict):
             lines.append(f"- {k}: {v}")
+    if isinstance(r.case.get("host_speed"), dict):
+        lines.append(f"- {describe(r.case['host_speed'])}")
+    raw = r.unnormalised
+    raw_by = {m["key"]: m for m in raw["metrics"]} if raw else {}
+    head = f" predicted at host speed {raw['host_speed']:g} | its error |" if raw else ""
     lines += ["", "## Latency and throughput: predicted vs measured", "",
-              "| metric | stat | predicted | measured | error |", "|---|---|---:|---:|---:|"]
+              "| metric | stat | predicted | measured | error |" + head, "|---|---|---:|---:|---:|" + (
+                  "---:|---:|" if raw else "")]
     for m in r.metrics:
+        tail = ""
+        if raw:
+            u = raw_by.get(m["key"], {})
+            tail = f" {_num(u.get('predicted'))} | {_pct(u.get('error'))} |"
         lines.append(f"| {m['metric']} | {m['stat']} | {_num(m['predicted'])} | {_num(m['measured'])} | "
-                     f"{_pct(m['error'])} |")
+                     f"{_pct(m['error'])} |" + tail)
     if r.summary:
         lines += ["", "## Summary", ""] + [f"- {k}: {v:.2%}" if isinstance(v, float) and "error" in k else
                                            f"- {k}: {v}" for k, v in r.summary.items()]
+    if raw:
+        lines += ["", f"At host speed {raw['host_speed']:g} (unnormalised): " + ", ".join(
+            f"{k} {v:.2%}" for k, v in raw["summary"].items() if isinstance(v, float) and "error" in k)]
     if r.modes is not None and len(r.modes):
         lines += _table("Iterations by step mode (how the engine ran them)",
                         ("mode", "iterations", "median error", "p90 abs error", "share of engine time",
@@ -157,7 +177,7 @@ def load_report(case_dir: str | Path) -> Report:
     return Report(title=doc["title"], case=doc["case"], metrics=doc["metrics"],
                   requests=pd.read_parquet(d / "requests.parquet"),
                   iterations=pd.read_parquet(it) if it.exists() else None, bins=bins, summary=doc["summary"],
-                  notes=doc.get("notes", []), modes=modes)
+                  notes=doc.get("notes", []), modes=modes, unnormalised=doc.get("unnormalised"))
 
 
 def rerender(case_dir: str | Path) -> Path:

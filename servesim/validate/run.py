@@ -63,26 +63,54 @@ def engine_config(s: Scenario, opts: EngineOptions):
         **spec_fields(s, opts))
 
 
-def predict(s: Scenario, w: Workload, num_gpu_blocks: int, iterations):
+def predict(s: Scenario, w: Workload, num_gpu_blocks: int, iterations, host_norm: bool = False):
     """The simulator's side of a validation: ``w`` simulated with the engine's KV block count (unless the scenario
     sets fewer), the engine's measured ``iterations`` priced by the same cost model, and the case fields that
-    name the model. Returns ``(predicted result, iteration table, case fields)``."""
+    name the model. ``host_norm``: priced at the run's measured host speed (:mod:`servesim.validate.hostspeed`,
+    instead of the scenario's ``host_speed``), the case field ``host_speed`` saying the factor and how it was
+    measured. Returns ``(predicted result, iteration table, case fields, unnormalised)``: the last is
+    ``(result, iteration table)`` at the scenario's own host speed where normalising changed it, else None."""
     from servesim.sim.simulator import simulate
+    from servesim.validate import hostspeed
 
     sim_s = s.model_copy(update={"num_gpu_blocks": s.num_gpu_blocks or num_gpu_blocks})
-    predicted = simulate(sim_s, w)
-    dep = build_deployment(sim_s)
-    it = compare.iteration_table(iterations, dep.cost, dep.swap_s_per_block, dep.draft_cost, dep.scheduler.spec_k)
+    info = None
+    if host_norm:
+        info = hostspeed.measure(iterations, build_deployment(sim_s).cost)
+    run_s = sim_s if info is None else sim_s.model_copy(update={"host_speed": info["factor"]})
+
+    def priced(sc: Scenario):
+        result = simulate(sc, w)
+        dep = build_deployment(sc)
+        return result, compare.iteration_table(iterations, dep.cost, dep.swap_s_per_block, dep.draft_cost,
+                                               dep.scheduler.spec_k)
+
+    predicted, it = priced(run_s)
+    raw = priced(sim_s) if run_s.host_speed != sim_s.host_speed else None
     fields = {"profile_id": predicted.meta["profile_id"],
               "cost_extrapolated": ", ".join(predicted.meta.get("cost_extrapolated", [])) or "none",
               "num_gpu_blocks": sim_s.num_gpu_blocks}
-    return predicted, it, fields
+    if info is not None:
+        fields["host_speed"] = info
+    return predicted, it, fields, raw
+
+
+def unnormalised(raw, measured: dict, host_speed: float) -> dict | None:
+    """The report's ``unnormalised`` part: the errors of the prediction at the scenario's own host speed."""
+    if raw is None:
+        return None
+    result, it = raw
+    rows = compare.metric_rows(result.summary, measured)
+    return {"host_speed": host_speed, "metrics": rows, "summary": compare.summary_errors(rows, it),
+            "iteration_modes": compare.by_mode(it).to_dict(orient="records")}
 
 
 def validate_engine(s: Scenario, opts: EngineOptions, time_scale: float = 1.0, title: str | None = None,
-                    on_progress=None, engine=None) -> tuple[Report, dict]:
+                    on_progress=None, engine=None, host_norm: bool = True) -> tuple[Report, dict]:
     """Engine replay vs simulation of ``s``; returns the report and both runs (for their files). ``engine`` (built
-    for ``engine_config(s, opts)``) is reused when given: a replay leaves no state behind but stale KV contents."""
+    for ``engine_config(s, opts)``) is reused when given: a replay leaves no state behind but stale KV contents.
+    ``host_norm``: priced at the replay's measured host speed (see :func:`predict`), the errors at the scenario's
+    own beside."""
     from servesim.engine.engine import build_engine
     from servesim.engine.replay import replay, warm_up
     from servesim.kernels.timing import host_launch_us
@@ -99,7 +127,7 @@ def validate_engine(s: Scenario, opts: EngineOptions, time_scale: float = 1.0, t
     finally:
         if own:
             engine.close()
-    predicted, it, named = predict(s, w, engine.num_blocks, measured.iterations)
+    predicted, it, named, raw = predict(s, w, engine.num_blocks, measured.iterations, host_norm)
     rows = compare.metric_rows(predicted.summary, measured.result.summary)
     case = {"scenario": s.model_dump(mode="json"), "workload": w.name, "requests": len(w),
             "time_scale": time_scale, "profile_id": named["profile_id"],
@@ -112,10 +140,12 @@ def validate_engine(s: Scenario, opts: EngineOptions, time_scale: float = 1.0, t
             "piecewise_graphs": s.piecewise_graphs,
             "num_gpu_blocks": named["num_gpu_blocks"], "warm_up_s": round(warm_s, 1),
             "host_launch_us": [round(x, 3) for x in probes],
+            **({"host_speed": named["host_speed"]} if "host_speed" in named else {}),
             "wall_s": round(time.perf_counter() - started, 1)}
     report = Report(title=title or f"{s.model} {s.quant} on the engine vs servesim", case=case, metrics=rows,
                     requests=compare.per_request(predicted.requests, measured.result.requests), iterations=it,
-                    bins=compare.binned(it), summary=compare.summary_errors(rows, it), modes=compare.by_mode(it))
+                    bins=compare.binned(it), summary=compare.summary_errors(rows, it), modes=compare.by_mode(it),
+                    unnormalised=unnormalised(raw, measured.result.summary, s.host_speed))
     return report, {"predicted": predicted, "measured": measured.result, "iterations": measured.iterations}
 
 
@@ -176,7 +206,7 @@ def load_suite(path: str | Path, overrides: dict | None = None) -> tuple[dict, l
 
 
 def run_suite(path: str | Path, out_dir: str | Path, opts: EngineOptions, only: list[str] | None = None,
-              on_case=None, on_skip=None, overrides: dict | None = None) -> list[dict]:
+              on_case=None, on_skip=None, overrides: dict | None = None, host_norm: bool = True) -> list[dict]:
     """Run each case not already reported under ``out_dir/<name>/`` and write the suite table. On CUDA a case
     that needs more GPUs (its ``gpus``) than the machine has is skipped (``on_skip(name, why)``), not failed.
     ``overrides``: scenario fields over every case's (``--piecewise-graphs``)."""
@@ -207,7 +237,8 @@ def run_suite(path: str | Path, out_dir: str | Path, opts: EngineOptions, only: 
                     _close_all(engines)  # one model in GPU memory at a time
                     engines[cfg] = build_engine(cfg)
                 report, runs = validate_engine(c["scenario"], opts, c["time_scale"],
-                                               title=f"{c['name']}: {c['why']}", engine=engines[cfg])
+                                               title=f"{c['name']}: {c['why']}", engine=engines[cfg],
+                                               host_norm=host_norm)
                 raw = runs["iterations"]  # the engine's own log: every batch's shape, for re-pricing later
                 write_report(report, case_dir, extra={"engine_iterations.parquet": lambda p, raw=raw: raw.to_parquet(
                     p, index=False)})
@@ -232,11 +263,12 @@ def _gpus(device: str) -> int | None:
     return torch.cuda.device_count()
 
 
-def reprice(case_dir: str | Path, profile: str | None = None) -> Report:
+def reprice(case_dir: str | Path, profile: str | None = None, host_norm: bool = True) -> Report:
     """A case's report with the prediction made again on the CPU by today's cost model (or ``profile``): the
     measured side (its metrics, per-request latencies and the engine's own iteration log) is the stored run;
     the simulation, the per-request and iteration views are redone. What a cost-model change does to the
-    suite, without a GPU."""
+    suite, without a GPU. ``host_norm``: priced at the stored run's host speed, measured from its iteration log
+    (:func:`predict`), the errors at the scenario's own host speed beside."""
     import re
 
     import pandas as pd
@@ -259,15 +291,19 @@ def reprice(case_dir: str | Path, profile: str | None = None) -> Report:
         if not found:
             raise ConfigError(f"{d / 'report.json'}: no engine KV block count", field="case.num_gpu_blocks")
         blocks = int(found.group(1).replace(",", ""))
-    predicted, it, named = predict(s, scaled_workload(s, old.case["time_scale"]), blocks, pd.read_parquet(raw_path))
-    rows = compare.metric_rows(predicted.summary, {m["key"]: m["measured"] for m in old.metrics})
+    predicted, it, named, raw = predict(s, scaled_workload(s, old.case["time_scale"]), blocks,
+                                        pd.read_parquet(raw_path), host_norm)
+    measured = {m["key"]: m["measured"] for m in old.metrics}
+    rows = compare.metric_rows(predicted.summary, measured)
     meas = old.requests[["request_id"] + [c for c in old.requests.columns if c.endswith("_meas")]]
     pred = compare.latencies(predicted.requests)
     pred.columns = ["request_id"] + [f"{c}_pred" for c in pred.columns[1:]]
-    case = {**old.case, **named, "piecewise_graphs": s.piecewise_graphs,  # stored runs before the field: off
+    case = {k: v for k, v in old.case.items() if k != "host_speed"}  # the stored run's factor: measured again
+    case = {**case, **named, "piecewise_graphs": s.piecewise_graphs,  # stored runs before the field: off
             "repriced_from": old.case.get("repriced_from", old.case["profile_id"])}
     note = (f"prediction re-made on the CPU with {case['profile_id']} (servesim validate --reprice); the measured "
             f"run is the stored one, first predicted with {case['repriced_from']}")
     return Report(title=old.title, case=case, metrics=rows, requests=pred.merge(meas, on="request_id"),
                   iterations=it, bins=compare.binned(it), summary=compare.summary_errors(rows, it),
-                  notes=[n for n in old.notes if "re-made on the CPU" not in n] + [note], modes=compare.by_mode(it))
+                  notes=[n for n in old.notes if "re-made on the CPU" not in n] + [note], modes=compare.by_mode(it),
+                  unnormalised=unnormalised(raw, measured, s.host_speed))

@@ -19,8 +19,17 @@ COLUMNS = (("p50 TTFT", "median_ttft_ms_error"), ("p99 TTFT", "p99_ttft_ms_error
 
 
 def suite_row(name: str, why: str, doc: dict) -> dict:
-    """A case's row of the suite table from its report's JSON: its summary and each metric's signed error."""
-    return {"case": name, "why": why, **doc["summary"], **{f"{m['key']}_error": m["error"] for m in doc["metrics"]}}
+    """A case's row of the suite table from its report's JSON: its summary and each metric's signed error, and
+    where the prediction was priced at the run's measured host speed, the factor (``host_speed``) and the
+    errors at the scenario's own (``unnormalised``: the summary and ``<key>_error``)."""
+    row = {"case": name, "why": why, **doc["summary"], **{f"{m['key']}_error": m["error"] for m in doc["metrics"]}}
+    hs = doc.get("case", {}).get("host_speed")
+    if isinstance(hs, dict):
+        row["host_speed"] = hs.get("factor")
+    raw = doc.get("unnormalised")
+    if raw:
+        row["unnormalised"] = {**raw["summary"], **{f"{m['key']}_error": m["error"] for m in raw["metrics"]}}
+    return row
 
 
 def _cell(v, signed: bool = True) -> str:
@@ -30,13 +39,17 @@ def _cell(v, signed: bool = True) -> str:
 
 
 def suite_table(rows: list[dict]) -> str:
-    head = "| case | " + " | ".join(c for c, _ in COLUMNS) + " | within bounds |"
-    lines = [head, "|---|" + "---:|" * len(COLUMNS) + "---|"]
+    """The table; a ``host speed`` column where a case was priced at its run's measured host speed."""
+    speed = any("host_speed" in r for r in rows)
+    head = "| case | " + " | ".join(c for c, _ in COLUMNS) + " | within bounds |" + (" host speed |" if speed else "")
+    lines = [head, "|---|" + "---:|" * len(COLUMNS) + "---|" + ("---:|" if speed else "")]
     for r in rows:
         ok = all(abs(r.get(k, math.nan)) <= b for k, b in BOUNDS.items() if isinstance(r.get(k), float)
                  and math.isfinite(r[k]))
+        hs = r.get("host_speed")
         lines.append(f"| {r['case']} | " + " | ".join(_cell(r.get(k), "abs" not in k) for _, k in COLUMNS) +
-                     f" | {'yes' if ok else 'no'} |")
+                     f" | {'yes' if ok else 'no'} |" + ((f" {hs:.3f} |" if hs is not None else " — |") if speed
+                                                         else ""))
     return "\n".join(lines) + "\n"
 
 
