@@ -20,7 +20,7 @@ _SUITE = typer.Option(None, "--suite", metavar="FILE", rich_help_panel="Validati
 _REPRICE = typer.Option(None, "--reprice", metavar="DIR", rich_help_panel="Validation",
                         help="predict the reports under --out-dir again on the CPU with today's cost model (or "
                              "--profile), measured runs unchanged; write them and the suite table into DIR and exit")
-_HOST = typer.Option(True, "--host-norm/--no-host-norm", rich_help_panel="Validation",
+_HOST = typer.Option(False, "--host-norm/--no-host-norm", rich_help_panel="Validation",
                      help="price at the measured run's host speed: the profile's host-time terms (overheads, eager "
                           "and piecewise floors) scaled by the run's scheduler time against calibration's; the "
                           "errors at the scenario's own host_speed are reported beside (engine runs and --reprice)")

@@ -106,7 +106,7 @@ def unnormalised(raw, measured: dict, host_speed: float) -> dict | None:
 
 
 def validate_engine(s: Scenario, opts: EngineOptions, time_scale: float = 1.0, title: str | None = None,
-                    on_progress=None, engine=None, host_norm: bool = True) -> tuple[Report, dict]:
+                    on_progress=None, engine=None, host_norm: bool = False) -> tuple[Report, dict]:
     """Engine replay vs simulation of ``s``; returns the report and both runs (for their files). ``engine`` (built
     for ``engine_config(s, opts)``) is reused when given: a replay leaves no state behind but stale KV contents.
     ``host_norm``: priced at the replay's measured host speed (see :func:`predict`), the errors at the scenario's
@@ -206,7 +206,7 @@ def load_suite(path: str | Path, overrides: dict | None = None) -> tuple[dict, l
 
 
 def run_suite(path: str | Path, out_dir: str | Path, opts: EngineOptions, only: list[str] | None = None,
-              on_case=None, on_skip=None, overrides: dict | None = None, host_norm: bool = True) -> list[dict]:
+              on_case=None, on_skip=None, overrides: dict | None = None, host_norm: bool = False) -> list[dict]:
     """Run each case not already reported under ``out_dir/<name>/`` and write the suite table. On CUDA a case
     that needs more GPUs (its ``gpus``) than the machine has is skipped (``on_skip(name, why)``), not failed.
     ``overrides``: scenario fields over every case's (``--piecewise-graphs``)."""
@@ -263,7 +263,7 @@ def _gpus(device: str) -> int | None:
     return torch.cuda.device_count()
 
 
-def reprice(case_dir: str | Path, profile: str | None = None, host_norm: bool = True) -> Report:
+def reprice(case_dir: str | Path, profile: str | None = None, host_norm: bool = False) -> Report:
     """A case's report with the prediction made again on the CPU by today's cost model (or ``profile``): the
     measured side (its metrics, per-request latencies and the engine's own iteration log) is the stored run;
     the simulation, the per-request and iteration views are redone. What a cost-model change does to the
