@@ -49,14 +49,15 @@ def launch_runs(key: dict, m_max: int, device: str, sms: int) -> tuple[tuple[flo
     return tuple(runs)
 
 
-def with_launch_loads(tables, gpu_name: str) -> list[OpTable]:
+def with_launch_loads(tables, gpu_name: str, sms: int | None = None) -> list[OpTable]:
     """``tables`` with the launch load of each of our quantized GEMMs (those without one) on the GPU named
-    ``gpu_name`` (the CUDA device name; a CPU calibration, whose kernels ran interpreted, gets none)."""
+    ``gpu_name`` (the CUDA device name; a CPU calibration, whose kernels ran interpreted, gets none) with ``sms``
+    SMs (default: the catalog's figure for that GPU; calibration passes the device's own count)."""
     if gpu_name == "cpu":
         return list(tables)
     from servesim.kernels.tuned import device_key
 
-    gpu = get_gpu(gpu_name.replace("NVIDIA ", "").strip())
+    sms = sms or get_gpu(gpu_name.replace("NVIDIA ", "").strip()).sm_count
     device = device_key(gpu_name)
-    return [t.model_copy(update={"launch_load": launch_runs(t.key, int(t.grid[0][-1]), device, gpu.sm_count)})
+    return [t.model_copy(update={"launch_load": launch_runs(t.key, int(t.grid[0][-1]), device, sms)})
             if t.op == "gemm" and t.key.get("format") in BITS and not t.launch_load else t for t in tables]

@@ -471,7 +471,10 @@ def calibrate(models: list[str], formats: tuple[str, ...], kv_dtypes: tuple[str,
 
     builder = OpBuilder(device)
     measured = [measure_table(t, builder, tick) for t in tables]
-    measured = with_launch_loads(measured, torch.cuda.get_device_name() if cuda else "cpu")  # where GEMMs step
+    if cuda:  # where the quantized GEMMs step, from this device's launch tables and SM count
+        from servesim.kernels.counters import sm_count
+
+        measured = with_launch_loads(measured, torch.cuda.get_device_name(), sm_count(torch.device("cuda")))
     del builder
     if cuda:
         torch.cuda.empty_cache()
