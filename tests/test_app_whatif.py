@@ -109,6 +109,23 @@ def test_scheduler_spec_and_slo_knobs_reach_the_scenario(whatif):
     assert "draft model ×3" in {t["name"] for t in steps["data"]}
 
 
+def test_piecewise_graphs_knob_prices_the_engines_piecewise_steps(whatif):
+    """On the shipped H200 profile the box reaches the scenario and its numbers; on the roofline it is off."""
+    box = whatif.checkbox(key="whatif.piecewise")
+    assert not box.disabled and not box.value
+    box.check()
+    ok(whatif.run())
+    scenario = _scenario(piecewise_graphs=True)
+    assert f"`{scenario.config_hash()}`" in whatif.caption[0].value
+    s = simulate(scenario).summary
+    assert metrics(whatif)["p50 TTFT (ms)"] == f"{s['p50_ttft_ms']:,.1f}"
+    assert s["p50_ttft_ms"] != simulate(_scenario()).summary["p50_ttft_ms"]
+    whatif.radio(key="whatif.cost").set_value("roofline")
+    ok(whatif.run())
+    assert whatif.checkbox(key="whatif.piecewise").disabled
+    assert f"`{_scenario(profile='roofline').config_hash()}`" in whatif.caption[0].value
+
+
 def test_scenario_yaml_on_the_page_is_what_simulate_runs(whatif, tmp_path, capsys):
     whatif.selectbox(key="whatif.policy").set_value("srpt")
     show(whatif, "Downloads")

@@ -77,6 +77,11 @@ def cost_model(k: Knobs, key: str) -> None:
     shipped = shipped_profiles().get(gpu)
     source = sb.radio("Cost model", ("default", "roofline", "profile file"), horizontal=True, key=f"{key}.cost",
                       help="default: the calibration profile shipped for this GPU, else the roofline")
+    calibrated = source == "profile file" or (source == "default" and shipped is not None)
+    k.fields["piecewise_graphs"] = sb.checkbox(
+        "Piecewise CUDA graphs", False, key=f"{key}.piecewise", disabled=not calibrated,
+        help="price steps with prefill of up to 768 rows as the engine's piecewise CUDA graphs (TP 1, no "
+             "speculation; calibrated profiles only)") and calibrated
     if source == "roofline":
         k.fields["profile"] = "roofline"
         sb.caption("Roofline: datasheet peaks × fitted efficiencies.")
