@@ -20,9 +20,7 @@ import argparse
 import datetime
 import gc
 import json
-import os
 import statistics
-import subprocess
 import time
 from pathlib import Path
 
@@ -33,6 +31,7 @@ import triton
 from servesim.engine.engine import EngineConfig, build_engine
 from servesim.hwmodels.ops import decode_shape, prefill_shape
 from servesim.kernels import timing
+from servesim.provenance import git_commit
 from servesim.sim.request import Batch, PrefillChunk, Request
 
 DECODE = [(1, 512), (1, 8192), (8, 2048), (64, 1024), (256, 512)]
@@ -233,8 +232,7 @@ def main() -> None:
         rows += hf_rows(args.model, copy_bw, mm)
     card = timing.card()
     date = datetime.date.today().isoformat()
-    commit = os.environ.get("SERVESIM_GIT_COMMIT") or subprocess.run(
-        ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
+    commit = git_commit()
     doc = {"card": card, "date": date, "torch": torch.__version__, "triton": triton.__version__,
            "command": f"PYTHONPATH=. python3 bench/engine.py --model {args.model} --formats {args.formats}",
            "commit": commit, "copy_bytes_per_s": copy_bw, "matmul_tflops": mm, "builds": metas, "rows": rows}

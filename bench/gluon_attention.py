@@ -24,7 +24,6 @@ import importlib.util
 import json
 import multiprocessing as mp
 import os
-import subprocess
 import sys
 import time
 import traceback
@@ -323,14 +322,9 @@ def compile_only(cands: list[dict]) -> list[dict]:
 
 
 def commit() -> str:
-    try:
-        rev = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True,
-                             cwd=Path(__file__).parent).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True,
-                               text=True, cwd=Path(__file__).parent).stdout.strip()
-        return rev + ("+dirty" if dirty else "")
-    except (OSError, subprocess.CalledProcessError):
-        return os.environ.get("SERVESIM_COMMIT", "unknown")
+    from servesim.provenance import git_commit
+
+    return git_commit()
 
 
 def run_meta() -> dict:

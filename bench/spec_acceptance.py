@@ -26,7 +26,6 @@ import json
 import math
 import os
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -170,14 +169,9 @@ def _shape(model_dir: str) -> str:
 
 
 def _commit() -> str:
-    if os.environ.get("SERVESIM_GIT_COMMIT"):
-        return os.environ["SERVESIM_GIT_COMMIT"]
-    try:
-        out = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True,
-                             text=True, timeout=10)
-        return out.stdout.strip() or "unknown"
-    except OSError:
-        return "unknown"
+    from servesim.provenance import git_commit
+
+    return git_commit()
 
 
 def markdown(doc: dict) -> str:

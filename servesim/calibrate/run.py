@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import datetime
 import math
-import os
 import statistics
 import subprocess
 import time
@@ -42,6 +41,7 @@ from servesim.hwmodels.ops import BatchShape
 from servesim.hwmodels.placement import Placement
 from servesim.hwmodels.profile import VERSION, FitReport, OpTable, Profile, Provenance, StepFit
 from servesim.kernels import timing
+from servesim.provenance import git_commit
 
 SECONDS_PER_POINT = 0.12  # measured on the H200: three graph captures and ~30 short replays per point
 OVERHEAD_SEQS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
@@ -418,9 +418,7 @@ def _eager_floor(eng, decode: bool) -> float:
 
 # -- the whole calibration -------------------------------------------------------------------------------------
 def provenance(command: str, wall_s: float, device: str) -> Provenance:
-    commit = os.environ.get("SERVESIM_GIT_COMMIT") or subprocess.run(  # a copied tree's .git may lag: say it
-        ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=os.path.dirname(__file__)
-    ).stdout.strip() or "unknown"
+    commit = git_commit()
     if device == "cuda":
         props = torch.cuda.get_device_properties(0)
         smi = subprocess.run(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
