@@ -2,7 +2,8 @@
 
 The device machine's host (CPU) speed varies between runs and within one: in the committed H200 suite the graph
 decode steps' host time over the device span ranged from 0.76x to 1.95x the profile's fit, case by case
-(``bench/host_speed.py``). Validation judges the cost model, not the host, so it prices a run with the profile's
+(``bench/host_speed.py``). Validation judges the cost model, not the host, so with ``--host-norm`` (off by
+default: on the committed suite it helped TPOT and E2E and hurt some TTFT tails) it prices a run with the profile's
 host-time terms scaled by how fast that run's host was (``CalibratedCostModel(host_speed=...)``).
 
 The measure is the engine's own pure-Python scheduler: every iteration logs its ``schedule_s``, and calibration
