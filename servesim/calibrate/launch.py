@@ -22,19 +22,13 @@ BITS = {"w4a16": 4, "w8a16": 8}  # the formats our own kernels serve (bf16: cuBL
 def gemm_launch_load(bits: int, m: int, n: int, k: int, device: str, sms: int) -> float:
     """Waves of CTAs x rows x K blocks per CTA of ``quant_matmul`` at ``m`` rows (``device``'s launch tables)."""
     from servesim.kernels.quant.configs import config_for
-    from servesim.kernels.quant.gemm import _auto_split, _fill_split  # the launcher's own split rules
+    from servesim.kernels.quant.gemm import row_block, split_for  # the launcher's own rules
 
     cfg = config_for(bits, m, n, k, device=device)
     kb = k // 128
-    gemv = cfg["kernel"] == "gemv" and m == 1
-    bm = 1 if gemv else (cfg["BLOCK_M"] or min(64, max(16, 1 << max(m - 1, 0).bit_length())))
+    bm = row_block(m, cfg)
     tiles = -(-m // bm) * -(-n // cfg["BLOCK_N"])
-    if cfg.get("split_k"):
-        split = cfg["split_k"]
-    elif cfg.get("fill"):
-        split = _fill_split(tiles, kb, cfg["fill"], sms)
-    else:
-        split = _auto_split(tiles, kb, cfg.get("waves", 0), sms)
+    split = split_for(tiles, kb, cfg, sms)
     return math.ceil(tiles * split / sms) * bm * -(-kb // split)
 
 

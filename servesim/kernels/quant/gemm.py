@@ -60,6 +60,25 @@ def _fill_split(tiles: int, kb: int, fill: float, sms: int) -> int:
     return max(1, min(int(fill * sms) // tiles, kb // 2))
 
 
+def split_for(tiles: int, kb: int, config: dict, sms: int) -> int:
+    """The K split a launch of ``tiles`` output tiles over ``kb`` K blocks takes: the config's ``split_k``, else
+    its ``fill`` (:func:`_fill_split`), else its ``waves`` (:func:`_auto_split`). The launchers' one rule (the
+    calibration's launch-load model reads it too: ``servesim/calibrate/launch.py``)."""
+    if config.get("split_k"):
+        return config["split_k"]
+    if config.get("fill"):
+        return _fill_split(tiles, kb, config["fill"], sms)
+    return _auto_split(tiles, kb, config.get("waves", 0), sms)
+
+
+def row_block(m: int, config: dict) -> int:
+    """Rows a CTA of :func:`quant_matmul` covers: 1 in the GEMV at M = 1, else the config's ``BLOCK_M``, whose 0
+    means the smallest of 16, 32, 64 covering M (one row tile streams W once)."""
+    if config["kernel"] == "gemv" and m == 1:
+        return 1
+    return config["BLOCK_M"] or min(64, max(16, triton.next_power_of_2(m)))
+
+
 def quant_matmul(x, packed, sz, bits: int, group_size: int | None, config: dict, counters=None):
     """``x @ dequant(W)^T`` for packed W (``quantize.py`` layout); ``config`` from ``configs.config_for``.
 
@@ -82,14 +101,9 @@ def quant_matmul(x, packed, sz, bits: int, group_size: int | None, config: dict,
     y = torch.empty((m, n), dtype=x.dtype, device=x.device)
     interpret = os.environ.get("TRITON_INTERPRET") == "1"
     gemv = config["kernel"] == "gemv" and m == 1
-    # BLOCK_M 0: the smallest of 16, 32, 64 covering M (one row tile streams W once)
-    bm = 1 if gemv else (config["BLOCK_M"] or min(64, max(16, triton.next_power_of_2(m))))
-    bn = config["BLOCK_N"]
+    bm, bn = row_block(m, config), config["BLOCK_N"]
     tiles = triton.cdiv(m, bm) * triton.cdiv(n, bn)
-    split = config.get("split_k")
-    if not split and config.get("fill"):
-        split = _fill_split(tiles, kb, config["fill"], sm_count(x.device))
-    split = split or _auto_split(tiles, kb, config.get("waves", 0), sm_count(x.device))
+    split = split_for(tiles, kb, config, sm_count(x.device))
     ws = torch.empty((split, m, n), dtype=torch.float32, device=x.device) if split > 1 else y
     # int32 in every launch (one kernel signature); read only when split > 1
     locks = counters_for(counters, x.device, tiles) if split > 1 else torch.empty(1, dtype=torch.int32, device=x.device)

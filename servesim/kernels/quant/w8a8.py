@@ -29,7 +29,7 @@ from .. import tuned
 from ..counters import counters_for, sm_count
 from ..tuned import ACTIVE as _ACTIVE
 from .configs import bucket
-from .gemm import _auto_split, _fill_split
+from .gemm import split_for
 from .gemm_common import _finish, _tile
 
 ROUND = tl.constexpr(12582912.0)  # 1.5 * 2^23: v + ROUND - ROUND rounds v half to even (|v| < 2^22)
@@ -188,10 +188,7 @@ def int8_scaled_mm(q_x: torch.Tensor, s_x: torch.Tensor, q_w: torch.Tensor, s_w:
     bm, bn, bk = cfg["BLOCK_M"], cfg["BLOCK_N"], cfg["BLOCK_K"]
     tiles = triton.cdiv(m, bm) * triton.cdiv(n, bn)
     kb = triton.cdiv(k, bk)
-    split = cfg.get("split_k")
-    if not split and cfg.get("fill"):
-        split = _fill_split(tiles, kb, cfg["fill"], sm_count(q_x.device))
-    split = split or _auto_split(tiles, kb, cfg.get("waves", 0), sm_count(q_x.device))
+    split = split_for(tiles, kb, cfg, sm_count(q_x.device))
     ws = torch.empty((split, m, n), dtype=torch.float32, device=q_x.device) if split > 1 else y
     locks = counters_for(counters, q_x.device, tiles) if split > 1 else torch.empty(1, dtype=torch.int32,
                                                                                      device=q_x.device)
