@@ -103,20 +103,26 @@ CANDIDATES = list({name(c): c for c in ROUND1 + ROUND2}.values())  # round 1's i
 def select(spec: str) -> list[dict]:
     """``--candidates``: 'all', a round ('round1', 'round2'), or comma-separated indices into CANDIDATES and
     names (``name``), in the order given."""
+    return pick(spec, CANDIDATES, ROUNDS, name)
+
+
+def pick(spec: str, candidates: list[dict], rounds: dict, name_of) -> list[dict]:
+    """:func:`select` over any bench's ``candidates``, ``rounds`` and names (the paged bench's too)."""
     if spec == "all":
-        return CANDIDATES
-    if spec in ROUNDS:
-        return ROUNDS[spec]
-    by_name = {name(c): c for c in CANDIDATES}
+        return candidates
+    if spec in rounds:
+        return rounds[spec]
+    by_name = {name_of(c): c for c in candidates}
     out = []
     for item in (x.strip() for x in spec.split(",")):
-        if item.isdigit() and int(item) < len(CANDIDATES):
-            out.append(CANDIDATES[int(item)])
+        if item.isdigit() and int(item) < len(candidates):
+            out.append(candidates[int(item)])
         elif item in by_name:
             out.append(by_name[item])
         else:
-            raise SystemExit(f"--candidates: {item!r} is not an index < {len(CANDIDATES)}, a round "
-                             f"({', '.join(ROUNDS)}) or a name: {sorted(by_name)}")
+            kinds = f", a round ({', '.join(rounds)})" if rounds else ""
+            raise SystemExit(f"--candidates: {item!r} is not an index < {len(candidates)}{kinds} or a name: "
+                             f"{sorted(by_name)}")
     return out
 
 
@@ -369,16 +375,32 @@ def result_stem(spec: str, card_slug: str, date: str) -> str:
     return f"gluon_attention{tag}-{card_slug}-{date}"
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def arguments(description: str, candidates_help: str, budget_s: float, job_timeout_s: float):
+    """The command line of a Gluon bench (this one and the paged one)."""
+    ap = argparse.ArgumentParser(description=description)
     ap.add_argument("--out", default="bench/results", help="folder for the .md and .json results")
-    ap.add_argument("--candidates", default="all",
-                    help="'all', 'round1', 'round2', or comma-separated indices into CANDIDATES and names")
+    ap.add_argument("--candidates", default="all", help=candidates_help)
     ap.add_argument("--compile-only", action="store_true", help="compile the candidates for sm_90 and stop (no GPU)")
-    ap.add_argument("--budget-s", type=float, default=100.0, help="start no job after this many seconds")
-    ap.add_argument("--job-timeout-s", type=float, default=30.0, help="kill a job (a hang) after this long")
+    ap.add_argument("--budget-s", type=float, default=budget_s, help="start no job after this many seconds")
+    ap.add_argument("--job-timeout-s", type=float, default=job_timeout_s, help="kill a job (a hang) after this long")
     args = ap.parse_args()
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+    return args
+
+
+def write(stem: str, meta: dict, rows: list[dict], md: str) -> None:
+    """``stem``.json (meta and rows) and ``stem``.md, then the markdown on stdout."""
+    os.makedirs(os.path.dirname(stem) or ".", exist_ok=True)
+    with open(stem + ".json", "w") as f:
+        json.dump({"meta": meta, "rows": rows}, f, indent=1, default=str)
+    with open(stem + ".md", "w") as f:
+        f.write(md)
+    print(md)
+
+
+def main() -> None:
+    args = arguments(__doc__.splitlines()[0], "'all', 'round1', 'round2', or comma-separated indices into "
+                     "CANDIDATES and names", 100.0, 30.0)
     cands = select(args.candidates)
     if args.compile_only:
         compile_only(cands)
@@ -393,13 +415,7 @@ def main() -> None:
     ratios(rows)
     meta["wall_s"] = round(time.perf_counter() - t0, 1)
     stem = os.path.join(args.out, result_stem(args.candidates, timing.card_slug(meta["card"]), meta["date"]))
-    os.makedirs(args.out, exist_ok=True)
-    with open(stem + ".json", "w") as f:
-        json.dump({"meta": meta, "rows": rows}, f, indent=1, default=str)
-    md = report(rows, meta)
-    with open(stem + ".md", "w") as f:
-        f.write(md)
-    print(md)
+    write(stem, meta, rows, report(rows, meta))
 
 
 if __name__ == "__main__":

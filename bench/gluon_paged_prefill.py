@@ -17,12 +17,10 @@ that candidate only). Writes ``gluon_paged_prefill-<card>-<date>.md/.json`` into
 
 from __future__ import annotations
 
-import argparse
 import importlib.util
 import json
 import math
 import os
-import sys
 import time
 from pathlib import Path
 
@@ -65,18 +63,7 @@ def name(cfg: dict) -> str:
 
 def select(spec: str) -> list[dict]:
     """``--candidates``: 'all', or comma-separated indices into CANDIDATES and names, in the order given."""
-    if spec == "all":
-        return CANDIDATES
-    by_name = {name(c): c for c in CANDIDATES}
-    out = []
-    for item in (x.strip() for x in spec.split(",")):
-        if item.isdigit() and int(item) < len(CANDIDATES):
-            out.append(CANDIDATES[int(item)])
-        elif item in by_name:
-            out.append(by_name[item])
-        else:
-            raise SystemExit(f"--candidates: {item!r} is not an index < {len(CANDIDATES)} or a name: {sorted(by_name)}")
-    return out
+    return GA.pick(spec, CANDIDATES, {}, name)
 
 
 # --- the child: CUDA work ----------------------------------------------------------------------------------------
@@ -244,14 +231,8 @@ def compile_only(cands: list[dict]) -> list[dict]:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--out", default="bench/results", help="folder for the .md and .json results")
-    ap.add_argument("--candidates", default="all", help="'all', or comma-separated indices into CANDIDATES and names")
-    ap.add_argument("--compile-only", action="store_true", help="compile the candidates for sm_90 and stop (no GPU)")
-    ap.add_argument("--budget-s", type=float, default=300.0, help="start no job after this many seconds")
-    ap.add_argument("--job-timeout-s", type=float, default=90.0, help="kill a job (a hang) after this long")
-    args = ap.parse_args()
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+    args = GA.arguments(__doc__.splitlines()[0], "'all', or comma-separated indices into CANDIDATES and names",
+                        300.0, 90.0)
     cands = select(args.candidates)
     if args.compile_only:
         compile_only(cands)
@@ -266,13 +247,7 @@ def main() -> None:
     ratios(rows)
     meta["wall_s"] = round(time.perf_counter() - t0, 1)
     stem = os.path.join(args.out, f"gluon_paged_prefill-{timing.card_slug(meta['card'])}-{meta['date']}")
-    os.makedirs(args.out, exist_ok=True)
-    with open(stem + ".json", "w") as f:
-        json.dump({"meta": meta, "rows": rows}, f, indent=1, default=str)
-    md = report(rows, meta)
-    with open(stem + ".md", "w") as f:
-        f.write(md)
-    print(md)
+    GA.write(stem, meta, rows, report(rows, meta))
 
 
 if __name__ == "__main__":

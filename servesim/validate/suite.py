@@ -22,13 +22,15 @@ def suite_row(name: str, why: str, doc: dict) -> dict:
     """A case's row of the suite table from its report's JSON: its summary and each metric's signed error, and
     where the prediction was priced at the run's measured host speed, the factor (``host_speed``) and the
     errors at the scenario's own (``unnormalised``: the summary and ``<key>_error``)."""
-    row = {"case": name, "why": why, **doc["summary"], **{f"{m['key']}_error": m["error"] for m in doc["metrics"]}}
+    def errors(part: dict) -> dict:
+        return {**part["summary"], **{f"{m['key']}_error": m["error"] for m in part["metrics"]}}
+
+    row = {"case": name, "why": why, **errors(doc)}
     hs = doc.get("case", {}).get("host_speed")
     if isinstance(hs, dict):
         row["host_speed"] = hs.get("factor")
-    raw = doc.get("unnormalised")
-    if raw:
-        row["unnormalised"] = {**raw["summary"], **{f"{m['key']}_error": m["error"] for m in raw["metrics"]}}
+    if doc.get("unnormalised"):
+        row["unnormalised"] = errors(doc["unnormalised"])
     return row
 
 

@@ -32,7 +32,7 @@ import triton.language as tl
 from .. import tuned
 from ..counters import SplitCounters, counters_for, sm_count
 from ..tuned import ACTIVE as _ACTIVE
-from .kv_cache import aligned, check_cache, check_scales, dot, gather_kv_ref, interpreting
+from .kv_cache import aligned, check_cache, check_scales, check_tables, dot, gather_kv_ref, interpreting
 from .prefill import _kv_rows, causal_attention_ref
 
 # Tile config keyed on head_dim: the fastest of `bench/attention.py --tune` on an H100 SXM, ranked in-step
@@ -291,11 +291,7 @@ def decode_attention(
         raise ValueError(f"q must be bfloat16 or float16, got {q.dtype}")
     if num_q_heads % num_kv_heads:
         raise ValueError(f"num_q_heads {num_q_heads} is not a multiple of num_kv_heads {num_kv_heads}")
-    if block_tables.dim() != 2 or block_tables.shape[0] != batch or block_tables.dtype != torch.int32:
-        raise ValueError(f"block_tables must be int32 [{batch}, max_blocks], got {block_tables.dtype} "
-                         f"{tuple(block_tables.shape)}")
-    if kv_lens.shape != (batch,) or kv_lens.dtype != torch.int32:
-        raise ValueError(f"kv_lens must be int32 [{batch}], got {kv_lens.dtype} {tuple(kv_lens.shape)}")
+    check_tables(block_tables, kv_lens, batch)
     group = num_q_heads // num_kv_heads
     if max_kv_len is None:
         max_kv_len = int(kv_lens.max().item()) if batch else 0

@@ -56,7 +56,7 @@ from .gluon_prefill import (
     _tma_load,
     ptxas_usage,  # noqa: F401 - re-exported for the benchmark's --compile-only
 )
-from .kv_cache import check_cache
+from .kv_cache import check_cache, check_tables
 from .prefill import _check_q, prefill_attention_ref
 
 DEFAULT_CONFIG = dict(BLOCK_M=64, BLOCK_N=64, STAGES=2, num_warps=4, kv_heads_per_pass=1, q_in_registers=True,
@@ -283,11 +283,7 @@ def _check_inputs(q, k_cache, v_cache, block_tables, cu_seqlens_q, kv_lens, k_sc
         raise ValueError(f"q must be bfloat16, got {q.dtype}")
     if q.stride(1) != d or q.stride(0) % 8:  # rows of a 2-D TMA view: heads packed, 16-byte row pitch
         raise ValueError(f"q must have its heads packed (strides (8k, {d}, 1)), got strides {q.stride()}")
-    if block_tables.dim() != 2 or block_tables.shape[0] != batch or block_tables.dtype != torch.int32:
-        raise ValueError(f"block_tables must be int32 [{batch}, max_blocks], got {block_tables.dtype} "
-                         f"{tuple(block_tables.shape)}")
-    if kv_lens.shape != (batch,) or kv_lens.dtype != torch.int32:
-        raise ValueError(f"kv_lens must be int32 [{batch}], got {kv_lens.dtype} {tuple(kv_lens.shape)}")
+    check_tables(block_tables, kv_lens, batch)
     return batch, block_size, hkv, d
 
 

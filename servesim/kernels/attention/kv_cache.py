@@ -94,6 +94,15 @@ def check_cache(k_cache: torch.Tensor, v_cache: torch.Tensor) -> tuple[int, int,
     return tuple(k_cache.shape)  # type: ignore[return-value]
 
 
+def check_tables(block_tables: torch.Tensor, kv_lens: torch.Tensor, batch: int) -> None:
+    """Validate the paged launch's block tables (int32 ``[batch, max_blocks]``) and key counts (int32 ``[batch]``)."""
+    if block_tables.dim() != 2 or block_tables.shape[0] != batch or block_tables.dtype != torch.int32:
+        raise ValueError(f"block_tables must be int32 [{batch}, max_blocks], got {block_tables.dtype} "
+                         f"{tuple(block_tables.shape)}")
+    if kv_lens.shape != (batch,) or kv_lens.dtype != torch.int32:
+        raise ValueError(f"kv_lens must be int32 [{batch}], got {kv_lens.dtype} {tuple(kv_lens.shape)}")
+
+
 def check_scales(k_cache: torch.Tensor, k_scale, v_scale) -> bool:
     """Return True for an fp8 cache (after checking its per-head scales), False for bf16/fp16."""
     if k_cache.dtype != torch.float8_e4m3fn:

@@ -23,7 +23,7 @@ from triton.tools.tensor_descriptor import TensorDescriptor
 
 from .. import tuned
 from ..tuned import ACTIVE as _ACTIVE
-from .kv_cache import aligned, check_cache, check_scales, dot, gather_kv_ref, interpreting
+from .kv_cache import aligned, check_cache, check_scales, check_tables, dot, gather_kv_ref, interpreting
 
 LOG2E = 1.4426950408889634
 
@@ -290,11 +290,7 @@ def prefill_attention(
     """
     _, block_size, num_kv_heads, head_dim = check_cache(k_cache, v_cache)
     batch = cu_seqlens_q.numel() - 1
-    if block_tables.dim() != 2 or block_tables.shape[0] != batch or block_tables.dtype != torch.int32:
-        raise ValueError(f"block_tables must be int32 [{batch}, max_blocks], got {block_tables.dtype} "
-                         f"{tuple(block_tables.shape)}")
-    if kv_lens.shape != (batch,) or kv_lens.dtype != torch.int32:
-        raise ValueError(f"kv_lens must be int32 [{batch}], got {kv_lens.dtype} {tuple(kv_lens.shape)}")
+    check_tables(block_tables, kv_lens, batch)
     return _launch(q, k_cache, v_cache, kv_lens, block_tables, cu_seqlens_q, max_q_len, sm_scale,
                    k_scale, v_scale, out, config, True, block_size, num_kv_heads, head_dim)
 
